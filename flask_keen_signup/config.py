@@ -1,0 +1,317 @@
+"""Configuration: the defaults of every config key, and their validation.
+
+Config is read once, at ``init_app``; a bad value raises :class:`ConfigurationError`
+naming the key, so a broken deployment fails at start-up and never in a login.
+Values may come from ``app.config.from_prefixed_env()``, so strings are accepted where a
+list, number or boolean is expected (``"name,email"``, ``"3.05"``, ``"false"``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import re
+import typing as t
+
+from .exceptions import ConfigurationError
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    from flask import Flask
+
+#: Keen's public API.
+DEFAULT_API_URL = "https://api.keen.io"
+#: The Rule's collection.
+DEFAULT_COLLECTION = "signups"
+#: Claims copied into the event; ``email`` is opt-in.
+DEFAULT_CLAIMS: tuple[str, ...] = ("name",)
+#: Connect and read timeouts for every call to Keen and Auth0, in seconds.
+DEFAULT_TIMEOUT = (3.05, 10.0)
+#: Events per batch request (Keen documents no limit; its clients use 1000-5000).
+DEFAULT_BATCH_SIZE = 500
+#: How often the sender looks for due events when it has not been woken, in seconds.
+DEFAULT_FLUSH_INTERVAL = 0.5
+#: Attempts before an event that keeps failing with retryable errors is dead-lettered.
+DEFAULT_MAX_ATTEMPTS = 30
+#: How long exit and SIGTERM may spend flushing, in seconds. What is left stays queued.
+DEFAULT_SHUTDOWN_TIMEOUT = 5.0
+#: The ``app_metadata`` key the Rule used.
+DEFAULT_MARKER = "signedUp"
+#: File name of the SQLite ledger and outbox inside ``app.instance_path``.
+DEFAULT_DATABASE_NAME = "keen_signup.sqlite3"
+
+DELIVERY_MODES = ("background", "sync")
+STORE_NAMES = ("sqlite", "session", "auth0", "redis")
+IP_MODES = ("full", "anonymize", "none")
+ADDONS = ("ip_to_geo", "ua_parser")
+SQLITE_SYNCHRONOUS = ("normal", "full")
+
+_COLLECTION_RE = re.compile(r"^[\x00-\x7f]{1,64}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The validated configuration of one app. Built by :func:`load_settings`."""
+
+    enabled: bool
+    project_id: str
+    write_key: str = dataclasses.field(repr=False)
+    api_url: str
+    collection: str
+    delivery: str
+    store: str | object
+    database: str
+    sqlite_synchronous: str
+    redis_url: str | None = dataclasses.field(repr=False)
+    auth0_domain: str | None
+    auth0_client_id: str | None
+    auth0_client_secret: str | None = dataclasses.field(repr=False)
+    marker: str
+    marker_claim: str | None
+    since: dt.datetime | None
+    claims: tuple[str, ...]
+    ip_mode: str
+    addons: tuple[str, ...]
+    timeout: tuple[float, float]
+    batch_size: int
+    flush_interval: float
+    max_attempts: int
+    shutdown_timeout: float
+    keep_delivered: bool
+    propagate_errors: bool | None
+
+
+def _as_bool(key: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise ConfigurationError(f"{key} must be a boolean, got {value!r}")
+
+
+def _as_choice(key: str, value: object, choices: tuple[str, ...]) -> str:
+    if isinstance(value, str) and value.strip().lower() in choices:
+        return value.strip().lower()
+    raise ConfigurationError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _as_list(key: str, value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except ValueError as exc:
+                raise ConfigurationError(f"{key} is not a valid JSON list: {exc}") from None
+        else:
+            return tuple(part.strip() for part in text.split(",") if part.strip())
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ConfigurationError(f"{key} must be a list of strings, got {value!r}")
+
+
+def _as_number(key: str, value: object, *, minimum: float, integer: bool = False) -> float:
+    try:
+        number = float(value) if not isinstance(value, bool) else float("nan")  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"{key} must be a number, got {value!r}") from None
+    if number != number or number < minimum or (integer and number != int(number)):
+        kind = "an integer" if integer else "a number"
+        raise ConfigurationError(f"{key} must be {kind} >= {minimum}, got {value!r}")
+    return number
+
+
+def _as_timeout(key: str, value: object) -> tuple[float, float]:
+    if isinstance(value, str) and value.strip().startswith("["):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ConfigurationError(f"{key} is not a valid JSON pair: {value!r}") from None
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise ConfigurationError(f"{key} must be a number or a (connect, read) pair")
+        connect, read = (_as_number(key, v, minimum=0.001) for v in value)
+        return (connect, read)
+    seconds = _as_number(key, value, minimum=0.001)
+    return (seconds, seconds)
+
+
+def _as_datetime(key: str, value: object) -> dt.datetime | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, dt.datetime):
+        moment = value
+    elif isinstance(value, dt.date):
+        moment = dt.datetime(value.year, value.month, value.day)
+    elif isinstance(value, str):
+        try:
+            moment = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise ConfigurationError(
+                f"{key} must be an ISO-8601 instant such as 2026-11-18T00:00:00Z, got {value!r}"
+            ) from None
+    else:
+        raise ConfigurationError(f"{key} must be a datetime or an ISO-8601 string")
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.timezone.utc)
+    return moment.astimezone(dt.timezone.utc)
+
+
+def _as_optional_str(key: str, value: object) -> str | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        return value.strip()
+    raise ConfigurationError(f"{key} must be a string, got {type(value).__name__}")
+
+
+def validate_collection_name(name: str) -> str | None:
+    """Return why ``name`` breaks Keen's collection-name rules, or ``None`` if it is valid."""
+    if not _COLLECTION_RE.match(name):
+        return "must be 1-64 ASCII characters"
+    if "$" in name:
+        return "cannot contain '$'"
+    if name.startswith("_"):
+        return "cannot start with '_'"
+    if name.startswith(".") or name.endswith("."):
+        return "cannot start or end with '.'"
+    return None
+
+
+def load_settings(app: Flask) -> Settings:
+    """Read and validate the ``KEEN_*`` keys of ``app.config``.
+
+    :raises ConfigurationError: naming the first bad key.
+    """
+    c = app.config
+    enabled = _as_bool("KEEN_SIGNUP_ENABLED", c.get("KEEN_SIGNUP_ENABLED", True))
+    project_id = _as_optional_str("KEEN_PROJECT_ID", c.get("KEEN_PROJECT_ID")) or ""
+    write_key = _as_optional_str("KEEN_WRITE_KEY", c.get("KEEN_WRITE_KEY")) or ""
+    if enabled and not project_id:
+        raise ConfigurationError(
+            "KEEN_PROJECT_ID is not set: set it (e.g. FLASK_KEEN_PROJECT_ID in the environment "
+            "with app.config.from_prefixed_env()) or set KEEN_SIGNUP_ENABLED = False"
+        )
+    if enabled and not write_key:
+        raise ConfigurationError(
+            "KEEN_WRITE_KEY is not set: set it or set KEEN_SIGNUP_ENABLED = False"
+        )
+    api_url = _as_optional_str("KEEN_API_URL", c.get("KEEN_API_URL")) or DEFAULT_API_URL
+    if not re.match(r"^https?://[^/\s?#]+(/[^\s?#]*)?$", api_url):
+        raise ConfigurationError(f"KEEN_API_URL must be an http(s) base URL, got {api_url!r}")
+    collection = c.get("KEEN_SIGNUP_COLLECTION", DEFAULT_COLLECTION)
+    if not isinstance(collection, str) or (problem := validate_collection_name(collection)):
+        raise ConfigurationError(
+            f"KEEN_SIGNUP_COLLECTION {collection!r} is not a valid Keen collection name: "
+            f"{problem if isinstance(collection, str) else 'must be a string'}"
+        )
+
+    store = c.get("KEEN_SIGNUP_STORE", "sqlite")
+    if isinstance(store, str):
+        store = _as_choice("KEEN_SIGNUP_STORE", store, STORE_NAMES)
+    else:
+        from .stores import MarkerStore
+
+        if not isinstance(store, MarkerStore):
+            raise ConfigurationError(
+                "KEEN_SIGNUP_STORE must be one of "
+                f"{', '.join(STORE_NAMES)} or a flask_keen_signup.stores.MarkerStore instance; "
+                f"got {type(store).__name__}"
+            )
+
+    database = _as_optional_str("KEEN_SIGNUP_DATABASE", c.get("KEEN_SIGNUP_DATABASE"))
+    if database is None:
+        database = os.path.join(app.instance_path, DEFAULT_DATABASE_NAME)
+
+    auth0_domain = _as_optional_str("KEEN_SIGNUP_AUTH0_DOMAIN", c.get("KEEN_SIGNUP_AUTH0_DOMAIN"))
+    auth0_client_id = _as_optional_str(
+        "KEEN_SIGNUP_AUTH0_CLIENT_ID", c.get("KEEN_SIGNUP_AUTH0_CLIENT_ID")
+    )
+    auth0_client_secret = _as_optional_str(
+        "KEEN_SIGNUP_AUTH0_CLIENT_SECRET", c.get("KEEN_SIGNUP_AUTH0_CLIENT_SECRET")
+    )
+    if enabled and store == "auth0":
+        for key, value in (
+            ("KEEN_SIGNUP_AUTH0_DOMAIN", auth0_domain),
+            ("KEEN_SIGNUP_AUTH0_CLIENT_ID", auth0_client_id),
+            ("KEEN_SIGNUP_AUTH0_CLIENT_SECRET", auth0_client_secret),
+        ):
+            if not value:
+                raise ConfigurationError(
+                    f"{key} is required with KEEN_SIGNUP_STORE = 'auth0' "
+                    "(Management API machine-to-machine credentials)"
+                )
+    redis_url = _as_optional_str("KEEN_SIGNUP_REDIS_URL", c.get("KEEN_SIGNUP_REDIS_URL"))
+    if enabled and store == "redis" and not redis_url:
+        raise ConfigurationError("KEEN_SIGNUP_REDIS_URL is required with KEEN_SIGNUP_STORE = 'redis'")
+
+    marker = _as_optional_str("KEEN_SIGNUP_MARKER", c.get("KEEN_SIGNUP_MARKER")) or DEFAULT_MARKER
+    propagate = c.get("KEEN_SIGNUP_PROPAGATE_ERRORS")
+    return Settings(
+        enabled=enabled,
+        project_id=project_id,
+        write_key=write_key,
+        api_url=api_url.rstrip("/"),
+        collection=collection,
+        delivery=_as_choice(
+            "KEEN_SIGNUP_DELIVERY", c.get("KEEN_SIGNUP_DELIVERY", "background"), DELIVERY_MODES
+        ),
+        store=store,
+        database=database,
+        sqlite_synchronous=_as_choice(
+            "KEEN_SIGNUP_SQLITE_SYNCHRONOUS",
+            c.get("KEEN_SIGNUP_SQLITE_SYNCHRONOUS", "normal"),
+            SQLITE_SYNCHRONOUS,
+        ),
+        redis_url=redis_url,
+        auth0_domain=auth0_domain,
+        auth0_client_id=auth0_client_id,
+        auth0_client_secret=auth0_client_secret,
+        marker=marker,
+        marker_claim=_as_optional_str("KEEN_SIGNUP_MARKER_CLAIM", c.get("KEEN_SIGNUP_MARKER_CLAIM")),
+        since=_as_datetime("KEEN_SIGNUP_SINCE", c.get("KEEN_SIGNUP_SINCE")),
+        claims=_as_list("KEEN_SIGNUP_CLAIMS", c.get("KEEN_SIGNUP_CLAIMS", list(DEFAULT_CLAIMS))),
+        ip_mode=_as_choice("KEEN_SIGNUP_IP", c.get("KEEN_SIGNUP_IP", "full"), IP_MODES),
+        addons=tuple(
+            _as_choice("KEEN_SIGNUP_ADDONS", a, ADDONS)
+            for a in _as_list("KEEN_SIGNUP_ADDONS", c.get("KEEN_SIGNUP_ADDONS", []))
+        ),
+        timeout=_as_timeout("KEEN_SIGNUP_TIMEOUT", c.get("KEEN_SIGNUP_TIMEOUT", DEFAULT_TIMEOUT)),
+        batch_size=int(
+            _as_number(
+                "KEEN_SIGNUP_BATCH_SIZE",
+                c.get("KEEN_SIGNUP_BATCH_SIZE", DEFAULT_BATCH_SIZE),
+                minimum=1,
+                integer=True,
+            )
+        ),
+        flush_interval=_as_number(
+            "KEEN_SIGNUP_FLUSH_INTERVAL",
+            c.get("KEEN_SIGNUP_FLUSH_INTERVAL", DEFAULT_FLUSH_INTERVAL),
+            minimum=0.01,
+        ),
+        max_attempts=int(
+            _as_number(
+                "KEEN_SIGNUP_MAX_ATTEMPTS",
+                c.get("KEEN_SIGNUP_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS),
+                minimum=1,
+                integer=True,
+            )
+        ),
+        shutdown_timeout=_as_number(
+            "KEEN_SIGNUP_SHUTDOWN_TIMEOUT",
+            c.get("KEEN_SIGNUP_SHUTDOWN_TIMEOUT", DEFAULT_SHUTDOWN_TIMEOUT),
+            minimum=0,
+        ),
+        keep_delivered=_as_bool(
+            "KEEN_SIGNUP_KEEP_DELIVERED", c.get("KEEN_SIGNUP_KEEP_DELIVERED", True)
+        ),
+        propagate_errors=None if propagate is None else _as_bool(
+            "KEEN_SIGNUP_PROPAGATE_ERRORS", propagate
+        ),
+    )
