@@ -46,7 +46,6 @@ class ThreadedServer:
         if self._server is not None:
             return
         server = make_server(self.host, self._requested_port, self._app, threaded=True)
-        server.daemon_threads = True
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever,

@@ -1,0 +1,100 @@
+"""Where the signedUp marker lives: one small interface, and an in-memory fake beside it.
+
+A marker is per (collection, user). Its life: ``claim`` atomically creates it as
+*pending* (only one caller wins, however many threads, processes or hosts race), then
+``confirm`` makes it *confirmed* once the signup is safe (delivered to Keen in sync mode,
+durably queued in background mode), or ``release`` deletes it so that the next login
+tries again. ``lookup`` is the one cheap read a returning user costs.
+
+Backends: :class:`~flask_keen_signup.stores.sqlite.SQLiteStore` (the default),
+:class:`~flask_keen_signup.stores.session.SessionStore` (per browser),
+:class:`~flask_keen_signup.stores.auth0.Auth0Store` (``app_metadata``, the Rule's own
+place). Set ``KEEN_SIGNUP_STORE`` to a name, or to an instance of your own subclass.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from abc import ABC
+from abc import abstractmethod
+
+
+class MarkerState(enum.Enum):
+    """The state of a user's marker."""
+
+    #: Claimed: the signup is being sent (sync) or is queued in the outbox (background).
+    PENDING = "pending"
+    #: The signup is done; this user is never reported again.
+    CONFIRMED = "confirmed"
+
+
+class MarkerStore(ABC):
+    """The signedUp marker interface. Subclass it to plug in your own storage.
+
+    Implementations must be safe to call from several threads at once, because Flask
+    serves requests concurrently.
+    """
+
+    @abstractmethod
+    def lookup(self, user_id: str) -> MarkerState | None:
+        """The user's marker state, or ``None`` if this user was never claimed."""
+
+    @abstractmethod
+    def claim(self, user_id: str) -> bool:
+        """Create a pending marker if there is none. True only for the caller that created it."""
+
+    @abstractmethod
+    def confirm(self, user_id: str) -> None:
+        """Mark the user as signed up for good (creating the marker if needed)."""
+
+    @abstractmethod
+    def release(self, user_id: str) -> None:
+        """Delete a *pending* marker so the next login retries. A confirmed one stays."""
+
+    def close(self) -> None:
+        """Release resources (connections). Optional."""
+
+
+class MemoryStore(MarkerStore):
+    """Markers in a dict: for tests and single-process experiments. Lost at exit.
+
+    :param reclaim_after: a pending marker older than this many seconds may be claimed
+        again (a process that claimed and then died must not block the user forever).
+    """
+
+    def __init__(self, *, reclaim_after: float | None = None) -> None:
+        self._markers: dict[str, tuple[MarkerState, float]] = {}
+        self._lock = threading.Lock()
+        self.reclaim_after = reclaim_after
+
+    def lookup(self, user_id: str) -> MarkerState | None:
+        entry = self._markers.get(user_id)
+        return entry[0] if entry else None
+
+    def claim(self, user_id: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            entry = self._markers.get(user_id)
+            if entry is not None:
+                state, claimed_at = entry
+                stale = (
+                    state is MarkerState.PENDING
+                    and self.reclaim_after is not None
+                    and now - claimed_at > self.reclaim_after
+                )
+                if not stale:
+                    return False
+            self._markers[user_id] = (MarkerState.PENDING, now)
+            return True
+
+    def confirm(self, user_id: str) -> None:
+        with self._lock:
+            self._markers[user_id] = (MarkerState.CONFIRMED, time.monotonic())
+
+    def release(self, user_id: str) -> None:
+        with self._lock:
+            entry = self._markers.get(user_id)
+            if entry is not None and entry[0] is MarkerState.PENDING:
+                del self._markers[user_id]

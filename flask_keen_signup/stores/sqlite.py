@@ -1,0 +1,136 @@
+"""The default marker store: a ledger table in the app's SQLite file.
+
+One file is shared by all worker processes of a host. A claim is one
+``INSERT ... ON CONFLICT DO NOTHING`` inside ``BEGIN IMMEDIATE``: SQLite serialises writers,
+so exactly one thread or process wins. The claim can run inside a caller's transaction
+(:meth:`SQLiteStore.claim_in`) so that the background mode claims the user and queues the
+event atomically: either both happen or neither.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+from ..database import Database
+from ..exceptions import StoreError
+from . import MarkerState
+from . import MarkerStore
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS keen_signup_markers (
+    collection   TEXT NOT NULL,
+    user_id      TEXT NOT NULL,
+    state        TEXT NOT NULL CHECK (state IN ('pending', 'confirmed')),
+    claimed_at   REAL NOT NULL,
+    confirmed_at REAL,
+    PRIMARY KEY (collection, user_id)
+) WITHOUT ROWID;
+"""
+
+
+class SQLiteStore(MarkerStore):
+    """Markers in the ``keen_signup_markers`` table of ``database``.
+
+    :param collection: markers are per collection, like Keen's uniqueness tokens.
+    :param reclaim_after: a *pending* marker older than this many seconds may be claimed
+        again. Sync mode sets it just above the Keen timeouts, so a process killed in the
+        middle of a send does not block the user forever. Background mode leaves it
+        ``None``: there a pending marker means "queued in the outbox", which is durable.
+    """
+
+    def __init__(
+        self, database: Database, collection: str, *, reclaim_after: float | None = None
+    ) -> None:
+        self.database = database
+        self.collection = collection
+        self.reclaim_after = reclaim_after
+        database.add_schema(SCHEMA)
+
+    def __repr__(self) -> str:
+        return f"<SQLiteStore {self.database.path!r} collection={self.collection!r}>"
+
+    def lookup(self, user_id: str) -> MarkerState | None:
+        try:
+            row = (
+                self.database.connection()
+                .execute(
+                    "SELECT state FROM keen_signup_markers WHERE collection = ? AND user_id = ?",
+                    (self.collection, user_id),
+                )
+                .fetchone()
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the marker ledger: {exc}") from exc
+        return MarkerState(row[0]) if row else None
+
+    def claim_in(self, conn: sqlite3.Connection, user_id: str) -> bool:
+        """Claim inside the caller's open transaction (see :meth:`Database.transaction`)."""
+        now = time.time()
+        cursor = conn.execute(
+            "INSERT INTO keen_signup_markers (collection, user_id, state, claimed_at) "
+            "VALUES (?, ?, 'pending', ?) ON CONFLICT (collection, user_id) DO NOTHING",
+            (self.collection, user_id, now),
+        )
+        if cursor.rowcount == 1:
+            return True
+        if self.reclaim_after is None:
+            return False
+        cursor = conn.execute(
+            "UPDATE keen_signup_markers SET claimed_at = ? WHERE collection = ? AND user_id = ? "
+            "AND state = 'pending' AND claimed_at < ?",
+            (now, self.collection, user_id, now - self.reclaim_after),
+        )
+        return cursor.rowcount == 1
+
+    def claim(self, user_id: str) -> bool:
+        try:
+            with self.database.transaction() as conn:
+                return self.claim_in(conn, user_id)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot claim in the marker ledger: {exc}") from exc
+
+    def confirm_in(self, conn: sqlite3.Connection, user_id: str) -> None:
+        """Confirm inside the caller's open transaction."""
+        now = time.time()
+        conn.execute(
+            "INSERT INTO keen_signup_markers "
+            "(collection, user_id, state, claimed_at, confirmed_at) "
+            "VALUES (?, ?, 'confirmed', ?, ?) ON CONFLICT (collection, user_id) "
+            "DO UPDATE SET state = 'confirmed', confirmed_at = excluded.confirmed_at",
+            (self.collection, user_id, now, now),
+        )
+
+    def confirm(self, user_id: str) -> None:
+        try:
+            with self.database.transaction() as conn:
+                self.confirm_in(conn, user_id)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot confirm in the marker ledger: {exc}") from exc
+
+    def release(self, user_id: str) -> None:
+        try:
+            with self.database.transaction() as conn:
+                conn.execute(
+                    "DELETE FROM keen_signup_markers WHERE collection = ? AND user_id = ? "
+                    "AND state = 'pending'",
+                    (self.collection, user_id),
+                )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot release in the marker ledger: {exc}") from exc
+
+    def counts(self) -> dict[str, int]:
+        """Markers by state, for ``flask keen-signup status``."""
+        rows = (
+            self.database.connection()
+            .execute(
+                "SELECT state, COUNT(*) FROM keen_signup_markers WHERE collection = ? "
+                "GROUP BY state",
+                (self.collection,),
+            )
+            .fetchall()
+        )
+        return {state: count for state, count in rows}
+
+    def close(self) -> None:
+        self.database.close()
