@@ -1,0 +1,647 @@
+"""The Keen write client: single and batch writes on one pooled ``requests.Session``.
+
+This module only *talks* to Keen and *classifies* what it heard; deciding what to do about
+it (retry with backoff, split, dead-letter) is the sender's job (``delivery/``). Two kinds
+of failure exist, and they reach the caller differently:
+
+* **The whole request failed** (no answer, or a non-2xx status). :meth:`KeenClient.add_event`
+  and :meth:`KeenClient.add_events` raise:
+
+  ===========================================  ============================================
+  what happened                                raised
+  ===========================================  ============================================
+  connection refused/reset, DNS, TLS, timeout  :class:`~.KeenConnectionError` (retryable)
+  408, 429, 5xx                                :class:`~.KeenAPIError`, ``retryable=True``,
+                                               ``retry_after`` from ``Retry-After``
+  413                                          :class:`~.KeenRequestTooLargeError`
+                                               (split the batch, see :func:`split_by_size`)
+  any other non-2xx (400, 401, 402, 403, 404)  :class:`~.KeenAPIError`, ``retryable=False``
+  ===========================================  ============================================
+
+* **Some events of a 200 batch failed.** Keen answers a batch with 200 and one result per
+  event; :meth:`KeenClient.add_events` returns them as a :class:`BatchResult` in input
+  order, each :attr:`Outcome.DELIVERED`, :attr:`Outcome.PERMANENT` (the event itself is
+  invalid: retrying the same bytes can only fail again) or :attr:`Outcome.RETRYABLE`.
+
+The write key is sent in the ``Authorization`` header only. It is never put in a URL,
+a log line, a ``repr`` or an exception: every message is built here from status codes and
+Keen's own (redacted, truncated) error text, and exceptions from ``requests`` (whose
+``.request`` carries the headers) are never chained to the ones raised here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import email.utils
+import enum
+import html
+import json
+import logging
+import math
+import re
+import time
+import typing as t
+from importlib import metadata
+from urllib.parse import quote
+
+import requests
+from requests.adapters import HTTPAdapter
+from requests.auth import AuthBase
+
+from .config import DEFAULT_API_URL
+from .config import DEFAULT_TIMEOUT
+from .exceptions import KeenAPIError
+from .exceptions import KeenConnectionError
+from .exceptions import KeenRequestTooLargeError
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    from types import TracebackType
+
+logger = logging.getLogger(__name__)
+
+#: Keen's cap on a batch request body, in bytes (413 above it). Third-party figure that
+#: Keen's own docs do not contradict; the sender stays at or under it.
+MAX_REQUEST_BYTES = 10_000_000
+#: Keen's cap on one event, in bytes (413 above it).
+MAX_EVENT_BYTES = 900_000
+#: Bytes :func:`split_by_size` reserves for a one-collection batch envelope,
+#: ``{"<collection>":[`` ... ``]}``: a valid collection name is at most 64 ASCII characters,
+#: which JSON escapes to at most 6 bytes each.
+BATCH_ENVELOPE_BYTES = 2 + (2 + 64 * 6) + 1 + 2
+#: The longest ``Retry-After`` honoured, in seconds. A server (or a proxy in front of it)
+#: asking for hours would otherwise park the sender; it still backs off by itself.
+MAX_RETRY_AFTER = 600.0
+
+#: Per-event error names after which resending the *same* event can only fail again.
+#:
+#: The first three are what Keen's Java and iOS SDKs drop queued events for (keen-api
+#: §2.2, §5.2). The others are also verdicts on the event's own content, so they are
+#: deterministic too: ``NamespaceTypeError`` (``keen`` is not an object),
+#: ``InvalidKeenNamespaceProperty`` (bad property inside ``keen``, e.g. a uniqueness token
+#: over 64 characters), ``ListsOfNonPrimitivesNotAllowedError`` (arrays of objects under the
+#: older rules), ``InvalidEventError`` (not a JSON object) and ``EventTooLargeError`` (the
+#: emulator's name for an oversize event; Keen's own name is undocumented). Any other name,
+#: including ones Keen may add later and ``InternalServerError``, is treated as retryable:
+#: retrying an unknown error costs an attempt, dead-lettering it could cost the event.
+#: Permanent failures are not lost either: the sender dead-letters them with the reason.
+PERMANENT_EVENT_ERRORS: frozenset[str] = frozenset(
+    {
+        "InvalidCollectionNameError",
+        "InvalidPropertyNameError",
+        "InvalidPropertyValueError",
+        "NamespaceTypeError",
+        "InvalidKeenNamespaceProperty",
+        "ListsOfNonPrimitivesNotAllowedError",
+        "InvalidEventError",
+        "EventTooLargeError",
+    }
+)
+
+#: Whole-request statuses worth retrying: the server or something in front of it is
+#: overloaded or briefly broken. Every other non-2xx is a verdict on the request itself.
+RETRYABLE_STATUSES = frozenset({408, 429})
+
+_EXCERPT_CHARS = 300
+_TAG_RE = re.compile(r"<(script|style)\b.*?</\1\s*>|<[^>]*>", re.IGNORECASE | re.DOTALL)
+_SPACE_RE = re.compile(r"\s+")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _version() -> str:
+    try:
+        return metadata.version("flask-keen-signup")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "0+unknown"
+
+
+_VERSION = _version()
+#: Sent as ``Keen-Sdk``, in the format of Keen's own SDKs (``python-0.7.0``), so Keen can
+#: tell this client's traffic apart.
+KEEN_SDK = f"flask-keen-signup-{_VERSION}"
+#: The default ``User-Agent``.
+USER_AGENT = f"flask-keen-signup/{_VERSION} python-requests/{requests.__version__}"
+
+
+class Outcome(enum.Enum):
+    """What became of one event of a batch."""
+
+    #: Keen stored it (or, with a uniqueness token already seen, kept the first copy).
+    DELIVERED = "delivered"
+    #: Not stored, for a reason that may go away: send it again later.
+    RETRYABLE = "retryable"
+    #: Not stored, and the same event would be refused again: dead-letter it.
+    PERMANENT = "permanent"
+
+
+@dataclasses.dataclass(frozen=True)
+class EventResult:
+    """Keen's verdict on one event of a batch.
+
+    :param outcome: delivered, retryable or permanent.
+    :param error_name: Keen's ``error.name`` (e.g. ``InvalidPropertyNameError``), if any.
+    :param description: Keen's ``error.description``, or why this client could not read a
+        result for the event.
+    """
+
+    outcome: Outcome
+    error_name: str | None = None
+    description: str | None = None
+
+    @property
+    def delivered(self) -> bool:
+        return self.outcome is Outcome.DELIVERED
+
+
+_DELIVERED = EventResult(Outcome.DELIVERED)
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchResult:
+    """The per-event results of one batch request.
+
+    :param results: for each collection of the request, one :class:`EventResult` per
+        event, in the order the events were given.
+    :param request_bytes: the size of the request body that was sent.
+    """
+
+    results: dict[str, list[EventResult]]
+    request_bytes: int
+
+    def __len__(self) -> int:
+        return sum(len(items) for items in self.results.values())
+
+    @property
+    def delivered_count(self) -> int:
+        return self.count(Outcome.DELIVERED)
+
+    @property
+    def all_delivered(self) -> bool:
+        return all(r.delivered for items in self.results.values() for r in items)
+
+    def count(self, outcome: Outcome) -> int:
+        """How many events ended with ``outcome``."""
+        return sum(r.outcome is outcome for items in self.results.values() for r in items)
+
+    def indices(self, outcome: Outcome) -> dict[str, list[int]]:
+        """Input positions of the events that ended with ``outcome``, per collection.
+
+        Collections with none are left out, so ``result.indices(Outcome.RETRYABLE)`` is
+        exactly what to send again.
+        """
+        found: dict[str, list[int]] = {}
+        for collection, items in self.results.items():
+            positions = [i for i, r in enumerate(items) if r.outcome is outcome]
+            if positions:
+                found[collection] = positions
+        return found
+
+    @property
+    def failed(self) -> list[tuple[str, int, EventResult]]:
+        """``(collection, index, result)`` of every event that was not delivered."""
+        return [
+            (collection, i, r)
+            for collection, items in self.results.items()
+            for i, r in enumerate(items)
+            if not r.delivered
+        ]
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def encode_event(event: t.Mapping[str, t.Any]) -> bytes:
+    """Encode one event the way it goes on the wire: compact UTF-8 JSON.
+
+    The sender measures and stores these bytes, so sizes are exact and a batch can be
+    assembled from them (:func:`assemble_batch`) without encoding twice.
+
+    :raises ValueError: for NaN or infinite floats (not JSON; Keen would refuse the whole
+        request) and for strings that are not valid Unicode (lone surrogates).
+    :raises TypeError: for values JSON cannot represent.
+    """
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
+        "utf-8"
+    )
+
+
+def _encode_collection(collection: str) -> bytes:
+    return json.dumps(collection, ensure_ascii=False).encode("utf-8")
+
+
+def assemble_batch(encoded: t.Mapping[str, t.Sequence[bytes]]) -> bytes:
+    """Build a batch body from events already encoded with :func:`encode_event`."""
+    parts = [
+        _encode_collection(collection) + b":[" + b",".join(events) + b"]"
+        for collection, events in encoded.items()
+    ]
+    return b"{" + b",".join(parts) + b"}"
+
+
+def encode_batch(batch: t.Mapping[str, t.Sequence[t.Mapping[str, t.Any]]]) -> bytes:
+    """Encode a batch body, ``{"collection": [event, ...], ...}``, compact UTF-8 JSON.
+
+    :raises ValueError, TypeError: as :func:`encode_event`.
+    """
+    return assemble_batch(
+        {collection: [encode_event(e) for e in events] for collection, events in batch.items()}
+    )
+
+
+def split_by_size(
+    encoded_events: t.Sequence[bytes],
+    max_bytes: int = MAX_REQUEST_BYTES,
+    *,
+    max_events: int | None = None,
+    envelope_bytes: int = BATCH_ENVELOPE_BYTES,
+) -> list[range]:
+    """Cut a run of encoded events into consecutive chunks that each fit in one request.
+
+    Each chunk, sent as a one-collection batch (``{"c":[e1,e2,...]}``), makes a body of at
+    most ``max_bytes``: the events, one comma between each two, and ``envelope_bytes`` for
+    the rest. The sender uses it to cap batches before sending, and after a 413 with
+    ``max_bytes=error.request_bytes // 2`` (Keen's real limit is then lower than assumed).
+
+    An event that alone does not fit gets a chunk of its own: it cannot be sent at this
+    size, and it must not hold up the others. A 413 on a one-event request is therefore
+    final for that event.
+
+    :param max_events: also cap the number of events per chunk (the batch size).
+    :returns: index ranges into ``encoded_events``, in order, covering every index once.
+    """
+    if max_bytes <= 0:
+        raise ValueError("max_bytes must be positive")
+    if max_events is not None and max_events < 1:
+        raise ValueError("max_events must be at least 1")
+    budget = max_bytes - envelope_bytes
+    chunks: list[range] = []
+    start = 0
+    size = 0
+    for i, event in enumerate(encoded_events):
+        cost = len(event) + (1 if i > start else 0)  # the comma before it
+        full = max_events is not None and i - start >= max_events
+        if i > start and (size + cost > budget or full):
+            chunks.append(range(start, i))
+            start, size, cost = i, 0, len(event)
+        size += cost
+    if start < len(encoded_events):
+        chunks.append(range(start, len(encoded_events)))
+    return chunks
+
+
+# --------------------------------------------------------------------------- responses
+
+
+def parse_retry_after(value: str | None, *, now: dt.datetime | None = None) -> float | None:
+    """Read a ``Retry-After`` header: delta-seconds or an HTTP-date (RFC 9110 §10.2.3).
+
+    :returns: seconds to wait, clamped to ``[0, MAX_RETRY_AFTER]``, or ``None`` when the
+        header is absent or unreadable (the caller then uses its own backoff).
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    seconds: float
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # "-0000" or an obsolete zone: HTTP-dates are GMT
+            when = when.replace(tzinfo=dt.timezone.utc)
+        seconds = (when - (now or dt.datetime.now(dt.timezone.utc))).total_seconds()
+    if not math.isfinite(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def _excerpt(text: str, limit: int = _EXCERPT_CHARS) -> str:
+    """A short, single-line, tag-free excerpt of an error body for a message or log."""
+    text = _TAG_RE.sub(" ", text)
+    text = html.unescape(text)
+    text = _CONTROL_RE.sub(" ", text)
+    text = _SPACE_RE.sub(" ", text).strip()
+    if len(text) > limit:
+        text = text[: limit - 1].rstrip() + "…"
+    return text
+
+
+class _KeyAuth(AuthBase):
+    """Put the raw key in ``Authorization``, Keen's header scheme.
+
+    As ``auth=`` rather than a headers dict: no local variable of ours holds the key while
+    a request runs, and ``requests`` does not look up ``.netrc`` credentials that would
+    replace it.
+    """
+
+    def __init__(self, key: str) -> None:
+        self._key = key
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        r.headers["Authorization"] = self._key
+        return r
+
+    def __repr__(self) -> str:
+        return "<KeyAuth ***>"
+
+
+def _describe_connection_error(exc: requests.RequestException, timeout: tuple[float, float]) -> str:
+    """Name what went wrong without quoting ``requests``' text (ours is safe by construction)."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return f"connect timed out after {timeout[0]:g}s"
+    if isinstance(exc, requests.ReadTimeout):
+        return f"read timed out after {timeout[1]:g}s"
+    if isinstance(exc, requests.exceptions.SSLError):
+        return "TLS handshake or certificate error"
+    if isinstance(exc, (requests.exceptions.ChunkedEncodingError, requests.Timeout)):
+        return "connection broken while reading the response"
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:  # look through urllib3's wrapping for the OS-level cause
+        cause = pending.pop()
+        if cause is None or id(cause) in seen:
+            continue
+        seen.add(id(cause))
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, ConnectionResetError):
+            return "connection reset by peer"
+        if type(cause).__name__ == "RemoteDisconnected":
+            return "connection closed without a response"
+        if type(cause).__name__ == "NameResolutionError":
+            return "host name could not be resolved"
+        pending.extend(a for a in cause.args if isinstance(a, BaseException))
+        pending.extend((cause.__cause__, cause.__context__, getattr(cause, "reason", None)))
+    if isinstance(exc, requests.ConnectionError):
+        return "connection failed"
+    return f"request failed ({type(exc).__name__})"
+
+
+# --------------------------------------------------------------------------- the client
+
+
+class KeenClient:
+    """Write events to one Keen project.
+
+    Thread-safety: one client may be shared by the sender thread and request threads
+    (``sync`` delivery). After ``__init__`` it never mutates its ``requests.Session``: the
+    key and headers are passed per request, adapters are mounted once. What it relies on is
+    that urllib3's connection pool hands each connection to one thread at a time and that
+    the session's cookie jar locks itself, which is how ``requests`` is used by threaded
+    apps everywhere (``requests`` itself does not promise more). Do not call :meth:`close`
+    while other threads still send.
+
+    :param project_id: the Keen project id.
+    :param write_key: a Write Key, Master Key or Access Key with ``writes``.
+    :param api_url: base URL, ``https://api.keen.io`` or an emulator's ``.url``.
+    :param timeout: ``(connect, read)`` seconds, both required: a login must never wait on
+        a silent Keen (Keen's own Python client defaults to 305 s).
+    :param session: a session to use instead of the client's own. It is used as given (no
+        adapter mounted) and not closed by :meth:`close`.
+    :param pool_maxsize: connections kept per host, at least the number of threads that
+        send at once; more threads still work but open short-lived extra connections.
+    :param user_agent: ``User-Agent`` to send instead of the default.
+    """
+
+    def __init__(
+        self,
+        project_id: str,
+        write_key: str,
+        *,
+        api_url: str = DEFAULT_API_URL,
+        timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+        session: requests.Session | None = None,
+        pool_maxsize: int = 10,
+        user_agent: str | None = None,
+    ) -> None:
+        if not project_id:
+            raise ValueError("project_id is required")
+        if not write_key:
+            raise ValueError("write_key is required")
+        if not re.match(r"^https?://[^/\s?#]+(/[^\s?#]*)?$", api_url):
+            raise ValueError(f"api_url must be an http(s) base URL, got {api_url!r}")
+        connect, read = timeout
+        if not (connect > 0 and read > 0 and math.isfinite(connect) and math.isfinite(read)):
+            raise ValueError("timeout must be a (connect, read) pair of positive seconds")
+        self.project_id = project_id
+        self.api_url = api_url.rstrip("/")
+        self.timeout: tuple[float, float] = (float(connect), float(read))
+        self._auth = _KeyAuth(write_key)
+        self._headers = {
+            "Content-Type": "application/json",
+            "Keen-Sdk": KEEN_SDK,
+            "User-Agent": user_agent or USER_AGENT,
+        }
+        self._owns_session = session is None
+        if session is None:
+            session = requests.Session()
+            # No urllib3 retries: the sender owns retrying, with backoff and Retry-After.
+            adapter = HTTPAdapter(pool_connections=2, pool_maxsize=pool_maxsize, max_retries=0)
+            session.mount("https://", adapter)
+            session.mount("http://", adapter)
+        self._session = session
+        base = f"{self.api_url}/3.0/projects/{quote(project_id, safe='')}/events"
+        self._batch_url = base
+        self._event_url_prefix = base + "/"
+
+    def __repr__(self) -> str:
+        return f"<KeenClient project_id={self.project_id!r} api_url={self.api_url!r}>"
+
+    def __enter__(self) -> KeenClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the pooled connections (only if the client created the session)."""
+        if self._owns_session:
+            self._session.close()
+
+    def event_url(self, collection: str) -> str:
+        """The single-write URL of ``collection``, percent-encoded (``a/b`` -> ``a%2Fb``)."""
+        return self._event_url_prefix + quote(collection, safe="")
+
+    # ----------------------------------------------------------------------- writes
+
+    def add_event(self, collection: str, event: t.Mapping[str, t.Any]) -> None:
+        """Write one event (``POST /3.0/projects/{pid}/events/{collection}``).
+
+        Keen answers ``201 {"created": true}``; any 2xx counts, like Keen's own SDKs.
+
+        :raises KeenConnectionError: no answer (retryable).
+        :raises KeenRequestTooLargeError: 413.
+        :raises KeenAPIError: any other non-2xx; ``.retryable`` says whether to try again.
+        :raises ValueError, TypeError: the event cannot be encoded (:func:`encode_event`).
+        """
+        self._post(self.event_url(collection), encode_event(event))
+
+    def add_events(
+        self,
+        batch: t.Mapping[str, t.Sequence[t.Mapping[str, t.Any]]],
+        *,
+        body: bytes | None = None,
+    ) -> BatchResult:
+        """Write a batch (``POST /3.0/projects/{pid}/events``) and read each event's result.
+
+        A 2xx answer always yields one result per input event. Where the answer does not
+        say clearly what became of an event (not JSON, a collection missing, fewer
+        results than events, an item that is not ``{"success": ...}``) that event is
+        :attr:`Outcome.RETRYABLE` with a description saying why: sending it again is safe
+        (its ``keen.uniqueness_token`` makes Keen keep one copy) and assuming it landed
+        could lose it.
+
+        :param batch: ``{collection: [event, ...]}``. Used to know how many results to
+            expect; encoded unless ``body`` is given.
+        :param body: the already encoded body (:func:`encode_batch` or
+            :func:`assemble_batch` of the same events), so the sender need not encode
+            twice.
+        :raises: as :meth:`add_event`, for a failed request as a whole.
+        """
+        if body is None:
+            body = encode_batch(batch)
+        response = self._post(self._batch_url, body)
+        return BatchResult(
+            results=_parse_batch_results(batch, response, self._redact), request_bytes=len(body)
+        )
+
+    def _post(self, url: str, body: bytes) -> requests.Response:
+        started = time.monotonic()
+        failure: str | None = None
+        try:
+            response = self._session.post(
+                url,
+                data=body,
+                headers=self._headers,
+                auth=self._auth,
+                timeout=self.timeout,
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            failure = _describe_connection_error(exc, self.timeout)
+        if failure is not None:
+            # Raised outside the ``except`` block so that nothing is chained: the
+            # ``requests`` exception's ``.request`` holds the Authorization header.
+            logger.debug("POST %s: no answer from Keen: %s (%d bytes)", url, failure, len(body))
+            raise KeenConnectionError(f"No answer from Keen ({self.api_url}): {failure}")
+        elapsed_ms = (time.monotonic() - started) * 1000
+        status = response.status_code
+        logger.debug("POST %s -> %d (%d bytes, %.0f ms)", url, status, len(body), elapsed_ms)
+        if 200 <= status < 300:
+            return response
+        error = self._api_error(response, len(body))
+        del response  # its .request carries the key; keep it out of the traceback's frames
+        raise error
+
+    def _redact(self, text: str) -> str:
+        """Mask the key should a server or proxy ever echo it back in an error text."""
+        return text.replace(self._auth._key, "***")
+
+    def _api_error(self, response: requests.Response, request_bytes: int) -> KeenAPIError:
+        status = response.status_code
+        error_code, message = _read_error_body(response)
+        message, error_code = self._redact(message), self._redact(error_code)
+        if status == 413:
+            return KeenRequestTooLargeError(error_code, message, request_bytes=request_bytes)
+        retryable = status in RETRYABLE_STATUSES or 500 <= status < 600
+        retry_after = parse_retry_after(response.headers.get("Retry-After")) if retryable else None
+        return KeenAPIError(
+            status, error_code, message, retryable=retryable, retry_after=retry_after
+        )
+
+
+def _read_error_body(response: requests.Response) -> tuple[str, str]:
+    """Keen's ``(error_code, message)``, or ``(str(status), excerpt)`` for other bodies.
+
+    The fallback mirrors Keen's Python client, which uses the status as the code when an
+    nginx or load-balancer page comes back instead of Keen's JSON.
+    """
+    text = response.content.decode("utf-8", errors="replace")
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("error_code"), str):
+        message = data.get("message")
+        return _excerpt(data["error_code"], 100), _excerpt(
+            message if isinstance(message, str) else ""
+        )
+    status = str(response.status_code)
+    reason = _excerpt(response.reason or "", 100) if isinstance(response.reason, str) else ""
+    excerpt = _excerpt(text)
+    if data is None:
+        kind = response.headers.get("Content-Type", "no content type").split(";")[0]
+        shown = f": {excerpt}" if excerpt else " (empty body)"
+        return status, _excerpt(f"{reason} (not a Keen error body, {kind}){shown}".strip())
+    return status, _excerpt(f"{reason} (unexpected JSON error body): {excerpt}".strip())
+
+
+def _parse_batch_results(
+    batch: t.Mapping[str, t.Sequence[t.Mapping[str, t.Any]]],
+    response: requests.Response,
+    redact: t.Callable[[str], str],
+) -> dict[str, list[EventResult]]:
+    """Match a 2xx batch answer to the input, event by event, without ever guessing success."""
+    try:
+        data: t.Any = json.loads(response.content.decode("utf-8"))
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        unclear = EventResult(
+            Outcome.RETRYABLE,
+            description=f"Keen answered {response.status_code} without a JSON object of results",
+        )
+        logger.debug("batch answer is not a JSON object: %s", _excerpt(response.text, 120))
+        return {collection: [unclear] * len(events) for collection, events in batch.items()}
+
+    results: dict[str, list[EventResult]] = {}
+    for collection, events in batch.items():
+        items = data.get(collection)
+        if not isinstance(items, list):
+            missing = EventResult(
+                Outcome.RETRYABLE, description="Keen's answer has no results for this collection"
+            )
+            results[collection] = [missing] * len(events)
+            continue
+        if len(items) != len(events):
+            logger.debug(
+                "batch answer for %r has %d results for %d events",
+                collection,
+                len(items),
+                len(events),
+            )
+        results[collection] = [
+            _event_result(items[i], redact) if i < len(items) else _NO_RESULT
+            for i in range(len(events))
+        ]
+    return results
+
+
+_NO_RESULT = EventResult(
+    Outcome.RETRYABLE, description="Keen's answer has fewer results than events were sent"
+)
+
+
+def _event_result(item: t.Any, redact: t.Callable[[str], str]) -> EventResult:
+    if not isinstance(item, dict) or not isinstance(item.get("success"), bool):
+        return EventResult(
+            Outcome.RETRYABLE, description="Keen's result for this event is not understood"
+        )
+    if item["success"]:
+        return _DELIVERED
+    error = item.get("error")
+    name = error.get("name") if isinstance(error, dict) else None
+    description = error.get("description") if isinstance(error, dict) else None
+    name = redact(_excerpt(name, 100)) if isinstance(name, str) else None
+    description = redact(_excerpt(description)) if isinstance(description, str) else None
+    outcome = Outcome.PERMANENT if name in PERMANENT_EVENT_ERRORS else Outcome.RETRYABLE
+    return EventResult(outcome, error_name=name, description=description)
