@@ -1,0 +1,663 @@
+"""A small client for the Auth0 Management API v2, built on ``requests`` only.
+
+The ``auth0`` marker store keeps the Rule's ``signedUp`` flag in ``app_metadata`` and
+``flask keen-signup backfill`` lists existing users; both need three calls (read a user,
+merge into its ``app_metadata``, page through users) and a machine-to-machine token.
+``auth0-python`` would pull in httpx, pydantic and aiohttp for that, and Authlib's
+``OAuth2Session`` drops the ``audience`` when it renews a client-credentials token, so
+this module re-implements the ~200 lines that matter, mirroring auth0-python's
+behaviour:
+
+- the token is fetched with the client-credentials grant, **always with the audience**,
+  and cached until shortly before it expires; renewal is serialised by a lock so that
+  many threads needing a token at once make one token request;
+- a ``401`` with a cached token (revoked, rotated signing key) drops the cache, fetches
+  one new token and retries once;
+- ``429`` waits ``Retry-After``, else ``X-RateLimit-Reset``, else exponential backoff
+  with jitter; ``408``, ``5xx``, connection errors and timeouts are retried the same way;
+  every wait is capped and the number of retries bounded, so a call never hangs;
+- user ids are always quoted with ``safe=""``: ``samlp|conn|ada@x/y`` must be one path
+  segment;
+- the client secret and access tokens never appear in URLs, logs, ``repr`` or exception
+  text. Exceptions are built from status codes and Auth0's own error text only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import email.utils
+import json
+import logging
+import random
+import re
+import threading
+import time
+import typing as t
+from importlib import metadata
+from urllib.parse import quote
+
+import requests
+
+from .config import DEFAULT_TIMEOUT
+from .exceptions import Auth0APIError
+from .exceptions import Auth0ConnectionError
+from .exceptions import Auth0Error
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Callable
+    from collections.abc import Iterator
+    from collections.abc import Mapping
+    from collections.abc import Sequence
+    from types import TracebackType
+
+__all__ = ["ManagementClient"]
+
+logger = logging.getLogger(__name__)
+
+#: Statuses worth retrying: rate limited, request timeout, server errors.
+RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+#: First exponential-backoff delay in seconds, before jitter (Auth0's SDKs start at ~1 s).
+BACKOFF_BASE = 1.0
+#: Auth0 serves at most this many users per page of ``GET /api/v2/users``.
+MAX_PER_PAGE = 100
+#: Auth0 serves only the first 1000 users through page/per_page pagination; more need an
+#: export job (``POST /api/v2/jobs/users-exports``).
+PAGINATION_LIMIT = 1000
+#: Longest excerpt of an error body kept in an exception message.
+EXCERPT_LENGTH = 200
+#: Used when a token response omits ``expires_in`` (Auth0 always sends it; be safe).
+FALLBACK_EXPIRES_IN = 3600.0
+
+
+def _version() -> str:
+    try:
+        return metadata.version("flask-keen-signup")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "0+unknown"
+
+
+#: The ``User-Agent`` of every request, so the tenant's logs show who is calling.
+USER_AGENT = f"flask-keen-signup/{_version()} python-requests/{requests.__version__}"
+
+_HOST_RE = re.compile(r"^[A-Za-z0-9.-]+(:\d{1,5})?$")
+_URL_RE = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]+")
+_SPACE_RE = re.compile(r"\s+")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Token:
+    """A cached access token. Kept as one object so a reader never sees a torn update."""
+
+    value: str = dataclasses.field(repr=False)
+    #: When Auth0 says the token expires (our clock).
+    expires_at: float
+    #: When we stop using it and fetch a new one (``expires_at - token_leeway``).
+    renew_at: float
+
+
+def _base_url(domain: str) -> str:
+    """Turn ``tenant.eu.auth0.com`` or ``http://127.0.0.1:PORT`` into a base URL.
+
+    A bare domain means https: Auth0 serves nothing over plain http. A full URL is kept
+    as given so tests and the offline demo can point at the local emulator.
+    """
+    text = domain.strip().rstrip("/")
+    if text.startswith(("http://", "https://")):
+        if not _URL_RE.match(text):
+            raise ValueError(
+                f"the Auth0 domain must be a host name or a base URL without a path, got {domain!r}"
+            )
+        return text
+    if not text or not _HOST_RE.match(text):
+        raise ValueError(
+            f"the Auth0 domain must be a host name like tenant.auth0.com, got {domain!r}"
+        )
+    return f"https://{text}"
+
+
+def _fields_param(fields: Sequence[str] | None) -> dict[str, str]:
+    if fields is None:
+        return {}
+    names = [fields] if isinstance(fields, str) else list(fields)
+    if not names:
+        return {}
+    return {"fields": ",".join(names), "include_fields": "true"}
+
+
+def _user_path(user_id: str) -> str:
+    # An empty id would turn GET /users/{id} into the user *listing*: refuse it.
+    if not isinstance(user_id, str) or not user_id:
+        raise ValueError("user_id must be a non-empty string")
+    return f"/api/v2/users/{quote(user_id, safe='')}"
+
+
+def _describe_network_error(exc: requests.RequestException) -> str:
+    """A short, secret-free description of why no response arrived.
+
+    ``str(exc)`` of a requests exception is avoided on purpose: it is long and the
+    exception carries the prepared request, ``Authorization`` header included.
+    """
+    if isinstance(exc, requests.ConnectTimeout):
+        return "connect timeout"
+    if isinstance(exc, requests.Timeout):
+        return "read timeout"
+    if isinstance(exc, requests.exceptions.SSLError):
+        return "TLS error"
+    text = str(exc)
+    for phrase, description in (
+        ("Connection refused", "connection refused"),
+        ("Connection reset", "connection reset"),
+        ("RemoteDisconnected", "connection closed by the server"),
+        ("Name or service not known", "host name not resolved"),
+        ("nodename nor servname", "host name not resolved"),
+        ("Temporary failure in name resolution", "host name not resolved"),
+        ("getaddrinfo failed", "host name not resolved"),
+    ):
+        if phrase in text:
+            return description
+    return f"{type(exc).__name__}"
+
+
+def _copy_error(exc: Auth0Error) -> Auth0Error:
+    """A fresh exception equal to ``exc``, so threads never share one traceback."""
+    if isinstance(exc, Auth0APIError):
+        return Auth0APIError(
+            exc.status_code or 0,
+            exc.error_code,
+            exc.api_message,
+            retryable=exc.retryable,
+            retry_after=exc.retry_after,
+        )
+    if isinstance(exc, Auth0ConnectionError):
+        return Auth0ConnectionError(str(exc))
+    return Auth0Error(
+        str(exc),
+        retryable=exc.retryable,
+        retry_after=exc.retry_after,
+        status_code=exc.status_code,
+    )
+
+
+class ManagementClient:
+    """Auth0 Management API client for the machine-to-machine application.
+
+    Thread-safe: one instance is meant to be shared by every thread of a process (the
+    token cache is the point). Not fork-safe by itself: the owner creates one per process.
+
+    :param domain: the tenant domain, ``tenant.eu.auth0.com`` (https is implied), or a
+        full base URL such as ``http://127.0.0.1:PORT`` for the emulator. Use the
+        tenant's canonical domain, not a custom domain: the Management API audience is
+        always ``https://{canonical domain}/api/v2/``.
+    :param client_id: the M2M application's client id.
+    :param client_secret: its client secret. Sent in the token request body only.
+    :param audience: the Management API identifier; defaults to ``{base}/api/v2/``.
+        Always sent: without it Auth0 may hand out a token the Management API refuses.
+    :param timeout: ``(connect, read)`` timeout of every HTTP call, in seconds.
+    :param session: a ``requests.Session`` to use (proxies, custom CA). The client
+        closes only a session it created itself.
+    :param max_retries: retries after the first attempt for 408, 429, 5xx, connection
+        errors and timeouts. ``0`` fails fast.
+    :param max_retry_wait: cap of every single wait between attempts, in seconds.
+    :param token_leeway: renew the token this many seconds before it expires, so a
+        token never expires between our check and Auth0's.
+    :param sleep: how to wait; injectable so tests can record the waits asked for.
+    :param clock: epoch seconds; injectable for tests of expiry and rate-limit resets.
+    """
+
+    def __init__(
+        self,
+        domain: str,
+        client_id: str,
+        client_secret: str,
+        *,
+        audience: str | None = None,
+        timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+        session: requests.Session | None = None,
+        max_retries: int = 3,
+        max_retry_wait: float = 10.0,
+        token_leeway: float = 60.0,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not client_id:
+            raise ValueError("client_id is required")
+        if not client_secret:
+            raise ValueError("client_secret is required")
+        if max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        if max_retry_wait < 0:
+            raise ValueError("max_retry_wait must be >= 0")
+        if token_leeway < 0:
+            raise ValueError("token_leeway must be >= 0")
+        #: Base URL without a trailing slash, e.g. ``https://tenant.eu.auth0.com``.
+        self.base_url = _base_url(domain)
+        #: The Management API audience sent with every token request.
+        self.audience = audience or f"{self.base_url}/api/v2/"
+        #: The M2M application's client id (not a secret).
+        self.client_id = client_id
+        self._client_secret = client_secret
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.max_retry_wait = max_retry_wait
+        self.token_leeway = token_leeway
+        self._sleep = sleep
+        self._clock = clock
+        self._owns_session = session is None
+        self._session = session if session is not None else requests.Session()
+        self._random = random.Random()
+        self._token_lock = threading.Lock()
+        self._token: _Token | None = None
+        #: Token requests completed (success or failure); lets waiters share one result.
+        self._token_fetches = 0
+        self._token_error: Auth0Error | None = None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.base_url} client_id={self.client_id!r}>"
+
+    def __enter__(self) -> ManagementClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Forget the token and close the HTTP session if this client created it."""
+        with self._token_lock:
+            self._token = None
+        if self._owns_session:
+            self._session.close()
+
+    # -- public API -------------------------------------------------------------------
+
+    def get_user(self, user_id: str, fields: Sequence[str] | None = None) -> dict[str, t.Any]:
+        """Read one user (``GET /api/v2/users/{id}``, immediately consistent).
+
+        :param user_id: the user's id, e.g. ``auth0|abc`` (the ID token's ``sub``).
+        :param fields: only these fields, e.g. ``["app_metadata", "created_at"]``:
+            smaller responses, and no profile data the caller does not need.
+        :raises Auth0APIError: ``404`` with ``error_code == "inexistent_user"`` when
+            the user does not exist; ``retryable`` tells whether a later retry may help.
+        :raises Auth0ConnectionError: no response from Auth0.
+        """
+        path = _user_path(user_id)
+        result = self._call("GET", path, params=_fields_param(fields))
+        return self._expect_object(result, "GET", path)
+
+    def update_app_metadata(self, user_id: str, values: Mapping[str, t.Any]) -> dict[str, t.Any]:
+        """Merge ``values`` into the user's ``app_metadata`` and return the updated user.
+
+        Auth0 merges ``app_metadata`` at the top level only: keys not in ``values``
+        are kept, a key set to ``None`` is deleted, and a nested object replaces the
+        old one as a whole. The same call is therefore safe to repeat.
+
+        :raises ValueError: ``values`` is empty. ``{"app_metadata": {}}`` tells Auth0
+            to delete *all* of the user's app_metadata, which is never what a caller of
+            a "merge" means.
+        """
+        if not isinstance(values, t.Mapping):
+            raise TypeError("values must be a mapping")
+        if not values:
+            raise ValueError(
+                "refusing to send an empty app_metadata: Auth0 would delete all of the "
+                "user's app_metadata"
+            )
+        path = _user_path(user_id)
+        result = self._call("PATCH", path, json_body={"app_metadata": dict(values)})
+        return self._expect_object(result, "PATCH", path)
+
+    def iter_users(
+        self, *, per_page: int = MAX_PER_PAGE, fields: Sequence[str] | None = None
+    ) -> Iterator[dict[str, t.Any]]:
+        """Yield every user of the tenant, page by page (for ``backfill``).
+
+        Pages are requested lazily, sorted by ``created_at`` so that users signing up
+        during the walk do not shift the pages already read. Auth0 serves only the
+        first 1000 users this way; with more, a warning is logged and Auth0's ``400``
+        for the page past the limit is raised: use a user export job instead.
+
+        :param per_page: users per request, 1 to 100.
+        :param fields: only these fields of each user (include ``user_id``).
+        """
+        if not 1 <= per_page <= MAX_PER_PAGE:
+            raise ValueError(f"per_page must be between 1 and {MAX_PER_PAGE}")
+        params = {
+            "per_page": str(per_page),
+            "include_totals": "true",
+            "sort": "created_at:1",
+            **_fields_param(fields),
+        }
+        return self._iter_pages(params, per_page)
+
+    # -- pagination -------------------------------------------------------------------
+
+    def _iter_pages(self, params: dict[str, str], per_page: int) -> Iterator[dict[str, t.Any]]:
+        page = 0
+        seen = 0
+        while True:
+            body = self._call("GET", "/api/v2/users", params={**params, "page": str(page)})
+            if isinstance(body, list):  # include_totals ignored: a bare list of users
+                users: t.Any = body
+                total = None
+            elif isinstance(body, dict):
+                users = body.get("users")
+                total = body.get("total")
+            else:
+                users = None
+                total = None
+            if not isinstance(users, list):
+                raise Auth0APIError(
+                    200,
+                    "invalid_response",
+                    "GET /api/v2/users did not return a list of users",
+                    retryable=True,
+                )
+            if page == 0 and isinstance(total, int) and total > PAGINATION_LIMIT:
+                logger.warning(
+                    "Auth0 reports %d users; the Management API pages through the first %d "
+                    "only: use a user export job for the rest",
+                    total,
+                    PAGINATION_LIMIT,
+                )
+            for user in users:
+                if isinstance(user, dict):
+                    yield user
+            seen += len(users)
+            logger.debug("Auth0 users page %d: %d users (%d so far)", page, len(users), seen)
+            if len(users) < per_page or (isinstance(total, int) and seen >= total):
+                return
+            page += 1
+
+    # -- token ------------------------------------------------------------------------
+
+    def _get_token(self) -> tuple[str, bool]:
+        """Return ``(access_token, fetched_by_this_call)``.
+
+        Fast path without the lock; otherwise one thread fetches while the others wait
+        on the lock and then use its token, or its error when the fetch failed while
+        they waited (so a broken token endpoint is not hit once per waiting thread).
+        """
+        token = self._token
+        if token is not None and self._clock() < token.renew_at:
+            return token.value, False
+        fetches_seen = self._token_fetches
+        with self._token_lock:
+            token = self._token
+            now = self._clock()
+            if token is not None and now < token.renew_at:
+                return token.value, False
+            if self._token_fetches != fetches_seen:
+                # Another thread fetched while we waited: use its result, even when a
+                # tiny lifetime already puts the token inside the leeway.
+                if self._token_error is not None:
+                    raise _copy_error(self._token_error)
+                if token is not None and now < token.expires_at:
+                    return token.value, False
+            try:
+                value, expires_in = self._fetch_token()
+            except Auth0Error as exc:
+                self._token_error = exc
+                self._token_fetches += 1
+                raise
+            now = self._clock()
+            self._token = _Token(
+                value=value,
+                expires_at=now + expires_in,
+                renew_at=now + expires_in - self.token_leeway,
+            )
+            self._token_error = None
+            self._token_fetches += 1
+            return value, True
+
+    def _drop_token(self, value: str) -> None:
+        """Forget ``value`` if it is still the cached token (another thread may have
+        replaced it already, and that newer token must survive)."""
+        with self._token_lock:
+            if self._token is not None and self._token.value == value:
+                self._token = None
+
+    def _fetch_token(self) -> tuple[str, float]:
+        logger.debug(
+            "Requesting a Management API token from %s for %s", self.base_url, self.audience
+        )
+        body = self._send(
+            "POST",
+            "/oauth/token",
+            form={
+                "grant_type": "client_credentials",
+                "client_id": self.client_id,
+                "client_secret": self._client_secret,
+                "audience": self.audience,
+            },
+        )
+        access_token = body.get("access_token") if isinstance(body, dict) else None
+        if not isinstance(access_token, str) or not access_token:
+            raise Auth0APIError(
+                200, "invalid_response", "the token response has no access_token", retryable=True
+            )
+        expires_in = body.get("expires_in") if isinstance(body, dict) else None
+        if isinstance(expires_in, bool) or not isinstance(expires_in, (int, float)):
+            expires_in = FALLBACK_EXPIRES_IN
+        logger.debug("Got a Management API token valid for %ss", expires_in)
+        return access_token, float(expires_in)
+
+    # -- HTTP -------------------------------------------------------------------------
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json_body: Mapping[str, t.Any] | None = None,
+    ) -> t.Any:
+        """A Management API call with a bearer token; one token renewal on a 401."""
+        token, fetched_now = self._get_token()
+        try:
+            return self._send(method, path, token=token, params=params, json_body=json_body)
+        except Auth0APIError as exc:
+            if exc.status_code != 401 or fetched_now:
+                raise
+        # The cached token was refused (revoked, signing key rotated, ...): renew it once.
+        logger.warning("Auth0 refused the cached Management API token; fetching a new one")
+        self._drop_token(token)
+        token, _ = self._get_token()
+        return self._send(method, path, token=token, params=params, json_body=json_body)
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        token: str | None = None,
+        params: Mapping[str, str] | None = None,
+        json_body: Mapping[str, t.Any] | None = None,
+        form: Mapping[str, str] | None = None,
+    ) -> t.Any:
+        """Send one request, retrying 408/429/5xx and network errors; return the JSON."""
+        url = self.base_url + path
+        headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        retry = 0
+        while True:
+            try:
+                response = self._session.request(
+                    method,
+                    url,
+                    params=params,
+                    json=json_body,
+                    data=form,
+                    headers=headers,
+                    timeout=self.timeout,
+                    allow_redirects=False,
+                )
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                reason = _describe_network_error(exc)
+                if retry < self.max_retries:
+                    wait = self._backoff(retry)
+                    logger.warning(
+                        "Auth0 %s %s failed (%s); retry %d of %d in %.2fs",
+                        method,
+                        path,
+                        reason,
+                        retry + 1,
+                        self.max_retries,
+                        wait,
+                    )
+                    self._sleep(wait)
+                    retry += 1
+                    continue
+                raise Auth0ConnectionError(
+                    f"no response from Auth0 at {self.base_url} for {method} {path}: {reason}"
+                ) from None
+            except requests.RequestException as exc:
+                raise Auth0ConnectionError(
+                    f"could not send {method} {path} to Auth0 at {self.base_url}: "
+                    f"{type(exc).__name__}"
+                ) from None
+
+            status = response.status_code
+            logger.debug("Auth0 %s %s -> %d", method, path, status)
+            if 200 <= status < 300:
+                return self._json(response, method, path)
+            error = self._error(response, token)
+            if status in RETRYABLE_STATUSES and retry < self.max_retries:
+                hint = error.retry_after
+                wait = min(self._backoff(retry) if hint is None else hint, self.max_retry_wait)
+                logger.warning(
+                    "Auth0 answered %d %s to %s %s; retry %d of %d in %.2fs",
+                    status,
+                    error.error_code,
+                    method,
+                    path,
+                    retry + 1,
+                    self.max_retries,
+                    wait,
+                )
+                self._sleep(wait)
+                retry += 1
+                continue
+            if status == 429 and error.retry_after is None:
+                # Tell the caller how long to back off even when Auth0 gave no hint.
+                error.retry_after = self._backoff(retry)
+            logger.log(
+                logging.WARNING if error.retryable else logging.DEBUG,
+                "Auth0 %s %s failed: %d %s",
+                method,
+                path,
+                status,
+                error.error_code,
+            )
+            raise error
+
+    def _json(self, response: requests.Response, method: str, path: str) -> t.Any:
+        if response.status_code == 204 or not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise Auth0APIError(
+                response.status_code,
+                "invalid_response",
+                f"{method} {path} returned a body that is not JSON",
+                retryable=True,
+            ) from None
+
+    @staticmethod
+    def _expect_object(result: t.Any, method: str, path: str) -> dict[str, t.Any]:
+        if not isinstance(result, dict):
+            raise Auth0APIError(
+                200,
+                "invalid_response",
+                f"{method} {path} did not return a JSON object",
+                retryable=True,
+            )
+        return result
+
+    # -- errors and waits -------------------------------------------------------------
+
+    def _redact(self, text: str, token: str | None) -> str:
+        """Sanitise remote text for an exception message: no secrets, no control
+        characters, one line, bounded length."""
+        for secret in (self._client_secret, token):
+            if secret:
+                text = text.replace(secret, "[redacted]")
+        text = _SPACE_RE.sub(" ", _CONTROL_RE.sub(" ", text)).strip()
+        if len(text) > EXCERPT_LENGTH:
+            text = text[: EXCERPT_LENGTH - 3] + "..."
+        return text
+
+    def _error(self, response: requests.Response, token: str | None) -> Auth0APIError:
+        """Build the exception for an error response.
+
+        Management API bodies are ``{statusCode, error, message, errorCode?}`` and the
+        Authentication API's are ``{error, error_description}``; the code is taken from
+        ``errorCode``, then ``error``, then ``code`` (auth0-python's order), then the
+        status. Anything else (an HTML page from a proxy) becomes a short excerpt.
+        """
+        status = response.status_code
+        code: t.Any = None
+        message: t.Any = None
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict):
+            code = body.get("errorCode") or body.get("error") or body.get("code")
+            message = body.get("error_description") or body.get("message") or body.get("error")
+        if not isinstance(code, str) or not code:
+            code = str(status)
+        if isinstance(message, (dict, list)):
+            message = json.dumps(message)
+        if not isinstance(message, str) or not message:
+            excerpt = response.text if body is None else ""
+            message = excerpt or response.reason or "no error message"
+        retryable = status in RETRYABLE_STATUSES
+        return Auth0APIError(
+            status,
+            self._redact(code, token)[:64],
+            self._redact(message, token),
+            retryable=retryable,
+            retry_after=self._server_wait(response) if retryable else None,
+        )
+
+    def _server_wait(self, response: requests.Response) -> float | None:
+        """The wait the server asked for: ``Retry-After`` (seconds or an HTTP date),
+        else ``X-RateLimit-Reset`` (epoch seconds) minus now; ``None`` without a hint.
+
+        A reset time already in the past gives no hint (fall back to backoff): the
+        header says when the bucket is full again, not when one request is allowed.
+        """
+        retry_after = response.headers.get("Retry-After")
+        if retry_after is not None:
+            try:
+                return max(0.0, float(retry_after))
+            except ValueError:
+                pass
+            try:
+                moment = email.utils.parsedate_to_datetime(retry_after)
+            except (TypeError, ValueError):
+                moment = None
+            if moment is not None and moment.tzinfo is not None:
+                return max(0.0, moment.timestamp() - self._clock())
+        reset = response.headers.get("X-RateLimit-Reset")
+        if reset is not None:
+            try:
+                wait = float(reset) - self._clock()
+            except ValueError:
+                return None
+            if wait > 0:
+                return wait
+        return None
+
+    def _backoff(self, retry: int) -> float:
+        """Exponential backoff with "equal" jitter: half fixed, half random, so clients
+        rate-limited together do not retry together. ``retry`` 0 gives 0.5-1 s."""
+        delay = min(self.max_retry_wait, BACKOFF_BASE * 2.0**retry)
+        return delay / 2 + self._random.uniform(0, delay / 2)
