@@ -28,6 +28,7 @@ import dataclasses
 import email.utils
 import json
 import logging
+import math
 import random
 import re
 import threading
@@ -637,9 +638,11 @@ class ManagementClient:
         retry_after = response.headers.get("Retry-After")
         if retry_after is not None:
             try:
-                return max(0.0, float(retry_after))
+                seconds = float(retry_after)
             except ValueError:
-                pass
+                seconds = None
+            if seconds is not None and math.isfinite(seconds):
+                return max(0.0, seconds)
             try:
                 moment = email.utils.parsedate_to_datetime(retry_after)
             except (TypeError, ValueError):
@@ -652,7 +655,7 @@ class ManagementClient:
                 wait = float(reset) - self._clock()
             except ValueError:
                 return None
-            if wait > 0:
+            if math.isfinite(wait) and wait > 0:
                 return wait
         return None
 

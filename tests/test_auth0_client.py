@@ -562,6 +562,8 @@ def test_retry_after_as_http_date(make_client: t.Callable[..., ManagementClient]
     date = "Tue, 14 Nov 2023 22:13:40 GMT"  # 1_700_000_020
     assert client._server_wait(response(429, {}, {"Retry-After": date})) == pytest.approx(20)
     assert client._server_wait(response(429, {}, {"Retry-After": "garbage"})) is None
+    assert client._server_wait(response(429, {}, {"Retry-After": "inf"})) is None
+    assert client._server_wait(response(429, {}, {"Retry-After": "-5"})) == 0.0
     assert client._server_wait(
         response(429, {}, {"X-RateLimit-Reset": "1700000007"})
     ) == pytest.approx(7)
