@@ -1,0 +1,650 @@
+"""The signup event: a pure function from ID-token claims and request facts to a Keen event.
+
+Nothing here touches Flask, the network or the clock (``now`` is passed in), so the same
+function builds the event for a live signup, a retry and a backfill, and tests need no app.
+
+The builder runs on the login request path, so it is cheap: one pass over the allow-listed
+claims, no deep copies beyond the sanitised output, regular expressions compiled once.
+
+Whatever the input, the event it returns passes Keen's validation (``keen-api.md`` §9.4):
+Keen rejects an invalid event *permanently* (400), and a rejected signup is a lost signup,
+so the builder repairs or drops what Keen would refuse and says so in the log, naming the
+property but never its value (claim values are personal data).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import enum
+import hashlib
+import ipaddress
+import json
+import logging
+import math
+import re
+import typing as t
+import uuid
+from collections.abc import Mapping
+from collections.abc import Sequence
+
+from .exceptions import InvalidClaimsError
+
+__all__ = [
+    "ADDONS",
+    "MAX_DEPTH",
+    "MAX_EVENT_BYTES",
+    "MAX_NAME_LENGTH",
+    "MAX_STRING_LENGTH",
+    "RESERVED_PROPERTIES",
+    "anonymize_ip",
+    "build_signup_event",
+    "connection_of",
+    "format_timestamp",
+    "parse_created_at",
+    "sanitize_properties",
+    "uniqueness_token",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Longest property name kept. Keen's guide says "less than 256", its server message says
+#: "<= 256"; we keep names that satisfy both, so a stricter Keen cannot reject the event.
+MAX_NAME_LENGTH = 255
+#: Longest string value kept: Keen wants strings "less than 10,000 characters". Measured in
+#: UTF-16 code units as well as code points, whichever is larger, so an emoji-heavy string
+#: cannot pass our check and fail a server that counts the way Java and JavaScript do.
+MAX_STRING_LENGTH = 9_999
+#: Keen's integer range; numbers outside it become strings (see :func:`sanitize_properties`).
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+#: Nesting deeper than this is dropped. ID-token claims are at most a few levels deep (the
+#: ``address`` claim is two); the bound also stops a self-referencing ``extra`` mapping.
+MAX_DEPTH = 32
+#: Size budget for the serialised event (``json.dumps`` with ASCII escapes, the worst case).
+#: Keen's reported limit is 900,000 bytes per event; we keep a margin below it because the
+#: figure is not from Keen's own documentation, and an oversize event is refused for good.
+MAX_EVENT_BYTES = 800_000
+
+#: Add-on name -> (Keen add-on name, input parameter, input property, output property).
+ADDONS: dict[str, tuple[str, str, str, str]] = {
+    "ip_to_geo": ("keen:ip_to_geo", "ip", "ip", "ip_geo_info"),
+    "ua_parser": ("keen:ua_parser", "ua_string", "user_agent", "parsed_user_agent"),
+}
+
+#: Top-level properties the builder owns. Neither a claim nor ``extra`` can set them, even
+#: when the builder leaves them out (``KEEN_SIGNUP_IP = "none"`` must really mean no IP).
+RESERVED_PROPERTIES = frozenset({"userId", "ip", "connection", "user_agent", "keen"})
+
+_ISO_RE = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})"
+    r"(?:[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d+))?)?)?"
+    r"\s*([Zz]|[+-]\d{2}(?::?\d{2})?)?"
+)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+#: An epoch value this large in seconds is after the year 5000: it is milliseconds.
+_EPOCH_MS_THRESHOLD = 1e11
+#: Strings shorter than this cannot reach MAX_STRING_LENGTH even in UTF-16 units or escapes.
+_SHORT_STRING = (MAX_STRING_LENGTH + 1) // 2
+
+#: Marks a value the sanitiser dropped (``None`` is a valid JSON value, so it cannot).
+_DROP: t.Final = object()
+
+
+# --------------------------------------------------------------------------------------
+# Small pure helpers
+# --------------------------------------------------------------------------------------
+
+
+def uniqueness_token(collection: str, user_id: str) -> str:
+    """Return Keen's ``keen.uniqueness_token`` for the signup of ``user_id`` in ``collection``.
+
+    Derived from the pair only, so a live signup, a retry, another host and a backfill all
+    send the same token and Keen keeps the first copy: this is what makes delivery
+    at-least-once yet the result exactly-once. 64 hex chars, Keen's maximum token length.
+    """
+    return hashlib.sha256(f"{collection}\n{user_id}".encode()).hexdigest()
+
+
+def connection_of(user_id: str) -> str | None:
+    """Return the identity-provider prefix of an Auth0 ``sub``, or ``None`` if it has none.
+
+    ``"google-oauth2|123"`` -> ``"google-oauth2"``, ``"auth0|abc"`` -> ``"auth0"``. The Rule
+    reported ``context.connection``; the ID token has no such claim, but Auth0's user ids
+    start with the provider (strategy), which answers the same question ("how did they sign
+    up?") without a Management API call on the login path.
+    """
+    head, sep, _ = user_id.partition("|")
+    return head if sep and head else None
+
+
+def anonymize_ip(ip: str) -> str | None:
+    """Return ``ip`` with its host part zeroed, or ``None`` if it is not an IP address.
+
+    IPv4 loses its last octet (``203.0.113.7`` -> ``203.0.113.0``), IPv6 its last 80 bits
+    (``2001:db8:1:2:3:4:5:6`` -> ``2001:db8:1::``), the usual analytics convention: enough
+    for a country or city, not for a household. An IPv4-mapped IPv6 address
+    (``::ffff:203.0.113.7``) is the IPv4 client behind a dual-stack socket: it is anonymised
+    as IPv4 and returned in IPv4 form (zeroing 80 bits of it would erase the whole address).
+    A zone id (``fe80::1%eth0``) is host-local and dropped.
+    """
+    text: object = ip  # checked at run time: callers pass request data
+    if not isinstance(text, str):
+        return None
+    try:
+        address = ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address):
+        mapped = address.ipv4_mapped
+        if mapped is None:
+            packed = address.packed[:6] + bytes(10)
+            return str(ipaddress.IPv6Address(packed))
+        address = mapped
+    return str(ipaddress.IPv4Address(address.packed[:3] + b"\0"))
+
+
+def format_timestamp(moment: dt.datetime) -> str:
+    """Format ``moment`` as Keen's ISO-8601: UTC, milliseconds, ``Z``.
+
+    ``2026-11-26T10:00:00.000Z`` is the form Keen's own docs and JavaScript client send. A
+    naive datetime is taken as UTC, as Keen itself would. Sub-millisecond digits are cut,
+    not rounded, so a time never moves into the next second.
+    """
+    if moment.tzinfo is not None and moment.utcoffset() is not None:
+        moment = moment.astimezone(dt.timezone.utc)
+    return (
+        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T"
+        f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}."
+        f"{moment.microsecond // 1000:03d}Z"
+    )
+
+
+def parse_created_at(value: object) -> dt.datetime | None:
+    """Parse a user's creation time into an aware UTC datetime, or ``None`` if it is garbage.
+
+    Accepts what an ID-token claim or the Management API may carry: ISO-8601 strings (``Z``,
+    ``+hh:mm``, ``+hhmm``, no zone = UTC, any number of fractional digits, date only),
+    epoch seconds as int, float or numeric string, and :class:`~datetime.datetime` /
+    :class:`~datetime.date`. Epoch values beyond 1e11 are read as milliseconds (JavaScript's
+    ``Date.now()``), since as seconds they would be after the year 5000. Never raises:
+    a bad ``created_at`` only means the callback time is used instead.
+    """
+    try:
+        if isinstance(value, dt.datetime):
+            moment = value
+        elif isinstance(value, dt.date):
+            moment = dt.datetime(value.year, value.month, value.day)
+        elif isinstance(value, bool):
+            return None
+        elif isinstance(value, (int, float)):
+            return _from_epoch(float(value))
+        elif isinstance(value, str):
+            text = value.strip()
+            match = _ISO_RE.fullmatch(text)
+            if match is None:
+                return _from_epoch(float(text)) if text else None
+            moment = _from_iso_match(match)
+        else:
+            return None
+        if moment.tzinfo is None or moment.utcoffset() is None:
+            return moment.replace(tzinfo=dt.timezone.utc)
+        return moment.astimezone(dt.timezone.utc)
+    except (ValueError, OverflowError, TypeError):
+        return None
+
+
+def _from_epoch(seconds: float) -> dt.datetime | None:
+    if not math.isfinite(seconds):
+        return None
+    if abs(seconds) >= _EPOCH_MS_THRESHOLD:
+        seconds /= 1000.0
+    return _EPOCH + dt.timedelta(seconds=seconds)
+
+
+def _from_iso_match(match: re.Match[str]) -> dt.datetime:
+    year, month, day, hour, minute, second, fraction, zone = match.groups()
+    micro = int((fraction or "0")[:6].ljust(6, "0"))
+    tz: dt.tzinfo | None = None
+    if zone and zone in "Zz":
+        tz = dt.timezone.utc
+    elif zone:
+        digits = zone[1:].replace(":", "")
+        offset = dt.timedelta(hours=int(digits[:2]), minutes=int(digits[2:] or 0))
+        tz = dt.timezone(-offset if zone[0] == "-" else offset)
+    return dt.datetime(
+        int(year),
+        int(month),
+        int(day),
+        int(hour or 0),
+        int(minute or 0),
+        int(second or 0),
+        micro,
+        tzinfo=tz,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Sanitising
+# --------------------------------------------------------------------------------------
+
+
+def _path(prefix: str, name: str) -> str:
+    """The name of a property for the log: its path, shortened, never its value."""
+    shown = name if len(name) <= 64 else f"{name[:48]}...({len(name)} chars)"
+    return f"{prefix}.{shown}" if prefix else shown
+
+
+def _string_too_long(text: str) -> bool:
+    if len(text) < _SHORT_STRING:
+        return False
+    if len(text) > MAX_STRING_LENGTH:
+        return True
+    # Code points within the limit; characters outside the BMP count twice in UTF-16.
+    return len(text) + sum(1 for ch in text if ch > "\uffff") > MAX_STRING_LENGTH
+
+
+def _truncate(text: str) -> str:
+    """Cut ``text`` to MAX_STRING_LENGTH UTF-16 units, never inside a surrogate pair."""
+    text = text[:MAX_STRING_LENGTH]
+    units = 0
+    for index, ch in enumerate(text):
+        units += 2 if ch > "\uffff" else 1
+        if units > MAX_STRING_LENGTH:
+            return text[:index]
+    return text
+
+
+def _clean_text(text: str) -> tuple[str, bool]:
+    """Return ``text`` as valid Unicode (lone surrogates -> U+FFFD) and whether it changed.
+
+    A JSON ID token may carry ``"\\ud800"``; Python decodes it to a lone surrogate, which
+    cannot be encoded as UTF-8 and would make the outbox or the HTTP client raise.
+    """
+    if text.isascii():
+        return text, False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        fixed = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+        # Pairs stored as two lone halves are joined back by the UTF-16 round trip; what
+        # remains unpaired became U+FFFD.
+        return fixed, True
+    return text, False
+
+
+class _Sanitizer:
+    """One sanitising pass. Holds the logger so the recursion does not pass it around."""
+
+    __slots__ = ("log",)
+
+    def __init__(self, log: logging.Logger) -> None:
+        self.log = log
+
+    def warn(self, path: str, what: str) -> None:
+        self.log.warning("Keen event property %r %s", path, what)
+
+    def name(self, prefix: str, key: object) -> str | None:
+        """Return a Keen-valid property name for ``key``, or ``None`` to drop the property."""
+        if not isinstance(key, str):
+            self.warn(_path(prefix, repr(key)), "dropped: property names must be strings")
+            return None
+        if type(key) is not str:
+            key = str.__str__(key)
+        name, changed = _clean_text(key)
+        if changed:
+            self.warn(_path(prefix, name), "renamed: invalid Unicode replaced")
+        if "." in name:
+            new = name.replace(".", "_")
+            self.warn(_path(prefix, name), f"renamed to {_path('', new)!r}: Keen forbids '.'")
+            name = new
+        if name.startswith("$"):
+            new = name.lstrip("$")
+            if not new:
+                self.warn(_path(prefix, name), "dropped: Keen forbids a leading '$'")
+                return None
+            self.warn(_path(prefix, name), f"renamed to {_path('', new)!r}: leading '$'")
+            name = new
+        if not name.strip():
+            self.warn(_path(prefix, name), "dropped: empty property name")
+            return None
+        if len(name) > MAX_NAME_LENGTH:
+            self.warn(_path(prefix, name), f"dropped: name longer than {MAX_NAME_LENGTH}")
+            return None
+        return name
+
+    def mapping(self, value: Mapping[t.Any, t.Any], prefix: str, depth: int) -> dict[str, t.Any]:
+        out: dict[str, t.Any] = {}
+        renamed: list[tuple[str, str, t.Any]] = []
+        for key, item in value.items():
+            name = self.name(prefix, key)
+            if name is None:
+                continue
+            path = _path(prefix, name)
+            clean = self.value(item, path, depth + 1)
+            if clean is _DROP:
+                continue
+            if name is key:
+                out[name] = clean
+            else:
+                renamed.append((name, path, clean))
+        # A renamed property never overwrites one that was already valid under that name,
+        # whatever the order of the input: the valid one is what the app meant.
+        for name, path, clean in renamed:
+            if name in out:
+                self.warn(path, "dropped: its sanitised name collides with another property")
+            else:
+                out[name] = clean
+        return out
+
+    def value(self, value: object, path: str, depth: int) -> t.Any:
+        """Return a Keen-valid version of ``value``, or ``_DROP``."""
+        if value is None or value is True or value is False:
+            return value
+        kind = type(value)
+        if kind is str:
+            return self.string(t.cast(str, value), path)
+        if kind is int:
+            return self.integer(t.cast(int, value), path)
+        if kind is float:
+            return self.number(t.cast(float, value), path)
+        if depth > MAX_DEPTH:
+            self.warn(path, f"dropped: nested deeper than {MAX_DEPTH} levels")
+            return _DROP
+        if isinstance(value, Mapping):
+            return self.mapping(value, path, depth)
+        if isinstance(value, (list, tuple, set, frozenset)):
+            return self.array(value, path, depth)
+        return self.other(value, path, depth)
+
+    def string(self, text: str, path: str) -> str:
+        text, changed = _clean_text(text)
+        if changed:
+            self.warn(path, "changed: invalid Unicode replaced with U+FFFD")
+        if _string_too_long(text):
+            self.warn(path, f"truncated to {MAX_STRING_LENGTH} characters")
+            return _truncate(text)
+        return text
+
+    def integer(self, number: int, path: str) -> t.Any:
+        if INT64_MIN <= number <= INT64_MAX:
+            return number
+        # Keen refuses integers outside int64. A string keeps the value (a big numeric id
+        # stays readable and filterable by equality); an absurdly long one is dropped.
+        try:
+            text = str(number)
+        except ValueError:  # beyond sys.get_int_max_str_digits()
+            text = ""
+        if not text or len(text) > MAX_STRING_LENGTH:
+            self.warn(path, "dropped: integer far outside Keen's 64-bit range")
+            return _DROP
+        self.warn(path, "converted to a string: integer outside Keen's 64-bit range")
+        return text
+
+    def number(self, number: float, path: str) -> t.Any:
+        if not math.isfinite(number):
+            self.warn(path, "dropped: NaN and infinity are not JSON")
+            return _DROP
+        if INT64_MIN <= number <= INT64_MAX:
+            return number
+        self.warn(path, "converted to a string: number outside Keen's 64-bit range")
+        return repr(number)
+
+    def array(self, items: t.Iterable[t.Any], path: str, depth: int) -> t.Any:
+        if isinstance(items, (set, frozenset)):
+            try:
+                items = sorted(items)
+            except Exception:  # unorderable items: any order will do
+                items = list(items)
+        out: list[t.Any] = []
+        nested = False
+        for index, item in enumerate(items):
+            clean = self.value(item, f"{path}[{index}]", depth + 1)
+            if clean is _DROP:
+                continue
+            nested = nested or isinstance(clean, (dict, list))
+            out.append(clean)
+        if not nested:
+            return out
+        # Keen cannot query objects or arrays inside an array, and a strict Keen refuses
+        # them (ListsOfNonPrimitivesNotAllowedError). A JSON string keeps the data visible
+        # in extractions and exports and is valid everywhere.
+        text = json.dumps(out, ensure_ascii=False, separators=(",", ":"))
+        if _string_too_long(text):
+            self.warn(path, "dropped: array of objects or arrays too long as a JSON string")
+            return _DROP
+        self.warn(path, "converted to a JSON string: Keen cannot store arrays of objects")
+        return text
+
+    def other(self, value: object, path: str, depth: int) -> t.Any:
+        if isinstance(value, enum.Enum):
+            return self.value(value.value, path, depth)
+        if isinstance(value, str):
+            return self.string(str.__str__(value), path)
+        if isinstance(value, int):
+            return self.integer(int(value), path)
+        if isinstance(value, float):
+            return self.number(float(value), path)
+        if isinstance(value, dt.datetime):
+            try:
+                return format_timestamp(value)
+            except (OverflowError, ValueError):
+                self.warn(path, "dropped: datetime cannot be expressed in UTC")
+                return _DROP
+        if isinstance(value, (dt.date, dt.time)):
+            return value.isoformat()
+        if isinstance(value, decimal.Decimal):
+            if value.is_nan():  # float() of a signalling NaN raises
+                self.warn(path, "dropped: NaN is not JSON")
+                return _DROP
+            if value.is_finite() and value == value.to_integral_value():
+                return self.integer(int(value), path)
+            return self.number(float(value), path)
+        if isinstance(value, uuid.UUID):
+            return str(value)
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            self.warn(path, "dropped: binary values are not sent to Keen")
+        else:
+            self.warn(path, f"dropped: {type(value).__name__} is not a JSON type")
+        return _DROP
+
+
+def sanitize_properties(
+    props: Mapping[str, t.Any], *, log: logging.Logger = logger
+) -> dict[str, t.Any]:
+    """Return a copy of ``props`` that Keen accepts, repairing or dropping what it would refuse.
+
+    Keen refuses a whole event for one bad property, and a refused signup is lost, so every
+    property is made valid here instead (rules from ``keen-api.md`` §3.4, §3.5, §9.4):
+
+    * names: ``.`` becomes ``_`` (Auth0's namespaced claims are URLs); leading ``$`` are
+      stripped; empty, non-string and longer-than-255 names are dropped; a renamed property
+      never overwrites a property already valid under the new name;
+    * strings: cut to 9,999 characters; lone surrogates become U+FFFD;
+    * integers and floats outside the int64 range become strings (dropped if even that
+      string would be too long); NaN and infinities are dropped;
+    * datetimes become ISO-8601 UTC strings, dates and times ISO strings, ``Decimal`` a
+      number, ``UUID`` and ``Enum`` their value; sets and tuples become lists; bytes and
+      other objects are dropped;
+    * mappings are sanitised recursively; nesting deeper than :data:`MAX_DEPTH` is dropped;
+    * arrays keep their primitive items; an array holding objects or arrays becomes its
+      JSON text, since Keen can neither query such arrays nor (in strict mode) accept them.
+
+    Every change is logged at WARNING on ``log`` with the property's *name* (its path, for
+    nested properties) and never its value: claim values are personal data.
+    """
+    checked: object = props  # checked at run time: apps' callbacks return anything
+    if not isinstance(checked, Mapping):
+        log.warning("Keen event properties dropped: expected a mapping, got %s", type(props))
+        return {}
+    return _Sanitizer(log).mapping(checked, "", 0)
+
+
+# --------------------------------------------------------------------------------------
+# The event
+# --------------------------------------------------------------------------------------
+
+
+def build_signup_event(
+    claims: Mapping[str, t.Any],
+    *,
+    collection: str,
+    ip: str | None,
+    user_agent: str | None,
+    claim_names: Sequence[str] = ("name",),
+    ip_mode: str = "full",
+    addons: Sequence[str] = (),
+    created_at: dt.datetime | None = None,
+    now: dt.datetime,
+    extra: Mapping[str, t.Any] | None = None,
+) -> dict[str, t.Any]:
+    """Build the Keen ``signup`` event for the user the validated ID-token ``claims`` describe.
+
+    :param claims: the validated ID-token claims (``token["userinfo"]``); ``sub`` is required.
+    :param collection: the Keen collection; part of the uniqueness token.
+    :param ip: the client address (``request.remote_addr``), or ``None``.
+    :param user_agent: the ``User-Agent`` header, or ``None``.
+    :param claim_names: the allow-list (``KEEN_SIGNUP_CLAIMS``). Only these claims leave
+        the app, and only when present: a missing claim is omitted, never sent as null.
+        ``email`` is sent only if listed.
+    :param ip_mode: ``full`` sends ``ip`` as given, ``anonymize`` zeroes its host part,
+        ``none`` sends no IP at all. An invalid address is never sent.
+    :param addons: ``ip_to_geo`` and/or ``ua_parser``; each is added only when its input
+        property is in the event, since Keen fails an event whose add-on input is missing.
+    :param created_at: the user's creation time when known; else ``now`` is the timestamp.
+    :param now: the callback time, injected so the builder stays pure.
+    :param extra: the app's ``@signup.event_properties`` result, sanitised, then merged over
+        the claims. The builder's own fields (``userId``, ``ip``, ``connection``,
+        ``user_agent``, ``keen`` and active add-on outputs) always win: a colliding claim or
+        extra key is dropped with a log line.
+    :raises InvalidClaimsError: ``claims`` is not a mapping, or ``sub`` is missing, empty,
+        not a string, or too long for Keen. The message names keys, never values.
+    """
+    if not isinstance(claims, Mapping):
+        raise InvalidClaimsError(f"claims must be a mapping, got {type(claims).__name__}")
+    sub = claims.get("sub")
+    if not isinstance(sub, str):
+        if sub is None:
+            raise InvalidClaimsError("the claims have no 'sub': cannot identify the user")
+        raise InvalidClaimsError(f"claim 'sub' must be a string, got {type(sub).__name__}")
+    if not sub.strip():
+        raise InvalidClaimsError("claim 'sub' is empty: cannot identify the user")
+    if _clean_text(sub)[1]:
+        raise InvalidClaimsError("claim 'sub' is not valid Unicode text")
+    if _string_too_long(sub):
+        raise InvalidClaimsError(f"claim 'sub' is longer than Keen's {MAX_STRING_LENGTH} chars")
+
+    sanitizer = _Sanitizer(logger)
+    reserved = set(RESERVED_PROPERTIES)
+    active: list[tuple[str, str, str, str]] = []
+    for addon in addons:
+        spec = ADDONS.get(addon)
+        if spec is None:
+            logger.warning("Keen add-on %r is unknown; skipped", addon)
+        elif spec not in active:
+            active.append(spec)
+            reserved.add(spec[3])
+
+    event: dict[str, t.Any] = {"userId": sub}
+
+    # Allow-listed claims: only those present, sanitised as one mapping so renames and
+    # collisions are handled the same way as anywhere else.
+    wanted = {name: claims[name] for name in claim_names if claims.get(name) is not None}
+    if wanted:
+        for name, value in sanitizer.mapping(wanted, "", 0).items():
+            if name in reserved:
+                sanitizer.warn(name, "dropped: the builder sets this property itself")
+            else:
+                event[name] = value
+
+    address = _event_ip(ip, ip_mode)
+    if address is not None:
+        event["ip"] = address
+    connection = connection_of(sub)
+    if connection is not None:
+        event["connection"] = connection
+    if isinstance(user_agent, str) and user_agent:
+        event["user_agent"] = sanitizer.string(user_agent, "user_agent")
+
+    more: object = extra  # checked at run time: apps' callbacks return anything
+    if more is not None:
+        if not isinstance(more, Mapping):
+            logger.warning(
+                "event_properties returned %s, not a mapping; ignored", type(extra).__name__
+            )
+        else:
+            for name, value in sanitizer.mapping(more, "", 0).items():
+                if name in reserved:
+                    sanitizer.warn(name, "dropped from extra properties: reserved by the builder")
+                else:
+                    event[name] = value
+
+    keen: dict[str, t.Any] = {
+        "timestamp": _timestamp(created_at, now),
+        "uniqueness_token": uniqueness_token(collection, sub),
+    }
+    entries = []
+    for keen_name, param, source, output in active:
+        if source in event:
+            entries.append({"name": keen_name, "input": {param: source}, "output": output})
+        else:
+            logger.warning(
+                "Keen add-on %r skipped: the event has no %r property", keen_name, source
+            )
+    if entries:
+        keen["addons"] = entries
+    event["keen"] = keen
+    _fit_size(event)
+    return event
+
+
+def _timestamp(created_at: dt.datetime | None, now: dt.datetime) -> str:
+    if created_at is not None:
+        try:
+            return format_timestamp(created_at)
+        except (OverflowError, ValueError, AttributeError):
+            logger.warning("created_at cannot be expressed in UTC; the callback time is used")
+    return format_timestamp(now)
+
+
+def _event_ip(ip: str | None, mode: str) -> str | None:
+    """The ``ip`` property for ``mode``, or ``None``. The address itself is never logged."""
+    if mode == "none" or ip is None:
+        return None
+    if not isinstance(ip, str) or not ip:
+        logger.debug("no client IP address; the event has no 'ip'")
+        return None
+    if mode == "anonymize":
+        anonymized = anonymize_ip(ip)
+        if anonymized is None:
+            logger.warning("client IP address is not a valid IP address; 'ip' omitted")
+        return anonymized
+    if mode != "full":
+        logger.warning("unknown IP mode %r; 'ip' omitted", mode)
+        return None
+    try:
+        ipaddress.ip_address(ip)
+    except ValueError:
+        logger.warning("client IP address is not a valid IP address; 'ip' omitted")
+        return None
+    return ip
+
+
+def _fit_size(event: dict[str, t.Any]) -> None:
+    """Drop the largest optional properties until the event fits :data:`MAX_EVENT_BYTES`.
+
+    Keen refuses an oversize event outright (413), so a claim bloated past the limit would
+    lose the whole signup. Only claim and extra properties can be large enough to matter;
+    the builder's own fields are each bounded by the string limit.
+    """
+    size = len(json.dumps(event))
+    if size <= MAX_EVENT_BYTES:
+        return
+    optional = [name for name in event if name not in RESERVED_PROPERTIES]
+    sizes = {name: len(json.dumps({name: event[name]})) for name in optional}
+    for name in sorted(optional, key=sizes.__getitem__, reverse=True):
+        del event[name]
+        logger.warning("Keen event property %r dropped: the event exceeded Keen's size limit", name)
+        size -= sizes[name]
+        if size <= MAX_EVENT_BYTES:
+            return
