@@ -248,7 +248,9 @@ def load_settings(app: Flask) -> Settings:
                 )
     redis_url = _as_optional_str("KEEN_SIGNUP_REDIS_URL", c.get("KEEN_SIGNUP_REDIS_URL"))
     if enabled and store == "redis" and not redis_url:
-        raise ConfigurationError("KEEN_SIGNUP_REDIS_URL is required with KEEN_SIGNUP_STORE = 'redis'")
+        raise ConfigurationError(
+            "KEEN_SIGNUP_REDIS_URL is required with KEEN_SIGNUP_STORE = 'redis'"
+        )
 
     marker = _as_optional_str("KEEN_SIGNUP_MARKER", c.get("KEEN_SIGNUP_MARKER")) or DEFAULT_MARKER
     propagate = c.get("KEEN_SIGNUP_PROPAGATE_ERRORS")
@@ -273,7 +275,9 @@ def load_settings(app: Flask) -> Settings:
         auth0_client_id=auth0_client_id,
         auth0_client_secret=auth0_client_secret,
         marker=marker,
-        marker_claim=_as_optional_str("KEEN_SIGNUP_MARKER_CLAIM", c.get("KEEN_SIGNUP_MARKER_CLAIM")),
+        marker_claim=_as_optional_str(
+            "KEEN_SIGNUP_MARKER_CLAIM", c.get("KEEN_SIGNUP_MARKER_CLAIM")
+        ),
         since=_as_datetime("KEEN_SIGNUP_SINCE", c.get("KEEN_SIGNUP_SINCE")),
         claims=_as_list("KEEN_SIGNUP_CLAIMS", c.get("KEEN_SIGNUP_CLAIMS", list(DEFAULT_CLAIMS))),
         ip_mode=_as_choice("KEEN_SIGNUP_IP", c.get("KEEN_SIGNUP_IP", "full"), IP_MODES),
@@ -311,7 +315,7 @@ def load_settings(app: Flask) -> Settings:
         keep_delivered=_as_bool(
             "KEEN_SIGNUP_KEEP_DELIVERED", c.get("KEEN_SIGNUP_KEEP_DELIVERED", True)
         ),
-        propagate_errors=None if propagate is None else _as_bool(
-            "KEEN_SIGNUP_PROPAGATE_ERRORS", propagate
-        ),
+        propagate_errors=None
+        if propagate is None
+        else _as_bool("KEEN_SIGNUP_PROPAGATE_ERRORS", propagate),
     )

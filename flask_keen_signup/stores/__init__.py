@@ -53,7 +53,7 @@ class MarkerStore(ABC):
     def release(self, user_id: str) -> None:
         """Delete a *pending* marker so the next login retries. A confirmed one stays."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, deliberately not abstract
         """Release resources (connections). Optional."""
 
 
