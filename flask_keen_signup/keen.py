@@ -98,6 +98,13 @@ PERMANENT_EVENT_ERRORS: frozenset[str] = frozenset(
     }
 )
 
+#: Error names that mean "this event's ``keen.uniqueness_token`` was already stored": the
+#: event *is* in Keen (its first copy), so it counts as delivered. Keen's real answer to a
+#: duplicate is undocumented (a plain success is the default guess); this is the name the
+#: bundled emulator uses when configured to report duplicates as errors (409 for a single
+#: write, a failed item in a batch). Retrying such an event could never succeed.
+DUPLICATE_EVENT_ERRORS: frozenset[str] = frozenset({"DuplicateEventError"})
+
 #: Whole-request statuses worth retrying: the server or something in front of it is
 #: overloaded or briefly broken. Every other non-2xx is a verdict on the request itself.
 RETRYABLE_STATUSES = frozenset({408, 429})
@@ -476,14 +483,24 @@ class KeenClient:
     def add_event(self, collection: str, event: t.Mapping[str, t.Any]) -> None:
         """Write one event (``POST /3.0/projects/{pid}/events/{collection}``).
 
-        Keen answers ``201 {"created": true}``; any 2xx counts, like Keen's own SDKs.
+        Keen answers ``201 {"created": true}``; any 2xx counts, like Keen's own SDKs. So
+        does a ``409`` naming a :data:`DUPLICATE_EVENT_ERRORS` error: the first copy of the
+        event is already stored.
 
         :raises KeenConnectionError: no answer (retryable).
         :raises KeenRequestTooLargeError: 413.
         :raises KeenAPIError: any other non-2xx; ``.retryable`` says whether to try again.
         :raises ValueError, TypeError: the event cannot be encoded (:func:`encode_event`).
         """
-        self._post(self.event_url(collection), encode_event(event))
+        try:
+            self._post(self.event_url(collection), encode_event(event))
+        except KeenAPIError as exc:
+            if exc.status_code == 409 and exc.error_code in DUPLICATE_EVENT_ERRORS:
+                logger.debug(
+                    "duplicate event in %r: already stored, counted as delivered", collection
+                )
+                return
+            raise
 
     def add_events(
         self,
@@ -643,5 +660,13 @@ def _event_result(item: t.Any, redact: t.Callable[[str], str]) -> EventResult:
     description = error.get("description") if isinstance(error, dict) else None
     name = redact(_excerpt(name, 100)) if isinstance(name, str) else None
     description = redact(_excerpt(description)) if isinstance(description, str) else None
+    if name in DUPLICATE_EVENT_ERRORS:
+        return EventResult(
+            Outcome.DELIVERED,
+            error_name=name,
+            description=description or "already stored: its uniqueness token was seen before",
+        )
+    if not name and not description:
+        description = "Keen reported a failure without saying why"
     outcome = Outcome.PERMANENT if name in PERMANENT_EVENT_ERRORS else Outcome.RETRYABLE
     return EventResult(outcome, error_name=name, description=description)
