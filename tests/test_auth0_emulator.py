@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import typing as t
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qs
 from urllib.parse import quote
 from urllib.parse import urlsplit
@@ -303,6 +304,31 @@ def test_id_token_claims_knob_reaches_the_app(auth0: Auth0Emulator) -> None:
     auth0.id_token_claims = {"https://example.com/created_at": "2020-01-01T00:00:00.000Z"}
     claims = login(quickstart_app(auth0), "claims@example.com")["userinfo"]
     assert claims["https://example.com/created_at"] == "2020-01-01T00:00:00.000Z"
+
+
+def test_id_token_claims_can_be_computed_per_user(auth0: Auth0Emulator) -> None:
+    """Like a post-login Action copying ``event.user`` fields into namespaced claims."""
+    auth0.id_token_claims["https://example.com/created_at"] = lambda user: user["created_at"]
+    auth0.id_token_claims["https://example.com/logins"] = lambda user: user["logins_count"]
+    old = auth0.add_user(email="old@example.com", created_at="2019-05-01T12:00:00Z")
+    claims = login(quickstart_app(auth0), "old@example.com")["userinfo"]
+    assert claims["https://example.com/created_at"] == "2019-05-01T12:00:00.000Z"
+    assert claims["https://example.com/logins"] == 1
+    assert claims["sub"] == old["user_id"]
+
+
+def test_concurrent_logins(auth0: Auth0Emulator) -> None:
+    """The server is threaded: simultaneous signups neither lose nor duplicate users."""
+    app = quickstart_app(auth0)
+    emails = [f"c{i % 4}@example.com" for i in range(12)]  # each email 3 times at once
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        subs = list(pool.map(lambda email: login(app, email)["userinfo"]["sub"], emails))
+    assert len(auth0.users()) == 4
+    sub_by_email: dict[str, set[str]] = {}
+    for sub, email in zip(subs, emails, strict=True):
+        sub_by_email.setdefault(email, set()).add(sub)
+    assert all(len(found) == 1 for found in sub_by_email.values())
+    assert sorted(u["logins_count"] for u in auth0.users()) == [3, 3, 3, 3]
 
 
 # -- 2. tampered ID tokens are rejected by Authlib ---------------------------------------------

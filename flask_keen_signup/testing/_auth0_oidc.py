@@ -218,20 +218,11 @@ class Auth0TokenError(OAuth2Error):  # type: ignore[misc, unused-ignore]
         self.error = error
 
 
-def _auth0_error_body(error: t.Any) -> tuple[int, dict[str, str]]:
+def _auth0_error_body(error: t.Any, grant_type: str) -> tuple[int, dict[str, str]]:
     """Translate an Authlib error into the status and body Auth0 sends for it."""
     if error.error == "invalid_client":
         return 401, {"error": "access_denied", "error_description": "Unauthorized"}
     if error.error == "unauthorized_client":
-        grant_type = ""
-        try:
-            from flask import request
-
-            grant_type = request.values.get("grant_type") or (
-                (request.get_json(silent=True) or {}).get("grant_type", "")
-            )
-        except (RuntimeError, AttributeError):  # pragma: no cover - outside a request
-            pass
         return 403, {
             "error": "unauthorized_client",
             "error_description": f"Grant type '{grant_type}' not allowed for the client.",
@@ -306,7 +297,10 @@ class EmulatorAuthorizationServer(AuthorizationServer):  # type: ignore[misc, un
         if getattr(error, "redirect_uri", None):
             # Authorization errors go back to the validated redirect URI (?error=...&state=).
             return self.handle_response(*error(None))
-        status, body = _auth0_error_body(error)
+        grant_type = ""
+        if request is not None and getattr(request, "payload", None) is not None:
+            grant_type = request.payload.data.get("grant_type") or ""
+        status, body = _auth0_error_body(error, grant_type)
         headers = [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
         return self.handle_response(status, json.dumps(body), headers)
 
@@ -516,7 +510,11 @@ def generate_user_info(tenant: Tenant, user: EmulatedUser | str, scope: str) -> 
         info["email"] = stored.get("email")
         info["email_verified"] = bool(stored.get("email_verified", False))
     with tenant.lock:
-        info.update(tenant.id_token_claims)
+        extra = dict(tenant.id_token_claims)
+    for name, value in extra.items():
+        # A callable computes the claim from the stored user, like a post-login Action's
+        # api.idToken.setCustomClaim(name, event.user.created_at).
+        info[name] = value(stored) if callable(value) else value
     return UserInfo(info)
 
 

@@ -223,7 +223,9 @@ class Auth0Emulator:
         """Extra claims merged into every ID token and ``/userinfo`` answer.
 
         Emulates claims added by a post-login Action, e.g. a namespaced marker or
-        ``created_at``. Mutate it in place or assign a new dict.
+        ``created_at``. A value may be a callable taking the stored user dict, for claims
+        that differ per user (``lambda user: user["created_at"]``). Mutate it in place or
+        assign a new dict.
         """
         return self._tenant.id_token_claims
 
