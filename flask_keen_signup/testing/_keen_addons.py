@@ -286,12 +286,12 @@ def referrer_parser(referrer_url: object, page_url: object) -> dict[str, t.Any]:
     if ref_host == page_host:
         return {"medium": "INTERNAL", "source": None, "term": None}
     params = dict(parse_qsl(ref.query, keep_blank_values=True))
-    for marker, source, keys in _SEARCH_ENGINES:
-        if marker in ref_host:
-            return {"medium": "SEARCH", "source": source, "term": _first(params, keys)}
     for marker, source in _EMAIL_HOSTS:
         if ref_host.startswith(marker):
             return {"medium": "EMAIL", "source": source, "term": None}
+    for marker, source, keys in _SEARCH_ENGINES:
+        if marker in ref_host:
+            return {"medium": "SEARCH", "source": source, "term": _first(params, keys)}
     if "search" in ref_host or any(key in params for key in ("q", "query", "search")):
         source = ref_host.removeprefix("www.").split(".")[0].replace("-", " ").title()
         return {"medium": "SEARCH", "source": source, "term": _first(params, _TERM_PARAMS)}
