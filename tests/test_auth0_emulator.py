@@ -694,7 +694,11 @@ def test_management_errors(auth0: Auth0Emulator) -> None:
 def test_user_access_token_is_not_a_management_token(auth0: Auth0Emulator) -> None:
     token = login(quickstart_app(auth0), "ut@example.com")
     response = api(auth0, "GET", "users", token["access_token"])
-    assert response.status_code == 401
+    assert response.status_code == 401 and response.json()["message"] == "Invalid token"
+    # The ID token is a valid JWT of this tenant, but for the web application, not the API.
+    id_token = api(auth0, "GET", "users", token["id_token"])
+    assert id_token.status_code == 401
+    assert id_token.json()["message"] == f"Bad audience: {auth0.client_id}"
 
 
 def test_revoked_and_expired_tokens_get_401(auth0: Auth0Emulator) -> None:
@@ -765,6 +769,29 @@ def test_rate_limit_then_success(auth0: Auth0Emulator) -> None:
     limited_token = requests.post(auth0.url + "/oauth/token", data={}, timeout=10)
     assert limited_token.status_code == 429
     assert limited_token.json()["error"] == "too_many_requests"
+
+
+def test_plain_http_on_a_non_loopback_host(
+    auth0: Auth0Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Authlib's server accepts http:// only on loopback unless AUTHLIB_INSECURE_TRANSPORT is
+    set; the emulator lifts that for itself alone (e.g. ``--host 0.0.0.0`` on a LAN)."""
+    monkeypatch.delenv("AUTHLIB_INSECURE_TRANSPORT", raising=False)
+    response = auth0.app.test_client().post(
+        "/oauth/token",
+        base_url="http://auth.lan.example",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": auth0.m2m_client_id,
+            "client_secret": auth0.m2m_client_secret,
+            "audience": auth0.audience,
+        },
+    )
+    assert response.status_code == 200, response.get_data(as_text=True)
+
+    from authlib.common.security import is_secure_transport
+
+    assert not is_secure_transport("http://auth.lan.example/oauth/token")  # still strict
 
 
 def test_request_log(auth0: Auth0Emulator) -> None:

@@ -160,7 +160,7 @@ def register_management_api(app: Flask, tenant: Tenant) -> None:
             body = request.get_json(silent=True)
             if body is None:
                 return management_error(
-                    400, "Payload validation error: 'Invalid JSON' .", "invalid_body"
+                    400, "Payload validation error: 'Invalid JSON'.", "invalid_body"
                 )
             try:
                 user = tenant.users.update(user_id, body)

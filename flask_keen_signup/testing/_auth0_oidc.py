@@ -590,7 +590,7 @@ def validate_management_token(tenant: Tenant, authorization: str | None) -> dict
             "Expired token received for JSON Web Token validation", error_code="token_expired"
         ) from error
     except (InvalidClaimError, MissingClaimError) as error:
-        if "aud" in str(error):
+        if getattr(error, "claim", None) == "aud":
             raise ManagementTokenError(f"Bad audience: {claims.get('aud')}") from error
         raise ManagementTokenError("Invalid token") from error
     with tenant.lock:
