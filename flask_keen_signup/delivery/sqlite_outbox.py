@@ -97,6 +97,11 @@ WHERE id IN (
 RETURNING {_ROW_COLUMNS}, reclaimed
 """
 
+_ANY_DUE = (
+    "SELECT 1 FROM keen_signup_outbox "
+    "WHERE state IN ('pending', 'confirming') AND next_attempt_at <= ? LIMIT 1"
+)
+
 _CLAIM_FLUSH = f"""
 UPDATE keen_signup_outbox
 SET attempts = attempts + 1,
@@ -200,6 +205,8 @@ class SQLiteOutbox(Outbox):
         owner: str,
         flush_since: float | None = None,
     ) -> list[OutboxRow]:
+        if flush_since is None and not self._read(_ANY_DUE, (now,)):
+            return []  # the idle poll stays a read: no write lock taken every interval
         params = {"now": now, "lease": lease_seconds, "owner": owner, "limit": limit}
         sql = _CLAIM
         if flush_since is not None:

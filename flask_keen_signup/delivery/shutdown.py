@@ -1,0 +1,147 @@
+"""Process life cycle of the senders: exit, SIGTERM and fork, in one place.
+
+* **Exit.** One ``atexit`` hook flushes every live sender within its ``shutdown_timeout``
+  and stops it. What is not sent by then stays in the outbox for the next run: never
+  dropped, never a hang.
+* **SIGTERM.** Python's default action for SIGTERM skips ``atexit``, and SIGTERM is how
+  gunicorn, systemd and Kubernetes stop a process. The handler does the same bounded flush,
+  then chains: it calls the previous Python handler, or, if the previous action was the
+  default, restores it and re-sends SIGTERM so the process still dies of it. A handler can
+  only be installed from the main thread; elsewhere this is skipped (``atexit`` still runs).
+  The flush runs on a helper thread that the handler waits for with a deadline, so a lock
+  held by the interrupted main thread can delay it but never hang the process.
+* **Fork.** ``os.register_at_fork(after_in_child=...)`` rebuilds every sender in the child
+  (fresh thread, locks, lease owner and HTTP connections) and restarts the ones that were
+  running (gunicorn ``--preload``, uWSGI, ``multiprocessing`` with fork). Senders are held
+  weakly, so this registry never keeps one alive.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import signal
+import threading
+import time
+import typing as t
+import weakref
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    from types import FrameType
+
+    from .sender import Sender
+
+logger = logging.getLogger(__name__)
+
+_senders: weakref.WeakSet[Sender] = weakref.WeakSet()
+_lock = threading.Lock()
+_atexit_installed = False
+_signal_installed = False
+_previous_handler: t.Any = None
+#: Extra seconds the signal handler waits beyond the longest shutdown_timeout.
+_SIGNAL_GRACE = 1.0
+
+
+def register(sender: Sender, *, signals: bool = True) -> None:
+    """Track ``sender`` for exit, SIGTERM and fork; install the hooks on first use."""
+    global _atexit_installed
+    with _lock:
+        _senders.add(sender)
+        if not _atexit_installed:
+            atexit.register(_at_exit)
+            _atexit_installed = True
+    if signals:
+        install_signal_handler()
+
+
+def unregister(sender: Sender) -> None:
+    with _lock:
+        _senders.discard(sender)
+
+
+def live_senders() -> list[Sender]:
+    """The senders of this process (for ``status`` and tests)."""
+    with _lock:
+        return list(_senders)
+
+
+def shutdown_all(timeout: float | None = None) -> int:
+    """Flush then stop every sender, sharing one deadline; return the events left queued.
+
+    :param timeout: total seconds; default the longest ``shutdown_timeout`` of the senders.
+    """
+    senders = live_senders()
+    if not senders:
+        return 0
+    if timeout is None:
+        timeout = max(s.shutdown_timeout for s in senders)
+    deadline = time.monotonic() + timeout
+    left = 0
+    for sender in senders:
+        try:
+            left += sender.shutdown(max(0.0, deadline - time.monotonic()))
+        except Exception:  # noqa: BLE001 - exit must go on whatever happens
+            logger.exception("flask-keen-signup: error while shutting down a sender")
+    return left
+
+
+def _at_exit() -> None:
+    left = shutdown_all()
+    if left:
+        logger.info("flask-keen-signup: %d event(s) left in the outbox for the next run", left)
+
+
+def install_signal_handler() -> bool:
+    """Install the SIGTERM flush-and-chain handler once. Returns whether it is installed.
+
+    Only possible from the main thread of the main interpreter; a no-op elsewhere, and when
+    SIGTERM is ignored (``SIG_IGN``) or handled outside Python (nothing to chain to).
+    """
+    global _signal_installed, _previous_handler
+    if _signal_installed:
+        return True
+    if threading.current_thread() is not threading.main_thread():
+        logger.debug("flask-keen-signup: not on the main thread; SIGTERM handler not installed")
+        return False
+    try:
+        previous = signal.getsignal(signal.SIGTERM)
+        if previous is signal.SIG_IGN or previous is None:
+            return False
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError):  # not the main interpreter, or no signals here
+        return False
+    _previous_handler = previous
+    _signal_installed = True
+    return True
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    senders = live_senders()
+    timeout = max((s.shutdown_timeout for s in senders), default=0.0)
+    if senders:
+        helper = threading.Thread(
+            target=shutdown_all, args=(timeout,), name="flask-keen-signup-shutdown", daemon=True
+        )
+        helper.start()
+        helper.join(timeout + _SIGNAL_GRACE)
+    previous = _previous_handler
+    if callable(previous):
+        previous(signum, frame)
+    elif previous == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # the parent's may have been held by another thread
+    for sender in list(_senders):
+        try:
+            sender._after_fork_in_child()
+        except Exception:  # noqa: BLE001 - never break the child over analytics
+            logger.exception("flask-keen-signup: could not restart a sender after fork")
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
