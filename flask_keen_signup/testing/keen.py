@@ -22,6 +22,7 @@ From a shell: ``python -m flask_keen_signup.testing.keen --port 8765``.
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import threading
@@ -29,7 +30,6 @@ import typing as t
 
 from ._keen_app import KeenApp
 from ._keen_app import KeenConfig
-from ._keen_control import events_payload
 from ._keen_control import reset as _reset_app
 from ._keen_faults import KeenHTTPServer
 from ._keen_faults import LoggedRequest
@@ -156,7 +156,8 @@ class KeenEmulator:
         Copies: mutating them does not change what the emulator serves. All collections when
         ``collection`` is ``None``. Not subject to ``visibility_delay``.
         """
-        return t.cast("list[dict[str, t.Any]]", events_payload(self._app, collection)["events"])
+        stored = [s.event for s in self._app.store.load(collection)]
+        return t.cast("list[dict[str, t.Any]]", json.loads(json.dumps(stored)))
 
     def collections(self) -> list[str]:
         """Names of the collections holding at least one event, in order of first event."""
