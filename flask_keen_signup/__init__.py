@@ -8,6 +8,7 @@ from __future__ import annotations
 from .exceptions import ConfigurationError as ConfigurationError
 from .exceptions import InvalidClaimsError as InvalidClaimsError
 from .exceptions import KeenSignupError as KeenSignupError
+from .extension import KeenSignup as KeenSignup
 from .signals import signup_dead as signup_dead
 from .signals import signup_delivered as signup_delivered
 from .signals import signup_detected as signup_detected
@@ -17,6 +18,7 @@ from .signals import signup_recorded as signup_recorded
 __all__ = [
     "ConfigurationError",
     "InvalidClaimsError",
+    "KeenSignup",
     "KeenSignupError",
     "signup_dead",
     "signup_delivered",

@@ -1,0 +1,406 @@
+"""``KeenSignup``: the Flask wiring. Config at ``init_app``, the callback hook, signals.
+
+The decisions live in :mod:`.tracker`; the sending in :mod:`.delivery` and :mod:`.keen`.
+This module only connects them to Flask: per-app state in
+``app.extensions["keen_signup"]`` (never ``self.app``), the ``@track`` decorator, the
+explicit ``track_token`` / ``track_claims``, and the rule that the login is never
+broken by analytics: errors are logged, not raised, unless
+``KEEN_SIGNUP_PROPAGATE_ERRORS`` (default: when testing or debugging) says otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import logging
+import typing as t
+
+from flask import current_app
+from flask import g
+from flask import has_request_context
+from flask import request
+from werkzeug.wrappers import Response as BaseResponse
+
+from . import signals
+from .config import Settings
+from .config import load_settings
+from .database import Database
+from .exceptions import ConfigurationError
+from .exceptions import InvalidClaimsError
+from .stores import MarkerStore
+from .stores.sqlite import SQLiteStore
+from .tracker import Outcome
+from .tracker import Tracker
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    from flask import Flask
+
+    from .delivery import Outbox
+    from .delivery.sender import Sender
+    from .keen import KeenClient
+
+logger = logging.getLogger(__name__)
+
+F = t.TypeVar("F", bound=t.Callable[..., t.Any])
+EventPropertiesCallback = t.Callable[[t.Mapping[str, t.Any], t.Any], t.Mapping[str, t.Any]]
+
+#: Where Authlib's Flask client keeps the token of the current request
+#: (``FlaskAppMixin.token`` setter). Private to Authlib: ``tests/test_hook.py`` runs the
+#: real Authlib flow and fails if this ever changes.
+_AUTHLIB_TOKEN_PREFIX = "_oauth_token_"
+
+_SIGNALS = {
+    "detected": signals.signup_detected,
+    "recorded": signals.signup_recorded,
+    "delivered": signals.signup_delivered,
+    "failed": signals.signup_failed,
+    "dead": signals.signup_dead,
+}
+
+
+@dataclasses.dataclass
+class _AppState:
+    """Everything one app's extension owns. Lives in ``app.extensions["keen_signup"]``."""
+
+    settings: Settings
+    tracker: Tracker
+    client: KeenClient
+    outbox: Outbox
+    database: Database
+    sender: Sender | None
+    store: MarkerStore
+
+
+class KeenSignup:
+    """Report each user's signup to Keen IO, once.
+
+    ::
+
+        signup = KeenSignup(app)          # or KeenSignup() then signup.init_app(app)
+
+        @app.route("/callback")
+        @signup.track
+        def callback():
+            token = oauth.auth0.authorize_access_token()
+            ...
+
+    Config keys are documented in ``docs/configuration.md``; they are read once, here.
+    """
+
+    def __init__(self, app: Flask | None = None) -> None:
+        self._event_properties: EventPropertiesCallback | None = None
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Validate the config and start the sender. A bad config raises here, not later.
+
+        :raises ConfigurationError: naming the key at fault.
+        """
+        if "keen_signup" in app.extensions:
+            raise RuntimeError(
+                "A KeenSignup instance is already registered on this app; "
+                "call init_app once per app."
+            )
+        settings = load_settings(app)
+        state = _build_state(app, settings)
+        app.extensions["keen_signup"] = state
+        from .cli import cli
+
+        app.cli.add_command(cli)
+        if state.sender is not None and settings.enabled:
+            state.sender.start()
+
+    # -- public API ----------------------------------------------------------------------
+
+    def track(self, view: F) -> F:
+        """Decorate the login callback view: track the token Authlib returned in it.
+
+        After the view returns a response with status < 400, every token that an Authlib
+        client's ``authorize_access_token()`` produced during the view is tracked from its
+        validated ``userinfo``. The response is returned untouched; an exception from the
+        view propagates untouched.
+        """
+        if inspect.iscoroutinefunction(view):
+
+            @functools.wraps(view)
+            async def async_wrapper(*args: t.Any, **kwargs: t.Any) -> t.Any:
+                before = _authlib_tokens()
+                rv = await view(*args, **kwargs)
+                self._after_view(rv, before)
+                return rv
+
+            return t.cast(F, async_wrapper)
+
+        @functools.wraps(view)
+        def wrapper(*args: t.Any, **kwargs: t.Any) -> t.Any:
+            before = _authlib_tokens()
+            rv = view(*args, **kwargs)
+            self._after_view(rv, before)
+            return rv
+
+        return t.cast(F, wrapper)
+
+    def track_token(self, token: t.Mapping[str, t.Any]) -> Outcome | None:
+        """Track the token ``authorize_access_token()`` returned. Uses ``token["userinfo"]``.
+
+        Returns what happened, or ``None`` if an error was logged instead of raised.
+        """
+        userinfo = token.get("userinfo") if isinstance(token, t.Mapping) else None
+        if not isinstance(userinfo, t.Mapping):
+            self._handle_error(
+                InvalidClaimsError(
+                    "the token has no 'userinfo' (validated ID-token claims): request the "
+                    "'openid' scope, e.g. client_kwargs={'scope': 'openid profile email'}"
+                )
+            )
+            return None
+        return self.track_claims(userinfo)
+
+    def track_claims(self, claims: t.Mapping[str, t.Any]) -> Outcome | None:
+        """Track already validated ID-token claims (e.g. Authlib's ``UserInfo``).
+
+        Returns what happened, or ``None`` if an error was logged instead of raised.
+        """
+        state = _state()
+        ip = request.remote_addr if has_request_context() else None
+        user_agent = request.user_agent.string if has_request_context() else None
+        try:
+            extra = self._extra_properties(claims)
+            return state.tracker.track_claims(claims, ip=ip, user_agent=user_agent, extra=extra)
+        except Exception as exc:  # noqa: BLE001 - the login must not break
+            self._handle_error(exc)
+            return None
+
+    def event_properties(self, callback: EventPropertiesCallback) -> EventPropertiesCallback:
+        """Register ``callback(claims, request) -> dict`` adding properties to each event.
+
+        Its result is sanitised to Keen's rules; it cannot override the built-in fields.
+        """
+        self._event_properties = callback
+        return callback
+
+    def health(self, app: Flask | None = None) -> dict[str, t.Any]:
+        """The delivery state, for an app's ``/healthz`` and ``flask keen-signup status``.
+
+        Keys: ``pending``, ``due``, ``in_flight``, ``delivered``, ``skipped``, ``dead``,
+        ``oldest_pending_age`` (seconds or ``None``), ``last_error``, ``resends``,
+        ``circuit`` (``closed``/``open``/``half-open``), ``circuit_until``, ``running``.
+        """
+        return health_of(_state(app))
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _after_view(self, rv: t.Any, before: dict[str, int]) -> None:
+        try:
+            if _status_of(rv) >= 400:
+                return
+            for name, token in _authlib_tokens_changed(before):
+                logger.debug("tracking the token of Authlib client %r", name)
+                self.track_token(token)
+        except Exception as exc:  # noqa: BLE001 - the login must not break
+            self._handle_error(exc)
+
+    def _extra_properties(self, claims: t.Mapping[str, t.Any]) -> t.Mapping[str, t.Any] | None:
+        if self._event_properties is None:
+            return None
+        try:
+            extra: object = self._event_properties(
+                claims, request if has_request_context() else None
+            )
+        except Exception as exc:  # noqa: BLE001 - a bad callback must not lose the signup
+            if _propagate():
+                raise
+            logger.error(
+                "the @event_properties callback failed; recording the signup without "
+                "its properties: %s",
+                type(exc).__name__,
+                exc_info=True,
+            )
+            return None
+        if extra is not None and not isinstance(extra, t.Mapping):
+            logger.error("the @event_properties callback returned a non-mapping; ignored")
+            return None
+        return extra
+
+    def _handle_error(self, exc: Exception) -> None:
+        if _propagate():
+            raise exc
+        if isinstance(exc, InvalidClaimsError):
+            logger.error("signup not tracked: %s", exc)
+        else:
+            logger.error(
+                "signup tracking failed; the login is not affected: %s", exc, exc_info=True
+            )
+        return None
+
+
+def _state(app: Flask | None = None) -> _AppState:
+    app = app or current_app._get_current_object()  # type: ignore[attr-defined]
+    try:
+        return t.cast(_AppState, app.extensions["keen_signup"])
+    except KeyError:
+        raise RuntimeError(
+            "KeenSignup is not initialised on this app: call KeenSignup(app) or init_app(app)"
+        ) from None
+
+
+def _propagate() -> bool:
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    setting = _state(app).settings.propagate_errors
+    if setting is None:
+        return bool(app.testing or app.debug)
+    return setting
+
+
+def health_of(state: _AppState) -> dict[str, t.Any]:
+    """Flat delivery status of one app (see :meth:`KeenSignup.health`)."""
+    if state.sender is None:
+        return {**dataclasses.asdict(state.outbox.stats()), "circuit": "-", "running": False}
+    status = state.sender.status()
+    return {
+        **dataclasses.asdict(status.outbox),
+        "circuit": status.circuit,
+        "circuit_until": status.circuit_until,
+        "last_error": status.last_error,
+        "running": status.running,
+    }
+
+
+def _authlib_tokens() -> dict[str, int]:
+    """The ids of the Authlib tokens on ``g`` now, to spot the ones the view fetched."""
+    return {
+        name: id(getattr(g, name)) for name in list(g) if name.startswith(_AUTHLIB_TOKEN_PREFIX)
+    }
+
+
+def _authlib_tokens_changed(before: dict[str, int]) -> list[tuple[str, t.Mapping[str, t.Any]]]:
+    changed = []
+    for name in list(g):
+        if not name.startswith(_AUTHLIB_TOKEN_PREFIX):
+            continue
+        token = getattr(g, name)
+        if before.get(name) != id(token) and isinstance(token, t.Mapping):
+            changed.append((name[len(_AUTHLIB_TOKEN_PREFIX) :], token))
+    return changed
+
+
+def _status_of(rv: t.Any) -> int:
+    """The status Flask will send for a view's return value, without converting it."""
+    if isinstance(rv, BaseResponse):
+        return rv.status_code
+    if isinstance(rv, tuple) and len(rv) in (2, 3):
+        status = rv[1]
+        if isinstance(status, int):
+            return status
+        if isinstance(status, str):
+            try:
+                return int(status.split(maxsplit=1)[0])
+            except ValueError:
+                return 200
+        if isinstance(rv[0], BaseResponse):
+            return rv[0].status_code
+    return 200
+
+
+def _notifier(app: Flask) -> t.Callable[[str, dict[str, t.Any]], None]:
+    def notify(kind: str, payload: dict[str, t.Any]) -> None:
+        signal = _SIGNALS[kind]
+        if not signal.receivers:
+            return
+        try:
+            signal.send(app, **payload)
+        except Exception:  # noqa: BLE001 - a broken subscriber must not break delivery
+            logger.error("a %s receiver raised; ignored", signal.name, exc_info=True)
+
+    return notify
+
+
+def _build_state(app: Flask, settings: Settings) -> _AppState:
+    from .delivery.sqlite_outbox import SQLiteOutbox
+    from .keen import KeenClient
+
+    if settings.store == "redis":
+        raise ConfigurationError(
+            "KEEN_SIGNUP_STORE = 'redis' is not available in this version; use 'sqlite' "
+            "(one host), 'auth0' (many hosts) or 'session'"
+        )
+    database = Database(settings.database, synchronous=settings.sqlite_synchronous)
+    client = KeenClient(
+        settings.project_id or "disabled",
+        settings.write_key or "disabled",
+        api_url=settings.api_url,
+        timeout=settings.timeout,
+    )
+    # In sync mode a pending marker older than a full Keen call belongs to a dead request.
+    reclaim_after = sum(settings.timeout) + 5 if settings.delivery == "sync" else None
+    ledger = SQLiteStore(database, settings.collection, reclaim_after=reclaim_after)
+    store: MarkerStore
+    local_ledger: SQLiteStore | None = None
+    if settings.store == "sqlite":
+        store = ledger
+    elif settings.store == "session":
+        from .stores.session import SessionStore
+
+        store = SessionStore(settings.collection)
+    elif settings.store == "auth0":
+        from .auth0 import ManagementClient
+        from .stores.auth0 import Auth0Store
+
+        store = Auth0Store(
+            ManagementClient(
+                t.cast(str, settings.auth0_domain),
+                t.cast(str, settings.auth0_client_id),
+                t.cast(str, settings.auth0_client_secret),
+                timeout=settings.timeout,
+            ),
+            settings.marker,
+        )
+        local_ledger = ledger
+    else:
+        store = t.cast(MarkerStore, settings.store)
+    outbox = SQLiteOutbox(database, keep_delivered=settings.keep_delivered)
+    notify = _notifier(app)
+    sender = _build_sender(settings, outbox, client, store, ledger, notify)
+    tracker = Tracker(
+        settings,
+        store=store,
+        ledger=local_ledger,
+        outbox=outbox,
+        client=client,
+        sender=sender,
+        notify=notify,
+    )
+    return _AppState(
+        settings=settings,
+        tracker=tracker,
+        client=client,
+        outbox=outbox,
+        database=database,
+        sender=sender,
+        store=store,
+    )
+
+
+def _build_sender(
+    settings: Settings,
+    outbox: Outbox,
+    client: KeenClient,
+    store: MarkerStore,
+    ledger: SQLiteStore,
+    notify: t.Callable[[str, dict[str, t.Any]], None],
+) -> Sender | None:
+    from .delivery.sender import Sender
+    from .hooks import MarkerHooks
+
+    return Sender(
+        outbox,
+        client,
+        collection_batch_size=settings.batch_size,
+        flush_interval=settings.flush_interval,
+        max_attempts=settings.max_attempts,
+        shutdown_timeout=settings.shutdown_timeout,
+        hooks=MarkerHooks(settings, store=store, ledger=ledger),
+        notify=notify,
+    )

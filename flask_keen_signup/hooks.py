@@ -1,0 +1,74 @@
+"""What the sender does around a delivery, for the marker stores.
+
+Runs on the sender thread, never in a login request. After Keen accepted a batch the
+local ledger's markers become *confirmed* (they were *pending*: queued). With the
+``auth0`` store, the user's ``app_metadata`` is checked before sending (already marked, or
+created before ``KEEN_SIGNUP_SINCE``: skipped) and set after delivery; a failed PATCH is
+retried durably by the sender without writing to Keen again.
+"""
+
+from __future__ import annotations
+
+import logging
+import typing as t
+
+from .delivery import DeliveryHooks
+from .delivery import OutboxRow
+from .exceptions import RemoteError
+from .stores import MarkerStore
+from .stores.auth0 import Auth0Store
+from .stores.sqlite import SQLiteStore
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    from .config import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class MarkerHooks(DeliveryHooks):
+    """Keep the markers in step with deliveries. See the module doc."""
+
+    def __init__(self, settings: Settings, *, store: MarkerStore, ledger: SQLiteStore) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self.remote = store if isinstance(store, Auth0Store) else None
+
+    def before_send(self, rows: t.Sequence[OutboxRow]) -> dict[int, str]:
+        if self.remote is None:
+            return {}
+        skip: dict[int, str] = {}
+        for row in rows:
+            try:
+                facts = self.remote.user_facts(row.user_id)
+            except RemoteError as exc:
+                if exc.retryable:
+                    raise
+                # A user deleted since the signup still signed up: send the event.
+                logger.warning("cannot check app_metadata before sending (%s); sending", exc)
+                continue
+            since = self.settings.since
+            if facts.marked:
+                skip[row.id] = "already marked in Auth0 app_metadata"
+            elif since is not None and facts.created_at is not None and facts.created_at < since:
+                self.remote.confirm(row.user_id)
+                skip[row.id] = "user created before KEEN_SIGNUP_SINCE: marked, not reported"
+        if skip:
+            with self.ledger.database.transaction() as conn:
+                for row in rows:
+                    if row.id in skip:
+                        self.ledger.confirm_in(conn, row.user_id)
+        return skip
+
+    def after_delivered(self, rows: t.Sequence[OutboxRow]) -> None:
+        with self.ledger.database.transaction() as conn:
+            for row in rows:
+                self.ledger.confirm_in(conn, row.user_id)
+        if self.remote is None:
+            return
+        for row in rows:
+            try:
+                self.remote.confirm(row.user_id)
+            except RemoteError as exc:
+                if exc.retryable:
+                    raise
+                logger.warning("delivered, but app_metadata could not be set: %s", exc)

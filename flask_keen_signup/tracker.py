@@ -1,0 +1,260 @@
+"""The signup decision: is this login a signup, and how is it recorded?
+
+Pure of Flask request globals: the extension hands in the claims and the request facts.
+One :class:`Tracker` per app, built at ``init_app`` from the settings.
+
+Background mode (the default) does local work only: a returning user costs one ledger
+lookup; a new user costs one SQLite transaction that claims the marker and queues the
+event together, so the signup can neither be lost nor queued twice. Sync mode is the
+Rule's semantics: the POST happens in the request, the marker is confirmed only after
+Keen accepted the event, and released on failure so the next login retries (the event is
+also queued in the outbox, which retries it durably; Keen's uniqueness token keeps one).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import logging
+import typing as t
+
+from .delivery import QueuedEvent
+from .events import build_signup_event
+from .events import parse_created_at
+from .events import uniqueness_token
+from .exceptions import InvalidClaimsError
+from .exceptions import KeenError
+from .exceptions import RemoteError
+from .stores import MarkerStore
+from .stores.auth0 import Auth0Store
+from .stores.sqlite import SQLiteStore
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    from .config import Settings
+    from .delivery import Outbox
+    from .delivery.sender import Sender
+    from .keen import KeenClient
+
+logger = logging.getLogger(__name__)
+
+#: ``notify(kind, payload)``: the extension turns these into blinker signals.
+Notify = t.Callable[[str, dict[str, t.Any]], None]
+
+
+class Outcome(enum.Enum):
+    """What :meth:`Tracker.track_claims` did with a login."""
+
+    #: ``KEEN_SIGNUP_ENABLED`` is off.
+    DISABLED = "disabled"
+    #: The user was already tracked (or is being tracked right now by another request).
+    RETURNING = "returning"
+    #: Created before ``KEEN_SIGNUP_SINCE``: marked, not reported.
+    MARKED_ONLY = "marked_only"
+    #: Background mode: claimed and durably queued.
+    QUEUED = "queued"
+    #: Sync mode: Keen accepted the event in this request.
+    DELIVERED = "delivered"
+    #: Sync mode: the POST failed; released for the next login and queued for retry.
+    FAILED = "failed"
+
+
+def created_at_from_claims(claims: t.Mapping[str, t.Any]) -> dt.datetime | None:
+    """A creation time carried in the ID token, if an Auth0 Action put one there.
+
+    ``created_at`` or any namespaced claim ending in ``/created_at``.
+    """
+    value = claims.get("created_at")
+    if value is None:
+        for name, candidate in claims.items():
+            if name.endswith("/created_at"):
+                value = candidate
+                break
+    return parse_created_at(value) if value is not None else None
+
+
+class Tracker:
+    """Records signups for one app. Thread-safe: one instance serves every request.
+
+    :param store: the marker store the user configured (for ``auth0`` this is the remote
+        store, paired with the local ``ledger``).
+    :param ledger: the local SQLite ledger used for the atomic claim when ``store`` is not
+        itself local (``auth0``), else ``None``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: MarkerStore,
+        ledger: SQLiteStore | None,
+        outbox: Outbox,
+        client: KeenClient,
+        sender: Sender | None,
+        notify: Notify,
+        clock: t.Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.ledger = ledger
+        self.outbox = outbox
+        self.client = client
+        self.sender = sender
+        self.notify = notify
+        self.clock = clock
+        self.remote = store if isinstance(store, Auth0Store) else None
+        # The store whose claim is atomic and local: the ledger in front of a remote store.
+        self.claimer: MarkerStore = ledger if ledger is not None else store
+
+    def user_id_of(self, claims: t.Mapping[str, t.Any]) -> str:
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub.strip():
+            raise InvalidClaimsError(
+                "the ID-token claims have no usable 'sub': cannot identify the user"
+            )
+        return sub
+
+    def already_marked_by_claim(self, claims: t.Mapping[str, t.Any]) -> bool:
+        name = self.settings.marker_claim
+        return bool(name and claims.get(name))
+
+    def track_claims(
+        self,
+        claims: t.Mapping[str, t.Any],
+        *,
+        ip: str | None,
+        user_agent: str | None,
+        extra: t.Mapping[str, t.Any] | None = None,
+    ) -> Outcome:
+        """Record ``claims``' user if this login is their signup. See the module doc."""
+        if not self.settings.enabled:
+            return Outcome.DISABLED
+        user_id = self.user_id_of(claims)
+        if self.already_marked_by_claim(claims):
+            return Outcome.RETURNING
+        if self.claimer.lookup(user_id) is not None and not self._may_reclaim():
+            return Outcome.RETURNING
+
+        created_at = created_at_from_claims(claims)
+        if self._created_before_since(created_at):
+            self.claimer.confirm(user_id)
+            logger.info("user created before KEEN_SIGNUP_SINCE: marked, not reported")
+            return Outcome.MARKED_ONLY
+
+        self.notify("detected", {"user_id": user_id, "claims": dict(claims)})
+        event = build_signup_event(
+            claims,
+            collection=self.settings.collection,
+            ip=ip,
+            user_agent=user_agent,
+            claim_names=self.settings.claims,
+            ip_mode=self.settings.ip_mode,
+            addons=self.settings.addons,
+            created_at=created_at,
+            now=self.clock(),
+            extra=extra,
+        )
+        if self.settings.delivery == "sync":
+            return self._track_sync(user_id, event)
+        return self._track_background(user_id, event)
+
+    def _may_reclaim(self) -> bool:
+        # In sync mode a pending marker older than the Keen timeouts belongs to a request
+        # that died mid-send: claim() decides. Background pending means durably queued.
+        return self.settings.delivery == "sync"
+
+    def _created_before_since(self, created_at: dt.datetime | None) -> bool:
+        since = self.settings.since
+        return since is not None and created_at is not None and created_at < since
+
+    def _queued(self, user_id: str, event: dict[str, t.Any]) -> QueuedEvent:
+        return QueuedEvent(
+            collection=self.settings.collection,
+            user_id=user_id,
+            uniqueness_token=uniqueness_token(self.settings.collection, user_id),
+            body=event,
+        )
+
+    def _track_background(self, user_id: str, event: dict[str, t.Any]) -> Outcome:
+        queued = self._queued(user_id, event)
+        if not self._claim_and_enqueue(user_id, queued):
+            return Outcome.RETURNING
+        if self.sender is not None:
+            self.sender.wake()
+        self.notify("recorded", {"user_id": user_id, "event": event})
+        return Outcome.QUEUED
+
+    def _claim_and_enqueue(self, user_id: str, queued: QueuedEvent) -> bool:
+        from .delivery.sqlite_outbox import SQLiteOutbox
+
+        claimer, outbox = self.claimer, self.outbox
+        if (
+            isinstance(claimer, SQLiteStore)
+            and isinstance(outbox, SQLiteOutbox)
+            and claimer.database is outbox.database
+        ):
+            # One transaction: the claim and the queued event commit together or not at all.
+            with claimer.database.transaction() as conn:
+                if not claimer.claim_in(conn, user_id):
+                    return False
+                outbox.enqueue_in(conn, queued)
+            return True
+        if not claimer.claim(user_id):
+            return False
+        try:
+            outbox.enqueue(queued)
+        except BaseException:
+            claimer.release(user_id)
+            raise
+        return True
+
+    def _track_sync(self, user_id: str, event: dict[str, t.Any]) -> Outcome:
+        if not self.claimer.claim(user_id):
+            return Outcome.RETURNING
+        try:
+            if self.remote is not None:
+                facts = self.remote.user_facts(user_id)
+                if facts.marked:
+                    self.claimer.confirm(user_id)
+                    return Outcome.RETURNING
+                if self._created_before_since(facts.created_at):
+                    self.remote.confirm(user_id)
+                    self.claimer.confirm(user_id)
+                    return Outcome.MARKED_ONLY
+                if facts.created_at is not None:
+                    event["keen"]["timestamp"] = _iso(facts.created_at)
+            self.notify("recorded", {"user_id": user_id, "event": event})
+            self.client.add_event(self.settings.collection, event)
+        except RemoteError as exc:
+            self._sync_failed(user_id, event, exc)
+            return Outcome.FAILED
+        except BaseException:
+            self.claimer.release(user_id)
+            raise
+        self._confirm_after_delivery(user_id)
+        self.notify("delivered", {"user_id": user_id, "event": event, "attempts": 1})
+        return Outcome.DELIVERED
+
+    def _confirm_after_delivery(self, user_id: str) -> None:
+        self.claimer.confirm(user_id)
+        if self.remote is not None:
+            try:
+                self.remote.confirm(user_id)
+            except RemoteError as exc:
+                # Keen has the event; the local ledger is confirmed; the next login on
+                # another host may re-send, which Keen's uniqueness token absorbs.
+                logger.warning("signup delivered but app_metadata not updated: %s", exc)
+
+    def _sync_failed(self, user_id: str, event: dict[str, t.Any], exc: RemoteError) -> None:
+        self.claimer.release(user_id)
+        level = logging.WARNING if isinstance(exc, KeenError) else logging.ERROR
+        logger.log(level, "signup not delivered in the request (%s); queued for retry", exc)
+        self.notify("failed", {"user_id": user_id, "event": event, "error": exc, "attempts": 1})
+        self.outbox.enqueue(self._queued(user_id, event))
+        if self.sender is not None:
+            self.sender.wake()
+
+
+def _iso(moment: dt.datetime) -> str:
+    from .events import format_timestamp
+
+    return format_timestamp(moment)
