@@ -368,6 +368,7 @@ class Sender:
 
     def _run_flush(self, request: _Flush) -> None:
         try:
+            self._maybe_expire_orphans(force=True)
             while True:
                 if request.deadline is not None and time.monotonic() >= request.deadline:
                     break
@@ -389,9 +390,9 @@ class Sender:
         finally:
             request.done.set()
 
-    def _maybe_expire_orphans(self) -> None:
+    def _maybe_expire_orphans(self, *, force: bool = False) -> None:
         now = time.monotonic()
-        if now < self._next_orphan_check:
+        if now < self._next_orphan_check and not force:
             return
         self._next_orphan_check = now + min(30.0, self.lease_seconds / 4)
         count = self.outbox.expire_leases(_is_orphan)
