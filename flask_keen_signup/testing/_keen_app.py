@@ -22,7 +22,6 @@ from urllib.parse import unquote
 from werkzeug.wrappers import Request
 
 from ._keen_addons import run_addons
-from ._keen_faults import Answer
 from ._keen_faults import FaultInjector
 from ._keen_faults import LoggedRequest
 from ._keen_faults import RequestLog
@@ -434,34 +433,6 @@ class KeenApp:
         from ._keen_control import control
 
         return control(self, request, path, body)
-
-    def add_fault(self, spec: dict[str, t.Any]) -> None:
-        """One ``POST /_emulator/faults`` body (also used by the Python API)."""
-        if "status" in spec:
-            retry_after = spec.get("retry_after")
-            self.faults.add_answer(
-                Answer(
-                    remaining=int(spec.get("count", 1)),
-                    status=int(spec["status"]),
-                    retry_after=None if retry_after is None else _retry_after(retry_after),
-                    html=bool(spec.get("html", False)),
-                    error_code=spec.get("error_code"),
-                    message=spec.get("message"),
-                )
-            )
-        if "reset" in spec:
-            self.faults.add_answer(Answer(remaining=int(spec["reset"]), status=0))
-        if "latency" in spec:
-            count = spec.get("count")
-            self.faults.add_latency(float(spec["latency"]), None if count is None else int(count))
-        if "down" in spec:
-            self.faults.set_down(bool(spec["down"]))
-
-
-def _retry_after(value: float | int | str) -> str:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return str(value)
 
 
 def _reason(status: int) -> str:

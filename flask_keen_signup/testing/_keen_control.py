@@ -77,7 +77,7 @@ def control(app: KeenApp, request: Request, path: str, body: bytes) -> _Response
         if type(spec) is not dict or not {"status", "latency", "reset", "down"} & spec.keys():
             return _bad("Give one of 'status', 'latency', 'reset' or 'down'.")
         try:
-            app.add_fault(spec)
+            app.faults.apply(spec)
         except (TypeError, ValueError, KeenProblem) as exc:
             return _bad(f"Invalid fault: {exc}")
         return _ok({"ok": True})

@@ -139,6 +139,31 @@ class FaultInjector:
             with self._cond:
                 self._answers.append(answer)
 
+    def apply(self, spec: dict[str, t.Any]) -> None:
+        """Add the faults one ``POST /_emulator/faults`` body describes (the Python API too).
+
+        Raises ``ValueError`` / ``TypeError`` for values that are not numbers.
+        """
+        if "status" in spec:
+            retry_after = spec.get("retry_after")
+            self.add_answer(
+                Answer(
+                    remaining=int(spec.get("count", 1)),
+                    status=int(spec["status"]),
+                    retry_after=None if retry_after is None else _retry_after(retry_after),
+                    html=bool(spec.get("html", False)),
+                    error_code=spec.get("error_code"),
+                    message=spec.get("message"),
+                )
+            )
+        if "reset" in spec:
+            self.add_answer(Answer(remaining=int(spec["reset"]), status=0))
+        if "latency" in spec:
+            count = spec.get("count")
+            self.add_latency(float(spec["latency"]), None if count is None else int(count))
+        if "down" in spec:
+            self.set_down(bool(spec["down"]))
+
     def add_latency(self, seconds: float, count: int | None) -> None:
         with self._cond:
             self._latency = max(0.0, float(seconds))
@@ -174,11 +199,23 @@ class FaultInjector:
                 self._answers.popleft()
             return latency, head
 
+    def wake(self) -> None:
+        """Wake requests sleeping in injected latency, keeping the faults (used by stop)."""
+        with self._cond:
+            self._generation += 1
+            self._cond.notify_all()
+
     def sleep(self, seconds: float) -> None:
-        """Sleep ``seconds`` unless :meth:`clear` is called meanwhile."""
+        """Sleep ``seconds`` unless :meth:`clear` or :meth:`wake` is called meanwhile."""
         with self._cond:
             generation = self._generation
             self._cond.wait_for(lambda: self._generation != generation, timeout=seconds)
+
+
+def _retry_after(value: float | int | str) -> str:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value)
 
 
 class ResetConnection(ConnectionResetError):

@@ -133,7 +133,7 @@ class KeenEmulator:
 
     def stop(self) -> None:
         """Stop serving. Stored events stay readable through :meth:`events`."""
-        self._app.faults.clear()  # wakes requests sleeping in injected latency
+        self._app.faults.wake()  # requests sleeping in injected latency answer now
         self._server.stop()
         self._app.store.close()
 
@@ -198,19 +198,19 @@ class KeenEmulator:
         """
         spec: dict[str, t.Any] = {"status": status, "count": count, "html": html}
         spec.update(retry_after=retry_after, error_code=error_code, message=message)
-        self._app.add_fault(spec)
+        self._app.faults.apply(spec)
 
     def add_latency(self, seconds: float, count: int | None = None) -> None:
         """Delay the next ``count`` API requests (``None``: all, until :meth:`clear_faults`)."""
-        self._app.add_fault({"latency": seconds, "count": count})
+        self._app.faults.apply({"latency": seconds, "count": count})
 
     def reset_next(self, count: int) -> None:
         """Reset the TCP connection of the next ``count`` API requests: no HTTP response."""
-        self._app.add_fault({"reset": count})
+        self._app.faults.apply({"reset": count})
 
     def set_down(self, down: bool) -> None:
         """While down, every API request is reset like :meth:`reset_next` (an outage)."""
-        self._app.add_fault({"down": down})
+        self._app.faults.apply({"down": down})
 
     def clear_faults(self) -> None:
         self._app.faults.clear()
