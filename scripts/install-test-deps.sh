@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# System packages the test suite needs beyond pip: installed only when missing, so a
+# developer's second `make test` costs nothing. Runs as root in CI; uses sudo otherwise.
+set -euo pipefail
+need=()
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+if ((${#need[@]})); then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    echo "installing system packages: ${need[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
