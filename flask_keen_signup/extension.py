@@ -348,15 +348,21 @@ def _build_state(app: Flask, settings: Settings) -> _AppState:
         from .auth0 import ManagementClient
         from .stores.auth0 import Auth0Store
 
-        store = Auth0Store(
-            ManagementClient(
+        # In sync mode the Management API is called in the login request: keep its retry
+        # budget small so a rate-limited tenant slows a login by seconds, not half a minute.
+        in_request = settings.delivery == "sync"
+        try:
+            management = ManagementClient(
                 t.cast(str, settings.auth0_domain),
                 t.cast(str, settings.auth0_client_id),
                 t.cast(str, settings.auth0_client_secret),
                 timeout=settings.timeout,
-            ),
-            settings.marker,
-        )
+                max_retries=1 if in_request else 3,
+                max_retry_wait=1.0 if in_request else 10.0,
+            )
+        except ValueError as exc:
+            raise ConfigurationError(f"KEEN_SIGNUP_AUTH0_DOMAIN is not usable: {exc}") from None
+        store = Auth0Store(management, settings.marker)
         local_ledger = ledger
     else:
         store = t.cast(MarkerStore, settings.store)
