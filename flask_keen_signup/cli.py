@@ -96,3 +96,65 @@ def dead_command(limit: int) -> None:
     """List dead letters with the reason Keen gave."""
     for letter in _state().outbox.dead_letters(limit=limit):
         click.echo(f"{letter.id}\t{letter.user_id}\t{letter.error_code or '-'}\t{letter.reason}")
+
+
+@cli.command("backfill")
+@click.option(
+    "--before",
+    default=None,
+    help="Report users created before this ISO-8601 instant (default: KEEN_SIGNUP_SINCE).",
+)
+@click.option("--dry-run", is_flag=True, help="Count what would be queued; queue nothing.")
+def backfill_command(before: str | None, dry_run: bool) -> None:
+    """Report pre-existing Auth0 users once, with their real created_at.
+
+    Needs the Management API credentials (KEEN_SIGNUP_AUTH0_DOMAIN, _CLIENT_ID,
+    _CLIENT_SECRET) with read:users. Events go through the outbox like live signups.
+    """
+    from .auth0 import ManagementClient
+    from .backfill import backfill
+    from .config import _as_datetime
+    from .delivery.sqlite_outbox import SQLiteOutbox
+    from .exceptions import ConfigurationError
+    from .exceptions import KeenSignupError
+
+    state = _state()
+    settings = state.settings
+    if not (settings.auth0_domain and settings.auth0_client_id and settings.auth0_client_secret):
+        raise click.ClickException(
+            "backfill needs KEEN_SIGNUP_AUTH0_DOMAIN, KEEN_SIGNUP_AUTH0_CLIENT_ID and "
+            "KEEN_SIGNUP_AUTH0_CLIENT_SECRET (a machine-to-machine app with read:users)"
+        )
+    try:
+        cutoff = _as_datetime("--before", before) if before else settings.since
+    except ConfigurationError as exc:
+        raise click.BadParameter(str(exc), param_hint="--before") from None
+    if cutoff is None:
+        raise click.ClickException("set KEEN_SIGNUP_SINCE or pass --before")
+    if not isinstance(state.outbox, SQLiteOutbox):
+        raise click.ClickException("backfill needs the SQLite outbox")
+    ledger = state.tracker.ledger or state.store
+    from .stores.sqlite import SQLiteStore
+
+    if not isinstance(ledger, SQLiteStore):
+        ledger = SQLiteStore(state.database, settings.collection)
+    try:
+        with ManagementClient(
+            settings.auth0_domain,
+            settings.auth0_client_id,
+            settings.auth0_client_secret,
+            timeout=settings.timeout,
+        ) as management:
+            report = backfill(
+                settings, management, ledger, state.outbox, before=cutoff, dry_run=dry_run
+            )
+    except KeenSignupError as exc:
+        raise click.ClickException(f"backfill stopped: {exc}") from None
+    verb = "would queue" if dry_run else "queued"
+    click.echo(
+        f"{verb} {report.queued} user(s) created before {cutoff.isoformat()}; "
+        f"{report.already_done} already backfilled, {report.too_recent} newer, "
+        f"{report.no_created_at} without created_at"
+    )
+    if state.sender is not None and report.queued and not dry_run:
+        state.sender.wake()
