@@ -10,6 +10,10 @@ from __future__ import annotations
 import json
 import typing as t
 from collections import Counter
+from datetime import date
+from datetime import datetime
+from datetime import timedelta
+from datetime import timezone
 from os import environ as env
 from urllib.parse import quote_plus
 from urllib.parse import urlencode
@@ -68,27 +72,27 @@ def create_app(config: t.Mapping[str, t.Any] | None = None) -> Flask:
             )
         )
 
+    @app.context_processor
+    def offline_flag() -> dict[str, t.Any]:
+        return {"offline": app.config.get("EXAMPLE_OFFLINE", False)}
+
     @app.route("/")
     def home() -> t.Any:
         return render_template(
             "home.html",
             session=session.get("user"),
             pretty=json.dumps(session.get("user"), indent=4),
-            offline=app.config.get("EXAMPLE_OFFLINE", False),
         )
 
     @app.route("/signups")
     def signups() -> t.Any:
         events, error = _read_signups(app)
-        per_day = Counter(str(e.get("keen", {}).get("timestamp", ""))[:10] for e in events)
-        days = sorted(per_day.items())
+        events.sort(key=_timestamp, reverse=True)
         return render_template(
             "signups.html",
-            events=sorted(
-                events, key=lambda e: e.get("keen", {}).get("timestamp", ""), reverse=True
-            ),
-            days=days,
-            peak=max(per_day.values(), default=0),
+            events=events,
+            limit=EXTRACTION_LIMIT,
+            days=_per_day(events, datetime.now(timezone.utc).date()),
             error=error,
             health=signup.health(app),
         )
@@ -96,11 +100,29 @@ def create_app(config: t.Mapping[str, t.Any] | None = None) -> Flask:
     return app
 
 
+#: /signups reads at most this many events (the most recent ones) from Keen.
+EXTRACTION_LIMIT = 500
+#: The bar chart covers this many days, ending today (UTC).
+CHART_DAYS = 14
+
+
+def _timestamp(event: t.Mapping[str, t.Any]) -> str:
+    keen = event.get("keen")
+    return str(keen.get("timestamp", "")) if isinstance(keen, dict) else ""
+
+
+def _per_day(events: list[dict[str, t.Any]], today: date) -> list[tuple[date, int]]:
+    """Signups per UTC day over the last ``CHART_DAYS`` days, days without any included."""
+    counts = Counter(_timestamp(e)[:10] for e in events)
+    days = [today - timedelta(days=n) for n in range(CHART_DAYS - 1, -1, -1)]
+    return [(day, counts.get(day.isoformat(), 0)) for day in days]
+
+
 def _read_signups(app: Flask) -> tuple[list[dict[str, t.Any]], str | None]:
     """Read the collection back through Keen's query API (the emulator speaks it too)."""
     read_key = app.config.get("KEEN_READ_KEY")
     if not read_key:
-        return [], "Set KEEN_READ_KEY to list the signups Keen received."
+        return [], "Set FLASK_KEEN_READ_KEY (a read key of your Keen project) to list the signups."
     base = app.config.get("KEEN_API_URL", "https://api.keen.io").rstrip("/")
     try:
         response = requests.get(
@@ -108,11 +130,18 @@ def _read_signups(app: Flask) -> tuple[list[dict[str, t.Any]], str | None]:
             params={
                 "event_collection": app.config.get("KEEN_SIGNUP_COLLECTION", "signups"),
                 "timeframe": "this_3650_days",
+                "latest": EXTRACTION_LIMIT,
             },
             headers={"Authorization": read_key},
             timeout=(3.05, 10),
         )
-        response.raise_for_status()
-        return list(response.json().get("result", [])), None
-    except (requests.RequestException, ValueError) as exc:
-        return [], f"Could not read from Keen: {type(exc).__name__}"
+    except requests.RequestException as exc:
+        return [], f"Could not reach Keen at {base}: {type(exc).__name__}."
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if response.status_code != 200 or not isinstance(body, dict):
+        code = body.get("error_code") if isinstance(body, dict) else None
+        return [], f"Keen answered HTTP {response.status_code} ({code or 'no JSON body'})."
+    return [e for e in body.get("result", []) if isinstance(e, dict)], None
