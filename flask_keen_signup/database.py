@@ -13,6 +13,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 import typing as t
 
 from .exceptions import StoreError
@@ -54,24 +55,45 @@ class Database:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None and self._local.pid == os.getpid():
             return conn
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                conn = self._open()
+                break
+            except sqlite3.OperationalError as exc:
+                # Switching a new file to WAL takes an exclusive lock and SQLite may answer
+                # "locked" at once, without its busy handler, when another connection (the
+                # sender thread, another worker) opens the same new file at that moment.
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise StoreError(
+                        f"cannot open the SQLite database {self.path!r}: {exc}"
+                    ) from exc
+                time.sleep(0.01)
+            except (sqlite3.Error, OSError) as exc:
+                raise StoreError(f"cannot open the SQLite database {self.path!r}: {exc}") from exc
+        self._local.conn = conn
+        self._local.pid = os.getpid()
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
+        self._create_file()
+        conn = sqlite3.connect(
+            self.path,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            isolation_level=None,
+            check_same_thread=False,
+        )
         try:
-            self._create_file()
-            conn = sqlite3.connect(
-                self.path,
-                timeout=BUSY_TIMEOUT_MS / 1000,
-                isolation_level=None,
-                check_same_thread=False,
-            )
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode = WAL")
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
             with self._schema_lock:
                 for script in self._schemas:
                     conn.executescript(script)
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreError(f"cannot open the SQLite database {self.path!r}: {exc}") from exc
-        self._local.conn = conn
-        self._local.pid = os.getpid()
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def add_schema(self, script: str) -> None:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import typing as t
-from urllib.parse import urlsplit
 
-import requests
 from authlib.integrations.flask_client import OAuth
 from flask import Flask
 from flask import redirect
@@ -16,6 +14,7 @@ from flask.testing import FlaskClient
 from flask_keen_signup import KeenSignup
 from flask_keen_signup.testing import Auth0Emulator
 from flask_keen_signup.testing import KeenEmulator
+from flask_keen_signup.testing import flow
 
 
 def quickstart_app(
@@ -71,19 +70,7 @@ def login(
     password: str = "password",
     *,
     name: str | None = None,
-    environ: dict[str, str] | None = None,
     headers: dict[str, str] | None = None,
 ) -> t.Any:
-    """Drive the real flow: app /login → emulator form → app /callback. Returns the callback
-    response of the Flask test client."""
-    response = client.get("/login")
-    assert response.status_code == 302, response.data
-    form = {"email": email, "password": password}
-    if name:
-        form["name"] = name
-    answer = requests.post(response.location, data=form, allow_redirects=False, timeout=10)
-    assert answer.status_code == 302, answer.text[:500]
-    back = urlsplit(answer.headers["Location"])
-    return client.get(
-        f"{back.path}?{back.query}", environ_base=environ or {}, headers=headers or {}
-    )
+    """Drive the real flow: app /login, the emulator's form, app /callback (shipped helper)."""
+    return flow.login(client, email, password, name=name, headers=headers)

@@ -1,0 +1,82 @@
+"""The shared SQLite file: opened concurrently, private, per-thread and fork-aware."""
+
+from __future__ import annotations
+
+import os
+import threading
+import typing as t
+
+import pytest
+
+from flask_keen_signup.database import Database
+from flask_keen_signup.exceptions import StoreError
+from flask_keen_signup.stores.sqlite import SQLiteStore
+
+
+@pytest.mark.parametrize("round_", range(15))
+def test_many_threads_opening_a_new_file_at_once_never_fail(tmp_path: t.Any, round_: int) -> None:
+    # The sender thread and the first request open the same new file at the same moment:
+    # switching it to WAL must not surface "database is locked".
+    database = Database(str(tmp_path / f"race{round_}.sqlite3"))
+    store = SQLiteStore(database, "signups")
+    barrier = threading.Barrier(6)
+    errors: list[BaseException] = []
+
+    def open_and_claim(n: int) -> None:
+        barrier.wait()
+        try:
+            store.claim(f"auth0|{n}")
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_and_claim, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert store.counts() == {"pending": 6}
+
+
+def test_each_thread_has_its_own_connection(tmp_path: t.Any) -> None:
+    database = Database(str(tmp_path / "x.sqlite3"))
+    here = database.connection()
+    there: list[t.Any] = []
+    thread = threading.Thread(target=lambda: there.append(database.connection()))
+    thread.start()
+    thread.join()
+    assert there[0] is not here
+    assert database.connection() is here
+
+
+def test_a_forked_child_opens_its_own_connection(tmp_path: t.Any) -> None:
+    database = Database(str(tmp_path / "fork.sqlite3"))
+    store = SQLiteStore(database, "signups")
+    parent_conn = database.connection()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: must not reuse the parent's connection
+        ok = database.connection() is not parent_conn and store.claim("auth0|child")
+        os.write(write, b"1" if ok else b"0")
+        os._exit(0)
+    os.close(write)
+    answer = os.read(read, 1)
+    os.waitpid(pid, 0)
+    assert answer == b"1"
+    assert store.lookup("auth0|child") is not None
+
+
+def test_unopenable_path_is_a_clear_store_error(tmp_path: t.Any) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StoreError, match="cannot open the SQLite database"):
+        Database(str(blocker / "sub" / "db.sqlite3")).connection()
+
+
+def test_synchronous_setting_is_applied(tmp_path: t.Any) -> None:
+    normal = Database(str(tmp_path / "n.sqlite3")).connection()
+    full = Database(str(tmp_path / "f.sqlite3"), synchronous="full").connection()
+    assert normal.execute("PRAGMA synchronous").fetchone()[0] == 1
+    assert full.execute("PRAGMA synchronous").fetchone()[0] == 2
+    with pytest.raises(ValueError):
+        Database("x", synchronous="off")
