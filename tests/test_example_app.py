@@ -1,0 +1,293 @@
+"""The offline demo as a person uses it: a real Chromium, real HTTP, the bundled emulators.
+
+* ``test_signup_in_a_real_browser``: home page → Login → the Auth0 emulator's form → back
+  logged in → /signups lists the signup; log out, log in again → still exactly one signup.
+* ``test_python_m_example_app``: ``python -m example_app`` (what ``make demo`` runs) serves
+  the home page, and SIGTERM stops it cleanly.
+
+Chromium is the system one (``scripts/install-test-deps.sh``); Playwright drives it, as its own
+browser download is not used. With ``CI=true`` a missing browser or Playwright fails the test;
+elsewhere it is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import typing as t
+from pathlib import Path
+
+import pytest
+import requests
+
+from flask_keen_signup.extension import health_of
+from flask_keen_signup.testing._server import ThreadedServer
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    from _typeshed.wsgi import StartResponse
+    from _typeshed.wsgi import WSGIEnvironment
+    from flask import Flask
+    from playwright.sync_api import BrowserContext
+    from playwright.sync_api import Page
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+# Headless on a closed network: without the background-networking flags Chromium keeps
+# trying to reach Google's services.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+IN_CI = os.environ.get("CI", "").lower() == "true"
+# Every wait is capped. Generous, for a loaded 2-core CI machine; a pass takes a few seconds.
+ACTION_TIMEOUT_MS = 20_000
+DELIVERY_TIMEOUT = 30.0
+STARTUP_TIMEOUT = 60.0
+EXIT_TIMEOUT = 20.0
+
+
+def _unavailable(reason: str) -> t.NoReturn:
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: the browser test must run in CI)", pytrace=False)
+    pytest.skip(reason)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_until(
+    predicate: t.Callable[[], bool], timeout: float, what: str, interval: float = 0.2
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> t.Iterator[BrowserContext]:
+    """A fresh headless Chromium (its own profile under ``tmp_path``) driven by Playwright."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("playwright is not installed (pip install -e '.[test]')")
+    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+        _unavailable(f"no Chromium at {CHROMIUM} (scripts/install-test-deps.sh installs it)")
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1200, "height": 900},
+            timeout=ACTION_TIMEOUT_MS * 3,  # the browser's own start
+        )
+        context.set_default_timeout(ACTION_TIMEOUT_MS)
+        context.set_default_navigation_timeout(ACTION_TIMEOUT_MS)
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+class _LateApp:
+    """A WSGI app bound later: the server picks its free port before the app exists, so the
+    app can be built for that port (no race between choosing a port and binding it)."""
+
+    app: Flask | None = None
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> t.Any:
+        assert self.app is not None
+        return self.app(environ, start_response)
+
+
+@pytest.fixture
+def offline_demo(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> t.Iterator[tuple[str, t.Any, t.Any, Flask]]:
+    """``start_offline_app`` served on ``http://localhost:<free port>`` in this process."""
+    monkeypatch.syspath_prepend(str(ROOT))  # example_app/ is beside the package, not in it
+    from example_app.offline import APP_HOST
+    from example_app.offline import start_offline_app
+
+    late = _LateApp()
+    server = ThreadedServer(late, host=APP_HOST, port=0)  # type: ignore[arg-type]
+    server.start()
+    try:
+        app, auth0, keen = start_offline_app(
+            app_port=server.port, instance_path=str(tmp_path / "instance")
+        )
+        late.app = app
+        try:
+            yield server.url, auth0, keen, app
+        finally:
+            app.extensions["keen_signup"].sender.shutdown(timeout=5)
+            auth0.stop()
+            keen.stop()
+    finally:
+        server.stop()
+
+
+def _log_in(page: Page, base: str, email: str, password: str, name: str) -> None:
+    """What a person does: click Login, fill the Auth0 emulator's form, click Continue."""
+    page.goto(f"{base}/")
+    page.get_by_role("link", name="Login").click()
+    page.wait_for_url("http://127.0.0.1:*/authorize?*")  # the emulator's hosted login page
+    page.get_by_label("Email address").fill(email)
+    page.get_by_label("Password").fill(password)
+    page.get_by_label("Name").fill(name)
+    page.get_by_role("button", name="Continue").click()
+    page.wait_for_url(f"{base}/")
+    assert page.locator("h1").inner_text() == f"Welcome {name}!"
+
+
+def _signup_rows(page: Page, base: str, name: str) -> int:
+    page.goto(f"{base}/signups")
+    return page.locator("tbody tr", has_text=name).count()
+
+
+@pytest.mark.slow
+def test_signup_in_a_real_browser(
+    browser: BrowserContext,
+    offline_demo: tuple[str, t.Any, t.Any, Flask],
+    tmp_path: Path,
+) -> None:
+    base, auth0, keen, app = offline_demo
+    assert base.startswith("http://localhost:")
+    state = app.extensions["keen_signup"]
+    page = browser.new_page()
+
+    # A guest sees the Login button and the offline banner.
+    page.goto(f"{base}/")
+    assert page.locator("h1").inner_text() == "Welcome Guest"
+    assert "Offline demo" in page.locator(".banner").inner_text()
+
+    # Sign up through the emulator's form; the app's session cookie survives the round trip.
+    _log_in(page, base, "ada@example.com", "correct horse", "Ada Lovelace")
+    [user] = auth0.users()
+    assert user["email"] == "ada@example.com" and user["logins_count"] == 1
+
+    # The background sender delivers it; /signups reads it back through Keen's query API.
+    # Reload the page as a person would, a bounded number of times.
+    _wait_until(
+        lambda: _signup_rows(page, base, "Ada Lovelace") == 1,
+        DELIVERY_TIMEOUT,
+        "the signup on /signups",
+        interval=0.5,
+    )
+    row = page.locator("tbody tr", has_text="Ada Lovelace")
+    assert user["user_id"] in row.inner_text()
+    assert "1 signup." in page.locator("body").inner_text()
+    assert page.locator("svg.chart rect.bar:not(.zero)").count() == 1  # today's bar
+    shot = tmp_path / "signups.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000  # a rendered page, not a blank one
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # Log out (through the emulator's /v2/logout, back home), then log in again.
+    page.goto(f"{base}/")
+    page.get_by_role("link", name="Logout").click()
+    page.wait_for_url(f"{base}/")
+    assert page.locator("h1").inner_text() == "Welcome Guest"
+    _log_in(page, base, "ada@example.com", "correct horse", "Ada Lovelace")
+    assert auth0.get_user(user["user_id"])["logins_count"] == 2
+
+    # The returning user is not a signup: nothing is queued, nothing more reaches Keen.
+    _wait_until(
+        lambda: health_of(state)["pending"] == 0 and health_of(state)["in_flight"] == 0,
+        DELIVERY_TIMEOUT,
+        "an idle outbox",
+    )
+    assert health_of(state)["delivered"] == 1
+    assert health_of(state)["dead"] == 0
+    [event] = keen.events("signups")
+    assert event["userId"] == user["user_id"] and event["name"] == "Ada Lovelace"
+    assert keen.duplicates_rejected == 0
+    assert _signup_rows(page, base, "Ada Lovelace") == 1
+    assert page.locator("tbody tr").count() == 1
+
+
+def _clean_env(tmp_path: Path, port: int) -> dict[str, str]:
+    """The environment of a new user's shell: no real Auth0 or Keen settings."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AUTH0_", "FLASK_", "KEEN_", "EXAMPLE_"))
+    }
+    env.update(
+        PORT=str(port),
+        EXAMPLE_INSTANCE_PATH=str(tmp_path / "instance"),
+        EXAMPLE_OFFLINE="1",  # even if the checkout has a developer's .env
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+@pytest.mark.slow
+def test_python_m_example_app(tmp_path: Path) -> None:
+    port = _free_port()
+    out = (tmp_path / "stdout.txt").open("wb")
+    err = (tmp_path / "stderr.txt").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "example_app"],
+        cwd=ROOT,
+        env=_clean_env(tmp_path, port),
+        stdout=out,
+        stderr=err,
+    )
+
+    def output() -> str:
+        out.flush()
+        err.flush()
+        return (
+            (tmp_path / "stdout.txt").read_text(errors="replace")
+            + (tmp_path / "stderr.txt").read_text(errors="replace")
+        )[-4000:]
+
+    try:
+        home: list[requests.Response] = []
+
+        def answers() -> bool:
+            if proc.poll() is not None:
+                pytest.fail(f"python -m example_app exited with {proc.returncode}:\n{output()}")
+            try:
+                home.append(requests.get(f"http://localhost:{port}/", timeout=5))
+            except requests.ConnectionError:
+                return False
+            return True
+
+        _wait_until(answers, STARTUP_TIMEOUT, f"the demo on port {port}:\n{output()}", 0.25)
+        response = home[-1]
+        assert response.status_code == 200
+        assert 'href="/login"' in response.text and ">Login</a>" in response.text
+        assert "Offline demo" in response.text
+        assert (tmp_path / "instance" / "keen-emulator.sqlite3").exists()
+        assert (tmp_path / "instance" / "keen_signup.sqlite3").exists()
+
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=EXIT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"SIGTERM did not stop the demo within {EXIT_TIMEOUT:.0f}s:\n{output()}")
+        assert code == 0, output()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=EXIT_TIMEOUT)
+        out.close()
+        err.close()
