@@ -14,12 +14,14 @@ from .signals import signup_delivered as signup_delivered
 from .signals import signup_detected as signup_detected
 from .signals import signup_failed as signup_failed
 from .signals import signup_recorded as signup_recorded
+from .tracker import TrackOutcome as TrackOutcome
 
 __all__ = [
     "ConfigurationError",
     "InvalidClaimsError",
     "KeenSignup",
     "KeenSignupError",
+    "TrackOutcome",
     "signup_dead",
     "signup_delivered",
     "signup_detected",

@@ -30,8 +30,8 @@ from .exceptions import ConfigurationError
 from .exceptions import InvalidClaimsError
 from .stores import MarkerStore
 from .stores.sqlite import SQLiteStore
-from .tracker import Outcome
 from .tracker import Tracker
+from .tracker import TrackOutcome
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from flask import Flask
@@ -142,7 +142,7 @@ class KeenSignup:
 
         return t.cast(F, wrapper)
 
-    def track_token(self, token: t.Mapping[str, t.Any]) -> Outcome | None:
+    def track_token(self, token: t.Mapping[str, t.Any]) -> TrackOutcome | None:
         """Track the token ``authorize_access_token()`` returned. Uses ``token["userinfo"]``.
 
         Returns what happened, or ``None`` if an error was logged instead of raised.
@@ -158,7 +158,7 @@ class KeenSignup:
             return None
         return self.track_claims(userinfo)
 
-    def track_claims(self, claims: t.Mapping[str, t.Any]) -> Outcome | None:
+    def track_claims(self, claims: t.Mapping[str, t.Any]) -> TrackOutcome | None:
         """Track already validated ID-token claims (e.g. Authlib's ``UserInfo``).
 
         Returns what happened, or ``None`` if an error was logged instead of raised.

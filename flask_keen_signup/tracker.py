@@ -25,6 +25,7 @@ from .events import uniqueness_token
 from .exceptions import InvalidClaimsError
 from .exceptions import KeenError
 from .exceptions import RemoteError
+from .stores import MarkerState
 from .stores import MarkerStore
 from .stores.auth0 import Auth0Store
 from .stores.sqlite import SQLiteStore
@@ -41,7 +42,7 @@ logger = logging.getLogger(__name__)
 Notify = t.Callable[[str, dict[str, t.Any]], None]
 
 
-class Outcome(enum.Enum):
+class TrackOutcome(enum.Enum):
     """What :meth:`Tracker.track_claims` did with a login."""
 
     #: ``KEEN_SIGNUP_ENABLED`` is off.
@@ -124,21 +125,26 @@ class Tracker:
         ip: str | None,
         user_agent: str | None,
         extra: t.Mapping[str, t.Any] | None = None,
-    ) -> Outcome:
+    ) -> TrackOutcome:
         """Record ``claims``' user if this login is their signup. See the module doc."""
         if not self.settings.enabled:
-            return Outcome.DISABLED
+            return TrackOutcome.DISABLED
         user_id = self.user_id_of(claims)
         if self.already_marked_by_claim(claims):
-            return Outcome.RETURNING
-        if self.claimer.lookup(user_id) is not None and not self._may_reclaim():
-            return Outcome.RETURNING
+            return TrackOutcome.RETURNING
+        marker = self.claimer.lookup(user_id)
+        if marker is MarkerState.CONFIRMED:
+            return TrackOutcome.RETURNING
+        if marker is MarkerState.PENDING and self.settings.delivery != "sync":
+            # Background: pending means durably queued. Sync: it may belong to a request
+            # that died mid-send; claim() decides whether it is stale.
+            return TrackOutcome.RETURNING
 
         created_at = created_at_from_claims(claims)
         if self._created_before_since(created_at):
             self.claimer.confirm(user_id)
             logger.info("user created before KEEN_SIGNUP_SINCE: marked, not reported")
-            return Outcome.MARKED_ONLY
+            return TrackOutcome.MARKED_ONLY
 
         self.notify("detected", {"user_id": user_id, "claims": dict(claims)})
         event = build_signup_event(
@@ -157,11 +163,6 @@ class Tracker:
             return self._track_sync(user_id, event)
         return self._track_background(user_id, event)
 
-    def _may_reclaim(self) -> bool:
-        # In sync mode a pending marker older than the Keen timeouts belongs to a request
-        # that died mid-send: claim() decides. Background pending means durably queued.
-        return self.settings.delivery == "sync"
-
     def _created_before_since(self, created_at: dt.datetime | None) -> bool:
         since = self.settings.since
         return since is not None and created_at is not None and created_at < since
@@ -174,14 +175,14 @@ class Tracker:
             body=event,
         )
 
-    def _track_background(self, user_id: str, event: dict[str, t.Any]) -> Outcome:
+    def _track_background(self, user_id: str, event: dict[str, t.Any]) -> TrackOutcome:
         queued = self._queued(user_id, event)
         if not self._claim_and_enqueue(user_id, queued):
-            return Outcome.RETURNING
+            return TrackOutcome.RETURNING
         if self.sender is not None:
             self.sender.wake()
         self.notify("recorded", {"user_id": user_id, "event": event})
-        return Outcome.QUEUED
+        return TrackOutcome.QUEUED
 
     def _claim_and_enqueue(self, user_id: str, queued: QueuedEvent) -> bool:
         from .delivery.sqlite_outbox import SQLiteOutbox
@@ -207,32 +208,32 @@ class Tracker:
             raise
         return True
 
-    def _track_sync(self, user_id: str, event: dict[str, t.Any]) -> Outcome:
+    def _track_sync(self, user_id: str, event: dict[str, t.Any]) -> TrackOutcome:
         if not self.claimer.claim(user_id):
-            return Outcome.RETURNING
+            return TrackOutcome.RETURNING
         try:
             if self.remote is not None:
                 facts = self.remote.user_facts(user_id)
                 if facts.marked:
                     self.claimer.confirm(user_id)
-                    return Outcome.RETURNING
+                    return TrackOutcome.RETURNING
                 if self._created_before_since(facts.created_at):
                     self.remote.confirm(user_id)
                     self.claimer.confirm(user_id)
-                    return Outcome.MARKED_ONLY
+                    return TrackOutcome.MARKED_ONLY
                 if facts.created_at is not None:
                     event["keen"]["timestamp"] = _iso(facts.created_at)
             self.notify("recorded", {"user_id": user_id, "event": event})
             self.client.add_event(self.settings.collection, event)
         except RemoteError as exc:
             self._sync_failed(user_id, event, exc)
-            return Outcome.FAILED
+            return TrackOutcome.FAILED
         except BaseException:
             self.claimer.release(user_id)
             raise
         self._confirm_after_delivery(user_id)
         self.notify("delivered", {"user_id": user_id, "event": event, "attempts": 1})
-        return Outcome.DELIVERED
+        return TrackOutcome.DELIVERED
 
     def _confirm_after_delivery(self, user_id: str) -> None:
         self.claimer.confirm(user_id)

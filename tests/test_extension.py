@@ -19,7 +19,7 @@ from flask_keen_signup.events import uniqueness_token
 from flask_keen_signup.exceptions import ConfigurationError
 from flask_keen_signup.testing import Auth0Emulator
 from flask_keen_signup.testing import KeenEmulator
-from flask_keen_signup.tracker import Outcome
+from flask_keen_signup.tracker import TrackOutcome
 
 
 @pytest.fixture
@@ -337,7 +337,11 @@ def test_since_marks_old_users_without_reporting(
         old = signup.track_claims({"sub": "auth0|old", "created_at": "2020-01-01T00:00:00Z"})
         new = signup.track_claims({"sub": "auth0|new", "created_at": "2026-11-20T00:00:00Z"})
         again = signup.track_claims({"sub": "auth0|old", "created_at": "2020-01-01T00:00:00Z"})
-    assert (old, new, again) == (Outcome.MARKED_ONLY, Outcome.QUEUED, Outcome.RETURNING)
+    assert (old, new, again) == (
+        TrackOutcome.MARKED_ONLY,
+        TrackOutcome.QUEUED,
+        TrackOutcome.RETURNING,
+    )
     deliver(app)
     events = keen_signup_keen.events("signups")
     assert [e["userId"] for e in events] == ["auth0|new"]

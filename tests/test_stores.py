@@ -155,7 +155,9 @@ def test_processes_racing_for_one_user_one_wins(tmp_path: t.Any) -> None:
     ctx = multiprocessing.get_context("spawn")
     start = ctx.Event()
     results = ctx.Queue()
-    processes = [ctx.Process(target=_claim_in_process, args=(path, start, results)) for _ in range(4)]
+    processes = [
+        ctx.Process(target=_claim_in_process, args=(path, start, results)) for _ in range(4)
+    ]
     for process in processes:
         process.start()
     start.set()
