@@ -143,7 +143,7 @@ class Sender:
         lease_seconds: float = 120.0,
         circuit_threshold: int = 3,
         circuit_cooldown: float = 5.0,
-        circuit_cap: float = 300.0,
+        circuit_cap: float = 60.0,
         probe_size: int = DEFAULT_PROBE_SIZE,
         handle_signals: bool = True,
         rng: random.Random | None = None,
@@ -188,6 +188,9 @@ class Sender:
         self.owner = f"{_HOSTNAME}/{self._pid}/{self._nonce}"
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        #: Set only by stop() and flush(): what an open circuit's wait listens to, so the
+        #: wake() of every enqueue during an outage does not spin the thread.
+        self._control = threading.Event()
         self._flushes: list[_Flush] = []
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -230,8 +233,12 @@ class Sender:
         shutdown.register(self, signals=self.handle_signals)
 
     def wake(self) -> None:
-        """Nudge the thread: an event was just enqueued. Cheap: one ``Event.set``."""
-        self._wake.set()
+        """Nudge the thread: an event was just enqueued.
+
+        Cheap: a flag read, and an ``Event.set`` only if the thread is not already nudged.
+        """
+        if not self._wake.is_set():
+            self._wake.set()
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop the thread, waiting up to ``timeout`` seconds for the batch in flight.
@@ -244,6 +251,7 @@ class Sender:
             self._stopping = True
             self._started_in_parent = False
             thread = self._thread
+        self._control.set()
         self._wake.set()
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
@@ -280,6 +288,7 @@ class Sender:
             if delegate:
                 self._flushes.append(request)
         if delegate:
+            self._control.set()
             self._wake.set()
         else:  # no thread here: run the flush on a one-shot thread we can stop waiting for
             helper = threading.Thread(
@@ -321,6 +330,7 @@ class Sender:
         logger.debug("%s started (owner %s)", self.name, self.owner)
         while not self._stopping:
             try:
+                self._control.clear()
                 request = self._next_flush()
                 if request is not None:
                     self._run_flush(request)
@@ -331,7 +341,10 @@ class Sender:
                 logger.exception("%s: unexpected error; retrying shortly", self.name)
                 wait = self.flush_interval
             if wait > 0 and not self._stopping:
-                self._wake.wait(wait)
+                if self._circuit.state() == OPEN:
+                    self._control.wait(wait)  # new events can wait for the cool-down
+                else:
+                    self._wake.wait(wait)
         # Anyone still waiting for a flush is released (they read the pending count).
         with self._lock:
             requests, self._flushes = self._flushes, []
@@ -348,7 +361,7 @@ class Sender:
         self._maybe_expire_orphans()
         state = self._circuit.state()
         if state == OPEN:
-            return min(self._circuit.remaining(), max(self.flush_interval, 1.0)) or 0.01
+            return self._circuit.remaining() or 0.01
         limit = self.probe_size if state == HALF_OPEN else self.batch_size
         rows = self.outbox.claim_due(
             limit,
