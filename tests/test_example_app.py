@@ -126,7 +126,7 @@ def offline_demo(
     from example_app.offline import start_offline_app
 
     late = _LateApp()
-    server = ThreadedServer(late, host=APP_HOST, port=0)  # type: ignore[arg-type]
+    server = ThreadedServer(late, host=APP_HOST, port=0)
     server.start()
     try:
         app, auth0, keen = start_offline_app(
