@@ -12,7 +12,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-## Run the example app offline on the bundled Auth0 and Keen emulators: http://127.0.0.1:3000
+## Run the example app offline on the bundled Auth0 and Keen emulators: http://localhost:3000
 demo: $(STAMP)
 	$(BIN)/python -m example_app
 
