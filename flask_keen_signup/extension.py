@@ -164,11 +164,12 @@ class KeenSignup:
         Returns what happened, or ``None`` if an error was logged instead of raised.
         """
         state = _state()
-        ip = request.remote_addr if has_request_context() else None
-        user_agent = request.user_agent.string if has_request_context() else None
         try:
-            extra = self._extra_properties(claims)
-            return state.tracker.track_claims(claims, ip=ip, user_agent=user_agent, extra=extra)
+            return state.tracker.track_claims(
+                claims,
+                facts=_request_facts,
+                extra=lambda: self._extra_properties(claims),
+            )
         except Exception as exc:  # noqa: BLE001 - the login must not break
             self._handle_error(exc)
             return None
@@ -268,19 +269,33 @@ def health_of(state: _AppState) -> dict[str, t.Any]:
     }
 
 
+def _request_facts() -> tuple[str | None, str | None]:
+    """The client IP (``remote_addr``: correct behind ``ProxyFix``) and the User-Agent."""
+    if not has_request_context():
+        return None, None
+    return request.remote_addr, request.headers.get("User-Agent")
+
+
+def _g_namespace() -> dict[str, t.Any]:
+    # One proxy resolution instead of one per attribute: this runs on every callback.
+    namespace: dict[str, t.Any] = vars(g._get_current_object())
+    return namespace
+
+
 def _authlib_tokens() -> dict[str, int]:
     """The ids of the Authlib tokens on ``g`` now, to spot the ones the view fetched."""
     return {
-        name: id(getattr(g, name)) for name in list(g) if name.startswith(_AUTHLIB_TOKEN_PREFIX)
+        name: id(value)
+        for name, value in _g_namespace().items()
+        if name.startswith(_AUTHLIB_TOKEN_PREFIX)
     }
 
 
 def _authlib_tokens_changed(before: dict[str, int]) -> list[tuple[str, t.Mapping[str, t.Any]]]:
     changed = []
-    for name in list(g):
+    for name, token in list(_g_namespace().items()):
         if not name.startswith(_AUTHLIB_TOKEN_PREFIX):
             continue
-        token = getattr(g, name)
         if before.get(name) != id(token) and isinstance(token, t.Mapping):
             changed.append((name[len(_AUTHLIB_TOKEN_PREFIX) :], token))
     return changed

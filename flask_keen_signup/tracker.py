@@ -34,12 +34,53 @@ if t.TYPE_CHECKING:  # pragma: no cover
     from .config import Settings
     from .delivery import Outbox
     from .delivery.sender import Sender
+    from .delivery.sqlite_outbox import SQLiteOutbox
     from .keen import KeenClient
 
 logger = logging.getLogger(__name__)
 
 #: ``notify(kind, payload)``: the extension turns these into blinker signals.
 Notify = t.Callable[[str, dict[str, t.Any]], None]
+#: Returns ``(ip, user_agent)`` of the current request. Called only for a new user, so a
+#: returning user pays nothing for reading request headers.
+RequestFacts = t.Callable[[], tuple[str | None, str | None]]
+
+#: Extra event properties, or a callable producing them for a new user only.
+ExtraProperties = t.Mapping[str, t.Any] | t.Callable[[], t.Mapping[str, t.Any] | None] | None
+
+#: How many signed-up users each process remembers (see :class:`KnownUsers`).
+KNOWN_USERS_MAX = 100_000
+
+
+class KnownUsers:
+    """A bounded, process-local set of users whose marker can never go away again.
+
+    A returning user then costs one dict lookup instead of a SQLite read. Only markers
+    that are permanent are remembered: *confirmed* ones, and *pending* ones in background
+    mode (pending there means durably queued). Used only with stores whose markers are
+    shared and permanent (the SQLite ledger, ``auth0``); never with the per-browser session
+    store or custom stores. A ledger row deleted by hand takes effect at the next restart.
+    When full, the oldest entries are forgotten (they cost a SQLite read again).
+    """
+
+    def __init__(self, maximum: int = KNOWN_USERS_MAX) -> None:
+        self.maximum = maximum
+        self._users: dict[str, None] = {}
+
+    def __contains__(self, user_id: object) -> bool:
+        return user_id in self._users
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+    def add(self, user_id: str) -> None:
+        users = self._users
+        users[user_id] = None
+        if len(users) > self.maximum:
+            try:  # insertion order: the first key is the oldest; a racing thread may win
+                del users[next(iter(users))]
+            except (KeyError, StopIteration, RuntimeError):
+                pass
 
 
 class TrackOutcome(enum.Enum):
@@ -105,6 +146,11 @@ class Tracker:
         self.remote = store if isinstance(store, Auth0Store) else None
         # The store whose claim is atomic and local: the ledger in front of a remote store.
         self.claimer: MarkerStore = ledger if ledger is not None else store
+        self.known: KnownUsers | None = (
+            KnownUsers() if isinstance(self.claimer, SQLiteStore) else None
+        )
+        self._background = settings.delivery != "sync"
+        self._atomic = self._atomic_claim_and_enqueue()
 
     def user_id_of(self, claims: t.Mapping[str, t.Any]) -> str:
         sub = claims.get("sub")
@@ -122,31 +168,43 @@ class Tracker:
         self,
         claims: t.Mapping[str, t.Any],
         *,
-        ip: str | None,
-        user_agent: str | None,
-        extra: t.Mapping[str, t.Any] | None = None,
+        ip: str | None = None,
+        user_agent: str | None = None,
+        facts: RequestFacts | None = None,
+        extra: ExtraProperties = None,
     ) -> TrackOutcome:
-        """Record ``claims``' user if this login is their signup. See the module doc."""
+        """Record ``claims``' user if this login is their signup. See the module doc.
+
+        :param facts: read the request's IP and User-Agent lazily (only for a new user);
+            overrides ``ip`` and ``user_agent``.
+        :param extra: extra event properties, or a callable returning them, called only for
+            a new user (the app's ``@event_properties`` callback).
+        """
         if not self.settings.enabled:
             return TrackOutcome.DISABLED
         user_id = self.user_id_of(claims)
+        known = self.known
+        if known is not None and user_id in known:
+            return TrackOutcome.RETURNING
         if self.already_marked_by_claim(claims):
             return TrackOutcome.RETURNING
         marker = self.claimer.lookup(user_id)
-        if marker is MarkerState.CONFIRMED:
-            return TrackOutcome.RETURNING
-        if marker is MarkerState.PENDING and self.settings.delivery != "sync":
+        if marker is MarkerState.CONFIRMED or (marker is MarkerState.PENDING and self._background):
             # Background: pending means durably queued. Sync: it may belong to a request
-            # that died mid-send; claim() decides whether it is stale.
+            # that died mid-send; claim() decides below whether it is stale.
+            self._remember(user_id)
             return TrackOutcome.RETURNING
 
         created_at = created_at_from_claims(claims)
         if self._created_before_since(created_at):
             self.claimer.confirm(user_id)
+            self._remember(user_id)
             logger.info("user created before KEEN_SIGNUP_SINCE: marked, not reported")
             return TrackOutcome.MARKED_ONLY
 
-        self.notify("detected", {"user_id": user_id, "claims": dict(claims)})
+        self.notify("detected", {"user_id": user_id, "claims": claims})
+        if facts is not None:
+            ip, user_agent = facts()
         event = build_signup_event(
             claims,
             collection=self.settings.collection,
@@ -157,11 +215,15 @@ class Tracker:
             addons=self.settings.addons,
             created_at=created_at,
             now=self.clock(),
-            extra=extra,
+            extra=extra() if callable(extra) else extra,
         )
-        if self.settings.delivery == "sync":
-            return self._track_sync(user_id, event)
-        return self._track_background(user_id, event)
+        if self._background:
+            return self._track_background(user_id, event)
+        return self._track_sync(user_id, event)
+
+    def _remember(self, user_id: str) -> None:
+        if self.known is not None:
+            self.known.add(user_id)
 
     def _created_before_since(self, created_at: dt.datetime | None) -> bool:
         since = self.settings.since
@@ -178,13 +240,16 @@ class Tracker:
     def _track_background(self, user_id: str, event: dict[str, t.Any]) -> TrackOutcome:
         queued = self._queued(user_id, event)
         if not self._claim_and_enqueue(user_id, queued):
+            self._remember(user_id)
             return TrackOutcome.RETURNING
+        self._remember(user_id)
         if self.sender is not None:
             self.sender.wake()
         self.notify("recorded", {"user_id": user_id, "event": event})
         return TrackOutcome.QUEUED
 
-    def _claim_and_enqueue(self, user_id: str, queued: QueuedEvent) -> bool:
+    def _atomic_claim_and_enqueue(self) -> tuple[SQLiteStore, SQLiteOutbox] | None:
+        """The ledger and outbox if they share one SQLite file (one transaction for both)."""
         from .delivery.sqlite_outbox import SQLiteOutbox
 
         claimer, outbox = self.claimer, self.outbox
@@ -193,16 +258,23 @@ class Tracker:
             and isinstance(outbox, SQLiteOutbox)
             and claimer.database is outbox.database
         ):
+            return claimer, outbox
+        return None
+
+    def _claim_and_enqueue(self, user_id: str, queued: QueuedEvent) -> bool:
+        if self._atomic is not None:
+            ledger, outbox = self._atomic
             # One transaction: the claim and the queued event commit together or not at all.
-            with claimer.database.transaction() as conn:
-                if not claimer.claim_in(conn, user_id):
+            with ledger.database.transaction() as conn:
+                if not ledger.claim_in(conn, user_id):
                     return False
                 outbox.enqueue_in(conn, queued)
             return True
+        claimer = self.claimer
         if not claimer.claim(user_id):
             return False
         try:
-            outbox.enqueue(queued)
+            self.outbox.enqueue(queued)
         except BaseException:
             claimer.release(user_id)
             raise
@@ -216,10 +288,12 @@ class Tracker:
                 facts = self.remote.user_facts(user_id)
                 if facts.marked:
                     self.claimer.confirm(user_id)
+                    self._remember(user_id)
                     return TrackOutcome.RETURNING
                 if self._created_before_since(facts.created_at):
                     self.remote.confirm(user_id)
                     self.claimer.confirm(user_id)
+                    self._remember(user_id)
                     return TrackOutcome.MARKED_ONLY
                 if facts.created_at is not None:
                     event["keen"]["timestamp"] = _iso(facts.created_at)
@@ -232,6 +306,7 @@ class Tracker:
             self.claimer.release(user_id)
             raise
         self._confirm_after_delivery(user_id)
+        self._remember(user_id)
         self.notify("delivered", {"user_id": user_id, "event": event, "attempts": 1})
         return TrackOutcome.DELIVERED
 
