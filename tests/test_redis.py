@@ -268,6 +268,15 @@ def test_store_stale_pending_claim_can_be_reclaimed(client: redis.Redis, prefix:
     assert not store.claim("auth0|a"), "a confirmed marker is never reclaimed"
 
 
+def test_store_confirm_many_confirms_a_batch(store: RedisStore) -> None:
+    assert store.claim("auth0|a")
+    store.confirm_many(["auth0|a", "auth0|b"])
+    store.confirm_many([])
+    assert store.lookup("auth0|a") is MarkerState.CONFIRMED
+    assert store.lookup("auth0|b") is MarkerState.CONFIRMED
+    assert store.lookup("auth0|c") is None
+
+
 def test_store_without_reclaim_keeps_pending(client: redis.Redis, store: RedisStore) -> None:
     assert store.claim("auth0|a")
     client.set(store.key("auth0|a"), "pending:1000.0")

@@ -3,7 +3,7 @@
 Use it when the app runs on several hosts or containers: a SQLite file is local to one
 machine, so two hosts would each claim the same user. Here a claim is one atomic
 ``SET key pending:<time> NX`` on the shared server, so exactly one caller wins however many
-threads, processes or hosts race (see :doc:`/redis`).
+threads, processes or hosts race (see ``docs/redis.md``).
 
 Key layout (``prefix`` defaults to ``keen_signup``)::
 
@@ -217,6 +217,19 @@ class RedisStore(MarkerStore):
         # Informational time from this host's clock; only pending claims are compared.
         with store_errors("confirm a marker"):
             self.client.set(self.key(user_id), f"{_CONFIRMED}{time.time():.6f}")
+
+    def confirm_many(self, user_ids: t.Iterable[str]) -> None:
+        """:meth:`confirm` for a batch in one round trip (the sender's ``after_delivered``).
+
+        Not a transaction: each SET is idempotent, so a batch cut short by an error is
+        simply confirmed again when the hook is retried.
+        """
+        stamp = f"{_CONFIRMED}{time.time():.6f}"
+        with store_errors("confirm markers"):
+            pipe = self.client.pipeline(transaction=False)
+            for user_id in user_ids:
+                pipe.set(self.key(user_id), stamp)
+            pipe.execute()
 
     def release(self, user_id: str) -> None:
         with store_errors("release a marker"):
