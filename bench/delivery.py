@@ -221,16 +221,25 @@ def measure_outbox(url: str, count: int) -> dict[str, float]:
     }
 
 
-def measure_rule(url: str, count: int) -> float:
-    """The Rule's way: one POST per event, each on a fresh connection, in the caller."""
+def measure_rule(url: str, count: int, *, keep_alive: bool = False) -> float:
+    """The Rule's way: one POST per event, in the caller.
+
+    The Rule opened a connection per login (``keep_alive=False``); a pooled keep-alive
+    session (``keep_alive=True``) is the kindest version of one-POST-per-event.
+    """
     endpoint = f"{url}/3.0/projects/{PROJECT_ID}/events/{COLLECTION}"
     headers = {"Authorization": WRITE_KEY, "Content-Type": "application/json"}
+    http: t.Any = requests.Session() if keep_alive else requests
+    prefix = "rulepooled" if keep_alive else "rule"
     started = time.perf_counter()
     for n in range(count):
-        _, _, body = make_event(n, "rule")
-        response = requests.post(endpoint, data=json.dumps(body), headers=headers, timeout=10)
+        _, _, body = make_event(n, prefix)
+        response = http.post(endpoint, data=json.dumps(body), headers=headers, timeout=10)
         response.raise_for_status()
-    return count / (time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    if keep_alive:
+        http.close()
+    return count / elapsed
 
 
 def measure_emulator_capacity(url: str, count: int, batch: int = 500) -> float:
@@ -282,8 +291,9 @@ def part_b(args: argparse.Namespace) -> None:
         ours = measure_outbox(url, args.events)
         emulator.reset()
         rule = measure_rule(url, args.rule_events)
+        rule_pooled = measure_rule(url, args.rule_events, keep_alive=True)
         emulator.reset()
-        capacity = measure_emulator_capacity(url, args.events)
+        capacity = max(measure_emulator_capacity(url, args.events) for _ in range(2))
         emulator.reset()
     with serve([os.path.abspath(__file__), "--sink"]) as sink:
         segment = measure_segment(sink, args.events)
@@ -292,13 +302,17 @@ def part_b(args: argparse.Namespace) -> None:
         f"    (with the {ours['enqueue_us']:.0f} µs/event enqueue included: "
         f"{ours['end_to_end_per_s']:,.0f} events/s)"
     )
-    print(f"  Rule's way:         {rule:>9,.0f} events/s (one POST per event)")
+    print(f"  Rule's way:         {rule:>9,.0f} events/s (one POST per event, new connection)")
+    print(f"    pooled variant:   {rule_pooled:>9,.0f} events/s (one POST per event, keep-alive)")
     print(
         f"  segment-analytics:  {segment['events_per_s']:>9,.0f} events/s "
         f"(into a bare sink; track() {segment['track_us']:.0f} µs/event)"
     )
-    print(f"  emulator capacity:  {capacity:>9,.0f} events/s (raw 500-event batches)")
-    print(f"  outbox+sender / Rule:    {ours['events_per_s'] / rule:6.1f}x  (target >= 40x)")
+    print(f"  emulator capacity:  {capacity:>9,.0f} events/s (raw 500-event batches, best of 2)")
+    print(
+        f"  outbox+sender / Rule:    {ours['events_per_s'] / rule:6.1f}x  "
+        f"(vs the pooled variant: {ours['events_per_s'] / rule_pooled:.1f}x; target >= 40x)"
+    )
     print(
         f"  outbox+sender / Segment: {ours['events_per_s'] / segment['events_per_s']:6.1f}x"
         "  (target >= 2x)"

@@ -44,6 +44,7 @@ from . import OutboxRow
 from . import OutboxStats
 from . import shutdown
 from ._backoff import Backoff
+from ._circuit import CLOSED
 from ._circuit import HALF_OPEN
 from ._circuit import OPEN
 from ._circuit import CircuitBreaker
@@ -93,6 +94,47 @@ class _Flush:
         self.deadline = deadline
         self.since = time.time()
         self.done = threading.Event()
+
+
+class _Prefetch:
+    """A claim running on a short-lived daemon thread while the previous batch is sent.
+
+    A plain daemon thread rather than an executor: executor workers are joined before
+    ``atexit`` runs, and the exit-time flush must still be able to claim.
+    """
+
+    def __init__(
+        self,
+        claim: t.Callable[[int, float | None], list[OutboxRow]],
+        limit: int,
+        since: float | None,
+    ) -> None:
+        self._rows: list[OutboxRow] = []
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._run,
+            args=(claim, limit, since),
+            name="flask-keen-signup-prefetch",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _run(
+        self,
+        claim: t.Callable[[int, float | None], list[OutboxRow]],
+        limit: int,
+        since: float | None,
+    ) -> None:
+        try:
+            self._rows = claim(limit, since)
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the sender thread
+            self._error = exc
+
+    def result(self) -> list[OutboxRow]:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._rows
 
 
 class _RequestFailed(Exception):
@@ -200,6 +242,7 @@ class Sender:
             threshold=threshold, cooldown=cooldown, cap=cap, rng=self._rng
         )
         self._catch_up_since: float | None = None
+        self._prefetch: _Prefetch | None = None
         self._last_error: str | None = None
         self._next_orphan_check = 0.0
         _all_senders.add(self)
@@ -345,6 +388,10 @@ class Sender:
                     self._control.wait(wait)  # new events can wait for the cool-down
                 else:
                     self._wake.wait(wait)
+        try:
+            self._release_prefetch()
+        except Exception:  # noqa: BLE001 - the rows' lease will expire instead
+            logger.exception("%s: could not release prefetched rows", self.name)
         # Anyone still waiting for a flush is released (they read the pending count).
         with self._lock:
             requests, self._flushes = self._flushes, []
@@ -363,24 +410,43 @@ class Sender:
         if state == OPEN:
             return self._circuit.remaining() or 0.01
         limit = self.probe_size if state == HALF_OPEN else self.batch_size
-        rows = self.outbox.claim_due(
+        rows = self._take_prefetch()
+        if rows is None:
+            rows = self._claim(limit, self._catch_up_since)
+        if not rows:
+            self._catch_up_since = None
+            return self.flush_interval
+        if state == CLOSED and len(rows) >= limit:
+            # A full batch: more is probably due. Lease the next batch on a helper thread
+            # while this one is on the wire (SQLite and sockets both release the GIL).
+            self._prefetch = _Prefetch(self._claim, limit, self._catch_up_since)
+        try:
+            self._process(rows)
+        except _RequestFailed:
+            self._release_prefetch()
+        return 0.0
+
+    def _claim(self, limit: int, flush_since: float | None) -> list[OutboxRow]:
+        return self.outbox.claim_due(
             limit,
             now=time.time(),
             lease_seconds=self.lease_seconds,
             owner=self.owner,
-            flush_since=self._catch_up_since,
+            flush_since=flush_since,
         )
-        if not rows:
-            self._catch_up_since = None
-            return self.flush_interval
-        try:
-            self._process(rows)
-        except _RequestFailed:
-            pass
-        return 0.0
+
+    def _take_prefetch(self) -> list[OutboxRow] | None:
+        prefetch, self._prefetch = self._prefetch, None
+        return None if prefetch is None else prefetch.result()
+
+    def _release_prefetch(self) -> None:
+        rows = self._take_prefetch()
+        if rows:
+            self.outbox.release([row.id for row in rows])
 
     def _run_flush(self, request: _Flush) -> None:
         try:
+            self._release_prefetch()  # leased by us: a flush must be able to claim them
             self._maybe_expire_orphans(force=True)
             while True:
                 if request.deadline is not None and time.monotonic() >= request.deadline:
