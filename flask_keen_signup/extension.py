@@ -336,11 +336,6 @@ def _build_state(app: Flask, settings: Settings) -> _AppState:
     from .delivery.sqlite_outbox import SQLiteOutbox
     from .keen import KeenClient
 
-    if settings.store == "redis":
-        raise ConfigurationError(
-            "KEEN_SIGNUP_STORE = 'redis' is not available in this version; use 'sqlite' "
-            "(one host), 'auth0' (many hosts) or 'session'"
-        )
     database = Database(settings.database, synchronous=settings.sqlite_synchronous)
     client = KeenClient(
         settings.project_id or "disabled",
@@ -353,8 +348,25 @@ def _build_state(app: Flask, settings: Settings) -> _AppState:
     ledger = SQLiteStore(database, settings.collection, reclaim_after=reclaim_after)
     store: MarkerStore
     local_ledger: SQLiteStore | None = None
+    outbox: Outbox = SQLiteOutbox(database, keep_delivered=settings.keep_delivered)
+    confirm_in: MarkerStore = ledger  # where the sender marks delivered users confirmed
     if settings.store == "sqlite":
         store = ledger
+    elif settings.store == "redis":
+        # Many hosts: the markers and the outbox live in one Redis, claimed together.
+        from .delivery.redis_outbox import RedisOutbox
+        from .stores.redis import RedisStore
+        from .stores.redis import connect
+
+        try:
+            redis_client = connect(t.cast(str, settings.redis_url))
+        except ValueError as exc:
+            raise ConfigurationError(f"KEEN_SIGNUP_REDIS_URL is not usable: {exc}") from None
+        store = RedisStore(
+            redis_client, settings.collection, reclaim_after=reclaim_after, close_client=True
+        )
+        outbox = RedisOutbox(redis_client, keep_delivered=settings.keep_delivered)
+        confirm_in = store
     elif settings.store == "session":
         from .stores.session import SessionStore
 
@@ -381,9 +393,9 @@ def _build_state(app: Flask, settings: Settings) -> _AppState:
         local_ledger = ledger
     else:
         store = t.cast(MarkerStore, settings.store)
-    outbox = SQLiteOutbox(database, keep_delivered=settings.keep_delivered)
+        confirm_in = store
     notify = _notifier(app)
-    sender = _build_sender(settings, outbox, client, store, ledger, notify)
+    sender = _build_sender(settings, outbox, client, store, confirm_in, notify)
     tracker = Tracker(
         settings,
         store=store,
@@ -409,7 +421,7 @@ def _build_sender(
     outbox: Outbox,
     client: KeenClient,
     store: MarkerStore,
-    ledger: SQLiteStore,
+    ledger: MarkerStore,
     notify: t.Callable[[str, dict[str, t.Any]], None],
 ) -> Sender | None:
     from .delivery.sender import Sender

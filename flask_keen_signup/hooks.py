@@ -17,6 +17,7 @@ from .delivery import OutboxRow
 from .exceptions import RemoteError
 from .stores import MarkerStore
 from .stores.auth0 import Auth0Store
+from .stores.session import SessionStore
 from .stores.sqlite import SQLiteStore
 
 if t.TYPE_CHECKING:  # pragma: no cover
@@ -28,10 +29,23 @@ logger = logging.getLogger(__name__)
 class MarkerHooks(DeliveryHooks):
     """Keep the markers in step with deliveries. See the module doc."""
 
-    def __init__(self, settings: Settings, *, store: MarkerStore, ledger: SQLiteStore) -> None:
+    def __init__(self, settings: Settings, *, store: MarkerStore, ledger: MarkerStore) -> None:
         self.settings = settings
         self.ledger = ledger
         self.remote = store if isinstance(store, Auth0Store) else None
+
+    def _confirm_locally(self, user_ids: t.Sequence[str]) -> None:
+        """Mark delivered (or skipped) users confirmed in the claiming store, in one go."""
+        ledger = self.ledger
+        if isinstance(ledger, SQLiteStore):
+            with ledger.database.transaction() as conn:
+                for user_id in user_ids:
+                    ledger.confirm_in(conn, user_id)
+        elif hasattr(ledger, "confirm_many"):
+            ledger.confirm_many(user_ids)
+        elif not isinstance(ledger, SessionStore):  # no request context on this thread
+            for user_id in user_ids:
+                ledger.confirm(user_id)
 
     def before_send(self, rows: t.Sequence[OutboxRow]) -> dict[int, str]:
         if self.remote is None:
@@ -53,16 +67,11 @@ class MarkerHooks(DeliveryHooks):
                 self.remote.confirm(row.user_id)
                 skip[row.id] = "user created before KEEN_SIGNUP_SINCE: marked, not reported"
         if skip:
-            with self.ledger.database.transaction() as conn:
-                for row in rows:
-                    if row.id in skip:
-                        self.ledger.confirm_in(conn, row.user_id)
+            self._confirm_locally([row.user_id for row in rows if row.id in skip])
         return skip
 
     def after_delivered(self, rows: t.Sequence[OutboxRow]) -> None:
-        with self.ledger.database.transaction() as conn:
-            for row in rows:
-                self.ledger.confirm_in(conn, row.user_id)
+        self._confirm_locally([row.user_id for row in rows])
         if self.remote is None:
             return
         for row in rows:

@@ -34,7 +34,6 @@ if t.TYPE_CHECKING:  # pragma: no cover
     from .config import Settings
     from .delivery import Outbox
     from .delivery.sender import Sender
-    from .delivery.sqlite_outbox import SQLiteOutbox
     from .keen import KeenClient
 
 logger = logging.getLogger(__name__)
@@ -147,7 +146,7 @@ class Tracker:
         # The store whose claim is atomic and local: the ledger in front of a remote store.
         self.claimer: MarkerStore = ledger if ledger is not None else store
         self.known: KnownUsers | None = (
-            KnownUsers() if isinstance(self.claimer, SQLiteStore) else None
+            KnownUsers() if _is_shared_and_permanent(self.claimer) else None
         )
         self._background = settings.delivery != "sync"
         self._atomic = self._atomic_claim_and_enqueue()
@@ -248,8 +247,9 @@ class Tracker:
         self.notify("recorded", {"user_id": user_id, "event": event})
         return TrackOutcome.QUEUED
 
-    def _atomic_claim_and_enqueue(self) -> tuple[SQLiteStore, SQLiteOutbox] | None:
-        """The ledger and outbox if they share one SQLite file (one transaction for both)."""
+    def _atomic_claim_and_enqueue(self) -> t.Callable[[str, QueuedEvent], bool] | None:
+        """One atomic step that claims the marker and queues the event, if the store and
+        the outbox live in one place (one SQLite file, or one Redis)."""
         from .delivery.sqlite_outbox import SQLiteOutbox
 
         claimer, outbox = self.claimer, self.outbox
@@ -258,18 +258,32 @@ class Tracker:
             and isinstance(outbox, SQLiteOutbox)
             and claimer.database is outbox.database
         ):
-            return claimer, outbox
+
+            def in_one_transaction(user_id: str, queued: QueuedEvent) -> bool:
+                with claimer.database.transaction() as conn:
+                    if not claimer.claim_in(conn, user_id):
+                        return False
+                    outbox.enqueue_in(conn, queued)
+                return True
+
+            return in_one_transaction
+        if type(claimer).__name__ == "RedisStore" and type(outbox).__name__ == "RedisOutbox":
+            from .delivery.redis_outbox import RedisOutbox
+            from .stores.redis import RedisStore
+
+            redis_store = t.cast(RedisStore, claimer)
+            redis_outbox = t.cast(RedisOutbox, outbox)
+
+            def in_one_script(user_id: str, queued: QueuedEvent) -> bool:
+                return redis_outbox.claim_and_enqueue(redis_store, user_id, queued)
+
+            return in_one_script
         return None
 
     def _claim_and_enqueue(self, user_id: str, queued: QueuedEvent) -> bool:
         if self._atomic is not None:
-            ledger, outbox = self._atomic
-            # One transaction: the claim and the queued event commit together or not at all.
-            with ledger.database.transaction() as conn:
-                if not ledger.claim_in(conn, user_id):
-                    return False
-                outbox.enqueue_in(conn, queued)
-            return True
+            # The claim and the queued event are written together or not at all.
+            return self._atomic(user_id, queued)
         claimer = self.claimer
         if not claimer.claim(user_id):
             return False
@@ -334,3 +348,8 @@ def _iso(moment: dt.datetime) -> str:
     from .events import format_timestamp
 
     return format_timestamp(moment)
+
+
+def _is_shared_and_permanent(store: MarkerStore) -> bool:
+    """Stores whose markers every process sees and that never forget a signed-up user."""
+    return isinstance(store, SQLiteStore) or type(store).__name__ == "RedisStore"

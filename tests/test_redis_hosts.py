@@ -1,0 +1,107 @@
+"""``KEEN_SIGNUP_STORE = "redis"`` through the extension: several hosts, one Redis.
+
+Each "host" is an app with its own SQLite file and its own sender, sharing one real
+redis-server (started by the fixture in ``test_redis.py``). Two hosts never both report
+one user, and what one host queued is delivered by another if the first one is lost.
+"""
+
+from __future__ import annotations
+
+import threading
+import typing as t
+
+import pytest
+from _flow import login
+from _flow import quickstart_app
+from flask import Flask
+
+from flask_keen_signup.testing import Auth0Emulator
+from flask_keen_signup.testing import KeenEmulator
+
+redis = pytest.importorskip("redis")
+from test_redis import redis_server  # noqa: E402,F401 - the shared server fixture
+
+
+@pytest.fixture
+def hosts(
+    redis_server: t.Any,  # noqa: F811 - the imported fixture
+    keen_signup_auth0: Auth0Emulator,
+    keen_signup_keen: KeenEmulator,
+    tmp_path: t.Any,
+) -> t.Iterator[t.Callable[[], Flask]]:
+    url = redis_server.url.rstrip("/") + "/1"
+    redis.Redis.from_url(url).flushdb()
+    built: list[Flask] = []
+
+    def host() -> Flask:
+        app, _ = quickstart_app(
+            keen_signup_auth0,
+            keen_signup_keen,
+            str(tmp_path / f"host{len(built)}.sqlite3"),
+            KEEN_SIGNUP_STORE="redis",
+            KEEN_SIGNUP_REDIS_URL=url,
+        )
+        built.append(app)
+        return app
+
+    yield host
+    for app in built:
+        app.extensions["keen_signup"].sender.shutdown(timeout=5)
+        app.extensions["keen_signup"].store.close()
+
+
+def test_one_user_logging_in_on_two_hosts_at_once_is_reported_once(
+    hosts: t.Any, keen_signup_auth0: Auth0Emulator, keen_signup_keen: KeenEmulator
+) -> None:
+    a, b = hosts(), hosts()
+    keen_signup_auth0.add_user(email="both@example.com")
+    barrier = threading.Barrier(6)
+    statuses: list[int] = []
+
+    def sign_in(app: Flask) -> None:
+        barrier.wait()
+        statuses.append(login(app.test_client(), keen_signup_auth0, "both@example.com").status_code)
+
+    threads = [threading.Thread(target=sign_in, args=(app,)) for app in (a, b) * 3]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == [302] * 6
+    for app in (a, b):
+        assert app.extensions["keen_signup"].sender.flush(timeout=20) == 0
+    assert len(keen_signup_keen.events("signups")) == 1
+    posts = [r for r in keen_signup_keen.request_log if r.method == "POST"]
+    assert len(posts) == 1, "claimed once across hosts: sent once"
+
+
+def test_a_lost_host_queue_is_delivered_by_another(
+    hosts: t.Any, keen_signup_auth0: Auth0Emulator, keen_signup_keen: KeenEmulator
+) -> None:
+    lost = hosts()
+    lost.extensions["keen_signup"].sender.stop(timeout=5)  # the container dies before sending
+    login(lost.test_client(), keen_signup_auth0, "lost@example.com")
+    survivor = hosts()
+    assert survivor.extensions["keen_signup"].sender.flush(timeout=20) == 0
+    assert len(keen_signup_keen.events("signups")) == 1
+    login(survivor.test_client(), keen_signup_auth0, "lost@example.com")
+    assert survivor.extensions["keen_signup"].sender.flush(timeout=20) == 0
+    assert len(keen_signup_keen.events("signups")) == 1, "returning on another host"
+
+
+def test_redis_down_at_login_does_not_break_it(
+    hosts: t.Any, keen_signup_auth0: Auth0Emulator, tmp_path: t.Any, caplog: t.Any
+) -> None:
+    app, _ = quickstart_app(
+        keen_signup_auth0,
+        None,
+        str(tmp_path / "down.sqlite3"),
+        KEEN_SIGNUP_STORE="redis",
+        KEEN_SIGNUP_REDIS_URL="redis://127.0.0.1:9/0",
+    )
+    try:
+        response = login(app.test_client(), keen_signup_auth0, "noredis@example.com")
+        assert response.status_code == 302 and response.location == "/"
+        assert "cannot" in caplog.text and "Redis" in caplog.text
+    finally:
+        app.extensions["keen_signup"].sender.shutdown(timeout=2)
