@@ -45,10 +45,23 @@ class Database:
         return f"<Database {self.path!r} synchronous={self.synchronous}>"
 
     def _create_file(self) -> None:
-        directory = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(directory, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        os.close(fd)
+        # Never open()/close() a database file this process may already have connections
+        # to: closing *any* descriptor of a file drops all of the process's POSIX locks on
+        # it, so another process closing its last connection would think it is the last
+        # one, checkpoint and delete the WAL and -shm under our live connections; our next
+        # commits would then go to an unlinked WAL, invisible to other processes and lost
+        # at exit. Only a file this call creates (O_EXCL) is opened, under the lock, before
+        # any connection of this instance exists.
+        if os.path.exists(self.path):
+            return
+        with self._schema_lock:
+            directory = os.path.dirname(os.path.abspath(self.path))
+            os.makedirs(directory, exist_ok=True)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                return
+            os.close(fd)
 
     def connection(self) -> sqlite3.Connection:
         """This thread's connection, opened on first use (and again after a fork)."""
