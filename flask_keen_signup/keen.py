@@ -444,19 +444,32 @@ class KeenClient:
             "User-Agent": user_agent or USER_AGENT,
         }
         self._owns_session = session is None
-        if session is None:
-            session = requests.Session()
-            # No urllib3 retries: the sender owns retrying, with backoff and Retry-After.
-            adapter = HTTPAdapter(pool_connections=2, pool_maxsize=pool_maxsize, max_retries=0)
-            session.mount("https://", adapter)
-            session.mount("http://", adapter)
-        self._session = session
+        self._pool_maxsize = pool_maxsize
+        self._session = session if session is not None else self._new_session()
         base = f"{self.api_url}/3.0/projects/{quote(project_id, safe='')}/events"
         self._batch_url = base
         self._event_url_prefix = base + "/"
 
     def __repr__(self) -> str:
         return f"<KeenClient project_id={self.project_id!r} api_url={self.api_url!r}>"
+
+    def _new_session(self) -> requests.Session:
+        session = requests.Session()
+        # No urllib3 retries: the sender owns retrying, with backoff and Retry-After.
+        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=self._pool_maxsize, max_retries=0)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        return session
+
+    def reset_after_fork(self) -> None:
+        """Give a forked child its own connection pool (pooled sockets must not be shared).
+
+        The parent's session is abandoned, not closed: its pool lock may have been held by
+        a thread that does not exist in the child. A session passed in by the caller is
+        the caller's to manage and is left alone.
+        """
+        if self._owns_session:
+            self._session = self._new_session()
 
     def __enter__(self) -> KeenClient:
         return self
