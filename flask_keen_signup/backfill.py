@@ -86,14 +86,11 @@ def backfill(
             extra={"backfilled": True},
         )
         if dry_run:
-            done = (
-                database.connection()
-                .execute(
+            with database.reading() as conn:
+                done = conn.execute(
                     "SELECT 1 FROM keen_signup_backfill WHERE collection = ? AND user_id = ?",
                     (settings.collection, user_id),
-                )
-                .fetchone()
-            )
+                ).fetchone()
             if done:
                 report.already_done += 1
             else:

@@ -5,21 +5,120 @@ WAL lets readers run beside the one writer; ``busy_timeout`` makes concurrent wr
 queue instead of failing; ``BEGIN IMMEDIATE`` takes the write lock up front so a claim is
 atomic across threads and processes. Each thread of each process gets its own connection
 (sqlite3 connections must not cross threads, and must never cross a ``fork``).
+
+Fork safety (gunicorn ``--preload``, uWSGI): SQLite keeps per-process lock bookkeeping and
+mutexes in library memory, and a child forked while *any* connection to the file is open
+inherits them; its own new connections then see locks nobody holds ("database is locked"
+forever) or deadlock. So every use of SQLite here passes a gate, and an at-fork hook waits
+until no thread is inside SQLite, closes every connection of every :class:`Database`, and
+lets both processes reopen lazily afterwards.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import threading
 import time
 import typing as t
+import weakref
 
 from .exceptions import StoreError
 
 #: How long a writer waits for the lock before giving up, in milliseconds.
 BUSY_TIMEOUT_MS = 10_000
+#: How long a fork waits for threads to leave SQLite before going ahead anyway, in seconds.
+FORK_WAIT_SECONDS = 15.0
+
+logger = logging.getLogger(__name__)
+
+
+class _ForkGate:
+    """Any number of threads may use SQLite at once; a fork waits until none does.
+
+    Use as ``with _gate:``. Re-entrant per thread (a read inside a transaction), and
+    cheap: one uncontended lock round trip on the way in and out.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._active = 0
+        self._forking = False
+        self._depth = threading.local()
+
+    def __enter__(self) -> None:
+        local = self._depth
+        depth: int = getattr(local, "n", 0)
+        if depth == 0:
+            with self._lock:
+                while self._forking:
+                    self._idle.wait()
+                self._active += 1
+        local.n = depth + 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        local = self._depth
+        local.n = getattr(local, "n", 1) - 1  # a fork in between reset the depth
+        if local.n <= 0:
+            local.n = 0
+            with self._lock:
+                self._active = max(0, self._active - 1)
+                if self._active == 0:
+                    self._idle.notify_all()
+
+    def close_for_fork(self) -> None:
+        own: int = 1 if getattr(self._depth, "n", 0) else 0
+        with self._lock:
+            self._forking = True
+            deadline = time.monotonic() + FORK_WAIT_SECONDS
+            while self._active > own:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    logger.warning("forking while %d thread(s) still use SQLite", self._active)
+                    break
+                self._idle.wait(left)
+
+    def reopen(self) -> None:
+        with self._lock:
+            self._forking = False
+            self._idle.notify_all()
+
+    def reset_in_child(self) -> None:
+        # Other threads did not survive the fork: fresh primitives, nobody inside.
+        self.__init__()  # type: ignore[misc]
+
+
+_gate = _ForkGate()
+_databases: weakref.WeakSet[Database] = weakref.WeakSet()
+#: Bumped at every fork: a thread's connection from an older generation is reopened.
+_generation = 0
+
+
+def _before_fork() -> None:
+    global _generation
+    _gate.close_for_fork()
+    for database in list(_databases):
+        database._close_all()
+    _generation += 1
+
+
+def _after_fork_in_parent() -> None:
+    _gate.reopen()
+
+
+def _after_fork_in_child() -> None:
+    _gate.reset_in_child()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )
 
 
 class Database:
@@ -40,6 +139,11 @@ class Database:
         self._local = threading.local()
         self._schema_lock = threading.Lock()
         self._schemas: list[str] = []
+        # Every open connection of this instance and the thread that opened it, so a fork
+        # can close them all. Connections of finished threads are closed at the next open.
+        self._connections: list[tuple[weakref.ref[threading.Thread], sqlite3.Connection]] = []
+        self._connections_lock = threading.Lock()
+        _databases.add(self)
 
     def __repr__(self) -> str:
         return f"<Database {self.path!r} synchronous={self.synchronous}>"
@@ -64,9 +168,13 @@ class Database:
             os.close(fd)
 
     def connection(self) -> sqlite3.Connection:
-        """This thread's connection, opened on first use (and again after a fork)."""
+        """This thread's connection, opened on first use (and again after a fork).
+
+        Product code uses it inside :meth:`reading` or :meth:`transaction`, which let a
+        fork wait for it; calling it bare is for tests and one-off tools.
+        """
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None and self._local.pid == os.getpid():
+        if conn is not None and self._local.generation == _generation:
             return conn
         deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
         while True:
@@ -85,8 +193,28 @@ class Database:
             except (sqlite3.Error, OSError) as exc:
                 raise StoreError(f"cannot open the SQLite database {self.path!r}: {exc}") from exc
         self._local.conn = conn
-        self._local.pid = os.getpid()
+        self._local.generation = _generation
+        self._track(conn)
         return conn
+
+    def _track(self, conn: sqlite3.Connection) -> None:
+        with self._connections_lock:
+            alive = []
+            for thread_ref, other in self._connections:
+                thread = thread_ref()
+                if thread is not None and thread.is_alive():
+                    alive.append((thread_ref, other))
+                else:  # its thread is gone (e.g. a prefetch helper): nobody will use it
+                    with contextlib.suppress(sqlite3.Error):
+                        other.close()
+            alive.append((weakref.ref(threading.current_thread()), conn))
+            self._connections = alive
+
+    @contextlib.contextmanager
+    def reading(self) -> t.Iterator[sqlite3.Connection]:
+        """This thread's connection, for reads outside a transaction (fork-gated)."""
+        with _gate:
+            yield self.connection()
 
     def _open(self) -> sqlite3.Connection:
         self._create_file()
@@ -119,12 +247,19 @@ class Database:
             if script not in self._schemas:
                 self._schemas.append(script)
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None and self._local.pid == os.getpid():
-            conn.executescript(script)
+        if conn is not None and self._local.generation == _generation:
+            with _gate:
+                conn.executescript(script)
 
     @contextlib.contextmanager
     def transaction(self) -> t.Iterator[sqlite3.Connection]:
         """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back if the block raises."""
+        with _gate:
+            with self._transaction() as conn:
+                yield conn
+
+    @contextlib.contextmanager
+    def _transaction(self) -> t.Iterator[sqlite3.Connection]:
         conn = self.connection()
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -146,6 +281,18 @@ class Database:
     def close(self) -> None:
         """Close this thread's connection (others close when their thread ends)."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None and self._local.pid == os.getpid():
-            conn.close()
+        if conn is not None and self._local.generation == _generation:
+            with _gate:
+                conn.close()
         self._local.conn = None
+
+    def _close_all(self) -> None:
+        """Close every connection of this instance, from the forking thread (see the
+        module doc). Their threads reopen on next use: the generation has moved on."""
+        with self._connections_lock:
+            connections, self._connections = self._connections, []
+        for _, conn in connections:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                logger.debug("could not close a connection before fork", exc_info=True)

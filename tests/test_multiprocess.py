@@ -560,12 +560,6 @@ os.waitpid(pid, 0)
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fork safety stops at the Python level: SQLite's per-process lock state and "
-    "mutexes are copied into a worker forked while the master's sender uses SQLite; the fix "
-    "belongs in the at-fork hooks of flask_keen_signup/delivery (see the report)",
-)
 def test_a_worker_forked_while_the_master_writes_can_record_signups(
     tmp_path: t.Any, keen: KeenEmulator
 ) -> None:

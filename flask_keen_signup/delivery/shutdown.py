@@ -27,6 +27,10 @@ import time
 import typing as t
 import weakref
 
+# The database's at-fork hooks must be registered before ours: in a child, they must reset
+# its SQLite gate before the senders we restart there touch SQLite.
+from .. import database  # noqa: F401
+
 if t.TYPE_CHECKING:  # pragma: no cover
     from types import FrameType
 

@@ -442,7 +442,8 @@ class SQLiteOutbox(Outbox):
 
     def _read(self, sql: str, params: t.Sequence[object] = ()) -> list[t.Any]:
         try:
-            return self.database.connection().execute(sql, params).fetchall()
+            with self.database.reading() as conn:
+                return conn.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read the outbox: {exc}") from exc
 

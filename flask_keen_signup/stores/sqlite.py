@@ -52,14 +52,11 @@ class SQLiteStore(MarkerStore):
 
     def lookup(self, user_id: str) -> MarkerState | None:
         try:
-            row = (
-                self.database.connection()
-                .execute(
+            with self.database.reading() as conn:
+                row = conn.execute(
                     "SELECT state FROM keen_signup_markers WHERE collection = ? AND user_id = ?",
                     (self.collection, user_id),
-                )
-                .fetchone()
-            )
+                ).fetchone()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read the marker ledger: {exc}") from exc
         return MarkerState(row[0]) if row else None
@@ -121,15 +118,12 @@ class SQLiteStore(MarkerStore):
 
     def counts(self) -> dict[str, int]:
         """Markers by state, for ``flask keen-signup status``."""
-        rows = (
-            self.database.connection()
-            .execute(
+        with self.database.reading() as conn:
+            rows = conn.execute(
                 "SELECT state, COUNT(*) FROM keen_signup_markers WHERE collection = ? "
                 "GROUP BY state",
                 (self.collection,),
-            )
-            .fetchall()
-        )
+            ).fetchall()
         return {state: count for state, count in rows}
 
     def close(self) -> None:
