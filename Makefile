@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test system-deps lint typecheck pytest bench clean
+.PHONY: demo test system-deps lint typecheck docs pytest bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(BIN)/python -m example_app
 
 ## Install everything the tests need, then lint, type-check and run the whole suite.
-test: $(STAMP) system-deps lint typecheck pytest
+test: $(STAMP) system-deps lint typecheck docs pytest
 
 system-deps:
 	bash scripts/install-test-deps.sh
@@ -28,6 +28,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+## Build the documentation site (strict: a broken link between pages fails).
+docs: $(STAMP)
+	$(BIN)/mkdocs build --quiet
+
 pytest: $(STAMP) system-deps
 	$(BIN)/pytest
 
@@ -35,4 +39,4 @@ bench: $(STAMP)
 	for f in bench/*.py; do $(BIN)/python $$f || exit 1; done
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) build dist site *.egg-info

@@ -5,6 +5,9 @@ Run: ``.venv/bin/python bench/delivery.py [--parts b,c] [--events N] [--rule-eve
 
 Parts (one function each; ``main()`` runs every part present in :data:`PARTS`):
 
+(a) **The login path.** Per-callback added time for a returning and a new user (the
+    durable enqueue), with synchronous=NORMAL and FULL: ``bench/callback.py
+    --background-only`` in a fresh process, with its same-run baselines.
 (b) **Throughput.** End-to-end delivered events/s into the Keen emulator through the SQLite
     outbox and the sender (enqueue N, then time until every row is delivered), next to the
     Auth0 Rule's way (one ``requests.post`` per event, no connection reuse) and next to the
@@ -398,9 +401,25 @@ def part_c(args: argparse.Namespace) -> None:
 
 # --------------------------------------------------------------------------- main
 
-#: The parts this script runs, in order. Part (a) (per-callback time through the
-#: extension) is added by its own author as ``part_a``.
-PARTS: dict[str, t.Callable[[argparse.Namespace], None]] = {"b": part_b, "c": part_c}
+
+def part_a(args: argparse.Namespace) -> None:
+    """(a) Per-callback added time through the extension: ``bench/callback.py``'s
+    background cases (returning user, new user with synchronous=NORMAL and FULL, the raw
+    SQLite transaction as the machine's reference), run in a fresh process."""
+    print("\n== (a) per-callback added time, background mode (bench/callback.py) ==", flush=True)
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "callback.py")
+    command = [sys.executable, script, "--background-only"]
+    if args.quick:
+        command.append("--quick")
+    subprocess.run(command, check=False, timeout=DEADLINE * 3)
+
+
+#: The parts this script runs, in order.
+PARTS: dict[str, t.Callable[[argparse.Namespace], None]] = {
+    "a": part_a,
+    "b": part_b,
+    "c": part_c,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -414,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=20_000, help="(b) N for outbox/Segment")
     parser.add_argument("--rule-events", type=int, default=1_000, help="(b) N for the Rule")
     parser.add_argument("--outage-events", type=int, default=100_000, help="(c) N")
+    parser.add_argument("--quick", action="store_true", help="(a) fewer iterations")
     args = parser.parse_args(argv)
     for name in args.parts.split(","):
         part = PARTS.get(name.strip())
