@@ -18,6 +18,7 @@ import typing as t
 
 from flask import current_app
 from flask import g
+from flask import has_app_context
 from flask import has_request_context
 from flask import request
 from werkzeug.wrappers import Response as BaseResponse
@@ -171,7 +172,7 @@ class KeenSignup:
                 extra=lambda: self._extra_properties(claims),
             )
         except Exception as exc:  # noqa: BLE001 - the login must not break
-            self._handle_error(exc)
+            self._handle_error(exc, claims)
             return None
 
     def event_properties(self, callback: EventPropertiesCallback) -> EventPropertiesCallback:
@@ -225,16 +226,26 @@ class KeenSignup:
             return None
         return extra
 
-    def _handle_error(self, exc: Exception) -> None:
+    def _handle_error(self, exc: Exception, claims: t.Mapping[str, t.Any] | None = None) -> None:
         if _propagate():
             raise exc
         if isinstance(exc, InvalidClaimsError):
             logger.error("signup not tracked: %s", exc)
-        else:
-            logger.error(
-                "signup tracking failed; the login is not affected: %s", exc, exc_info=True
+            return
+        # Not recorded (the store or the outbox failed): say who, so that nothing is lost
+        # silently — the log line and signup_failed carry the user id for a later backfill.
+        sub = claims.get("sub") if isinstance(claims, t.Mapping) else None
+        user_id = sub if isinstance(sub, str) else None
+        logger.error(
+            "signup of %s not recorded; the login is not affected: %s",
+            user_id or "an unknown user",
+            exc,
+            exc_info=True,
+        )
+        if user_id is not None and has_app_context():
+            _notifier(current_app._get_current_object())(  # type: ignore[attr-defined]
+                "failed", {"user_id": user_id, "event": None, "error": exc, "attempts": 0}
             )
-        return None
 
 
 def _state(app: Flask | None = None) -> _AppState:

@@ -99,9 +99,22 @@ def test_redis_down_at_login_does_not_break_it(
         KEEN_SIGNUP_STORE="redis",
         KEEN_SIGNUP_REDIS_URL="redis://127.0.0.1:9/0",
     )
+    from flask_keen_signup import signup_failed
+
+    failures: list[dict[str, t.Any]] = []
+
+    def on_failed(sender: t.Any, **payload: t.Any) -> None:
+        failures.append(payload)
+
+    signup_failed.connect(on_failed, app)
     try:
         response = login(app.test_client(), keen_signup_auth0, "noredis@example.com")
         assert response.status_code == 302 and response.location == "/"
         assert "cannot" in caplog.text and "Redis" in caplog.text
+        user_id = keen_signup_auth0.users()[0]["user_id"]
+        assert f"signup of {user_id} not recorded" in caplog.text, "never a silent drop"
+        assert [f["user_id"] for f in failures] == [user_id]
+        assert failures[0]["event"] is None and failures[0]["attempts"] == 0
     finally:
+        signup_failed.disconnect(on_failed)
         app.extensions["keen_signup"].sender.shutdown(timeout=2)
