@@ -395,3 +395,55 @@ def test_init_app_twice_and_bad_config_fail_loudly(tmp_path: t.Any) -> None:
             signup.init_app(app)
     finally:
         app.extensions["keen_signup"].sender.shutdown(timeout=2)
+
+
+def test_event_properties_callback_runs_only_for_new_users(
+    keen_signup_auth0: Auth0Emulator, keen_signup_keen: KeenEmulator, apps: t.Any
+) -> None:
+    app, signup = apps(keen_signup_auth0, keen_signup_keen)
+    calls: list[str] = []
+
+    @signup.event_properties
+    def props(claims: t.Mapping[str, t.Any], request: t.Any) -> dict[str, t.Any]:
+        calls.append(claims["sub"])
+        return {}
+
+    login(app.test_client(), keen_signup_auth0, "once@example.com")
+    login(app.test_client(), keen_signup_auth0, "once@example.com")
+    assert len(calls) == 1
+
+
+def test_returning_users_are_remembered_per_process_and_survive_restart(
+    keen_signup_auth0: Auth0Emulator, keen_signup_keen: KeenEmulator, apps: t.Any, tmp_path: t.Any
+) -> None:
+    database = str(tmp_path / "shared.sqlite3")
+    first, signup = apps(keen_signup_auth0, keen_signup_keen, database=database)
+    with first.test_request_context():
+        assert signup.track_claims({"sub": "auth0|m"}) is TrackOutcome.QUEUED
+        assert "auth0|m" in first.extensions["keen_signup"].tracker.known
+        assert signup.track_claims({"sub": "auth0|m"}) is TrackOutcome.RETURNING
+    # another process (a new app on the same file) has an empty memory but the same ledger
+    second, signup2 = apps(keen_signup_auth0, keen_signup_keen, database=database)
+    assert "auth0|m" not in second.extensions["keen_signup"].tracker.known
+    with second.test_request_context():
+        assert signup2.track_claims({"sub": "auth0|m"}) is TrackOutcome.RETURNING
+
+
+def test_known_users_memory_is_bounded() -> None:
+    from flask_keen_signup.tracker import KnownUsers
+
+    known = KnownUsers(maximum=3)
+    for n in range(5):
+        known.add(f"u{n}")
+    assert len(known) == 3
+    assert "u0" not in known and "u1" not in known and "u4" in known
+
+
+def test_session_store_is_not_remembered_in_memory(
+    keen_signup_auth0: Auth0Emulator, keen_signup_keen: KeenEmulator, apps: t.Any
+) -> None:
+    app, _ = apps(keen_signup_auth0, keen_signup_keen, KEEN_SIGNUP_STORE="session")
+    assert app.extensions["keen_signup"].tracker.known is None
+    login(app.test_client(), keen_signup_auth0, "sess@example.com")
+    deliver(app)
+    assert len(keen_signup_keen.events("signups")) == 1
