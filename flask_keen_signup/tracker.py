@@ -56,9 +56,10 @@ class KnownUsers:
 
     A returning user then costs one dict lookup instead of a SQLite read. Only markers
     that are permanent are remembered: *confirmed* ones, and *pending* ones in background
-    mode (pending there means durably queued). Used only with stores whose markers are
-    shared and permanent (the SQLite ledger, ``auth0``); never with the per-browser session
-    store or custom stores. A ledger row deleted by hand takes effect at the next restart.
+    mode (pending there means durably queued). Used only with stores that declare their
+    markers shared and permanent (:attr:`MarkerStore.remembered`: the SQLite ledger, which
+    also fronts ``auth0``, and Redis); never with the per-browser session store, nor with
+    custom stores unless they say so. A marker deleted by hand takes effect at restart.
     When full, the oldest entries are forgotten (they cost a SQLite read again).
     """
 
@@ -145,9 +146,7 @@ class Tracker:
         self.remote = store if isinstance(store, Auth0Store) else None
         # The store whose claim is atomic and local: the ledger in front of a remote store.
         self.claimer: MarkerStore = ledger if ledger is not None else store
-        self.known: KnownUsers | None = (
-            KnownUsers() if _is_shared_and_permanent(self.claimer) else None
-        )
+        self.known: KnownUsers | None = KnownUsers() if self.claimer.remembered else None
         self._background = settings.delivery != "sync"
         self._atomic = self._atomic_claim_and_enqueue()
 
@@ -348,8 +347,3 @@ def _iso(moment: dt.datetime) -> str:
     from .events import format_timestamp
 
     return format_timestamp(moment)
-
-
-def _is_shared_and_permanent(store: MarkerStore) -> bool:
-    """Stores whose markers every process sees and that never forget a signed-up user."""
-    return isinstance(store, SQLiteStore) or type(store).__name__ == "RedisStore"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 import threading
 import time
+import typing as t
 from abc import ABC
 from abc import abstractmethod
 
@@ -36,6 +37,11 @@ class MarkerStore(ABC):
     Implementations must be safe to call from several threads at once, because Flask
     serves requests concurrently.
     """
+
+    #: True when every process sees the same markers and a confirmed (or, in background
+    #: mode, pending) marker is never taken back: the extension may then remember signed-up
+    #: users in memory and skip the store on their next login.
+    remembered: t.ClassVar[bool] = False
 
     @abstractmethod
     def lookup(self, user_id: str) -> MarkerState | None:

@@ -168,6 +168,8 @@ class RedisStore(MarkerStore):
     :param close_client: :meth:`close` closes ``client`` (when the extension created it).
     """
 
+    remembered = True
+
     def __init__(
         self,
         client: redis.Redis,

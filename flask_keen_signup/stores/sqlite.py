@@ -39,6 +39,8 @@ class SQLiteStore(MarkerStore):
         ``None``: there a pending marker means "queued in the outbox", which is durable.
     """
 
+    remembered = True
+
     def __init__(
         self, database: Database, collection: str, *, reclaim_after: float | None = None
     ) -> None:
