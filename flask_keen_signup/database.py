@@ -255,22 +255,16 @@ class Database:
     def transaction(self) -> t.Iterator[sqlite3.Connection]:
         """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back if the block raises."""
         with _gate:
-            with self._transaction() as conn:
+            conn = self.connection()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot start a transaction on {self.path!r}: {exc}") from exc
+            try:
                 yield conn
-
-    @contextlib.contextmanager
-    def _transaction(self) -> t.Iterator[sqlite3.Connection]:
-        conn = self.connection()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot start a transaction on {self.path!r}: {exc}") from exc
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        else:
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
             try:
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:

@@ -231,7 +231,9 @@ class Tracker:
         return QueuedEvent(
             collection=self.settings.collection,
             user_id=user_id,
-            uniqueness_token=uniqueness_token(self.settings.collection, user_id),
+            # build_signup_event already derived it (DESIGN §2.1); recompute only if absent.
+            uniqueness_token=event.get("keen", {}).get("uniqueness_token")
+            or uniqueness_token(self.settings.collection, user_id),
             body=event,
         )
 
