@@ -447,3 +447,32 @@ def test_session_store_is_not_remembered_in_memory(
     login(app.test_client(), keen_signup_auth0, "sess@example.com")
     deliver(app)
     assert len(keen_signup_keen.events("signups")) == 1
+
+
+def test_async_callback_view_is_tracked(
+    keen_signup_auth0: Auth0Emulator, keen_signup_keen: KeenEmulator, apps: t.Any
+) -> None:
+    """Flask runs ``async def`` views (``flask[async]``); ``@signup.track`` wraps them too."""
+    app, signup = apps(keen_signup_auth0, keen_signup_keen)
+    registry = app.extensions["authlib.integrations.flask_client"]
+
+    @app.route("/callback-async")
+    @signup.track
+    async def callback_async() -> t.Any:
+        registry.auth0.authorize_access_token()
+        return "ok"
+
+    client = app.test_client()
+    start = client.get("/login")
+    import requests
+
+    answer = requests.post(
+        start.location,
+        data={"email": "async@example.com", "password": "p"},
+        allow_redirects=False,
+        timeout=10,
+    )
+    query = answer.headers["Location"].split("?", 1)[1]
+    assert client.get(f"/callback-async?{query}").get_data() == b"ok"
+    deliver(app)
+    assert len(keen_signup_keen.events("signups")) == 1
