@@ -2,9 +2,11 @@
 
 ``KEEN_SIGNUP_SINCE`` makes the live path mark such users without reporting them; this
 reports them once, from the Management API's user listing, with ``keen.timestamp`` set
-to their ``created_at``. Each user is queued in the outbox in the same transaction that
-records them in a ``keen_signup_backfill`` table, so running it twice (or after a crash)
-never queues a user twice, even after Keen's 31-day uniqueness window.
+to their ``created_at``. Each user is queued in the outbox in the same atomic step that
+records them as backfilled (a ``keen_signup_backfill`` table in SQLite, or a marker in a
+``<collection>#backfill`` namespace in Redis), so running it twice, or again after a
+crash, never queues a user twice, even after Keen's 31-day uniqueness window. Their live
+marker is confirmed too, so their next login is not a new signup.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import typing as t
+from abc import ABC
+from abc import abstractmethod
 
 from .delivery import QueuedEvent
 from .events import build_signup_event
@@ -21,7 +25,9 @@ from .events import uniqueness_token
 if t.TYPE_CHECKING:  # pragma: no cover
     from .auth0 import ManagementClient
     from .config import Settings
+    from .delivery.redis_outbox import RedisOutbox
     from .delivery.sqlite_outbox import SQLiteOutbox
+    from .stores.redis import RedisStore
     from .stores.sqlite import SQLiteStore
 
 SCHEMA = """
@@ -47,18 +53,79 @@ class BackfillReport:
     no_created_at: int = 0
 
 
+class BackfillLedger(ABC):
+    """Remembers who was backfilled, atomically with queueing their event."""
+
+    @abstractmethod
+    def done(self, user_id: str) -> bool:
+        """Whether ``user_id`` was backfilled already."""
+
+    @abstractmethod
+    def queue(self, user_id: str, event: QueuedEvent) -> bool:
+        """Record ``user_id`` as backfilled, queue ``event`` and confirm the live marker,
+        all or nothing. False if another run got there first."""
+
+
+class SQLiteBackfillLedger(BackfillLedger):
+    """The ``keen_signup_backfill`` table beside the ledger and outbox: one transaction."""
+
+    def __init__(self, ledger: SQLiteStore, outbox: SQLiteOutbox) -> None:
+        self.ledger = ledger
+        self.outbox = outbox
+        ledger.database.add_schema(SCHEMA)
+
+    def done(self, user_id: str) -> bool:
+        with self.ledger.database.reading() as conn:
+            row = conn.execute(
+                "SELECT 1 FROM keen_signup_backfill WHERE collection = ? AND user_id = ?",
+                (self.ledger.collection, user_id),
+            ).fetchone()
+        return row is not None
+
+    def queue(self, user_id: str, event: QueuedEvent) -> bool:
+        with self.ledger.database.transaction() as conn:
+            inserted = conn.execute(
+                "INSERT INTO keen_signup_backfill (collection, user_id, queued_at) "
+                "VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                (self.ledger.collection, user_id, dt.datetime.now(dt.timezone.utc).timestamp()),
+            ).rowcount
+            if inserted:
+                self.ledger.confirm_in(conn, user_id)
+                self.outbox.enqueue_in(conn, event)
+        return bool(inserted)
+
+
+class RedisBackfillLedger(BackfillLedger):
+    """A ``<collection>#backfill`` marker claimed with the event in one Lua script."""
+
+    def __init__(self, store: RedisStore, outbox: RedisOutbox) -> None:
+        from .stores.redis import RedisStore
+
+        self.store = store
+        self.outbox = outbox
+        self.backfilled = RedisStore(
+            store.client, f"{store.collection}#backfill", prefix=store.prefix
+        )
+
+    def done(self, user_id: str) -> bool:
+        return self.backfilled.lookup(user_id) is not None
+
+    def queue(self, user_id: str, event: QueuedEvent) -> bool:
+        if not self.outbox.claim_and_enqueue(self.backfilled, user_id, event):
+            return False
+        self.store.confirm(user_id)  # idempotent: a crash before it only costs a lookup later
+        return True
+
+
 def backfill(
     settings: Settings,
     management: ManagementClient,
-    ledger: SQLiteStore,
-    outbox: SQLiteOutbox,
+    ledger: BackfillLedger,
     *,
     before: dt.datetime,
     dry_run: bool = False,
 ) -> BackfillReport:
     """Queue a signup event for every user created before ``before`` not yet backfilled."""
-    database = ledger.database
-    database.add_schema(SCHEMA)
     report = BackfillReport()
     now = dt.datetime.now(dt.timezone.utc)
     for user in management.iter_users(fields=list(USER_FIELDS)):
@@ -71,6 +138,12 @@ def backfill(
             continue
         if created_at >= before:
             report.too_recent += 1
+            continue
+        if dry_run:
+            if ledger.done(user_id):
+                report.already_done += 1
+            else:
+                report.queued += 1
             continue
         claims = {k: v for k, v in user.items() if k in ("name", "email", "nickname")}
         event = build_signup_event(
@@ -85,35 +158,13 @@ def backfill(
             now=now,
             extra={"backfilled": True},
         )
-        if dry_run:
-            with database.reading() as conn:
-                done = conn.execute(
-                    "SELECT 1 FROM keen_signup_backfill WHERE collection = ? AND user_id = ?",
-                    (settings.collection, user_id),
-                ).fetchone()
-            if done:
-                report.already_done += 1
-            else:
-                report.queued += 1
-            continue
-        with database.transaction() as conn:
-            inserted = conn.execute(
-                "INSERT INTO keen_signup_backfill (collection, user_id, queued_at) "
-                "VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                (settings.collection, user_id, now.timestamp()),
-            ).rowcount
-            if inserted:
-                ledger.confirm_in(conn, user_id)
-                outbox.enqueue_in(
-                    conn,
-                    QueuedEvent(
-                        collection=settings.collection,
-                        user_id=user_id,
-                        uniqueness_token=uniqueness_token(settings.collection, user_id),
-                        body=event,
-                    ),
-                )
-        if inserted:
+        queued = QueuedEvent(
+            collection=settings.collection,
+            user_id=user_id,
+            uniqueness_token=uniqueness_token(settings.collection, user_id),
+            body=event,
+        )
+        if ledger.queue(user_id, queued):
             report.queued += 1
         else:
             report.already_done += 1

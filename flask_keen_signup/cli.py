@@ -16,6 +16,7 @@ from flask import current_app
 from flask.cli import AppGroup
 
 if t.TYPE_CHECKING:  # pragma: no cover
+    from .backfill import BackfillLedger
     from .extension import _AppState
 
 cli = AppGroup("keen-signup", help="Inspect and drive the Keen signup outbox.")
@@ -114,7 +115,6 @@ def backfill_command(before: str | None, dry_run: bool) -> None:
     from .auth0 import ManagementClient
     from .backfill import backfill
     from .config import _as_datetime
-    from .delivery.sqlite_outbox import SQLiteOutbox
     from .exceptions import ConfigurationError
     from .exceptions import KeenSignupError
 
@@ -131,13 +131,7 @@ def backfill_command(before: str | None, dry_run: bool) -> None:
         raise click.BadParameter(str(exc), param_hint="--before") from None
     if cutoff is None:
         raise click.ClickException("set KEEN_SIGNUP_SINCE or pass --before")
-    if not isinstance(state.outbox, SQLiteOutbox):
-        raise click.ClickException("backfill needs the SQLite outbox")
-    ledger = state.tracker.ledger or state.store
-    from .stores.sqlite import SQLiteStore
-
-    if not isinstance(ledger, SQLiteStore):
-        ledger = SQLiteStore(state.database, settings.collection)
+    ledger = _backfill_ledger(state)
     try:
         with ManagementClient(
             settings.auth0_domain,
@@ -145,9 +139,7 @@ def backfill_command(before: str | None, dry_run: bool) -> None:
             settings.auth0_client_secret,
             timeout=settings.timeout,
         ) as management:
-            report = backfill(
-                settings, management, ledger, state.outbox, before=cutoff, dry_run=dry_run
-            )
+            report = backfill(settings, management, ledger, before=cutoff, dry_run=dry_run)
     except KeenSignupError as exc:
         raise click.ClickException(f"backfill stopped: {exc}") from None
     verb = "would queue" if dry_run else "queued"
@@ -158,3 +150,25 @@ def backfill_command(before: str | None, dry_run: bool) -> None:
     )
     if state.sender is not None and report.queued and not dry_run:
         state.sender.wake()
+
+
+def _backfill_ledger(state: _AppState) -> BackfillLedger:
+    """Where this app records backfilled users: beside its outbox (SQLite or Redis)."""
+    from .backfill import RedisBackfillLedger
+    from .backfill import SQLiteBackfillLedger
+    from .delivery.sqlite_outbox import SQLiteOutbox
+    from .stores.sqlite import SQLiteStore
+
+    if isinstance(state.outbox, SQLiteOutbox):
+        ledger = state.tracker.claimer
+        if not isinstance(ledger, SQLiteStore):  # session or custom store: the file's ledger
+            ledger = SQLiteStore(state.database, state.settings.collection)
+        return SQLiteBackfillLedger(ledger, state.outbox)
+    if type(state.outbox).__name__ == "RedisOutbox":
+        from .delivery.redis_outbox import RedisOutbox
+        from .stores.redis import RedisStore
+
+        return RedisBackfillLedger(
+            t.cast(RedisStore, state.store), t.cast(RedisOutbox, state.outbox)
+        )
+    raise click.ClickException("backfill needs the SQLite or the Redis outbox")

@@ -118,3 +118,41 @@ def test_redis_down_at_login_does_not_break_it(
     finally:
         signup_failed.disconnect(on_failed)
         app.extensions["keen_signup"].sender.shutdown(timeout=2)
+
+
+def test_backfill_with_redis_reports_old_users_once(
+    redis_server: t.Any,  # noqa: F811 - the imported fixture
+    keen_signup_auth0: Auth0Emulator,
+    keen_signup_keen: KeenEmulator,
+    tmp_path: t.Any,
+) -> None:
+    url = redis_server.url.rstrip("/") + "/2"
+    redis.Redis.from_url(url).flushdb()
+    keen_signup_auth0.add_user(email="old@x.io", name="Old", created_at="2020-01-01T00:00:00Z")
+    keen_signup_auth0.add_user(email="new@x.io", name="New", created_at="2026-11-25T00:00:00Z")
+    app, _ = quickstart_app(
+        keen_signup_auth0,
+        keen_signup_keen,
+        str(tmp_path / "bf.sqlite3"),
+        KEEN_SIGNUP_STORE="redis",
+        KEEN_SIGNUP_REDIS_URL=url,
+        KEEN_SIGNUP_SINCE="2026-11-18T00:00:00Z",
+        KEEN_SIGNUP_AUTH0_DOMAIN=keen_signup_auth0.url,
+        KEEN_SIGNUP_AUTH0_CLIENT_ID=keen_signup_auth0.m2m_client_id,
+        KEEN_SIGNUP_AUTH0_CLIENT_SECRET=keen_signup_auth0.m2m_client_secret,
+    )
+    runner = app.test_cli_runner()
+    try:
+        first = runner.invoke(args=["keen-signup", "backfill"])
+        assert first.exit_code == 0, first.output
+        assert "queued 1 user(s)" in first.output
+        again = runner.invoke(args=["keen-signup", "backfill"])
+        assert "queued 0 user(s)" in again.output and "1 already backfilled" in again.output
+        assert app.extensions["keen_signup"].sender.flush(timeout=20) == 0
+        assert [e["name"] for e in keen_signup_keen.events("signups")] == ["Old"]
+        login(app.test_client(), keen_signup_auth0, "old@x.io")  # not a new signup now
+        assert app.extensions["keen_signup"].sender.flush(timeout=20) == 0
+        assert len(keen_signup_keen.events("signups")) == 1
+    finally:
+        app.extensions["keen_signup"].sender.shutdown(timeout=5)
+        app.extensions["keen_signup"].store.close()
