@@ -294,12 +294,19 @@ def _g_namespace() -> dict[str, t.Any]:
 
 
 def _authlib_tokens() -> dict[str, int]:
-    """The ids of the Authlib tokens on ``g`` now, to spot the ones the view fetched."""
-    return {
-        name: id(value)
-        for name, value in _g_namespace().items()
-        if name.startswith(_AUTHLIB_TOKEN_PREFIX)
-    }
+    """The ids of the Authlib tokens on ``g`` now, to spot the ones the view fetched.
+
+    Runs before the view: it must never raise into it.
+    """
+    try:
+        return {
+            name: id(value)
+            for name, value in _g_namespace().items()
+            if name.startswith(_AUTHLIB_TOKEN_PREFIX)
+        }
+    except Exception:  # noqa: BLE001 - no app context, an exotic g: track nothing
+        logger.debug("cannot read flask.g before the view", exc_info=True)
+        return {}
 
 
 def _authlib_tokens_changed(before: dict[str, int]) -> list[tuple[str, t.Mapping[str, t.Any]]]:
