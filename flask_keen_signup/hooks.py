@@ -18,7 +18,6 @@ from .exceptions import RemoteError
 from .stores import MarkerStore
 from .stores.auth0 import Auth0Store
 from .stores.session import SessionStore
-from .stores.sqlite import SQLiteStore
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from .config import Settings
@@ -37,11 +36,7 @@ class MarkerHooks(DeliveryHooks):
     def _confirm_locally(self, user_ids: t.Sequence[str]) -> None:
         """Mark delivered (or skipped) users confirmed in the claiming store, in one go."""
         ledger = self.ledger
-        if isinstance(ledger, SQLiteStore):
-            with ledger.database.transaction() as conn:
-                for user_id in user_ids:
-                    ledger.confirm_in(conn, user_id)
-        elif hasattr(ledger, "confirm_many"):
+        if hasattr(ledger, "confirm_many"):  # SQLite (one executemany), Redis (one pipeline)
             ledger.confirm_many(user_ids)
         elif not isinstance(ledger, SessionStore):  # no request context on this thread
             for user_id in user_ids:

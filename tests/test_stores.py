@@ -185,3 +185,13 @@ def test_session_store_keeps_the_user_id_out_of_the_cookie() -> None:
     with app.test_request_context():
         SessionStore("signups").confirm("auth0|secret-user")
         assert "auth0|secret-user" not in repr(dict(session))
+
+
+def test_sqlite_confirm_many_in_one_go(tmp_path: t.Any) -> None:
+    store = SQLiteStore(Database(str(tmp_path / "ledger.sqlite3")), "signups")
+    assert store.claim("auth0|pending")
+    store.confirm_many(["auth0|pending", "auth0|absent"])
+    store.confirm_many([])
+    assert store.lookup("auth0|pending") is MarkerState.CONFIRMED
+    assert store.lookup("auth0|absent") is MarkerState.CONFIRMED
+    assert store.counts() == {"confirmed": 2}

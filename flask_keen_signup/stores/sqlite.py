@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+import typing as t
 
 from ..database import Database
 from ..exceptions import StoreError
@@ -27,6 +28,13 @@ CREATE TABLE IF NOT EXISTS keen_signup_markers (
     PRIMARY KEY (collection, user_id)
 ) WITHOUT ROWID;
 """
+
+
+_CONFIRM = (
+    "INSERT INTO keen_signup_markers (collection, user_id, state, claimed_at, confirmed_at) "
+    "VALUES (?, ?, 'confirmed', ?, ?) ON CONFLICT (collection, user_id) "
+    "DO UPDATE SET state = 'confirmed', confirmed_at = excluded.confirmed_at"
+)
 
 
 class SQLiteStore(MarkerStore):
@@ -92,13 +100,19 @@ class SQLiteStore(MarkerStore):
     def confirm_in(self, conn: sqlite3.Connection, user_id: str) -> None:
         """Confirm inside the caller's open transaction."""
         now = time.time()
-        conn.execute(
-            "INSERT INTO keen_signup_markers "
-            "(collection, user_id, state, claimed_at, confirmed_at) "
-            "VALUES (?, ?, 'confirmed', ?, ?) ON CONFLICT (collection, user_id) "
-            "DO UPDATE SET state = 'confirmed', confirmed_at = excluded.confirmed_at",
-            (self.collection, user_id, now, now),
-        )
+        conn.execute(_CONFIRM, (self.collection, user_id, now, now))
+
+    def confirm_many(self, user_ids: t.Iterable[str]) -> None:
+        """Confirm many users in one transaction (the sender, after a delivered batch)."""
+        now = time.time()
+        rows = [(self.collection, user_id, now, now) for user_id in user_ids]
+        if not rows:
+            return
+        try:
+            with self.database.transaction() as conn:
+                conn.executemany(_CONFIRM, rows)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot confirm in the marker ledger: {exc}") from exc
 
     def confirm(self, user_id: str) -> None:
         try:
