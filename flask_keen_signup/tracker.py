@@ -20,6 +20,7 @@ import typing as t
 
 from .delivery import QueuedEvent
 from .events import build_signup_event
+from .events import format_timestamp
 from .events import parse_created_at
 from .events import uniqueness_token
 from .exceptions import InvalidClaimsError
@@ -311,7 +312,7 @@ class Tracker:
                     self._remember(user_id)
                     return TrackOutcome.MARKED_ONLY
                 if facts.created_at is not None:
-                    event["keen"]["timestamp"] = _iso(facts.created_at)
+                    event["keen"]["timestamp"] = format_timestamp(facts.created_at)
             self.notify("recorded", {"user_id": user_id, "event": event})
             self.client.add_event(self.settings.collection, event)
         except RemoteError as exc:
@@ -343,9 +344,3 @@ class Tracker:
         self.outbox.enqueue(self._queued(user_id, event))
         if self.sender is not None:
             self.sender.wake()
-
-
-def _iso(moment: dt.datetime) -> str:
-    from .events import format_timestamp
-
-    return format_timestamp(moment)

@@ -190,27 +190,25 @@ class Outbox(ABC):
         Attempts restart from zero: confirming has its own budget.
         """
 
-    @abstractmethod
     def mark_retry(self, id: int, *, next_attempt_at: float, error: str) -> None:
         """Drop the lease and make the row due again at ``next_attempt_at``."""
-
-    def mark_retry_many(self, items: t.Sequence[tuple[int, float, str]]) -> None:
-        """:meth:`mark_retry` for ``(id, next_attempt_at, error)`` items, ideally atomically."""
-        for row_id, next_attempt_at, error in items:
-            self.mark_retry(row_id, next_attempt_at=next_attempt_at, error=error)
+        self.mark_retry_many([(id, next_attempt_at, error)])
 
     @abstractmethod
+    def mark_retry_many(self, items: t.Sequence[tuple[int, float, str]]) -> None:
+        """:meth:`mark_retry` for ``(id, next_attempt_at, error)`` items, atomically."""
+
     def mark_dead(
         self, id: int, *, reason: str, error_code: str | None, now: float | None = None
     ) -> None:
         """Move the row to the dead-letter table."""
+        self.mark_dead_many([(id, reason, error_code)], now=now)
 
+    @abstractmethod
     def mark_dead_many(
         self, items: t.Sequence[tuple[int, str, str | None]], *, now: float | None = None
     ) -> None:
-        """:meth:`mark_dead` for ``(id, reason, error_code)`` items, ideally atomically."""
-        for row_id, reason, error_code in items:
-            self.mark_dead(row_id, reason=reason, error_code=error_code, now=now)
+        """:meth:`mark_dead` for ``(id, reason, error_code)`` items, atomically."""
 
     @abstractmethod
     def release(self, ids: t.Collection[int], *, now: float | None = None) -> None:

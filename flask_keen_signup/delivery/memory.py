@@ -172,38 +172,40 @@ class MemoryOutbox(Outbox):
                 row.last_error = error
             self._last_error = error
 
-    def mark_retry(self, id: int, *, next_attempt_at: float, error: str) -> None:
+    def mark_retry_many(self, items: t.Sequence[tuple[int, float, str]]) -> None:
         with self._lock:
-            row = self._rows.get(id)
-            if row is None or row.state not in OPEN_STATES:
-                return
-            row.lease_owner = None
-            row.next_attempt_at = next_attempt_at
-            row.last_error = error
-            self._last_error = error
+            for row_id, next_attempt_at, error in items:
+                row = self._rows.get(row_id)
+                if row is None or row.state not in OPEN_STATES:
+                    continue
+                row.lease_owner = None
+                row.next_attempt_at = next_attempt_at
+                row.last_error = error
+                self._last_error = error
 
-    def mark_dead(
-        self, id: int, *, reason: str, error_code: str | None, now: float | None = None
+    def mark_dead_many(
+        self, items: t.Sequence[tuple[int, str, str | None]], *, now: float | None = None
     ) -> None:
         now = time.time() if now is None else now
         with self._lock:
-            row = self._rows.get(id)
-            if row is None or row.state not in OPEN_STATES:
-                return
-            del self._rows[id]
-            self._dead[id] = DeadLetter(
-                id=row.id,
-                collection=row.collection,
-                user_id=row.user_id,
-                uniqueness_token=row.uniqueness_token,
-                body_json=row.body_json,
-                attempts=row.attempts,
-                created_at=row.created_at,
-                reason=reason,
-                error_code=error_code,
-                died_at=now,
-            )
-            self._last_error = reason
+            for row_id, reason, error_code in items:
+                row = self._rows.get(row_id)
+                if row is None or row.state not in OPEN_STATES:
+                    continue
+                del self._rows[row_id]
+                self._dead[row_id] = DeadLetter(
+                    id=row.id,
+                    collection=row.collection,
+                    user_id=row.user_id,
+                    uniqueness_token=row.uniqueness_token,
+                    body_json=row.body_json,
+                    attempts=row.attempts,
+                    created_at=row.created_at,
+                    reason=reason,
+                    error_code=error_code,
+                    died_at=now,
+                )
+                self._last_error = reason
 
     def release(self, ids: t.Collection[int], *, now: float | None = None) -> None:
         now = time.time() if now is None else now

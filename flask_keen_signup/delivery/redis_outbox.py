@@ -611,9 +611,6 @@ class RedisOutbox(Outbox):
                 args=[self._row, _num(next_attempt_at), error, *(str(int(i)) for i in ids)],
             )
 
-    def mark_retry(self, id: int, *, next_attempt_at: float, error: str) -> None:
-        self.mark_retry_many([(id, next_attempt_at, error)])
-
     def mark_retry_many(self, items: t.Sequence[tuple[int, float, str]]) -> None:
         if not items:
             return
@@ -622,11 +619,6 @@ class RedisOutbox(Outbox):
             args += [str(int(row_id)), _num(next_at), error]
         with store_errors("reschedule rows"):
             self._retry(keys=[self._open, self._leased, self._idle, self._meta], args=args)
-
-    def mark_dead(
-        self, id: int, *, reason: str, error_code: str | None, now: float | None = None
-    ) -> None:
-        self.mark_dead_many([(id, reason, error_code)], now=now)
 
     def mark_dead_many(
         self, items: t.Sequence[tuple[int, str, str | None]], *, now: float | None = None

@@ -288,9 +288,6 @@ class SQLiteOutbox(Outbox):
                 )
             _set(conn, "last_error", error)
 
-    def mark_retry(self, id: int, *, next_attempt_at: float, error: str) -> None:
-        self.mark_retry_many([(id, next_attempt_at, error)])
-
     def mark_retry_many(self, items: t.Sequence[tuple[int, float, str]]) -> None:
         if not items:
             return
@@ -301,11 +298,6 @@ class SQLiteOutbox(Outbox):
                 [(next_at, error, row_id) for row_id, next_at, error in items],
             )
             _set(conn, "last_error", items[-1][2])
-
-    def mark_dead(
-        self, id: int, *, reason: str, error_code: str | None, now: float | None = None
-    ) -> None:
-        self.mark_dead_many([(id, reason, error_code)], now=now)
 
     def mark_dead_many(
         self, items: t.Sequence[tuple[int, str, str | None]], *, now: float | None = None
