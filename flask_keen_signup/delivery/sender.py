@@ -426,7 +426,8 @@ class Sender:
         if not rows:
             self._catch_up_since = None
             return self.flush_interval
-        if state == CLOSED and len(rows) >= limit:
+        full = len(rows) >= limit
+        if state == CLOSED and full:
             # A full batch: more is probably due. Lease the next batch on a helper thread
             # while this one is on the wire (SQLite and sockets both release the GIL).
             self._prefetch = _Prefetch(self._claim, limit, self._catch_up_since)
@@ -434,7 +435,11 @@ class Sender:
             self._process(rows)
         except _RequestFailed:
             self._release_prefetch()
-        return 0.0
+        # After a partial batch, gather for ``linger`` before the next round: under a
+        # steady trickle of signups, going again at once would send a batch of two or
+        # three events per round, and each round's write transactions compete with the
+        # login requests for SQLite's write lock (and with their thread for the GIL).
+        return 0.0 if full else self.linger
 
     def _claim(self, limit: int, flush_since: float | None) -> list[OutboxRow]:
         return self.outbox.claim_due(
