@@ -80,3 +80,77 @@ def test_synchronous_setting_is_applied(tmp_path: t.Any) -> None:
     assert full.execute("PRAGMA synchronous").fetchone()[0] == 2
     with pytest.raises(ValueError):
         Database("x", synchronous="off")
+
+
+def _count(database: Database) -> int:
+    with database.reading() as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM items").fetchone()[0])
+
+
+def _with_table(tmp_path: t.Any) -> Database:
+    database = Database(str(tmp_path / "tx.sqlite3"))
+    database.add_schema("CREATE TABLE IF NOT EXISTS items (n INTEGER);")
+    return database
+
+
+def test_a_transaction_commits_its_block(tmp_path: t.Any) -> None:
+    database = _with_table(tmp_path)
+    with database.transaction() as conn:
+        conn.execute("INSERT INTO items VALUES (1)")
+        conn.execute("INSERT INTO items VALUES (2)")
+    other = Database(database.path)  # another connection sees the commit
+    assert _count(other) == 2
+
+
+def test_a_block_that_raises_is_rolled_back_and_its_exception_propagates(tmp_path: t.Any) -> None:
+    database = _with_table(tmp_path)
+    with pytest.raises(KeyError, match="boom"):
+        with database.transaction() as conn:
+            conn.execute("INSERT INTO items VALUES (1)")
+            raise KeyError("boom")
+    assert _count(database) == 0
+    with database.transaction() as conn:  # the connection is usable again
+        conn.execute("INSERT INTO items VALUES (3)")
+    assert _count(database) == 1
+
+
+def test_a_write_lock_held_elsewhere_is_a_clear_store_error(
+    tmp_path: t.Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import flask_keen_signup.database as database_module
+
+    monkeypatch.setattr(database_module, "BUSY_TIMEOUT_MS", 50)
+    database = _with_table(tmp_path)
+    database.connection()
+    holder = Database(database.path).connection()
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(StoreError, match="cannot start a transaction") as caught:
+            with database.transaction():
+                pass  # pragma: no cover - never entered
+        assert "locked" in str(caught.value)
+    finally:
+        holder.execute("ROLLBACK")
+
+
+def test_failed_transactions_leave_nothing_that_blocks_a_fork(tmp_path: t.Any) -> None:
+    """Every way out of ``transaction()`` and ``reading()`` releases the fork gate: a
+    fork afterwards neither waits for it nor warns."""
+    import flask_keen_signup.database as database_module
+
+    database = _with_table(tmp_path)
+    with pytest.raises(RuntimeError):
+        with database.transaction():
+            raise RuntimeError
+    with pytest.raises(RuntimeError):
+        with database.reading():
+            raise RuntimeError
+    with database.reading():
+        pass
+    assert database_module._gate._active == 0
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert database_module._gate._active == 0
+    assert _count(database) == 0  # the parent reopened its connection after the fork
