@@ -197,11 +197,14 @@ class Database:
         return conn
 
     def _track(self, conn: sqlite3.Connection) -> None:
+        main_thread = threading.main_thread()
         with self._connections_lock:
             alive = []
             for thread_ref, other in self._connections:
                 thread = thread_ref()
-                if thread is not None and thread.is_alive():
+                # The main thread counts as finished once the interpreter starts exiting,
+                # yet it still runs the atexit flush with its connection: keep that one.
+                if thread is not None and (thread.is_alive() or thread is main_thread):
                     alive.append((thread_ref, other))
                 else:  # its thread is gone (e.g. a prefetch helper): nobody will use it
                     with contextlib.suppress(sqlite3.Error):

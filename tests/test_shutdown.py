@@ -62,6 +62,10 @@ SCRIPT = textwrap.dedent(
     print("ready", flush=True)
     if mode in ("exit", "thread-start"):
         sys.exit(0)  # no flush() call: atexit must do it
+    if mode == "stopped":
+        sender.stop(timeout=5)
+        print("pending", box.pending_count(), flush=True)  # this thread's own connection
+        sys.exit(0)  # atexit flushes on a helper thread, then counts on this one
     if mode == "deliver":
         left = sender.flush(60)
         print("left", left, flush=True)
@@ -140,6 +144,20 @@ def test_normal_exit_delivers_everything_via_atexit(
     done = run(script, mode, db, emulator.url, 300)
     assert done.returncode == 0, done.stderr
     assert_exactly_once(emulator, 300)
+    assert SQLiteOutbox(Database(db)).pending_count() == 0
+
+
+def test_exit_with_the_sender_stopped_still_flushes_cleanly(
+    emulator: KeenEmulator, script: str, tmp_path: t.Any
+) -> None:
+    """At exit the main thread counts as finished, yet it still runs the flush: the
+    helper thread that sends must not close the main thread's connection under it."""
+    db = str(tmp_path / "q.sqlite3")
+    done = run(script, "stopped", db, emulator.url, 50)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "closed database" not in done.stderr
+    assert_exactly_once(emulator, 50)
     assert SQLiteOutbox(Database(db)).pending_count() == 0
 
 
