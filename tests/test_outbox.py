@@ -347,3 +347,15 @@ def test_outbox_survives_reopening(tmp_path: t.Any) -> None:
     second = SQLiteOutbox(Database(path))
     rows = second.claim_due(10, now=time.time() + 1, lease_seconds=LEASE, owner="a")
     assert [r.user_id for r in rows] == ["auth0|user1"]
+
+
+def test_a_queued_event_is_serialised_once_when_it_is_made() -> None:
+    """Compact JSON, computed before any outbox takes its write lock; a body that is not
+    JSON fails there, before anything is written."""
+    event = QueuedEvent("signups", "auth0|a", "t" * 64, {"userId": "auth0|a", "name": "Zoë"})
+    assert event.body_json == '{"userId":"auth0|a","name":"Zoë"}'
+    assert json.loads(event.body_json) == event.body
+    with pytest.raises(ValueError, match="JSON"):
+        QueuedEvent("signups", "auth0|b", "t" * 64, {"n": float("nan")})
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        QueuedEvent("signups", "auth0|c", "t" * 64, {"when": object()})

@@ -42,9 +42,13 @@ SKIPPED = "skipped"
 OPEN_STATES = (PENDING, CONFIRMING)
 
 
+#: One encoder for every body (``json.dumps`` with options builds a new one per call).
+_BODY_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def dumps_body(body: t.Mapping[str, t.Any]) -> str:
     """Compact JSON for a Keen event body: serialised once, at enqueue, and sent as is."""
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _BODY_ENCODER.encode(body)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,12 +57,20 @@ class QueuedEvent:
 
     :param body: the Keen event, already carrying ``keen.uniqueness_token`` (see
         :func:`flask_keen_signup.events.build_signup_event`).
+
+    ``body_json``, the body as compact JSON, is computed here, when the event is created:
+    before any outbox takes its write lock, and so that a body that is not JSON fails
+    before anything is written.
     """
 
     collection: str
     user_id: str
     uniqueness_token: str
     body: t.Mapping[str, t.Any]
+    body_json: str = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "body_json", dumps_body(self.body))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,7 +21,6 @@ from . import Outbox
 from . import OutboxRow
 from . import OutboxStats
 from . import QueuedEvent
-from . import dumps_body
 
 
 @dataclasses.dataclass
@@ -78,7 +77,7 @@ class MemoryOutbox(Outbox):
 
     def enqueue(self, event: QueuedEvent, *, now: float | None = None) -> int:
         now = time.time() if now is None else now
-        body_json = dumps_body(event.body)
+        body_json = event.body_json
         with self._lock:
             row_id = self._next_id
             self._next_id += 1

@@ -71,7 +71,6 @@ from . import Outbox
 from . import OutboxRow
 from . import OutboxStats
 from . import QueuedEvent
-from . import dumps_body
 
 if t.TYPE_CHECKING:  # at run time the import of ..stores.redis checked the dependency
     import redis
@@ -530,7 +529,7 @@ class RedisOutbox(Outbox):
 
     @staticmethod
     def _event_args(event: QueuedEvent) -> list[str]:
-        return [event.collection, event.user_id, event.uniqueness_token, dumps_body(event.body)]
+        return [event.collection, event.user_id, event.uniqueness_token, event.body_json]
 
     # -- sender -----------------------------------------------------------------------
 

@@ -26,7 +26,6 @@ from . import Outbox
 from . import OutboxRow
 from . import OutboxStats
 from . import QueuedEvent
-from . import dumps_body
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS keen_signup_outbox (
@@ -171,7 +170,7 @@ class SQLiteOutbox(Outbox):
     ) -> int:
         """Enqueue inside the caller's open transaction (see :meth:`Database.transaction`).
 
-        One INSERT; the body is serialised here, once, as compact JSON.
+        One INSERT of the JSON the event was serialised to when it was created.
         """
         now = time.time() if now is None else now
         cursor = conn.execute(
@@ -180,7 +179,7 @@ class SQLiteOutbox(Outbox):
                 event.collection,
                 event.user_id,
                 event.uniqueness_token,
-                dumps_body(event.body),
+                event.body_json,
                 now,
                 now,
             ),
