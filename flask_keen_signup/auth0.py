@@ -34,6 +34,7 @@ import re
 import threading
 import time
 import typing as t
+from collections.abc import Mapping
 from importlib import metadata
 from urllib.parse import quote
 
@@ -301,7 +302,7 @@ class ManagementClient:
             to delete *all* of the user's app_metadata, which is never what a caller of
             a "merge" means.
         """
-        if not isinstance(values, t.Mapping):
+        if not isinstance(values, Mapping):
             raise TypeError("values must be a mapping")
         if not values:
             raise ValueError(

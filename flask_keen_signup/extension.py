@@ -15,6 +15,7 @@ import functools
 import inspect
 import logging
 import typing as t
+from collections.abc import Mapping
 
 from flask import current_app
 from flask import g
@@ -148,8 +149,8 @@ class KeenSignup:
 
         Returns what happened, or ``None`` if an error was logged instead of raised.
         """
-        userinfo = token.get("userinfo") if isinstance(token, t.Mapping) else None
-        if not isinstance(userinfo, t.Mapping):
+        userinfo = token.get("userinfo") if isinstance(token, Mapping) else None
+        if not isinstance(userinfo, Mapping):
             self._handle_error(
                 InvalidClaimsError(
                     "the token has no 'userinfo' (validated ID-token claims): request the "
@@ -169,7 +170,10 @@ class KeenSignup:
             return state.tracker.track_claims(
                 claims,
                 facts=_request_facts,
-                extra=lambda: self._extra_properties(claims),
+                # None when there is no callback: the tracker may then claim first.
+                extra=(lambda: self._extra_properties(claims))
+                if self._event_properties is not None
+                else None,
             )
         except Exception as exc:  # noqa: BLE001 - the login must not break
             self._handle_error(exc, claims)
@@ -221,7 +225,7 @@ class KeenSignup:
                 exc_info=True,
             )
             return None
-        if extra is not None and not isinstance(extra, t.Mapping):
+        if extra is not None and not isinstance(extra, Mapping):
             logger.error("the @event_properties callback returned a non-mapping; ignored")
             return None
         return extra
@@ -234,7 +238,7 @@ class KeenSignup:
             return
         # Not recorded (the store or the outbox failed): say who, so that nothing is lost
         # silently — the log line and signup_failed carry the user id for a later backfill.
-        sub = claims.get("sub") if isinstance(claims, t.Mapping) else None
+        sub = claims.get("sub") if isinstance(claims, Mapping) else None
         user_id = sub if isinstance(sub, str) else None
         logger.error(
             "signup of %s not recorded; the login is not affected: %s",
@@ -284,7 +288,8 @@ def _request_facts() -> tuple[str | None, str | None]:
     """The client IP (``remote_addr``: correct behind ``ProxyFix``) and the User-Agent."""
     if not has_request_context():
         return None, None
-    return request.remote_addr, request.headers.get("User-Agent")
+    current = request._get_current_object()  # type: ignore[attr-defined]
+    return current.remote_addr, current.environ.get("HTTP_USER_AGENT")
 
 
 def _g_namespace() -> dict[str, t.Any]:
@@ -314,7 +319,7 @@ def _authlib_tokens_changed(before: dict[str, int]) -> list[tuple[str, t.Mapping
     for name, token in list(_g_namespace().items()):
         if not name.startswith(_AUTHLIB_TOKEN_PREFIX):
             continue
-        if before.get(name) != id(token) and isinstance(token, t.Mapping):
+        if before.get(name) != id(token) and isinstance(token, Mapping):
             changed.append((name[len(_AUTHLIB_TOKEN_PREFIX) :], token))
     return changed
 
@@ -335,6 +340,11 @@ def _status_of(rv: t.Any) -> int:
         if isinstance(rv[0], BaseResponse):
             return rv[0].status_code
     return 200
+
+
+def _listening(kind: str) -> bool:
+    """Whether any receiver is connected to the signal for ``kind`` (any sender)."""
+    return bool(_SIGNALS[kind].receivers)
 
 
 def _notifier(app: Flask) -> t.Callable[[str, dict[str, t.Any]], None]:
@@ -422,6 +432,7 @@ def _build_state(app: Flask, settings: Settings) -> _AppState:
         client=client,
         sender=sender,
         notify=notify,
+        listening=_listening,
     )
     return _AppState(
         settings=settings,

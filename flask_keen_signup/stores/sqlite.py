@@ -71,9 +71,9 @@ class SQLiteStore(MarkerStore):
             raise StoreError(f"cannot read the marker ledger: {exc}") from exc
         return MarkerState(row[0]) if row else None
 
-    def claim_in(self, conn: sqlite3.Connection, user_id: str) -> bool:
+    def claim_in(self, conn: sqlite3.Connection, user_id: str, *, now: float | None = None) -> bool:
         """Claim inside the caller's open transaction (see :meth:`Database.transaction`)."""
-        now = time.time()
+        now = time.time() if now is None else now
         cursor = conn.execute(
             "INSERT INTO keen_signup_markers (collection, user_id, state, claimed_at) "
             "VALUES (?, ?, 'pending', ?) ON CONFLICT (collection, user_id) DO NOTHING",
