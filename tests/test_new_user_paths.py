@@ -1,0 +1,232 @@
+"""The two ways a new user is recorded, on real SQLite files.
+
+Without any of the app's code to run first (no ``signup_detected`` receiver, no
+``@event_properties`` callback), the tracker claims first: one transaction claims the
+marker and, only if won, builds and queues the event. Otherwise it reads the ledger first,
+fires ``signup_detected`` and runs the callback outside the write transaction. Both must
+record the same thing, exactly once, and neither may leave a half-recorded signup.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import sqlite3
+import threading
+import typing as t
+
+import pytest
+from flask import Flask
+
+from flask_keen_signup import KeenSignup
+from flask_keen_signup import signals
+from flask_keen_signup.tracker import TrackOutcome
+
+NOW = dt.datetime(2026, 11, 26, 10, 0, 0, 123456, tzinfo=dt.timezone.utc)
+CLAIMS = {
+    "sub": "google-oauth2|1234",
+    "name": "Ada Lovelace",
+    "email": "ada@example.com",
+    "https://example.com/created_at": "2026-11-20T08:00:00Z",
+}
+
+
+@pytest.fixture
+def make_app(tmp_path: t.Any) -> t.Iterator[t.Callable[..., tuple[Flask, KeenSignup]]]:
+    built: list[Flask] = []
+
+    def make(database: str | None = None, **config: t.Any) -> tuple[Flask, KeenSignup]:
+        app = Flask(f"paths{len(built)}")
+        app.config.update(
+            {
+                "KEEN_PROJECT_ID": "p",
+                "KEEN_WRITE_KEY": "w",
+                "KEEN_API_URL": "http://127.0.0.1:9",  # nothing listens: rows stay queued
+                "KEEN_SIGNUP_DATABASE": database or str(tmp_path / f"app{len(built)}.sqlite3"),
+                "KEEN_SIGNUP_CLAIMS": ["name"],
+                "KEEN_SIGNUP_PROPAGATE_ERRORS": False,
+                **config,
+            }
+        )
+        signup = KeenSignup(app)
+        state = app.extensions["keen_signup"]
+        state.sender.stop(timeout=5)  # keep the queued rows for inspection
+        state.tracker.clock = lambda: NOW
+        built.append(app)
+        return app, signup
+
+    yield make
+    for app in built:
+        app.extensions["keen_signup"].sender.shutdown(timeout=1)
+
+
+def rows(app: Flask) -> list[tuple[str, str]]:
+    """(user_id, body) of every outbox row, read through a connection of our own."""
+    path = app.extensions["keen_signup"].database.path
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT user_id, body FROM keen_signup_outbox ORDER BY id").fetchall()
+
+
+def markers(app: Flask) -> list[tuple[str, str]]:
+    path = app.extensions["keen_signup"].database.path
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT user_id, state FROM keen_signup_markers").fetchall()
+
+
+def track(app: Flask, signup: KeenSignup, claims: t.Mapping[str, t.Any]) -> TrackOutcome | None:
+    with app.test_request_context(
+        "/callback", environ_base={"REMOTE_ADDR": "203.0.113.7"}, headers={"User-Agent": "UA/1"}
+    ):
+        return signup.track_claims(claims)
+
+
+def uses_claim_first(app: Flask, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every ledger read, to tell the two paths apart."""
+    tracker = app.extensions["keen_signup"].tracker
+    reads: list[str] = []
+    lookup = tracker.claimer.lookup
+
+    def counting(user_id: str) -> t.Any:
+        reads.append(user_id)
+        return lookup(user_id)
+
+    monkeypatch.setattr(tracker.claimer, "lookup", counting)
+    return reads
+
+
+def test_both_paths_queue_the_same_event(make_app: t.Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    fast, fast_signup = make_app()
+    fast_reads = uses_claim_first(fast, monkeypatch)
+    assert track(fast, fast_signup, CLAIMS) is TrackOutcome.QUEUED
+    assert fast_reads == [], "no receiver, no callback: the claim answers 'new?'"
+
+    slow, slow_signup = make_app()
+    slow_reads = uses_claim_first(slow, monkeypatch)
+    detected: list[str] = []
+
+    def on_detected(sender: Flask, user_id: str, **extra: t.Any) -> None:
+        detected.append(user_id)
+
+    signals.signup_detected.connect(on_detected, slow)
+    try:
+        assert track(slow, slow_signup, CLAIMS) is TrackOutcome.QUEUED
+    finally:
+        signals.signup_detected.disconnect(on_detected, slow)
+    assert slow_reads == [CLAIMS["sub"]] and detected == [CLAIMS["sub"]]
+
+    assert rows(fast) == rows(slow)
+    ((user_id, body),) = rows(fast)
+    assert user_id == CLAIMS["sub"]
+    assert '"timestamp":"2026-11-20T08:00:00.000Z"' in body  # created_at from the claim
+    assert '"ip":"203.0.113.7"' in body and '"user_agent":"UA/1"' in body
+    assert '"connection":"google-oauth2"' in body and "email" not in body
+    assert markers(fast) == markers(slow) == [(CLAIMS["sub"], "pending")]
+
+
+def test_claim_first_returning_user_from_another_process_is_not_queued_again(
+    make_app: t.Any, tmp_path: t.Any
+) -> None:
+    database = str(tmp_path / "shared.sqlite3")
+    first, first_signup = make_app(database)
+    second, second_signup = make_app(database)  # another worker: same file, empty memory
+    assert track(first, first_signup, CLAIMS) is TrackOutcome.QUEUED
+    recorded: list[str] = []
+
+    def on_recorded(sender: Flask, user_id: str, **extra: t.Any) -> None:
+        recorded.append(user_id)
+
+    signals.signup_recorded.connect(on_recorded, second)
+    try:
+        assert track(second, second_signup, CLAIMS) is TrackOutcome.RETURNING
+    finally:
+        signals.signup_recorded.disconnect(on_recorded, second)
+    assert recorded == []
+    assert CLAIMS["sub"] in second.extensions["keen_signup"].tracker.known
+    assert len(rows(first)) == 1 and markers(first) == [(CLAIMS["sub"], "pending")]
+
+
+@pytest.mark.parametrize(
+    ("sub", "message"),
+    [
+        ("auth0|\ud800x", "claim 'sub' is not valid Unicode text"),
+        ("auth0|" + "x" * 10_000, "claim 'sub' is longer than Keen's 9999 chars"),
+        ("  ", "claim 'sub' is empty"),
+        (42, "claim 'sub' must be a string, got int"),
+    ],
+)
+def test_an_unusable_sub_is_refused_before_anything_is_stored(
+    make_app: t.Any, caplog: pytest.LogCaptureFixture, sub: object, message: str
+) -> None:
+    app, signup = make_app()
+    with caplog.at_level(logging.ERROR, logger="flask_keen_signup"):
+        assert track(app, signup, {"sub": sub, "name": "N"}) is None  # the login goes on
+    assert f"signup not tracked: {message}" in caplog.text
+    assert "Traceback" not in caplog.text and "x" * 100 not in caplog.text
+    assert markers(app) == [] and rows(app) == []
+
+
+def test_a_failure_after_the_claim_leaves_no_marker_behind(
+    make_app: t.Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The claim is won, then building the event fails (simulated: real claims that pass
+    the ``sub`` checks always build): the whole transaction rolls back, so the user is not
+    marked as reported when nothing was queued, and the next login tries again."""
+    import flask_keen_signup.tracker as tracker_module
+
+    app, signup = make_app()
+    real_build = tracker_module.build_signup_event
+
+    def broken(*args: t.Any, **kwargs: t.Any) -> t.Any:
+        raise RuntimeError("simulated bug in the builder")
+
+    monkeypatch.setattr(tracker_module, "build_signup_event", broken)
+    with caplog.at_level(logging.ERROR, logger="flask_keen_signup"):
+        assert track(app, signup, CLAIMS) is None
+    assert "not recorded" in caplog.text and CLAIMS["sub"] in caplog.text
+    assert markers(app) == [] and rows(app) == []
+    assert CLAIMS["sub"] not in app.extensions["keen_signup"].tracker.known
+
+    monkeypatch.setattr(tracker_module, "build_signup_event", real_build)
+    assert track(app, signup, CLAIMS) is TrackOutcome.QUEUED
+    assert len(rows(app)) == 1
+
+
+def test_an_event_properties_callback_takes_the_read_first_path(
+    make_app: t.Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, signup = make_app()
+    reads = uses_claim_first(app, monkeypatch)
+    seen: list[bool] = []
+
+    @signup.event_properties
+    def plan(claims: t.Mapping[str, t.Any], request: t.Any) -> dict[str, t.Any]:
+        # The app's code runs outside the write transaction: the file is not locked.
+        database = app.extensions["keen_signup"].database.path
+        with sqlite3.connect(database, timeout=0) as other:
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("ROLLBACK")
+        seen.append(True)
+        return {"plan": "pro"}
+
+    assert track(app, signup, CLAIMS) is TrackOutcome.QUEUED
+    assert track(app, signup, {**CLAIMS, "sub": "auth0|second"}) is TrackOutcome.QUEUED
+    assert reads == [CLAIMS["sub"], "auth0|second"] and seen == [True, True]
+    assert all('"plan":"pro"' in body for _, body in rows(app))
+
+
+def test_concurrent_first_logins_of_one_user_queue_one_event(make_app: t.Any) -> None:
+    app, signup = make_app()
+    outcomes: list[TrackOutcome | None] = []
+    barrier = threading.Barrier(8)
+
+    def login() -> None:
+        barrier.wait()
+        outcomes.append(track(app, signup, CLAIMS))
+
+    threads = [threading.Thread(target=login) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(o.value for o in outcomes if o) == ["queued"] + ["returning"] * 7
+    assert len(rows(app)) == 1
