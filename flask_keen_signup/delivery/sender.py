@@ -56,7 +56,7 @@ DEFAULT_MAX_BATCH_BYTES = 5_000_000
 #: Rows sent by the probe of a half-open circuit.
 DEFAULT_PROBE_SIZE = 10
 #: Seconds the thread waits after an enqueue woke it, to gather a batch (see ``linger``).
-DEFAULT_LINGER = 0.02
+DEFAULT_LINGER = 0.1
 
 _EMPTY: t.Mapping[str, t.Any] = types.MappingProxyType({})
 _HOSTNAME = socket.gethostname()
