@@ -519,9 +519,9 @@ def breakdown(
     start: int,
 ) -> list[str]:
     """Median inclusive µs of each step of the tracked path, in the real loop."""
+    from flask_keen_signup import delivery
     from flask_keen_signup import extension
     from flask_keen_signup import tracker
-    from flask_keen_signup.delivery import sqlite_outbox
     from flask_keen_signup.stores.sqlite import SQLiteStore
 
     state = bench.app.extensions["keen_signup"]
@@ -532,11 +532,13 @@ def breakdown(
     sections.wrap(tracker.Tracker, "track_claims", "Tracker.track_claims (all)")
     sections.wrap(SQLiteStore, "lookup", "  ledger lookup (SELECT)")
     sections.wrap(tracker, "created_at_from_claims", "  created_at_from_claims")
-    sections.wrap(tracker, "build_signup_event", "  build_signup_event")
-    sections.wrap(tracker.Tracker, "_queued", "  QueuedEvent + uniqueness token")
-    sections.wrap(tracker.Tracker, "_claim_and_enqueue", "  claim + enqueue transaction")
+    sections.wrap(tracker.Tracker, "_track_claim_first", "  claim-first transaction (all)")
+    sections.wrap(tracker, "build_signup_event", "    build_signup_event")
+    sections.wrap(delivery, "dumps_body", "    JSON body (dumps_body)")
+    sections.wrap(extension, "_request_facts", "    request facts (IP, User-Agent)")
+    sections.wrap(tracker.Tracker, "_queued", "  read first: QueuedEvent + uniqueness token")
+    sections.wrap(tracker.Tracker, "_claim_and_enqueue", "  read first: claim + enqueue txn")
     sections.wrap(tracker.Tracker, "_track_sync", "  sync: claim, POST, confirm")
-    sections.wrap(sqlite_outbox, "dumps_body", "    JSON body (dumps_body)")
     sections.wrap(SQLiteStore, "claim", "    sync: claim transaction")
     sections.wrap(SQLiteStore, "confirm", "    sync: confirm transaction")
     sections.connection(state.database)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import enum
+import functools
 import hashlib
 import ipaddress
 import json
@@ -552,7 +553,7 @@ def build_signup_event(
     sub = user_id_of(claims)
 
     sanitizer = _Sanitizer(logger)
-    reserved = set(RESERVED_PROPERTIES)
+    reserved: t.AbstractSet[str] = RESERVED_PROPERTIES
     active: list[tuple[str, str, str, str]] = []
     for addon in addons:
         spec = ADDONS.get(addon)
@@ -560,14 +561,16 @@ def build_signup_event(
             logger.warning("Keen add-on %r is unknown; skipped", addon)
         elif spec not in active:
             active.append(spec)
-            reserved.add(spec[3])
+            reserved = reserved | {spec[3]}
 
     event: dict[str, t.Any] = {"userId": sub}
 
     # Allow-listed claims: only those present, sanitised as one mapping so renames and
-    # collisions are handled the same way as anywhere else.
+    # collisions are handled the same way as anywhere else (unless all are valid as is).
     wanted = {name: claims[name] for name in claim_names if claims.get(name) is not None}
-    if wanted:
+    if wanted and _valid_as_is(wanted, reserved):
+        event.update(wanted)
+    elif wanted:
         for name, value in sanitizer.mapping(wanted, "", 0).items():
             if name in reserved:
                 sanitizer.warn(name, "dropped: the builder sets this property itself")
@@ -613,6 +616,43 @@ def build_signup_event(
     event["keen"] = keen
     _fit_size(event)
     return event
+
+
+def _valid_as_is(props: dict[str, t.Any], reserved: t.AbstractSet[str]) -> bool:
+    """Whether Keen accepts every property of ``props`` unchanged: short valid strings and
+    booleans under plain names. The usual claims (``name``, ``nickname``, ``email``) are, and
+    skip the sanitiser's per-property work on the login path; anything else goes through it.
+    """
+    for name, value in props.items():
+        if type(name) is not str or name in reserved or not _plain_name(name):
+            return False
+        if type(value) is str:
+            if len(value) >= _SHORT_STRING or not (value.isascii() or _is_utf8_text(value)):
+                return False
+        elif value is not True and value is not False:
+            return False
+    return True
+
+
+@functools.lru_cache(maxsize=1024)
+def _plain_name(name: str) -> bool:
+    """A property name the sanitiser would keep as is (cached: claim names come from the
+    app's settings, so there are few)."""
+    return (
+        name.isascii()
+        and "." not in name
+        and not name.startswith("$")
+        and bool(name.strip())
+        and len(name) <= MAX_NAME_LENGTH
+    )
+
+
+def _is_utf8_text(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _timestamp(created_at: dt.datetime | None, now: dt.datetime) -> str:

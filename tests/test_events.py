@@ -998,6 +998,7 @@ def test_random_claims_always_give_a_keen_valid_event(caplog: pytest.LogCaptureF
 
 try:
     from hypothesis import HealthCheck
+    from hypothesis import example
     from hypothesis import given
     from hypothesis import settings
     from hypothesis import strategies as st
@@ -1064,3 +1065,56 @@ else:
         check_random_event(
             claims, list(claims) + picks, extra, ip, ip_mode, addons, user_agent, caplog
         )
+
+    _CLAIM_NAMES = st.sampled_from(
+        [
+            "name",
+            "nickname",
+            "email",
+            "ip",
+            "keen",
+            "a.b",
+            "$x",
+            " ",
+            "n" * 256,
+            "ünï",
+            "given_name",
+        ]
+    )
+    _CLAIM_VALUES = st.one_of(
+        st.text(max_size=40),
+        st.sampled_from(["Ada", "Zoë", "\ud800", "x" * 6000, "y" * 10_001]),
+        st.booleans(),
+        st.integers(min_value=-(2**70), max_value=2**70),
+        st.none(),
+    )
+
+    @settings(max_examples=300, deadline=None)
+    @given(claims=st.dictionaries(_CLAIM_NAMES, _CLAIM_VALUES, max_size=6))
+    @example(claims={"name": "y" * 10_001})
+    @example(claims={"name": "\ud800"})
+    @example(claims={"a.b": "Ada", "name": 2**70})
+    def test_the_fast_path_for_plain_claims_builds_what_the_sanitiser_would(
+        claims: dict[str, t.Any],
+    ) -> None:
+        """Claims valid as they are skip the sanitiser; the event must not differ from the
+        one the sanitiser builds."""
+        from flask_keen_signup import events
+
+        names = list(claims)
+        kwargs: dict[str, t.Any] = dict(
+            collection="signups",
+            ip=None,
+            user_agent=None,
+            claim_names=names,
+            now=dt.datetime(2026, 11, 26, tzinfo=dt.timezone.utc),
+        )
+        full = {"sub": "auth0|p", **claims}
+        fast = build_signup_event(full, **kwargs)
+        original = events._valid_as_is
+        events._valid_as_is = lambda props, reserved: False  # type: ignore[assignment]
+        try:
+            slow = build_signup_event(full, **kwargs)
+        finally:
+            events._valid_as_is = original
+        assert fast == slow
