@@ -359,3 +359,89 @@ def test_a_queued_event_is_serialised_once_when_it_is_made() -> None:
         QueuedEvent("signups", "auth0|b", "t" * 64, {"n": float("nan")})
     with pytest.raises(TypeError, match="not JSON serializable"):
         QueuedEvent("signups", "auth0|c", "t" * 64, {"when": object()})
+
+
+def _table_ids(box: SQLiteOutbox) -> list[int]:
+    with box.database.reading() as conn:
+        return [r[0] for r in conn.execute("SELECT id FROM keen_signup_outbox ORDER BY id")]
+
+
+@pytest.mark.parametrize("keep_delivered", [True, False])
+@pytest.mark.parametrize("finish", ["delivered", "dead", "pruned"])
+def test_row_ids_are_never_reused(tmp_path: t.Any, keep_delivered: bool, finish: str) -> None:
+    """A sender that lost its lease may still record an outcome by row id, and dead letters
+    keep their row's id: a new signup must never get the id of a finished row, even the
+    newest one (the table has no AUTOINCREMENT: the newest row is never deleted)."""
+    box = SQLiteOutbox(Database(str(tmp_path / "ids.sqlite3")), keep_delivered=keep_delivered)
+    box.enqueue(event(1))
+    box.enqueue(event(2))
+    rows = box.claim_due(10, now=time.time() + 1, lease_seconds=LEASE, owner="b")
+    newest = max(r.id for r in rows)
+    if finish == "dead":
+        box.mark_dead_many([(r.id, "refused", "InvalidEventError") for r in rows])
+    else:
+        box.mark_delivered([r.id for r in rows])
+    if finish == "pruned":
+        box.prune_delivered(0.0, now=time.time() + 10)
+    assert box.pending_count() == 0
+    assert box.claim_due(10, now=time.time() + 1000, lease_seconds=LEASE, owner="b") == []
+
+    new_id = box.enqueue(event(3))
+    assert new_id > newest
+    # A late outcome from a sender that had lost the lease on ``newest`` changes nothing.
+    box.mark_delivered([newest])
+    box.mark_dead_many([(newest, "late", None)])
+    assert box.pending_count() == 1
+    (fresh,) = box.claim_due(10, now=time.time() + 1, lease_seconds=LEASE, owner="c")
+    assert (fresh.id, fresh.user_id) == (new_id, "auth0|user3")
+    if finish == "dead":
+        assert sorted(d.id for d in box.dead_letters()) == sorted(r.id for r in rows)
+    else:
+        assert box.stats().delivered == 2
+
+
+def test_the_newest_dead_letter_can_be_retried(tmp_path: t.Any) -> None:
+    box = SQLiteOutbox(Database(str(tmp_path / "retry.sqlite3")))
+    row_id = box.enqueue(event(1))
+    box.claim_due(10, now=time.time() + 1, lease_seconds=LEASE, owner="b")
+    box.mark_dead_many([(row_id, "refused", None)])
+    assert _table_ids(box) == [row_id]  # kept, finished: it is the newest row
+    assert box.retry_dead() == 1
+    (row,) = box.claim_due(10, now=time.time() + 1, lease_seconds=LEASE, owner="b")
+    assert (row.id, row.user_id, row.body) == (row_id, "auth0|user1", event(1).body)
+
+
+def test_without_keeping_delivered_rows_only_the_newest_stays(tmp_path: t.Any) -> None:
+    box = SQLiteOutbox(Database(str(tmp_path / "sweep.sqlite3")), keep_delivered=False)
+    for n in range(3):
+        box.enqueue(event(n))
+        rows = box.claim_due(10, now=time.time() + 1, lease_seconds=LEASE, owner="b")
+        box.mark_delivered([r.id for r in rows])
+        assert _table_ids(box) == [rows[0].id]
+    assert box.stats().delivered == 3
+
+
+def test_a_file_made_with_autoincrement_keeps_working(tmp_path: t.Any) -> None:
+    """Files made by earlier versions have ``id ... AUTOINCREMENT``; nothing migrates them."""
+    from flask_keen_signup.delivery import sqlite_outbox
+
+    path = str(tmp_path / "old.sqlite3")
+    old_schema = sqlite_outbox.SCHEMA.replace(
+        "id               INTEGER PRIMARY KEY,\n    collection",
+        "id               INTEGER PRIMARY KEY AUTOINCREMENT,\n    collection",
+        1,
+    )
+    assert old_schema != sqlite_outbox.SCHEMA
+    Database(path).connection().executescript(old_schema)
+    box = SQLiteOutbox(Database(path), keep_delivered=False)
+    ids = [box.enqueue(event(n)) for n in range(3)]
+    rows = box.claim_due(10, now=time.time() + 1, lease_seconds=LEASE, owner="b")
+    box.mark_delivered([ids[0], ids[2]])
+    box.mark_dead_many([(ids[1], "refused", None)])
+    assert box.enqueue(event(3)) > ids[2]
+    assert box.pending_count() == 1 and box.stats().delivered == 2 and len(rows) == 3
+    with box.database.reading() as conn:
+        (sql,) = conn.execute(
+            "SELECT sql FROM sqlite_master WHERE name = 'keen_signup_outbox'"
+        ).fetchone()
+    assert "AUTOINCREMENT" in sql

@@ -29,7 +29,7 @@ from . import QueuedEvent
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS keen_signup_outbox (
-    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    id               INTEGER PRIMARY KEY,
     collection       TEXT    NOT NULL,
     user_id          TEXT    NOT NULL,
     uniqueness_token TEXT    NOT NULL,
@@ -118,6 +118,16 @@ WHERE id IN (
 )
 RETURNING {_ROW_COLUMNS}, reclaimed
 """
+
+
+# Row ids are never reused: a sender that lost its lease may still record an outcome by id,
+# and dead letters keep their row's id. SQLite gives a new row the largest id + 1, so the
+# newest row is never deleted: where it would be, it stays as a finished row (never sent
+# again; :data:`_SWEEP` deletes it once a newer row exists). AUTOINCREMENT would give the
+# same guarantee at the cost of one more page written by every signup's transaction
+# (``sqlite_sequence``); files made before this keep it, and the rule is harmless there.
+_NOT_NEWEST = "id < (SELECT MAX(id) FROM keen_signup_outbox)"
+_SWEEP = f"DELETE FROM keen_signup_outbox WHERE state IN ('delivered', 'skipped') AND {_NOT_NEWEST}"
 
 
 def _bump(conn: sqlite3.Connection, key: str, by: int) -> None:
@@ -247,10 +257,19 @@ class SQLiteOutbox(Outbox):
             else:
                 cursor = conn.execute(
                     f"DELETE FROM keen_signup_outbox WHERE id IN ({marks}) "
-                    "AND state IN ('pending', 'confirming')",
+                    f"AND state IN ('pending', 'confirming') AND {_NOT_NEWEST}",
                     tuple(chunk),
                 )
+                done += cursor.rowcount
+                # The newest row is kept, finished (see _NOT_NEWEST); older kept ones go.
+                cursor = conn.execute(
+                    "UPDATE keen_signup_outbox SET state = ?, lease_owner = NULL, done_at = ? "
+                    f"WHERE id IN ({marks}) AND state IN ('pending', 'confirming')",
+                    (state, now, *chunk),
+                )
             done += cursor.rowcount
+        if not self.keep_delivered:
+            conn.execute(_SWEEP)
         return done
 
     def mark_delivered(self, ids: t.Collection[int], *, now: float | None = None) -> None:
@@ -315,7 +334,16 @@ class SQLiteOutbox(Outbox):
                     (reason, error_code, now, row_id),
                 )
                 if cursor.rowcount:
-                    conn.execute("DELETE FROM keen_signup_outbox WHERE id = ?", (row_id,))
+                    deleted = conn.execute(
+                        f"DELETE FROM keen_signup_outbox WHERE id = ? AND {_NOT_NEWEST}",
+                        (row_id,),
+                    ).rowcount
+                    if not deleted:  # the newest row: kept, finished (see _NOT_NEWEST)
+                        conn.execute(
+                            "UPDATE keen_signup_outbox SET state = 'skipped', "
+                            "lease_owner = NULL, done_at = ?, last_error = ? WHERE id = ?",
+                            (now, f"dead-lettered: {reason}", row_id),
+                        )
             _set(conn, "last_error", items[-1][1])
 
     def release(self, ids: t.Collection[int], *, now: float | None = None) -> None:
@@ -406,7 +434,10 @@ class SQLiteOutbox(Outbox):
             params.extend(ids)
         with self._write() as conn:
             cursor = conn.execute(
-                "INSERT INTO keen_signup_outbox (id, collection, user_id, uniqueness_token, "
+                # OR REPLACE: the newest row may still be in the table, finished, when it
+                # was dead-lettered (see _NOT_NEWEST); no other row can have its id.
+                "INSERT OR REPLACE INTO keen_signup_outbox (id, collection, user_id, "
+                "uniqueness_token, "
                 "body, state, attempts, created_at, next_attempt_at, last_error) "
                 "SELECT id, collection, user_id, uniqueness_token, body, 'pending', 0, "
                 f"created_at, ?, reason FROM keen_signup_dead_letters {where}",
@@ -421,7 +452,7 @@ class SQLiteOutbox(Outbox):
         with self._write() as conn:
             cursor = conn.execute(
                 "DELETE FROM keen_signup_outbox WHERE state IN ('delivered', 'skipped') "
-                "AND done_at < ?",
+                f"AND done_at < ? AND {_NOT_NEWEST}",
                 (now - older_than_seconds,),
             )
             return cursor.rowcount
