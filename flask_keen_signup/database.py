@@ -60,13 +60,17 @@ class _ForkGate:
 
     def __exit__(self, *exc_info: object) -> None:
         local = self._depth
-        local.n = getattr(local, "n", 1) - 1  # a fork in between reset the depth
-        if local.n <= 0:
-            local.n = 0
-            with self._lock:
-                self._active = max(0, self._active - 1)
-                if self._active == 0:
-                    self._idle.notify_all()
+        depth: int = getattr(local, "n", 1) - 1  # a fork in between reset the depth
+        if depth > 0:
+            local.n = depth
+            return
+        local.n = 0
+        with self._lock:
+            active = self._active = max(0, self._active - 1)
+            # Only a fork waits for the gate to empty: don't pay for a notify otherwise
+            # (a Condition's notify is slow, and this runs in every login's transaction).
+            if active == 0 and self._forking:
+                self._idle.notify_all()
 
     def close_for_fork(self) -> None:
         own: int = 1 if getattr(self._depth, "n", 0) else 0

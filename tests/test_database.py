@@ -154,3 +154,35 @@ def test_failed_transactions_leave_nothing_that_blocks_a_fork(tmp_path: t.Any) -
     os.waitpid(pid, 0)
     assert database_module._gate._active == 0
     assert _count(database) == 0  # the parent reopened its connection after the fork
+
+
+def test_a_fork_waits_for_a_thread_inside_a_transaction(tmp_path: t.Any) -> None:
+    """The at-fork hook waits until no thread uses SQLite (the child would inherit its
+    locks otherwise), and is woken as soon as the last one leaves."""
+    import time
+
+    database = _with_table(tmp_path)
+    inside = threading.Event()
+    events: list[str] = []
+
+    def writer() -> None:
+        with database.transaction() as conn:
+            conn.execute("INSERT INTO items VALUES (1)")
+            inside.set()
+            time.sleep(0.3)
+            events.append("committed")
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    assert inside.wait(10)
+    started = time.monotonic()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        os._exit(0 if _count(Database(database.path)) == 1 else 1)
+    events.append("forked")
+    waited = time.monotonic() - started
+    _, status = os.waitpid(pid, 0)
+    thread.join()
+    assert events == ["committed", "forked"]
+    assert os.WEXITSTATUS(status) == 0, "the child sees the committed row and can read"
+    assert waited < 10, "woken when the thread left, not at the fork wait's deadline"
