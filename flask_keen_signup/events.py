@@ -592,6 +592,8 @@ def build_signup_event(
             logger.warning(
                 "event_properties returned %s, not a mapping; ignored", type(extra).__name__
             )
+        elif _valid_as_is(more, reserved):
+            event.update(more)
         else:
             for name, value in sanitizer.mapping(more, "", 0).items():
                 if name in reserved:
@@ -618,7 +620,7 @@ def build_signup_event(
     return event
 
 
-def _valid_as_is(props: dict[str, t.Any], reserved: t.AbstractSet[str]) -> bool:
+def _valid_as_is(props: Mapping[t.Any, t.Any], reserved: t.AbstractSet[str]) -> bool:
     """Whether Keen accepts every property of ``props`` unchanged: short valid strings and
     booleans under plain names. The usual claims (``name``, ``nickname``, ``email``) are, and
     skip the sanitiser's per-property work on the login path; anything else goes through it.

@@ -1090,15 +1090,20 @@ else:
     )
 
     @settings(max_examples=300, deadline=None)
-    @given(claims=st.dictionaries(_CLAIM_NAMES, _CLAIM_VALUES, max_size=6))
-    @example(claims={"name": "y" * 10_001})
-    @example(claims={"name": "\ud800"})
-    @example(claims={"a.b": "Ada", "name": 2**70})
+    @given(
+        claims=st.dictionaries(_CLAIM_NAMES, _CLAIM_VALUES, max_size=6),
+        extra=st.none() | st.dictionaries(_CLAIM_NAMES, _CLAIM_VALUES, max_size=4),
+    )
+    @example(claims={"name": "y" * 10_001}, extra=None)
+    @example(claims={"name": "\ud800"}, extra=None)
+    @example(claims={"a.b": "Ada", "name": 2**70}, extra=None)
+    @example(claims={"name": "Ada"}, extra={"name": "Bob", "ip": "1.2.3.4"})
+    @example(claims={}, extra={"plan": "y" * 10_001})
     def test_the_fast_path_for_plain_claims_builds_what_the_sanitiser_would(
-        claims: dict[str, t.Any],
+        claims: dict[str, t.Any], extra: dict[str, t.Any] | None
     ) -> None:
-        """Claims valid as they are skip the sanitiser; the event must not differ from the
-        one the sanitiser builds."""
+        """Claims and extra properties valid as they are skip the sanitiser; the event
+        must not differ from the one the sanitiser builds."""
         from flask_keen_signup import events
 
         names = list(claims)
@@ -1108,6 +1113,7 @@ else:
             user_agent=None,
             claim_names=names,
             now=dt.datetime(2026, 11, 26, tzinfo=dt.timezone.utc),
+            extra=extra,
         )
         full = {"sub": "auth0|p", **claims}
         fast = build_signup_event(full, **kwargs)
