@@ -9,6 +9,7 @@ record the same thing, exactly once, and neither may leave a half-recorded signu
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import sqlite3
@@ -80,6 +81,18 @@ def track(app: Flask, signup: KeenSignup, claims: t.Mapping[str, t.Any]) -> Trac
         return signup.track_claims(claims)
 
 
+@contextlib.contextmanager
+def receiving(signal: t.Any, app: Flask) -> t.Iterator[list[str]]:
+    """The user ids ``signal`` is sent for by ``app`` while the block runs."""
+    got: list[str] = []
+
+    def receiver(sender: Flask, user_id: str, **extra: t.Any) -> None:
+        got.append(user_id)
+
+    with signal.connected_to(receiver, app):
+        yield got
+
+
 def uses_claim_first(app: Flask, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Record every ledger read, to tell the two paths apart."""
     tracker = app.extensions["keen_signup"].tracker
@@ -102,16 +115,8 @@ def test_both_paths_queue_the_same_event(make_app: t.Any, monkeypatch: pytest.Mo
 
     slow, slow_signup = make_app()
     slow_reads = uses_claim_first(slow, monkeypatch)
-    detected: list[str] = []
-
-    def on_detected(sender: Flask, user_id: str, **extra: t.Any) -> None:
-        detected.append(user_id)
-
-    signals.signup_detected.connect(on_detected, slow)
-    try:
+    with receiving(signals.signup_detected, slow) as detected:
         assert track(slow, slow_signup, CLAIMS) is TrackOutcome.QUEUED
-    finally:
-        signals.signup_detected.disconnect(on_detected, slow)
     assert slow_reads == [CLAIMS["sub"]] and detected == [CLAIMS["sub"]]
 
     assert rows(fast) == rows(slow)
@@ -130,16 +135,8 @@ def test_claim_first_returning_user_from_another_process_is_not_queued_again(
     first, first_signup = make_app(database)
     second, second_signup = make_app(database)  # another worker: same file, empty memory
     assert track(first, first_signup, CLAIMS) is TrackOutcome.QUEUED
-    recorded: list[str] = []
-
-    def on_recorded(sender: Flask, user_id: str, **extra: t.Any) -> None:
-        recorded.append(user_id)
-
-    signals.signup_recorded.connect(on_recorded, second)
-    try:
+    with receiving(signals.signup_recorded, second) as recorded:
         assert track(second, second_signup, CLAIMS) is TrackOutcome.RETURNING
-    finally:
-        signals.signup_recorded.disconnect(on_recorded, second)
     assert recorded == []
     assert CLAIMS["sub"] in second.extensions["keen_signup"].tracker.known
     assert len(rows(first)) == 1 and markers(first) == [(CLAIMS["sub"], "pending")]
