@@ -194,16 +194,15 @@ class Tracker:
             return TrackOutcome.RETURNING
         if self.already_marked_by_claim(claims):
             return TrackOutcome.RETURNING
-        created_at = created_at_from_claims(claims)
-        if (
-            self._claim_first is not None
-            and not callable(extra)
-            and not self._created_before_since(created_at)
-            and not self.listening("detected")
-        ):
-            return self._track_claim_first(
-                user_id, claims, created_at, ip, user_agent, facts, extra
-            )
+        if self._claim_first is not None and not callable(extra) and not self.listening("detected"):
+            # Without KEEN_SIGNUP_SINCE, created_at is read only once the claim is won.
+            created_at = None if self.settings.since is None else created_at_from_claims(claims)
+            if not self._created_before_since(created_at):
+                return self._track_claim_first(
+                    user_id, claims, created_at, ip, user_agent, facts, extra
+                )
+        else:
+            created_at = created_at_from_claims(claims)
 
         marker = self.claimer.lookup(user_id)
         if marker is MarkerState.CONFIRMED or (marker is MarkerState.PENDING and self._background):
@@ -324,6 +323,8 @@ class Tracker:
         now = time.time()
         with ledger.database.transaction() as conn:
             if ledger.claim_in(conn, user_id, now=now):
+                if created_at is None:
+                    created_at = created_at_from_claims(claims)
                 if facts is not None:
                     ip, user_agent = facts()
                 event = self._build(claims, created_at, ip, user_agent, extra)

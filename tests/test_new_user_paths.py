@@ -227,3 +227,17 @@ def test_concurrent_first_logins_of_one_user_queue_one_event(make_app: t.Any) ->
         thread.join()
     assert sorted(o.value for o in outcomes if o) == ["queued"] + ["returning"] * 7
     assert len(rows(app)) == 1
+
+
+def test_since_is_honoured_on_the_claim_first_path(
+    make_app: t.Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, signup = make_app(KEEN_SIGNUP_SINCE="2026-11-18T00:00:00Z")
+    reads = uses_claim_first(app, monkeypatch)
+    old = {**CLAIMS, "sub": "auth0|old", "https://example.com/created_at": "2026-11-01T00:00:00Z"}
+    assert track(app, signup, old) is TrackOutcome.MARKED_ONLY
+    assert track(app, signup, CLAIMS) is TrackOutcome.QUEUED  # created 2026-11-20
+    assert reads == ["auth0|old"], "only the user created before SINCE is read first"
+    ((user_id, body),) = rows(app)
+    assert user_id == CLAIMS["sub"] and '"timestamp":"2026-11-20T08:00:00.000Z"' in body
+    assert sorted(markers(app)) == [("auth0|old", "confirmed"), (CLAIMS["sub"], "pending")]
