@@ -445,3 +445,23 @@ def test_a_file_made_with_autoincrement_keeps_working(tmp_path: t.Any) -> None:
             "SELECT sql FROM sqlite_master WHERE name = 'keen_signup_outbox'"
         ).fetchone()
     assert "AUTOINCREMENT" in sql
+
+
+def test_bodies_are_serialised_as_compact_json() -> None:
+    from flask_keen_signup.delivery import dumps_body
+
+    body = {
+        "userId": "auth0|a",
+        "name": 'Zoë \u2028 "q" \\ \x00',
+        "n": [1, 2.5, None, True, 2**70],
+        "keen": {"timestamp": "2026-11-26T10:00:00.000Z"},
+    }
+    expected = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    assert dumps_body(body) == expected
+    assert dumps_body(dict(body)) == expected
+    with pytest.raises(ValueError):
+        dumps_body({"n": float("inf")})
+    cyclic: dict[str, t.Any] = {}
+    cyclic["self"] = cyclic
+    with pytest.raises((RecursionError, ValueError)):
+        dumps_body(cyclic)
