@@ -25,11 +25,11 @@ variants once and prints their spread to show it. Bare and tracked iterations al
 same loop, and "ratio" is median(tracked) / median(bare).
 
 Cases: background mode (the default, sqlite store; the sender thread runs and delivers to
-a Keen emulator in its own process, as in production) for a returning and a new user, the latter with
-``KEEN_SIGNUP_SQLITE_SYNCHRONOUS`` normal and full, and once more with the sender stopped
-(the request path alone, without the worker thread competing for the GIL and the write
-lock); a new user in an app with an ``@event_properties`` callback (the read-first path);
-sync mode against the Keen emulator (new user at 0 and 50 ms injected latency,
+a Keen emulator in its own process, as in production) for a returning and a new user, the
+latter with ``KEEN_SIGNUP_SQLITE_SYNCHRONOUS`` normal and full, and once more with the sender
+stopped (the request path alone, without the worker thread competing for the GIL and the
+write lock); a new user in an app with an ``@event_properties`` callback (the read-first
+path); sync mode against the Keen emulator (new user at 0 and 50 ms injected latency,
 returning user); and the Auth0 Rule's way, one ``requests.post`` per callback.
 
 References for the machine, in the same run: the same SQL written by hand (a marker SELECT;

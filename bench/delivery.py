@@ -15,9 +15,10 @@ Parts (one function each; ``main()`` runs every part present in :data:`PARTS`):
     ``/v1/batch``. The emulator's own capacity (raw batch POSTs, no outbox) is measured too,
     so a ceiling set by the emulator is visible as such.
 (c) **Outage.** N enqueues (ledger claim + outbox insert in one transaction, the extension's
-    new-user path) while Keen is down: per-enqueue median of the first and last 1,000 against
-    a baseline of 1,000 with Keen up (after 2,000 that warm the file), RSS growth, then
-    recovery: time until all are delivered, and duplicates in the emulator.
+    new-user path) while Keen is down: per-enqueue median over the outage against a baseline
+    of 10,000 with Keen up (after 2,000 that warm the file), its second half against its
+    first, and the median of each tenth; RSS growth; then recovery: time until all are
+    delivered, and duplicates in the emulator.
 
 The emulator and the sink run in subprocesses, so the process being measured has the GIL
 to itself. Every loop is bounded in count and in time. Exits 0 whenever it ran.
@@ -54,9 +55,10 @@ WRITE_KEY = "demo-write-key"
 COLLECTION = "signups"
 #: Hard cap on any single wait in this script, in seconds.
 DEADLINE = 120.0
-#: Part (c)'s enqueues with Keen up before the outage: 2,000 to warm the file, then the
-#: 1,000 whose median is the baseline.
-HEALTHY_EVENTS = 3_000
+#: Part (c)'s enqueues with Keen up before the outage: some to warm the file, then the
+#: ones whose median is the baseline.
+WARM_UP_EVENTS = 2_000
+HEALTHY_EVENTS = 10_000
 
 
 # --------------------------------------------------------------------------- helpers
@@ -354,9 +356,12 @@ def part_c(args: argparse.Namespace) -> None:
             sender.wake()
             return perf() - started
 
-        # The baseline, in the same run: Keen up, the file warmed by a first 2,000.
+        # The baseline, in the same run: Keen up (the sender delivering as they are
+        # queued), back to back like the outage's, after a first 2,000 that warm the file.
+        for n in range(WARM_UP_EVENTS):
+            enqueue(n, "warm")
         healthy = [enqueue(n, "healthy") for n in range(HEALTHY_EVENTS)]
-        baseline = statistics.median(healthy[-1000:]) * 1e6
+        baseline = statistics.median(healthy) * 1e6
         wait_for(lambda: outbox.pending_count() == 0, 30.0, 0.05)
 
         emulator.down(True)
@@ -373,20 +378,29 @@ def part_c(args: argparse.Namespace) -> None:
         rss_after = rss_mb()
         enqueued = len(timings)
         status = sender.status()
-        first = statistics.median(timings[:1000]) * 1e6
-        last = statistics.median(timings[-1000:]) * 1e6
-        worst = max((first - baseline) / baseline, (last - baseline) / baseline, key=abs)
+        # Halves and the whole outage rather than its first and last thousand: a burst of
+        # noise on this shared machine (a few hundred ms, visible in the tenths below) moves
+        # a small window's median by a third.
+        half = max(1, enqueued // 2)
+        during = statistics.median(timings) * 1e6
+        first = statistics.median(timings[:half]) * 1e6
+        second = statistics.median(timings[half:] or timings) * 1e6
+        changes = [(during - baseline) / baseline, (second - first) / first]
+        window = max(1, enqueued // 10)
+        tenths = [
+            statistics.median(timings[i : i + window]) * 1e6 for i in range(0, enqueued, window)
+        ]
         print(
-            f"  enqueue median with Keen up (baseline, after {HEALTHY_EVENTS - 1000:,} "
-            f"warm-up): {baseline:.1f} µs"
+            f"  enqueue median with Keen up (baseline: {HEALTHY_EVENTS:,} after "
+            f"{WARM_UP_EVENTS:,} warm-up): {baseline:.1f} µs"
         )
         print(
-            f"  enqueue median during the outage: first 1k {first:.1f} µs "
-            f"({(first - baseline) / baseline:+.1%}), last 1k {last:.1f} µs "
-            f"({(last - baseline) / baseline:+.1%}); target within ±10% of the baseline: "
-            + ("MET" if abs(worst) <= 0.10 else "NOT MET")
-            + f" (last vs first 1k: {(last - first) / first:+.1%})"
+            f"  enqueue median during the outage: {during:.1f} µs ({changes[0]:+.1%} vs the "
+            f"baseline); first half {first:.1f} µs, second half {second:.1f} µs "
+            f"({changes[1]:+.1%}); target within ±10%: "
+            + ("MET" if max(abs(c) for c in changes) <= 0.10 else "NOT MET")
         )
+        print("  median of each tenth of the outage: " + ", ".join(f"{d:.1f}" for d in tenths))
         print(
             f"  enqueue overall: median {statistics.median(timings) * 1e6:.1f} µs, "
             f"p99 {sorted(timings)[int(len(timings) * 0.99)] * 1e6:.1f} µs"
@@ -413,7 +427,8 @@ def part_c(args: argparse.Namespace) -> None:
             f"{recovery_s:.1f} s after Keen came back (target <= 60 s)"
         )
         print(
-            f"  emulator: {len(events):,} events ({HEALTHY_EVENTS:,} from before the outage), "
+            f"  emulator: {len(events):,} events "
+            f"({WARM_UP_EVENTS + HEALTHY_EVENTS:,} from before the outage), "
             f"{len(users):,} distinct users, "
             f"{len(events) - len(users)} duplicates stored, "
             f"{emulator.duplicates_rejected()} resends absorbed by the uniqueness token"
