@@ -877,6 +877,40 @@ def test_fail_next_html(keen: KeenEmulator) -> None:
         response.json()
 
 
+def test_fail_events_fails_only_the_picked_events_of_a_batch(keen: KeenEmulator) -> None:
+    keen.fail_events(lambda event: event.get("n") in (2, 4), count=2)
+    batch = {"s": [{"n": n} for n in range(6)]}
+    results = post_batch(keen, batch).json()["s"]
+    assert [r["success"] for r in results] == [True, True, False, True, False, True]
+    assert results[2]["error"]["name"] == "InternalServerError"
+    assert "injected" in results[2]["error"]["description"]
+    assert sorted(e["n"] for e in keen.events("s")) == [0, 1, 3, 5]
+    # count=2 is used up: the same events now go through.
+    assert all(r["success"] for r in post_batch(keen, {"s": [{"n": 2}, {"n": 4}]}).json()["s"])
+    assert sorted(e["n"] for e in keen.events("s")) == [0, 1, 2, 3, 4, 5]
+
+
+def test_fail_events_on_a_single_write_and_until_cleared(keen: KeenEmulator) -> None:
+    keen.fail_events(lambda event: event["n"] == 1, error_code="InvalidPropertyValueError")
+    for _ in range(3):
+        assert_error(post_event(keen, "s", {"n": 1}), 400, "InvalidPropertyValueError")
+    keen.fail_events(lambda event: event["n"] == 2)
+    assert_error(post_event(keen, "s", {"n": 2}), 500, "InternalServerError")
+    keen.clear_faults()
+    assert post_event(keen, "s", {"n": 1}).status_code == 201
+    assert [e["n"] for e in keen.events("s")] == [1]
+
+
+def test_fail_events_over_http(keen: KeenEmulator) -> None:
+    faults = f"{keen.url}/_emulator/faults"
+    rule = {"where": {"userId": "auth0|b"}, "error_code": "InternalServerError", "count": 1}
+    assert requests.post(faults, json={"fail_events": rule}, timeout=TIMEOUT).status_code == 200
+    batch = {"s": [{"userId": "auth0|a"}, {"userId": "auth0|b"}]}
+    assert [r["success"] for r in post_batch(keen, batch).json()["s"]] == [True, False]
+    bad = requests.post(faults, json={"fail_events": {"userId": "x"}}, timeout=TIMEOUT)
+    assert bad.status_code == 400 and "where" in bad.json()["message"]
+
+
 def test_faults_apply_to_queries_too(keen: KeenEmulator) -> None:
     keen.fail_next(1, 502)
     assert query(keen, "count", event_collection="s").status_code == 502

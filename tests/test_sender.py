@@ -299,6 +299,23 @@ def test_partial_batch_failure_dead_letters_only_invalid_events(make: Factory) -
     assert len(make.emulator.request_log) == 1
 
 
+def test_an_event_failing_retryably_inside_a_batch_is_retried_alone(make: Factory) -> None:
+    """Keen answers the batch 200 but one event fails with a name worth retrying: only that
+    event is retried (after backoff), the others are delivered once."""
+    expected = make.enqueue(5)
+    make.emulator.fail_events(lambda event: event["userId"] == "auth0|user2", count=2)
+    make().start()
+    assert wait_until(lambda: delivered_all(make, expected))
+    assert_exactly_once(make.emulator, expected)
+    assert make.outbox.stats().dead == 0
+    sent = [
+        [event["userId"] for event in request.json()["signups"]]
+        for request in make.emulator.request_log
+    ]
+    assert sent[0] == [f"auth0|user{n}" for n in range(5)]
+    assert sent[1:] == [["auth0|user2"], ["auth0|user2"]], "twice refused, then accepted"
+
+
 def test_dead_letter_from_a_400_is_replayed_after_the_fix(make: Factory) -> None:
     expected = make.enqueue(1)
     make.emulator.fail_next(1, 400)

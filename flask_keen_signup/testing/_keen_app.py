@@ -265,6 +265,10 @@ class KeenApp:
     def _store_single(
         self, request: Request, collection: str, event: dict[str, t.Any]
     ) -> _Response:
+        fault = self.faults.event_failure(event)
+        if fault is not None:
+            status = 500 if fault.error_code == "InternalServerError" else 400
+            raise KeenProblem(fault.error_code, fault.message, status)
         received = self.clock()
         created_at = format_timestamp(datetime.fromtimestamp(received, timezone.utc))
         pending = self._prepare(event, self._placeholders(request), created_at, received)
@@ -296,6 +300,7 @@ class KeenApp:
         received = self.clock()
         created_at = format_timestamp(datetime.fromtimestamp(received, timezone.utc))
         prepare = self._prepare
+        event_failure = self.faults.event_failure
         dup_error = self.config.duplicate_token_response == "error"
         results: dict[str, list[dict[str, t.Any]]] = {}
         duplicates = 0
@@ -315,6 +320,10 @@ class KeenApp:
                             KeenProblem("InvalidEventError", "An event must be a JSON object.")
                         )
                     )
+                    continue
+                fault = event_failure(item)
+                if fault is not None:
+                    out.append(_item_error(KeenProblem(fault.error_code, fault.message)))
                     continue
                 try:
                     pending.append(prepare(item, placeholders, created_at, received))

@@ -74,8 +74,9 @@ def control(app: KeenApp, request: Request, path: str, body: bytes) -> _Response
             spec = json.loads(body or b"{}")
         except ValueError:
             return _bad("The body must be a JSON object.")
-        if type(spec) is not dict or not {"status", "latency", "reset", "down"} & spec.keys():
-            return _bad("Give one of 'status', 'latency', 'reset' or 'down'.")
+        kinds = {"status", "latency", "reset", "down", "fail_events"}
+        if type(spec) is not dict or not kinds & spec.keys():
+            return _bad("Give one of 'status', 'latency', 'reset', 'down' or 'fail_events'.")
         try:
             app.faults.apply(spec)
         except (TypeError, ValueError, KeenProblem) as exc:

@@ -119,6 +119,32 @@ class Answer:
         return "application/json", json.dumps({"message": message, "error_code": code}).encode()
 
 
+@dataclasses.dataclass
+class EventFault:
+    """Events that fail inside an otherwise answered request (``fail_events``).
+
+    :param matches: called with each event as the client sent it.
+    :param remaining: how many more matching events fail; ``None``: until cleared.
+    """
+
+    matches: t.Callable[[dict[str, t.Any]], bool]
+    error_code: str
+    message: str
+    remaining: int | None = None
+
+
+def event_matcher(where: t.Mapping[str, t.Any]) -> t.Callable[[dict[str, t.Any]], bool]:
+    """The HTTP form of a predicate: every top-level property in ``where`` is equal."""
+    items = list(where.items())
+    return lambda event: all(name in event and event[name] == value for name, value in items)
+
+
+#: The description of an event failed by ``fail_events`` unless one is given.
+EVENT_FAULT_MESSAGE = (
+    "An internal error occurred while saving this event (injected by the Keen emulator)."
+)
+
+
 class FaultInjector:
     """The queued faults. Every method is thread-safe.
 
@@ -133,6 +159,7 @@ class FaultInjector:
         self._latency_left: int | None = None
         self._down = False
         self._generation = 0
+        self._event_faults: list[EventFault] = []
 
     def add_answer(self, answer: Answer) -> None:
         if answer.remaining > 0:
@@ -163,6 +190,35 @@ class FaultInjector:
             self.add_latency(float(spec["latency"]), None if count is None else int(count))
         if "down" in spec:
             self.set_down(bool(spec["down"]))
+        if "fail_events" in spec:
+            rule = spec["fail_events"]
+            if type(rule) is not dict or type(rule.get("where")) is not dict:
+                raise ValueError("'fail_events' needs {'where': {property: value, ...}}")
+            count = rule.get("count")
+            self.add_event_fault(
+                EventFault(
+                    matches=event_matcher(rule["where"]),
+                    error_code=str(rule.get("error_code", "InternalServerError")),
+                    message=str(rule.get("message", EVENT_FAULT_MESSAGE)),
+                    remaining=None if count is None else int(count),
+                )
+            )
+
+    def add_event_fault(self, fault: EventFault) -> None:
+        with self._cond:
+            self._event_faults.append(fault)
+
+    def event_failure(self, event: dict[str, t.Any]) -> EventFault | None:
+        """The fault that fails ``event``, if any (and count it)."""
+        with self._cond:
+            if not self._event_faults:
+                return None
+            for fault in self._event_faults:
+                if fault.remaining != 0 and fault.matches(event):
+                    if fault.remaining is not None:
+                        fault.remaining -= 1
+                    return fault
+            return None
 
     def add_latency(self, seconds: float, count: int | None) -> None:
         with self._cond:
@@ -177,6 +233,7 @@ class FaultInjector:
         """Drop every fault and wake requests sleeping in injected latency."""
         with self._cond:
             self._answers.clear()
+            self._event_faults.clear()
             self._latency, self._latency_left, self._down = 0.0, None, False
             self._generation += 1
             self._cond.notify_all()

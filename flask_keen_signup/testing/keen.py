@@ -31,6 +31,8 @@ import typing as t
 from ._keen_app import KeenApp
 from ._keen_app import KeenConfig
 from ._keen_control import reset as _reset_app
+from ._keen_faults import EVENT_FAULT_MESSAGE
+from ._keen_faults import EventFault
 from ._keen_faults import KeenHTTPServer
 from ._keen_faults import LoggedRequest
 from ._keen_store import EventStore
@@ -199,6 +201,33 @@ class KeenEmulator:
         spec: dict[str, t.Any] = {"status": status, "count": count, "html": html}
         spec.update(retry_after=retry_after, error_code=error_code, message=message)
         self._app.faults.apply(spec)
+
+    def fail_events(
+        self,
+        predicate: t.Callable[[dict[str, t.Any]], bool],
+        *,
+        error_code: str = "InternalServerError",
+        message: str | None = None,
+        count: int | None = None,
+    ) -> None:
+        """Fail the events ``predicate`` picks, inside requests that are otherwise answered.
+
+        ``predicate`` gets each event as the client sent it. In a batch a picked event gets
+        Keen's per-event failure (``{"success": false, "error": {"name": error_code, ...}}``)
+        and the others are stored; a picked single write is answered with the error (500 for
+        ``InternalServerError``, else 400). ``count`` picked events fail, then the rule stops
+        (``None``: until :meth:`clear_faults`). Over HTTP: ``POST /_emulator/faults`` with
+        ``{"fail_events": {"where": {"userId": "auth0|x"}, "error_code": ..., "count": ...}}``
+        (every top-level property in ``where`` equal).
+        """
+        self._app.faults.add_event_fault(
+            EventFault(
+                matches=predicate,
+                error_code=error_code,
+                message=message or EVENT_FAULT_MESSAGE,
+                remaining=count,
+            )
+        )
 
     def add_latency(self, seconds: float, count: int | None = None) -> None:
         """Delay the next ``count`` API requests (``None``: all, until :meth:`clear_faults`)."""
