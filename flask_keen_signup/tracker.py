@@ -3,9 +3,11 @@
 Pure of Flask request globals: the extension hands in the claims and the request facts.
 One :class:`Tracker` per app, built at ``init_app`` from the settings.
 
-Background mode (the default) does local work only: a returning user costs one ledger
-lookup; a new user costs one SQLite transaction that claims the marker and queues the
-event together, so the signup can neither be lost nor queued twice. Sync mode is the
+Background mode (the default) does local work only: a returning user this process has
+seen costs a dict lookup (:class:`KnownUsers`), any other login one ledger read; a new user
+costs one SQLite transaction that claims the marker and queues the event together, so the
+signup can neither be lost nor queued twice. When the app has no code to run before the
+claim, the claim itself replaces the read (:meth:`Tracker._claim_first_parts`). Sync mode is the
 Rule's semantics: the POST happens in the request, the marker is confirmed only after
 Keen accepted the event, and released on failure so the next login retries (the event is
 also queued in the outbox, which retries it durably; Keen's uniqueness token keeps one).
