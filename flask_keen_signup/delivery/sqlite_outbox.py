@@ -67,10 +67,13 @@ CREATE TABLE IF NOT EXISTS keen_signup_outbox_meta (
 ) WITHOUT ROWID;
 """
 
+# The new row's id is one above every id the table has ever held (see _HIGHEST below).
 _INSERT = (
     "INSERT INTO keen_signup_outbox "
-    "(collection, user_id, uniqueness_token, body, created_at, next_attempt_at) "
-    "VALUES (?, ?, ?, ?, ?, ?)"
+    "(id, collection, user_id, uniqueness_token, body, created_at, next_attempt_at) "
+    "VALUES (MAX(COALESCE((SELECT MAX(id) FROM keen_signup_outbox), 0), "
+    "COALESCE((SELECT value FROM keen_signup_outbox_meta WHERE key = 'highest_id'), 0)) + 1, "
+    "?, ?, ?, ?, ?, ?)"
 )
 
 _ROW_COLUMNS = (
@@ -121,13 +124,15 @@ RETURNING {_ROW_COLUMNS}, reclaimed
 
 
 # Row ids are never reused: a sender that lost its lease may still record an outcome by id,
-# and dead letters keep their row's id. SQLite gives a new row the largest id + 1, so the
-# newest row is never deleted: where it would be, it stays as a finished row (never sent
-# again; :data:`_SWEEP` deletes it once a newer row exists). AUTOINCREMENT would give the
-# same guarantee at the cost of one more page written by every signup's transaction
-# (``sqlite_sequence``); files made before this keep it, and the rule is harmless there.
-_NOT_NEWEST = "id < (SELECT MAX(id) FROM keen_signup_outbox)"
-_SWEEP = f"DELETE FROM keen_signup_outbox WHERE state IN ('delivered', 'skipped') AND {_NOT_NEWEST}"
+# and dead letters keep their row's id. Before any delete, the highest id so far is kept in
+# the meta table, and _INSERT allocates above it; AUTOINCREMENT would guarantee the same by
+# writing one more page (``sqlite_sequence``) in every signup's transaction, where this is a
+# read. Files made with AUTOINCREMENT keep it; both rules then agree.
+_HIGHEST = (
+    "INSERT INTO keen_signup_outbox_meta (key, value) "
+    "VALUES ('highest_id', (SELECT COALESCE(MAX(id), 0) FROM keen_signup_outbox)) "
+    "ON CONFLICT (key) DO UPDATE SET value = MAX(COALESCE(value, 0), excluded.value)"
+)
 
 
 def _bump(conn: sqlite3.Connection, key: str, by: int) -> None:
@@ -255,21 +260,13 @@ class SQLiteOutbox(Outbox):
                     (state, now, *chunk),
                 )
             else:
+                conn.execute(_HIGHEST)
                 cursor = conn.execute(
                     f"DELETE FROM keen_signup_outbox WHERE id IN ({marks}) "
-                    f"AND state IN ('pending', 'confirming') AND {_NOT_NEWEST}",
+                    "AND state IN ('pending', 'confirming')",
                     tuple(chunk),
                 )
-                done += cursor.rowcount
-                # The newest row is kept, finished (see _NOT_NEWEST); older kept ones go.
-                cursor = conn.execute(
-                    "UPDATE keen_signup_outbox SET state = ?, lease_owner = NULL, done_at = ? "
-                    f"WHERE id IN ({marks}) AND state IN ('pending', 'confirming')",
-                    (state, now, *chunk),
-                )
             done += cursor.rowcount
-        if not self.keep_delivered:
-            conn.execute(_SWEEP)
         return done
 
     def mark_delivered(self, ids: t.Collection[int], *, now: float | None = None) -> None:
@@ -334,16 +331,8 @@ class SQLiteOutbox(Outbox):
                     (reason, error_code, now, row_id),
                 )
                 if cursor.rowcount:
-                    deleted = conn.execute(
-                        f"DELETE FROM keen_signup_outbox WHERE id = ? AND {_NOT_NEWEST}",
-                        (row_id,),
-                    ).rowcount
-                    if not deleted:  # the newest row: kept, finished (see _NOT_NEWEST)
-                        conn.execute(
-                            "UPDATE keen_signup_outbox SET state = 'skipped', "
-                            "lease_owner = NULL, done_at = ?, last_error = ? WHERE id = ?",
-                            (now, f"dead-lettered: {reason}", row_id),
-                        )
+                    conn.execute(_HIGHEST)
+                    conn.execute("DELETE FROM keen_signup_outbox WHERE id = ?", (row_id,))
             _set(conn, "last_error", items[-1][1])
 
     def release(self, ids: t.Collection[int], *, now: float | None = None) -> None:
@@ -434,10 +423,7 @@ class SQLiteOutbox(Outbox):
             params.extend(ids)
         with self._write() as conn:
             cursor = conn.execute(
-                # OR REPLACE: the newest row may still be in the table, finished, when it
-                # was dead-lettered (see _NOT_NEWEST); no other row can have its id.
-                "INSERT OR REPLACE INTO keen_signup_outbox (id, collection, user_id, "
-                "uniqueness_token, "
+                "INSERT INTO keen_signup_outbox (id, collection, user_id, uniqueness_token, "
                 "body, state, attempts, created_at, next_attempt_at, last_error) "
                 "SELECT id, collection, user_id, uniqueness_token, body, 'pending', 0, "
                 f"created_at, ?, reason FROM keen_signup_dead_letters {where}",
@@ -450,9 +436,10 @@ class SQLiteOutbox(Outbox):
     def prune_delivered(self, older_than_seconds: float, *, now: float | None = None) -> int:
         now = time.time() if now is None else now
         with self._write() as conn:
+            conn.execute(_HIGHEST)
             cursor = conn.execute(
                 "DELETE FROM keen_signup_outbox WHERE state IN ('delivered', 'skipped') "
-                f"AND done_at < ? AND {_NOT_NEWEST}",
+                "AND done_at < ?",
                 (now - older_than_seconds,),
             )
             return cursor.rowcount
