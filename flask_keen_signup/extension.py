@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import inspect
 import logging
+import threading
 import typing as t
 from collections.abc import Mapping
 
@@ -113,6 +114,13 @@ class KeenSignup:
         app.cli.add_command(cli)
         if state.sender is not None and settings.enabled:
             state.sender.start()
+        if settings.enabled and state.tracker.known is not None:
+            threading.Thread(
+                target=_load_known_users,
+                args=(state.tracker,),
+                name="flask-keen-signup-known-users",
+                daemon=True,
+            ).start()
 
     # -- public API ----------------------------------------------------------------------
 
@@ -282,6 +290,16 @@ def health_of(state: _AppState) -> dict[str, t.Any]:
         "last_error": status.last_error,
         "running": status.running,
     }
+
+
+def _load_known_users(tracker: Tracker) -> None:
+    """Runs on its own daemon thread at ``init_app`` (see :meth:`Tracker.load_known_users`)."""
+    try:
+        count = tracker.load_known_users()
+    except Exception:  # noqa: BLE001 - only a cache: logins read the ledger instead
+        logger.warning("could not load the known users from the ledger", exc_info=True)
+    else:
+        logger.debug("remembered %d known user(s) from the ledger", count)
 
 
 def _request_facts() -> tuple[str | None, str | None]:

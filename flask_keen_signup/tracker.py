@@ -67,7 +67,10 @@ class KnownUsers:
     markers shared and permanent (:attr:`MarkerStore.remembered`: the SQLite ledger, which
     also fronts ``auth0``, and Redis); never with the per-browser session store, nor with
     custom stores unless they say so. A marker deleted by hand takes effect at restart.
-    When full, the oldest entries are forgotten (they cost a SQLite read again).
+    When full, the oldest entries are forgotten (they cost a SQLite read again). At start the
+    most recent markers of the SQLite ledger are loaded on a background thread
+    (:meth:`Tracker.load_known_users`), so a restart does not make every returning user's
+    next login pay the read.
     """
 
     def __init__(self, maximum: int = KNOWN_USERS_MAX) -> None:
@@ -79,6 +82,21 @@ class KnownUsers:
 
     def __len__(self) -> int:
         return len(self._users)
+
+    def add_many(self, user_ids: t.Iterable[str]) -> int:
+        """Remember ``user_ids`` while there is room; never forgets anyone for them.
+
+        For the start-up load (:meth:`Tracker.load_known_users`): users a request remembered
+        in the meantime stay. Returns how many were added.
+        """
+        users, added = self._users, 0
+        for user_id in user_ids:
+            if len(users) >= self.maximum:
+                break
+            if user_id not in users:
+                users[user_id] = None
+                added += 1
+        return added
 
     def add(self, user_id: str) -> None:
         users = self._users
@@ -250,6 +268,20 @@ class Tracker:
             now=self.clock(),
             extra=extra,
         )
+
+    def load_known_users(self) -> int:
+        """Remember the users the SQLite ledger already holds, most recent first.
+
+        Run once per app at start, off the request path (the extension starts it on a
+        daemon thread at ``init_app``); forked workers inherit what was loaded. Only
+        permanent markers count (pending ones only in background mode, where pending means
+        durably queued). Returns how many users were added; 0 for other stores.
+        """
+        known, ledger = self.known, self.claimer
+        if known is None or not isinstance(ledger, SQLiteStore):
+            return 0
+        states = ("confirmed", "pending") if self._background else ("confirmed",)
+        return known.add_many(ledger.recent_user_ids(states, limit=known.maximum))
 
     def _remember(self, user_id: str) -> None:
         if self.known is not None:

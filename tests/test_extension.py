@@ -40,6 +40,17 @@ def apps(tmp_path: t.Any) -> t.Iterator[t.Callable[..., tuple[Flask, KeenSignup 
             state.sender.shutdown(timeout=5)
 
 
+def wait_until(predicate: t.Callable[[], bool], timeout: float = 10.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def deliver(app: Flask) -> None:
     """Let the background sender deliver everything queued."""
     left = app.extensions["keen_signup"].sender.flush(timeout=20)
@@ -422,9 +433,11 @@ def test_returning_users_are_remembered_per_process_and_survive_restart(
         assert signup.track_claims({"sub": "auth0|m"}) is TrackOutcome.QUEUED
         assert "auth0|m" in first.extensions["keen_signup"].tracker.known
         assert signup.track_claims({"sub": "auth0|m"}) is TrackOutcome.RETURNING
-    # another process (a new app on the same file) has an empty memory but the same ledger
+    # another process (a new app on the same file) starts with the ledger's users in memory,
+    # loaded on a thread of its own; until then a login would answer from the ledger
     second, signup2 = apps(keen_signup_auth0, keen_signup_keen, database=database)
-    assert "auth0|m" not in second.extensions["keen_signup"].tracker.known
+    known = second.extensions["keen_signup"].tracker.known
+    assert wait_until(lambda: "auth0|m" in known)
     with second.test_request_context():
         assert signup2.track_claims({"sub": "auth0|m"}) is TrackOutcome.RETURNING
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import os
 import sqlite3
 import threading
+import time
 import typing as t
 
 import pytest
@@ -241,3 +243,84 @@ def test_since_is_honoured_on_the_claim_first_path(
     ((user_id, body),) = rows(app)
     assert user_id == CLAIMS["sub"] and '"timestamp":"2026-11-20T08:00:00.000Z"' in body
     assert sorted(markers(app)) == [("auth0|old", "confirmed"), (CLAIMS["sub"], "pending")]
+
+
+def _claim_at(app: Flask, user_id: str, claimed_at: float, state: str = "pending") -> None:
+    path = app.extensions["keen_signup"].database.path
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "INSERT INTO keen_signup_markers (collection, user_id, state, claimed_at) "
+            "VALUES ('signups', ?, ?, ?)",
+            (user_id, state, claimed_at),
+        )
+
+
+def test_a_restarted_app_knows_the_ledger_users_without_reading_per_login(
+    make_app: t.Any, tmp_path: t.Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database = str(tmp_path / "restart.sqlite3")
+    first, first_signup = make_app(database)
+    assert track(first, first_signup, CLAIMS) is TrackOutcome.QUEUED
+
+    second, second_signup = make_app(database)  # the restart: a new process, empty memory
+    tracker = second.extensions["keen_signup"].tracker
+    deadline = time.monotonic() + 10
+    while CLAIMS["sub"] not in tracker.known and time.monotonic() < deadline:
+        time.sleep(0.01)
+    reads = uses_claim_first(second, monkeypatch)
+    claims: list[str] = []
+    claim_in = tracker.claimer.claim_in
+
+    def counting_claim(conn: t.Any, user_id: str, **kwargs: t.Any) -> bool:
+        claims.append(user_id)
+        return claim_in(conn, user_id, **kwargs)
+
+    monkeypatch.setattr(tracker.claimer, "claim_in", counting_claim)
+    assert track(second, second_signup, CLAIMS) is TrackOutcome.RETURNING
+    assert reads == [] and claims == [], "answered from memory: no read, no claim"
+
+
+def test_the_load_takes_the_newest_permanent_markers_up_to_the_bound(make_app: t.Any) -> None:
+    from flask_keen_signup.tracker import KnownUsers
+
+    app, _ = make_app()
+    tracker = app.extensions["keen_signup"].tracker
+    for n, at in enumerate([100.0, 300.0, 200.0, 400.0]):
+        _claim_at(app, f"auth0|u{n}", at)
+    _claim_at(app, "auth0|confirmed", 50.0, state="confirmed")
+    tracker.known = KnownUsers(maximum=3)
+    tracker.known.add("auth0|seen-by-a-request")
+    assert tracker.load_known_users() == 2
+    assert {"auth0|u3", "auth0|u1", "auth0|seen-by-a-request"} <= set(tracker.known._users)
+    assert len(tracker.known) == 3
+
+    sync_app, _ = make_app(KEEN_SIGNUP_DELIVERY="sync")
+    sync_tracker = sync_app.extensions["keen_signup"].tracker
+    _claim_at(sync_app, "auth0|pending", 100.0)
+    _claim_at(sync_app, "auth0|done", 100.0, state="confirmed")
+    sync_tracker.known = KnownUsers()
+    assert sync_tracker.load_known_users() == 1, "in sync mode a pending claim may be stale"
+    assert "auth0|done" in sync_tracker.known and "auth0|pending" not in sync_tracker.known
+
+
+def test_a_ledger_that_cannot_be_read_at_start_is_a_warning(
+    make_app: t.Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from flask_keen_signup.extension import _load_known_users
+
+    app, _ = make_app()
+    state = app.extensions["keen_signup"]
+    for thread in threading.enumerate():  # the load init_app started must be done
+        if thread.name == "flask-keen-signup-known-users":
+            thread.join(10)
+    state.database._close_all()
+    for suffix in ("-wal", "-shm"):  # else SQLite may find page 1 in the WAL
+        if os.path.exists(state.database.path + suffix):
+            os.remove(state.database.path + suffix)
+    with open(state.database.path, "wb") as broken:
+        broken.write(b"not a database" * 100)
+    with caplog.at_level(logging.WARNING, logger="flask_keen_signup"):
+        loader = threading.Thread(target=_load_known_users, args=(state.tracker,))
+        loader.start()
+        loader.join(10)
+    assert "could not load the known users from the ledger" in caplog.text

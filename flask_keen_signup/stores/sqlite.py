@@ -132,6 +132,20 @@ class SQLiteStore(MarkerStore):
         except sqlite3.Error as exc:
             raise StoreError(f"cannot release in the marker ledger: {exc}") from exc
 
+    def recent_user_ids(self, states: t.Sequence[str], *, limit: int) -> list[str]:
+        """Up to ``limit`` user ids whose marker is in one of ``states``, newest claim first."""
+        marks = ",".join("?" * len(states))
+        try:
+            with self.database.reading() as conn:
+                rows = conn.execute(
+                    "SELECT user_id FROM keen_signup_markers WHERE collection = ? "
+                    f"AND state IN ({marks}) ORDER BY claimed_at DESC LIMIT ?",
+                    (self.collection, *states, limit),
+                ).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the marker ledger: {exc}") from exc
+        return [user_id for (user_id,) in rows]
+
     def counts(self) -> dict[str, int]:
         """Markers by state, for ``flask keen-signup status``."""
         with self.database.reading() as conn:
