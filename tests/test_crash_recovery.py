@@ -151,7 +151,10 @@ def committed(path: str) -> tuple[list[str], list[str], list[str]]:
     """(user ids in the outbox, user ids in the dead letters, ledger markers) on disk."""
     conn = sqlite3.connect(path)
     try:
-        outbox = [r[0] for r in conn.execute("SELECT user_id FROM keen_signup_outbox")]
+        # (A dead-lettered newest row leaves a blank placeholder keeping its id: no user.)
+        outbox = [
+            r[0] for r in conn.execute("SELECT user_id FROM keen_signup_outbox WHERE user_id != ''")
+        ]
         dead = [r[0] for r in conn.execute("SELECT user_id FROM keen_signup_dead_letters")]
         markers = [r[0] for r in conn.execute("SELECT user_id FROM keen_signup_markers")]
     finally:

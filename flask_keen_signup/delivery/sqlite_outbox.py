@@ -67,13 +67,10 @@ CREATE TABLE IF NOT EXISTS keen_signup_outbox_meta (
 ) WITHOUT ROWID;
 """
 
-# The new row's id is one above every id the table has ever held (see _HIGHEST below).
 _INSERT = (
     "INSERT INTO keen_signup_outbox "
-    "(id, collection, user_id, uniqueness_token, body, created_at, next_attempt_at) "
-    "VALUES (MAX(COALESCE((SELECT MAX(id) FROM keen_signup_outbox), 0), "
-    "COALESCE((SELECT value FROM keen_signup_outbox_meta WHERE key = 'highest_id'), 0)) + 1, "
-    "?, ?, ?, ?, ?, ?)"
+    "(collection, user_id, uniqueness_token, body, created_at, next_attempt_at) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
 )
 
 _ROW_COLUMNS = (
@@ -124,14 +121,20 @@ RETURNING {_ROW_COLUMNS}, reclaimed
 
 
 # Row ids are never reused: a sender that lost its lease may still record an outcome by id,
-# and dead letters keep their row's id. Before any delete, the highest id so far is kept in
-# the meta table, and _INSERT allocates above it; AUTOINCREMENT would guarantee the same by
-# writing one more page (``sqlite_sequence``) in every signup's transaction, where this is a
-# read. Files made with AUTOINCREMENT keep it; both rules then agree.
-_HIGHEST = (
-    "INSERT INTO keen_signup_outbox_meta (key, value) "
-    "VALUES ('highest_id', (SELECT COALESCE(MAX(id), 0) FROM keen_signup_outbox)) "
-    "ON CONFLICT (key) DO UPDATE SET value = MAX(COALESCE(value, 0), excluded.value)"
+# and dead letters keep their row's id. SQLite gives a new row the largest id + 1, so the
+# newest row is never deleted. Where it would be, it stays, finished: a delivered one as
+# delivered, a dead-lettered one as a blank placeholder (state 'skipped', no user, no body;
+# its event is in the dead letters). Either is deleted once a newer row exists (_SWEEP,
+# without keep_delivered) or by prune_delivered. AUTOINCREMENT would give the same
+# guarantee by writing one more page (``sqlite_sequence``) in every signup's transaction;
+# files made before this keep it, and the rule is harmless there.
+_NOT_NEWEST = "id < (SELECT MAX(id) FROM keen_signup_outbox)"
+_SWEEP = f"DELETE FROM keen_signup_outbox WHERE state IN ('delivered', 'skipped') AND {_NOT_NEWEST}"
+#: The placeholder a dead-lettered newest row leaves (see above).
+_PLACEHOLDER = (
+    "UPDATE keen_signup_outbox SET state = 'skipped', user_id = '', uniqueness_token = '', "
+    "body = '', lease_owner = NULL, done_at = ?, last_error = 'placeholder keeping the id of "
+    "a dead letter' WHERE id = ?"
 )
 
 
@@ -260,13 +263,21 @@ class SQLiteOutbox(Outbox):
                     (state, now, *chunk),
                 )
             else:
-                conn.execute(_HIGHEST)
                 cursor = conn.execute(
                     f"DELETE FROM keen_signup_outbox WHERE id IN ({marks}) "
-                    "AND state IN ('pending', 'confirming')",
+                    f"AND state IN ('pending', 'confirming') AND {_NOT_NEWEST}",
                     tuple(chunk),
                 )
+                done += cursor.rowcount
+                # The newest row stays, finished (see _NOT_NEWEST); older ones kept so go.
+                cursor = conn.execute(
+                    "UPDATE keen_signup_outbox SET state = ?, lease_owner = NULL, done_at = ? "
+                    f"WHERE id IN ({marks}) AND state IN ('pending', 'confirming')",
+                    (state, now, *chunk),
+                )
             done += cursor.rowcount
+        if not self.keep_delivered:
+            conn.execute(_SWEEP)
         return done
 
     def mark_delivered(self, ids: t.Collection[int], *, now: float | None = None) -> None:
@@ -331,8 +342,12 @@ class SQLiteOutbox(Outbox):
                     (reason, error_code, now, row_id),
                 )
                 if cursor.rowcount:
-                    conn.execute(_HIGHEST)
-                    conn.execute("DELETE FROM keen_signup_outbox WHERE id = ?", (row_id,))
+                    deleted = conn.execute(
+                        f"DELETE FROM keen_signup_outbox WHERE id = ? AND {_NOT_NEWEST}",
+                        (row_id,),
+                    ).rowcount
+                    if not deleted:  # the newest row (see _NOT_NEWEST)
+                        conn.execute(_PLACEHOLDER, (now, row_id))
             _set(conn, "last_error", items[-1][1])
 
     def release(self, ids: t.Collection[int], *, now: float | None = None) -> None:
@@ -423,7 +438,10 @@ class SQLiteOutbox(Outbox):
             params.extend(ids)
         with self._write() as conn:
             cursor = conn.execute(
-                "INSERT INTO keen_signup_outbox (id, collection, user_id, uniqueness_token, "
+                # OR REPLACE: a dead-lettered newest row left a placeholder with its id (see
+                # _NOT_NEWEST); no other row can have it.
+                "INSERT OR REPLACE INTO keen_signup_outbox (id, collection, user_id, "
+                "uniqueness_token, "
                 "body, state, attempts, created_at, next_attempt_at, last_error) "
                 "SELECT id, collection, user_id, uniqueness_token, body, 'pending', 0, "
                 f"created_at, ?, reason FROM keen_signup_dead_letters {where}",
@@ -436,10 +454,9 @@ class SQLiteOutbox(Outbox):
     def prune_delivered(self, older_than_seconds: float, *, now: float | None = None) -> int:
         now = time.time() if now is None else now
         with self._write() as conn:
-            conn.execute(_HIGHEST)
             cursor = conn.execute(
                 "DELETE FROM keen_signup_outbox WHERE state IN ('delivered', 'skipped') "
-                "AND done_at < ?",
+                f"AND done_at < ? AND {_NOT_NEWEST}",
                 (now - older_than_seconds,),
             )
             return cursor.rowcount
