@@ -60,7 +60,6 @@ import os
 import pstats
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -145,12 +144,12 @@ def keen_event(sub: str) -> dict[str, t.Any]:
 # ------------------------------------------------------------------------------- apps
 
 
-@contextlib.contextmanager
-def keen_in_subprocess() -> t.Iterator[str]:
+def keen_in_subprocess() -> t.ContextManager[str]:
     """``python -m flask_keen_signup.testing.keen`` on a free port; yields its base URL."""
-    proc = subprocess.Popen(
+    from delivery import serve  # bench/delivery.py, beside this script
+
+    return serve(
         [
-            sys.executable,
             "-m",
             "flask_keen_signup.testing.keen",
             "--port",
@@ -159,26 +158,8 @@ def keen_in_subprocess() -> t.Iterator[str]:
             PROJECT_ID,
             "--write-key",
             WRITE_KEY,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
+        ]
     )
-    try:
-        assert proc.stdout is not None
-        url = proc.stdout.readline().strip()
-        if not url.startswith("http"):
-            raise RuntimeError("the Keen emulator did not start")
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 class Bench:
