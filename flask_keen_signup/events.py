@@ -499,6 +499,9 @@ def user_id_of(claims: Mapping[str, t.Any]) -> str:
 
     :raises InvalidClaimsError: naming the problem, never the value.
     """
+    checked: object = claims  # checked at run time: callers pass what the token held
+    if not isinstance(checked, Mapping):
+        raise InvalidClaimsError(f"claims must be a mapping, got {type(checked).__name__}")
     sub = claims.get("sub")
     if not isinstance(sub, str):
         if sub is None:
@@ -525,6 +528,7 @@ def build_signup_event(
     created_at: dt.datetime | None = None,
     now: dt.datetime,
     extra: Mapping[str, t.Any] | None = None,
+    user_id: str | None = None,
 ) -> dict[str, t.Any]:
     """Build the Keen ``signup`` event for the user the validated ID-token ``claims`` describe.
 
@@ -545,12 +549,12 @@ def build_signup_event(
         the claims. The builder's own fields (``userId``, ``ip``, ``connection``,
         ``user_agent``, ``keen`` and active add-on outputs) always win: a colliding claim or
         extra key is dropped with a log line.
+    :param user_id: ``claims["sub"]`` already checked by :func:`user_id_of` (the tracker
+        checks it before anything else); checked here when not given.
     :raises InvalidClaimsError: ``claims`` is not a mapping, or ``sub`` is missing, empty,
         not a string, or too long for Keen. The message names keys, never values.
     """
-    if not isinstance(claims, Mapping):
-        raise InvalidClaimsError(f"claims must be a mapping, got {type(claims).__name__}")
-    sub = user_id_of(claims)
+    sub = user_id_of(claims) if user_id is None else user_id
 
     sanitizer = _Sanitizer(logger)
     reserved: t.AbstractSet[str] = RESERVED_PROPERTIES

@@ -20,7 +20,6 @@ import enum
 import logging
 import time
 import typing as t
-from collections.abc import Mapping
 
 from .delivery import QueuedEvent
 from .events import build_signup_event
@@ -28,7 +27,6 @@ from .events import format_timestamp
 from .events import parse_created_at
 from .events import uniqueness_token
 from .events import user_id_of
-from .exceptions import InvalidClaimsError
 from .exceptions import KeenError
 from .exceptions import RemoteError
 from .stores import MarkerState
@@ -181,11 +179,6 @@ class Tracker:
         self._atomic = self._atomic_claim_and_enqueue()
         self._claim_first = self._claim_first_parts()
 
-    def user_id_of(self, claims: t.Mapping[str, t.Any]) -> str:
-        if not isinstance(claims, Mapping):
-            raise InvalidClaimsError(f"claims must be a mapping, got {type(claims).__name__}")
-        return user_id_of(claims)
-
     def already_marked_by_claim(self, claims: t.Mapping[str, t.Any]) -> bool:
         name = self.settings.marker_claim
         return bool(name and claims.get(name))
@@ -208,7 +201,7 @@ class Tracker:
         """
         if not self.settings.enabled:
             return TrackOutcome.DISABLED
-        user_id = self.user_id_of(claims)
+        user_id = user_id_of(claims)
         known = self.known
         if known is not None and user_id in known:
             return TrackOutcome.RETURNING
@@ -241,7 +234,7 @@ class Tracker:
         if facts is not None:
             ip, user_agent = facts()
         event = self._build(
-            claims, created_at, ip, user_agent, extra() if callable(extra) else extra
+            user_id, claims, created_at, ip, user_agent, extra() if callable(extra) else extra
         )
         if self._background:
             return self._track_background(user_id, event)
@@ -249,6 +242,7 @@ class Tracker:
 
     def _build(
         self,
+        user_id: str,
         claims: t.Mapping[str, t.Any],
         created_at: dt.datetime | None,
         ip: str | None,
@@ -267,6 +261,7 @@ class Tracker:
             created_at=created_at,
             now=self.clock(),
             extra=extra,
+            user_id=user_id,  # checked by user_id_of already: not again
         )
 
     def load_known_users(self) -> int:
@@ -325,13 +320,18 @@ class Tracker:
         bench/callback.py), and costs a returning user this process has not seen yet a
         no-op write transaction instead of the read.
         """
+        pair = self._sqlite_pair()
+        if pair is not None and self._background and pair[0].reclaim_after is None:
+            return pair
+        return None
+
+    def _sqlite_pair(self) -> tuple[SQLiteStore, SQLiteOutbox] | None:
+        """The ledger and the outbox, if both are SQLite tables of one file."""
         from .delivery.sqlite_outbox import SQLiteOutbox
 
         claimer, outbox = self.claimer, self.outbox
         if (
-            self._background
-            and isinstance(claimer, SQLiteStore)
-            and claimer.reclaim_after is None
+            isinstance(claimer, SQLiteStore)
             and isinstance(outbox, SQLiteOutbox)
             and claimer.database is outbox.database
         ):
@@ -361,11 +361,8 @@ class Tracker:
                     created_at = created_at_from_claims(claims)
                 if facts is not None:
                     ip, user_agent = facts()
-                event = self._build(claims, created_at, ip, user_agent, extra)
-                token = event["keen"]["uniqueness_token"]
-                outbox.enqueue_in(
-                    conn, QueuedEvent(self.settings.collection, user_id, token, event), now=now
-                )
+                event = self._build(user_id, claims, created_at, ip, user_agent, extra)
+                outbox.enqueue_in(conn, self._queued(user_id, event), now=now)
         self._remember(user_id)
         if event is None:
             return TrackOutcome.RETURNING
@@ -377,24 +374,20 @@ class Tracker:
     def _atomic_claim_and_enqueue(self) -> t.Callable[[str, QueuedEvent], bool] | None:
         """One atomic step that claims the marker and queues the event, if the store and
         the outbox live in one place (one SQLite file, or one Redis)."""
-        from .delivery.sqlite_outbox import SQLiteOutbox
-
-        claimer, outbox = self.claimer, self.outbox
-        if (
-            isinstance(claimer, SQLiteStore)
-            and isinstance(outbox, SQLiteOutbox)
-            and claimer.database is outbox.database
-        ):
+        pair = self._sqlite_pair()
+        if pair is not None:
+            ledger, sqlite_outbox = pair
 
             def in_one_transaction(user_id: str, queued: QueuedEvent) -> bool:
                 now = time.time()
-                with claimer.database.transaction() as conn:
-                    if not claimer.claim_in(conn, user_id, now=now):
+                with ledger.database.transaction() as conn:
+                    if not ledger.claim_in(conn, user_id, now=now):
                         return False
-                    outbox.enqueue_in(conn, queued, now=now)
+                    sqlite_outbox.enqueue_in(conn, queued, now=now)
                 return True
 
             return in_one_transaction
+        claimer, outbox = self.claimer, self.outbox
         if type(claimer).__name__ == "RedisStore" and type(outbox).__name__ == "RedisOutbox":
             from .delivery.redis_outbox import RedisOutbox
             from .stores.redis import RedisStore

@@ -78,10 +78,13 @@ _ROW_COLUMNS = (
     "next_attempt_at, last_error, state"
 )
 
+
 # Old values are used on the right-hand side of SET, so ``lease_owner IS NOT NULL`` sees
 # the previous claim: a pending row still leased when it is claimed again had no outcome
 # recorded (its owner died or hung), so this claim is probably a resend.
-_CLAIM = f"""
+def _claim_sql(which: str) -> str:
+    """Lease the open rows ``which`` picks (a WHERE/ORDER/LIMIT tail) in one UPDATE."""
+    return f"""
 UPDATE keen_signup_outbox
 SET attempts = attempts + 1,
     last_attempt_at = :now,
@@ -90,34 +93,23 @@ SET attempts = attempts + 1,
     reclaimed = (lease_owner IS NOT NULL AND state = 'pending')
 WHERE id IN (
     SELECT id FROM keen_signup_outbox
-    WHERE state IN ('pending', 'confirming') AND next_attempt_at <= :now
-    ORDER BY next_attempt_at LIMIT :limit
+    WHERE state IN ('pending', 'confirming') AND {which}
 )
 RETURNING {_ROW_COLUMNS}, reclaimed
 """
+
+
+_CLAIM = _claim_sql("next_attempt_at <= :now ORDER BY next_attempt_at LIMIT :limit")
 
 _ANY_DUE = (
     "SELECT 1 FROM keen_signup_outbox "
     "WHERE state IN ('pending', 'confirming') AND next_attempt_at <= ? LIMIT 1"
 )
 
-_CLAIM_FLUSH = f"""
-UPDATE keen_signup_outbox
-SET attempts = attempts + 1,
-    last_attempt_at = :now,
-    next_attempt_at = :now + :lease,
-    lease_owner = :owner,
-    reclaimed = (lease_owner IS NOT NULL AND state = 'pending')
-WHERE id IN (
-    SELECT id FROM keen_signup_outbox
-    WHERE state IN ('pending', 'confirming')
-      AND (next_attempt_at <= :now
-           OR (lease_owner IS NULL
-               AND (last_attempt_at IS NULL OR last_attempt_at < :since)))
-    ORDER BY id LIMIT :limit
+_CLAIM_FLUSH = _claim_sql(
+    "(next_attempt_at <= :now OR (lease_owner IS NULL "
+    "AND (last_attempt_at IS NULL OR last_attempt_at < :since))) ORDER BY id LIMIT :limit"
 )
-RETURNING {_ROW_COLUMNS}, reclaimed
-"""
 
 
 # Row ids are never reused: a sender that lost its lease may still record an outcome by id,

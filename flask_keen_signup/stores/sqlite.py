@@ -115,11 +115,7 @@ class SQLiteStore(MarkerStore):
             raise StoreError(f"cannot confirm in the marker ledger: {exc}") from exc
 
     def confirm(self, user_id: str) -> None:
-        try:
-            with self.database.transaction() as conn:
-                self.confirm_in(conn, user_id)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot confirm in the marker ledger: {exc}") from exc
+        self.confirm_many([user_id])
 
     def release(self, user_id: str) -> None:
         try:
