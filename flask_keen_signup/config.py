@@ -38,6 +38,8 @@ DEFAULT_MAX_ATTEMPTS = 30
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
 #: The ``app_metadata`` key the Rule used.
 DEFAULT_MARKER = "signedUp"
+#: Management API requests per second the extension allows itself (Auth0's free tenants: 2).
+DEFAULT_AUTH0_REQUESTS_PER_SECOND = 2.0
 #: File name of the SQLite ledger and outbox inside ``app.instance_path``.
 DEFAULT_DATABASE_NAME = "keen_signup.sqlite3"
 
@@ -67,8 +69,10 @@ class Settings:
     auth0_domain: str | None
     auth0_client_id: str | None
     auth0_client_secret: str | None = dataclasses.field(repr=False)
+    auth0_requests_per_second: float
     marker: str
     marker_claim: str | None
+    created_at_claim: str | None
     since: dt.datetime | None
     claims: tuple[str, ...]
     ip_mode: str
@@ -199,7 +203,8 @@ def load_settings(app: Flask) -> Settings:
         )
     if enabled and not write_key:
         raise ConfigurationError(
-            "KEEN_WRITE_KEY is not set: set it or set KEEN_SIGNUP_ENABLED = False"
+            "KEEN_WRITE_KEY is not set: set it (e.g. FLASK_KEEN_WRITE_KEY in the environment "
+            "with app.config.from_prefixed_env()) or set KEEN_SIGNUP_ENABLED = False"
         )
     api_url = _as_optional_str("KEEN_API_URL", c.get("KEEN_API_URL")) or DEFAULT_API_URL
     if not re.match(r"^https?://[^/\s?#]+(/[^\s?#]*)?$", api_url):
@@ -253,6 +258,20 @@ def load_settings(app: Flask) -> Settings:
         )
 
     marker = _as_optional_str("KEEN_SIGNUP_MARKER", c.get("KEEN_SIGNUP_MARKER")) or DEFAULT_MARKER
+    since = _as_datetime("KEEN_SIGNUP_SINCE", c.get("KEEN_SIGNUP_SINCE"))
+    created_at_claim = _as_optional_str(
+        "KEEN_SIGNUP_CREATED_AT_CLAIM", c.get("KEEN_SIGNUP_CREATED_AT_CLAIM")
+    )
+    has_management_api = bool(auth0_domain and auth0_client_id and auth0_client_secret)
+    if enabled and since is not None and not (created_at_claim or has_management_api):
+        raise ConfigurationError(
+            "KEEN_SIGNUP_SINCE needs each user's creation time, and Auth0's ID tokens do not "
+            "carry it by default. Either deploy the post-login Action of "
+            "docs/migrating-from-the-rule.md and set KEEN_SIGNUP_CREATED_AT_CLAIM to its claim "
+            "(e.g. 'https://example.com/created_at'), or set KEEN_SIGNUP_AUTH0_DOMAIN, "
+            "KEEN_SIGNUP_AUTH0_CLIENT_ID and KEEN_SIGNUP_AUTH0_CLIENT_SECRET (a machine-to-machine "
+            "app with read:users) so that it is looked up off the request path"
+        )
     propagate = c.get("KEEN_SIGNUP_PROPAGATE_ERRORS")
     return Settings(
         enabled=enabled,
@@ -274,11 +293,17 @@ def load_settings(app: Flask) -> Settings:
         auth0_domain=auth0_domain,
         auth0_client_id=auth0_client_id,
         auth0_client_secret=auth0_client_secret,
+        auth0_requests_per_second=_as_number(
+            "KEEN_SIGNUP_AUTH0_REQUESTS_PER_SECOND",
+            c.get("KEEN_SIGNUP_AUTH0_REQUESTS_PER_SECOND", DEFAULT_AUTH0_REQUESTS_PER_SECOND),
+            minimum=0.01,
+        ),
         marker=marker,
         marker_claim=_as_optional_str(
             "KEEN_SIGNUP_MARKER_CLAIM", c.get("KEEN_SIGNUP_MARKER_CLAIM")
         ),
-        since=_as_datetime("KEEN_SIGNUP_SINCE", c.get("KEEN_SIGNUP_SINCE")),
+        created_at_claim=created_at_claim,
+        since=since,
         claims=_as_list("KEEN_SIGNUP_CLAIMS", c.get("KEEN_SIGNUP_CLAIMS", list(DEFAULT_CLAIMS))),
         ip_mode=_as_choice("KEEN_SIGNUP_IP", c.get("KEEN_SIGNUP_IP", "full"), IP_MODES),
         addons=tuple(

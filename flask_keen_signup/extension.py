@@ -16,6 +16,7 @@ import inspect
 import logging
 import threading
 import typing as t
+import weakref
 from collections.abc import Mapping
 
 from flask import current_app
@@ -39,6 +40,7 @@ from .tracker import TrackOutcome
 if t.TYPE_CHECKING:  # pragma: no cover
     from flask import Flask
 
+    from .auth0 import ManagementClient
     from .delivery import Outbox
     from .delivery.sender import Sender
     from .keen import KeenClient
@@ -93,6 +95,9 @@ class KeenSignup:
 
     def __init__(self, app: Flask | None = None) -> None:
         self._event_properties: EventPropertiesCallback | None = None
+        # The views given to @track, to catch the decorator written above @app.route.
+        self._tracked_views: list[t.Callable[..., t.Any]] = []
+        self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
         if app is not None:
             self.init_app(app)
 
@@ -112,6 +117,9 @@ class KeenSignup:
         from .cli import cli
 
         app.cli.add_command(cli)
+        self._apps.add(app)
+        self._check_view_order(app)
+        self._check_view_order_at_first_request(app)
         if state.sender is not None and settings.enabled:
             state.sender.start()
         if settings.enabled and state.tracker.known is not None:
@@ -141,6 +149,7 @@ class KeenSignup:
                 self._after_view(rv, before)
                 return rv
 
+            self._remember_tracked(view)
             return t.cast(F, async_wrapper)
 
         @functools.wraps(view)
@@ -150,6 +159,7 @@ class KeenSignup:
             self._after_view(rv, before)
             return rv
 
+        self._remember_tracked(view)
         return t.cast(F, wrapper)
 
     def track_token(self, token: t.Mapping[str, t.Any]) -> TrackOutcome | None:
@@ -205,6 +215,44 @@ class KeenSignup:
         return health_of(_state(app))
 
     # -- internals -----------------------------------------------------------------------
+
+    def _remember_tracked(self, view: t.Callable[..., t.Any]) -> None:
+        self._tracked_views.append(view)
+        for app in list(self._apps):
+            self._check_view_order(app)
+
+    def _check_view_order(self, app: Flask) -> None:
+        """Catch ``@signup.track`` written above ``@app.route``.
+
+        Decorators apply bottom-up: written above the route, ``track`` wraps the view only
+        after Flask registered the bare function, and every signup would be lost without a
+        word. The registered view is then one of the functions given to ``track``.
+        Raises in debug and testing; logs an error otherwise.
+        """
+        tracked = self._tracked_views
+        for endpoint, view in list(app.view_functions.items()):
+            if any(view is original for original in tracked):
+                message = (
+                    f"@signup.track is written above @app.route for the view {endpoint!r}: "
+                    "Flask registered the undecorated function, so no signup is tracked. "
+                    "Put @signup.track below the route decorator, next to the function."
+                )
+                if app.debug or app.testing:
+                    raise RuntimeError(message)
+                logger.error(message)
+
+    def _check_view_order_at_first_request(self, app: Flask) -> None:
+        """Check once more at the app's first request: blueprints may be registered
+        after ``init_app`` and views decorated before it."""
+        checked = False
+
+        def check_once() -> None:
+            nonlocal checked
+            if not checked:
+                checked = True
+                self._check_view_order(app)
+
+        app.before_request(check_once)
 
     def _after_view(self, rv: t.Any, before: dict[str, int]) -> None:
         try:
@@ -300,6 +348,14 @@ def _load_known_users(tracker: Tracker) -> None:
         logger.warning("could not load the known users from the ledger", exc_info=True)
     else:
         logger.debug("remembered %d known user(s) from the ledger", count)
+        if tracker.settings.since is None and tracker.ledger_is_empty():
+            # The day-one mistake: every existing user's next login would be a "signup".
+            logger.warning(
+                "no user is marked as signed up yet and KEEN_SIGNUP_SINCE is not set: "
+                "every existing user's next login will be reported as a signup. Leaving the "
+                "Auth0 Rule? Run `flask keen-signup migrate` first "
+                "(docs/migrating-from-the-rule.md)."
+            )
 
 
 def _request_facts() -> tuple[str | None, str | None]:
@@ -432,6 +488,7 @@ def _build_state(app: Flask, settings: Settings) -> _AppState:
                 timeout=settings.timeout,
                 max_retries=1 if in_request else 3,
                 max_retry_wait=1.0 if in_request else 10.0,
+                max_requests_per_second=settings.auth0_requests_per_second,
             )
         except ValueError as exc:
             raise ConfigurationError(f"KEEN_SIGNUP_AUTH0_DOMAIN is not usable: {exc}") from None
@@ -441,7 +498,8 @@ def _build_state(app: Flask, settings: Settings) -> _AppState:
         store = t.cast(MarkerStore, settings.store)
         confirm_in = store
     notify = _notifier(app)
-    sender = _build_sender(settings, outbox, client, store, confirm_in, notify)
+    resolver = _since_resolver(settings) if settings.store != "auth0" else None
+    sender = _build_sender(settings, outbox, client, store, confirm_in, notify, resolver)
     tracker = Tracker(
         settings,
         store=store,
@@ -463,6 +521,32 @@ def _build_state(app: Flask, settings: Settings) -> _AppState:
     )
 
 
+def _since_resolver(settings: Settings) -> ManagementClient | None:
+    """The Management API client that looks up created_at for ``KEEN_SIGNUP_SINCE``.
+
+    Only when SINCE is set and credentials are configured; it runs on the sender thread.
+    """
+    if not (
+        settings.since is not None
+        and settings.auth0_domain
+        and settings.auth0_client_id
+        and settings.auth0_client_secret
+    ):
+        return None
+    from .auth0 import ManagementClient
+
+    try:
+        return ManagementClient(
+            settings.auth0_domain,
+            settings.auth0_client_id,
+            settings.auth0_client_secret,
+            timeout=settings.timeout,
+            max_requests_per_second=settings.auth0_requests_per_second,
+        )
+    except ValueError as exc:
+        raise ConfigurationError(f"KEEN_SIGNUP_AUTH0_DOMAIN is not usable: {exc}") from None
+
+
 def _build_sender(
     settings: Settings,
     outbox: Outbox,
@@ -470,6 +554,7 @@ def _build_sender(
     store: MarkerStore,
     ledger: MarkerStore,
     notify: t.Callable[[str, dict[str, t.Any]], None],
+    management: ManagementClient | None = None,
 ) -> Sender | None:
     from .delivery.sender import Sender
     from .hooks import MarkerHooks
@@ -481,6 +566,6 @@ def _build_sender(
         flush_interval=settings.flush_interval,
         max_attempts=settings.max_attempts,
         shutdown_timeout=settings.shutdown_timeout,
-        hooks=MarkerHooks(settings, store=store, ledger=ledger),
+        hooks=MarkerHooks(settings, store=store, ledger=ledger, management=management),
         notify=notify,
     )

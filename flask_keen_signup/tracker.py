@@ -123,15 +123,20 @@ class TrackOutcome(enum.Enum):
     FAILED = "failed"
 
 
-def created_at_from_claims(claims: t.Mapping[str, t.Any]) -> dt.datetime | None:
+def created_at_from_claims(
+    claims: t.Mapping[str, t.Any], name: str | None = None
+) -> dt.datetime | None:
     """A creation time carried in the ID token, if an Auth0 Action put one there.
 
-    ``created_at`` or any namespaced claim ending in ``/created_at``.
+    The claim ``name`` (``KEEN_SIGNUP_CREATED_AT_CLAIM``) when given, else ``created_at``
+    or any namespaced claim ending in ``/created_at``.
     """
-    value = claims.get("created_at")
+    value = claims.get(name) if name else None
     if value is None:
-        for name, candidate in claims.items():
-            if name.endswith("/created_at"):
+        value = claims.get("created_at")
+    if value is None:
+        for claim, candidate in claims.items():
+            if claim.endswith("/created_at"):
                 value = candidate
                 break
     return parse_created_at(value) if value is not None else None
@@ -176,6 +181,14 @@ class Tracker:
         self.claimer: MarkerStore = ledger if ledger is not None else store
         self.known: KnownUsers | None = KnownUsers() if self.claimer.remembered else None
         self._background = settings.delivery != "sync"
+        # KEEN_SIGNUP_SINCE without a created_at claim: the sender asks the Management API
+        # (:class:`~.hooks.MarkerHooks`), so such a candidate always waits in the outbox.
+        self._resolved_later = (
+            settings.since is not None
+            and self.remote is None
+            and bool(settings.auth0_domain and settings.auth0_client_id)
+        )
+        self._warned_no_created_at = False
         self._atomic = self._atomic_claim_and_enqueue()
         self._claim_first = self._claim_first_parts()
 
@@ -209,13 +222,13 @@ class Tracker:
             return TrackOutcome.RETURNING
         if self._claim_first is not None and not callable(extra) and not self.listening("detected"):
             # Without KEEN_SIGNUP_SINCE, created_at is read only once the claim is won.
-            created_at = None if self.settings.since is None else created_at_from_claims(claims)
+            created_at = None if self.settings.since is None else self._created_at(claims)
             if not self._created_before_since(created_at):
                 return self._track_claim_first(
                     user_id, claims, created_at, ip, user_agent, facts, extra
                 )
         else:
-            created_at = created_at_from_claims(claims)
+            created_at = self._created_at(claims)
 
         marker = self.claimer.lookup(user_id)
         if marker is MarkerState.CONFIRMED or (marker is MarkerState.PENDING and self._background):
@@ -236,9 +249,30 @@ class Tracker:
         event = self._build(
             user_id, claims, created_at, ip, user_agent, extra() if callable(extra) else extra
         )
-        if self._background:
+        if self._background or (created_at is None and self._resolved_later):
             return self._track_background(user_id, event)
         return self._track_sync(user_id, event)
+
+    def _created_at(self, claims: t.Mapping[str, t.Any]) -> dt.datetime | None:
+        """The ID token's creation time; says once per process when SINCE cannot use it."""
+        settings = self.settings
+        created_at = created_at_from_claims(claims, settings.created_at_claim)
+        if (
+            created_at is None
+            and settings.since is not None
+            and not self._resolved_later
+            and self.remote is None
+            and not self._warned_no_created_at
+        ):
+            self._warned_no_created_at = True
+            logger.warning(
+                "KEEN_SIGNUP_SINCE is set but this ID token carries no %s claim, and no "
+                "Management API credentials are configured to look it up: such users are "
+                "reported as new. Is the post-login Action of docs/migrating-from-the-rule.md "
+                "deployed? (said once per process)",
+                settings.created_at_claim or "created_at",
+            )
+        return created_at
 
     def _build(
         self,
@@ -277,6 +311,13 @@ class Tracker:
             return 0
         states = ("confirmed", "pending") if self._background else ("confirmed",)
         return known.add_many(ledger.recent_user_ids(states, limit=known.maximum))
+
+    def ledger_is_empty(self) -> bool:
+        """True when the SQLite ledger holds no marker at all (a first deploy)."""
+        ledger = self.claimer
+        if not isinstance(ledger, SQLiteStore):
+            return False
+        return not ledger.recent_user_ids(("pending", "confirmed"), limit=1)
 
     def _remember(self, user_id: str) -> None:
         if self.known is not None:
@@ -358,7 +399,7 @@ class Tracker:
         with ledger.database.transaction() as conn:
             if ledger.claim_in(conn, user_id, now=now):
                 if created_at is None:
-                    created_at = created_at_from_claims(claims)
+                    created_at = self._created_at(claims)
                 if facts is not None:
                     ip, user_agent = facts()
                 event = self._build(user_id, claims, created_at, ip, user_agent, extra)
