@@ -239,28 +239,25 @@ class UsersFile:
 
     def __init__(self, path: str | os.PathLike[str], format: str | None = None) -> None:
         self.path = os.fspath(path)
+        forced = _normalise_format(format) if format is not None else None
+        reason: str | None = None
         try:
             self._raw = open(self.path, "rb")  # noqa: SIM115 - closed by close()/__exit__
         except OSError as exc:
             reason = exc.strerror or type(exc).__name__
-            error: UsersFileError | None = UsersFileError(
-                f"cannot open the users file {self.path!r}: {reason}"
-            )
-        else:
-            error = None
-        if error is not None:
-            raise error
-        #: The file's size in bytes.
-        self.size = os.fstat(self._raw.fileno()).st_size
-        self.compressed = self._raw.peek(2)[:2] == GZIP_MAGIC
-        data = _maybe_gunzip(self._raw)
-        if format is not None:
-            kind = _normalise_format(format)
-        else:
-            kind = _sniff(data) or _format_from_name(self.path) or "json"
-        #: ``"json"`` (NDJSON) or ``"csv"``.
-        self.format = kind
-        self._data = data
+        if reason is not None:  # raised here, not in the except block: no chained OSError
+            raise UsersFileError(f"cannot open the users file {self.path!r}: {reason}")
+        try:
+            #: The file's size in bytes.
+            self.size = os.fstat(self._raw.fileno()).st_size
+            #: Whether the file is gzipped (by its magic bytes, whatever its name).
+            self.compressed = self._raw.peek(2)[:2] == GZIP_MAGIC
+            self._data = _maybe_gunzip(self._raw)
+            #: ``"json"`` (NDJSON) or ``"csv"``.
+            self.format = forced or _sniff(self._data) or _format_from_name(self.path) or "json"
+        except BaseException:
+            self._raw.close()
+            raise
         self._iterator: Iterator[dict[str, t.Any]] | None = None
 
     @property
@@ -272,11 +269,21 @@ class UsersFile:
 
     def __iter__(self) -> Iterator[dict[str, t.Any]]:
         if self._iterator is None:
-            self._iterator = _iter_stream(self._data, self.format)
+            self._iterator = self._read()
         return self._iterator
 
+    def _read(self) -> Iterator[dict[str, t.Any]]:
+        # The file is closed once read to the end, or on an error, or when the loop over
+        # it is abandoned; ``with`` is still the way to close one never iterated.
+        try:
+            yield from _iter_stream(self._data, self.format)
+        finally:
+            self.close()
+
     def close(self) -> None:
-        self._raw.close()
+        if not self._raw.closed:
+            self._data.close()
+            self._raw.close()
 
     def __enter__(self) -> UsersFile:
         return self

@@ -44,6 +44,8 @@ class LoggedRequest(t.NamedTuple):
     query: str
     #: Seconds since the epoch when the response was ready.
     time: float
+    #: Whether the request carried an ``Authorization`` header (never its value).
+    authorized: bool = False
 
 
 @dataclass

@@ -477,6 +477,7 @@ def create_app(tenant: Tenant) -> Flask:
             response.status_code,
             request.query_string.decode("latin-1"),
             time.time(),
+            "Authorization" in request.headers,
         )
         with tenant.lock:
             tenant.log.append(entry)
