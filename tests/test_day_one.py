@@ -230,3 +230,24 @@ def test_a_first_deploy_warns_that_existing_users_need_migrate(
     with caplog.at_level(logging.WARNING, logger="flask_keen_signup"):
         _load_known_users(app.extensions["keen_signup"].tracker)
     assert any("flask keen-signup migrate" in r.getMessage() for r in caplog.records)
+
+
+def test_sync_mode_with_since_and_no_claim_waits_in_the_outbox_instead_of_posting(
+    make_app: t.Callable[..., Flask],
+    keen_signup_auth0: Auth0Emulator,
+    keen_signup_keen: KeenEmulator,
+) -> None:
+    """Sync mode POSTs in the request, but not before the creation time is known: such a
+    candidate waits in the outbox, and the sender decides it."""
+    auth0 = keen_signup_auth0
+    auth0.add_user(email="old@x.io", created_at="2022-02-02T00:00:00Z")
+    app = make_app(KEEN_SIGNUP_DELIVERY="sync", KEEN_SIGNUP_SINCE=SINCE, **management(auth0))
+    signup = app.extensions["keen_signup"]
+    signup.sender.stop(timeout=5)
+    login(app.test_client(), auth0, "old@x.io")
+    login(app.test_client(), auth0, "new@x.io", name="New")
+    assert keen_signup_keen.request_log == [], "nothing was posted in the login requests"
+    signup.sender.start()
+    assert signup.sender.flush(timeout=30) == 0
+    assert keen_signup_keen.request_log, "the sender's request is in the log"
+    assert [e["name"] for e in keen_signup_keen.events("signups")] == ["New"]
