@@ -209,7 +209,7 @@ def migrate_command(
                 records = listing
             _run_with_progress(migration, records, length, position)
         except KeenSignupError as exc:
-            _print_report(migration, cutoff, "stopped", dry_run)
+            _print_report(migration, cutoff, "stopped early: what was done so far", dry_run)
             raise click.ClickException(f"migrate stopped: {exc}") from None
     _print_report(migration, cutoff, where, dry_run)
     queued = migration.report.reported
@@ -248,7 +248,7 @@ def _run_with_progress(
 
 
 def _print_report(migration: Migration, cutoff: dt.datetime, where: str, dry_run: bool) -> None:
-    title = "dry run: nothing written" if dry_run else "migrated"
+    title = "dry run, nothing written" if dry_run else "migrate"
     click.echo(f"{title} ({where}; reported until {cutoff.isoformat()})")
     rows = migration.report.rows()
     width = max(len(name) for name, _ in rows)
