@@ -4,6 +4,7 @@ quickstart code), the official ``auth0-python`` SDK, and plain ``requests``. No 
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import json
 import subprocess
@@ -532,6 +533,28 @@ def test_auth0_python_sdk(auth0: Auth0Emulator) -> None:
     with pytest.raises(NotFoundError) as missing:
         client.users.get("auth0|nobody")
     assert missing.value.body["errorCode"] == "inexistent_user"
+
+
+def test_auth0_python_sdk_export_job(auth0: Auth0Emulator) -> None:
+    """The SDK's generated jobs client parses the emulator's job answers unchanged."""
+    from auth0.authentication import GetToken
+    from auth0.management import Auth0
+
+    auth0.load_users(30, seed=5)
+    token = GetToken(
+        auth0.domain, auth0.m2m_client_id, client_secret=auth0.m2m_client_secret, protocol="http"
+    ).client_credentials(auth0.audience)
+    client = Auth0(base_url=auth0.url + "/api/v2", token=token["access_token"])
+    job = client.jobs.users_exports.create(
+        format="csv", limit=7, fields=[{"name": "user_id"}, {"name": "email", "export_as": "mail"}]
+    )
+    assert job.status == "pending" and job.type == "users_export" and job.limit == 7
+    assert client.jobs.get(job.id).status == "pending"
+    done = client.jobs.get(job.id)
+    assert done.status == "completed" and done.location
+    rows = requests.get(done.location, timeout=10).content
+    lines = gzip.decompress(rows).decode().splitlines()
+    assert lines[0] == "user_id,mail" and len(lines) == 8
 
 
 def test_auth0_python_management_client_cannot_use_http(auth0: Auth0Emulator) -> None:
