@@ -1,11 +1,13 @@
 """A small client for the Auth0 Management API v2, built on ``requests`` only.
 
-The ``auth0`` marker store keeps the Rule's ``signedUp`` flag in ``app_metadata`` and
-``flask keen-signup backfill`` lists existing users; both need three calls (read a user,
-merge into its ``app_metadata``, page through users) and a machine-to-machine token.
+The ``auth0`` marker store keeps the Rule's ``signedUp`` flag in ``app_metadata``,
+``flask keen-signup migrate`` reads every user of a tenant, and the sender resolves users'
+``created_at`` off the request path. That takes a handful of calls (read a user, merge into
+its ``app_metadata``, count, page, search by ids, run a user export job and stream its file)
+and a machine-to-machine token.
 ``auth0-python`` would pull in httpx, pydantic and aiohttp for that, and Authlib's
 ``OAuth2Session`` drops the ``audience`` when it renews a client-credentials token, so
-this module re-implements the ~200 lines that matter, mirroring auth0-python's
+this module implements the calls it needs, mirroring auth0-python's
 behaviour:
 
 - the token is fetched with the client-credentials grant, **always with the audience**,
@@ -17,9 +19,15 @@ behaviour:
   with jitter; ``408``, ``5xx``, connection errors and timeouts are retried the same way;
   every wait is capped and the number of retries bounded, so a call never hangs;
 - user ids are always quoted with ``safe=""``: ``samlp|conn|ada@x/y`` must be one path
-  segment;
+  segment, and quoted and escaped as Lucene phrases in search queries;
+- ``max_requests_per_second`` paces Management API calls across threads, for tenants whose
+  limit (2 per second on free plans) a batch job would otherwise exhaust;
+- an export's file is downloaded without the bearer token (it lives on a storage host) and
+  parsed as it arrives, never held whole;
 - the client secret and access tokens never appear in URLs, logs, ``repr`` or exception
-  text. Exceptions are built from status codes and Auth0's own error text only.
+  text (``__context__`` and ``__cause__`` included: no exception is raised inside an
+  ``except`` block that caught a ``requests`` error, which carries the prepared request).
+  Exceptions are built from status codes and Auth0's own error text only.
 """
 
 from __future__ import annotations
