@@ -132,21 +132,21 @@ def test_a_token_without_the_configured_claim_is_said_once(
 # -- the decorator written above the route ----------------------------------------------------
 
 
-def _app(testing: bool) -> tuple[Flask, KeenSignup]:
+def _app(testing: bool, database: str) -> tuple[Flask, KeenSignup]:
     app = Flask(__name__)
     app.config.update(
         KEEN_PROJECT_ID="p",
         KEEN_WRITE_KEY="w",
         KEEN_API_URL="http://127.0.0.1:9",
         KEEN_SIGNUP_STORE="session",
-        KEEN_SIGNUP_DATABASE=":memory:",
+        KEEN_SIGNUP_DATABASE=database,
         TESTING=testing,
     )
     return app, KeenSignup(app)
 
 
 def test_track_above_route_raises_in_testing(tmp_path: t.Any) -> None:
-    app, signup = _app(testing=True)
+    app, signup = _app(testing=True, database=str(tmp_path / "a.sqlite3"))
     with pytest.raises(RuntimeError, match="above @app.route for the view 'callback'"):
 
         @signup.track
@@ -158,8 +158,10 @@ def test_track_above_route_raises_in_testing(tmp_path: t.Any) -> None:
     signup_state.sender.shutdown(timeout=2)
 
 
-def test_track_above_route_logs_an_error_in_production(caplog: pytest.LogCaptureFixture) -> None:
-    app, signup = _app(testing=False)
+def test_track_above_route_logs_an_error_in_production(
+    caplog: pytest.LogCaptureFixture, tmp_path: t.Any
+) -> None:
+    app, signup = _app(testing=False, database=str(tmp_path / "a.sqlite3"))
     with caplog.at_level(logging.ERROR, logger="flask_keen_signup"):
 
         @signup.track
@@ -171,8 +173,8 @@ def test_track_above_route_logs_an_error_in_production(caplog: pytest.LogCapture
     app.extensions["keen_signup"].sender.shutdown(timeout=2)
 
 
-def test_track_below_route_is_quiet(caplog: pytest.LogCaptureFixture) -> None:
-    app, signup = _app(testing=True)
+def test_track_below_route_is_quiet(caplog: pytest.LogCaptureFixture, tmp_path: t.Any) -> None:
+    app, signup = _app(testing=True, database=str(tmp_path / "a.sqlite3"))
 
     @app.route("/callback")
     @signup.track
@@ -184,7 +186,9 @@ def test_track_below_route_is_quiet(caplog: pytest.LogCaptureFixture) -> None:
     app.extensions["keen_signup"].sender.shutdown(timeout=2)
 
 
-def test_misordered_blueprint_view_registered_after_init_app_is_caught_at_first_request() -> None:
+def test_misordered_blueprint_view_registered_after_init_app_is_caught_at_first_request(
+    tmp_path: t.Any,
+) -> None:
     signup = KeenSignup()
     bp = Blueprint("auth", __name__)
 
@@ -199,7 +203,7 @@ def test_misordered_blueprint_view_registered_after_init_app_is_caught_at_first_
         KEEN_WRITE_KEY="w",
         KEEN_API_URL="http://127.0.0.1:9",
         KEEN_SIGNUP_STORE="session",
-        KEEN_SIGNUP_DATABASE=":memory:",
+        KEEN_SIGNUP_DATABASE=str(tmp_path / "bp.sqlite3"),
         TESTING=True,
     )
     signup.init_app(app)
