@@ -16,6 +16,7 @@ import inspect
 import logging
 import os
 import threading
+import time
 import typing as t
 from collections.abc import Mapping
 
@@ -205,7 +206,8 @@ class KeenSignup:
         Keys: ``pending``, ``due``, ``in_flight``, ``delivered``, ``skipped``, ``dead``,
         ``oldest_pending_age`` (seconds or ``None``), ``last_error``, ``resends``,
         ``circuit`` (``closed``/``open``/``half-open``), ``circuit_until``, ``running``;
-        ``spooled`` (signups in the local spool, waiting for the store to answer),
+        ``spooled`` (signups in the local spool, waiting for the store to answer) and
+        ``oldest_spooled_age`` (seconds),
         ``store_degraded_since`` (when this process began spooling, or ``None``),
         ``database_replaced`` (the SQLite file was deleted or replaced under the app:
         what was done, or ``None``) and ``ok`` (false while anything is stuck).
@@ -307,12 +309,13 @@ def degraded_health(state: _AppState, health: t.Mapping[str, t.Any]) -> dict[str
     from . import database as database_module
 
     spool = state.spool
-    spooled = spool.depth() if spool is not None else 0
+    spooled, oldest = spool.stats() if spool is not None else (0, None)
     path = os.path.abspath(state.database.path)
     replaced = [r for r in database_module.replacements if r.path == path]
     last = replaced[-1] if replaced else None
     return {
         "spooled": spooled,
+        "oldest_spooled_age": None if oldest is None else max(0.0, time.time() - oldest),
         "store_degraded_since": spool.degraded_since if spool is not None else None,
         "database_replaced": None
         if last is None

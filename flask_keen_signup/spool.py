@@ -371,12 +371,18 @@ class Spool:
 
     def depth(self) -> int:
         """Records still to decide, in every file of this app's spool (all processes)."""
+        return self.stats()[0]
+
+    def stats(self) -> tuple[int, float | None]:
+        """``(records still to decide, wall-clock time of the oldest or None)``, over every
+        file of this app's spool (every process's: ``flask keen-signup status`` runs in its
+        own). Reads the files: cheap while the spool is empty, which is the usual case."""
         try:
             names = os.listdir(self.directory)
         except FileNotFoundError:
-            return 0
+            return 0, None
         offsets = {h.path: h.offset for h in list(self._held)}
-        total = 0
+        total, oldest = 0, None
         for name in names:
             if not (name.startswith(self.prefix) and name.endswith(_SUFFIX)):
                 continue
@@ -384,11 +390,17 @@ class Spool:
             try:
                 with open(path, "rb") as f:
                     f.seek(offsets.get(path, 0))
+                    first = True
                     while block := f.read(_READ_BLOCK):
+                        if first:
+                            first = False
+                            at = _time_of(block.split(b"\n", 1)[0])
+                            if at is not None and (oldest is None or at < oldest):
+                                oldest = at
                         total += block.count(b"\n")
             except FileNotFoundError:
                 continue
-        return total
+        return total, oldest
 
     def close(self) -> None:
         """Close this process's descriptors (their files stay, to be drained later)."""
@@ -434,6 +446,14 @@ def _record(event: QueuedEvent) -> bytes:
     )
     token = json.dumps(event.uniqueness_token)
     return f'{head[:-1]},"t":{token},"b":{event.body_json}}}\n'.encode()
+
+
+def _time_of(line: bytes) -> float | None:
+    try:
+        at = json.loads(line).get("at")
+    except (ValueError, AttributeError):
+        return None
+    return float(at) if isinstance(at, (int, float)) else None
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -173,6 +173,10 @@ def test_logins_while_another_process_holds_the_write_lock_spool_then_deliver_on
         # Both apps use the same file, hence the same spool directory.
         assert app.extensions["keen_signup"].spool.depth() == 8
         assert app.extensions["keen_signup"].spool.degraded_since is not None
+        shown = app.test_cli_runner().invoke(args=["keen-signup", "status"])
+        assert shown.exit_code == 0, shown.output
+        assert "spooled:           8 " in shown.output
+        assert "ok:                no" in shown.output
         time.sleep(0.3)  # the senders keep trying while the lock is held
         assert len(keen_counts(keen)) == 2
     finally:
