@@ -70,7 +70,7 @@ def decider(claimer: MarkerStore | None, outbox: Outbox) -> Decide:
         redis_outbox = t.cast(RedisOutbox, outbox)
 
         def in_scripts(events: t.Sequence[QueuedEvent]) -> list[bool]:
-            return [redis_outbox.claim_and_enqueue(redis_store, e.user_id, e) for e in events]
+            return redis_outbox.claim_and_enqueue_many(redis_store, events)
 
         return in_scripts
 

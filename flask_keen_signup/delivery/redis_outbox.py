@@ -551,6 +551,27 @@ class RedisOutbox(Outbox):
             )
         return int(row_id) > 0
 
+    def claim_and_enqueue_many(
+        self, store: RedisStore, events: t.Sequence[QueuedEvent], *, now: float | None = None
+    ) -> list[bool]:
+        """:meth:`claim_and_enqueue` for many users in one round trip (a pipeline).
+
+        Each user's claim-and-enqueue is still its own atomic script; the pipeline only
+        saves the round trips (the sender deciding a spool of thousands of signups).
+        """
+        now = time.time() if now is None else now
+        with store_errors("claim and enqueue"):
+            pipe = self.client.pipeline(transaction=False)
+            indexes = [self._seq, self._open, self._idle, self._created]
+            for event in events:
+                self._claim_and_enqueue(
+                    keys=[store.key(event.user_id), *indexes],
+                    args=[self._row, _num(now), *self._event_args(event), store.reclaim_arg],
+                    client=pipe,
+                )
+            results = pipe.execute()
+        return [int(row_id) > 0 for row_id in results]
+
     @staticmethod
     def _event_args(event: QueuedEvent) -> list[str]:
         return [event.collection, event.user_id, event.uniqueness_token, event.body_json]
