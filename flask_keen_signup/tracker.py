@@ -243,6 +243,14 @@ class Tracker:
         event = self._build(
             user_id, claims, created_at, ip, user_agent, extra() if callable(extra) else extra
         )
+        return self._spool_event(user_id, event, error)
+
+    def _spool_event(
+        self, user_id: str, event: dict[str, t.Any], error: StoreError
+    ) -> TrackOutcome:
+        """Append an event already built in this login to the spool (see :meth:`_spool`)."""
+        if self.spool is None:
+            raise error
         try:
             self.spool.append(self._queued(user_id, event), error)
         except StoreError:
@@ -295,9 +303,13 @@ class Tracker:
         event = self._build(
             user_id, claims, created_at, ip, user_agent, extra() if callable(extra) else extra
         )
-        if self._background:
-            return self._track_background(user_id, event)
-        return self._track_sync(user_id, event)
+        try:
+            if self._background:
+                return self._track_background(user_id, event)
+            return self._track_sync(user_id, event)
+        except StoreError as exc:
+            # Not in time: keep the event this login built (the app's callback ran once).
+            return self._spool_event(user_id, event, exc)
 
     def _build(
         self,

@@ -344,3 +344,43 @@ def test_a_restart_after_kill_9_drains_the_spool_of_the_dead_process(
         text = f.read()
     assert "taking over the spool file" in text
     assert "ignored a torn record" in text
+
+
+@pytest.mark.parametrize("mode", ["sync", "background-with-properties"])
+def test_other_login_paths_spool_too_and_run_the_apps_code_once(
+    tmp_path: t.Any, keen_signup_auth0: Auth0Emulator, keen: KeenEmulator, mode: str
+) -> None:
+    """Sync mode (the claim comes first) and an app with ``@event_properties`` (the ledger
+    is read first, the callback runs, then the claim): both hit the held lock at the
+    claim, and the event built in the login, with the app's property, is what Keen gets."""
+    auth0 = keen_signup_auth0
+    database = str(tmp_path / "keen_signup.sqlite3")
+    config = {"KEEN_SIGNUP_DELIVERY": "sync"} if mode == "sync" else {}
+    app, signup = _flow.quickstart_app(auth0, keen, database, **config)
+    assert signup is not None
+    calls: list[str] = []
+
+    @signup.event_properties
+    def plan(claims: t.Mapping[str, t.Any], request: t.Any) -> dict[str, str]:
+        calls.append(claims["sub"])
+        return {"plan": "trial"}
+
+    client = app.test_client()
+    outcomes = record_outcomes(app)
+    assert _flow.login(client, auth0, "warm@example.com").status_code == 302
+    wait_for(lambda: len(keen_counts(keen)) == 1, 20, "the first signup in Keen")
+    outcomes.clear()
+    lock = WriteLock(database)
+    try:
+        for n in range(3):
+            started = time.monotonic()
+            assert _flow.login(client, auth0, f"user{n}@example.com").status_code == 302
+            assert time.monotonic() - started < LOGIN_BOUND
+    finally:
+        lock.release()
+    assert outcomes == [TrackOutcome.SPOOLED] * 3
+    assert len(calls) == 4  # once per new user's login, never again when spooled
+    wait_for(lambda: len(keen_counts(keen)) == 4, 30, "the spooled signups in Keen")
+    time.sleep(0.3)
+    assert set(keen_counts(keen).values()) == {1}
+    assert {e.get("plan") for e in keen.events("signups")} == {"trial"}
