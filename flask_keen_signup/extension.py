@@ -474,6 +474,10 @@ def _build_state(app: Flask, settings: Settings) -> _AppState:
         request_client = connect(
             t.cast(str, settings.redis_url), socket_connect_timeout=budget, socket_timeout=budget
         )
+        # The budget wins over timeouts in the URL's query string (those are the sender's).
+        request_client.connection_pool.connection_kwargs.update(
+            socket_connect_timeout=budget, socket_timeout=budget
+        )
         request_store = RedisStore(
             request_client, settings.collection, reclaim_after=reclaim_after, close_client=True
         )
