@@ -309,7 +309,11 @@ def degraded_health(state: _AppState, health: t.Mapping[str, t.Any]) -> dict[str
     from . import database as database_module
 
     spool = state.spool
-    spooled, oldest = spool.stats() if spool is not None else (0, None)
+    try:
+        spooled, oldest = spool.stats() if spool is not None else (0, None)
+    except OSError as exc:  # an unreadable spool directory: say so, never raise
+        logger.error("cannot read the spool directory: %s", exc)
+        spooled, oldest = -1, None
     path = os.path.abspath(state.database.path)
     replaced = [r for r in database_module.replacements if r.path == path]
     last = replaced[-1] if replaced else None

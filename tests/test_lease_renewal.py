@@ -19,6 +19,7 @@ import typing as t
 import pytest
 
 from flask_keen_signup.database import Database
+from flask_keen_signup.delivery import MemoryOutbox
 from flask_keen_signup.delivery import Outbox
 from flask_keen_signup.delivery import QueuedEvent
 from flask_keen_signup.delivery.sender import Sender
@@ -128,8 +129,11 @@ def test_redis_leases_are_renewed_while_a_slow_batch_is_on_the_wire(
         server.kill()
 
 
-def test_renew_leases_extends_only_the_owners_open_rows(tmp_path: t.Any) -> None:
-    outbox = SQLiteOutbox(Database(str(tmp_path / "db.sqlite3")))
+@pytest.mark.parametrize("backend", ["sqlite", "memory"])
+def test_renew_leases_extends_only_the_owners_open_rows(tmp_path: t.Any, backend: str) -> None:
+    outbox: Outbox = MemoryOutbox()
+    if backend == "sqlite":
+        outbox = SQLiteOutbox(Database(str(tmp_path / "db.sqlite3")))
     for user in ("a", "b", "c"):
         outbox.enqueue(event(user), now=100.0)
     mine = outbox.claim_due(2, now=100.0, lease_seconds=10, owner="me")
