@@ -123,7 +123,7 @@ class FileReplacement:
 
 #: Every replacement this process noticed, oldest first (``health()`` and ``status``).
 replacements: list[FileReplacement] = []
-_replace_lock = threading.Lock()
+_replace_lock = threading.RLock()
 
 
 def _identity_of(path: str) -> tuple[int, int] | None:
@@ -167,20 +167,13 @@ def _file_replaced(database: Database, current: tuple[int, int] | None) -> None:
             _gate.reopen()
         summary = "nothing copied"
         if write is not None:
-            ms = max(1, round(database.busy_timeout * 1000))
-            try:
-                # The copy is rare and must not fail on the login path's short timeout.
-                with database.reading() as conn:
-                    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-                try:
-                    with database.transaction() as conn:
-                        summary = write(conn)
-                finally:
-                    with database.reading() as conn:
-                        conn.execute(f"PRAGMA busy_timeout = {ms}")
-            except Exception:  # noqa: BLE001
-                logger.exception("flask-keen-signup: could not copy the old file's rows")
-                summary = "copy failed (see the error above)"
+            copied = _copy(database, write)
+            if copied is None:
+                # Another process may still hold the old -wal/-shm: try again shortly.
+                _unsalvaged.append((database, write, 0))
+                summary = "copy failed; retrying (see the warning above)"
+            else:
+                summary = copied
         replacements.append(FileReplacement(path, how, time.time(), summary))
         logger.error(
             "flask-keen-signup: the SQLite file %s was %s under the running app; every "
@@ -190,6 +183,61 @@ def _file_replaced(database: Database, current: tuple[int, int] | None) -> None:
             os.getpid(),
             summary,
         )
+
+
+#: Copies from a replaced file that failed (``(database, write, attempts)``), retried by
+#: :meth:`Database._check_file` at most once per check interval.
+_unsalvaged: list[tuple[Database, t.Callable[[sqlite3.Connection], str], int]] = []
+#: How many times a failed copy is retried (about a minute) before it is given up, loudly.
+SALVAGE_ATTEMPTS = 120
+
+
+def _copy(database: Database, write: t.Callable[[sqlite3.Connection], str]) -> str | None:
+    """Run ``write`` in one transaction on ``database``; its summary, or None if it failed."""
+    ms = max(1, round(database.busy_timeout * 1000))
+    try:
+        # The copy is rare and must not fail on the login path's short timeout.
+        with database.reading() as conn:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        try:
+            with database.transaction() as conn:
+                return write(conn)
+        finally:
+            with database.reading() as conn:
+                conn.execute(f"PRAGMA busy_timeout = {ms}")
+    except Exception:  # noqa: BLE001 - reported by the caller; retried
+        logger.warning("flask-keen-signup: could not copy the old file's rows", exc_info=True)
+        return None
+
+
+def _retry_copies() -> None:
+    with _replace_lock:
+        pending = list(_unsalvaged)
+        _unsalvaged.clear()
+    for database, write, attempts in pending:
+        summary = _copy(database, write)
+        if summary is not None:
+            with _replace_lock:
+                for index in range(len(replacements) - 1, -1, -1):
+                    if replacements[index].path == os.path.abspath(database.path):
+                        replacements[index] = dataclasses.replace(
+                            replacements[index], salvaged=summary
+                        )
+                        break
+            logger.warning(
+                "flask-keen-signup: the rows of the replaced SQLite file %s are copied now (%s)",
+                database.path,
+                summary,
+            )
+        elif attempts + 1 >= SALVAGE_ATTEMPTS:
+            logger.error(
+                "flask-keen-signup: gave up copying the rows of the replaced SQLite file %s; "
+                "signups queued in it and not delivered must be backfilled",
+                database.path,
+            )
+        else:
+            with _replace_lock:
+                _unsalvaged.append((database, write, attempts + 1))
 
 
 def _any_connection(databases: t.Sequence[Database]) -> sqlite3.Connection | None:
@@ -342,6 +390,8 @@ class Database:
         if now < self._check_at or self._identity is None:
             return
         self._check_at = now + FILE_CHECK_INTERVAL
+        if _unsalvaged:
+            _retry_copies()
         current = _identity_of(self.path)
         if current != self._identity:
             _file_replaced(self, current)

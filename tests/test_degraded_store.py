@@ -384,3 +384,52 @@ def test_other_login_paths_spool_too_and_run_the_apps_code_once(
     time.sleep(0.3)
     assert set(keen_counts(keen).values()) == {1}
     assert {e.get("plan") for e in keen.events("signups")} == {"trial"}
+
+
+def test_the_file_replaced_under_two_app_processes_both_reopen_and_nothing_is_lost(
+    tmp_path: t.Any, keen_signup_auth0: Auth0Emulator, keen: KeenEmulator
+) -> None:
+    """Two processes on one file (two werkzeug servers running ``tests/mp_app.py``): both
+    notice the swap, one of them copies the old file's queued signups (the other may find
+    the old ``-wal`` still in use and retry, its logins spooled meanwhile), and every
+    signup, before and after, reaches Keen exactly once."""
+    import requests
+
+    auth0 = keen_signup_auth0
+    mp.install_app(tmp_path)
+    database = str(tmp_path / "keen_signup.sqlite3")
+    env = mp.app_env(auth0, keen, database)
+    a = mp.werkzeug(tmp_path, env, str(tmp_path / "a.log"))
+    b = mp.werkzeug(tmp_path, env, str(tmp_path / "b.log"))
+    with mp.stopped_at_exit(a), mp.stopped_at_exit(b):
+        a.wait_ready()
+        b.wait_ready()
+        assert mp.sign_up(a.url, "first-a@example.com")[0] == 302
+        assert mp.sign_up(b.url, "first-b@example.com")[0] == 302
+        wait_for(lambda: len(keen_counts(keen)) == 2, 20, "the first signups in Keen")
+        keen.set_down(True)
+        assert mp.sign_up(a.url, "queued-a@example.com")[0] == 302
+        assert mp.sign_up(b.url, "queued-b@example.com")[0] == 302
+        fresh = str(tmp_path / "restored.sqlite3")
+        sqlite3.connect(fresh).close()
+        os.replace(fresh, database)
+        time.sleep(1.0)
+        keen.set_down(False)
+        for n in range(4):
+            assert mp.sign_up((a, b)[n % 2].url, f"after{n}@example.com")[0] == 302
+        assert mp.sign_up(b.url, "first-a@example.com")[0] == 302  # returning
+        wait_for(lambda: len(keen_counts(keen)) == 8, 60, "every signup in Keen")
+
+        def settled() -> list[dict[str, t.Any]]:
+            healths = [requests.get(s.url + "/healthz", timeout=10).json() for s in (a, b)]
+            done = all(h["pending"] == 0 and h["spooled"] == 0 for h in healths)
+            return healths if done else []
+
+        healths = wait_for(settled, 30, "empty outboxes and spools")
+        time.sleep(0.5)
+    ids = {u["email"]: u["user_id"] for u in auth0.users()}
+    counts = keen_counts(keen)
+    assert set(counts) == set(ids.values()) and set(counts.values()) == {1}
+    assert all(h["database_replaced"]["how"] == "replaced" for h in healths)
+    logs = mp.tail(a.log, 300) + mp.tail(b.log, 300)
+    assert logs.count("was replaced under the running app") == 2  # once per process
