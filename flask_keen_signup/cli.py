@@ -50,6 +50,15 @@ def status_command() -> None:
     click.echo(f"oldest pending:    {_format_age(status.get('oldest_pending_age'))}")
     click.echo(f"last error:        {status.get('last_error') or '-'}")
     click.echo(f"circuit:           {status.get('circuit', '-')}")
+    # Store trouble (issue 10): signups the login path could not hand to the store in time.
+    click.echo(
+        f"spooled:           {status.get('spooled', 0)} "
+        f"(oldest {_format_age(status.get('oldest_spooled_age'))})"
+    )
+    replaced = status.get("database_replaced")
+    if replaced:
+        click.echo(f"database file:     {replaced['how']} under the app; {replaced['salvaged']}")
+    click.echo(f"ok:                {'yes' if status.get('ok', True) else 'no'}")
 
 
 @cli.command("flush")

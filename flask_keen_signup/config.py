@@ -40,6 +40,10 @@ DEFAULT_SHUTDOWN_TIMEOUT = 5.0
 DEFAULT_MARKER = "signedUp"
 #: Management API requests per second the extension allows itself (Auth0's free tenants: 2).
 DEFAULT_AUTH0_REQUESTS_PER_SECOND = 2.0
+#: Seconds of store work a login may spend before its signup goes to the local spool.
+DEFAULT_STORE_TIMEOUT = 0.1
+#: The longest budget accepted: beyond it a stuck store would visibly slow logins.
+MAX_STORE_TIMEOUT = 30.0
 #: File name of the SQLite ledger and outbox inside ``app.instance_path``.
 DEFAULT_DATABASE_NAME = "keen_signup.sqlite3"
 
@@ -84,6 +88,7 @@ class Settings:
     shutdown_timeout: float
     keep_delivered: bool
     propagate_errors: bool | None
+    store_timeout: float = DEFAULT_STORE_TIMEOUT
 
 
 def _as_bool(key: str, value: object) -> bool:
@@ -127,6 +132,22 @@ def _as_number(key: str, value: object, *, minimum: float, integer: bool = False
     if number != number or number < minimum or (integer and number != int(number)):
         kind = "an integer" if integer else "a number"
         raise ConfigurationError(f"{key} must be {kind} >= {minimum}, got {value!r}")
+    return number
+
+
+def as_store_timeout(value: object, key: str = "KEEN_SIGNUP_STORE_TIMEOUT") -> float:
+    """``KEEN_SIGNUP_STORE_TIMEOUT``: finite seconds in (0, :data:`MAX_STORE_TIMEOUT`]."""
+    if isinstance(value, bool):
+        raise ConfigurationError(f"{key} must be a number of seconds, got {value!r}")
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigurationError(f"{key} must be a number of seconds, got {value!r}") from None
+    if not (0 < number <= MAX_STORE_TIMEOUT):  # also false for NaN and inf
+        raise ConfigurationError(
+            f"{key} must be a finite number of seconds > 0 and <= {MAX_STORE_TIMEOUT:g}, "
+            f"got {value!r}"
+        )
     return number
 
 
@@ -343,4 +364,7 @@ def load_settings(app: Flask) -> Settings:
         propagate_errors=None
         if propagate is None
         else _as_bool("KEEN_SIGNUP_PROPAGATE_ERRORS", propagate),
+        store_timeout=as_store_timeout(
+            c.get("KEEN_SIGNUP_STORE_TIMEOUT", DEFAULT_STORE_TIMEOUT)
+        ),
     )

@@ -14,7 +14,9 @@ import dataclasses
 import functools
 import inspect
 import logging
+import os
 import threading
+import time
 import typing as t
 import weakref
 from collections.abc import Mapping
@@ -44,6 +46,7 @@ if t.TYPE_CHECKING:  # pragma: no cover
     from .delivery import Outbox
     from .delivery.sender import Sender
     from .keen import KeenClient
+    from .spool import Spool
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +78,8 @@ class _AppState:
     database: Database
     sender: Sender | None
     store: MarkerStore
+    #: Signups the login path could not hand to the store in time (guarantee 3).
+    spool: Spool | None = None
 
 
 class KeenSignup:
@@ -210,7 +215,12 @@ class KeenSignup:
 
         Keys: ``pending``, ``due``, ``in_flight``, ``delivered``, ``skipped``, ``dead``,
         ``oldest_pending_age`` (seconds or ``None``), ``last_error``, ``resends``,
-        ``circuit`` (``closed``/``open``/``half-open``), ``circuit_until``, ``running``.
+        ``circuit`` (``closed``/``open``/``half-open``), ``circuit_until``, ``running``;
+        ``spooled`` (signups in the local spool, waiting for the store to answer) and
+        ``oldest_spooled_age`` (seconds),
+        ``store_degraded_since`` (when this process began spooling, or ``None``),
+        ``database_replaced`` (the SQLite file was deleted or replaced under the app:
+        what was done, or ``None``) and ``ok`` (false while anything is stuck).
         """
         return health_of(_state(app))
 
@@ -329,14 +339,42 @@ def _propagate() -> bool:
 def health_of(state: _AppState) -> dict[str, t.Any]:
     """Flat delivery status of one app (see :meth:`KeenSignup.health`)."""
     if state.sender is None:
-        return {**dataclasses.asdict(state.outbox.stats()), "circuit": "-", "running": False}
-    status = state.sender.status()
+        health = {**dataclasses.asdict(state.outbox.stats()), "circuit": "-", "running": False}
+    else:
+        status = state.sender.status()
+        health = {
+            **dataclasses.asdict(status.outbox),
+            "circuit": status.circuit,
+            "circuit_until": status.circuit_until,
+            "last_error": status.last_error,
+            "running": status.running,
+        }
+    return {**health, **degraded_health(state, health)}
+
+
+def degraded_health(state: _AppState, health: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
+    """The store-trouble part of :func:`health_of`: spool, replaced file, ``ok``."""
+    from . import database as database_module
+
+    spool = state.spool
+    try:
+        spooled, oldest = spool.stats() if spool is not None else (0, None)
+    except OSError as exc:  # an unreadable spool directory: say so, never raise
+        logger.error("cannot read the spool directory: %s", exc)
+        spooled, oldest = -1, None
+    path = os.path.abspath(state.database.path)
+    replaced = [r for r in database_module.replacements if r.path == path]
+    last = replaced[-1] if replaced else None
     return {
-        **dataclasses.asdict(status.outbox),
-        "circuit": status.circuit,
-        "circuit_until": status.circuit_until,
-        "last_error": status.last_error,
-        "running": status.running,
+        "spooled": spooled,
+        "oldest_spooled_age": None if oldest is None else max(0.0, time.time() - oldest),
+        "store_degraded_since": spool.degraded_since if spool is not None else None,
+        "database_replaced": None
+        if last is None
+        else {"how": last.how, "at": last.at, "salvaged": last.salvaged, "count": len(replaced)},
+        "ok": spooled == 0
+        and health.get("circuit") != "open"
+        and (state.sender is None or bool(health.get("running")) or not state.settings.enabled),
     }
 
 
@@ -437,8 +475,24 @@ def _notifier(app: Flask) -> t.Callable[[str, dict[str, t.Any]], None]:
 def _build_state(app: Flask, settings: Settings) -> _AppState:
     from .delivery.sqlite_outbox import SQLiteOutbox
     from .keen import KeenClient
+    from .salvage import salvage
+    from .spool import Spool
 
-    database = Database(settings.database, synchronous=settings.sqlite_synchronous)
+    database = Database(
+        settings.database, synchronous=settings.sqlite_synchronous, on_replaced=salvage
+    )
+    # The login path's own view of the same file: its lock waits are bounded by the budget.
+    request_database = Database(
+        settings.database,
+        synchronous=settings.sqlite_synchronous,
+        busy_timeout=settings.store_timeout,
+        on_replaced=salvage,
+    )
+    spool = Spool(
+        settings.database + ".spool",
+        settings.collection,
+        fsync=settings.sqlite_synchronous == "full",
+    )
     client = KeenClient(
         settings.project_id or "disabled",
         settings.write_key or "disabled",
@@ -452,8 +506,15 @@ def _build_state(app: Flask, settings: Settings) -> _AppState:
     local_ledger: SQLiteStore | None = None
     outbox: Outbox = SQLiteOutbox(database, keep_delivered=settings.keep_delivered)
     confirm_in: MarkerStore = ledger  # where the sender marks delivered users confirmed
+    # What the login path uses: the same places, through connections whose waits are
+    # bounded by KEEN_SIGNUP_STORE_TIMEOUT (the sender keeps its long timeouts).
+    request_ledger = SQLiteStore(request_database, settings.collection, reclaim_after=reclaim_after)
+    request_outbox: Outbox = SQLiteOutbox(request_database, keep_delivered=settings.keep_delivered)
+    request_store: MarkerStore
+    drain_claimer: MarkerStore | None = ledger  # who decides spooled signups
     if settings.store == "sqlite":
         store = ledger
+        request_store = request_ledger
     elif settings.store == "redis":
         # Many hosts: the markers and the outbox live in one Redis, claimed together.
         from .delivery.redis_outbox import RedisOutbox
@@ -468,11 +529,24 @@ def _build_state(app: Flask, settings: Settings) -> _AppState:
             redis_client, settings.collection, reclaim_after=reclaim_after, close_client=True
         )
         outbox = RedisOutbox(redis_client, keep_delivered=settings.keep_delivered)
-        confirm_in = store
+        confirm_in = drain_claimer = store
+        budget = settings.store_timeout
+        request_client = connect(
+            t.cast(str, settings.redis_url), socket_connect_timeout=budget, socket_timeout=budget
+        )
+        # The budget wins over timeouts in the URL's query string (those are the sender's).
+        request_client.connection_pool.connection_kwargs.update(
+            socket_connect_timeout=budget, socket_timeout=budget
+        )
+        request_store = RedisStore(
+            request_client, settings.collection, reclaim_after=reclaim_after, close_client=True
+        )
+        request_outbox = RedisOutbox(request_client, keep_delivered=settings.keep_delivered)
     elif settings.store == "session":
         from .stores.session import SessionStore
 
-        store = SessionStore(settings.collection)
+        store = request_store = SessionStore(settings.collection)
+        drain_claimer = None  # per browser: claimed in the request already
     elif settings.store == "auth0":
         from .auth0 import ManagementClient
         from .stores.auth0 import Auth0Store
@@ -492,23 +566,28 @@ def _build_state(app: Flask, settings: Settings) -> _AppState:
             )
         except ValueError as exc:
             raise ConfigurationError(f"KEEN_SIGNUP_AUTH0_DOMAIN is not usable: {exc}") from None
-        store = Auth0Store(management, settings.marker)
-        local_ledger = ledger
+        store = request_store = Auth0Store(management, settings.marker)
+        local_ledger = request_ledger
     else:
-        store = t.cast(MarkerStore, settings.store)
-        confirm_in = store
+        store = request_store = t.cast(MarkerStore, settings.store)
+        confirm_in = drain_claimer = store
+    from .spool_drain import SpoolDrainer
+
     notify = _notifier(app)
     resolver = _since_resolver(settings) if settings.store != "auth0" else None
     sender = _build_sender(settings, outbox, client, store, confirm_in, notify, resolver)
+    if sender is not None:
+        sender.drain = SpoolDrainer(spool, drain_claimer, outbox, notify)
     tracker = Tracker(
         settings,
-        store=store,
+        store=request_store,
         ledger=local_ledger,
-        outbox=outbox,
+        outbox=request_outbox,
         client=client,
         sender=sender,
         notify=notify,
         listening=_listening,
+        spool=spool,
     )
     return _AppState(
         settings=settings,
@@ -518,6 +597,7 @@ def _build_state(app: Flask, settings: Settings) -> _AppState:
         database=database,
         sender=sender,
         store=store,
+        spool=spool,
     )
 
 
