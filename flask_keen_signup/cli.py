@@ -15,6 +15,8 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from ._text import printable
+
 if t.TYPE_CHECKING:  # pragma: no cover
     from .backfill import BackfillLedger
     from .extension import _AppState
@@ -46,7 +48,7 @@ def status_command() -> None:
     for key in ("pending", "due", "in_flight", "delivered", "skipped", "dead", "resends"):
         click.echo(f"{key + ':':<19}{status.get(key, 0)}")
     click.echo(f"oldest pending:    {_format_age(status.get('oldest_pending_age'))}")
-    click.echo(f"last error:        {status.get('last_error') or '-'}")
+    click.echo(f"last error:        {printable(status.get('last_error') or '-')}")
     click.echo(f"circuit:           {status.get('circuit', '-')}")
 
 
@@ -71,7 +73,7 @@ def flush_command(timeout: float) -> None:
     if left:
         last_error = state.sender.status().last_error
         raise click.ClickException(
-            f"{left} signup(s) still queued; last error: {last_error or '-'}"
+            f"{left} signup(s) still queued; last error: {printable(last_error or '-')}"
         )
     click.echo(f"sent {total} signup(s); nothing left")
 
@@ -94,9 +96,17 @@ def retry_dead_command(ids: tuple[int, ...]) -> None:
 @cli.command("dead")
 @click.option("--limit", default=50, show_default=True)
 def dead_command(limit: int) -> None:
-    """List dead letters with the reason Keen gave."""
+    """List dead letters with the reason Keen gave.
+
+    One line per letter, tab-separated: id, user, error code, reason. The user id and Keen's
+    texts come from outside, so they are escaped (a newline cannot forge a row, an escape
+    sequence cannot reach the terminal) and cut to a readable length.
+    """
     for letter in _state().outbox.dead_letters(limit=limit):
-        click.echo(f"{letter.id}\t{letter.user_id}\t{letter.error_code or '-'}\t{letter.reason}")
+        click.echo(
+            f"{letter.id}\t{printable(letter.user_id, limit=120)}\t"
+            f"{printable(letter.error_code or '-', limit=60)}\t{printable(letter.reason)}"
+        )
 
 
 @cli.command("backfill")

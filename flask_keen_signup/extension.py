@@ -26,6 +26,7 @@ from flask import request
 from werkzeug.wrappers import Response as BaseResponse
 
 from . import signals
+from ._text import printable
 from .config import Settings
 from .config import load_settings
 from .database import Database
@@ -250,8 +251,8 @@ class KeenSignup:
         user_id = sub if isinstance(sub, str) else None
         logger.error(
             "signup of %s not recorded; the login is not affected: %s",
-            user_id or "an unknown user",
-            exc,
+            printable(user_id, limit=120) if user_id is not None else "an unknown user",
+            printable(str(exc), limit=500),
             exc_info=True,
         )
         if user_id is not None and has_app_context():

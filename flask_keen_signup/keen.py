@@ -57,6 +57,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 
+from ._text import printable
 from .config import DEFAULT_API_URL
 from .config import DEFAULT_TIMEOUT
 from .exceptions import KeenAPIError
@@ -342,7 +343,8 @@ def _excerpt(text: str, limit: int = _EXCERPT_CHARS) -> str:
     text = _SPACE_RE.sub(" ", text).strip()
     if len(text) > limit:
         text = text[: limit - 1].rstrip() + "…"
-    return text
+    # Bidi overrides, zero-width and other invisible characters: shown escaped.
+    return text if text.isascii() else printable(text, limit=None)
 
 
 class _KeyAuth(AuthBase):

@@ -27,6 +27,7 @@ import typing as t
 import uuid
 import weakref
 
+from .._text import printable
 from ..exceptions import KeenAPIError
 from ..exceptions import KeenError
 from ..exceptions import KeenRequestTooLargeError
@@ -614,7 +615,7 @@ class Sender:
 
     def _request_failed(self, rows: list[OutboxRow], exc: RemoteError) -> t.NoReturn:
         """A whole request failed: back off its rows, feed the circuit, end the round."""
-        error = str(exc)
+        error = printable(str(exc), limit=500)
         self._last_error = error
         self._retry_all(rows, error, exc)
         cooldown = self._circuit.record_failure(exc.retry_after)
@@ -683,10 +684,10 @@ class Sender:
             "flask-keen-signup: %d event(s) moved to dead letters (%s); "
             "see `flask keen-signup status`, replay with `retry-dead`",
             len(items),
-            ", ".join(codes),
+            ", ".join(printable(code, limit=60) for code in codes),
         )
         for row, reason, _ in items:
-            logger.debug("dead letter %d: %s", row.id, reason)
+            logger.debug("dead letter %d: %s", row.id, printable(reason, limit=500))
             if self.notify is not None:
                 self._notify("dead", user_id=row.user_id, event=row.body, reason=reason)
 
