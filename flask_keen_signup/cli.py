@@ -182,3 +182,7 @@ def _backfill_ledger(state: _AppState) -> BackfillLedger:
             t.cast(RedisStore, state.store), t.cast(RedisOutbox, state.outbox)
         )
     raise click.ClickException("backfill needs the SQLite or the Redis outbox")
+
+
+# Retention and erasure live in their own module; importing it registers the commands.
+from . import _cli_privacy as _cli_privacy  # noqa: E402

@@ -484,4 +484,5 @@ def _build_sender(
         shutdown_timeout=settings.shutdown_timeout,
         hooks=MarkerHooks(settings, store=store, ledger=ledger),
         notify=notify,
+        retention=settings.retention,
     )

@@ -58,6 +58,8 @@ DEFAULT_MAX_BATCH_BYTES = 5_000_000
 DEFAULT_PROBE_SIZE = 10
 #: Seconds the thread waits after an enqueue woke it, to gather a batch (see ``linger``).
 DEFAULT_LINGER = 0.1
+#: Seconds between two retention passes (dropping delivered bodies, see ``retention``).
+RETENTION_CHECK_INTERVAL = 60.0
 
 _EMPTY: t.Mapping[str, t.Any] = types.MappingProxyType({})
 _HOSTNAME = socket.gethostname()
@@ -171,6 +173,9 @@ class Sender:
     :param linger: after an enqueue wakes the thread, wait this long (at most
         ``flush_interval``) for more signups before claiming: fewer, bigger batches, and
         fewer write transactions competing with the login requests' own.
+    :param retention: seconds a delivered event's body (personal data) is kept
+        (``KEEN_SIGNUP_RETENTION``); at most every ``retention_check_interval`` seconds the
+        thread drops older ones (:meth:`Outbox.drop_delivered_bodies`). ``None``: never.
     """
 
     def __init__(
@@ -196,6 +201,8 @@ class Sender:
         handle_signals: bool = True,
         rng: random.Random | None = None,
         linger: float = DEFAULT_LINGER,
+        retention: float | None = None,
+        retention_check_interval: float = RETENTION_CHECK_INTERVAL,
     ) -> None:
         if collection_batch_size < 1:
             raise ValueError("collection_batch_size must be at least 1")
@@ -219,6 +226,9 @@ class Sender:
         self.probe_size = max(1, min(probe_size, collection_batch_size))
         self.handle_signals = handle_signals
         self.linger = max(0.0, min(linger, flush_interval))
+        self.retention = retention
+        self.retention_check_interval = retention_check_interval
+        self._next_retention_check = 0.0
         self._rng = rng or random.Random()
         self._backoff = Backoff(backoff_base, backoff_cap, self._rng)
         self._circuit_args = (circuit_threshold, circuit_cooldown, circuit_cap)
@@ -417,6 +427,7 @@ class Sender:
     def _step(self) -> float:
         """One round. Returns how long to wait before the next (0: go again now)."""
         self._maybe_expire_orphans()
+        self._maybe_drop_bodies()
         state = self._circuit.state()
         if state == OPEN:
             return self._circuit.remaining() or 0.01
@@ -484,6 +495,31 @@ class Sender:
             logger.exception("%s: error during flush", self.name)
         finally:
             request.done.set()
+
+    def _maybe_drop_bodies(self) -> None:
+        """Retention: drop delivered bodies older than ``retention``, at most once per
+        ``retention_check_interval`` (one cheap read when there is nothing to drop)."""
+        if self.retention is None:
+            return
+        now = time.monotonic()
+        if now < self._next_retention_check:
+            return
+        self._next_retention_check = now + self.retention_check_interval
+        try:
+            dropped = self.outbox.drop_delivered_bodies(self.retention)
+        except Exception as exc:  # noqa: BLE001 - retried at the next pass
+            logger.warning(
+                "flask-keen-signup: could not drop delivered bodies past retention: %s",
+                printable(str(exc), limit=300),
+            )
+            return
+        if dropped:
+            logger.info(
+                "flask-keen-signup: dropped the body of %d delivered event(s) older than "
+                "KEEN_SIGNUP_RETENTION (%gs)",
+                dropped,
+                self.retention,
+            )
 
     def _maybe_expire_orphans(self, *, force: bool = False) -> None:
         now = time.monotonic()

@@ -17,6 +17,7 @@ from ..database import Database
 from ..exceptions import StoreError
 from . import MarkerState
 from . import MarkerStore
+from . import erased_user_id
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS keen_signup_markers (
@@ -29,6 +30,14 @@ CREATE TABLE IF NOT EXISTS keen_signup_markers (
 ) WITHOUT ROWID;
 """
 
+
+#: The claim: a new pending marker, unless the user has one, under their id or, erased,
+#: under its hash (one statement: the hash is checked by the same primary-key probe).
+_CLAIM = (
+    "INSERT INTO keen_signup_markers (collection, user_id, state, claimed_at) "
+    "SELECT ?, ?, 'pending', ? WHERE NOT EXISTS (SELECT 1 FROM keen_signup_markers "
+    "WHERE collection = ? AND user_id = ?) ON CONFLICT (collection, user_id) DO NOTHING"
+)
 
 _CONFIRM = (
     "INSERT INTO keen_signup_markers (collection, user_id, state, claimed_at, confirmed_at) "
@@ -61,11 +70,14 @@ class SQLiteStore(MarkerStore):
         return f"<SQLiteStore {self.database.path!r} collection={self.collection!r}>"
 
     def lookup(self, user_id: str) -> MarkerState | None:
+        # An erased user's marker is kept under a hash of the id (see forget()).
+        erased = erased_user_id(self.collection, user_id)
         try:
             with self.database.reading() as conn:
                 row = conn.execute(
-                    "SELECT state FROM keen_signup_markers WHERE collection = ? AND user_id = ?",
-                    (self.collection, user_id),
+                    "SELECT state FROM keen_signup_markers WHERE collection = ? "
+                    "AND user_id IN (?, ?) ORDER BY state = 'confirmed' DESC LIMIT 1",
+                    (self.collection, user_id, erased),
                 ).fetchone()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read the marker ledger: {exc}") from exc
@@ -75,9 +87,14 @@ class SQLiteStore(MarkerStore):
         """Claim inside the caller's open transaction (see :meth:`Database.transaction`)."""
         now = time.time() if now is None else now
         cursor = conn.execute(
-            "INSERT INTO keen_signup_markers (collection, user_id, state, claimed_at) "
-            "VALUES (?, ?, 'pending', ?) ON CONFLICT (collection, user_id) DO NOTHING",
-            (self.collection, user_id, now),
+            _CLAIM,
+            (
+                self.collection,
+                user_id,
+                now,
+                self.collection,
+                erased_user_id(self.collection, user_id),
+            ),
         )
         if cursor.rowcount == 1:
             return True
@@ -127,6 +144,23 @@ class SQLiteStore(MarkerStore):
                 )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot release in the marker ledger: {exc}") from exc
+
+    def forget(self, user_id: str) -> bool:
+        """Keep the marker under :func:`erased_user_id` instead of the id (confirmed)."""
+        erased = erased_user_id(self.collection, user_id)
+        try:
+            with self.database.transaction() as conn:
+                return (
+                    conn.execute(
+                        "UPDATE OR REPLACE keen_signup_markers SET user_id = ?, "
+                        "state = 'confirmed', confirmed_at = COALESCE(confirmed_at, ?) "
+                        "WHERE collection = ? AND user_id = ?",
+                        (erased, time.time(), self.collection, user_id),
+                    ).rowcount
+                    > 0
+                )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot forget in the marker ledger: {exc}") from exc
 
     def recent_user_ids(self, states: t.Sequence[str], *, limit: int) -> list[str]:
         """Up to ``limit`` user ids whose marker is in one of ``states``, newest claim first."""
