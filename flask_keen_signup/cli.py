@@ -46,10 +46,18 @@ def status_command() -> None:
     click.echo(f"collection:        {state.settings.collection}")
     click.echo(f"delivery:          {state.settings.delivery}")
     for key in ("pending", "due", "in_flight", "delivered", "skipped", "dead", "resends"):
-        click.echo(f"{key + ':':<19}{status.get(key, 0)}")
+        value = status.get(key, 0)
+        click.echo(f"{key + ':':<19}{'-' if value is None else value}")
     click.echo(f"oldest pending:    {_format_age(status.get('oldest_pending_age'))}")
     click.echo(f"last error:        {printable(status.get('last_error') or '-')}")
     click.echo(f"circuit:           {status.get('circuit', '-')}")
+    store_error = status.get("store_error")
+    if store_error:
+        # Exit non-zero: a monitoring check running `status` must see the trouble.
+        raise click.ClickException(
+            f"the outbox cannot be read ({printable(state.database.path, limit=200)}): "
+            f"{printable(store_error)}"
+        )
 
 
 @cli.command("flush")

@@ -351,9 +351,9 @@ def load_settings(app: Flask) -> Settings:
                     f"{key} is required with KEEN_SIGNUP_STORE = 'auth0' "
                     "(Management API machine-to-machine credentials)"
                 )
-    redis_url = _check_redis_url(
-        _as_optional_str("KEEN_SIGNUP_REDIS_URL", c.get("KEEN_SIGNUP_REDIS_URL"))
-    )
+    redis_url = _as_optional_str("KEEN_SIGNUP_REDIS_URL", c.get("KEEN_SIGNUP_REDIS_URL"))
+    if store == "redis":
+        _check_redis_url(redis_url)
     if enabled and store == "redis" and not redis_url:
         raise ConfigurationError(
             "KEEN_SIGNUP_REDIS_URL is required with KEEN_SIGNUP_STORE = 'redis'"

@@ -109,6 +109,12 @@ class KeenSignup:
             )
         settings = load_settings(app)
         state = _build_state(app, settings)
+        if settings.enabled and _uses_sqlite(state):
+            # A directory, a non-SQLite file, a read-only or forbidden path: refuse to
+            # start, naming the key, rather than fail in every login and flush.
+            from ._database_check import check_database
+
+            check_database(state.database)
         app.extensions["keen_signup"] = state
         from .cli import cli
 
@@ -201,7 +207,9 @@ class KeenSignup:
 
         Keys: ``pending``, ``due``, ``in_flight``, ``delivered``, ``skipped``, ``dead``,
         ``oldest_pending_age`` (seconds or ``None``), ``last_error``, ``resends``,
-        ``circuit`` (``closed``/``open``/``half-open``), ``circuit_until``, ``running``.
+        ``circuit`` (``closed``/``open``/``half-open``), ``circuit_until``, ``running``,
+        ``store_error``: ``None``, or why the outbox cannot be read (the counts are then
+        ``None``). Never raises for a broken store.
         """
         return health_of(_state(app))
 
@@ -280,17 +288,53 @@ def _propagate() -> bool:
 
 
 def health_of(state: _AppState) -> dict[str, t.Any]:
-    """Flat delivery status of one app (see :meth:`KeenSignup.health`)."""
-    if state.sender is None:
-        return {**dataclasses.asdict(state.outbox.stats()), "circuit": "-", "running": False}
-    status = state.sender.status()
+    """Flat delivery status of one app (see :meth:`KeenSignup.health`).
+
+    Never raises for a broken store: the counts are then ``None`` and ``store_error``
+    says what is wrong (``None`` when the store answers).
+    """
+    try:
+        if state.sender is None:
+            return {
+                **dataclasses.asdict(state.outbox.stats()),
+                "circuit": "-",
+                "running": False,
+                "store_error": None,
+            }
+        status = state.sender.status()
+    except Exception as exc:  # noqa: BLE001 - a health check reports, it does not raise
+        return _unhealthy(state, exc)
     return {
         **dataclasses.asdict(status.outbox),
         "circuit": status.circuit,
         "circuit_until": status.circuit_until,
         "last_error": status.last_error,
         "running": status.running,
+        "store_error": None,
     }
+
+
+def _unhealthy(state: _AppState, exc: Exception) -> dict[str, t.Any]:
+    from .delivery import OutboxStats
+
+    sender = state.sender
+    return {
+        **{field.name: None for field in dataclasses.fields(OutboxStats)},
+        "circuit": "-",
+        "circuit_until": None,
+        "last_error": printable(str(exc), limit=500),
+        "running": bool(sender is not None and sender.running),
+        "store_error": f"{type(exc).__name__}: {printable(str(exc), limit=500)}",
+    }
+
+
+def _uses_sqlite(state: _AppState) -> bool:
+    """Whether the app keeps anything in ``KEEN_SIGNUP_DATABASE`` (not with ``redis``)."""
+    from .delivery.sqlite_outbox import SQLiteOutbox
+
+    return isinstance(state.outbox, SQLiteOutbox) or isinstance(
+        state.tracker.claimer, SQLiteStore
+    )
 
 
 def _load_known_users(tracker: Tracker) -> None:

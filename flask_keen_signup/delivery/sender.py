@@ -32,6 +32,7 @@ from ..exceptions import KeenAPIError
 from ..exceptions import KeenError
 from ..exceptions import KeenRequestTooLargeError
 from ..exceptions import RemoteError
+from ..exceptions import StoreError
 from ..keen import MAX_EVENT_BYTES
 from ..keen import MAX_REQUEST_BYTES
 from ..keen import KeenClient
@@ -229,6 +230,9 @@ class Sender:
         self.retention = retention
         self.retention_check_interval = retention_check_interval
         self._next_retention_check = 0.0
+        #: The current store-failure episode (its error), if any: see _store_failing().
+        self._store_error: str | None = None
+        self._store_error_since = 0.0
         self._rng = rng or random.Random()
         self._backoff = Backoff(backoff_base, backoff_cap, self._rng)
         self._circuit_args = (circuit_threshold, circuit_cooldown, circuit_cap)
@@ -398,6 +402,10 @@ class Sender:
                     continue
                 self._wake.clear()
                 wait = self._step()
+                self._store_answers()
+            except StoreError as exc:  # the outbox itself is in trouble: one line per episode
+                self._store_failing(exc)
+                wait = self.flush_interval
             except Exception:  # noqa: BLE001 - the sender must never die
                 logger.exception("%s: unexpected error; retrying shortly", self.name)
                 wait = self.flush_interval
@@ -419,6 +427,30 @@ class Sender:
         for request in requests:
             request.done.set()
         logger.debug("%s stopped", self.name)
+
+    def _store_failing(self, exc: StoreError) -> None:
+        """Log the first failure of an episode loudly, the repeats at debug level only."""
+        error = printable(str(exc), limit=500)
+        if self._store_error is None:
+            logger.error(
+                "flask-keen-signup: the outbox cannot be used (%s); deliveries are paused, "
+                "retrying every %gs. Queued events are not lost; see "
+                "`flask keen-signup status`.",
+                error,
+                self.flush_interval,
+            )
+            self._store_error_since = time.monotonic()
+        else:
+            logger.debug("%s: the outbox still cannot be used: %s", self.name, error)
+        self._store_error = error
+
+    def _store_answers(self) -> None:
+        if self._store_error is not None:
+            logger.warning(
+                "flask-keen-signup: the outbox works again after %.0fs; deliveries resume",
+                time.monotonic() - self._store_error_since,
+            )
+            self._store_error = None
 
     def _next_flush(self) -> _Flush | None:
         with self._lock:
