@@ -79,6 +79,7 @@ def forget(state: _AppState, user_id: str, *, keen: bool = True) -> ForgetReport
     hashed = state.tracker.claimer.forget(user_id)
     if state.tracker.claimer is not state.store:
         hashed = state.store.forget(user_id) or hashed
+    hashed = _forget_backfilled(state, collection, user_id, erased) or hashed
     if not keen or not settings.master_key:
         return ForgetReport(erased, hashed, outbox, "not asked")
     from .keen_admin import KeenAdminClient
@@ -91,3 +92,25 @@ def forget(state: _AppState, user_id: str, *, keen: bool = True) -> ForgetReport
         except KeenError as exc:
             return ForgetReport(erased, hashed, outbox, "failed", str(exc))
     return ForgetReport(erased, hashed, outbox, "deleted")
+
+
+def _forget_backfilled(state: _AppState, collection: str, user_id: str, erased: str) -> bool:
+    """The record that ``backfill`` reported the user (SQLite file), if any: hashed too."""
+    from .delivery.sqlite_outbox import SQLiteOutbox
+
+    if not isinstance(state.outbox, SQLiteOutbox):
+        return False
+    with state.database.transaction() as conn:
+        exists = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'keen_signup_backfill'"
+        ).fetchone()
+        if not exists:
+            return False
+        return (
+            conn.execute(
+                "UPDATE OR REPLACE keen_signup_backfill SET user_id = ? "
+                "WHERE collection = ? AND user_id = ?",
+                (erased, collection, user_id),
+            ).rowcount
+            > 0
+        )

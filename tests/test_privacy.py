@@ -47,8 +47,8 @@ DAY = 86400.0
 NOW = 1_800_000_000.0
 
 
-def _event(n: int) -> QueuedEvent:
-    user = f"auth0|user{n}"
+def _event(n: int, user: str | None = None) -> QueuedEvent:
+    user = user or f"auth0|user{n}"
     body = {
         "userId": user,
         "name": f"Person {n}",
@@ -365,3 +365,29 @@ def test_the_emulator_delete_api_needs_the_master_key(keen_signup_keen: KeenEmul
         with pytest.raises(ValueError):
             admin.delete_events(COLLECTION, [])
     assert [e["userId"] for e in keen.events(COLLECTION)] == ["auth0|b"]
+
+
+def test_forget_also_hashes_the_backfill_record(
+    tmp_path: t.Any, keen_signup_auth0: Auth0Emulator, keen_signup_keen: KeenEmulator
+) -> None:
+    from flask_keen_signup.backfill import SQLiteBackfillLedger
+
+    database = str(tmp_path / "b.sqlite3")
+    app, _ = _app(keen_signup_auth0, keen_signup_keen, database)
+    state = app.extensions["keen_signup"]
+    try:
+        ledger = SQLiteBackfillLedger(state.tracker.claimer, state.outbox)
+        # as `flask keen-signup backfill` records a user
+        assert ledger.queue("auth0|old-user", _event(9, "auth0|old-user"))
+        assert state.sender.flush(timeout=20) == 0
+        assert "auth0|old-user" in _file_text(database)
+        result = app.test_cli_runner().invoke(
+            args=["keen-signup", "forget", "auth0|old-user", "--local-only"]
+        )
+        assert result.exit_code == 0, result.output
+        assert "not asked (--local-only)" in result.output
+        text = _file_text(database)
+        assert "auth0|old-user" not in text
+        assert erased_user_id(COLLECTION, "auth0|old-user") in text
+    finally:
+        state.sender.shutdown(timeout=5)
