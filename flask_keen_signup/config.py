@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import decimal
 import json
 import math
+import numbers
 import os
 import re
 import typing as t
@@ -150,11 +152,11 @@ def _as_number(
     ``10**400`` are refused with the key's name, never an ``OverflowError``."""
     kind = "an integer" if integer else "a number"
     bounds = f"{kind} from {minimum:g} to {maximum:g}"
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, decimal.Decimal, str)):
         raise ConfigurationError(f"{key} must be {bounds}, got {safe_repr(value)}")
     try:
         number = float(value)
-    except (ValueError, OverflowError):
+    except (ValueError, OverflowError, TypeError):
         raise ConfigurationError(f"{key} must be {bounds}, got {safe_repr(value)}") from None
     if not math.isfinite(number) or not minimum <= number <= maximum:
         raise ConfigurationError(f"{key} must be {bounds}, got {safe_repr(value)}")

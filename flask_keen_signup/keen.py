@@ -344,7 +344,7 @@ def _excerpt(text: str, limit: int = _EXCERPT_CHARS) -> str:
     if len(text) > limit:
         text = text[: limit - 1].rstrip() + "…"
     # Bidi overrides, zero-width and other invisible characters: shown escaped.
-    return text if text.isascii() else printable(text, limit=None)
+    return printable(text, limit=None)
 
 
 class _KeyAuth(AuthBase):

@@ -290,3 +290,17 @@ def test_numeric_keys_never_accept_a_non_finite_value(key: str, value: t.Any) ->
     number_fields = (s.batch_size, s.flush_interval, s.max_attempts, s.shutdown_timeout)
     for number in (*number_fields, *s.timeout, s.retention):
         assert math.isfinite(number)
+
+
+def test_other_number_types() -> None:
+    import decimal
+    import fractions
+
+    s = load(
+        KEEN_SIGNUP_BATCH_SIZE=decimal.Decimal("250"),
+        KEEN_SIGNUP_FLUSH_INTERVAL=fractions.Fraction(1, 4),
+    )
+    assert (s.batch_size, s.flush_interval) == (250, 0.25)
+    for value in (decimal.Decimal("1e400"), decimal.Decimal("NaN"), fractions.Fraction(10**400, 3)):
+        with pytest.raises(ConfigurationError, match="KEEN_SIGNUP_BATCH_SIZE"):
+            load(KEEN_SIGNUP_BATCH_SIZE=value)
