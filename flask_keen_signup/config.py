@@ -56,6 +56,8 @@ MAX_ATTEMPTS = 10_000
 MAX_SHUTDOWN_TIMEOUT = 3600.0
 MAX_TIMEOUT = 600.0
 MAX_RETENTION = 10 * 366 * 24 * 3600.0
+#: Bound of a numeric key that sets none of its own.
+MAX_NUMBER = 1_000_000.0
 
 #: Units of ``KEEN_SIGNUP_RETENTION`` strings (``"7 days"``, ``"12h"``, ``"30m"``).
 _DURATION_UNITS = {
@@ -146,7 +148,12 @@ def _as_list(key: str, value: object) -> tuple[str, ...]:
 
 
 def _as_number(
-    key: str, value: object, *, minimum: float, maximum: float, integer: bool = False
+    key: str,
+    value: object,
+    *,
+    minimum: float,
+    maximum: float = MAX_NUMBER,
+    integer: bool = False,
 ) -> float:
     """A finite number in ``[minimum, maximum]``: ``inf``, ``NaN``, ``"1e400"`` and
     ``10**400`` are refused with the key's name, never an ``OverflowError``."""
