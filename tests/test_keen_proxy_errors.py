@@ -10,6 +10,7 @@ against the Keen emulator, whose fault injection sends these bodies as is.
 from __future__ import annotations
 
 import sqlite3
+import time
 import typing as t
 
 import pytest
@@ -128,3 +129,47 @@ def test_an_html_400_storm_then_recovery_delivers_every_signup_once(
         sender.shutdown(2)
     with sqlite3.connect(database) as conn:
         assert conn.execute("SELECT COUNT(*) FROM keen_signup_dead_letters").fetchone() == (0,)
+
+
+def test_the_background_sender_rides_out_a_long_html_400_storm(
+    tmp_path: t.Any, keen: KeenEmulator
+) -> None:
+    """No flush: the sender's own backoff and circuit breaker, through a 25-answer storm."""
+    from flask_keen_signup.database import Database
+    from flask_keen_signup.delivery import QueuedEvent
+    from flask_keen_signup.delivery.sender import Sender
+    from flask_keen_signup.delivery.sqlite_outbox import SQLiteOutbox
+    from flask_keen_signup.events import uniqueness_token
+
+    outbox = SQLiteOutbox(Database(str(tmp_path / "storm.sqlite3")))
+    users = [f"auth0|storm{n}" for n in range(30)]
+    for user in users:
+        token = uniqueness_token("signups", user)
+        body = {"userId": user, "keen": {"uniqueness_token": token}}
+        outbox.enqueue(QueuedEvent("signups", user, token, body))
+    keen.fail_next(25, 400, body=PROXY_PAGE)
+    client = _client(keen)
+    sender = Sender(
+        outbox,
+        client,
+        collection_batch_size=7,
+        flush_interval=0.02,
+        max_attempts=30,
+        backoff_base=0.01,
+        backoff_cap=0.05,
+        circuit_cooldown=0.05,
+        circuit_cap=0.2,
+        handle_signals=False,
+    )
+    sender.start()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and outbox.pending_count():
+            time.sleep(0.05)
+        assert outbox.pending_count() == 0
+        assert outbox.stats().dead == 0 and outbox.dead_letters() == []
+        assert sorted(e["userId"] for e in keen.events("signups")) == sorted(users)
+        assert [r.status for r in keen.request_log].count(400) == 25
+    finally:
+        sender.shutdown(2)
+        client.close()
