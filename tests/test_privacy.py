@@ -391,3 +391,55 @@ def test_forget_also_hashes_the_backfill_record(
         assert erased_user_id(COLLECTION, "auth0|old-user") in text
     finally:
         state.sender.shutdown(timeout=5)
+
+
+def test_forget_with_the_redis_store(
+    redis_server: t.Any,  # noqa: F811 - the imported fixture
+    tmp_path: t.Any,
+    keen_signup_auth0: Auth0Emulator,
+    keen_signup_keen: KeenEmulator,
+) -> None:
+    auth0, keen = keen_signup_auth0, keen_signup_keen
+    url = redis_server.url.rstrip("/") + "/2"
+    client = redis.Redis.from_url(url, decode_responses=True)
+    client.flushdb()
+    config = {"KEEN_SIGNUP_STORE": "redis", "KEEN_SIGNUP_REDIS_URL": url}
+    app, _ = _app(auth0, keen, str(tmp_path / "r.sqlite3"), **config)
+    state = app.extensions["keen_signup"]
+    try:
+        login(app.test_client(), auth0, "ada@example.com", name="Ada Lovelace")
+        assert state.sender.flush(timeout=20) == 0
+        ada = auth0.users()[0]["user_id"]
+
+        def everything() -> str:
+            values = []
+            for key in client.scan_iter("*"):
+                kind = client.type(key)
+                if kind == "hash":
+                    values.append(json.dumps(client.hgetall(key)))
+                elif kind == "string":
+                    values.append(client.get(key) or "")
+                values.append(key)
+            return "\n".join(values)
+
+        assert ada in everything() and "Ada Lovelace" in everything()
+        result = app.test_cli_runner().invoke(args=["keen-signup", "forget", ada, "--local-only"])
+        assert result.exit_code == 0, result.output
+        assert "no raw user id in the marker store" in result.output
+        assert ada not in everything() and "Ada Lovelace" not in everything()
+    finally:
+        state.sender.shutdown(timeout=5)
+        state.store.close()
+    # Another host (nothing in memory): Ada is still a returning user.
+    app2, _ = _app(auth0, keen, str(tmp_path / "r2.sqlite3"), **config)
+    state2 = app2.extensions["keen_signup"]
+    try:
+        keen.clear_log()
+        login(app2.test_client(), auth0, "ada@example.com")
+        assert state2.sender.flush(timeout=20) == 0
+        assert not [r for r in keen.request_log if r.method == "POST"], "no new event"
+        assert ada not in everything()
+    finally:
+        state2.sender.shutdown(timeout=5)
+        state2.store.close()
+        client.close()
