@@ -329,4 +329,5 @@ class MemoryOutbox(Outbox):
             ]
             for row_id in doomed:
                 del self._dead[row_id]
+            self._last_error = None  # it may quote the user's event
         return ErasedRows(skipped=skipped, erased=erased, dead_letters=len(doomed))
