@@ -159,7 +159,7 @@ def backfill_command(before: str | None, dry_run: bool) -> None:
         ) as management:
             report = backfill(settings, management, ledger, before=cutoff, dry_run=dry_run)
     except KeenSignupError as exc:
-        raise click.ClickException(f"backfill stopped: {exc}") from None
+        raise click.ClickException(f"backfill stopped: {printable(str(exc))}") from None
     verb = "would queue" if dry_run else "queued"
     click.echo(
         f"{verb} {report.queued} user(s) created before {cutoff.isoformat()}; "

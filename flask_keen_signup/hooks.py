@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import typing as t
 
+from ._text import printable
 from .delivery import DeliveryHooks
 from .delivery import OutboxRow
 from .exceptions import RemoteError
@@ -53,7 +54,10 @@ class MarkerHooks(DeliveryHooks):
                 if exc.retryable:
                     raise
                 # A user deleted since the signup still signed up: send the event.
-                logger.warning("cannot check app_metadata before sending (%s); sending", exc)
+                logger.warning(
+                    "cannot check app_metadata before sending (%s); sending",
+                    printable(str(exc), limit=300),
+                )
                 continue
             since = self.settings.since
             if facts.marked:
@@ -75,4 +79,7 @@ class MarkerHooks(DeliveryHooks):
             except RemoteError as exc:
                 if exc.retryable:
                     raise
-                logger.warning("delivered, but app_metadata could not be set: %s", exc)
+                logger.warning(
+                    "delivered, but app_metadata could not be set: %s",
+                    printable(str(exc), limit=300),
+                )
