@@ -45,6 +45,8 @@ def problem_with(path: str) -> str | None:
 
     Checks only what the file system can say without opening the database.
     """
+    if "\x00" in path:
+        return "the path contains a NUL character"
     path = os.path.abspath(path)
     directory = os.path.dirname(path)
     if os.path.isdir(path):

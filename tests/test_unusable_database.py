@@ -19,6 +19,11 @@ import typing as t
 
 import pytest
 from flask import Flask
+from hypothesis import HealthCheck
+from hypothesis import example
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
 
 from flask_keen_signup import KeenSignup
 from flask_keen_signup.database import Database
@@ -207,3 +212,24 @@ def test_health_of_a_database_gone_bad_without_a_sender_thread(tmp_path: t.Any) 
         assert health["store_error"] and health["dead"] is None
     finally:
         state.sender.shutdown(timeout=2)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@example(name="a\x00b")
+@example(name="x" * 300)
+@example(name="ok/\n\x1b[31m.sqlite3")
+@given(name=st.text(min_size=1, max_size=300).filter(lambda s: ".." not in s))
+def test_any_database_path_starts_or_is_a_configuration_error(name: str) -> None:
+    """Whatever text KEEN_SIGNUP_DATABASE holds (inside a scratch directory), ``init_app``
+    starts or raises ``ConfigurationError`` naming the key; never another exception."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        app = _app(os.path.join(scratch, "d", name))
+        try:
+            KeenSignup(app)
+        except ConfigurationError as exc:
+            assert "KEEN_SIGNUP_DATABASE" in str(exc)
+            assert "\n" not in str(exc)
+            return
+        app.extensions["keen_signup"].sender.shutdown(timeout=2)
