@@ -445,7 +445,10 @@ class Sender:
         self._store_error = error
 
     def _store_answers(self) -> None:
+        """End an episode, once the outbox really answers (a round may not have used it:
+        an open circuit)."""
         if self._store_error is not None:
+            self.outbox.pending_count()  # raises StoreError while it still fails
             logger.warning(
                 "flask-keen-signup: the outbox works again after %.0fs; deliveries resume",
                 time.monotonic() - self._store_error_since,
