@@ -442,3 +442,24 @@ def test_forget_with_the_redis_store(
         state2.sender.shutdown(timeout=5)
         state2.store.close()
         client.close()
+
+
+@pytest.mark.parametrize("reclaim_after", [None, 0.0])
+def test_an_erased_marker_is_found_and_never_claimed_again(
+    tmp_path: t.Any, reclaim_after: float | None
+) -> None:
+    from flask_keen_signup.stores import MarkerState
+    from flask_keen_signup.stores.sqlite import SQLiteStore
+
+    path = str(tmp_path / "m.sqlite3")
+    store = SQLiteStore(Database(path), COLLECTION, reclaim_after=reclaim_after)
+    assert store.claim("auth0|ada") and store.claim("auth0|bob")
+    assert store.forget("auth0|ada") is True
+    assert store.forget("auth0|ada") is False, "nothing raw left to hash"
+    assert store.lookup("auth0|ada") is MarkerState.CONFIRMED
+    assert store.claim("auth0|ada") is False
+    assert store.lookup("auth0|bob") is MarkerState.PENDING
+    with sqlite3.connect(path) as conn:
+        ids = sorted(u for (u,) in conn.execute("SELECT user_id FROM keen_signup_markers"))
+    assert ids == ["auth0|bob", erased_user_id(COLLECTION, "auth0|ada")]
+    assert store.lookup("auth0|carol") is None and store.claim("auth0|carol")

@@ -31,12 +31,10 @@ CREATE TABLE IF NOT EXISTS keen_signup_markers (
 """
 
 
-#: The claim: a new pending marker, unless the user has one, under their id or, erased,
-#: under its hash (one statement: the hash is checked by the same primary-key probe).
+_LOOKUP = "SELECT state FROM keen_signup_markers WHERE collection = ? AND user_id = ?"
 _CLAIM = (
     "INSERT INTO keen_signup_markers (collection, user_id, state, claimed_at) "
-    "SELECT ?, ?, 'pending', ? WHERE NOT EXISTS (SELECT 1 FROM keen_signup_markers "
-    "WHERE collection = ? AND user_id = ?) ON CONFLICT (collection, user_id) DO NOTHING"
+    "VALUES (?, ?, 'pending', ?) ON CONFLICT (collection, user_id) DO NOTHING"
 )
 
 _CONFIRM = (
@@ -70,15 +68,15 @@ class SQLiteStore(MarkerStore):
         return f"<SQLiteStore {self.database.path!r} collection={self.collection!r}>"
 
     def lookup(self, user_id: str) -> MarkerState | None:
-        # An erased user's marker is kept under a hash of the id (see forget()).
-        erased = erased_user_id(self.collection, user_id)
         try:
             with self.database.reading() as conn:
-                row = conn.execute(
-                    "SELECT state FROM keen_signup_markers WHERE collection = ? "
-                    "AND user_id IN (?, ?) ORDER BY state = 'confirmed' DESC LIMIT 1",
-                    (self.collection, user_id, erased),
-                ).fetchone()
+                row = conn.execute(_LOOKUP, (self.collection, user_id)).fetchone()
+                if row is None:
+                    # Not under the id: an erased user's marker is under its hash
+                    # (forget()). Only a user not found pays for this second probe.
+                    row = conn.execute(
+                        _LOOKUP, (self.collection, erased_user_id(self.collection, user_id))
+                    ).fetchone()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read the marker ledger: {exc}") from exc
         return MarkerState(row[0]) if row else None
@@ -86,18 +84,19 @@ class SQLiteStore(MarkerStore):
     def claim_in(self, conn: sqlite3.Connection, user_id: str, *, now: float | None = None) -> bool:
         """Claim inside the caller's open transaction (see :meth:`Database.transaction`)."""
         now = time.time() if now is None else now
-        cursor = conn.execute(
-            _CLAIM,
-            (
-                self.collection,
-                user_id,
-                now,
-                self.collection,
-                erased_user_id(self.collection, user_id),
-            ),
-        )
+        cursor = conn.execute(_CLAIM, (self.collection, user_id, now))
         if cursor.rowcount == 1:
-            return True
+            # New under its id; but an erased user's marker is under its hash (forget()):
+            # then the claim is lost, and undone in this same transaction. Only a user
+            # new to the ledger pays for this probe.
+            erased = (self.collection, erased_user_id(self.collection, user_id))
+            if conn.execute(_LOOKUP, erased).fetchone() is None:
+                return True
+            conn.execute(
+                "DELETE FROM keen_signup_markers WHERE collection = ? AND user_id = ?",
+                (self.collection, user_id),
+            )
+            return False
         if self.reclaim_after is None:
             return False
         cursor = conn.execute(
