@@ -248,7 +248,7 @@ class Tracker:
         """
         assert self.spool is not None
         user_id = user_id_of(claims)
-        created_at = created_at_from_claims(claims)
+        created_at = created_at_from_claims(claims, self.settings.created_at_claim)
         if self._created_before_since(created_at):
             return TrackOutcome.MARKED_ONLY  # not reported; marked at a later login
         if facts is not None:
