@@ -48,6 +48,11 @@ def status_command() -> None:
     click.echo(f"oldest pending:    {_format_age(status.get('oldest_pending_age'))}")
     click.echo(f"last error:        {status.get('last_error') or '-'}")
     click.echo(f"circuit:           {status.get('circuit', '-')}")
+    from .health import with_verdict
+
+    judged = with_verdict(status, state.health_thresholds)
+    reasons = "; ".join(judged["reasons"])
+    click.echo(f"verdict:           {judged['verdict']}" + (f" ({reasons})" if reasons else ""))
 
 
 @cli.command("flush")
