@@ -7,11 +7,14 @@ needs one word it can act on. The rules, each from a config key (seconds):
   ``KEEN_SIGNUP_HEALTH_MAX_PENDING_AGE`` (default 300: five minutes of a Keen outage is
   worth a look), when dead letters exist (more than ``KEEN_SIGNUP_HEALTH_MAX_DEAD``,
   default 0: each is a signup Keen refused, to replay by hand), or when the circuit breaker
-  is open or half-open (Keen is failing whole requests), or the sender is not running;
+  is open or half-open (Keen is failing whole requests);
 * ``failing`` when the oldest pending event is older than
   ``KEEN_SIGNUP_HEALTH_FAILING_PENDING_AGE`` (default 3600), when the circuit has stayed
   open for longer than ``KEEN_SIGNUP_HEALTH_MAX_CIRCUIT_OPEN`` (default 900), or when the
   state itself cannot be read (``error`` in the health dict: an unusable database).
+
+Whether this process's sender thread runs is not judged: ``flask keen-signup status`` runs in
+its own process, and work that is stuck shows as an ageing oldest pending event anyway.
 
 Signups keep being accepted in every case (they wait in the durable outbox): ``failing``
 says the analytics pipeline needs a person, not that logins fail. Whether a load balancer
@@ -22,6 +25,7 @@ shows a ``/healthz`` that answers 503 on ``failing`` only).
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 import typing as t
 
@@ -61,10 +65,13 @@ def load_health_thresholds(app: Flask) -> HealthThresholds:
         ("max_circuit_open", "KEEN_SIGNUP_HEALTH_MAX_CIRCUIT_OPEN"),
     ):
         raw = app.config.get(key, getattr(default, field))
-        number = _as_number(key, raw, minimum=0, integer=field == "max_dead")
-        if number == float("inf") and field == "max_dead":
-            raise ConfigurationError(f"{key} must be a finite integer, got {raw!r}")
-        values[field] = number
+        try:
+            finite = math.isfinite(float(raw))
+        except (TypeError, ValueError, OverflowError):
+            finite = True  # not a number at all: _as_number says so
+        if not finite:
+            raise ConfigurationError(f"{key} must be a finite number, got {raw!r}")
+        values[field] = _as_number(key, raw, minimum=0, integer=field == "max_dead")
     if values["failing_pending_age"] < values["max_pending_age"]:
         raise ConfigurationError(
             "KEEN_SIGNUP_HEALTH_FAILING_PENDING_AGE must be >= "
@@ -107,8 +114,6 @@ def verdict(
             failing.append(f"circuit open for {open_for:.0f}s")
         else:
             degraded.append(f"circuit {circuit}")
-    if health.get("running") is False and circuit != "-":
-        degraded.append("sender not running")
     if failing:
         return FAILING, failing + degraded
     if degraded:
