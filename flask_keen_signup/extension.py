@@ -139,7 +139,7 @@ class KeenSignup:
         if settings.enabled:
             from .metrics import start_counting
 
-            start_counting(app)
+            start_counting(app)  # KEEN_SIGNUP_METRICS is checked here, at init_app
 
     # -- public API ----------------------------------------------------------------------
 

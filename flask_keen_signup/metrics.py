@@ -108,11 +108,19 @@ def _get_metrics() -> _Metrics:
         return _metrics
 
 
+def enabled(app: Flask) -> bool:
+    """``KEEN_SIGNUP_METRICS`` (default ``True``): ``False`` keeps no metrics at all."""
+    from .config import _as_bool
+
+    return _as_bool("KEEN_SIGNUP_METRICS", app.config.get("KEEN_SIGNUP_METRICS", True))
+
+
 def start_counting(app: Flask) -> bool:
-    """Count ``app``'s signups through its signals, once; ``False`` without prometheus_client."""
+    """Count ``app``'s signups through its signals, once. ``False`` when
+    ``KEEN_SIGNUP_METRICS`` is off or ``prometheus_client`` is not installed."""
     if app in _counting:
         return True
-    if not available():
+    if not enabled(app) or not available():
         return False
     metrics = _get_metrics()
     counter = metrics.signups
@@ -203,6 +211,8 @@ class OutboxCollector:
 
 def register(app: Flask, state: _AppState, registry: t.Any = None) -> None:
     """See :meth:`KeenSignup.register_metrics`."""
+    if not enabled(app):
+        raise ConfigurationError("KEEN_SIGNUP_METRICS is False: metrics are switched off")
     if not available():
         raise ConfigurationError(_INSTALL_HINT)
     from prometheus_client import REGISTRY

@@ -277,3 +277,18 @@ def test_importing_the_package_does_not_import_prometheus_client() -> None:
         timeout=60,
     )
     assert done.stdout.strip() == "False", done.stderr
+
+
+def test_switched_off_counts_nothing_and_register_refuses(
+    keen_signup_auth0: Auth0Emulator, keen_signup_keen: KeenEmulator, apps: t.Any
+) -> None:
+    from flask_keen_signup.exceptions import ConfigurationError
+
+    app, signup = apps(keen_signup_auth0, keen_signup_keen, KEEN_SIGNUP_METRICS=False)
+    recorded = counter("recorded")
+    login(app.test_client(), keen_signup_auth0, "off@example.com")
+    assert app.extensions["keen_signup"].sender.flush(timeout=20) == 0
+    assert len(keen_signup_keen.events("signups")) == 1
+    assert counter("recorded") == recorded
+    with app.app_context(), pytest.raises(ConfigurationError, match="KEEN_SIGNUP_METRICS"):
+        signup.register_metrics(CollectorRegistry())
