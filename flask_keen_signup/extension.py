@@ -122,7 +122,7 @@ class KeenSignup:
         state.health_thresholds = thresholds
         if settings.enabled and attribution_settings.enabled:
             state.attribution = AttributionCapture(app, attribution_settings)
-            app.before_request(state.attribution.before_request)
+            app.before_request(state.attribution.hook())
         app.extensions["keen_signup"] = state
         from .cli import cli
 
@@ -136,10 +136,6 @@ class KeenSignup:
                 name="flask-keen-signup-known-users",
                 daemon=True,
             ).start()
-        if settings.enabled:
-            from .metrics import start_counting
-
-            start_counting(app)  # KEEN_SIGNUP_METRICS is checked here, at init_app
 
     # -- public API ----------------------------------------------------------------------
 
@@ -316,7 +312,10 @@ class KeenSignup:
             exc_info=True,
         )
         if user_id is not None and has_app_context():
-            _notifier(current_app._get_current_object())(  # type: ignore[attr-defined]
+            from .metrics import counter_for
+
+            app = current_app._get_current_object()  # type: ignore[attr-defined]
+            _notifier(app, counter_for(app))(
                 "failed", {"user_id": user_id, "event": None, "error": exc, "attempts": 0}
             )
 
@@ -465,8 +464,17 @@ def _listening(kind: str) -> bool:
     return bool(_SIGNALS[kind].receivers)
 
 
-def _notifier(app: Flask) -> t.Callable[[str, dict[str, t.Any]], None]:
+def _notifier(
+    app: Flask, count: t.Callable[[str, t.Mapping[str, t.Any]], None] | None = None
+) -> t.Callable[[str, dict[str, t.Any]], None]:
+    """``notify(kind, payload)``: the metrics' counter (:mod:`.metrics`), then the signal."""
+
     def notify(kind: str, payload: dict[str, t.Any]) -> None:
+        if count is not None:
+            try:
+                count(kind, payload)
+            except Exception:  # noqa: BLE001 - metrics must not break a login or delivery
+                logger.debug("counting a %s notification failed", kind, exc_info=True)
         signal = _SIGNALS[kind]
         if not signal.receivers:
             return
@@ -540,7 +548,12 @@ def _build_state(app: Flask, settings: Settings) -> _AppState:
     else:
         store = t.cast(MarkerStore, settings.store)
         confirm_in = store
-    notify = _notifier(app)
+    count = None
+    if settings.enabled:
+        from .metrics import start_counting
+
+        count = start_counting(app)  # KEEN_SIGNUP_METRICS is checked here, at init_app
+    notify = _notifier(app, count)
     sender = _build_sender(settings, outbox, client, store, confirm_in, notify)
     tracker = Tracker(
         settings,

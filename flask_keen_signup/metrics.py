@@ -5,12 +5,13 @@ Two kinds, kept the way ``prometheus_client`` expects each to be kept:
 * **Counted as things happen** — ``keen_signup_signups_total{outcome}`` and the histogram
   ``keen_signup_delivery_latency_seconds`` (recorded → delivered, from the outbox row's
   enqueue time). They are ``prometheus_client`` objects in its default registry, fed by
-  this package's own blinker signals, so under gunicorn with ``PROMETHEUS_MULTIPROC_DIR``
-  set they live in ``prometheus_client``'s per-process files and a
-  ``MultiProcessCollector`` adds them up across workers: each signup is counted once, by
-  the process that recorded it, and once more by the process whose sender delivered it.
-  Counting starts at ``init_app`` when ``prometheus_client`` is importable (nothing is
-  imported otherwise).
+  the extension's notifier (the same notifications as its blinker signals, without a signal
+  dispatch), so under gunicorn with ``PROMETHEUS_MULTIPROC_DIR`` set they live in
+  ``prometheus_client``'s per-process files and a ``MultiProcessCollector`` adds them up
+  across workers: each signup is counted once by the process that recorded it, and once
+  more by the process whose sender delivered it. Counting starts at ``init_app`` when
+  ``prometheus_client`` is importable (nothing is imported otherwise) and
+  ``KEEN_SIGNUP_METRICS`` is not ``False``.
 * **Read at scrape time** — ``keen_signup_outbox_events{state}``,
   ``keen_signup_oldest_pending_age_seconds`` and ``keen_signup_circuit_open``, by the
   collector :meth:`KeenSignup.register_metrics` adds. They describe shared state (the
@@ -30,7 +31,6 @@ import time
 import typing as t
 import weakref
 
-from . import signals
 from .exceptions import ConfigurationError
 
 if t.TYPE_CHECKING:  # pragma: no cover
@@ -87,7 +87,6 @@ class _Metrics:
 
 _lock = threading.Lock()
 _metrics: _Metrics | None = None
-_counting: weakref.WeakSet[t.Any] = weakref.WeakSet()
 _registered: weakref.WeakKeyDictionary[t.Any, set[int]] = weakref.WeakKeyDictionary()
 
 
@@ -115,47 +114,44 @@ def enabled(app: Flask) -> bool:
     return _as_bool("KEEN_SIGNUP_METRICS", app.config.get("KEEN_SIGNUP_METRICS", True))
 
 
-def start_counting(app: Flask) -> bool:
-    """Count ``app``'s signups through its signals, once. ``False`` when
-    ``KEEN_SIGNUP_METRICS`` is off or ``prometheus_client`` is not installed."""
-    if app in _counting:
-        return True
+#: ``count(kind, payload)``: called by the extension's notifier for every notification.
+Count = t.Callable[[str, t.Mapping[str, t.Any]], None]
+_counters: weakref.WeakKeyDictionary[t.Any, Count] = weakref.WeakKeyDictionary()
+
+
+def start_counting(app: Flask) -> Count | None:
+    """The counting function of ``app`` (made once), or ``None`` when ``KEEN_SIGNUP_METRICS``
+    is off or ``prometheus_client`` is not installed.
+
+    The extension calls it from its notifier, beside the blinker signals: the same events,
+    without a signal dispatch per signup (``bench/attribution_metrics.py`` measures it).
+    """
+    existing = _counters.get(app)
+    if existing is not None:
+        return existing
     if not enabled(app) or not available():
-        return False
+        return None
     metrics = _get_metrics()
-    counter = metrics.signups
-    receivers: list[tuple[t.Any, t.Callable[..., None]]] = []
-
-    def counting(outcome: str) -> t.Callable[..., None]:
-        child = counter.labels(outcome)
-
-        def receive(sender: t.Any, **payload: t.Any) -> None:
-            child.inc()
-
-        return receive
-
-    delivered_child = counter.labels("delivered")
+    children = {outcome: metrics.signups.labels(outcome) for outcome in OUTCOMES}
     latency = metrics.latency
 
-    def on_delivered(sender: t.Any, **payload: t.Any) -> None:
-        delivered_child.inc()
-        enqueued_at = payload.get("enqueued_at")
-        if isinstance(enqueued_at, (int, float)):
-            latency.observe(max(0.0, time.time() - enqueued_at))
+    def count(kind: str, payload: t.Mapping[str, t.Any]) -> None:
+        child = children.get(kind)
+        if child is None:  # "detected": not an outcome
+            return
+        child.inc()
+        if kind == "delivered":
+            enqueued_at = payload.get("enqueued_at")
+            if isinstance(enqueued_at, (int, float)):
+                latency.observe(max(0.0, time.time() - enqueued_at))
 
-    receivers.append((signals.signup_recorded, counting("recorded")))
-    receivers.append((signals.signup_delivered, on_delivered))
-    receivers.append((signals.signup_dead, counting("dead")))
-    receivers.append((signals.signup_failed, counting("failed")))
-    spooled = getattr(signals, "signup_spooled", None)
-    if spooled is not None:
-        receivers.append((spooled, counting("spooled")))
-    for signal, receiver in receivers:
-        # Strong references (the closures live as long as the app); the connection goes
-        # with the app, which blinker holds weakly.
-        signal.connect(receiver, sender=app, weak=False)
-    _counting.add(app)
-    return True
+    _counters[app] = count
+    return count
+
+
+def counter_for(app: Flask) -> Count | None:
+    """``app``'s counting function if :func:`start_counting` made one."""
+    return _counters.get(app)
 
 
 class OutboxCollector:

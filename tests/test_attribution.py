@@ -26,6 +26,7 @@ from flask_keen_signup.attribution import event_attribution
 from flask_keen_signup.attribution import host_matches
 from flask_keen_signup.attribution import identity_provider_hosts
 from flask_keen_signup.attribution import intent_of_authorize_url
+from flask_keen_signup.attribution import is_candidate
 from flask_keen_signup.attribution import parse_touch
 from flask_keen_signup.exceptions import ConfigurationError
 from flask_keen_signup.testing import Auth0Emulator
@@ -77,6 +78,29 @@ def test_external_referrer_counts_own_host_and_identity_provider_do_not() -> Non
     # Not an http(s) URL: ignored.
     assert parse_touch("", "android-app://com.google.android.gm", "/", "a.example.com") is None
     assert parse_touch("", "not a url", "/", "a.example.com") is None
+
+
+@pytest.mark.parametrize(
+    ("query", "referer", "candidate"),
+    [
+        ("", None, False),
+        ("page=2", None, False),
+        ("", "https://app.example.com/docs", False),
+        ("", "https://app.example.com", False),
+        ("", "http://app.example.com?x=1", False),
+        ("", "https://app.example.com.evil.org/", True),
+        ("", "https://news.example.org/", True),
+        ("", "android-app://com.example", True),  # decided on the slow path: ignored there
+        ("a=1&utm_source=x", "https://app.example.com/", True),
+    ],
+)
+def test_fast_path_lets_only_possible_touches_through(
+    query: str, referer: str | None, candidate: bool
+) -> None:
+    environ = {"QUERY_STRING": query, "HTTP_HOST": "app.example.com"}
+    if referer is not None:
+        environ["HTTP_REFERER"] = referer
+    assert is_candidate(environ) is candidate
 
 
 def test_host_matches() -> None:
