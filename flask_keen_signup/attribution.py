@@ -57,8 +57,8 @@ logger = logging.getLogger(__name__)
 
 #: Where the first touch waits in the browser's Flask session until its signup.
 SESSION_KEY = "_keen_signup_attribution"
-#: ``g`` attribute where ``@signup.track`` leaves the signup intent it observed.
-INTENT_ATTRIBUTE = "_keen_signup_intent"
+#: Request environ key where ``@signup.track`` leaves the signup intent it observed.
+INTENT_KEY = "flask_keen_signup.signup_intent"
 #: UTM query parameter -> attribution field.
 UTM_FIELDS: tuple[tuple[str, str], ...] = (
     ("utm_source", "source"),
@@ -243,6 +243,8 @@ def intent_of_authorize_url(url: object) -> bool | None:
     ``None`` if ``url`` is not a URL."""
     if not isinstance(url, str) or "://" not in url:
         return None
+    if "screen_hint=signup" not in url:
+        return False  # the usual login: no parse on the callback's path
     try:
         query = urlsplit(url).query
     except ValueError:
@@ -309,17 +311,31 @@ class AttributionCapture:
             return
         session[SESSION_KEY] = {**touch, "at": int(time.time())}
 
-    def for_event(self) -> dict[str, t.Any] | None:
-        """The ``attribution`` of the current browser's signup, or ``None``."""
-        stored = session.get(SESSION_KEY)
-        if stored is None:
+    def event_properties(self) -> dict[str, t.Any] | None:
+        """``attribution`` and ``signup_intent`` for the current request's signup, or
+        ``None``. Runs in every tracked callback (returning users too), so it reads the
+        request context directly: two dict lookups when there is nothing."""
+        ctx = request_context()
+        if ctx is None:
             return None
-        return event_attribution(
-            stored,
-            now=time.time(),
-            max_age=self.settings.max_age,
-            url_root=request.url_root if self.settings.landing_url else None,
-        )
+        intent = ctx.request.environ.get(INTENT_KEY)
+        sess = ctx.session
+        stored = sess.get(SESSION_KEY) if sess is not None else None
+        if intent is None and stored is None:
+            return None
+        props: dict[str, t.Any] = {}
+        if intent is not None:
+            props["signup_intent"] = intent
+        if stored is not None:
+            touch = event_attribution(
+                stored,
+                now=time.time(),
+                max_age=self.settings.max_age,
+                url_root=ctx.request.url_root if self.settings.landing_url else None,
+            )
+            if touch:
+                props["attribution"] = touch
+        return props or None
 
 
 def clear() -> None:
@@ -328,22 +344,48 @@ def clear() -> None:
         session.pop(SESSION_KEY, None)
 
 
-def observe_intent() -> bool | None:
-    """The signup intent of the login this callback request completes (see module doc).
+def observe_intent() -> None:
+    """Note the signup intent of the login this callback request completes (module doc).
 
-    Reads the Authlib state data of the request's ``state`` before the view consumes it.
+    Called by ``@signup.track`` before the view, which consumes Authlib's state data. Leaves
+    ``True``/``False`` in the request's environ under :data:`INTENT_KEY`, or nothing.
     """
-    state = request.args.get("state") or request.form.get("state")
-    if not state:
-        return None
+    ctx = request_context()
+    if ctx is None:
+        return
+    state_of_app = ctx.app.extensions.get("keen_signup")
+    if getattr(state_of_app, "attribution", None) is None:
+        return  # attribution off
+    req = ctx.request
+    state = req.args.get("state")
+    if not state and req.method == "POST":
+        state = req.form.get("state")  # response_mode=form_post
+    sess = ctx.session
+    if not state or sess is None:
+        return
     suffix = f"_{state}"
-    for key in list(session.keys()):
+    for key in list(sess.keys()):
         if key.startswith("_state_") and key.endswith(suffix):
-            value = session.get(key)
+            value = sess.get(key)
             data = value.get("data") if isinstance(value, dict) else None
             if isinstance(data, dict):
-                return intent_of_authorize_url(data.get("url"))
-    return None
+                intent = intent_of_authorize_url(data.get("url"))
+                if intent is not None:
+                    req.environ[INTENT_KEY] = intent
+            return
+
+
+def request_context() -> t.Any:
+    """The current ``RequestContext``, or ``None`` outside a request (no proxy on the way)."""
+    var: t.Any = _request_var
+    if var is not None:
+        return var.get(None)
+    from flask import has_request_context  # pragma: no cover - a Flask without the var
+    from flask.globals import request_ctx  # pragma: no cover
+
+    if not has_request_context():  # pragma: no cover
+        return None
+    return t.cast(t.Any, request_ctx)._get_current_object()  # pragma: no cover
 
 
 def is_candidate(environ: t.Mapping[str, t.Any]) -> bool:

@@ -26,6 +26,7 @@ from flask import request
 from werkzeug.wrappers import Response as BaseResponse
 
 from . import attribution
+from . import metrics
 from . import signals
 from .attribution import AttributionCapture
 from .attribution import load_attribution_settings
@@ -118,6 +119,7 @@ class KeenSignup:
         settings = load_settings(app)
         attribution_settings = load_attribution_settings(app, settings.addons)
         thresholds = load_health_thresholds(app)
+        metrics_on = metrics.enabled(app)  # validated now, before anything starts
         state = _build_state(app, settings)
         state.health_thresholds = thresholds
         if settings.enabled and attribution_settings.enabled:
@@ -136,6 +138,9 @@ class KeenSignup:
                 name="flask-keen-signup-known-users",
                 daemon=True,
             ).start()
+        if settings.enabled and metrics_on:
+            # Last: importing prometheus_client takes ~0.1 s, while the sender starts.
+            metrics.start_counting(app)
 
     # -- public API ----------------------------------------------------------------------
 
@@ -312,10 +317,7 @@ class KeenSignup:
             exc_info=True,
         )
         if user_id is not None and has_app_context():
-            from .metrics import counter_for
-
-            app = current_app._get_current_object()  # type: ignore[attr-defined]
-            _notifier(app, counter_for(app))(
+            _notifier(current_app._get_current_object())(  # type: ignore[attr-defined]
                 "failed", {"user_id": user_id, "event": None, "error": exc, "attempts": 0}
             )
 
@@ -357,31 +359,21 @@ def _observe_intent() -> None:
     """Before the callback view: note the login's ``screen_hint=signup`` (see
     :mod:`.attribution`). Never raises into the view."""
     try:
-        if has_app_context() and _state().attribution is not None:
-            setattr(g, attribution.INTENT_ATTRIBUTE, attribution.observe_intent())
+        attribution.observe_intent()
     except Exception:  # noqa: BLE001 - analytics must never break the login
         logger.debug("cannot observe the signup intent", exc_info=True)
 
 
 def _attribution_properties(state: _AppState) -> dict[str, t.Any] | None:
-    """``attribution`` and ``signup_intent`` of the current browser's signup, or ``None``.
-
-    One session lookup when there is nothing (the usual returning user)."""
+    """``attribution`` and ``signup_intent`` of the current browser's signup, or ``None``."""
     capture = state.attribution
-    if capture is None or not has_request_context():
+    if capture is None:
         return None
-    props: dict[str, t.Any] = {}
-    intent = g.get(attribution.INTENT_ATTRIBUTE)
-    if intent is not None:
-        props["signup_intent"] = intent
     try:
-        touch = capture.for_event()
+        return capture.event_properties()
     except Exception:  # noqa: BLE001 - a bad session value must not lose the signup
         logger.warning("signup attribution ignored", exc_info=True)
-        touch = None
-    if touch:
-        props["attribution"] = touch
-    return props or None
+        return None
 
 
 def _forget_attribution() -> None:
@@ -464,12 +456,12 @@ def _listening(kind: str) -> bool:
     return bool(_SIGNALS[kind].receivers)
 
 
-def _notifier(
-    app: Flask, count: t.Callable[[str, t.Mapping[str, t.Any]], None] | None = None
-) -> t.Callable[[str, dict[str, t.Any]], None]:
+def _notifier(app: Flask) -> t.Callable[[str, dict[str, t.Any]], None]:
     """``notify(kind, payload)``: the metrics' counter (:mod:`.metrics`), then the signal."""
+    counter_for = metrics.counter_for
 
     def notify(kind: str, payload: dict[str, t.Any]) -> None:
+        count = counter_for(app)
         if count is not None:
             try:
                 count(kind, payload)
@@ -548,12 +540,7 @@ def _build_state(app: Flask, settings: Settings) -> _AppState:
     else:
         store = t.cast(MarkerStore, settings.store)
         confirm_in = store
-    count = None
-    if settings.enabled:
-        from .metrics import start_counting
-
-        count = start_counting(app)  # KEEN_SIGNUP_METRICS is checked here, at init_app
-    notify = _notifier(app, count)
+    notify = _notifier(app)
     sender = _build_sender(settings, outbox, client, store, confirm_in, notify)
     tracker = Tracker(
         settings,

@@ -292,3 +292,18 @@ def test_switched_off_counts_nothing_and_register_refuses(
     assert counter("recorded") == recorded
     with app.app_context(), pytest.raises(ConfigurationError, match="KEEN_SIGNUP_METRICS"):
         signup.register_metrics(CollectorRegistry())
+
+
+def test_a_bad_metrics_switch_fails_at_init_app(tmp_path: Path) -> None:
+    from flask_keen_signup.exceptions import ConfigurationError
+
+    app = Flask(__name__)
+    app.config.update(
+        KEEN_PROJECT_ID="p",
+        KEEN_WRITE_KEY="w",
+        KEEN_SIGNUP_DATABASE=str(tmp_path / "m.db"),
+        KEEN_SIGNUP_METRICS="sometimes",
+    )
+    with pytest.raises(ConfigurationError, match="KEEN_SIGNUP_METRICS"):
+        KeenSignup(app)
+    assert "keen_signup" not in app.extensions
