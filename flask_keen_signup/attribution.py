@@ -356,16 +356,21 @@ def observe_intent() -> None:
     state_of_app = ctx.app.extensions.get("keen_signup")
     if getattr(state_of_app, "attribution", None) is None:
         return  # attribution off
+    sess = ctx.session
+    if not sess:
+        return
+    keys = [key for key in sess if key.startswith("_state_")]
+    if not keys:
+        return  # no login under way in this session (Authlib keeps one key per login)
     req = ctx.request
-    state = req.args.get("state")
+    state = req.args.get("state")  # parsed once per request: Authlib's own read reuses it
     if not state and req.method == "POST":
         state = req.form.get("state")  # response_mode=form_post
-    sess = ctx.session
-    if not state or sess is None:
+    if not state:
         return
     suffix = f"_{state}"
-    for key in list(sess.keys()):
-        if key.startswith("_state_") and key.endswith(suffix):
+    for key in keys:
+        if key.endswith(suffix):
             value = sess.get(key)
             data = value.get("data") if isinstance(value, dict) else None
             if isinstance(data, dict):
