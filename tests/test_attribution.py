@@ -387,3 +387,25 @@ def test_identity_provider_hosts_are_learnt_from_authlib(
     app = apps(keen_signup_auth0, keen_signup_keen, AUTH0_DOMAIN="tenant.eu.auth0.com")
     hosts = identity_provider_hosts(app)
     assert "127.0.0.1" in hosts and "tenant.eu.auth0.com" in hosts
+
+
+def test_sync_delivery_and_ignored_hosts(
+    keen_signup_auth0: Auth0Emulator, keen_signup_keen: KeenEmulator, apps: t.Any
+) -> None:
+    app = apps(
+        keen_signup_auth0,
+        keen_signup_keen,
+        KEEN_SIGNUP_DELIVERY="sync",
+        KEEN_SIGNUP_ATTRIBUTION_IGNORE_HOSTS=".example.com",
+    )
+    client = app.test_client()
+    # The marketing site on www.example.com is ours: not a referrer, so no touch yet.
+    client.get("/pricing", headers={"Referer": "https://www.example.com/launch"})
+    with client.session_transaction() as session:
+        assert SESSION_KEY not in session
+    client.get("/pricing", headers={"Referer": "https://news.example.org/"})
+    login(client, keen_signup_auth0, "jo@example.com")
+    # Sync mode: in Keen when the callback returns, with its attribution.
+    [user] = [u for u in keen_signup_auth0.users() if u["email"] == "jo@example.com"]
+    [event] = [e for e in keen_signup_keen.events("signups") if e["userId"] == user["user_id"]]
+    assert event["attribution"] == {"referrer": "https://news.example.org/", "landing": "/pricing"}
