@@ -224,7 +224,9 @@ class KeenSignup:
         ``REGISTRY``), and makes sure this app's signups are counted. Safe to call again,
         e.g. with a fresh registry per scrape in multiprocess mode.
 
-        :raises ConfigurationError: ``prometheus_client`` is not installed.
+        :param app: the app, when called outside its context (at start-up).
+        :raises ConfigurationError: ``prometheus_client`` is not installed, or
+            ``KEEN_SIGNUP_METRICS`` is ``False``.
         """
         from .metrics import register
 

@@ -196,8 +196,7 @@ def test_beside_prometheus_flask_exporter(
     registry = CollectorRegistry()
     # The exporter's own metrics and ours on one registry, served by its /metrics.
     exporter = PrometheusMetrics(app, registry=registry)
-    with app.app_context():
-        signup.register_metrics(exporter.registry)
+    signup.register_metrics(exporter.registry, app=app)  # at start-up, outside a context
     login(app.test_client(), keen_signup_auth0, "flo@example.com")
     app.extensions["keen_signup"].sender.flush(timeout=20)
     page = app.test_client().get("/metrics")
