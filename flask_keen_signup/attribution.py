@@ -80,6 +80,8 @@ MAX_PATH_LENGTH = 256
 DEFAULT_MAX_AGE = 30 * 24 * 3600.0
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+#: Lone surrogates cannot be encoded to UTF-8: the session cookie (or the event) would fail.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,11 +129,13 @@ def load_attribution_settings(app: Flask, addons: t.Sequence[str] = ()) -> Attri
 
 
 def clean(value: object, limit: int) -> str | None:
-    """``value`` without control characters, stripped and cut to ``limit``; ``None`` if
-    nothing usable is left."""
+    """``value`` without control characters or lone surrogates, stripped and cut to
+    ``limit``; ``None`` if nothing usable is left."""
     if not isinstance(value, str):
         return None
     text = _CONTROL.sub(" ", value).strip()[:limit].strip()
+    if not text.isascii():
+        text = _SURROGATE.sub("\ufffd", text)
     return text or None
 
 

@@ -409,3 +409,56 @@ def test_sync_delivery_and_ignored_hosts(
     [user] = [u for u in keen_signup_auth0.users() if u["email"] == "jo@example.com"]
     [event] = [e for e in keen_signup_keen.events("signups") if e["userId"] == user["user_id"]]
     assert event["attribution"] == {"referrer": "https://news.example.org/", "landing": "/pricing"}
+
+
+# -- whatever a browser sends ----------------------------------------------------------------
+
+from hypothesis import given  # noqa: E402
+from hypothesis import settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from flask_keen_signup.testing._keen_validation import check_properties  # noqa: E402
+
+_text = st.text(alphabet=st.characters(codec="utf-8"), max_size=300) | st.sampled_from(
+    ["", "utm_source", "%00%0a", "\ud800", "x" * 2000, "https://evil.example/\r\nSet-Cookie:"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=st.dictionaries(
+        st.sampled_from(["utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_x"]),
+        _text,
+        max_size=5,
+    ),
+    raw_query=_text,
+    referer=st.none() | _text | _text.map(lambda s: "https://news.example.org/" + s),
+    path=_text,
+)
+def test_any_request_gives_a_small_clean_keen_valid_attribution(
+    values: dict[str, str], raw_query: str, referer: str | None, path: str
+) -> None:
+    from urllib.parse import quote
+
+    # As WSGI hands it over: percent-encoded UTF-8 (lone surrogates passed through as bytes).
+    query = "&".join(
+        f"{k}={quote(v.encode('utf-8', 'surrogatepass'))}" for k, v in values.items()
+    )
+    query += "&" + quote(raw_query.encode("utf-8", "surrogatepass"), safe="=&")
+    touch = parse_touch(query, referer, path, "app.example.com", ("tenant.auth0.com",))
+    if touch is None:
+        return
+    assert set(touch) <= {"source", "medium", "campaign", "term", "content", "referrer", "landing"}
+    for field, value in touch.items():
+        limit = {"referrer": MAX_URL_LENGTH, "landing": MAX_PATH_LENGTH}.get(
+            field, MAX_VALUE_LENGTH
+        )
+        assert 0 < len(value) <= limit
+        assert not any(ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F for ch in value)
+        value.encode("utf-8")  # storable in the session cookie: no lone surrogates
+    event = event_attribution(touch, now=0, max_age=60, url_root="https://app.example.com/")
+    assert event is not None
+    check_properties({"attribution": event}, 256, True, None, root=True)  # Keen's rules
+    import json
+
+    json.dumps(event).encode("utf-8")  # valid Unicode all the way to the wire
