@@ -462,3 +462,40 @@ def test_any_request_gives_a_small_clean_keen_valid_attribution(
     import json
 
     json.dumps(event).encode("utf-8")  # valid Unicode all the way to the wire
+
+
+def test_the_largest_touch_and_a_login_under_way_fit_in_a_session_cookie(
+    keen_signup_auth0: Auth0Emulator, keen_signup_keen: KeenEmulator, apps: t.Any
+) -> None:
+    """Browsers drop cookies over 4,096 bytes: a worst-case first touch (every value at its
+    cap, characters that do not compress) plus Authlib's state must stay well under it."""
+    import random
+    import string
+    from urllib.parse import quote
+
+    rng = random.Random(12)
+
+    def noise(n: int) -> str:
+        return "".join(rng.choice(string.ascii_letters + string.digits) for _ in range(n))
+
+    app = apps(keen_signup_auth0, keen_signup_keen)
+    client = app.test_client()
+    query = "&".join(
+        f"utm_{name}={quote(noise(500))}"
+        for name in ("source", "medium", "campaign", "term", "content")
+    )
+    app.add_url_rule("/<path:anything>", "anything", lambda anything: "ok")
+    first = client.get(
+        "/" + noise(1000) + "?" + query,
+        headers={"Referer": "https://news.example.org/" + noise(1000)},
+    )
+    login_page = client.get("/login")
+    cookies = [
+        h for r in (first, login_page) for h in r.headers.getlist("Set-Cookie")
+        if h.startswith("session=")
+    ]
+    assert cookies, "the first touch was not written"
+    assert max(len(c) for c in cookies) < 3_000, [len(c) for c in cookies]
+    with client.session_transaction() as session:
+        kept = session[SESSION_KEY]
+    assert len(kept["source"]) == MAX_VALUE_LENGTH and len(kept["referrer"]) == MAX_URL_LENGTH
