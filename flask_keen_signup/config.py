@@ -78,7 +78,7 @@ _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$")
 DELIVERY_MODES = ("background", "sync")
 STORE_NAMES = ("sqlite", "session", "auth0", "redis")
 IP_MODES = ("full", "anonymize", "none")
-ADDONS = ("ip_to_geo", "ua_parser")
+ADDONS = ("ip_to_geo", "ua_parser", "referrer_parser", "url_parser")
 SQLITE_SYNCHRONOUS = ("normal", "full")
 
 _COLLECTION_RE = re.compile(r"^[\x00-\x7f]{1,64}$")

@@ -268,6 +268,8 @@ class Tracker:
             self.spool.append(self._queued(user_id, event), error)
         except StoreError:
             raise error from None
+        # Counted (metrics), not signalled: it may yet prove a returning user.
+        self.notify("spooled", {"user_id": user_id, "event": event})
         return TrackOutcome.SPOOLED
 
     def _track_claims(
