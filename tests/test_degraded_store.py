@@ -130,6 +130,24 @@ def keen() -> t.Iterator[KeenEmulator]:
         yield emulator
 
 
+@pytest.fixture(autouse=True)
+def _shut_down_apps(monkeypatch: pytest.MonkeyPatch) -> t.Iterator[None]:
+    """Every app a test here builds has its sender shut down afterwards, so no sender
+    thread outlives its test (they would keep retrying against stopped emulators)."""
+    apps: list[t.Any] = []
+    build = _flow.quickstart_app
+
+    def quickstart_app(*args: t.Any, **kwargs: t.Any) -> t.Any:
+        app, signup = build(*args, **kwargs)
+        apps.append(app)
+        return app, signup
+
+    monkeypatch.setattr(_flow, "quickstart_app", quickstart_app)
+    yield
+    for app in apps:
+        app.extensions["keen_signup"].sender.shutdown(timeout=5)
+
+
 # -- another process holds the write lock -----------------------------------------------------
 
 

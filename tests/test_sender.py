@@ -149,13 +149,15 @@ def test_delivers_every_event_exactly_once_in_batches(make: Factory) -> None:
 
 def test_start_is_idempotent_and_thread_safe(make: Factory) -> None:
     sender = make()
+    before = set(threading.enumerate())  # other tests' senders may share the name
     starters = [threading.Thread(target=sender.start) for _ in range(8)]
     for thread in starters:
         thread.start()
     for thread in starters:
         thread.join()
     sender.start()
-    assert [th.name for th in threading.enumerate()].count(sender.name) == 1
+    started = [th for th in threading.enumerate() if th not in before]
+    assert [th.name for th in started].count(sender.name) == 1
     expected = make.enqueue(3)
     sender.wake()
     assert wait_until(lambda: delivered_all(make, expected))
