@@ -40,9 +40,13 @@ DEFAULT_SHUTDOWN_TIMEOUT = 5.0
 DEFAULT_MARKER = "signedUp"
 #: File name of the SQLite ledger and outbox inside ``app.instance_path``.
 DEFAULT_DATABASE_NAME = "keen_signup.sqlite3"
+#: Seconds of store work a login request may spend (``KEEN_SIGNUP_STORE_TIMEOUT``).
+DEFAULT_STORE_TIMEOUT = 0.1
+#: PostgreSQL schema of the ``postgres`` store's tables (``KEEN_SIGNUP_DATABASE_SCHEMA``).
+DEFAULT_DATABASE_SCHEMA = "keen_signup"
 
 DELIVERY_MODES = ("background", "sync")
-STORE_NAMES = ("sqlite", "session", "auth0", "redis")
+STORE_NAMES = ("sqlite", "session", "auth0", "redis", "postgres")
 IP_MODES = ("full", "anonymize", "none")
 ADDONS = ("ip_to_geo", "ua_parser")
 SQLITE_SYNCHRONOUS = ("normal", "full")
@@ -64,6 +68,10 @@ class Settings:
     database: str
     sqlite_synchronous: str
     redis_url: str | None = dataclasses.field(repr=False)
+    # -- postgres store (issue 11) --
+    database_url: str | None = dataclasses.field(repr=False)
+    database_schema: str
+    store_timeout: float
     auth0_domain: str | None
     auth0_client_id: str | None
     auth0_client_secret: str | None = dataclasses.field(repr=False)
@@ -252,6 +260,13 @@ def load_settings(app: Flask) -> Settings:
             "KEEN_SIGNUP_REDIS_URL is required with KEEN_SIGNUP_STORE = 'redis'"
         )
 
+    database_url, database_schema = _postgres_settings(c, enabled=enabled, store=store)
+    store_timeout = _as_number(
+        "KEEN_SIGNUP_STORE_TIMEOUT",
+        c.get("KEEN_SIGNUP_STORE_TIMEOUT", DEFAULT_STORE_TIMEOUT),
+        minimum=0.001,
+    )
+
     marker = _as_optional_str("KEEN_SIGNUP_MARKER", c.get("KEEN_SIGNUP_MARKER")) or DEFAULT_MARKER
     propagate = c.get("KEEN_SIGNUP_PROPAGATE_ERRORS")
     return Settings(
@@ -271,6 +286,9 @@ def load_settings(app: Flask) -> Settings:
             SQLITE_SYNCHRONOUS,
         ),
         redis_url=redis_url,
+        database_url=database_url,
+        database_schema=database_schema,
+        store_timeout=store_timeout,
         auth0_domain=auth0_domain,
         auth0_client_id=auth0_client_id,
         auth0_client_secret=auth0_client_secret,
@@ -319,3 +337,37 @@ def load_settings(app: Flask) -> Settings:
         if propagate is None
         else _as_bool("KEEN_SIGNUP_PROPAGATE_ERRORS", propagate),
     )
+
+
+def _postgres_settings(
+    c: t.Mapping[str, t.Any], *, enabled: bool, store: object
+) -> tuple[str | None, str]:
+    """``KEEN_SIGNUP_DATABASE_URL`` and ``KEEN_SIGNUP_DATABASE_SCHEMA``, checked.
+
+    The URL is required with the ``postgres`` store and never quoted in an error (it may
+    hold a password); its full parsing happens where psycopg is imported (``init_app``).
+    """
+    url = c.get("KEEN_SIGNUP_DATABASE_URL")
+    if url is not None and not isinstance(url, str):
+        raise ConfigurationError(
+            f"KEEN_SIGNUP_DATABASE_URL must be a string, got {type(url).__name__}"
+        )
+    url = url.strip() if url else None
+    if enabled and store == "postgres" and not url:
+        raise ConfigurationError(
+            "KEEN_SIGNUP_DATABASE_URL is required with KEEN_SIGNUP_STORE = 'postgres' "
+            "(e.g. postgresql://user@db.example.com/app; FLASK_KEEN_SIGNUP_DATABASE_URL in the "
+            "environment with app.config.from_prefixed_env())"
+        )
+    if url and "://" in url and not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigurationError(
+            "KEEN_SIGNUP_DATABASE_URL must start with postgresql:// "
+            "(or be a key=value conninfo string)"
+        )
+    schema = c.get("KEEN_SIGNUP_DATABASE_SCHEMA", DEFAULT_DATABASE_SCHEMA)
+    if not isinstance(schema, str) or not re.match(r"^[a-z_][a-z0-9_]{0,62}$", schema):
+        raise ConfigurationError(
+            "KEEN_SIGNUP_DATABASE_SCHEMA must be a plain lower-case SQL identifier "
+            f"(letters, digits and _, at most 63), got {schema!r}"
+        )
+    return url, schema

@@ -168,13 +168,29 @@ class KeenSignup:
             return None
         return self.track_claims(userinfo)
 
-    def track_claims(self, claims: t.Mapping[str, t.Any]) -> TrackOutcome | None:
+    def track_claims(
+        self, claims: t.Mapping[str, t.Any], *, connection: t.Any = None
+    ) -> TrackOutcome | None:
         """Track already validated ID-token claims (e.g. Authlib's ``UserInfo``).
+
+        :param connection: with ``KEEN_SIGNUP_STORE = "postgres"``, the app's own
+            database connection (psycopg 3, or SQLAlchemy's ``db.session.connection()``):
+            the signup is recorded in the app's open transaction and commits or rolls
+            back with it (see ``docs/postgres.md``).
 
         Returns what happened, or ``None`` if an error was logged instead of raised.
         """
         state = _state()
         try:
+            if connection is not None:
+                return state.tracker.track_in_transaction(
+                    claims,
+                    connection,
+                    facts=_request_facts,
+                    extra=(lambda: self._extra_properties(claims))
+                    if self._event_properties is not None
+                    else None,
+                )
             return state.tracker.track_claims(
                 claims,
                 facts=_request_facts,
@@ -413,6 +429,10 @@ def _build_state(app: Flask, settings: Settings) -> _AppState:
         )
         outbox = RedisOutbox(redis_client, keep_delivered=settings.keep_delivered)
         confirm_in = store
+    elif settings.store == "postgres":
+        # Many hosts on the app's own database: markers and outbox claimed in one statement.
+        store, outbox = _postgres_parts(settings, reclaim_after)
+        confirm_in = store
     elif settings.store == "session":
         from .stores.session import SessionStore
 
@@ -442,6 +462,9 @@ def _build_state(app: Flask, settings: Settings) -> _AppState:
         confirm_in = store
     notify = _notifier(app)
     sender = _build_sender(settings, outbox, client, store, confirm_in, notify)
+    wake_on_notify = getattr(outbox, "wake_on_notify", None)  # postgres: LISTEN/NOTIFY
+    if sender is not None and callable(wake_on_notify):
+        wake_on_notify(sender.wake)
     tracker = Tracker(
         settings,
         store=store,
@@ -461,6 +484,28 @@ def _build_state(app: Flask, settings: Settings) -> _AppState:
         sender=sender,
         store=store,
     )
+
+
+def _postgres_parts(
+    settings: Settings, reclaim_after: float | None
+) -> tuple[MarkerStore, Outbox]:
+    """The ``postgres`` store and outbox on one :class:`~.postgres.PostgresDatabase`."""
+    from .delivery.postgres_outbox import PostgresOutbox
+    from .postgres import PostgresDatabase
+    from .stores.postgres import PostgresStore
+
+    try:
+        database = PostgresDatabase(
+            t.cast(str, settings.database_url),
+            schema=settings.database_schema,
+            timeout=settings.store_timeout,
+        )
+    except ValueError as exc:
+        raise ConfigurationError(f"KEEN_SIGNUP_DATABASE_URL is not usable: {exc}") from None
+    store = PostgresStore(
+        database, settings.collection, reclaim_after=reclaim_after, close_database=True
+    )
+    return store, PostgresOutbox(database, keep_delivered=settings.keep_delivered)
 
 
 def _build_sender(

@@ -1,0 +1,168 @@
+"""The ``postgres`` marker store: the ``markers`` table in the app's own PostgreSQL.
+
+Use it when the app runs on several hosts and already has PostgreSQL: every host sees the
+same markers, and a claim is one ``INSERT … ON CONFLICT DO NOTHING``, so exactly one
+caller wins however many threads, processes or hosts race (the primary key decides).
+With the ``postgres`` outbox, a new user's claim and event are a single statement
+(:meth:`~flask_keen_signup.delivery.postgres_outbox.PostgresOutbox.claim_and_enqueue`),
+which may also run inside the app's own transaction.
+
+Times of claims come from the server's clock (``now()``), so hosts whose clocks drift
+agree on when a pending claim became stale (sync mode's ``reclaim_after``).
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+from ..postgres import REQUEST
+from ..postgres import WORKER
+from ..postgres import PostgresDatabase
+from . import MarkerState
+from . import MarkerStore
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    import psycopg
+
+#: The server's clock in seconds, as every ``claimed_at`` / ``confirmed_at`` is stored.
+SERVER_NOW = "extract(epoch FROM clock_timestamp())::double precision"
+
+
+class PostgresStore(MarkerStore):
+    """Markers as rows of ``<schema>.markers``, shared by every host of the app.
+
+    :param database: the :class:`~flask_keen_signup.postgres.PostgresDatabase`.
+    :param collection: markers are per collection, like Keen's uniqueness tokens.
+    :param reclaim_after: a *pending* marker older than this many seconds may be claimed
+        again (sync mode). ``None`` (background mode) never reclaims: pending means queued.
+    :param close_database: :meth:`close` closes the database's pools.
+    """
+
+    remembered = True
+
+    def __init__(
+        self,
+        database: PostgresDatabase,
+        collection: str,
+        *,
+        reclaim_after: float | None = None,
+        close_database: bool = False,
+    ) -> None:
+        if reclaim_after is not None and reclaim_after < 0:
+            raise ValueError("reclaim_after must be >= 0 or None")
+        self.database = database
+        self.collection = collection
+        self.reclaim_after = reclaim_after
+        self.close_database = close_database
+        markers = database.table("markers")
+        self._lookup = f"SELECT state FROM {markers} WHERE collection = %s AND user_id = %s"
+        self._claim = self.claim_sql("%(collection)s", "%(user_id)s", returning="1")
+        self._confirm = (
+            f"INSERT INTO {markers} (collection, user_id, state, claimed_at, confirmed_at) "
+            f"SELECT %s, u, 'confirmed', {SERVER_NOW}, {SERVER_NOW} FROM unnest(%s::text[]) u "
+            "ON CONFLICT (collection, user_id) DO UPDATE "
+            "SET state = 'confirmed', confirmed_at = excluded.confirmed_at"
+        )
+        self._release = (
+            f"DELETE FROM {markers} WHERE collection = %s AND user_id = %s AND state = 'pending'"
+        )
+
+    def __repr__(self) -> str:
+        return f"<PostgresStore {self.database!r} collection={self.collection!r}>"
+
+    def claim_sql(self, collection: str, user_id: str, *, returning: str) -> str:
+        """The claiming ``INSERT`` for SQL placeholders ``collection`` and ``user_id``.
+
+        Returns a row (``RETURNING returning``) only for the caller that claimed: a new
+        marker, or a stale pending one when ``reclaim_after`` is set. The outbox embeds it
+        in its claim-and-enqueue statement.
+        """
+        markers = self.database.table("markers")
+        insert = (
+            f"INSERT INTO {markers} AS m (collection, user_id, state, claimed_at) "
+            f"VALUES ({collection}, {user_id}, 'pending', {SERVER_NOW}) "
+        )
+        if self.reclaim_after is None:
+            return insert + f"ON CONFLICT (collection, user_id) DO NOTHING RETURNING {returning}"
+        stale = f"{SERVER_NOW} - {float(self.reclaim_after)!r}"
+        return insert + (
+            "ON CONFLICT (collection, user_id) DO UPDATE SET claimed_at = excluded.claimed_at "
+            f"WHERE m.state = 'pending' AND m.claimed_at < {stale} RETURNING {returning}"
+        )
+
+    def lookup(self, user_id: str) -> MarkerState | None:
+        row = self.database.run(
+            self._lookup, (self.collection, user_id), what="read a marker", fetch="one"
+        )
+        return MarkerState(row[0]) if row else None
+
+    def lookup_in(self, conn: t.Any, user_id: str) -> MarkerState | None:
+        """:meth:`lookup` on the app's own connection (see ``track_claims(connection=)``)."""
+        row = execute(conn, self._lookup, (self.collection, user_id)).fetchone()
+        return MarkerState(row[0]) if row else None
+
+    def claim(self, user_id: str) -> bool:
+        row = self.database.run(
+            self._claim,
+            {"collection": self.collection, "user_id": user_id},
+            what="claim a marker",
+            fetch="one",
+        )
+        return row is not None
+
+    def confirm(self, user_id: str) -> None:
+        self.confirm_many([user_id], role=REQUEST)
+
+    def confirm_many(self, user_ids: t.Iterable[str], *, role: str = WORKER) -> None:
+        """Confirm many users in one statement (the sender, after a delivered batch)."""
+        users = list(user_ids)
+        if users:
+            self.database.run(
+                self._confirm, (self.collection, users), what="confirm markers", role=role
+            )
+
+    def release(self, user_id: str) -> None:
+        self.database.run(self._release, (self.collection, user_id), what="release a marker")
+
+    def recent_user_ids(self, states: t.Sequence[str], *, limit: int) -> list[str]:
+        """Up to ``limit`` user ids in one of ``states``, newest claim first (start-up load)."""
+        rows = self.database.run(
+            f"SELECT user_id FROM {self.database.table('markers')} WHERE collection = %s "
+            "AND state = ANY(%s) ORDER BY claimed_at DESC LIMIT %s",
+            (self.collection, list(states), limit),
+            what="read the marker ledger",
+            role=WORKER,
+            fetch="all",
+        )
+        return [user_id for (user_id,) in rows]
+
+    def counts(self) -> dict[str, int]:
+        """Markers by state, for ``flask keen-signup status``."""
+        rows = self.database.run(
+            f"SELECT state, count(*) FROM {self.database.table('markers')} "
+            "WHERE collection = %s GROUP BY state",
+            (self.collection,),
+            what="count markers",
+            role=WORKER,
+            fetch="all",
+        )
+        return {state: int(count) for state, count in rows}
+
+    def close(self) -> None:
+        if self.close_database:
+            self.database.close()
+
+
+def execute(conn: t.Any, query: str, params: t.Any) -> psycopg.Cursor[t.Any]:
+    """Run ``query`` on an app's connection: psycopg 3, or SQLAlchemy's ``Connection``.
+
+    For SQLAlchemy the statement goes to its DBAPI cursor unchanged
+    (``exec_driver_sql``), which psycopg (``postgresql+psycopg://``) and psycopg2 both
+    accept with ``%s`` / ``%(name)s`` placeholders.
+    """
+    if hasattr(conn, "exec_driver_sql"):
+        return t.cast("psycopg.Cursor[t.Any]", conn.exec_driver_sql(query, params))
+    return t.cast("psycopg.Cursor[t.Any]", conn.execute(query, params))
+
+
+__all__ = ["PostgresStore"]
