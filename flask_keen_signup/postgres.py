@@ -31,6 +31,7 @@ import math
 import os
 import re
 import threading
+import time
 import typing as t
 import weakref
 
@@ -41,6 +42,7 @@ try:
     import psycopg
     import psycopg.conninfo
     from psycopg_pool import ConnectionPool
+    from psycopg_pool import PoolClosed
     from psycopg_pool import PoolTimeout
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise MissingDependencyError(
@@ -68,6 +70,8 @@ WORKER_TIMEOUT = 30.0
 #: How long the sender or the CLI waits for a ``worker`` connection, in seconds: short, so
 #: that an exit flush with PostgreSQL down stays near ``KEEN_SIGNUP_SHUTDOWN_TIMEOUT``.
 WORKER_POOL_WAIT = 3.0
+#: A pool that could not give a connection in time is replaced, at most this often (s).
+REFRESH_AFTER = 1.0
 
 REQUEST = "request"
 WORKER = "worker"
@@ -257,6 +261,7 @@ class PostgresDatabase:
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._pools: dict[str, ConnectionPool[t.Any]] = {}
+        self._opened_at: dict[str, float] = {}
 
     def pool(self, role: str = REQUEST) -> ConnectionPool[t.Any]:
         """This process's pool for ``role`` (``request`` or ``worker``), opened lazily."""
@@ -272,6 +277,7 @@ class PostgresDatabase:
             if pool is None:
                 pool = self._open_pool(role)
                 self._pools[role] = pool
+                self._opened_at[role] = time.monotonic()
         return pool
 
     def _budget(self, role: str) -> float:
@@ -295,6 +301,30 @@ class PostgresDatabase:
         )
         pool.open(wait=False)
         return pool
+
+    def _refresh(self, role: str) -> None:
+        """Replace a pool that timed out by a new one, at most once per ``REFRESH_AFTER`` s.
+
+        psycopg's pool retries a failed connection with an exponential backoff that grows
+        to minutes during a long outage, so after PostgreSQL comes back logins could keep
+        failing for that long. A fresh pool connects at once; the old one is closed a little
+        later on a helper thread (never on the request's time).
+        """
+        if self._pid != os.getpid():
+            return
+        with self._lock:
+            opened = self._opened_at.get(role, 0.0)
+            if time.monotonic() - opened < REFRESH_AFTER or self._closed:
+                return
+            old = self._pools.pop(role, None)
+            self._opened_at[role] = time.monotonic()
+        if old is not None:
+            # Later, so that threads already waiting on it time out instead of failing.
+            closer = threading.Timer(
+                max(WORKER_POOL_WAIT, self.timeout) + 1.0, old.close, kwargs={"timeout": 1.0}
+            )
+            closer.daemon = True
+            closer.start()
 
     def close(self) -> None:
         """Close this process's pools (the extension's teardown, tests). Idempotent."""
@@ -349,11 +379,12 @@ class PostgresDatabase:
         """Run one statement on a pooled connection: ``fetch`` is ``none``, ``one``, ``all``.
 
         A connection the server dropped (a restart, a failover) fails once; the statement
-        is then tried again on another connection. That is safe for every statement here:
-        each is idempotent in effect (a claim that committed before the drop loses the
-        retry, and its event is queued once).
+        is then tried again on another one (the pool discards the broken one). That is
+        safe for every statement here: each is idempotent in effect (a claim that
+        committed before the drop loses the retry, and its event is queued once).
         """
-        for attempt in (1, 2):
+        # A restart leaves every idle pooled connection broken: each fails once, at most.
+        for attempt in range(1, self._sizes.get(role, 1) + 2):
             failure: BaseException | None = None
             conn: psycopg.Connection[t.Any] | None = None
             try:
@@ -366,9 +397,12 @@ class PostgresDatabase:
                         return cursor.fetchall()
                     return cursor.rowcount
             except PoolTimeout as exc:
+                self._refresh(role)
                 failure = exc
+            except PoolClosed:
+                continue  # replaced by _refresh meanwhile: take the new one
             except psycopg.OperationalError as exc:
-                if attempt == 1 and conn is not None and conn.broken:
+                if conn is not None and conn.broken and attempt <= self._sizes.get(role, 1):
                     logger.debug("PostgreSQL dropped a pooled connection; trying another")
                     continue
                 failure = exc
