@@ -617,3 +617,72 @@ def test_a_login_while_postgres_is_unreachable_does_not_break_and_is_loud(
     finally:
         signals.signup_failed.disconnect(on_failed, app)
         _close(app)
+
+
+# --------------------------------------------------------------------------- process life
+
+
+def test_a_forked_child_opens_its_own_connections_and_the_parents_keep_working(
+    parts: tuple[t.Any, t.Any],
+) -> None:
+    """gunicorn --preload in miniature: the parent's pooled connections never serve the
+    child (each process's statements run on its own backend pid)."""
+    import os
+
+    store, box = parts
+    database = store.database
+    database.run("SELECT 1", what="warm")
+    parents = {
+        pid
+        for (pid,) in database.run(
+            "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'flask-keen-signup%%'",
+            what="backends",
+            fetch="all",
+        )
+    }
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe
+        code = 1
+        try:
+            (backend,) = database.run("SELECT pg_backend_pid()", what="pid", fetch="one")
+            won = box.claim_and_enqueue(store, "auth0|child", signup(5))
+            os.write(write, f"{backend} {won}".encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    _, status = os.waitpid(child, 0)
+    with os.fdopen(read) as pipe:
+        backend_text, won_text = pipe.read().split()
+    assert os.WEXITSTATUS(status) == 0
+    assert int(backend_text) not in parents, "the child used a connection of the parent's"
+    assert won_text == "True"
+    for _ in range(5):  # the parent's pooled connections are intact after the child's exit
+        (backend,) = database.run("SELECT pg_backend_pid()", what="pid", fetch="one")
+        assert backend in parents
+    assert store.lookup("auth0|child") is MarkerState.PENDING
+    assert box.pending_count() == 1
+
+
+def test_missing_psycopg_raises_missing_dependency_error() -> None:
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["psycopg"] = None  # as if the package were not installed
+        from flask_keen_signup.exceptions import MissingDependencyError
+        try:
+            from flask_keen_signup.stores.postgres import PostgresStore
+        except MissingDependencyError as exc:
+            print("MISSING:", exc)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert "MISSING:" in out
+    assert "pip install flask-keen-signup[postgres]" in out
