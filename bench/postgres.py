@@ -90,7 +90,14 @@ def round_trip_reference(pg_url: str, n: int) -> None:
 
 def callback_costs(keen_url: str, pg_url: str, n: int) -> None:
     directory = tempfile.mkdtemp(prefix="keen-bench-")
-    apps = {store: make_app(store, keen_url, directory, pg_url) for store in ("sqlite", "postgres")}
+    # The same PostgreSQL with commits that do not wait for their WAL flush: what the
+    # fsync of each commit costs (and what it buys: see docs/postgres.md).
+    lax = pg_url + ("&" if "?" in pg_url else "?") + "options=-c%20synchronous_commit%3Doff"
+    apps = {
+        "sqlite": make_app("sqlite", keen_url, directory, pg_url),
+        "postgres": make_app("postgres", keen_url, directory, pg_url),
+        "pg sc=off": make_app("postgres", keen_url, directory, lax),
+    }
     for app, ext in apps.values():  # warm: schema, pools, prepared statements
         for i in range(20):
             timed_track(app, ext, f"auth0|warm-{i}")
@@ -116,7 +123,7 @@ def callback_costs(keen_url: str, pg_url: str, n: int) -> None:
     print(f"\n1. track_claims() in a request context, {n} iterations per case (ABAB)")
     round_trip_reference(pg_url, n)
     for case in ("new user", "returning, known", "returning, unseen"):
-        for store in ("sqlite", "postgres"):
+        for store in apps:
             print(f"   {case:<18} {store:<9} {summary(results[(store, case)])}")
     for app, _ in apps.values():
         state = app.extensions["keen_signup"]

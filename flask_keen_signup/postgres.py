@@ -285,6 +285,9 @@ class PostgresDatabase:
 
     def _open_pool(self, role: str) -> ConnectionPool[t.Any]:
         statement_ms = max(1, math.ceil(self._budget(role) * 1000))
+        # Options of the URL (``?options=-c%20search_path%3Dapp``) are kept, ours appended.
+        options = psycopg.conninfo.conninfo_to_dict(self._conninfo).get("options") or ""
+        options = f"{options} -c statement_timeout={statement_ms}".strip()
         pool: ConnectionPool[t.Any] = ConnectionPool(
             self._conninfo,
             min_size=1,
@@ -296,7 +299,7 @@ class PostgresDatabase:
                 "autocommit": True,
                 "connect_timeout": CONNECT_TIMEOUT,
                 "application_name": f"flask-keen-signup {role}",
-                "options": f"-c statement_timeout={statement_ms}",
+                "options": options,
             },
         )
         pool.open(wait=False)
