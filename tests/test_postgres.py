@@ -686,3 +686,21 @@ def test_missing_psycopg_raises_missing_dependency_error() -> None:
     ).stdout
     assert "MISSING:" in out
     assert "pip install flask-keen-signup[postgres]" in out
+
+
+def test_the_request_budget_is_the_statement_timeout_and_url_options_are_kept(
+    postgres_url: str,
+) -> None:
+    from flask_keen_signup.postgres import PostgresDatabase
+
+    url = postgres_url + "?options=-c%20synchronous_commit%3Doff"
+    database = PostgresDatabase(url, schema=fresh_schema(), timeout=0.25)
+    try:
+        show = "SELECT current_setting('statement_timeout'), current_setting('synchronous_commit')"
+        assert database.run(show, what="show", fetch="one") == ("250ms", "off")
+        assert database.run(show, what="show", role="worker", fetch="one") == ("30s", "off")
+        with pytest.raises(StoreError, match="statement timeout"):
+            database.run("SELECT pg_sleep(5)", what="sleep", fetch="one")
+        assert database.run("SELECT 1", what="after", fetch="one") == (1,)
+    finally:
+        database.close()
