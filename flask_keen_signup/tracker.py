@@ -446,24 +446,30 @@ class Tracker:
         known = self.known
         if (known is not None and user_id in known) or self.already_marked_by_claim(claims):
             return TrackOutcome.RETURNING
-        if store.lookup_in(connection, user_id) is not None:
-            return TrackOutcome.RETURNING
         created_at = created_at_from_claims(claims)
         if self._created_before_since(created_at):
             store.confirm(user_id)  # outside the app's transaction: true whatever it does
             self._remember(user_id)
             return TrackOutcome.MARKED_ONLY
-        self.notify("detected", {"user_id": user_id, "claims": claims})
-        ip, user_agent = facts() if facts is not None else (None, None)
-        event = self._build(
-            user_id, claims, created_at, ip, user_agent, extra() if callable(extra) else extra
-        )
-        if not outbox.claim_and_enqueue(
-            store, user_id, self._queued(user_id, event), connection=connection
-        ):
-            return TrackOutcome.RETURNING
-        self.notify("recorded", {"user_id": user_id, "event": event})
-        return TrackOutcome.QUEUED
+
+        def in_savepoint() -> TrackOutcome:
+            # The read and the claim share one savepoint of the app's transaction.
+            if store.lookup_in(connection, user_id) is not None:
+                return TrackOutcome.RETURNING
+            self.notify("detected", {"user_id": user_id, "claims": claims})
+            ip, user_agent = facts() if facts is not None else (None, None)
+            event = self._build(
+                user_id, claims, created_at, ip, user_agent, extra() if callable(extra) else extra
+            )
+            queued = self._queued(user_id, event)
+            if not outbox.claim_and_enqueue(
+                store, user_id, queued, connection=connection, savepoint=False
+            ):
+                return TrackOutcome.RETURNING
+            self.notify("recorded", {"user_id": user_id, "event": event})
+            return TrackOutcome.QUEUED
+
+        return outbox.in_app_transaction(connection, in_savepoint)
 
     def _claim_and_enqueue(self, user_id: str, queued: QueuedEvent) -> bool:
         if self._atomic is not None:

@@ -539,10 +539,12 @@ def test_sqlalchemy_session_connection_commits_and_rolls_back_with_the_app(
         _close(app)
 
 
+@pytest.mark.parametrize("locked", ["markers", "outbox"])
 def test_a_failure_inside_the_app_transaction_leaves_it_usable(
-    auth0: Auth0Emulator, keen: KeenEmulator, postgres_url: str, tmp_path: t.Any
+    locked: str, auth0: Auth0Emulator, keen: KeenEmulator, postgres_url: str, tmp_path: t.Any
 ) -> None:
-    """A store error rolls back only the signup's savepoint: the app's writes commit."""
+    """A store error (in the read, or in the claim) rolls back only the signup's
+    savepoint: the app's writes commit."""
     app, signup_ext = _pg_app(
         auth0, keen, postgres_url, tmp_path, KEEN_SIGNUP_PROPAGATE_ERRORS=False
     )
@@ -561,7 +563,7 @@ def test_a_failure_inside_the_app_transaction_leaves_it_usable(
             # Make the outbox insert fail: lock the table out with a tiny lock_timeout.
             conn.execute("SET lock_timeout = '50ms'")
             with _pg().connect(postgres_url) as blocker:
-                blocker.execute(f"LOCK TABLE {state.store.database.table('outbox')}")
+                blocker.execute(f"LOCK TABLE {state.store.database.table(locked)}")
                 outcome = _track_in(app, signup_ext, {"sub": "auth0|x"}, conn)
                 blocker.rollback()
             assert outcome is None, "the error was logged, not raised"

@@ -42,6 +42,8 @@ from . import QueuedEvent
 if t.TYPE_CHECKING:  # pragma: no cover
     from ..postgres import _Listener
 
+T = t.TypeVar("T")
+
 _OPEN = "state IN ('pending', 'confirming')"
 _ROW = (
     "id, collection, user_id, uniqueness_token, body, attempts, created_at, "
@@ -111,13 +113,16 @@ class PostgresOutbox(Outbox):
         *,
         now: float | None = None,
         connection: t.Any = None,
+        savepoint: bool = True,
     ) -> bool:
         """Claim ``user_id``'s marker in ``store`` and queue ``event``: one statement.
 
         :param connection: run it on the app's own connection (psycopg 3, or a SQLAlchemy
             ``Connection``), inside the app's transaction: it commits or rolls back with
-            the app's writes, and its NOTIFY wakes the senders only at commit. A failure
-            rolls back only this statement (a savepoint), never the app's transaction.
+            the app's writes, and its NOTIFY wakes the senders only at commit.
+        :param savepoint: with ``connection``, run in :meth:`in_app_transaction` (a failure
+            rolls back only this statement, never the app's transaction). ``False`` when
+            the caller already is inside it.
         :returns: ``True`` if this call claimed the user (and queued the event).
         :raises StoreError: PostgreSQL failed; then nothing was written.
         """
@@ -131,19 +136,30 @@ class PostgresOutbox(Outbox):
         }
         sql = self.claim_and_enqueue_sql(store)
         if connection is not None:
-            failure = None
-            try:
-                return in_savepoint(
-                    connection, lambda: execute(connection, sql, params).fetchone() is not None
-                )
-            except Exception as exc:
-                cause = driver_error(exc)
-                if cause is None:
-                    raise
-                failure = self.database.error("claim and enqueue on the app's connection", cause)
-            raise failure  # outside the except block: not chained to a message with data
+
+            def claim() -> bool:
+                return execute(connection, sql, params).fetchone() is not None
+
+            return self.in_app_transaction(connection, claim) if savepoint else claim()
         row = self.database.run(sql, params, what="claim and enqueue", fetch="one")
         return row is not None
+
+    def in_app_transaction(self, connection: t.Any, work: t.Callable[[], T]) -> T:
+        """Run ``work`` (statements on the app's ``connection``) in a savepoint.
+
+        A database error rolls back the savepoint only, so the app's transaction stays
+        usable, and comes out as a :class:`StoreError` without the driver's message
+        details (SQLAlchemy's carry the statement's parameters: personal data).
+        """
+        failure = None
+        try:
+            return in_savepoint(connection, work)
+        except Exception as exc:
+            cause = driver_error(exc)
+            if cause is None:
+                raise
+            failure = self.database.error("record a signup on the app's connection", cause)
+        raise failure  # outside the except block: not chained to a message with data
 
     @staticmethod
     def _event_values(event: QueuedEvent) -> tuple[str, str, str, str]:
@@ -451,7 +467,7 @@ SELECT count(*), {self._notify} FROM queued""",
             self._listener.stop()
 
 
-def in_savepoint(conn: t.Any, work: t.Callable[[], bool]) -> bool:
+def in_savepoint(conn: t.Any, work: t.Callable[[], T]) -> T:
     """Run ``work`` on the app's connection so that its failure leaves the app's
     transaction usable: a savepoint (SQLAlchemy's ``begin_nested``), or nothing when a
     psycopg connection is in autocommit mode (the statement is its own transaction).
