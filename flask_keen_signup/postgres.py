@@ -552,8 +552,11 @@ _databases: weakref.WeakSet[PostgresDatabase] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
+    pid = os.getpid()
     for database in list(_databases):
-        database._reset_process_state()
+        # A sender restarted by an earlier hook may have opened this child's pool already.
+        if database._pid != pid:
+            database._reset_process_state()
 
 
 if hasattr(os, "register_at_fork"):  # not on Windows

@@ -385,16 +385,14 @@ def test_cli_schema_prints_the_sql_for_the_configured_schema(tmp_path: t.Any) ->
 def _pg_app(
     auth0: Auth0Emulator, keen: KeenEmulator, postgres_url: str, tmp_path: t.Any, **config: t.Any
 ) -> t.Any:
-    app, signup_ext = quickstart_app(
-        auth0,
-        keen,
-        str(tmp_path / "unused.sqlite3"),
-        KEEN_SIGNUP_STORE="postgres",
-        KEEN_SIGNUP_DATABASE_URL=postgres_url,
-        KEEN_SIGNUP_DATABASE_SCHEMA=fresh_schema(),
-        KEEN_SIGNUP_STORE_TIMEOUT=5.0,
+    settings: dict[str, t.Any] = {
+        "KEEN_SIGNUP_STORE": "postgres",
+        "KEEN_SIGNUP_DATABASE_URL": postgres_url,
+        "KEEN_SIGNUP_DATABASE_SCHEMA": fresh_schema(),
+        "KEEN_SIGNUP_STORE_TIMEOUT": 5.0,
         **config,
-    )
+    }
+    app, signup_ext = quickstart_app(auth0, keen, str(tmp_path / "unused.sqlite3"), **settings)
     return app, signup_ext
 
 
@@ -706,3 +704,43 @@ def test_the_request_budget_is_the_statement_timeout_and_url_options_are_kept(
         assert database.run("SELECT 1", what="after", fetch="one") == (1,)
     finally:
         database.close()
+
+
+def test_sync_mode_sends_in_the_request_and_queues_what_failed(
+    auth0: Auth0Emulator, keen: KeenEmulator, postgres_url: str, tmp_path: t.Any
+) -> None:
+    app, _ = _pg_app(auth0, keen, postgres_url, tmp_path, KEEN_SIGNUP_DELIVERY="sync")
+    state = app.extensions["keen_signup"]
+    try:
+        assert login(app.test_client(), auth0, "sync@example.com").status_code == 302
+        (event,) = keen.events("signups")  # sent during the request
+        assert state.store.lookup(event["userId"]) is MarkerState.CONFIRMED
+        keen.set_down(True)
+        assert login(app.test_client(), auth0, "later@example.com").status_code == 302
+        later = next(u["user_id"] for u in auth0.users() if u["email"] == "later@example.com")
+        assert state.store.lookup(later) is None, "released for the next login"
+        keen.set_down(False)
+        assert _wait_until(lambda: len(keen.events("signups")) == 2)
+        assert _wait_until(lambda: state.store.lookup(later) is MarkerState.CONFIRMED)
+    finally:
+        keen.clear_faults()
+        _close(app)
+
+
+def test_known_users_are_loaded_from_the_table_at_start(
+    auth0: Auth0Emulator, keen: KeenEmulator, postgres_url: str, tmp_path: t.Any
+) -> None:
+    from flask_keen_signup.postgres import PostgresDatabase
+    from flask_keen_signup.stores.postgres import PostgresStore
+
+    schema = fresh_schema()
+    database = PostgresDatabase(postgres_url, schema=schema, timeout=5)
+    PostgresStore(database, "signups").confirm_many([f"auth0|old{n}" for n in range(50)])
+    database.close()
+    app, _ = _pg_app(auth0, keen, postgres_url, tmp_path, KEEN_SIGNUP_DATABASE_SCHEMA=schema)
+    tracker = app.extensions["keen_signup"].tracker
+    try:
+        assert _wait_until(lambda: len(tracker.known) == 50)
+        assert "auth0|old7" in tracker.known
+    finally:
+        _close(app)
