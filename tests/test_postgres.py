@@ -744,3 +744,12 @@ def test_known_users_are_loaded_from_the_table_at_start(
         assert "auth0|old7" in tracker.known
     finally:
         _close(app)
+
+
+def test_a_user_id_postgres_cannot_store_is_a_store_error(parts: tuple[t.Any, t.Any]) -> None:
+    """PostgreSQL text holds no NUL character (SQLite's does): a clear StoreError, which
+    the extension logs without breaking the login; nothing is written."""
+    store, box = parts
+    with pytest.raises(StoreError, match="NUL"):
+        box.claim_and_enqueue(store, "auth0|a\x00b", signup(1))
+    assert box.pending_count() == 0
