@@ -25,10 +25,8 @@ from .events import uniqueness_token
 if t.TYPE_CHECKING:  # pragma: no cover
     from .auth0 import ManagementClient
     from .config import Settings
-    from .delivery.postgres_outbox import PostgresOutbox
     from .delivery.redis_outbox import RedisOutbox
     from .delivery.sqlite_outbox import SQLiteOutbox
-    from .stores.postgres import PostgresStore
     from .stores.redis import RedisStore
     from .stores.sqlite import SQLiteStore
 
@@ -108,26 +106,6 @@ class RedisBackfillLedger(BackfillLedger):
         self.backfilled = RedisStore(
             store.client, f"{store.collection}#backfill", prefix=store.prefix
         )
-
-    def done(self, user_id: str) -> bool:
-        return self.backfilled.lookup(user_id) is not None
-
-    def queue(self, user_id: str, event: QueuedEvent) -> bool:
-        if not self.outbox.claim_and_enqueue(self.backfilled, user_id, event):
-            return False
-        self.store.confirm(user_id)  # idempotent: a crash before it only costs a lookup later
-        return True
-
-
-class PostgresBackfillLedger(BackfillLedger):
-    """A ``<collection>#backfill`` marker claimed with the event in one statement."""
-
-    def __init__(self, store: PostgresStore, outbox: PostgresOutbox) -> None:
-        from .stores.postgres import PostgresStore
-
-        self.store = store
-        self.outbox = outbox
-        self.backfilled = PostgresStore(store.database, f"{store.collection}#backfill")
 
     def done(self, user_id: str) -> bool:
         return self.backfilled.lookup(user_id) is not None

@@ -1,4 +1,4 @@
-"""``flask keen-signup status | flush | retry-dead | backfill | schema``.
+"""``flask keen-signup status | flush | retry-dead | backfill``.
 
 Operators' view of the outbox: what is waiting, what died and why; and the two repairs:
 send now, and replay dead letters after fixing their cause.
@@ -48,6 +48,24 @@ def status_command() -> None:
     click.echo(f"oldest pending:    {_format_age(status.get('oldest_pending_age'))}")
     click.echo(f"last error:        {status.get('last_error') or '-'}")
     click.echo(f"circuit:           {status.get('circuit', '-')}")
+
+
+@cli.command("schema")
+@click.option(
+    "--schema",
+    "schema",
+    default=None,
+    help="Schema name (default: KEEN_SIGNUP_DATABASE_SCHEMA).",
+)
+def schema_command(schema: str | None) -> None:
+    """Print the SQL that creates the postgres store's tables (for DBAs; idempotent)."""
+    from .postgres import schema_sql
+
+    name = schema or _state().settings.database_schema
+    try:
+        click.echo(schema_sql(name), nl=False)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--schema") from None
 
 
 @cli.command("flush")
@@ -152,24 +170,6 @@ def backfill_command(before: str | None, dry_run: bool) -> None:
         state.sender.wake()
 
 
-@cli.command("schema")
-@click.option(
-    "--schema",
-    "schema",
-    default=None,
-    help="Schema name (default: KEEN_SIGNUP_DATABASE_SCHEMA).",
-)
-def schema_command(schema: str | None) -> None:
-    """Print the SQL that creates the postgres store's tables (for DBAs; idempotent)."""
-    from .postgres import schema_sql
-
-    name = schema or _state().settings.database_schema
-    try:
-        click.echo(schema_sql(name), nl=False)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--schema") from None
-
-
 def _backfill_ledger(state: _AppState) -> BackfillLedger:
     """Where this app records backfilled users: beside its outbox (SQLite or Redis)."""
     from .backfill import RedisBackfillLedger
@@ -189,12 +189,4 @@ def _backfill_ledger(state: _AppState) -> BackfillLedger:
         return RedisBackfillLedger(
             t.cast(RedisStore, state.store), t.cast(RedisOutbox, state.outbox)
         )
-    if type(state.outbox).__name__ == "PostgresOutbox":
-        from .backfill import PostgresBackfillLedger
-        from .delivery.postgres_outbox import PostgresOutbox
-        from .stores.postgres import PostgresStore
-
-        return PostgresBackfillLedger(
-            t.cast(PostgresStore, state.store), t.cast(PostgresOutbox, state.outbox)
-        )
-    raise click.ClickException("backfill needs the SQLite, Redis or PostgreSQL outbox")
+    raise click.ClickException("backfill needs the SQLite or the Redis outbox")

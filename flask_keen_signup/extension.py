@@ -394,6 +394,28 @@ def _notifier(app: Flask) -> t.Callable[[str, dict[str, t.Any]], None]:
     return notify
 
 
+def _postgres_parts(
+    settings: Settings, reclaim_after: float | None
+) -> tuple[MarkerStore, Outbox]:
+    """The ``postgres`` store and outbox on one :class:`~.postgres.PostgresDatabase`."""
+    from .delivery.postgres_outbox import PostgresOutbox
+    from .postgres import PostgresDatabase
+    from .stores.postgres import PostgresStore
+
+    try:
+        database = PostgresDatabase(
+            t.cast(str, settings.database_url),
+            schema=settings.database_schema,
+            timeout=settings.store_timeout,
+        )
+    except ValueError as exc:
+        raise ConfigurationError(f"KEEN_SIGNUP_DATABASE_URL is not usable: {exc}") from None
+    store = PostgresStore(
+        database, settings.collection, reclaim_after=reclaim_after, close_database=True
+    )
+    return store, PostgresOutbox(database, keep_delivered=settings.keep_delivered)
+
+
 def _build_state(app: Flask, settings: Settings) -> _AppState:
     from .delivery.sqlite_outbox import SQLiteOutbox
     from .keen import KeenClient
@@ -462,9 +484,6 @@ def _build_state(app: Flask, settings: Settings) -> _AppState:
         confirm_in = store
     notify = _notifier(app)
     sender = _build_sender(settings, outbox, client, store, confirm_in, notify)
-    wake_on_notify = getattr(outbox, "wake_on_notify", None)  # postgres: LISTEN/NOTIFY
-    if sender is not None and callable(wake_on_notify):
-        wake_on_notify(sender.wake)
     tracker = Tracker(
         settings,
         store=store,
@@ -475,6 +494,9 @@ def _build_state(app: Flask, settings: Settings) -> _AppState:
         notify=notify,
         listening=_listening,
     )
+    wake_on_notify = getattr(outbox, "wake_on_notify", None)  # postgres: LISTEN/NOTIFY
+    if sender is not None and callable(wake_on_notify):
+        wake_on_notify(sender.wake)
     return _AppState(
         settings=settings,
         tracker=tracker,
@@ -484,28 +506,6 @@ def _build_state(app: Flask, settings: Settings) -> _AppState:
         sender=sender,
         store=store,
     )
-
-
-def _postgres_parts(
-    settings: Settings, reclaim_after: float | None
-) -> tuple[MarkerStore, Outbox]:
-    """The ``postgres`` store and outbox on one :class:`~.postgres.PostgresDatabase`."""
-    from .delivery.postgres_outbox import PostgresOutbox
-    from .postgres import PostgresDatabase
-    from .stores.postgres import PostgresStore
-
-    try:
-        database = PostgresDatabase(
-            t.cast(str, settings.database_url),
-            schema=settings.database_schema,
-            timeout=settings.store_timeout,
-        )
-    except ValueError as exc:
-        raise ConfigurationError(f"KEEN_SIGNUP_DATABASE_URL is not usable: {exc}") from None
-    store = PostgresStore(
-        database, settings.collection, reclaim_after=reclaim_after, close_database=True
-    )
-    return store, PostgresOutbox(database, keep_delivered=settings.keep_delivered)
 
 
 def _build_sender(

@@ -3,13 +3,13 @@
 # developer's second `make test` costs nothing. Runs as root in CI; uses sudo otherwise.
 set -euo pipefail
 need=()
-command -v chromium >/dev/null 2>&1 || need+=(chromium)
-command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 # PostgreSQL's server binaries are not on PATH in Debian: look where the package puts them.
 # The tests start their own server (initdb + pg_ctl in a temporary directory), never this one.
 if ! command -v pg_ctl >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
     need+=(postgresql)
 fi
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 if ((${#need[@]})); then
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -753,3 +753,21 @@ def test_a_user_id_postgres_cannot_store_is_a_store_error(parts: tuple[t.Any, t.
     with pytest.raises(StoreError, match="NUL"):
         box.claim_and_enqueue(store, "auth0|a\x00b", signup(1))
     assert box.pending_count() == 0
+
+
+def test_bulk_known_mark_and_report_for_migrations(parts: tuple[t.Any, t.Any]) -> None:
+    """What a migration ledger needs: which users are known, mark many, report many (each
+    user's confirmed marker and event both or neither, users already known left alone)."""
+    store, box = parts
+    assert store.claim("auth0|user1")  # a live login got there first: pending
+    assert store.known(["auth0|user1", "auth0|user2"]) == {"auth0|user1"}
+    assert store.mark(["auth0|user1", "auth0|user2", "auth0|user2"]) == {"auth0|user2"}
+    assert store.lookup("auth0|user1") is MarkerState.PENDING, "an existing marker stays"
+    assert store.lookup("auth0|user2") is MarkerState.CONFIRMED
+    events = [signup(n) for n in (1, 2, 3, 4)]
+    assert box.report_confirmed(store, events) == 2  # users 3 and 4
+    assert box.report_confirmed(store, events) == 0, "safe to run again"
+    assert store.lookup("auth0|user3") is MarkerState.CONFIRMED
+    rows = box.claim_due(10, now=time.time() + 1, lease_seconds=60, owner="m")
+    assert sorted(r.user_id for r in rows) == ["auth0|user3", "auth0|user4"]
+    assert box.report_confirmed(store, []) == 0

@@ -144,6 +144,49 @@ class PostgresOutbox(Outbox):
         row = self.database.run(sql, params, what="claim and enqueue", fetch="one")
         return row is not None
 
+    def report_confirmed(
+        self, store: PostgresStore, events: t.Sequence[QueuedEvent], *, now: float | None = None
+    ) -> int:
+        """For each event: create its user's *confirmed* marker and queue the event, both
+        or neither, all in one statement; users whose marker exists are left alone.
+
+        For bulk reporting (``flask keen-signup migrate``): their markers are confirmed at
+        once, so a later login never reports them, whatever the sender does. Returns how
+        many events were queued.
+        """
+        if not events:
+            return 0
+        unique = list({event.user_id: event for event in events}.values())
+        markers = store.database.table("markers")
+        row = self.database.run(
+            f"""
+WITH items AS (
+    SELECT * FROM unnest(%(users)s::text[], %(collections)s::text[], %(tokens)s::text[],
+                         %(bodies)s::text[]) AS i(user_id, collection, token, body)
+), claimed AS (
+    INSERT INTO {markers} (collection, user_id, state, claimed_at, confirmed_at)
+    SELECT %(marker_collection)s, user_id, 'confirmed', %(now)s, %(now)s FROM items
+    ON CONFLICT (collection, user_id) DO NOTHING RETURNING user_id
+), queued AS (
+    {self._insert}
+    SELECT i.collection, i.user_id, i.token, i.body, %(now)s, %(now)s
+    FROM items i JOIN claimed c ON c.user_id = i.user_id RETURNING id
+)
+SELECT count(*), {self._notify} FROM queued""",
+            {
+                "users": [e.user_id for e in unique],
+                "collections": [e.collection for e in unique],
+                "tokens": [e.uniqueness_token for e in unique],
+                "bodies": [e.body_json for e in unique],
+                "marker_collection": store.collection,
+                "now": time.time() if now is None else now,
+            },
+            what="report users",
+            role=WORKER,
+            fetch="one",
+        )
+        return int(row[0])
+
     def in_app_transaction(self, connection: t.Any, work: t.Callable[[], T]) -> T:
         """Run ``work`` (statements on the app's ``connection``) in a savepoint.
 

@@ -124,6 +124,36 @@ class PostgresStore(MarkerStore):
     def release(self, user_id: str) -> None:
         self.database.run(self._release, (self.collection, user_id), what="release a marker")
 
+    def known(self, user_ids: t.Sequence[str]) -> set[str]:
+        """The users among ``user_ids`` that have a marker (any state): one indexed read.
+
+        For bulk tools (``flask keen-signup migrate``'s ledger), not the login path.
+        """
+        rows = self.database.run(
+            f"SELECT user_id FROM {self.database.table('markers')} "
+            "WHERE collection = %s AND user_id = ANY(%s)",
+            (self.collection, list(user_ids)),
+            what="read markers",
+            role=WORKER,
+            fetch="all",
+        )
+        return {user_id for (user_id,) in rows}
+
+    def mark(self, user_ids: t.Sequence[str]) -> set[str]:
+        """Create confirmed markers where none exist, in one statement; return the users
+        actually marked (a marker that exists, pending or confirmed, is left alone)."""
+        rows = self.database.run(
+            f"INSERT INTO {self.database.table('markers')} "
+            "(collection, user_id, state, claimed_at, confirmed_at) "
+            f"SELECT %s, u, 'confirmed', {SERVER_NOW}, {SERVER_NOW} FROM unnest(%s::text[]) u "
+            "ON CONFLICT (collection, user_id) DO NOTHING RETURNING user_id",
+            (self.collection, list(dict.fromkeys(user_ids))),
+            what="mark users",
+            role=WORKER,
+            fetch="all",
+        )
+        return {user_id for (user_id,) in rows}
+
     def recent_user_ids(self, states: t.Sequence[str], *, limit: int) -> list[str]:
         """Up to ``limit`` user ids in one of ``states``, newest claim first (start-up load)."""
         rows = self.database.run(
