@@ -771,3 +771,14 @@ def test_bulk_known_mark_and_report_for_migrations(parts: tuple[t.Any, t.Any]) -
     rows = box.claim_due(10, now=time.time() + 1, lease_seconds=60, owner="m")
     assert sorted(r.user_id for r in rows) == ["auth0|user3", "auth0|user4"]
     assert box.report_confirmed(store, []) == 0
+
+
+def test_the_migration_ledger_delegates_to_the_bulk_statements(parts: tuple[t.Any, t.Any]) -> None:
+    from flask_keen_signup.delivery.postgres_outbox import PostgresMigrationLedger
+
+    store, box = parts
+    ledger = PostgresMigrationLedger(store, box)
+    assert ledger.mark(["auth0|user1"]) == {"auth0|user1"}
+    assert ledger.known(["auth0|user1", "auth0|user2"]) == {"auth0|user1"}
+    assert ledger.report([signup(1), signup(2)]) == 1
+    assert box.pending_count() == 1
