@@ -9,8 +9,9 @@ Environment:
 
 * ``PORT`` (default 3000): the app's port on ``localhost``.
 * ``EXAMPLE_INSTANCE_PATH`` (default ``example_app/instance``): where the offline demo keeps
-  its data (``keen-emulator.sqlite3``, the events Keen received, and ``keen_signup.sqlite3``,
-  the extension's outbox and signedUp markers), so both survive restarts.
+  its data (``auth0-emulator.sqlite3``, the tenant's users; ``keen-emulator.sqlite3``, the
+  events Keen received; and ``keen_signup.sqlite3``, the extension's outbox and signedUp
+  markers), so all three survive restarts and agree with each other.
 * ``EXAMPLE_OFFLINE=1``: run offline even when a ``.env`` or the environment has real settings.
 """
 
@@ -56,6 +57,9 @@ def start_offline_app(
         client_secret="example-secret",
         allowed_callback_urls=[f"{origin}/callback" for origin in origins],
         allowed_logout_urls=[f"{origin}/" for origin in origins],
+        # Users survive a restart like Keen's events do: a returning email is the same
+        # user_id, so the demo never shows one person as two signups.
+        database=os.path.join(instance, "auth0-emulator.sqlite3"),
     )
     keen = KeenEmulator(
         project_id="example-project",

@@ -1,11 +1,13 @@
 """A small client for the Auth0 Management API v2, built on ``requests`` only.
 
-The ``auth0`` marker store keeps the Rule's ``signedUp`` flag in ``app_metadata`` and
-``flask keen-signup backfill`` lists existing users; both need three calls (read a user,
-merge into its ``app_metadata``, page through users) and a machine-to-machine token.
+The ``auth0`` marker store keeps the Rule's ``signedUp`` flag in ``app_metadata``,
+``flask keen-signup migrate`` reads every user of a tenant, and the sender resolves users'
+``created_at`` off the request path. That takes a handful of calls (read a user, merge into
+its ``app_metadata``, count, page, search by ids, run a user export job and stream its file)
+and a machine-to-machine token.
 ``auth0-python`` would pull in httpx, pydantic and aiohttp for that, and Authlib's
 ``OAuth2Session`` drops the ``audience`` when it renews a client-credentials token, so
-this module re-implements the ~200 lines that matter, mirroring auth0-python's
+this module implements the calls it needs, mirroring auth0-python's
 behaviour:
 
 - the token is fetched with the client-credentials grant, **always with the audience**,
@@ -17,9 +19,15 @@ behaviour:
   with jitter; ``408``, ``5xx``, connection errors and timeouts are retried the same way;
   every wait is capped and the number of retries bounded, so a call never hangs;
 - user ids are always quoted with ``safe=""``: ``samlp|conn|ada@x/y`` must be one path
-  segment;
+  segment, and quoted and escaped as Lucene phrases in search queries;
+- ``max_requests_per_second`` paces Management API calls across threads, for tenants whose
+  limit (2 per second on free plans) a batch job would otherwise exhaust;
+- an export's file is downloaded without the bearer token (it lives on a storage host) and
+  parsed as it arrives, never held whole;
 - the client secret and access tokens never appear in URLs, logs, ``repr`` or exception
-  text. Exceptions are built from status codes and Auth0's own error text only.
+  text (``__context__`` and ``__cause__`` included: no exception is raised inside an
+  ``except`` block that caught a ``requests`` error, which carries the prepared request).
+  Exceptions are built from status codes and Auth0's own error text only.
 """
 
 from __future__ import annotations
@@ -34,25 +42,29 @@ import re
 import threading
 import time
 import typing as t
+from collections.abc import Iterator
 from collections.abc import Mapping
+from datetime import datetime
+from datetime import timezone
 from importlib import metadata
 from urllib.parse import quote
 
 import requests
+import urllib3
 
 from .config import DEFAULT_TIMEOUT
 from .exceptions import Auth0APIError
 from .exceptions import Auth0ConnectionError
 from .exceptions import Auth0Error
+from .users_export import iter_export_stream
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Callable
-    from collections.abc import Iterator
-    from collections.abc import Mapping
+    from collections.abc import Iterable
     from collections.abc import Sequence
     from types import TracebackType
 
-__all__ = ["ManagementClient"]
+__all__ = ["Auth0ExportError", "ManagementClient", "UserListing"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +81,130 @@ PAGINATION_LIMIT = 1000
 EXCERPT_LENGTH = 200
 #: Used when a token response omits ``expires_in`` (Auth0 always sends it; be safe).
 FALLBACK_EXPIRES_IN = 3600.0
+#: User ids per search request in :meth:`ManagementClient.created_at_of`: one request for
+#: up to 50 users keeps the query string far below Auth0's URL limit (414).
+SEARCH_BATCH = 50
+#: Auth0's job ids, ``job_`` and 16 letters or digits.
+_JOB_ID_RE = re.compile(r"^job_[A-Za-z0-9]{1,64}$")
+#: Job statuses that mean "not finished yet".
+_RUNNING = frozenset({"pending", "processing"})
+#: Default fields of :meth:`ManagementClient.all_users`: what ``migrate`` needs.
+MIGRATION_FIELDS = ("user_id", "created_at", "app_metadata")
+
+
+class Auth0ExportError(Auth0Error):
+    """A user export job failed, expired, timed out, or its file could not be downloaded."""
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message, retryable=retryable)
+
+
+class UserListing:
+    """Every user of a tenant, iterable once, from :meth:`ManagementClient.all_users`.
+
+    :attr:`total` is the count Auth0 reported before the walk began (``None`` when it
+    did not say); users signing up meanwhile may make the walk yield a few more.
+    :attr:`source` is ``"paging"`` (``GET /api/v2/users``, tenants of at most 1,000
+    users) or ``"export"`` (a user export job); it becomes ``"export"`` when a paged walk
+    had to switch because the tenant grew past the paging limit during the walk.
+    """
+
+    def __init__(
+        self, users: Iterator[dict[str, t.Any]], *, total: int | None, source: str
+    ) -> None:
+        self._users = users
+        self.total = total
+        self.source = source
+
+    def __iter__(self) -> Iterator[dict[str, t.Any]]:
+        return self._users
+
+    def __repr__(self) -> str:
+        return f"<UserListing source={self.source} total={self.total}>"
+
+
+class _Pacer:
+    """Spaces requests at least ``1 / rate`` seconds apart, across all threads.
+
+    Each caller reserves the next free slot under a lock and sleeps outside it, so N
+    threads calling at once leave at ``0, 1/rate, 2/rate, ...`` seconds.
+    """
+
+    def __init__(self, rate: float, sleep: Callable[[float], None]) -> None:
+        self.interval = 1.0 / rate
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._next = 0.0
+
+    def wait(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            slot = max(now, self._next)
+            self._next = slot + self.interval
+        if slot > now:
+            self._sleep(slot - now)
+
+    def defer(self, seconds: float) -> None:
+        """Nobody sends before ``seconds`` from now (Auth0 said it is rate limiting us)."""
+        with self._lock:
+            self._next = max(self._next, time.monotonic() + seconds)
+
+
+def _lucene_phrase(value: str) -> str:
+    """``value`` as a quoted Lucene phrase: backslashes and double quotes escaped."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _parse_created_at(value: t.Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)
+
+
+def _export_fields(fields: Iterable[t.Any]) -> list[dict[str, str]]:
+    """Normalise ``"name"``, ``("name", "export_as")`` or ``{"name", "export_as"}``."""
+    result: list[dict[str, str]] = []
+    for field in [fields] if isinstance(fields, str) else fields:
+        name: t.Any
+        export_as: t.Any
+        if isinstance(field, str):
+            name, export_as = field, None
+        elif isinstance(field, Mapping):
+            name, export_as = field.get("name"), field.get("export_as")
+        elif isinstance(field, tuple) and len(field) == 2:
+            name, export_as = field
+        else:
+            raise TypeError("an export field is a name, a (name, export_as) pair or a mapping")
+        if not isinstance(name, str) or not name:
+            raise ValueError("an export field needs a non-empty name")
+        entry = {"name": name}
+        if export_as is not None:
+            if not isinstance(export_as, str) or not export_as:
+                raise ValueError("export_as must be a non-empty string")
+            entry["export_as"] = export_as
+        result.append(entry)
+    if not result:
+        raise ValueError("at least one export field is required")
+    return result
+
+
+def _root_fields(fields: Iterable[str]) -> list[str]:
+    """``app_metadata.signedUp`` -> ``app_metadata``; always with ``user_id``, no repeats."""
+    roots: list[str] = ["user_id"]
+    for field in [fields] if isinstance(fields, str) else fields:
+        root = re.split(r"[.\[]", field, maxsplit=1)[0]
+        if root and root not in roots:
+            roots.append(root)
+    return roots
 
 
 def _version() -> str:
@@ -205,6 +341,9 @@ class ManagementClient:
         token never expires between our check and Auth0's.
     :param sleep: how to wait; injectable so tests can record the waits asked for.
     :param clock: epoch seconds; injectable for tests of expiry and rate-limit resets.
+    :param max_requests_per_second: space Management API calls at least this far apart,
+        across every thread using the client (Auth0's free tenants allow 2 per second).
+        ``None`` (the default) sends at once and relies on 429 handling alone.
     """
 
     def __init__(
@@ -221,6 +360,7 @@ class ManagementClient:
         token_leeway: float = 60.0,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
+        max_requests_per_second: float | None = None,
     ) -> None:
         if not client_id:
             raise ValueError("client_id is required")
@@ -232,6 +372,10 @@ class ManagementClient:
             raise ValueError("max_retry_wait must be >= 0")
         if token_leeway < 0:
             raise ValueError("token_leeway must be >= 0")
+        if max_requests_per_second is not None and not (
+            math.isfinite(max_requests_per_second) and max_requests_per_second > 0
+        ):
+            raise ValueError("max_requests_per_second must be a positive number or None")
         #: Base URL without a trailing slash, e.g. ``https://tenant.eu.auth0.com``.
         self.base_url = _base_url(domain)
         #: The Management API audience sent with every token request.
@@ -253,6 +397,11 @@ class ManagementClient:
         #: Token requests completed (success or failure); lets waiters share one result.
         self._token_fetches = 0
         self._token_error: Auth0Error | None = None
+        #: Client-side pacing of Management API calls (``None``: only 429s slow us down).
+        self.max_requests_per_second = max_requests_per_second
+        self._pacer = (
+            _Pacer(max_requests_per_second, sleep) if max_requests_per_second is not None else None
+        )
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.base_url} client_id={self.client_id!r}>"
@@ -335,6 +484,308 @@ class ManagementClient:
             **_fields_param(fields),
         }
         return self._iter_pages(params, per_page)
+
+    def count_users(self) -> int:
+        """How many users the tenant has (``include_totals`` of one small page)."""
+        body = self._call(
+            "GET",
+            "/api/v2/users",
+            params={
+                "page": "0",
+                "per_page": "1",
+                "include_totals": "true",
+                "fields": "user_id",
+                "include_fields": "true",
+            },
+        )
+        total = body.get("total") if isinstance(body, dict) else None
+        if isinstance(total, bool) or not isinstance(total, int) or total < 0:
+            raise Auth0APIError(
+                200,
+                "invalid_response",
+                "GET /api/v2/users?include_totals=true did not return a total",
+                retryable=True,
+            )
+        return total
+
+    def all_users(
+        self,
+        fields: Sequence[str] = MIGRATION_FIELDS,
+        *,
+        poll_interval: float = 2.0,
+        timeout: float = 3600.0,
+    ) -> UserListing:
+        """Every user of the tenant, whatever its size, one dict at a time.
+
+        Up to 1,000 users are paged through ``GET /api/v2/users``; a bigger tenant needs a
+        user export job (:meth:`export_users`, JSON format). Either way each user is a
+        dict with the *root* fields asked for: ``app_metadata.signedUp`` asks for the whole
+        ``app_metadata`` object, so both sources give ``user["app_metadata"]["signedUp"]``.
+        ``user_id`` is always included.
+
+        Nothing is requested until the listing is iterated, except the count.
+        """
+        roots = _root_fields(fields)
+        total = self.count_users()
+        if total > PAGINATION_LIMIT:
+            users = self.export_users(
+                roots, format="json", poll_interval=poll_interval, timeout=timeout
+            )
+            return UserListing(users, total=total, source="export")
+        listing = UserListing(iter(()), total=total, source="paging")
+        listing._users = self._page_or_export(listing, roots, poll_interval, timeout)
+        return listing
+
+    def _page_or_export(
+        self, listing: UserListing, roots: list[str], poll_interval: float, timeout: float
+    ) -> Iterator[dict[str, t.Any]]:
+        """Page through the users; if the tenant grew past the paging limit meanwhile,
+        finish with an export job, skipping the users already yielded."""
+        seen: set[str] = set()
+        pages = self.iter_users(fields=roots)
+        while True:
+            try:
+                user = next(pages)
+            except StopIteration:
+                return
+            except Auth0APIError as exc:
+                if exc.status_code == 400 and len(seen) >= PAGINATION_LIMIT - MAX_PER_PAGE:
+                    break  # the page past the limit: switch, outside this except block
+                raise
+            user_id = user.get("user_id")
+            if isinstance(user_id, str):
+                seen.add(user_id)
+            yield user
+        logger.info(
+            "The tenant grew past %d users during the walk; finishing with an export job",
+            PAGINATION_LIMIT,
+        )
+        listing.source = "export"
+        for user in self.export_users(
+            roots, format="json", poll_interval=poll_interval, timeout=timeout
+        ):
+            if user.get("user_id") not in seen:
+                yield user
+
+    def created_at_of(self, user_ids: Sequence[str]) -> dict[str, datetime]:
+        """The creation time of each user, by user id, in few requests.
+
+        One search request (``q=user_id:("a" OR "b" ...)``, search engine v3, only
+        ``user_id`` and ``created_at``) per 50 ids; ids are quoted and escaped for Lucene,
+        so ``|``, spaces or quotes in an id cannot change the query. Users that do not
+        exist (deleted since) are absent from the result; an unparseable ``created_at``
+        too. Times are timezone-aware, UTC.
+        """
+        if isinstance(user_ids, str):
+            raise TypeError("user_ids must be a sequence of ids, not one string")
+        wanted = list(dict.fromkeys(uid for uid in user_ids if isinstance(uid, str) and uid))
+        found: dict[str, datetime] = {}
+        for start in range(0, len(wanted), SEARCH_BATCH):
+            chunk = wanted[start : start + SEARCH_BATCH]
+            if len(chunk) == 1:
+                query = "user_id:" + _lucene_phrase(chunk[0])
+            else:
+                query = "user_id:(" + " OR ".join(_lucene_phrase(uid) for uid in chunk) + ")"
+            body = self._call(
+                "GET",
+                "/api/v2/users",
+                params={
+                    "q": query,
+                    "search_engine": "v3",
+                    "fields": "user_id,created_at",
+                    "include_fields": "true",
+                    "page": "0",
+                    "per_page": str(SEARCH_BATCH),
+                },
+            )
+            users = body.get("users") if isinstance(body, dict) else body
+            if not isinstance(users, list):
+                raise Auth0APIError(
+                    200,
+                    "invalid_response",
+                    "GET /api/v2/users did not return a list of users",
+                    retryable=True,
+                )
+            members = set(chunk)
+            for user in users:
+                if not isinstance(user, dict) or user.get("user_id") not in members:
+                    continue
+                moment = _parse_created_at(user.get("created_at"))
+                if moment is None:
+                    logger.warning("Auth0 returned a user without a usable created_at")
+                    continue
+                found[user["user_id"]] = moment
+        return found
+
+    def export_users(
+        self,
+        fields: Sequence[t.Any],
+        *,
+        format: str = "json",
+        limit: int | None = None,
+        connection_id: str | None = None,
+        poll_interval: float = 2.0,
+        timeout: float = 3600.0,
+    ) -> Iterator[dict[str, t.Any]]:
+        """Export users with a job and yield them one by one, never holding the file.
+
+        ``POST /api/v2/jobs/users-exports``, then ``GET /api/v2/jobs/{id}`` every
+        ``poll_interval`` seconds until it completes (429s honoured as for every call),
+        then the file at its ``location`` is downloaded as a stream *without* the
+        ``Authorization`` header (it is a presigned URL on another host), gunzipped on
+        the fly and parsed line by line (:mod:`flask_keen_signup.users_export`).
+
+        :param fields: names (``"created_at"``, ``"app_metadata"``,
+            ``"identities[0].connection"``), ``(name, export_as)`` pairs or
+            ``{"name", "export_as"}`` mappings.
+        :param format: ``"json"`` (NDJSON, nested objects kept) or ``"csv"`` (strings;
+            Auth0's ``'`` escaping undone).
+        :param limit: at most this many users; ``None`` exports all.
+        :param connection_id: only this connection's users (``con_...``).
+        :param timeout: give up waiting for the job after this many seconds.
+        :raises Auth0ExportError: the job failed, did not finish in time, or its file
+            could not be downloaded; ``Auth0APIError`` for a refused request.
+        """
+        if format not in ("json", "csv"):
+            raise ValueError("format must be 'json' or 'csv'")
+        if limit is not None and (isinstance(limit, bool) or limit < 1):
+            raise ValueError("limit must be a positive integer or None")
+        if not (poll_interval >= 0 and math.isfinite(poll_interval)):
+            raise ValueError("poll_interval must be a finite number >= 0")
+        if not (timeout > 0):
+            raise ValueError("timeout must be > 0")
+        body: dict[str, t.Any] = {"format": format, "fields": _export_fields(fields)}
+        if limit is not None:
+            body["limit"] = limit
+        if connection_id is not None:
+            body["connection_id"] = connection_id
+        return self._export(body, poll_interval, timeout)
+
+    def _export(
+        self, body: dict[str, t.Any], poll_interval: float, timeout: float
+    ) -> Iterator[dict[str, t.Any]]:
+        path = "/api/v2/jobs/users-exports"
+        job = self._expect_object(self._call("POST", path, json_body=body), "POST", path)
+        job_id = job.get("id")
+        if not isinstance(job_id, str) or not _JOB_ID_RE.match(job_id):
+            raise Auth0APIError(
+                200, "invalid_response", f"POST {path} returned no job id", retryable=True
+            )
+        logger.info("Auth0 user export job %s created", job_id)
+        deadline = self._clock() + timeout
+        location = self._wait_for_job(job_id, poll_interval, deadline)
+        yield from self._download(job_id, location, body["format"], poll_interval, deadline)
+
+    def _wait_for_job(self, job_id: str, poll_interval: float, deadline: float) -> str:
+        """Poll the job until it completes; return its download URL."""
+        path = f"/api/v2/jobs/{quote(job_id, safe='')}"
+        # Bounded by count too, so an injected clock that never moves cannot hang us.
+        max_polls = int(max(deadline - self._clock(), 0) / max(poll_interval, 0.001)) + 2
+        for _ in range(max_polls):
+            job = self._expect_object(self._call("GET", path), "GET", path)
+            status = job.get("status")
+            if status == "completed":
+                location = job.get("location")
+                if not isinstance(location, str) or not location.startswith(
+                    ("https://", "http://")
+                ):
+                    raise Auth0ExportError(
+                        f"the user export job {job_id} completed without a download location"
+                    )
+                return location
+            if status == "failed":
+                details = job.get("status_details")
+                why = self._redact(details, None) if isinstance(details, str) else "no details"
+                raise Auth0ExportError(f"the user export job {job_id} failed: {why}")
+            if status not in _RUNNING:
+                shown = self._redact(str(status), None)[:40]
+                raise Auth0ExportError(
+                    f"the user export job {job_id} is {shown!r}, not pending or completed"
+                )
+            if self._clock() + poll_interval > deadline:
+                break
+            logger.debug("Auth0 user export job %s is %s", job_id, status)
+            self._sleep(poll_interval)
+        raise Auth0ExportError(
+            f"the user export job {job_id} did not complete in time", retryable=True
+        )
+
+    def _download(
+        self,
+        job_id: str,
+        location: str,
+        format: str,
+        poll_interval: float,
+        deadline: float,
+    ) -> Iterator[dict[str, t.Any]]:
+        """Stream the export file. A refused or failed download asks the job for a fresh
+        link (Auth0's links live 60 seconds) and tries again, up to ``max_retries``."""
+        attempt = 0
+        while True:
+            failure: str | None = None
+            response: requests.Response | None = None
+            try:
+                response = self._session.get(
+                    location,
+                    # None removes a header a shared session might add: the bearer token
+                    # must never reach the storage host.
+                    headers={"User-Agent": USER_AGENT, "Authorization": None},
+                    auth=None,
+                    stream=True,
+                    timeout=self.timeout,
+                    allow_redirects=True,
+                )
+            except requests.RequestException as exc:
+                failure = f"no response ({_describe_network_error(exc)})"
+            if response is not None and response.status_code != 200:
+                failure = f"HTTP {response.status_code}"
+                response.close()
+                response = None
+            if response is not None:
+                break
+            if attempt >= self.max_retries:
+                raise Auth0ExportError(
+                    f"could not download the file of user export job {job_id}: {failure}",
+                    retryable=True,
+                )
+            attempt += 1
+            logger.warning(
+                "Downloading the file of Auth0 user export job %s failed (%s); retry %d of %d",
+                job_id,
+                failure,
+                attempt,
+                self.max_retries,
+            )
+            self._sleep(min(self._backoff(attempt - 1), self.max_retry_wait))
+            location = self._wait_for_job(job_id, poll_interval, deadline)
+        yield from self._read_download(job_id, response, format)
+
+    def _read_download(
+        self, job_id: str, response: requests.Response, format: str
+    ) -> Iterator[dict[str, t.Any]]:
+        count = 0
+        cut: str | None = None
+        try:
+            response.raw.decode_content = True  # undo a transport Content-Encoding only
+            users = iter_export_stream(response.raw, format)
+            while True:
+                try:
+                    user = next(users)
+                except StopIteration:
+                    break
+                except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
+                    cut = type(exc).__name__
+                    break
+                count += 1
+                yield user
+        finally:
+            response.close()
+        if cut is not None:
+            raise Auth0ConnectionError(
+                f"the download of user export job {job_id} was cut off after {count} "
+                f"users ({cut})"
+            )
+        logger.info("Read %d users from Auth0 user export job %s", count, job_id)
 
     # -- pagination -------------------------------------------------------------------
 
@@ -488,6 +939,14 @@ class ManagementClient:
             headers["Authorization"] = f"Bearer {token}"
         retry = 0
         while True:
+            if token is not None:
+                self._pace()
+            # No exception is raised inside an ``except`` block here: the requests
+            # exception would become the new one's ``__context__``, and it carries the
+            # prepared request (the token request's body holds the client secret).
+            failure: str | None = None
+            reason = ""
+            retry_network = False
             try:
                 response = self._session.request(
                     method,
@@ -500,8 +959,17 @@ class ManagementClient:
                     allow_redirects=False,
                 )
             except (requests.ConnectionError, requests.Timeout) as exc:
+                failure = f"no response from Auth0 at {self.base_url} for {method} {path}: "
                 reason = _describe_network_error(exc)
-                if retry < self.max_retries:
+                failure += reason
+                retry_network = True
+            except requests.RequestException as exc:
+                failure = (
+                    f"could not send {method} {path} to Auth0 at {self.base_url}: "
+                    f"{type(exc).__name__}"
+                )
+            if failure is not None:
+                if retry_network and retry < self.max_retries:
                     wait = self._backoff(retry)
                     logger.warning(
                         "Auth0 %s %s failed (%s); retry %d of %d in %.2fs",
@@ -515,14 +983,7 @@ class ManagementClient:
                     self._sleep(wait)
                     retry += 1
                     continue
-                raise Auth0ConnectionError(
-                    f"no response from Auth0 at {self.base_url} for {method} {path}: {reason}"
-                ) from None
-            except requests.RequestException as exc:
-                raise Auth0ConnectionError(
-                    f"could not send {method} {path} to Auth0 at {self.base_url}: "
-                    f"{type(exc).__name__}"
-                ) from None
+                raise Auth0ConnectionError(failure)
 
             status = response.status_code
             logger.debug("Auth0 %s %s -> %d", method, path, status)
@@ -532,6 +993,8 @@ class ManagementClient:
             if status in RETRYABLE_STATUSES and retry < self.max_retries:
                 hint = error.retry_after
                 wait = min(self._backoff(retry) if hint is None else hint, self.max_retry_wait)
+                if status == 429 and self._pacer is not None:
+                    self._pacer.defer(wait)
                 logger.warning(
                     "Auth0 answered %d %s to %s %s; retry %d of %d in %.2fs",
                     status,
@@ -558,18 +1021,23 @@ class ManagementClient:
             )
             raise error
 
+    def _pace(self) -> None:
+        if self._pacer is not None:
+            self._pacer.wait()
+
     def _json(self, response: requests.Response, method: str, path: str) -> t.Any:
         if response.status_code == 204 or not response.content:
             return None
         try:
             return response.json()
         except ValueError:
-            raise Auth0APIError(
-                response.status_code,
-                "invalid_response",
-                f"{method} {path} returned a body that is not JSON",
-                retryable=True,
-            ) from None
+            pass  # raised below, outside the except block (see _send)
+        raise Auth0APIError(
+            response.status_code,
+            "invalid_response",
+            f"{method} {path} returned a body that is not JSON",
+            retryable=True,
+        )
 
     @staticmethod
     def _expect_object(result: t.Any, method: str, path: str) -> dict[str, t.Any]:

@@ -1,4 +1,4 @@
-"""``flask keen-signup status | flush | retry-dead | backfill``.
+"""``flask keen-signup status | flush | dead | retry-dead | migrate``.
 
 Operators' view of the outbox: what is waiting, what died and why; and the two repairs:
 send now, and replay dead letters after fixing their cause.
@@ -6,6 +6,7 @@ send now, and replay dead letters after fixing their cause.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import sys
 import time
@@ -16,8 +17,9 @@ from flask import current_app
 from flask.cli import AppGroup
 
 if t.TYPE_CHECKING:  # pragma: no cover
-    from .backfill import BackfillLedger
     from .extension import _AppState
+    from .migrate import Migration
+    from .migrate import MigrationLedger
 
 cli = AppGroup("keen-signup", help="Inspect and drive the Keen signup outbox.")
 
@@ -48,6 +50,15 @@ def status_command() -> None:
     click.echo(f"oldest pending:    {_format_age(status.get('oldest_pending_age'))}")
     click.echo(f"last error:        {status.get('last_error') or '-'}")
     click.echo(f"circuit:           {status.get('circuit', '-')}")
+    # Store trouble (issue 10): signups the login path could not hand to the store in time.
+    click.echo(
+        f"spooled:           {status.get('spooled', 0)} "
+        f"(oldest {_format_age(status.get('oldest_spooled_age'))})"
+    )
+    replaced = status.get("database_replaced")
+    if replaced:
+        click.echo(f"database file:     {replaced['how']} under the app; {replaced['salvaged']}")
+    click.echo(f"ok:                {'yes' if status.get('ok', True) else 'no'}")
 
 
 @cli.command("schema")
@@ -117,76 +128,179 @@ def dead_command(limit: int) -> None:
         click.echo(f"{letter.id}\t{letter.user_id}\t{letter.error_code or '-'}\t{letter.reason}")
 
 
-@cli.command("backfill")
+@cli.command("migrate")
 @click.option(
-    "--before",
-    default=None,
-    help="Report users created before this ISO-8601 instant (default: KEEN_SIGNUP_SINCE).",
+    "--reported-until",
+    required=True,
+    metavar="ISO",
+    help="The instant the Rule stopped reporting signups (e.g. 2026-11-18T00:00:00Z). "
+    "Users created strictly before it, or carrying the Rule's signedUp marker, are marked "
+    "and never sent; later users not yet known are reported once, with their created_at.",
 )
-@click.option("--dry-run", is_flag=True, help="Count what would be queued; queue nothing.")
-def backfill_command(before: str | None, dry_run: bool) -> None:
-    """Report pre-existing Auth0 users once, with their real created_at.
+@click.option(
+    "--users-file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="A file from Auth0's user export (NDJSON or CSV, plain or gzipped) instead of "
+    "the Management API.",
+)
+@click.option("--dry-run", is_flag=True, help="Read everything, write nothing, print the table.")
+@click.option(
+    "--set-app-metadata",
+    is_flag=True,
+    help="Also set app_metadata.<marker> in Auth0 for every user marked here (one PATCH per "
+    "user, paced to KEEN_SIGNUP_AUTH0_REQUESTS_PER_SECOND: hours for a large tenant).",
+)
+@click.option(
+    "--flush-timeout",
+    default=30.0,
+    show_default=True,
+    help="Seconds to spend sending the reported users before exiting; what is left is "
+    "delivered by the app's sender.",
+)
+def migrate_command(
+    reported_until: str,
+    users_file: str | None,
+    dry_run: bool,
+    set_app_metadata: bool,
+    flush_timeout: float,
+) -> None:
+    """Take over from the Auth0 Rule: mark the users it reported, report the gap once.
 
-    Needs the Management API credentials (KEEN_SIGNUP_AUTH0_DOMAIN, _CLIENT_ID,
-    _CLIENT_SECRET) with read:users. Events go through the outbox like live signups.
+    Safe to run twice, or again after an interruption: nobody is reported twice. May run
+    while the app serves on the same store. See docs/migrating-from-the-rule.md.
     """
-    from .auth0 import ManagementClient
-    from .backfill import backfill
     from .config import _as_datetime
     from .exceptions import ConfigurationError
     from .exceptions import KeenSignupError
+    from .migrate import USER_FIELDS
+    from .migrate import Migration
 
     state = _state()
     settings = state.settings
-    if not (settings.auth0_domain and settings.auth0_client_id and settings.auth0_client_secret):
-        raise click.ClickException(
-            "backfill needs KEEN_SIGNUP_AUTH0_DOMAIN, KEEN_SIGNUP_AUTH0_CLIENT_ID and "
-            "KEEN_SIGNUP_AUTH0_CLIENT_SECRET (a machine-to-machine app with read:users)"
-        )
     try:
-        cutoff = _as_datetime("--before", before) if before else settings.since
+        cutoff = _as_datetime("--reported-until", reported_until)
     except ConfigurationError as exc:
-        raise click.BadParameter(str(exc), param_hint="--before") from None
-    if cutoff is None:
-        raise click.ClickException("set KEEN_SIGNUP_SINCE or pass --before")
-    ledger = _backfill_ledger(state)
-    try:
-        with ManagementClient(
-            settings.auth0_domain,
-            settings.auth0_client_id,
-            settings.auth0_client_secret,
-            timeout=settings.timeout,
-        ) as management:
-            report = backfill(settings, management, ledger, before=cutoff, dry_run=dry_run)
-    except KeenSignupError as exc:
-        raise click.ClickException(f"backfill stopped: {exc}") from None
-    verb = "would queue" if dry_run else "queued"
-    click.echo(
-        f"{verb} {report.queued} user(s) created before {cutoff.isoformat()}; "
-        f"{report.already_done} already backfilled, {report.too_recent} newer, "
-        f"{report.no_created_at} without created_at"
-    )
-    if state.sender is not None and report.queued and not dry_run:
-        state.sender.wake()
+        raise click.BadParameter(str(exc), param_hint="--reported-until") from None
+    assert cutoff is not None
+    needs_api = users_file is None or set_app_metadata
+    if needs_api and not (
+        settings.auth0_domain and settings.auth0_client_id and settings.auth0_client_secret
+    ):
+        raise click.ClickException(
+            "migrate reads the tenant's users through the Management API: set "
+            "KEEN_SIGNUP_AUTH0_DOMAIN, KEEN_SIGNUP_AUTH0_CLIENT_ID and "
+            "KEEN_SIGNUP_AUTH0_CLIENT_SECRET (a machine-to-machine app with read:users"
+            + (", update:users_app_metadata" if set_app_metadata else "")
+            + "), or pass --users-file with a file from Auth0's user export"
+        )
+    ledger = _migration_ledger(state)
+    with contextlib.ExitStack() as stack:
+        management = None
+        if needs_api:
+            from .auth0 import ManagementClient
+
+            management = stack.enter_context(
+                ManagementClient(
+                    t.cast(str, settings.auth0_domain),
+                    t.cast(str, settings.auth0_client_id),
+                    t.cast(str, settings.auth0_client_secret),
+                    timeout=settings.timeout,
+                    max_requests_per_second=settings.auth0_requests_per_second,
+                )
+            )
+        on_marked = None
+        if set_app_metadata and not dry_run and management is not None:
+            api = management
+
+            def on_marked(user_ids: t.Sequence[str]) -> None:
+                for user_id in user_ids:
+                    api.update_app_metadata(user_id, {settings.marker: True})
+
+        migration = Migration(
+            settings, ledger, reported_until=cutoff, dry_run=dry_run, on_marked=on_marked
+        )
+        try:
+            if users_file is not None:
+                from .users_export import iter_users_file
+
+                source = stack.enter_context(iter_users_file(users_file))
+                length, where = source.size, f"file {users_file}"
+                position: t.Callable[[int], int] = lambda count: source.position  # noqa: E731
+                records: t.Iterable[t.Mapping[str, t.Any]] = source
+            else:
+                assert management is not None
+                listing = management.all_users(USER_FIELDS)
+                length, where = listing.total or 0, f"Auth0 ({listing.source})"
+                position = lambda count: count  # noqa: E731
+                records = listing
+            _run_with_progress(migration, records, length, position)
+        except KeenSignupError as exc:
+            _print_report(migration, cutoff, "stopped early: what was done so far", dry_run)
+            raise click.ClickException(f"migrate stopped: {exc}") from None
+    _print_report(migration, cutoff, where, dry_run)
+    queued = migration.report.reported
+    if queued and not dry_run and state.sender is not None:
+        left = state.sender.flush(timeout=flush_timeout)
+        click.echo(
+            f"sent {queued - min(left, queued)} of {queued} reported signup(s) now"
+            + (f"; {left} still queued, delivered by the app's sender" if left else "")
+        )
 
 
-def _backfill_ledger(state: _AppState) -> BackfillLedger:
-    """Where this app records backfilled users: beside its outbox (SQLite or Redis)."""
-    from .backfill import RedisBackfillLedger
-    from .backfill import SQLiteBackfillLedger
+def _run_with_progress(
+    migration: Migration,
+    records: t.Iterable[t.Mapping[str, t.Any]],
+    length: int,
+    position: t.Callable[[int], int],
+) -> None:
+    """Run the migration with a progress bar on a terminal (stderr), plainly otherwise."""
+    if not (sys.stderr.isatty() and length):
+        migration.run(records)
+        return
+    with click.progressbar(length=length, label="Migrating users", file=sys.stderr) as bar:
+        done = 0
+
+        def advancing() -> t.Iterator[t.Mapping[str, t.Any]]:
+            nonlocal done
+            for count, record in enumerate(records, 1):
+                if count % 1000 == 0:
+                    now = min(position(count), length)
+                    bar.update(now - done)
+                    done = now
+                yield record
+
+        migration.run(advancing())
+        bar.update(length - done)
+
+
+def _print_report(migration: Migration, cutoff: dt.datetime, where: str, dry_run: bool) -> None:
+    title = "dry run, nothing written" if dry_run else "migrate"
+    click.echo(f"{title} ({where}; reported until {cutoff.isoformat()})")
+    rows = migration.report.rows()
+    width = max(len(name) for name, _ in rows)
+    click.echo(f"{'':<{width}}  users")
+    for name, count in rows:
+        click.echo(f"{name:<{width}}  {count:>5}")
+
+
+def _migration_ledger(state: _AppState) -> MigrationLedger:
+    """Where migrate records users: beside the app's outbox (SQLite or Redis)."""
     from .delivery.sqlite_outbox import SQLiteOutbox
+    from .migrate import RedisMigrationLedger
+    from .migrate import SQLiteMigrationLedger
     from .stores.sqlite import SQLiteStore
 
     if isinstance(state.outbox, SQLiteOutbox):
         ledger = state.tracker.claimer
         if not isinstance(ledger, SQLiteStore):  # session or custom store: the file's ledger
             ledger = SQLiteStore(state.database, state.settings.collection)
-        return SQLiteBackfillLedger(ledger, state.outbox)
+        return SQLiteMigrationLedger(ledger, state.outbox)
     if type(state.outbox).__name__ == "RedisOutbox":
         from .delivery.redis_outbox import RedisOutbox
         from .stores.redis import RedisStore
 
-        return RedisBackfillLedger(
+        return RedisMigrationLedger(
             t.cast(RedisStore, state.store), t.cast(RedisOutbox, state.outbox)
         )
-    raise click.ClickException("backfill needs the SQLite or the Redis outbox")
+    raise click.ClickException("migrate needs the SQLite or the Redis outbox")

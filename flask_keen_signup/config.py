@@ -38,10 +38,14 @@ DEFAULT_MAX_ATTEMPTS = 30
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
 #: The ``app_metadata`` key the Rule used.
 DEFAULT_MARKER = "signedUp"
+#: Management API requests per second the extension allows itself (Auth0's free tenants: 2).
+DEFAULT_AUTH0_REQUESTS_PER_SECOND = 2.0
+#: Seconds of store work a login may spend before its signup goes to the local spool.
+DEFAULT_STORE_TIMEOUT = 0.1
+#: The longest budget accepted: beyond it a stuck store would visibly slow logins.
+MAX_STORE_TIMEOUT = 30.0
 #: File name of the SQLite ledger and outbox inside ``app.instance_path``.
 DEFAULT_DATABASE_NAME = "keen_signup.sqlite3"
-#: Seconds of store work a login request may spend (``KEEN_SIGNUP_STORE_TIMEOUT``).
-DEFAULT_STORE_TIMEOUT = 0.1
 #: PostgreSQL schema of the ``postgres`` store's tables (``KEEN_SIGNUP_DATABASE_SCHEMA``).
 DEFAULT_DATABASE_SCHEMA = "keen_signup"
 
@@ -71,12 +75,13 @@ class Settings:
     # -- postgres store (issue 11) --
     database_url: str | None = dataclasses.field(repr=False)
     database_schema: str
-    store_timeout: float
     auth0_domain: str | None
     auth0_client_id: str | None
     auth0_client_secret: str | None = dataclasses.field(repr=False)
+    auth0_requests_per_second: float
     marker: str
     marker_claim: str | None
+    created_at_claim: str | None
     since: dt.datetime | None
     claims: tuple[str, ...]
     ip_mode: str
@@ -88,6 +93,7 @@ class Settings:
     shutdown_timeout: float
     keep_delivered: bool
     propagate_errors: bool | None
+    store_timeout: float = DEFAULT_STORE_TIMEOUT
 
 
 def _as_bool(key: str, value: object) -> bool:
@@ -131,6 +137,22 @@ def _as_number(key: str, value: object, *, minimum: float, integer: bool = False
     if number != number or number < minimum or (integer and number != int(number)):
         kind = "an integer" if integer else "a number"
         raise ConfigurationError(f"{key} must be {kind} >= {minimum}, got {value!r}")
+    return number
+
+
+def as_store_timeout(value: object, key: str = "KEEN_SIGNUP_STORE_TIMEOUT") -> float:
+    """``KEEN_SIGNUP_STORE_TIMEOUT``: finite seconds in (0, :data:`MAX_STORE_TIMEOUT`]."""
+    if isinstance(value, bool):
+        raise ConfigurationError(f"{key} must be a number of seconds, got {value!r}")
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigurationError(f"{key} must be a number of seconds, got {value!r}") from None
+    if not (0 < number <= MAX_STORE_TIMEOUT):  # also false for NaN and inf
+        raise ConfigurationError(
+            f"{key} must be a finite number of seconds > 0 and <= {MAX_STORE_TIMEOUT:g}, "
+            f"got {value!r}"
+        )
     return number
 
 
@@ -207,7 +229,8 @@ def load_settings(app: Flask) -> Settings:
         )
     if enabled and not write_key:
         raise ConfigurationError(
-            "KEEN_WRITE_KEY is not set: set it or set KEEN_SIGNUP_ENABLED = False"
+            "KEEN_WRITE_KEY is not set: set it (e.g. FLASK_KEEN_WRITE_KEY in the environment "
+            "with app.config.from_prefixed_env()) or set KEEN_SIGNUP_ENABLED = False"
         )
     api_url = _as_optional_str("KEEN_API_URL", c.get("KEEN_API_URL")) or DEFAULT_API_URL
     if not re.match(r"^https?://[^/\s?#]+(/[^\s?#]*)?$", api_url):
@@ -261,13 +284,22 @@ def load_settings(app: Flask) -> Settings:
         )
 
     database_url, database_schema = _postgres_settings(c, enabled=enabled, store=store)
-    store_timeout = _as_number(
-        "KEEN_SIGNUP_STORE_TIMEOUT",
-        c.get("KEEN_SIGNUP_STORE_TIMEOUT", DEFAULT_STORE_TIMEOUT),
-        minimum=0.001,
-    )
 
     marker = _as_optional_str("KEEN_SIGNUP_MARKER", c.get("KEEN_SIGNUP_MARKER")) or DEFAULT_MARKER
+    since = _as_datetime("KEEN_SIGNUP_SINCE", c.get("KEEN_SIGNUP_SINCE"))
+    created_at_claim = _as_optional_str(
+        "KEEN_SIGNUP_CREATED_AT_CLAIM", c.get("KEEN_SIGNUP_CREATED_AT_CLAIM")
+    )
+    has_management_api = bool(auth0_domain and auth0_client_id and auth0_client_secret)
+    if enabled and since is not None and not (created_at_claim or has_management_api):
+        raise ConfigurationError(
+            "KEEN_SIGNUP_SINCE needs each user's creation time, and Auth0's ID tokens do not "
+            "carry it by default. Either deploy the post-login Action of "
+            "docs/migrating-from-the-rule.md and set KEEN_SIGNUP_CREATED_AT_CLAIM to its claim "
+            "(e.g. 'https://example.com/created_at'), or set KEEN_SIGNUP_AUTH0_DOMAIN, "
+            "KEEN_SIGNUP_AUTH0_CLIENT_ID and KEEN_SIGNUP_AUTH0_CLIENT_SECRET (a machine-to-machine "
+            "app with read:users) so that it is looked up off the request path"
+        )
     propagate = c.get("KEEN_SIGNUP_PROPAGATE_ERRORS")
     return Settings(
         enabled=enabled,
@@ -288,15 +320,20 @@ def load_settings(app: Flask) -> Settings:
         redis_url=redis_url,
         database_url=database_url,
         database_schema=database_schema,
-        store_timeout=store_timeout,
         auth0_domain=auth0_domain,
         auth0_client_id=auth0_client_id,
         auth0_client_secret=auth0_client_secret,
+        auth0_requests_per_second=_as_number(
+            "KEEN_SIGNUP_AUTH0_REQUESTS_PER_SECOND",
+            c.get("KEEN_SIGNUP_AUTH0_REQUESTS_PER_SECOND", DEFAULT_AUTH0_REQUESTS_PER_SECOND),
+            minimum=0.01,
+        ),
         marker=marker,
         marker_claim=_as_optional_str(
             "KEEN_SIGNUP_MARKER_CLAIM", c.get("KEEN_SIGNUP_MARKER_CLAIM")
         ),
-        since=_as_datetime("KEEN_SIGNUP_SINCE", c.get("KEEN_SIGNUP_SINCE")),
+        created_at_claim=created_at_claim,
+        since=since,
         claims=_as_list("KEEN_SIGNUP_CLAIMS", c.get("KEEN_SIGNUP_CLAIMS", list(DEFAULT_CLAIMS))),
         ip_mode=_as_choice("KEEN_SIGNUP_IP", c.get("KEEN_SIGNUP_IP", "full"), IP_MODES),
         addons=tuple(
@@ -336,6 +373,9 @@ def load_settings(app: Flask) -> Settings:
         propagate_errors=None
         if propagate is None
         else _as_bool("KEEN_SIGNUP_PROPAGATE_ERRORS", propagate),
+        store_timeout=as_store_timeout(
+            c.get("KEEN_SIGNUP_STORE_TIMEOUT", DEFAULT_STORE_TIMEOUT)
+        ),
     )
 
 

@@ -17,11 +17,13 @@ lets both processes reopen lazily afterwards.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import sqlite3
 import threading
 import time
+import typing as t
 import weakref
 
 from .exceptions import StoreError
@@ -30,6 +32,9 @@ from .exceptions import StoreError
 BUSY_TIMEOUT_MS = 10_000
 #: How long a fork waits for threads to leave SQLite before going ahead anyway, in seconds.
 FORK_WAIT_SECONDS = 15.0
+#: How often (at most) a :class:`Database` checks that its path still names the file its
+#: connections have open, in seconds (one ``os.stat``; see :meth:`Database._check_file`).
+FILE_CHECK_INTERVAL = 0.5
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +100,153 @@ class _ForkGate:
 
 
 _gate = _ForkGate()
+
+#: ``salvager(old_conn)`` reads what must survive a replaced file and returns
+#: ``write(new_conn) -> summary`` (see :mod:`flask_keen_signup.salvage`).
+Salvager = t.Callable[[sqlite3.Connection], t.Callable[[sqlite3.Connection], str]]
+
+
+@dataclasses.dataclass(frozen=True)
+class FileReplacement:
+    """The file at a :class:`Database`'s path changed under the running process.
+
+    :param how: ``"deleted"`` (nothing at the path any more: a new file was created) or
+        ``"replaced"`` (another file is there now).
+    :param salvaged: what was copied from the old file into the new one, in words.
+    """
+
+    path: str
+    how: str
+    at: float
+    salvaged: str
+
+
+#: Every replacement this process noticed, oldest first (``health()`` and ``status``).
+replacements: list[FileReplacement] = []
+_replace_lock = threading.RLock()
+
+
+def _identity_of(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _file_replaced(database: Database, current: tuple[int, int] | None) -> None:
+    """Close every connection of this process to the old file, copy over what the old
+    file still held that the new one needs, and log it once. See :meth:`Database._check_file`.
+
+    Runs with the fork gate closed (no thread inside SQLite), so no connection is closed
+    under a thread using it, and no connection to the new file is opened while one to the
+    old file is still open in this process (both would use the same ``-wal`` and ``-shm``).
+    """
+    global _generation
+    with _replace_lock:
+        if database._identity is None or database._identity == _identity_of(database.path):
+            return  # another thread handled it meanwhile
+        path = os.path.abspath(database.path)
+        same = [db for db in list(_databases) if os.path.abspath(db.path) == path]
+        how = "deleted" if current is None else "replaced"
+        write: t.Callable[[sqlite3.Connection], str] | None = None
+        _gate.close_for_fork()
+        try:
+            old = _any_connection(same)
+            salvager = next((db.on_replaced for db in same if db.on_replaced), None)
+            if old is not None and salvager is not None:
+                try:
+                    write = salvager(old)
+                except Exception:  # noqa: BLE001 - reopening matters more than salvaging
+                    logger.exception("flask-keen-signup: could not read the old SQLite file")
+            for db in same:
+                db._close_all()
+                db._identity = None
+            _generation += 1
+        finally:
+            _gate.reopen()
+        summary = "nothing copied"
+        if write is not None:
+            copied = _copy(database, write)
+            if copied is None:
+                # Another process may still hold the old -wal/-shm: try again shortly.
+                _unsalvaged.append((database, write, 0))
+                summary = "copy failed; retrying (see the warning above)"
+            else:
+                summary = copied
+        replacements.append(FileReplacement(path, how, time.time(), summary))
+        logger.error(
+            "flask-keen-signup: the SQLite file %s was %s under the running app; every "
+            "connection of this process (pid %d) now uses the file at that path (%s)",
+            path,
+            how,
+            os.getpid(),
+            summary,
+        )
+
+
+#: Copies from a replaced file that failed (``(database, write, attempts)``), retried by
+#: :meth:`Database._check_file` at most once per check interval.
+_unsalvaged: list[tuple[Database, t.Callable[[sqlite3.Connection], str], int]] = []
+#: How many times a failed copy is retried (about a minute) before it is given up, loudly.
+SALVAGE_ATTEMPTS = 120
+
+
+def _copy(database: Database, write: t.Callable[[sqlite3.Connection], str]) -> str | None:
+    """Run ``write`` in one transaction on ``database``; its summary, or None if it failed."""
+    ms = max(1, round(database.busy_timeout * 1000))
+    try:
+        # The copy is rare and must not fail on the login path's short timeout.
+        with database.reading() as conn:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        try:
+            with database.transaction() as conn:
+                return write(conn)
+        finally:
+            with database.reading() as conn:
+                conn.execute(f"PRAGMA busy_timeout = {ms}")
+    except Exception:  # noqa: BLE001 - reported by the caller; retried
+        logger.warning("flask-keen-signup: could not copy the old file's rows", exc_info=True)
+        return None
+
+
+def _retry_copies() -> None:
+    with _replace_lock:
+        pending = list(_unsalvaged)
+        _unsalvaged.clear()
+    for database, write, attempts in pending:
+        summary = _copy(database, write)
+        if summary is not None:
+            with _replace_lock:
+                for index in range(len(replacements) - 1, -1, -1):
+                    if replacements[index].path == os.path.abspath(database.path):
+                        replacements[index] = dataclasses.replace(
+                            replacements[index], salvaged=summary
+                        )
+                        break
+            logger.warning(
+                "flask-keen-signup: the rows of the replaced SQLite file %s are copied now (%s)",
+                database.path,
+                summary,
+            )
+        elif attempts + 1 >= SALVAGE_ATTEMPTS:
+            logger.error(
+                "flask-keen-signup: gave up copying the rows of the replaced SQLite file %s; "
+                "signups queued in it and not delivered must be backfilled",
+                database.path,
+            )
+        else:
+            with _replace_lock:
+                _unsalvaged.append((database, write, attempts + 1))
+
+
+def _any_connection(databases: t.Sequence[Database]) -> sqlite3.Connection | None:
+    for db in databases:
+        with db._connections_lock:
+            for _, conn in db._connections:
+                return conn
+    return None
+
 _databases: weakref.WeakSet[Database] = weakref.WeakSet()
 #: Bumped at every fork: a thread's connection from an older generation is reopened.
 _generation = 0
@@ -132,13 +284,35 @@ class Database:
     :param synchronous: ``"normal"`` (crash-safe under WAL: a committed transaction
         survives a process crash, the default) or ``"full"`` (also survives power loss, at
         the cost of an fsync per commit).
+    :param busy_timeout: seconds a statement waits for another connection's lock before
+        failing with "database is locked". Long for the sender; the login path opens the
+        same file through a second instance whose timeout is ``KEEN_SIGNUP_STORE_TIMEOUT``
+        (see :mod:`flask_keen_signup.spool`).
+    :param on_replaced: called as ``on_replaced(old_conn)`` when the file at ``path`` turns
+        out to be another file than the one open (deleted, or replaced by a copy): it reads
+        what must survive from the old file and returns a function that writes it into the
+        new one (see :mod:`flask_keen_signup.salvage`).
     """
 
-    def __init__(self, path: str, *, synchronous: str = "normal") -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        synchronous: str = "normal",
+        busy_timeout: float = BUSY_TIMEOUT_MS / 1000,
+        on_replaced: Salvager | None = None,
+    ) -> None:
         if synchronous not in ("normal", "full"):
             raise ValueError("synchronous must be 'normal' or 'full'")
+        if not 0 < busy_timeout < 3600:
+            raise ValueError("busy_timeout must be in (0, 3600) seconds")
         self.path = path
         self.synchronous = synchronous
+        self.busy_timeout = busy_timeout
+        self.on_replaced = on_replaced
+        #: (st_dev, st_ino) of the file the connections have open, once one is open.
+        self._identity: tuple[int, int] | None = None
+        self._check_at = 0.0
         self._local = threading.local()
         self._schema_lock = threading.Lock()
         self._schemas: list[str] = []
@@ -179,7 +353,7 @@ class Database:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None and self._local.generation == _generation:
             return conn
-        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        deadline = time.monotonic() + self.busy_timeout
         while True:
             try:
                 conn = self._open()
@@ -198,7 +372,29 @@ class Database:
         self._local.conn = conn
         self._local.generation = _generation
         self._track(conn)
+        if self._identity is None:
+            self._identity = _identity_of(self.path)
+            self._check_at = time.monotonic() + FILE_CHECK_INTERVAL
         return conn
+
+    def _check_file(self) -> None:
+        """Reopen everything if ``path`` no longer names the file that is open.
+
+        Called on the way into :meth:`reading` and :meth:`transaction` when the thread is
+        not already inside SQLite: at most one ``os.stat`` per :data:`FILE_CHECK_INTERVAL`
+        per instance. A file deleted or replaced under a running app would otherwise leave
+        some connections on the old inode (the sender's) and others on the new file (new
+        request threads): nothing delivered, nothing said.
+        """
+        now = time.monotonic()
+        if now < self._check_at or self._identity is None:
+            return
+        self._check_at = now + FILE_CHECK_INTERVAL
+        if _unsalvaged:
+            _retry_copies()
+        current = _identity_of(self.path)
+        if current != self._identity:
+            _file_replaced(self, current)
 
     def _track(self, conn: sqlite3.Connection) -> None:
         main_thread = threading.main_thread()
@@ -227,12 +423,12 @@ class Database:
         self._create_file()
         conn = sqlite3.connect(
             self.path,
-            timeout=BUSY_TIMEOUT_MS / 1000,
+            timeout=self.busy_timeout,
             isolation_level=None,
             check_same_thread=False,
         )
         try:
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute(f"PRAGMA busy_timeout = {max(1, round(self.busy_timeout * 1000))}")
             if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
@@ -299,9 +495,12 @@ class _Reading:
         self._database = database
 
     def __enter__(self) -> sqlite3.Connection:
+        database = self._database
+        if not getattr(_gate._depth, "n", 0):
+            database._check_file()
         _gate.__enter__()
         try:
-            return self._database.connection()
+            return database.connection()
         except BaseException:
             _gate.__exit__()
             raise
@@ -319,9 +518,12 @@ class _Transaction:
         self._database = database
 
     def __enter__(self) -> sqlite3.Connection:
+        database = self._database
+        if not getattr(_gate._depth, "n", 0):
+            database._check_file()
         _gate.__enter__()
         try:
-            conn = self._conn = self._database.connection()
+            conn = self._conn = database.connection()
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             _gate.__exit__()

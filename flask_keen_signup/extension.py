@@ -14,8 +14,11 @@ import dataclasses
 import functools
 import inspect
 import logging
+import os
 import threading
+import time
 import typing as t
+import weakref
 from collections.abc import Mapping
 
 from flask import current_app
@@ -39,9 +42,11 @@ from .tracker import TrackOutcome
 if t.TYPE_CHECKING:  # pragma: no cover
     from flask import Flask
 
+    from .auth0 import ManagementClient
     from .delivery import Outbox
     from .delivery.sender import Sender
     from .keen import KeenClient
+    from .spool import Spool
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +78,8 @@ class _AppState:
     database: Database
     sender: Sender | None
     store: MarkerStore
+    #: Signups the login path could not hand to the store in time (guarantee 3).
+    spool: Spool | None = None
 
 
 class KeenSignup:
@@ -93,6 +100,9 @@ class KeenSignup:
 
     def __init__(self, app: Flask | None = None) -> None:
         self._event_properties: EventPropertiesCallback | None = None
+        # The views given to @track, to catch the decorator written above @app.route.
+        self._tracked_views: list[t.Callable[..., t.Any]] = []
+        self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
         if app is not None:
             self.init_app(app)
 
@@ -112,6 +122,9 @@ class KeenSignup:
         from .cli import cli
 
         app.cli.add_command(cli)
+        self._apps.add(app)
+        self._check_view_order(app)
+        self._check_view_order_at_first_request(app)
         if state.sender is not None and settings.enabled:
             state.sender.start()
         if settings.enabled and state.tracker.known is not None:
@@ -141,6 +154,7 @@ class KeenSignup:
                 self._after_view(rv, before)
                 return rv
 
+            self._remember_tracked(view)
             return t.cast(F, async_wrapper)
 
         @functools.wraps(view)
@@ -150,6 +164,7 @@ class KeenSignup:
             self._after_view(rv, before)
             return rv
 
+        self._remember_tracked(view)
         return t.cast(F, wrapper)
 
     def track_token(self, token: t.Mapping[str, t.Any]) -> TrackOutcome | None:
@@ -216,11 +231,54 @@ class KeenSignup:
 
         Keys: ``pending``, ``due``, ``in_flight``, ``delivered``, ``skipped``, ``dead``,
         ``oldest_pending_age`` (seconds or ``None``), ``last_error``, ``resends``,
-        ``circuit`` (``closed``/``open``/``half-open``), ``circuit_until``, ``running``.
+        ``circuit`` (``closed``/``open``/``half-open``), ``circuit_until``, ``running``;
+        ``spooled`` (signups in the local spool, waiting for the store to answer) and
+        ``oldest_spooled_age`` (seconds),
+        ``store_degraded_since`` (when this process began spooling, or ``None``),
+        ``database_replaced`` (the SQLite file was deleted or replaced under the app:
+        what was done, or ``None``) and ``ok`` (false while anything is stuck).
         """
         return health_of(_state(app))
 
     # -- internals -----------------------------------------------------------------------
+
+    def _remember_tracked(self, view: t.Callable[..., t.Any]) -> None:
+        self._tracked_views.append(view)
+        for app in list(self._apps):
+            self._check_view_order(app)
+
+    def _check_view_order(self, app: Flask) -> None:
+        """Catch ``@signup.track`` written above ``@app.route``.
+
+        Decorators apply bottom-up: written above the route, ``track`` wraps the view only
+        after Flask registered the bare function, and every signup would be lost without a
+        word. The registered view is then one of the functions given to ``track``.
+        Raises in debug and testing; logs an error otherwise.
+        """
+        tracked = self._tracked_views
+        for endpoint, view in list(app.view_functions.items()):
+            if any(view is original for original in tracked):
+                message = (
+                    f"@signup.track is written above @app.route for the view {endpoint!r}: "
+                    "Flask registered the undecorated function, so no signup is tracked. "
+                    "Put @signup.track below the route decorator, next to the function."
+                )
+                if app.debug or app.testing:
+                    raise RuntimeError(message)
+                logger.error(message)
+
+    def _check_view_order_at_first_request(self, app: Flask) -> None:
+        """Check once more at the app's first request: blueprints may be registered
+        after ``init_app`` and views decorated before it."""
+        checked = False
+
+        def check_once() -> None:
+            nonlocal checked
+            if not checked:
+                checked = True
+                self._check_view_order(app)
+
+        app.before_request(check_once)
 
     def _after_view(self, rv: t.Any, before: dict[str, int]) -> None:
         try:
@@ -297,14 +355,42 @@ def _propagate() -> bool:
 def health_of(state: _AppState) -> dict[str, t.Any]:
     """Flat delivery status of one app (see :meth:`KeenSignup.health`)."""
     if state.sender is None:
-        return {**dataclasses.asdict(state.outbox.stats()), "circuit": "-", "running": False}
-    status = state.sender.status()
+        health = {**dataclasses.asdict(state.outbox.stats()), "circuit": "-", "running": False}
+    else:
+        status = state.sender.status()
+        health = {
+            **dataclasses.asdict(status.outbox),
+            "circuit": status.circuit,
+            "circuit_until": status.circuit_until,
+            "last_error": status.last_error,
+            "running": status.running,
+        }
+    return {**health, **degraded_health(state, health)}
+
+
+def degraded_health(state: _AppState, health: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
+    """The store-trouble part of :func:`health_of`: spool, replaced file, ``ok``."""
+    from . import database as database_module
+
+    spool = state.spool
+    try:
+        spooled, oldest = spool.stats() if spool is not None else (0, None)
+    except OSError as exc:  # an unreadable spool directory: say so, never raise
+        logger.error("cannot read the spool directory: %s", exc)
+        spooled, oldest = -1, None
+    path = os.path.abspath(state.database.path)
+    replaced = [r for r in database_module.replacements if r.path == path]
+    last = replaced[-1] if replaced else None
     return {
-        **dataclasses.asdict(status.outbox),
-        "circuit": status.circuit,
-        "circuit_until": status.circuit_until,
-        "last_error": status.last_error,
-        "running": status.running,
+        "spooled": spooled,
+        "oldest_spooled_age": None if oldest is None else max(0.0, time.time() - oldest),
+        "store_degraded_since": spool.degraded_since if spool is not None else None,
+        "database_replaced": None
+        if last is None
+        else {"how": last.how, "at": last.at, "salvaged": last.salvaged, "count": len(replaced)},
+        "ok": spooled == 0
+        and health.get("circuit") != "open"
+        and (state.sender is None or bool(health.get("running")) or not state.settings.enabled),
     }
 
 
@@ -316,6 +402,14 @@ def _load_known_users(tracker: Tracker) -> None:
         logger.warning("could not load the known users from the ledger", exc_info=True)
     else:
         logger.debug("remembered %d known user(s) from the ledger", count)
+        if tracker.settings.since is None and tracker.ledger_is_empty():
+            # The day-one mistake: every existing user's next login would be a "signup".
+            logger.warning(
+                "no user is marked as signed up yet and KEEN_SIGNUP_SINCE is not set: "
+                "every existing user's next login will be reported as a signup. Leaving the "
+                "Auth0 Rule? Run `flask keen-signup migrate` first "
+                "(docs/migrating-from-the-rule.md)."
+            )
 
 
 def _request_facts() -> tuple[str | None, str | None]:
@@ -419,8 +513,24 @@ def _postgres_parts(
 def _build_state(app: Flask, settings: Settings) -> _AppState:
     from .delivery.sqlite_outbox import SQLiteOutbox
     from .keen import KeenClient
+    from .salvage import salvage
+    from .spool import Spool
 
-    database = Database(settings.database, synchronous=settings.sqlite_synchronous)
+    database = Database(
+        settings.database, synchronous=settings.sqlite_synchronous, on_replaced=salvage
+    )
+    # The login path's own view of the same file: its lock waits are bounded by the budget.
+    request_database = Database(
+        settings.database,
+        synchronous=settings.sqlite_synchronous,
+        busy_timeout=settings.store_timeout,
+        on_replaced=salvage,
+    )
+    spool = Spool(
+        settings.database + ".spool",
+        settings.collection,
+        fsync=settings.sqlite_synchronous == "full",
+    )
     client = KeenClient(
         settings.project_id or "disabled",
         settings.write_key or "disabled",
@@ -434,8 +544,15 @@ def _build_state(app: Flask, settings: Settings) -> _AppState:
     local_ledger: SQLiteStore | None = None
     outbox: Outbox = SQLiteOutbox(database, keep_delivered=settings.keep_delivered)
     confirm_in: MarkerStore = ledger  # where the sender marks delivered users confirmed
+    # What the login path uses: the same places, through connections whose waits are
+    # bounded by KEEN_SIGNUP_STORE_TIMEOUT (the sender keeps its long timeouts).
+    request_ledger = SQLiteStore(request_database, settings.collection, reclaim_after=reclaim_after)
+    request_outbox: Outbox = SQLiteOutbox(request_database, keep_delivered=settings.keep_delivered)
+    request_store: MarkerStore
+    drain_claimer: MarkerStore | None = ledger  # who decides spooled signups
     if settings.store == "sqlite":
         store = ledger
+        request_store = request_ledger
     elif settings.store == "redis":
         # Many hosts: the markers and the outbox live in one Redis, claimed together.
         from .delivery.redis_outbox import RedisOutbox
@@ -450,15 +567,31 @@ def _build_state(app: Flask, settings: Settings) -> _AppState:
             redis_client, settings.collection, reclaim_after=reclaim_after, close_client=True
         )
         outbox = RedisOutbox(redis_client, keep_delivered=settings.keep_delivered)
-        confirm_in = store
+        confirm_in = drain_claimer = store
+        budget = settings.store_timeout
+        request_client = connect(
+            t.cast(str, settings.redis_url), socket_connect_timeout=budget, socket_timeout=budget
+        )
+        # The budget wins over timeouts in the URL's query string (those are the sender's).
+        request_client.connection_pool.connection_kwargs.update(
+            socket_connect_timeout=budget, socket_timeout=budget
+        )
+        request_store = RedisStore(
+            request_client, settings.collection, reclaim_after=reclaim_after, close_client=True
+        )
+        request_outbox = RedisOutbox(request_client, keep_delivered=settings.keep_delivered)
     elif settings.store == "postgres":
         # Many hosts on the app's own database: markers and outbox claimed in one statement.
+        # One object each for both paths: login methods use the pool bounded by the budget,
+        # the sender's use its own pool with long timeouts (see flask_keen_signup.postgres).
         store, outbox = _postgres_parts(settings, reclaim_after)
-        confirm_in = store
+        request_store, request_outbox = store, outbox
+        confirm_in = drain_claimer = store
     elif settings.store == "session":
         from .stores.session import SessionStore
 
-        store = SessionStore(settings.collection)
+        store = request_store = SessionStore(settings.collection)
+        drain_claimer = None  # per browser: claimed in the request already
     elif settings.store == "auth0":
         from .auth0 import ManagementClient
         from .stores.auth0 import Auth0Store
@@ -474,25 +607,32 @@ def _build_state(app: Flask, settings: Settings) -> _AppState:
                 timeout=settings.timeout,
                 max_retries=1 if in_request else 3,
                 max_retry_wait=1.0 if in_request else 10.0,
+                max_requests_per_second=settings.auth0_requests_per_second,
             )
         except ValueError as exc:
             raise ConfigurationError(f"KEEN_SIGNUP_AUTH0_DOMAIN is not usable: {exc}") from None
-        store = Auth0Store(management, settings.marker)
-        local_ledger = ledger
+        store = request_store = Auth0Store(management, settings.marker)
+        local_ledger = request_ledger
     else:
-        store = t.cast(MarkerStore, settings.store)
-        confirm_in = store
+        store = request_store = t.cast(MarkerStore, settings.store)
+        confirm_in = drain_claimer = store
+    from .spool_drain import SpoolDrainer
+
     notify = _notifier(app)
-    sender = _build_sender(settings, outbox, client, store, confirm_in, notify)
+    resolver = _since_resolver(settings) if settings.store != "auth0" else None
+    sender = _build_sender(settings, outbox, client, store, confirm_in, notify, resolver)
+    if sender is not None:
+        sender.drain = SpoolDrainer(spool, drain_claimer, outbox, notify)
     tracker = Tracker(
         settings,
-        store=store,
+        store=request_store,
         ledger=local_ledger,
-        outbox=outbox,
+        outbox=request_outbox,
         client=client,
         sender=sender,
         notify=notify,
         listening=_listening,
+        spool=spool,
     )
     wake_on_notify = getattr(outbox, "wake_on_notify", None)  # postgres: LISTEN/NOTIFY
     if sender is not None and callable(wake_on_notify):
@@ -505,7 +645,34 @@ def _build_state(app: Flask, settings: Settings) -> _AppState:
         database=database,
         sender=sender,
         store=store,
+        spool=spool,
     )
+
+
+def _since_resolver(settings: Settings) -> ManagementClient | None:
+    """The Management API client that looks up created_at for ``KEEN_SIGNUP_SINCE``.
+
+    Only when SINCE is set and credentials are configured; it runs on the sender thread.
+    """
+    if not (
+        settings.since is not None
+        and settings.auth0_domain
+        and settings.auth0_client_id
+        and settings.auth0_client_secret
+    ):
+        return None
+    from .auth0 import ManagementClient
+
+    try:
+        return ManagementClient(
+            settings.auth0_domain,
+            settings.auth0_client_id,
+            settings.auth0_client_secret,
+            timeout=settings.timeout,
+            max_requests_per_second=settings.auth0_requests_per_second,
+        )
+    except ValueError as exc:
+        raise ConfigurationError(f"KEEN_SIGNUP_AUTH0_DOMAIN is not usable: {exc}") from None
 
 
 def _build_sender(
@@ -515,6 +682,7 @@ def _build_sender(
     store: MarkerStore,
     ledger: MarkerStore,
     notify: t.Callable[[str, dict[str, t.Any]], None],
+    management: ManagementClient | None = None,
 ) -> Sender | None:
     from .delivery.sender import Sender
     from .hooks import MarkerHooks
@@ -526,6 +694,6 @@ def _build_sender(
         flush_interval=settings.flush_interval,
         max_attempts=settings.max_attempts,
         shutdown_timeout=settings.shutdown_timeout,
-        hooks=MarkerHooks(settings, store=store, ledger=ledger),
+        hooks=MarkerHooks(settings, store=store, ledger=ledger, management=management),
         notify=notify,
     )

@@ -5,6 +5,13 @@ local ledger's markers become *confirmed* (they were *pending*: queued). With th
 ``auth0`` store, the user's ``app_metadata`` is checked before sending (already marked, or
 created before ``KEEN_SIGNUP_SINCE``: skipped) and set after delivery; a failed PATCH is
 retried durably by the sender without writing to Keen again.
+
+``KEEN_SIGNUP_SINCE`` with any other store, when the ID token carried no creation time:
+the candidate waited in the outbox, and here, before the batch is sent, the users'
+creation times are looked up with one Management API search per batch
+(``ManagementClient.created_at_of``, paced to the tenant's rate limit). Users created
+before ``SINCE`` are marked and skipped, never sent. Backfilled events (``flask
+keen-signup migrate``) are not checked: migrate already decided them.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from .stores.auth0 import Auth0Store
 from .stores.session import SessionStore
 
 if t.TYPE_CHECKING:  # pragma: no cover
+    from .auth0 import ManagementClient
     from .config import Settings
 
 logger = logging.getLogger(__name__)
@@ -28,10 +36,19 @@ logger = logging.getLogger(__name__)
 class MarkerHooks(DeliveryHooks):
     """Keep the markers in step with deliveries. See the module doc."""
 
-    def __init__(self, settings: Settings, *, store: MarkerStore, ledger: MarkerStore) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: MarkerStore,
+        ledger: MarkerStore,
+        management: ManagementClient | None = None,
+    ) -> None:
         self.settings = settings
         self.ledger = ledger
         self.remote = store if isinstance(store, Auth0Store) else None
+        # Resolves created_at for KEEN_SIGNUP_SINCE when the auth0 store does not.
+        self.management = management if self.remote is None else None
 
     def _confirm_locally(self, user_ids: t.Sequence[str]) -> None:
         """Mark delivered (or skipped) users confirmed in the claiming store, in one go."""
@@ -44,7 +61,7 @@ class MarkerHooks(DeliveryHooks):
 
     def before_send(self, rows: t.Sequence[OutboxRow]) -> dict[int, str]:
         if self.remote is None:
-            return {}
+            return self._skip_created_before_since(rows)
         skip: dict[int, str] = {}
         for row in rows:
             try:
@@ -76,3 +93,40 @@ class MarkerHooks(DeliveryHooks):
                 if exc.retryable:
                     raise
                 logger.warning("delivered, but app_metadata could not be set: %s", exc)
+
+    def _skip_created_before_since(self, rows: t.Sequence[OutboxRow]) -> dict[int, str]:
+        """Look up the creation time of the batch's live signups; skip the old users.
+
+        A retryable Management API error (429 after the client's own waits, 5xx, network)
+        propagates: the sender postpones the whole batch with a backoff, nothing is sent.
+        """
+        since = self.settings.since
+        if self.management is None or since is None:
+            return {}
+        live = [row for row in rows if row.body.get("backfilled") is not True]
+        if not live:
+            return {}
+        try:
+            created = self.management.created_at_of(sorted({row.user_id for row in live}))
+        except RemoteError as exc:
+            if exc.retryable:
+                raise
+            # A permanent error (bad credentials, missing scope) must not hold signups
+            # forever: send them, and say so loudly.
+            logger.error(
+                "cannot look up users' created_at for KEEN_SIGNUP_SINCE (%s); sending the "
+                "batch unchecked",
+                exc,
+            )
+            return {}
+        skip = {
+            row.id: "user created before KEEN_SIGNUP_SINCE: marked, not reported"
+            for row in live
+            if (moment := created.get(row.user_id)) is not None and moment < since
+        }
+        if skip:
+            self._confirm_locally([row.user_id for row in rows if row.id in skip])
+            logger.info(
+                "%d user(s) created before KEEN_SIGNUP_SINCE marked, not reported", len(skip)
+            )
+        return skip

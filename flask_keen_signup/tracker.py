@@ -29,6 +29,7 @@ from .events import uniqueness_token
 from .events import user_id_of
 from .exceptions import KeenError
 from .exceptions import RemoteError
+from .exceptions import StoreError
 from .stores import MarkerState
 from .stores import MarkerStore
 from .stores.auth0 import Auth0Store
@@ -40,6 +41,7 @@ if t.TYPE_CHECKING:  # pragma: no cover
     from .delivery.sender import Sender
     from .delivery.sqlite_outbox import SQLiteOutbox
     from .keen import KeenClient
+    from .spool import Spool
 
 logger = logging.getLogger(__name__)
 
@@ -121,17 +123,25 @@ class TrackOutcome(enum.Enum):
     DELIVERED = "delivered"
     #: Sync mode: the POST failed; released for the next login and queued for retry.
     FAILED = "failed"
+    #: The store did not answer within ``KEEN_SIGNUP_STORE_TIMEOUT``: the candidate signup
+    #: is in the local spool; the sender decides it later (see :mod:`.spool`).
+    SPOOLED = "spooled"
 
 
-def created_at_from_claims(claims: t.Mapping[str, t.Any]) -> dt.datetime | None:
+def created_at_from_claims(
+    claims: t.Mapping[str, t.Any], name: str | None = None
+) -> dt.datetime | None:
     """A creation time carried in the ID token, if an Auth0 Action put one there.
 
-    ``created_at`` or any namespaced claim ending in ``/created_at``.
+    The claim ``name`` (``KEEN_SIGNUP_CREATED_AT_CLAIM``) when given, else ``created_at``
+    or any namespaced claim ending in ``/created_at``.
     """
-    value = claims.get("created_at")
+    value = claims.get(name) if name else None
     if value is None:
-        for name, candidate in claims.items():
-            if name.endswith("/created_at"):
+        value = claims.get("created_at")
+    if value is None:
+        for claim, candidate in claims.items():
+            if claim.endswith("/created_at"):
                 value = candidate
                 break
     return parse_created_at(value) if value is not None else None
@@ -161,6 +171,7 @@ class Tracker:
         notify: Notify,
         listening: t.Callable[[str], bool] = lambda kind: True,
         clock: t.Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
+        spool: Spool | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -171,11 +182,21 @@ class Tracker:
         self.notify = notify
         self.listening = listening
         self.clock = clock
+        #: Where a login's candidate signup goes when the store does not answer in time.
+        self.spool = spool
         self.remote = store if isinstance(store, Auth0Store) else None
         # The store whose claim is atomic and local: the ledger in front of a remote store.
         self.claimer: MarkerStore = ledger if ledger is not None else store
         self.known: KnownUsers | None = KnownUsers() if self.claimer.remembered else None
         self._background = settings.delivery != "sync"
+        # KEEN_SIGNUP_SINCE without a created_at claim: the sender asks the Management API
+        # (:class:`~.hooks.MarkerHooks`), so such a candidate always waits in the outbox.
+        self._resolved_later = (
+            settings.since is not None
+            and self.remote is None
+            and bool(settings.auth0_domain and settings.auth0_client_id)
+        )
+        self._warned_no_created_at = False
         self._atomic = self._atomic_claim_and_enqueue()
         self._claim_first = self._claim_first_parts()
 
@@ -199,6 +220,65 @@ class Tracker:
         :param extra: extra event properties, or a callable returning them, called only for
             a new user (the app's ``@event_properties`` callback).
         """
+        try:
+            return self._track_claims(
+                claims, ip=ip, user_agent=user_agent, facts=facts, extra=extra
+            )
+        except StoreError as exc:
+            if self.spool is None:
+                raise
+            return self._spool(claims, exc, ip, user_agent, facts, extra)
+
+    def _spool(
+        self,
+        claims: t.Mapping[str, t.Any],
+        error: StoreError,
+        ip: str | None,
+        user_agent: str | None,
+        facts: RequestFacts | None,
+        extra: ExtraProperties,
+    ) -> TrackOutcome:
+        """The store did not answer in time: keep the candidate for the sender to decide.
+
+        The event is built now, from this request (its IP, User-Agent, the app's
+        properties); whether it is a signup is decided later (claim, then queue if won).
+        No signal fires here: ``recorded`` fires on the sender thread once the claim is
+        won, and a spooled returning user produces none. If even the spool cannot take it,
+        the store's error propagates (logged as "not recorded", ``signup_failed``).
+        """
+        assert self.spool is not None
+        user_id = user_id_of(claims)
+        created_at = created_at_from_claims(claims)
+        if self._created_before_since(created_at):
+            return TrackOutcome.MARKED_ONLY  # not reported; marked at a later login
+        if facts is not None:
+            ip, user_agent = facts()
+        event = self._build(
+            user_id, claims, created_at, ip, user_agent, extra() if callable(extra) else extra
+        )
+        return self._spool_event(user_id, event, error)
+
+    def _spool_event(
+        self, user_id: str, event: dict[str, t.Any], error: StoreError
+    ) -> TrackOutcome:
+        """Append an event already built in this login to the spool (see :meth:`_spool`)."""
+        if self.spool is None:
+            raise error
+        try:
+            self.spool.append(self._queued(user_id, event), error)
+        except StoreError:
+            raise error from None
+        return TrackOutcome.SPOOLED
+
+    def _track_claims(
+        self,
+        claims: t.Mapping[str, t.Any],
+        *,
+        ip: str | None,
+        user_agent: str | None,
+        facts: RequestFacts | None,
+        extra: ExtraProperties,
+    ) -> TrackOutcome:
         if not self.settings.enabled:
             return TrackOutcome.DISABLED
         user_id = user_id_of(claims)
@@ -209,13 +289,13 @@ class Tracker:
             return TrackOutcome.RETURNING
         if self._claim_first is not None and not callable(extra) and not self.listening("detected"):
             # Without KEEN_SIGNUP_SINCE, created_at is read only once the claim is won.
-            created_at = None if self.settings.since is None else created_at_from_claims(claims)
+            created_at = None if self.settings.since is None else self._created_at(claims)
             if not self._created_before_since(created_at):
                 return self._track_claim_first(
                     user_id, claims, created_at, ip, user_agent, facts, extra
                 )
         else:
-            created_at = created_at_from_claims(claims)
+            created_at = self._created_at(claims)
 
         marker = self.claimer.lookup(user_id)
         if marker is MarkerState.CONFIRMED or (marker is MarkerState.PENDING and self._background):
@@ -236,9 +316,34 @@ class Tracker:
         event = self._build(
             user_id, claims, created_at, ip, user_agent, extra() if callable(extra) else extra
         )
-        if self._background:
-            return self._track_background(user_id, event)
-        return self._track_sync(user_id, event)
+        try:
+            if self._background or (created_at is None and self._resolved_later):
+                return self._track_background(user_id, event)
+            return self._track_sync(user_id, event)
+        except StoreError as exc:
+            # Not in time: keep the event this login built (the app's callback ran once).
+            return self._spool_event(user_id, event, exc)
+
+    def _created_at(self, claims: t.Mapping[str, t.Any]) -> dt.datetime | None:
+        """The ID token's creation time; says once per process when SINCE cannot use it."""
+        settings = self.settings
+        created_at = created_at_from_claims(claims, settings.created_at_claim)
+        if (
+            created_at is None
+            and settings.since is not None
+            and not self._resolved_later
+            and self.remote is None
+            and not self._warned_no_created_at
+        ):
+            self._warned_no_created_at = True
+            logger.warning(
+                "KEEN_SIGNUP_SINCE is set but this ID token carries no %s claim, and no "
+                "Management API credentials are configured to look it up: such users are "
+                "reported as new. Is the post-login Action of docs/migrating-from-the-rule.md "
+                "deployed? (said once per process)",
+                settings.created_at_claim or "created_at",
+            )
+        return created_at
 
     def _build(
         self,
@@ -278,6 +383,13 @@ class Tracker:
             return 0
         states = ("confirmed", "pending") if self._background else ("confirmed",)
         return known.add_many(recent(states, limit=known.maximum))
+
+    def ledger_is_empty(self) -> bool:
+        """True when the SQLite ledger holds no marker at all (a first deploy)."""
+        ledger = self.claimer
+        if not isinstance(ledger, SQLiteStore):
+            return False
+        return not ledger.recent_user_ids(("pending", "confirmed"), limit=1)
 
     def _remember(self, user_id: str) -> None:
         if self.known is not None:
@@ -359,7 +471,7 @@ class Tracker:
         with ledger.database.transaction() as conn:
             if ledger.claim_in(conn, user_id, now=now):
                 if created_at is None:
-                    created_at = created_at_from_claims(claims)
+                    created_at = self._created_at(claims)
                 if facts is not None:
                     ip, user_agent = facts()
                 event = self._build(user_id, claims, created_at, ip, user_agent, extra)

@@ -615,3 +615,186 @@ def test_secrets_never_leak(
         for text in texts:
             assert secret not in text
     assert any("Auth0" in m.getMessage() for m in caplog.records)  # it did log
+
+
+# -- no secret anywhere in an error's chain -------------------------------------------------
+
+
+class ScriptedServer:
+    """A real HTTP server on 127.0.0.1 answering each path with a scripted response, for the
+    failures the emulator does not produce: non-JSON bodies, a body cut off mid-stream, a
+    server that never answers. ``{base}`` in a body is replaced by the server's URL."""
+
+    def __init__(self, routes: dict[str, tuple[int, str, str]]) -> None:
+        import http.server
+
+        self.routes = routes
+        server_self = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: t.Any) -> None:
+                pass
+
+            def answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                path = self.path.split("?", 1)[0]
+                route = server_self.routes.get(path) or server_self.routes.get(
+                    path.rsplit("/", 1)[0] + "/*"
+                )
+                if route is None:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                status, kind, body = route
+                data = body.replace("{base}", server_self.url).encode()
+                if kind == "hang":
+                    time.sleep(2)
+                    return
+                self.send_response(status)
+                self.send_header("Content-Type", "application/octet-stream")
+                if kind == "cut":
+                    self.send_header("Content-Length", str(len(data) * 4))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    self.wfile.flush()
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = answer  # noqa: N815
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> ScriptedServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def chain_of(exc: BaseException) -> list[BaseException]:
+    """``exc`` and every exception reachable through ``__cause__`` and ``__context__``."""
+    seen: list[BaseException] = []
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        link = todo.pop()
+        if link is None or any(link is s for s in seen):
+            continue
+        seen.append(link)
+        todo += [link.__cause__, link.__context__]
+    return seen
+
+
+def assert_no_secret_in_chain(exc: BaseException, secrets: list[str]) -> None:
+    for link in chain_of(exc):
+        texts = [str(link), repr(link), repr(link.args), repr(vars(link))]
+        request = getattr(link, "request", None)
+        if request is not None:
+            texts += [repr(getattr(request, "body", "")), repr(getattr(request, "headers", ""))]
+            texts += [str(getattr(request, "url", ""))]
+        assert not isinstance(link, requests.RequestException), (
+            f"{type(exc).__name__} chains a requests exception carrying the request"
+        )
+        for secret in secrets:
+            for text in texts:
+                assert secret not in text, f"a secret in {type(link).__name__} of the chain"
+
+
+TOKEN_BODY = json.dumps({"access_token": "tok-scripted-Aa1Bb2Cc3", "expires_in": 86400})
+JOB = json.dumps({"id": "job_abcdefghijklmnop", "status": "pending", "type": "users_export"})
+DONE = json.dumps(
+    {"id": "job_abcdefghijklmnop", "status": "completed", "location": "{base}/file.json.gz"}
+)
+
+
+def test_no_error_chain_reaches_a_secret(
+    make_client: t.Callable[..., ManagementClient], emulator: Auth0Emulator
+) -> None:
+    import gzip
+
+    errors: dict[str, BaseException] = {}
+    tokens: list[str] = ["tok-scripted-Aa1Bb2Cc3"]
+
+    def capture(name: str, call: t.Callable[[], object]) -> None:
+        with pytest.raises(Auth0Error) as info:
+            call()
+        errors[name] = info.value
+
+    port = closed_port()
+    capture(
+        "connection refused",
+        lambda: make_client(domain=f"http://127.0.0.1:{port}").get_user("auth0|x"),
+    )
+    capture(
+        "token endpoint refuses",
+        lambda: make_client(client_secret=WRONG_SECRET).get_user("auth0|x"),
+    )
+
+    live = make_client()
+    live.count_users()
+    tokens.append(live._token.value)  # type: ignore[union-attr]
+    emulator.rate_limit_next(100)
+    capture("429 exhausted", lambda: live.count_users())
+    emulator.rate_limit_next(0)
+    emulator.export_link_lifetime = -1
+    capture("export link expired", lambda: list(live.export_users(["user_id"])))
+    emulator.fail_next_export("failed")
+    emulator.export_link_lifetime = 60
+    capture("export job failed", lambda: list(live.export_users(["user_id"])))
+
+    lines = "".join(json.dumps({"user_id": f"auth0|{n}"}) + "\n" for n in range(5000))
+    gz = gzip.compress(lines.encode()).decode("latin-1")
+    routes = {
+        "/oauth/token": (200, "json", TOKEN_BODY),
+        "/api/v2/users": (200, "json", "<html>not json</html>"),
+        "/api/v2/users/*": (401, "json", '{"statusCode": 401, "message": "Invalid token"}'),
+        "/api/v2/jobs/users-exports": (201, "json", JOB),
+        "/api/v2/jobs/*": (200, "json", DONE),
+        "/file.json.gz": (200, "cut", gz[: len(gz) // 2]),
+    }
+    with ScriptedServer(routes) as scripted:
+        scripted_client = make_client(domain=scripted.url, max_retries=1)
+        capture("bad JSON", lambda: scripted_client.count_users())
+        capture("401 twice", lambda: scripted_client.get_user("auth0|x"))
+        capture("download cut off", lambda: list(scripted_client.export_users(["user_id"])))
+        routes["/oauth/token"] = (200, "json", "not json")
+        capture("token not JSON", lambda: make_client(domain=scripted.url).get_user("auth0|x"))
+        routes["/oauth/token"] = (500, "json", "boom")
+        capture(
+            "token endpoint 500",
+            lambda: make_client(domain=scripted.url, max_retries=0).get_user("a"),
+        )
+        routes["/oauth/token"] = (200, "json", TOKEN_BODY)
+        routes["/file.json.gz"] = (200, "hang", "")
+        capture(
+            "download timeout",
+            lambda: list(
+                make_client(domain=scripted.url, timeout=(1, 0.3), max_retries=0).export_users(
+                    ["user_id"]
+                )
+            ),
+        )
+        routes["/api/v2/users"] = (200, "hang", "")
+        capture(
+            "read timeout",
+            lambda: make_client(domain=scripted.url, timeout=(1, 0.3), max_retries=0).count_users(),
+        )
+
+    assert "cut off after" in str(errors["download cut off"])
+    assert "read timeout" in str(errors["read timeout"])
+    assert "not JSON" in str(errors["bad JSON"])
+    assert len(errors) == 12
+    for name, exc in errors.items():
+        try:
+            assert_no_secret_in_chain(exc, [M2M_SECRET, WRONG_SECRET, *tokens])
+        except AssertionError as failure:
+            raise AssertionError(f"{name}: {failure}") from None

@@ -4,6 +4,7 @@ quickstart code), the official ``auth0-python`` SDK, and plain ``requests``. No 
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import json
 import subprocess
@@ -534,6 +535,28 @@ def test_auth0_python_sdk(auth0: Auth0Emulator) -> None:
     assert missing.value.body["errorCode"] == "inexistent_user"
 
 
+def test_auth0_python_sdk_export_job(auth0: Auth0Emulator) -> None:
+    """The SDK's generated jobs client parses the emulator's job answers unchanged."""
+    from auth0.authentication import GetToken
+    from auth0.management import Auth0
+
+    auth0.load_users(30, seed=5)
+    token = GetToken(
+        auth0.domain, auth0.m2m_client_id, client_secret=auth0.m2m_client_secret, protocol="http"
+    ).client_credentials(auth0.audience)
+    client = Auth0(base_url=auth0.url + "/api/v2", token=token["access_token"])
+    job = client.jobs.users_exports.create(
+        format="csv", limit=7, fields=[{"name": "user_id"}, {"name": "email", "export_as": "mail"}]
+    )
+    assert job.status == "pending" and job.type == "users_export" and job.limit == 7
+    assert client.jobs.get(job.id).status == "pending"
+    done = client.jobs.get(job.id)
+    assert done.status == "completed" and done.location
+    rows = requests.get(done.location, timeout=10).content
+    lines = gzip.decompress(rows).decode().splitlines()
+    assert lines[0] == "user_id,mail" and len(lines) == 8
+
+
 def test_auth0_python_management_client_cannot_use_http(auth0: Auth0Emulator) -> None:
     """``ManagementClient`` builds ``https://{domain}`` for both token and API URLs."""
     import httpx
@@ -847,3 +870,170 @@ def test_cli_serves_discovery() -> None:
         if process.stdout is not None:
             process.stdout.close()
     assert returncode == 0  # SIGTERM stops it cleanly
+
+
+# -- 7. big tenants and persistence ------------------------------------------------------------
+
+
+def test_load_users_builds_a_reproducible_tenant(auth0: Auth0Emulator) -> None:
+    ids = auth0.load_users(
+        5_000, created_from="2020-01-01", created_to="2026-11-30", marked=0.25, seed=11
+    )
+    assert len(ids) == len(set(ids)) == 5_000 == auth0.user_count()
+    with Auth0Emulator() as other:
+        assert (
+            other.load_users(
+                5_000, created_from="2020-01-01", created_to="2026-11-30", marked=0.25, seed=11
+            )
+            == ids
+        )
+    users = auth0.users()
+    assert all("2020-01-01" <= u["created_at"] <= "2026-11-30T00:00:00.000Z" for u in users)
+    marked = sum(1 for u in users if u["app_metadata"].get("signedUp") is True)
+    assert 1_000 < marked < 1_500
+    one = auth0.get_user(ids[1234])
+    assert one is not None and one["identities"][0]["connection"] == (
+        "Username-Password-Authentication"
+    )
+    assert one["user_id"].startswith("auth0|") and len(one["user_id"]) == 30
+    assert isinstance(one["logins_count"], int)
+
+
+def test_load_users_with_a_predicate_and_all_or_nothing(auth0: Auth0Emulator) -> None:
+    ids = auth0.load_users(
+        200,
+        marked=lambda user: user["created_at"] < "2023",
+        created_from="2020-01-01",
+        created_to="2026-01-01",
+        seed=1,
+    )
+    for user_id in ids:
+        user = auth0.get_user(user_id)
+        assert user is not None
+        assert bool(user["app_metadata"]) is (user["created_at"] < "2023")
+    with pytest.raises(Exception, match="already exists"):
+        auth0.load_users(300, seed=1)  # the same seed: the first 200 ids clash
+    assert auth0.user_count() == 200  # none of the 300 was kept
+    with pytest.raises(ValueError):
+        auth0.load_users(10, marked=1.5)
+
+
+def test_add_users_in_bulk(auth0: Auth0Emulator) -> None:
+    count = auth0.add_users(
+        [
+            {"email": "a@example.com", "created_at": "2019-05-05", "logins_count": 3},
+            {"email": "b@example.com", "password": "pw-b", "app_metadata": {"signedUp": True}},
+        ]
+    )
+    assert count == 2
+    claims = login(quickstart_app(auth0), "b@example.com", "pw-b")["userinfo"]
+    assert auth0.get_user(claims["sub"])["app_metadata"] == {"signedUp": True}  # type: ignore[index]
+    with pytest.raises(Exception, match="already exists"):
+        auth0.add_users([{"email": "c@example.com"}, {"email": "a@example.com"}])
+    assert auth0.user_count() == 2
+
+
+def test_lookups_stay_fast_in_a_big_tenant(auth0: Auth0Emulator) -> None:
+    """100,000 users: a login by email and a GET by id do not walk the tenant (counted in
+    work, not time: the index is a dict, and the login below would take minutes if not)."""
+    ids = auth0.load_users(100_000, seed=2)
+    auth0.add_user(email="late@example.com", password="pw")
+    token = m2m_token(auth0)
+    for user_id in ids[::10_000]:
+        response = api(auth0, "GET", user_path(user_id), token)
+        assert response.status_code == 200 and response.json()["user_id"] == user_id
+    claims = login(quickstart_app(auth0), "late@example.com", "pw")["userinfo"]
+    assert claims["email"] == "late@example.com"
+
+
+def test_users_survive_a_restart_with_a_database(tmp_path: t.Any) -> None:
+    database = str(tmp_path / "auth0.sqlite3")
+    with Auth0Emulator(database=database) as first:
+        app = quickstart_app(first)
+        signed_up = login(app, "dora@example.com", "s3cret", "Dora")["userinfo"]
+        first.load_users(1_000, seed=3)
+        token = m2m_token(first)
+        patched = api(
+            first,
+            "PATCH",
+            user_path(signed_up["sub"]),
+            token,
+            json={"app_metadata": {"signedUp": True}},
+        )
+        assert patched.status_code == 200
+    with Auth0Emulator(database=database) as second:
+        assert second.user_count() == 1_001
+        user = second.get_user(signed_up["sub"])
+        assert user is not None and user["app_metadata"] == {"signedUp": True}
+        assert user["logins_count"] == 1
+        # The password hash was kept: the same person logs in again, a wrong one fails.
+        again = login(quickstart_app(second), "dora@example.com", "s3cret")["userinfo"]
+        assert again["sub"] == signed_up["sub"]
+        with quickstart_app(second).test_client() as client:
+            wrong = submit_form(start_login(client), "dora@example.com", "nope")
+        assert wrong.status_code == 401
+    with Auth0Emulator() as in_memory:
+        assert in_memory.user_count() == 0
+
+
+@pytest.mark.slow
+def test_cli_database_keeps_users_across_runs(tmp_path: t.Any) -> None:
+    database = str(tmp_path / "cli.sqlite3")
+
+    def run_once() -> list[dict[str, t.Any]]:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "flask_keen_signup.testing.auth0",
+                "--port",
+                "0",
+                "--database",
+                database,
+                "--user",
+                "seed@example.com:pw",
+                "--load-users",
+                "50",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        try:
+            assert process.stdout is not None
+            url = process.stdout.readline().rsplit(" ", 1)[1].strip()
+            process.stdout.readline()
+            token = requests.post(
+                url + "/oauth/token",
+                data={
+                    "grant_type": "client_credentials",
+                    "client_id": "demo-m2m-client-id",
+                    "client_secret": "demo-m2m-client-secret",
+                    "audience": url + "/api/v2/",
+                },
+                timeout=10,
+            ).json()["access_token"]
+            users = requests.get(
+                url + "/api/v2/users",
+                params={"per_page": 100, "q": 'email:"seed@example.com"'},
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=10,
+            ).json()
+            total = requests.get(
+                url + "/api/v2/users",
+                params={"per_page": 1, "include_totals": "true"},
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=10,
+            ).json()["total"]
+            return [{"users": users, "total": total}]
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+            if process.stdout is not None:
+                process.stdout.close()
+
+    first = run_once()[0]
+    second = run_once()[0]
+    assert len(first["users"]) == len(second["users"]) == 1  # the seed user not added twice
+    assert first["users"][0]["user_id"] == second["users"][0]["user_id"]
+    assert (first["total"], second["total"]) == (51, 101)  # --load-users adds each run

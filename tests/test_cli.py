@@ -1,5 +1,7 @@
-"""``flask keen-signup status | flush | retry-dead | dead | backfill`` through Flask's CLI runner,
-against the real Keen and Auth0 emulators and a real SQLite outbox."""
+"""``flask keen-signup status | flush | retry-dead | dead`` through Flask's CLI runner,
+against the real Keen and Auth0 emulators and a real SQLite outbox.
+
+``migrate`` has its own file, test_migrate.py."""
 
 from __future__ import annotations
 
@@ -88,44 +90,3 @@ def test_dead_letters_are_listed_and_replayed(app: Flask, keen_signup_keen: Keen
     assert [e["userId"] for e in keen_signup_keen.events("signups")] == ["auth0|poison"]
     bad = runner.invoke(args=["keen-signup", "retry-dead", "--id", "999999"])
     assert bad.exit_code != 0
-
-
-def test_backfill_reports_pre_existing_users_once_with_their_dates(
-    app: Flask, keen_signup_auth0: Auth0Emulator, keen_signup_keen: KeenEmulator
-) -> None:
-    keen_signup_auth0.add_user(email="a@x.io", name="A", created_at="2020-02-02T02:02:02.000Z")
-    keen_signup_auth0.add_user(email="b@x.io", name="B", created_at="2021-03-03T03:03:03.000Z")
-    keen_signup_auth0.add_user(email="new@x.io", name="N", created_at="2026-11-25T00:00:00.000Z")
-    runner = app.test_cli_runner()
-    dry = runner.invoke(args=["keen-signup", "backfill", "--dry-run"])
-    assert dry.exit_code == 0, dry.output
-    assert "would queue 2 user(s)" in dry.output
-    result = runner.invoke(args=["keen-signup", "backfill"])
-    assert result.exit_code == 0, result.output
-    assert "queued 2 user(s)" in result.output and "1 newer" in result.output
-    again = runner.invoke(args=["keen-signup", "backfill"])
-    assert "queued 0 user(s)" in again.output and "2 already backfilled" in again.output
-    assert runner.invoke(args=["keen-signup", "flush", "--timeout", "30"]).exit_code == 0
-    events = sorted(keen_signup_keen.events("signups"), key=lambda e: e["name"])
-    assert [e["name"] for e in events] == ["A", "B"]
-    assert events[0]["keen"]["timestamp"].startswith("2020-02-02T02:02:02")
-    assert events[0]["backfilled"] is True
-    # their next login is not a new signup
-    signup = app.extensions["keen_signup"]
-    with app.test_request_context():
-        outcome = signup.tracker.track_claims(
-            {"sub": events[0]["userId"]}, ip=None, user_agent=None
-        )
-    assert outcome.value == "returning"
-
-
-def test_backfill_needs_management_credentials(
-    keen_signup_auth0: Auth0Emulator, keen_signup_keen: KeenEmulator, tmp_path: t.Any
-) -> None:
-    app, _ = quickstart_app(keen_signup_auth0, keen_signup_keen, str(tmp_path / "n.sqlite3"))
-    try:
-        result = app.test_cli_runner().invoke(args=["keen-signup", "backfill"])
-        assert result.exit_code != 0
-        assert "KEEN_SIGNUP_AUTH0_DOMAIN" in result.output
-    finally:
-        app.extensions["keen_signup"].sender.shutdown(timeout=5)

@@ -100,6 +100,7 @@ def test_strings_from_the_environment_are_parsed(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("FLASK_KEEN_SIGNUP_ENABLED", "true")
     monkeypatch.setenv("FLASK_KEEN_SIGNUP_TIMEOUT", "[1, 5]")
     monkeypatch.setenv("FLASK_KEEN_SIGNUP_SINCE", "2026-11-18T00:00:00Z")
+    monkeypatch.setenv("FLASK_KEEN_SIGNUP_CREATED_AT_CLAIM", "https://example.com/created_at")
     monkeypatch.setenv("FLASK_KEEN_SIGNUP_IP", "anonymize")
     app = Flask(__name__)
     app.config.from_prefixed_env()
@@ -118,7 +119,7 @@ def test_comma_separated_claims_and_single_timeout() -> None:
 
 
 def test_naive_since_is_utc() -> None:
-    s = settings_for(KEEN_SIGNUP_SINCE=dt.datetime(2026, 1, 1))
+    s = settings_for(KEEN_SIGNUP_SINCE=dt.datetime(2026, 1, 1), KEEN_SIGNUP_CREATED_AT_CLAIM="c")
     assert s.since == dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 
 

@@ -342,7 +342,10 @@ def test_since_marks_old_users_without_reporting(
     keen_signup_auth0: Auth0Emulator, keen_signup_keen: KeenEmulator, apps: t.Any
 ) -> None:
     app, signup = apps(
-        keen_signup_auth0, keen_signup_keen, KEEN_SIGNUP_SINCE="2026-11-18T00:00:00Z"
+        keen_signup_auth0,
+        keen_signup_keen,
+        KEEN_SIGNUP_SINCE="2026-11-18T00:00:00Z",
+        KEEN_SIGNUP_CREATED_AT_CLAIM="created_at",
     )
     with app.test_request_context():
         old = signup.track_claims({"sub": "auth0|old", "created_at": "2020-01-01T00:00:00Z"})

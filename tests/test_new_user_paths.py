@@ -241,7 +241,10 @@ def test_concurrent_first_logins_of_one_user_queue_one_event(make_app: t.Any) ->
 def test_since_is_honoured_on_the_claim_first_path(
     make_app: t.Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    app, signup = make_app(KEEN_SIGNUP_SINCE="2026-11-18T00:00:00Z")
+    app, signup = make_app(
+        KEEN_SIGNUP_SINCE="2026-11-18T00:00:00Z",
+        KEEN_SIGNUP_CREATED_AT_CLAIM="https://example.com/created_at",
+    )
     reads = uses_claim_first(app, monkeypatch)
     old = {**CLAIMS, "sub": "auth0|old", "https://example.com/created_at": "2026-11-01T00:00:00Z"}
     assert track(app, signup, old) is TrackOutcome.MARKED_ONLY

@@ -587,14 +587,17 @@ def test_connection_needs_the_postgres_store(
     app.extensions["keen_signup"].sender.stop(2)
 
 
-def test_a_login_while_postgres_is_unreachable_does_not_break_and_is_loud(
+def test_a_login_while_postgres_is_unreachable_is_spooled_and_loud_without_the_password(
     auth0: Auth0Emulator, keen: KeenEmulator, tmp_path: t.Any, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """The login goes on within the budget; the candidate waits in the local spool (its
+    delivery once PostgreSQL is back is in test_postgres_hosts.py); nothing names the
+    password."""
     url = f"postgresql://keen:{PASSWORD}@127.0.0.1:{free_port()}/postgres"
     app, _ = quickstart_app(
         auth0,
         keen,
-        str(tmp_path / "unused.sqlite3"),
+        str(tmp_path / "app.sqlite3"),
         KEEN_SIGNUP_STORE="postgres",
         KEEN_SIGNUP_DATABASE_URL=url,
         KEEN_SIGNUP_PROPAGATE_ERRORS=False,
@@ -606,13 +609,15 @@ def test_a_login_while_postgres_is_unreachable_does_not_break_and_is_loud(
 
     signals.signup_failed.connect(on_failed, app)
     caplog.set_level(logging.DEBUG)
+    ext = app.extensions["keen_signup"]
     try:
         started = time.monotonic()
         response = login(app.test_client(), auth0, "down@example.com")
         assert response.status_code == 302
-        assert time.monotonic() - started < 10
-        assert len(failed) == 1
-        assert "not recorded" in caplog.text
+        assert time.monotonic() - started < 10  # bounded by the budget, not a hang
+        assert failed == [], "spooled, not failed"
+        assert ext.spool.stats()[0] == 1
+        assert "PostgreSQL" in caplog.text, "the store's trouble is logged"
         assert PASSWORD not in caplog.text
     finally:
         signals.signup_failed.disconnect(on_failed, app)

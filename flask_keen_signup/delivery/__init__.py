@@ -246,6 +246,18 @@ class Outbox(ABC):
     def release(self, ids: t.Collection[int], *, now: float | None = None) -> None:
         """Give back leased rows that were not sent (shutdown): due now, attempt undone."""
 
+    def renew_leases(
+        self, ids: t.Collection[int], *, owner: str, now: float, lease_seconds: float
+    ) -> int:
+        """Extend ``owner``'s leases on ``ids`` to ``now + lease_seconds``; return how many.
+
+        The sender calls it while a batch is on the wire, so a request slower than the
+        lease does not let another process claim (and resend) the same rows. Rows that
+        are done, or leased by someone else by now, are left alone. The default does
+        nothing (an outbox without leases).
+        """
+        return 0
+
     @abstractmethod
     def expire_leases(self, is_orphan: t.Callable[[str], bool]) -> int:
         """Expire every lease whose owner ``is_orphan`` says is dead; return how many rows.

@@ -217,6 +217,18 @@ class MemoryOutbox(Outbox):
                 row.next_attempt_at = now
                 row.attempts = max(0, row.attempts - 1)
 
+    def renew_leases(
+        self, ids: t.Collection[int], *, owner: str, now: float, lease_seconds: float
+    ) -> int:
+        count = 0
+        with self._lock:
+            for row_id in ids:
+                row = self._rows.get(row_id)
+                if row is not None and row.state in OPEN_STATES and row.lease_owner == owner:
+                    row.next_attempt_at = now + lease_seconds
+                    count += 1
+        return count
+
     def expire_leases(self, is_orphan: t.Callable[[str], bool]) -> int:
         count = 0
         with self._lock:

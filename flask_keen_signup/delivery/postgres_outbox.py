@@ -144,6 +144,50 @@ class PostgresOutbox(Outbox):
         row = self.database.run(sql, params, what="claim and enqueue", fetch="one")
         return row is not None
 
+    def claim_and_enqueue_many(
+        self, store: PostgresStore, events: t.Sequence[QueuedEvent], *, now: float | None = None
+    ) -> list[bool]:
+        """:meth:`claim_and_enqueue` for many users in one statement, on the sender's pool
+        (the spool's drain, on the sender thread). Returns, per event, whether its user
+        was claimed here (and its event queued); a user twice in ``events`` wins once.
+        """
+        if not events:
+            return []
+        unique = list({event.user_id: event for event in reversed(events)}.values())
+        claimed = store.claim_sql(
+            "%(marker_collection)s", "i.user_id", returning="user_id", source="FROM items i"
+        )
+        rows = self.database.run(
+            f"""
+WITH items AS (
+    SELECT * FROM unnest(%(users)s::text[], %(collections)s::text[], %(tokens)s::text[],
+                         %(bodies)s::text[]) AS i(user_id, collection, token, body)
+), claimed AS ({claimed}
+), queued AS (
+    {self._insert}
+    SELECT i.collection, i.user_id, i.token, i.body, %(now)s, %(now)s
+    FROM items i JOIN claimed c ON c.user_id = i.user_id RETURNING user_id
+)
+SELECT user_id, {self._notify} FROM queued""",
+            {
+                "users": [e.user_id for e in unique],
+                "collections": [e.collection for e in unique],
+                "tokens": [e.uniqueness_token for e in unique],
+                "bodies": [e.body_json for e in unique],
+                "marker_collection": store.collection,
+                "now": time.time() if now is None else now,
+            },
+            what="claim and enqueue spooled signups",
+            role=WORKER,
+            fetch="all",
+        )
+        won = {user_id for (user_id, _) in rows}
+        result = []
+        for event in events:  # the first event of a user carries the win
+            result.append(event.user_id in won)
+            won.discard(event.user_id)
+        return result
+
     def report_confirmed(
         self, store: PostgresStore, events: t.Sequence[QueuedEvent], *, now: float | None = None
     ) -> int:
@@ -391,6 +435,20 @@ UPDATE {self._meta} SET note = %(error)s WHERE key = 'last_error'""",
             what="release rows",
             role=WORKER,
         )
+
+    def renew_leases(
+        self, ids: t.Collection[int], *, owner: str, now: float, lease_seconds: float
+    ) -> int:
+        if not ids:
+            return 0
+        count = self.database.run(
+            f"UPDATE {self._outbox} SET next_attempt_at = %s "
+            f"WHERE id = ANY(%s) AND lease_owner = %s AND {_OPEN}",
+            (now + lease_seconds, [int(i) for i in ids], owner),
+            what="renew leases",
+            role=WORKER,
+        )
+        return int(count)
 
     def expire_leases(self, is_orphan: t.Callable[[str], bool]) -> int:
         owners = self.database.run(

@@ -341,6 +341,29 @@ return 0
 """
 )
 
+# KEYS: open, leased.  ARGV: row prefix, owner, lease expiry, ids...
+# Extends the owner's live leases; rows done or leased by another owner are left alone.
+_RENEW_LUA = (
+    _PRELUDE
+    + """
+local open, leased = KEYS[1], KEYS[2]
+local owner, lease_until = ARGV[2], ARGV[3]
+local count = 0
+for i = 4, #ARGV do
+  local m = member(ARGV[i])
+  local key = row_key(ARGV[i])
+  local f = redis.call('HMGET', key, 'owner', 'state')
+  if f[1] == owner and is_open(f[2]) then
+    redis.call('HSET', key, 'next_at', lease_until)
+    redis.call('ZADD', open, lease_until, m)
+    redis.call('ZADD', leased, lease_until, m)
+    count = count + 1
+  end
+end
+return count
+"""
+)
+
 # KEYS: leased.  ARGV: row prefix.  The distinct owners of live and expired leases.
 _OWNERS_LUA = (
     _PRELUDE
@@ -482,6 +505,7 @@ class RedisOutbox(Outbox):
         self._retry = register(_RETRY_LUA)
         self._kill = register(_DEAD_LUA)
         self._release = register(_RELEASE_LUA)
+        self._renew = register(_RENEW_LUA)
         self._owners = register(_OWNERS_LUA)
         self._expire = register(_EXPIRE_LUA)
         self._retry_dead = register(_RETRY_DEAD_LUA)
@@ -526,6 +550,27 @@ class RedisOutbox(Outbox):
                 args=[self._row, _num(now), *self._event_args(event), store.reclaim_arg],
             )
         return int(row_id) > 0
+
+    def claim_and_enqueue_many(
+        self, store: RedisStore, events: t.Sequence[QueuedEvent], *, now: float | None = None
+    ) -> list[bool]:
+        """:meth:`claim_and_enqueue` for many users in one round trip (a pipeline).
+
+        Each user's claim-and-enqueue is still its own atomic script; the pipeline only
+        saves the round trips (the sender deciding a spool of thousands of signups).
+        """
+        now = time.time() if now is None else now
+        with store_errors("claim and enqueue"):
+            pipe = self.client.pipeline(transaction=False)
+            indexes = [self._seq, self._open, self._idle, self._created]
+            for event in events:
+                self._claim_and_enqueue(
+                    keys=[store.key(event.user_id), *indexes],
+                    args=[self._row, _num(now), *self._event_args(event), store.reclaim_arg],
+                    client=pipe,
+                )
+            results = pipe.execute()
+        return [int(row_id) > 0 for row_id in results]
 
     @staticmethod
     def _event_args(event: QueuedEvent) -> list[str]:
@@ -650,6 +695,18 @@ class RedisOutbox(Outbox):
                 keys=[self._open, self._leased, self._idle],
                 args=[self._row, _num(now), *(str(int(i)) for i in ids)],
             )
+
+    def renew_leases(
+        self, ids: t.Collection[int], *, owner: str, now: float, lease_seconds: float
+    ) -> int:
+        if not ids:
+            return 0
+        with store_errors("renew leases"):
+            count = self._renew(
+                keys=[self._open, self._leased],
+                args=[self._row, owner, _num(now + lease_seconds), *map(str, ids)],
+            )
+        return int(count)
 
     def expire_leases(self, is_orphan: t.Callable[[str], bool]) -> int:
         with store_errors("read lease owners"):

@@ -139,6 +139,44 @@ class _Prefetch:
         return self._rows
 
 
+class _LeaseKeeper:
+    """Renews the sender's leases while a batch is on the wire (a daemon thread per batch).
+
+    A lease hides claimed rows from other processes and hosts for ``lease_seconds``. A
+    request slower than that (a slow proxy, Keen answering after minutes, 413 splits)
+    would let another sender claim and resend the same rows; so every third of the lease
+    the leases of every row this sender still holds are extended.
+    """
+
+    def __init__(self, sender: Sender) -> None:
+        self._sender = sender
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"{sender.name}-leases", daemon=True
+        )
+
+    def __enter__(self) -> _LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        sender = self._sender
+        interval = sender.lease_seconds / 3
+        while not self._stop.wait(interval):
+            ids = sender._held_rows()
+            if not ids:
+                continue
+            try:
+                sender.outbox.renew_leases(
+                    ids, owner=sender.owner, now=time.time(), lease_seconds=sender.lease_seconds
+                )
+            except Exception:  # noqa: BLE001 - the lease may run out; Keen dedupes a resend
+                logger.warning("%s: could not renew leases", sender.name, exc_info=True)
+
+
 class _RequestFailed(Exception):
     """A whole request failed retryably: stop this round."""
 
@@ -195,6 +233,7 @@ class Sender:
         handle_signals: bool = True,
         rng: random.Random | None = None,
         linger: float = DEFAULT_LINGER,
+        drain: t.Callable[[], int] | None = None,
     ) -> None:
         if collection_batch_size < 1:
             raise ValueError("collection_batch_size must be at least 1")
@@ -218,6 +257,8 @@ class Sender:
         self.probe_size = max(1, min(probe_size, collection_batch_size))
         self.handle_signals = handle_signals
         self.linger = max(0.0, min(linger, flush_interval))
+        #: Decides the signups the login path spooled (see :mod:`flask_keen_signup.spool`).
+        self.drain = drain
         self._rng = rng or random.Random()
         self._backoff = Backoff(backoff_base, backoff_cap, self._rng)
         self._circuit_args = (circuit_threshold, circuit_cooldown, circuit_cap)
@@ -252,6 +293,9 @@ class Sender:
         self._prefetch: _Prefetch | None = None
         self._last_error: str | None = None
         self._next_orphan_check = 0.0
+        #: Rows claimed and not yet finished, whose leases _LeaseKeeper renews.
+        self._held: set[int] = set()
+        self._held_lock = threading.Lock()
         _all_senders.add(self)
 
     def __repr__(self) -> str:
@@ -416,6 +460,7 @@ class Sender:
     def _step(self) -> float:
         """One round. Returns how long to wait before the next (0: go again now)."""
         self._maybe_expire_orphans()
+        self._drain_spool()
         state = self._circuit.state()
         if state == OPEN:
             return self._circuit.remaining() or 0.01
@@ -442,13 +487,33 @@ class Sender:
         return 0.0 if full else self.linger
 
     def _claim(self, limit: int, flush_since: float | None) -> list[OutboxRow]:
-        return self.outbox.claim_due(
+        rows = self.outbox.claim_due(
             limit,
             now=time.time(),
             lease_seconds=self.lease_seconds,
             owner=self.owner,
             flush_since=flush_since,
         )
+        self._hold(rows)
+        return rows
+
+    def _hold(self, rows: t.Sequence[OutboxRow]) -> None:
+        if rows:
+            with self._held_lock:
+                self._held.update(row.id for row in rows)
+
+    def _held_rows(self) -> list[int]:
+        with self._held_lock:
+            return list(self._held)
+
+    def _drain_spool(self) -> None:
+        """Decide spooled signups (the store failed a login's budget); never raises."""
+        if self.drain is None:
+            return
+        try:
+            self.drain()
+        except Exception as exc:  # noqa: BLE001 - the store still fails: next round
+            logger.debug("%s: the spool is not drained yet: %s", self.name, exc)
 
     def _take_prefetch(self) -> list[OutboxRow] | None:
         prefetch, self._prefetch = self._prefetch, None
@@ -457,22 +522,19 @@ class Sender:
     def _release_prefetch(self) -> None:
         rows = self._take_prefetch()
         if rows:
+            with self._held_lock:
+                self._held.difference_update(row.id for row in rows)
             self.outbox.release([row.id for row in rows])
 
     def _run_flush(self, request: _Flush) -> None:
         try:
             self._release_prefetch()  # leased by us: a flush must be able to claim them
             self._maybe_expire_orphans(force=True)
+            self._drain_spool()
             while True:
                 if request.deadline is not None and time.monotonic() >= request.deadline:
                     break
-                rows = self.outbox.claim_due(
-                    self.batch_size,
-                    now=time.time(),
-                    lease_seconds=self.lease_seconds,
-                    owner=self.owner,
-                    flush_since=request.since,
-                )
+                rows = self._claim(self.batch_size, request.since)
                 if not rows:
                     break
                 try:
@@ -499,6 +561,16 @@ class Sender:
         self, rows: list[OutboxRow], *, deadline: float | None = None, flushing: bool = False
     ) -> None:
         """Send ``rows`` (already leased) and record each one's outcome."""
+        try:
+            with _LeaseKeeper(self):
+                self._process_leased(rows, deadline=deadline, flushing=flushing)
+        finally:
+            with self._held_lock:
+                self._held.difference_update(row.id for row in rows)
+
+    def _process_leased(
+        self, rows: list[OutboxRow], *, deadline: float | None, flushing: bool
+    ) -> None:
         confirming = [r for r in rows if r.state == CONFIRMING]
         if confirming:
             self._confirm(confirming)

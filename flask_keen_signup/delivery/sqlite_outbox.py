@@ -356,6 +356,21 @@ class SQLiteOutbox(Outbox):
                     (now, *chunk),
                 )
 
+    def renew_leases(
+        self, ids: t.Collection[int], *, owner: str, now: float, lease_seconds: float
+    ) -> int:
+        count = 0
+        with self._write() as conn:
+            for chunk in _chunks(sorted(ids)):
+                cursor = conn.execute(
+                    "UPDATE keen_signup_outbox SET next_attempt_at = ? "
+                    f"WHERE id IN ({_placeholders(len(chunk))}) AND lease_owner = ? "
+                    "AND state IN ('pending', 'confirming')",
+                    (now + lease_seconds, *chunk, owner),
+                )
+                count += cursor.rowcount
+        return count
+
     def expire_leases(self, is_orphan: t.Callable[[str], bool]) -> int:
         owners = [
             owner

@@ -70,18 +70,20 @@ class PostgresStore(MarkerStore):
     def __repr__(self) -> str:
         return f"<PostgresStore {self.database!r} collection={self.collection!r}>"
 
-    def claim_sql(self, collection: str, user_id: str, *, returning: str) -> str:
-        """The claiming ``INSERT`` for SQL placeholders ``collection`` and ``user_id``.
+    def claim_sql(
+        self, collection: str, user_id: str, *, returning: str, source: str | None = None
+    ) -> str:
+        """The claiming ``INSERT`` for SQL expressions ``collection`` and ``user_id``.
 
         Returns a row (``RETURNING returning``) only for the caller that claimed: a new
         marker, or a stale pending one when ``reclaim_after`` is set. The outbox embeds it
-        in its claim-and-enqueue statement.
+        in its claim-and-enqueue statements. ``source`` (``FROM items i``) claims one user
+        per row of a set instead of one ``VALUES`` row; its users must be distinct.
         """
         markers = self.database.table("markers")
-        insert = (
-            f"INSERT INTO {markers} AS m (collection, user_id, state, claimed_at) "
-            f"VALUES ({collection}, {user_id}, 'pending', {SERVER_NOW}) "
-        )
+        values = f"{collection}, {user_id}, 'pending', {SERVER_NOW}"
+        rows = f"VALUES ({values})" if source is None else f"SELECT {values} {source}"
+        insert = f"INSERT INTO {markers} AS m (collection, user_id, state, claimed_at) {rows} "
         if self.reclaim_after is None:
             return insert + f"ON CONFLICT (collection, user_id) DO NOTHING RETURNING {returning}"
         stale = f"{SERVER_NOW} - {float(self.reclaim_after)!r}"

@@ -1,4 +1,5 @@
-"""The Management API v2 subset the extension uses: get, update and list users.
+"""The Management API v2 subset the extension uses: get, update, list and search users,
+and user export jobs.
 
 Paths, status codes, bodies and headers follow Auth0 (reference ``authlib-auth0.md`` C2-C5):
 errors are ``{"statusCode", "error", "message", "errorCode"}``, every answer carries the
@@ -8,6 +9,8 @@ sent*, so ``auth0%7Cabc%2Fx`` and ``auth0|abc/x`` are not confused.
 
 from __future__ import annotations
 
+import copy
+import re
 import time
 import typing as t
 from http import HTTPStatus
@@ -19,16 +22,32 @@ from flask import Response
 from flask import jsonify
 from flask import request
 
+from ._auth0_jobs import ExportJob
+from ._auth0_jobs import export_chunks
+from ._auth0_jobs import new_job_id
+from ._auth0_jobs import new_link
+from ._auth0_jobs import parse_export_request
 from ._auth0_oidc import ManagementTokenError
 from ._auth0_oidc import validate_management_token
+from ._auth0_search import QueryError
+from ._auth0_search import compile_query
 from ._auth0_tenant import Tenant
 from ._auth0_users import UserError
+from ._auth0_users import format_timestamp
 from ._auth0_users import project_fields
 
 PREFIX = "/api/v2/"
 #: The per-window request budget reported in ``x-ratelimit-limit`` (Auth0's paid-tier burst).
 RATE_LIMIT = 50
 MAX_PER_PAGE = 100
+#: Offset paging of ``GET /api/v2/users`` serves only the first 1000 results.
+PAGING_LIMIT = 1000
+PAGING_LIMIT_MESSAGE = (
+    "You can only page through the first 1000 records. See "
+    "https://auth0.com/docs/users/search/v3/view-search-results-by-page#limitation"
+)
+#: Where completed exports are downloaded: no bearer token, like a presigned URL.
+EXPORTS_PREFIX = "/user-exports/"
 
 
 def management_error(
@@ -90,8 +109,20 @@ def _int_param(name: str, default: int) -> int:
     return number
 
 
+_JOB_ID_RE = re.compile(r"^job_[A-Za-z0-9]{16}$")
+
+
+def _storage_error(code: str, message: str) -> Response:
+    """What a storage host answers for a refused or expired presigned URL (XML, 403)."""
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Error><Code>{code}</Code><Message>{message}</Message></Error>"
+    )
+    return Response(body, status=403, mimetype="application/xml")
+
+
 def register_management_api(app: Flask, tenant: Tenant) -> None:
-    """Add the ``/api/v2/users`` endpoints to the emulator's app."""
+    """Add the ``/api/v2/users`` and ``/api/v2/jobs`` endpoints to the emulator's app."""
 
     def authorize(*scopes: str) -> Response | None:
         try:
@@ -124,12 +155,30 @@ def register_management_api(app: Flask, tenant: Tenant) -> None:
                 f"{MAX_PER_PAGE}' on property per_page (Number of results per page).",
                 "invalid_query_string",
             )
-        users = tenant.users.all(request.args.get("sort") or "created_at:1")
+        if (page + 1) * per_page > PAGING_LIMIT and per_page > 0:
+            return management_error(400, PAGING_LIMIT_MESSAGE, "invalid_paging")
+        sort = request.args.get("sort") or "created_at:1"
+        try:
+            users = _search(request.args.get("q"), request.args.get("search_engine"), sort)
+        except QueryError as error:
+            return management_error(
+                400,
+                f"Query validation error: 'Invalid query string: {error}' on property q "
+                "(Query in Lucene query string syntax).",
+                "invalid_query_string",
+            )
+        except UserError as error:
+            return management_error(400, error.message, error.error_code)
         start = page * per_page
-        chunk = [
-            project_fields(user, request.args.get("fields"), request.args.get("include_fields"))
-            for user in users[start : start + per_page]
-        ]
+        with tenant.users.lock:  # copies, so a concurrent PATCH cannot tear a response
+            chunk = [
+                project_fields(
+                    copy.deepcopy(user),
+                    request.args.get("fields"),
+                    request.args.get("include_fields"),
+                )
+                for user in users[start : start + per_page]
+            ]
         if (request.args.get("include_totals") or "").lower() == "true":
             return jsonify(
                 {
@@ -141,6 +190,116 @@ def register_management_api(app: Flask, tenant: Tenant) -> None:
                 }
             )
         return jsonify(chunk)
+
+    def _search(q: str | None, engine: str | None, sort: str) -> list[dict[str, t.Any]]:
+        if engine and engine != "v3":
+            raise UserError(
+                f"You are not allowed to use search_engine={engine}.", "operation_not_supported"
+            )
+        if not q:
+            return tenant.users.sorted_users(sort)
+        query = compile_query(q)
+        if query.user_ids is not None:
+            # Looked up by id: O(1) per id, even in a tenant of 100,000 users.
+            field, _, direction = sort.partition(":")
+            found = tenant.users.get_many(sorted(query.user_ids))
+            found.sort(
+                key=lambda u: str(u.get(field.strip() or "created_at", "")),
+                reverse=direction.strip() == "-1",
+            )
+            return found
+        return [user for user in tenant.users.sorted_users(sort) if query.matches(user)]
+
+    @app.post("/api/v2/jobs/users-exports")
+    def create_export() -> Response:
+        denied = authorize("read:users")
+        if denied is not None:
+            return denied
+        body = request.get_json(silent=True)
+        if body is None:
+            return management_error(
+                400, "Payload validation error: 'Invalid JSON'.", "invalid_body"
+            )
+        try:
+            format_, fields, limit, connection_id = parse_export_request(body)
+        except UserError as error:
+            return management_error(400, error.message, error.error_code)
+        connection = None
+        if connection_id is not None:
+            connection = tenant.connection_ids.get(connection_id)
+            if connection is None:
+                return management_error(
+                    400, "The connection does not exist.", "inexistent_connection"
+                )
+        with tenant.lock:
+            job = ExportJob(
+                id=new_job_id(),
+                format=format_,
+                fields=fields,
+                limit=limit,
+                connection_id=connection_id,
+                connection=connection,
+                created_at=format_timestamp(),
+                polls_left=tenant.export_polls,
+                failure=tenant.export_failure,
+            )
+            tenant.export_failure = None
+            tenant.jobs[job.id] = job
+        response = jsonify(job.describe())
+        response.status_code = 201
+        return response
+
+    @app.get("/api/v2/jobs/<job_id>")
+    def get_job(job_id: str) -> Response:
+        denied = authorize("read:users", "create:users")
+        if denied is not None:
+            return denied
+        if not _JOB_ID_RE.match(job_id):
+            return management_error(
+                400,
+                "Path validation error: 'String does not match pattern "
+                "^job_[a-zA-Z0-9]{16}$' on property id (The id of the job).",
+                "invalid_uri",
+            )
+        with tenant.lock:
+            job = tenant.jobs.get(job_id)
+            if job is None:
+                return management_error(404, "The job does not exist.", "inexistent_job")
+            job.gets += 1
+            if job.polls_left > 0 and job.gets > 1:
+                job.polls_left -= 1
+            body = job.describe()
+            if job.polls_left > 0:
+                body["percentage_done"] = 0 if job.gets <= 1 else 50
+            if body["status"] == "completed":
+                token = new_link(job, tenant.export_link_lifetime)
+                name = tenant.base_url.split("://", 1)[-1].replace(":", "-")
+                suffix = "json" if job.format == "json" else "csv"
+                body["location"] = (
+                    f"{tenant.base_url}{EXPORTS_PREFIX}{job.id}/{token}/{name}.{suffix}.gz"
+                )
+                body["percentage_done"] = 100
+                body["time_left_seconds"] = 0
+            elif body["status"] == "failed":
+                body["status_details"] = job.failure
+        return jsonify(body)
+
+    @app.get(EXPORTS_PREFIX + "<job_id>/<token>/<filename>")
+    def download_export(job_id: str, token: str, filename: str) -> Response:
+        with tenant.lock:
+            job = tenant.jobs.get(job_id)
+            expires = job.links.get(token) if job is not None else None
+        if job is None or expires is None:
+            return _storage_error("AccessDenied", "Access Denied")
+        if time.time() > expires:
+            return _storage_error("AccessDenied", "Request has expired")
+        connection = job.connection
+        return Response(
+            export_chunks(tenant.users, job, connection),
+            status=200,
+            mimetype="application/gzip",
+            headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+        )
 
     @app.route("/api/v2/users/<path:_user_path>", methods=["GET", "PATCH"])
     def user_by_id(_user_path: str) -> Response:

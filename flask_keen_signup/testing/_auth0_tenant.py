@@ -15,6 +15,8 @@ from dataclasses import field
 
 from joserfc.jwk import RSAKey
 
+from ._auth0_jobs import ExportJob
+from ._auth0_users import DEFAULT_CONNECTION
 from ._auth0_users import UserStore
 
 #: The ``tamper_next_id_token`` kinds, each a way a relying party must refuse an ID token.
@@ -42,6 +44,8 @@ class LoggedRequest(t.NamedTuple):
     query: str
     #: Seconds since the epoch when the response was ready.
     time: float
+    #: Whether the request carried an ``Authorization`` header (never its value).
+    authorized: bool = False
 
 
 @dataclass
@@ -114,6 +118,18 @@ class Tenant:
     rate_limit: RateLimit | None = None
     auto_login: AutoLogin | None = None
     log: list[LoggedRequest] = field(default_factory=list)
+    #: User export jobs by id.
+    jobs: dict[str, ExportJob] = field(default_factory=dict)
+    #: ``GET /api/v2/jobs/{id}`` answers before a new export job completes.
+    export_polls: int = 1
+    #: ``status_details`` of the next export job, which then fails; ``None``: succeed.
+    export_failure: str | None = None
+    #: Seconds a download link of a completed export stays valid (Auth0: 60).
+    export_link_lifetime: float = 60.0
+    #: The ``con_...`` id of the database connection, for ``connection_id`` filters.
+    connection_ids: dict[str, str] = field(
+        default_factory=lambda: {_new_connection_id(): DEFAULT_CONNECTION}
+    )
 
     @property
     def kid(self) -> str:
@@ -147,6 +163,11 @@ class Tenant:
             if self.rogue_key is None:
                 self.rogue_key = _new_key(self.kid)
             return self.rogue_key
+
+
+def _new_connection_id() -> str:
+    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+    return "con_" + "".join(secrets.choice(alphabet) for _ in range(16))
 
 
 def _new_key(kid: str | None = None) -> RSAKey:

@@ -1,4 +1,5 @@
-"""The Auth0 emulator's user directory: Auth0-shaped user objects, in memory, thread-safe.
+"""The Auth0 emulator's user directory: Auth0-shaped user objects, thread-safe, in memory or
+in a SQLite file.
 
 The shapes and the update rules follow the Management API (``GET/PATCH /api/v2/users``), so
 that code tested against the emulator sees what a real tenant would send: ISO-8601 timestamps
@@ -11,11 +12,15 @@ from __future__ import annotations
 import copy
 import hashlib
 import hmac
+import json
+import random
 import secrets
+import sqlite3
 import threading
 import typing as t
 from dataclasses import dataclass
 from datetime import datetime
+from datetime import timedelta
 from datetime import timezone
 
 #: Root attributes that ``PATCH /api/v2/users/{id}`` accepts (Auth0's schema for the endpoint).
@@ -116,109 +121,295 @@ class _Record:
     password_hash: str | None
 
 
-class UserStore:
-    """All users of the emulated tenant, guarded by one lock (the server is threaded).
+def build_user(
+    *,
+    email: str,
+    name: str | None = None,
+    user_id: str | None = None,
+    created_at: datetime | str | None = None,
+    app_metadata: dict[str, t.Any] | None = None,
+    connection: str = DEFAULT_CONNECTION,
+    logins_count: int = 0,
+    **extra: t.Any,
+) -> dict[str, t.Any]:
+    """An Auth0-shaped user object (not stored); see :meth:`Auth0Emulator.add_user`."""
+    if not email or "@" not in email:
+        raise UserError(
+            "Payload validation error: 'Object didn't pass validation for "
+            "format email: " + repr(email) + "' on property email."
+        )
+    user_id = user_id or f"auth0|{secrets.token_hex(12)}"
+    provider, sep, provider_user_id = user_id.partition("|")
+    if not sep:
+        provider, provider_user_id = "auth0", user_id
+        user_id = f"auth0|{user_id}"
+    if connection == DEFAULT_CONNECTION and provider != "auth0":
+        connection = provider
+    created = format_timestamp(created_at)
+    display_name = name or email
+    user: dict[str, t.Any] = {
+        "user_id": user_id,
+        "email": email,
+        "email_verified": False,
+        "name": display_name,
+        "nickname": email.split("@", 1)[0],
+        "picture": _picture_for(email, display_name),
+        "created_at": created,
+        "updated_at": created,
+        "identities": [
+            {
+                "provider": provider,
+                "user_id": provider_user_id,
+                "connection": connection,
+                "isSocial": provider not in _NON_SOCIAL,
+            }
+        ],
+        "app_metadata": copy.deepcopy(app_metadata) if app_metadata else {},
+        "user_metadata": {},
+        "logins_count": logins_count,
+    }
+    if logins_count:
+        user["last_login"] = created
+    for key, value in extra.items():
+        if key == "last_login" and value is not None:
+            value = format_timestamp(value)
+        user[key] = copy.deepcopy(value)
+    return user
 
-    Every method returns deep copies, so a caller can never mutate stored state by accident.
+
+def generated_users(
+    count: int,
+    *,
+    created_from: datetime,
+    created_to: datetime,
+    marked: float | t.Callable[[dict[str, t.Any]], bool],
+    seed: int,
+    marker: str,
+    connection: str = DEFAULT_CONNECTION,
+) -> t.Iterator[dict[str, t.Any]]:
+    """``count`` synthetic database users, reproducible from ``seed``, built cheaply.
+
+    Ids are ``auth0|`` + 24 hex digits drawn from the seeded generator; ``created_at`` is
+    uniform between the two instants (milliseconds); ``logins_count`` 0-40; the Rule's
+    marker (``app_metadata[marker] = True``) on a ``marked`` fraction of them, or on those
+    the predicate picks (it gets the user dict, ``created_at`` already set).
     """
-
-    def __init__(self) -> None:
-        self._lock = threading.RLock()
-        self._records: dict[str, _Record] = {}
-
-    # -- creation and lookup -------------------------------------------------------------
-
-    def add(
-        self,
-        *,
-        email: str,
-        password: str | None = "password",
-        name: str | None = None,
-        user_id: str | None = None,
-        created_at: datetime | str | None = None,
-        app_metadata: dict[str, t.Any] | None = None,
-        connection: str = DEFAULT_CONNECTION,
-        logins_count: int = 0,
-        **extra: t.Any,
-    ) -> dict[str, t.Any]:
-        """Create a user; see :meth:`Auth0Emulator.add_user`."""
-        if not email or "@" not in email:
-            raise UserError(
-                "Payload validation error: 'Object didn't pass validation for "
-                "format email: " + repr(email) + "' on property email."
-            )
-        user_id = user_id or f"auth0|{secrets.token_hex(12)}"
-        provider, sep, provider_user_id = user_id.partition("|")
-        if not sep:
-            provider, provider_user_id = "auth0", user_id
-            user_id = f"auth0|{user_id}"
-        if connection == DEFAULT_CONNECTION and provider != "auth0":
-            connection = provider
-        created = format_timestamp(created_at)
-        display_name = name or email
+    rng = random.Random(seed)
+    start_ms = int(created_from.timestamp() * 1000)
+    span_ms = max(int(created_to.timestamp() * 1000) - start_ms, 0)
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    for number in range(count):
+        hex_id = f"{rng.getrandbits(96):024x}"
+        moment = epoch + timedelta(milliseconds=start_ms + rng.randint(0, span_ms))
+        created = moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+        logins = rng.randint(0, 40)
+        email = f"user-{hex_id[:16]}@example.com"
         user: dict[str, t.Any] = {
-            "user_id": user_id,
+            "user_id": f"auth0|{hex_id}",
             "email": email,
-            "email_verified": False,
-            "name": display_name,
-            "nickname": email.split("@", 1)[0],
-            "picture": _picture_for(email, display_name),
+            "email_verified": True,
+            "name": f"User {number}",
+            "nickname": f"user-{hex_id[:16]}",
             "created_at": created,
             "updated_at": created,
             "identities": [
                 {
-                    "provider": provider,
-                    "user_id": provider_user_id,
+                    "provider": "auth0",
+                    "user_id": hex_id,
                     "connection": connection,
-                    "isSocial": provider not in _NON_SOCIAL,
+                    "isSocial": False,
                 }
             ],
-            "app_metadata": copy.deepcopy(app_metadata) if app_metadata else {},
+            "app_metadata": {},
             "user_metadata": {},
-            "logins_count": logins_count,
+            "logins_count": logins,
         }
-        if logins_count:
+        if logins:
             user["last_login"] = created
-        for key, value in extra.items():
-            if key == "last_login" and value is not None:
-                value = format_timestamp(value)
-            user[key] = copy.deepcopy(value)
-        with self._lock:
-            if user_id in self._records:
-                raise UserError("The user already exists.", "auth0_idp_error")
-            if self._find_email(email, connection) is not None:
-                raise UserError("The user already exists.", "auth0_idp_error")
-            pw_hash = _hash_password(password) if password is not None else None
-            self._records[user_id] = _Record(user, pw_hash)
+        if callable(marked):
+            is_marked = bool(marked(user))
+        else:
+            is_marked = rng.random() < marked
+        if is_marked:
+            user["app_metadata"][marker] = True
+        yield user
+
+
+def _connection_of(user: dict[str, t.Any]) -> str:
+    identities = user.get("identities") or [{}]
+    return str(identities[0].get("connection", DEFAULT_CONNECTION))
+
+
+def _email_key(email: t.Any, connection: str) -> tuple[str, str]:
+    return (str(email or "").strip().lower(), connection)
+
+
+class _UserDatabase:
+    """Write-through persistence of the users in one SQLite file (``database=``)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS users (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+            "user_id TEXT NOT NULL UNIQUE, data TEXT NOT NULL, password_hash TEXT)"
+        )
+
+    def load(self) -> list[_Record]:
+        rows = self._db.execute("SELECT data, password_hash FROM users ORDER BY seq")
+        return [_Record(json.loads(data), pw_hash) for data, pw_hash in rows]
+
+    def save(self, records: t.Iterable[_Record]) -> None:
+        rows = ((r.user["user_id"], json.dumps(r.user), r.password_hash) for r in records)
+        self._db.execute("BEGIN")
+        try:
+            self._db.executemany(
+                "INSERT INTO users (user_id, data, password_hash) VALUES (?, ?, ?) "
+                "ON CONFLICT(user_id) DO UPDATE SET data = excluded.data, "
+                "password_hash = excluded.password_hash",
+                rows,
+            )
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def clear(self) -> None:
+        self._db.execute("DELETE FROM users")
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class UserStore:
+    """All users of the emulated tenant, guarded by one lock (the server is threaded).
+
+    Lookups by id and by email are dictionary lookups, so a tenant of 100,000+ users
+    (:meth:`add_many`) stays fast; sorted views are computed once per change and shared
+    by the paging, search and export endpoints. Every public read returns deep copies, so
+    a caller can never mutate stored state by accident. With ``database=`` every change is
+    also written to a SQLite file, and the users are read back from it at start.
+    """
+
+    def __init__(self, database: str | None = None) -> None:
+        self.lock = threading.RLock()
+        self._records: dict[str, _Record] = {}
+        self._emails: dict[tuple[str, str], str] = {}
+        self._version = 0
+        self._sorted: dict[str, tuple[int, list[_Record]]] = {}
+        self._db = _UserDatabase(database) if database else None
+        if self._db is not None:
+            for record in self._db.load():
+                self._index(record)
+
+    def _index(self, record: _Record) -> None:
+        user = record.user
+        self._records[user["user_id"]] = record
+        key = _email_key(user.get("email"), _connection_of(user))
+        self._emails.setdefault(key, user["user_id"])
+        self._version += 1
+
+    def _changed(self, *records: _Record) -> None:
+        self._version += 1
+        if self._db is not None:
+            self._db.save(records)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    # -- creation and lookup -------------------------------------------------------------
+
+    def add(self, *, password: str | None = "password", **fields: t.Any) -> dict[str, t.Any]:
+        """Create a user; see :meth:`Auth0Emulator.add_user`."""
+        user = build_user(**fields)
+        pw_hash = _hash_password(password) if password is not None else None
+        with self.lock:
+            record = self._insert(user, pw_hash)
+            if self._db is not None:
+                self._db.save([record])
             return copy.deepcopy(user)
 
+    def _insert(self, user: dict[str, t.Any], pw_hash: str | None) -> _Record:
+        user_id = user["user_id"]
+        if user_id in self._records:
+            raise UserError("The user already exists.", "auth0_idp_error")
+        if _email_key(user.get("email"), _connection_of(user)) in self._emails:
+            raise UserError("The user already exists.", "auth0_idp_error")
+        record = _Record(user, pw_hash)
+        self._index(record)
+        return record
+
+    def add_many(self, users: t.Iterable[dict[str, t.Any]]) -> int:
+        """Store prepared user objects (from :func:`build_user`) in one step, unhashed.
+
+        No password hashing and no copies: the bulk loader for tenants of 100,000+
+        users. All or nothing: a duplicate id or email stores none of them.
+        """
+        with self.lock:
+            added: list[_Record] = []
+            try:
+                for user in users:
+                    added.append(self._insert(user, None))
+            except BaseException:
+                for record in added:
+                    self._forget(record)
+                raise
+            if self._db is not None and added:
+                self._db.save(added)
+            return len(added)
+
+    def _forget(self, record: _Record) -> None:
+        user = record.user
+        self._records.pop(user["user_id"], None)
+        key = _email_key(user.get("email"), _connection_of(user))
+        if self._emails.get(key) == user["user_id"]:
+            del self._emails[key]
+        self._version += 1
+
     def get(self, user_id: str) -> dict[str, t.Any] | None:
-        with self._lock:
+        with self.lock:
             record = self._records.get(user_id)
             return copy.deepcopy(record.user) if record else None
 
-    def all(self, sort: str = "created_at:1") -> list[dict[str, t.Any]]:
-        """Every user, sorted like ``GET /api/v2/users?sort=field:1|-1``."""
-        field, _, direction = sort.partition(":")
-        with self._lock:
-            users = [copy.deepcopy(r.user) for r in self._records.values()]
-        # Insertion order breaks ties, so users created in the same millisecond stay stable.
-        users.sort(
-            key=lambda u: str(u.get(field or "created_at", "")), reverse=direction.strip() == "-1"
-        )
-        return users
+    def get_many(self, user_ids: t.Iterable[str]) -> list[dict[str, t.Any]]:
+        """The stored user objects (not copies) of those ids that exist, for the handlers."""
+        with self.lock:
+            return [self._records[uid].user for uid in user_ids if uid in self._records]
 
-    def _find_email(self, email: str, connection: str | None = None) -> _Record | None:
-        wanted = email.strip().lower()
-        for record in self._records.values():
-            if str(record.user.get("email", "")).lower() != wanted:
-                continue
-            if connection is None or record.user["identities"][0]["connection"] == connection:
-                return record
-        return None
+    def sorted_users(self, sort: str = "created_at:1") -> list[dict[str, t.Any]]:
+        """Every stored user object (not copies), sorted like ``sort=field:1|-1``.
+
+        Cached until the next change. Handlers serialise what they take from it while
+        holding :attr:`lock` or right away; they never mutate it.
+        """
+        field, _, direction = sort.partition(":")
+        field = field.strip() or "created_at"
+        key = f"{field}:{direction.strip()}"
+        with self.lock:
+            cached = self._sorted.get(key)
+            if cached is not None and cached[0] == self._version:
+                return [r.user for r in cached[1]]
+            records = list(self._records.values())
+            # Insertion order breaks ties (sort is stable), so equal times stay in order.
+            records.sort(
+                key=lambda r: str(r.user.get(field, "")), reverse=direction.strip() == "-1"
+            )
+            self._sorted = {key: (self._version, records)}
+            return [r.user for r in records]
+
+    def all(self, sort: str = "created_at:1") -> list[dict[str, t.Any]]:
+        """Every user (deep copies), sorted like ``GET /api/v2/users?sort=field:1|-1``."""
+        with self.lock:
+            return copy.deepcopy(self.sorted_users(sort))
+
+    def _find_email(self, email: str, connection: str) -> _Record | None:
+        user_id = self._emails.get(_email_key(email, connection))
+        return self._records.get(user_id) if user_id is not None else None
 
     def find_by_email(self, email: str) -> dict[str, t.Any] | None:
-        with self._lock:
+        with self.lock:
             record = self._find_email(email, DEFAULT_CONNECTION)
             return copy.deepcopy(record.user) if record else None
 
@@ -237,7 +428,7 @@ class UserStore:
             return None, False, "Please enter a valid email address."
         if not password:
             return None, False, "Please enter your password."
-        with self._lock:
+        with self.lock:
             record = self._find_email(email, DEFAULT_CONNECTION)
             created = False
             if record is None:
@@ -256,6 +447,7 @@ class UserStore:
             record.user["updated_at"] = now
             if ip:
                 record.user["last_ip"] = ip
+            self._changed(record)
             return copy.deepcopy(record.user), created, None
 
     # -- the Management API ---------------------------------------------------------------
@@ -286,11 +478,12 @@ class UserStore:
                     "Payload validation error: 'Expected type object but found type "
                     f"{_json_type(body[key])}' on property {key}."
                 )
-        with self._lock:
+        with self.lock:
             record = self._records.get(user_id)
             if record is None:
                 return None
             user = record.user
+            old_email_key = _email_key(user.get("email"), _connection_of(user))
             for key, value in body.items():
                 if key in ("app_metadata", "user_metadata"):
                     if not value:
@@ -317,11 +510,26 @@ class UserStore:
                 else:
                     user[key] = copy.deepcopy(value)
             user["updated_at"] = format_timestamp()
+            new_email_key = _email_key(user.get("email"), _connection_of(user))
+            if new_email_key != old_email_key:
+                if self._emails.get(old_email_key) == user_id:
+                    del self._emails[old_email_key]
+                self._emails.setdefault(new_email_key, user_id)
+            self._changed(record)
             return copy.deepcopy(user)
 
     def clear(self) -> None:
-        with self._lock:
+        with self.lock:
             self._records.clear()
+            self._emails.clear()
+            self._version += 1
+            if self._db is not None:
+                self._db.clear()
+
+    def close(self) -> None:
+        with self.lock:
+            if self._db is not None:
+                self._db.close()
 
 
 def _json_type(value: object) -> str:

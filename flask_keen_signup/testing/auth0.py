@@ -33,6 +33,7 @@ import threading
 import time
 import typing as t
 from datetime import datetime
+from datetime import timezone
 from urllib.parse import urlencode
 
 from authlib.oauth2 import OAuth2Error  # type: ignore[import-untyped, unused-ignore]
@@ -59,6 +60,10 @@ from ._auth0_tenant import LoggedRequest
 from ._auth0_tenant import RateLimit
 from ._auth0_tenant import Tenant
 from ._auth0_users import DEFAULT_CONNECTION
+from ._auth0_users import UserStore
+from ._auth0_users import build_user
+from ._auth0_users import format_timestamp
+from ._auth0_users import generated_users
 from ._server import ThreadedServer
 
 if t.TYPE_CHECKING:  # pragma: no cover
@@ -81,6 +86,8 @@ class Auth0Emulator:
     :param allowed_callback_urls: like the dashboard setting: when given, ``redirect_uri``
         must be one of them exactly, otherwise ``/authorize`` shows Auth0's error page.
     :param allowed_logout_urls: when given, ``returnTo`` of ``/v2/logout`` must be one of them.
+    :param database: a SQLite file to keep the users in (password hashes included), so they
+        survive a restart, e.g. the offline demo's. Default: in memory only.
     """
 
     def __init__(
@@ -96,6 +103,7 @@ class Auth0Emulator:
         id_token_lifetime: int = 36000,
         allowed_callback_urls: t.Sequence[str] | None = None,
         allowed_logout_urls: t.Sequence[str] | None = None,
+        database: str | None = None,
     ) -> None:
         if token_lifetime < 1 or id_token_lifetime < 1:
             raise ValueError("token lifetimes must be at least 1 second")
@@ -103,6 +111,8 @@ class Auth0Emulator:
         self.client_secret = client_secret
         self.m2m_client_id = m2m_client_id
         self.m2m_client_secret = m2m_client_secret
+        #: The SQLite file the users are kept in, or ``None`` (memory).
+        self.database = database
         self._tenant = Tenant(
             client_id=client_id,
             client_secret=client_secret,
@@ -116,6 +126,7 @@ class Auth0Emulator:
             allowed_logout_urls=tuple(allowed_logout_urls)
             if allowed_logout_urls is not None
             else None,
+            users=UserStore(database),
         )
         #: The emulator's WSGI app (also usable with Flask's test client).
         self.app = create_app(self._tenant)
@@ -216,6 +227,89 @@ class Auth0Emulator:
         """All users, oldest first."""
         return self._tenant.users.all()
 
+    def user_count(self) -> int:
+        """How many users the tenant has (cheap, unlike ``len(users())``)."""
+        return len(self._tenant.users)
+
+    def load_users(
+        self,
+        n: int,
+        *,
+        created_from: datetime | str = "2020-01-01T00:00:00Z",
+        created_to: datetime | str | None = None,
+        marked: float | t.Callable[[dict[str, t.Any]], bool] = 0.0,
+        seed: int = 0,
+        marker: str = "signedUp",
+        connection: str = DEFAULT_CONNECTION,
+    ) -> list[str]:
+        """Load ``n`` synthetic users at once, fast (100,000 in a few seconds), and return
+        their ids in the order generated.
+
+        For tests and benchmarks of whole tenants: no password (they cannot use the login
+        form), no hashing, one lock hold, one SQLite transaction with ``database=``.
+        ``created_at`` is uniform between ``created_from`` and ``created_to`` (default:
+        now); ``marked`` is the fraction of users carrying the Rule's marker
+        (``app_metadata.signedUp = true``) or a predicate on the user dict. The same
+        ``seed`` gives the same users; a second call needs another ``seed`` (ids would
+        clash). All or nothing: a clash stores none of them.
+        """
+        if n < 0:
+            raise ValueError("n must be >= 0")
+        if not callable(marked) and not 0.0 <= marked <= 1.0:
+            raise ValueError("marked must be a fraction between 0 and 1, or a predicate")
+        low = _as_datetime(created_from)
+        high = _as_datetime(created_to) if created_to is not None else datetime.now(timezone.utc)
+        if high < low:
+            raise ValueError("created_to is before created_from")
+        ids: list[str] = []
+
+        def remember(users: t.Iterator[dict[str, t.Any]]) -> t.Iterator[dict[str, t.Any]]:
+            for user in users:
+                ids.append(user["user_id"])
+                yield user
+
+        self._tenant.users.add_many(
+            remember(
+                generated_users(
+                    n,
+                    created_from=low,
+                    created_to=high,
+                    marked=marked,
+                    seed=seed,
+                    marker=marker,
+                    connection=connection,
+                )
+            )
+        )
+        return ids
+
+    def add_users(self, users: t.Iterable[t.Mapping[str, t.Any]]) -> int:
+        """Add many users described like :meth:`add_user`'s keywords, in one step.
+
+        Faster than calling :meth:`add_user` in a loop: a password is hashed only when an
+        item has a ``password`` key, and the store is locked (and, with ``database=``,
+        written) once. All or nothing. Returns how many were added.
+        """
+        store = self._tenant.users
+        prepared: list[dict[str, t.Any]] = []
+        passwords: dict[str, str] = {}
+        for item in users:
+            fields = dict(item)
+            password = fields.pop("password", None)
+            user = build_user(**fields)
+            if password is not None:
+                passwords[user["user_id"]] = password
+            prepared.append(user)
+        count = store.add_many(prepared)
+        for user_id, password in passwords.items():
+            store.update(user_id, {"password": password})
+        return count
+
+    @property
+    def connection_id(self) -> str:
+        """The ``con_...`` id of the database connection, for export ``connection_id``."""
+        return next(iter(self._tenant.connection_ids))
+
     # -- knobs -------------------------------------------------------------------------------
 
     @property
@@ -268,6 +362,34 @@ class Auth0Emulator:
                 RateLimit(count, reset_in, retry_after, path_prefix) if count > 0 else None
             )
 
+    @property
+    def export_polls(self) -> int:
+        """How many ``GET /api/v2/jobs/{id}`` of a *new* export job answer ``pending`` /
+        ``processing`` before it is ``completed`` (default 1; 0 completes at once)."""
+        return self._tenant.export_polls
+
+    @export_polls.setter
+    def export_polls(self, polls: int) -> None:
+        if polls < 0:
+            raise ValueError("export_polls must be >= 0")
+        with self._tenant.lock:
+            self._tenant.export_polls = polls
+
+    @property
+    def export_link_lifetime(self) -> float:
+        """Seconds a download ``location`` stays valid (Auth0: 60); then 403."""
+        return self._tenant.export_link_lifetime
+
+    @export_link_lifetime.setter
+    def export_link_lifetime(self, seconds: float) -> None:
+        with self._tenant.lock:
+            self._tenant.export_link_lifetime = float(seconds)
+
+    def fail_next_export(self, details: str = "Export failed: internal error") -> None:
+        """Make the next created export job end ``failed`` with these ``status_details``."""
+        with self._tenant.lock:
+            self._tenant.export_failure = details
+
     def revoke_m2m_tokens(self) -> None:
         """Invalidate every Management API token issued so far (they now get 401)."""
         with self._tenant.lock:
@@ -306,6 +428,10 @@ class Auth0Emulator:
         except RuntimeError:
             where = "not started"
         return f"<Auth0Emulator {where} client_id={self.client_id!r}>"
+
+
+def _as_datetime(value: datetime | str) -> datetime:
+    return datetime.fromisoformat(format_timestamp(value).replace("Z", "+00:00"))
 
 
 # -- the WSGI app ------------------------------------------------------------------------------
@@ -351,6 +477,7 @@ def create_app(tenant: Tenant) -> Flask:
             response.status_code,
             request.query_string.decode("latin-1"),
             time.time(),
+            "Authorization" in request.headers,
         )
         with tenant.lock:
             tenant.log.append(entry)
@@ -531,6 +658,14 @@ def main(argv: t.Sequence[str] | None = None) -> int:
         metavar="EMAIL:PASSWORD",
         help="create this user at start (repeatable)",
     )
+    parser.add_argument("--database", help="SQLite file, so users survive restarts")
+    parser.add_argument(
+        "--load-users",
+        type=int,
+        default=0,
+        metavar="N",
+        help="add N synthetic users at start (a big tenant for benchmarks)",
+    )
     args = parser.parse_args(argv)
 
     emulator = Auth0Emulator(
@@ -543,10 +678,14 @@ def main(argv: t.Sequence[str] | None = None) -> int:
         token_lifetime=args.token_lifetime,
         allowed_callback_urls=args.callback_urls,
         allowed_logout_urls=args.logout_urls,
+        database=args.database,
     )
     for spec in args.user:
         email, _, password = spec.partition(":")
-        emulator.add_user(email=email, password=password or "password")
+        if emulator._tenant.users.find_by_email(email) is None:  # kept from a previous run
+            emulator.add_user(email=email, password=password or "password")
+    if args.load_users:
+        emulator.load_users(args.load_users, seed=emulator.user_count())
 
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
