@@ -285,7 +285,7 @@ def _print_report(migration: Migration, cutoff: dt.datetime, where: str, dry_run
 
 
 def _migration_ledger(state: _AppState) -> MigrationLedger:
-    """Where migrate records users: beside the app's outbox (SQLite or Redis)."""
+    """Where migrate records users: beside the app's outbox (SQLite, Redis or PostgreSQL)."""
     from .delivery.sqlite_outbox import SQLiteOutbox
     from .migrate import RedisMigrationLedger
     from .migrate import SQLiteMigrationLedger
@@ -303,4 +303,12 @@ def _migration_ledger(state: _AppState) -> MigrationLedger:
         return RedisMigrationLedger(
             t.cast(RedisStore, state.store), t.cast(RedisOutbox, state.outbox)
         )
-    raise click.ClickException("migrate needs the SQLite or the Redis outbox")
+    if type(state.outbox).__name__ == "PostgresOutbox":
+        from .delivery.postgres_outbox import PostgresOutbox
+        from .migrate import PostgresMigrationLedger
+        from .stores.postgres import PostgresStore
+
+        return PostgresMigrationLedger(
+            t.cast(PostgresStore, state.store), t.cast(PostgresOutbox, state.outbox)
+        )
+    raise click.ClickException("migrate needs the SQLite, Redis or PostgreSQL outbox")

@@ -778,12 +778,30 @@ def test_bulk_known_mark_and_report_for_migrations(parts: tuple[t.Any, t.Any]) -
     assert box.report_confirmed(store, []) == 0
 
 
-def test_the_migration_ledger_delegates_to_the_bulk_statements(parts: tuple[t.Any, t.Any]) -> None:
-    from flask_keen_signup.delivery.postgres_outbox import PostgresMigrationLedger
 
-    store, box = parts
-    ledger = PostgresMigrationLedger(store, box)
-    assert ledger.mark(["auth0|user1"]) == {"auth0|user1"}
-    assert ledger.known(["auth0|user1", "auth0|user2"]) == {"auth0|user1"}
-    assert ledger.report([signup(1), signup(2)]) == 1
-    assert box.pending_count() == 1
+
+def test_migrate_from_a_users_file_on_postgres(
+    auth0: Auth0Emulator, keen: KeenEmulator, postgres_url: str, tmp_path: t.Any
+) -> None:
+    """``flask keen-signup migrate`` records users beside the postgres outbox: the Rule's
+    users marked, the gap reported once, nobody twice on a second run."""
+    from test_migrate import _write_ndjson_gz
+    from test_migrate import migrate
+    from test_migrate import table
+
+    path = tmp_path / "users.ndjson.gz"
+    _write_ndjson_gz(path)
+    app, _ = _pg_app(auth0, keen, postgres_url, tmp_path)
+    state = app.extensions["keen_signup"]
+    try:
+        first = migrate(app, "--users-file", str(path))
+        assert first.exit_code == 0, first.output
+        rows = table(first.output)
+        assert (rows["marked"], rows["reported"], rows["already known"]) == (2, 1, 0)
+        again = table(migrate(app, "--users-file", str(path)).output)
+        assert (again["reported"], again["already known"]) == (0, 4)  # incl. no created_at
+        assert _wait_until(lambda: len(keen.events("signups")) == 1)
+        assert keen.events("signups")[0]["userId"] == "google-oauth2|gap"
+        assert state.store.lookup("google-oauth2|gap") is MarkerState.CONFIRMED
+    finally:
+        _close(app)

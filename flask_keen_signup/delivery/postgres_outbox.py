@@ -588,28 +588,4 @@ def in_savepoint(conn: t.Any, work: t.Callable[[], T]) -> T:
     return result
 
 
-class PostgresMigrationLedger:
-    """The ``postgres`` side of ``flask keen-signup migrate``: markers and outbox in one
-    database, each method one statement (see :meth:`PostgresStore.known`,
-    :meth:`PostgresStore.mark` and :meth:`PostgresOutbox.report_confirmed`).
-
-    Shaped like ``flask_keen_signup.migrate.MigrationLedger`` (``known``, ``mark``,
-    ``report``), which lives in the migrate work; there it is chosen for a
-    :class:`PostgresOutbox` beside the SQLite and Redis ledgers.
-    """
-
-    def __init__(self, store: PostgresStore, outbox: PostgresOutbox) -> None:
-        self.store = store
-        self.outbox = outbox
-
-    def known(self, user_ids: t.Sequence[str]) -> set[str]:
-        return self.store.known(user_ids)
-
-    def mark(self, user_ids: t.Sequence[str]) -> set[str]:
-        return self.store.mark(user_ids)
-
-    def report(self, events: t.Sequence[QueuedEvent]) -> int:
-        return self.outbox.report_confirmed(self.store, events)
-
-
-__all__ = ["PostgresMigrationLedger", "PostgresOutbox", "in_savepoint"]
+__all__ = ["PostgresOutbox", "in_savepoint"]
