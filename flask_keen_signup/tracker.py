@@ -385,11 +385,11 @@ class Tracker:
         return known.add_many(recent(states, limit=known.maximum))
 
     def ledger_is_empty(self) -> bool:
-        """True when the SQLite ledger holds no marker at all (a first deploy)."""
-        ledger = self.claimer
-        if not isinstance(ledger, SQLiteStore):
+        """True when the ledger (SQLite or PostgreSQL) holds no marker at all (a first deploy)."""
+        recent = getattr(self.claimer, "recent_user_ids", None)
+        if recent is None:
             return False
-        return not ledger.recent_user_ids(("pending", "confirmed"), limit=1)
+        return not recent(("pending", "confirmed"), limit=1)
 
     def _remember(self, user_id: str) -> None:
         if self.known is not None:

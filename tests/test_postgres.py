@@ -805,3 +805,18 @@ def test_migrate_from_a_users_file_on_postgres(
         assert state.store.lookup("google-oauth2|gap") is MarkerState.CONFIRMED
     finally:
         _close(app)
+
+
+def test_a_first_deploy_on_an_empty_postgres_ledger_warns_to_migrate(
+    auth0: Auth0Emulator,
+    keen: KeenEmulator,
+    postgres_url: str,
+    tmp_path: t.Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="flask_keen_signup.extension")
+    app, _ = _pg_app(auth0, keen, postgres_url, tmp_path)
+    try:
+        assert _wait_until(lambda: "flask keen-signup migrate" in caplog.text, 20)
+    finally:
+        _close(app)
