@@ -14,11 +14,9 @@ import glob
 import os
 import pwd
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
-import time
 import typing as t
 import uuid
 
@@ -66,7 +64,7 @@ def free_port() -> int:
 
 
 class PostgresServer:
-    """initdb'd once; :meth:`start` / :meth:`stop` / :meth:`kill` keep data and port."""
+    """initdb'd once; :meth:`start` / :meth:`stop` keep the data and the port."""
 
     def __init__(self, fsync: bool = False) -> None:
         self.bin = bin_dir()
@@ -130,19 +128,6 @@ class PostgresServer:
 
     def stop(self, mode: str = "fast") -> None:
         self._run("pg_ctl", "-D", self.data, "-m", mode, "-w", "stop")
-
-    def kill(self) -> None:
-        """``kill -9`` of the postmaster (a crash; its children exit by themselves)."""
-        with open(os.path.join(self.data, "postmaster.pid")) as f:
-            pid = int(f.readline())
-        os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.05)
 
     def remove(self) -> None:
         try:
