@@ -16,6 +16,8 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from ._text import printable
+
 if t.TYPE_CHECKING:  # pragma: no cover
     from .extension import _AppState
     from .migrate import Migration
@@ -46,9 +48,10 @@ def status_command() -> None:
     click.echo(f"collection:        {state.settings.collection}")
     click.echo(f"delivery:          {state.settings.delivery}")
     for key in ("pending", "due", "in_flight", "delivered", "skipped", "dead", "resends"):
-        click.echo(f"{key + ':':<19}{status.get(key, 0)}")
+        value = status.get(key, 0)
+        click.echo(f"{key + ':':<19}{'-' if value is None else value}")
     click.echo(f"oldest pending:    {_format_age(status.get('oldest_pending_age'))}")
-    click.echo(f"last error:        {status.get('last_error') or '-'}")
+    click.echo(f"last error:        {printable(status.get('last_error') or '-')}")
     click.echo(f"circuit:           {status.get('circuit', '-')}")
     # Store trouble (issue 10): signups the login path could not hand to the store in time.
     click.echo(
@@ -59,6 +62,13 @@ def status_command() -> None:
     if replaced:
         click.echo(f"database file:     {replaced['how']} under the app; {replaced['salvaged']}")
     click.echo(f"ok:                {'yes' if status.get('ok', True) else 'no'}")
+    store_error = status.get("store_error")
+    if store_error:
+        # Exit non-zero: a monitoring check running `status` must see the trouble.
+        raise click.ClickException(
+            f"the outbox cannot be read ({printable(state.database.path, limit=200)}): "
+            f"{printable(store_error)}"
+        )
 
 
 @cli.command("schema")
@@ -100,7 +110,7 @@ def flush_command(timeout: float) -> None:
     if left:
         last_error = state.sender.status().last_error
         raise click.ClickException(
-            f"{left} signup(s) still queued; last error: {last_error or '-'}"
+            f"{left} signup(s) still queued; last error: {printable(last_error or '-')}"
         )
     click.echo(f"sent {total} signup(s); nothing left")
 
@@ -123,9 +133,17 @@ def retry_dead_command(ids: tuple[int, ...]) -> None:
 @cli.command("dead")
 @click.option("--limit", default=50, show_default=True)
 def dead_command(limit: int) -> None:
-    """List dead letters with the reason Keen gave."""
+    """List dead letters with the reason Keen gave.
+
+    One line per letter, tab-separated: id, user, error code, reason. The user id and Keen's
+    texts come from outside, so they are escaped (a newline cannot forge a row, an escape
+    sequence cannot reach the terminal) and cut to a readable length.
+    """
     for letter in _state().outbox.dead_letters(limit=limit):
-        click.echo(f"{letter.id}\t{letter.user_id}\t{letter.error_code or '-'}\t{letter.reason}")
+        click.echo(
+            f"{letter.id}\t{printable(letter.user_id, limit=120)}\t"
+            f"{printable(letter.error_code or '-', limit=60)}\t{printable(letter.reason)}"
+        )
 
 
 @cli.command("migrate")
@@ -225,7 +243,7 @@ def migrate_command(
                 from .users_export import iter_users_file
 
                 source = stack.enter_context(iter_users_file(users_file))
-                length, where = source.size, f"file {users_file}"
+                length, where = source.size, f"file {printable(users_file, limit=200)}"
                 position: t.Callable[[int], int] = lambda count: source.position  # noqa: E731
                 records: t.Iterable[t.Mapping[str, t.Any]] = source
             else:
@@ -237,7 +255,7 @@ def migrate_command(
             _run_with_progress(migration, records, length, position)
         except KeenSignupError as exc:
             _print_report(migration, cutoff, "stopped early: what was done so far", dry_run)
-            raise click.ClickException(f"migrate stopped: {exc}") from None
+            raise click.ClickException(f"migrate stopped: {printable(str(exc))}") from None
     _print_report(migration, cutoff, where, dry_run)
     queued = migration.report.reported
     if queued and not dry_run and state.sender is not None:
@@ -312,3 +330,7 @@ def _migration_ledger(state: _AppState) -> MigrationLedger:
             t.cast(PostgresStore, state.store), t.cast(PostgresOutbox, state.outbox)
         )
     raise click.ClickException("migrate needs the SQLite, Redis or PostgreSQL outbox")
+
+
+# Retention and erasure live in their own module; importing it registers the commands.
+from . import _cli_privacy as _cli_privacy  # noqa: E402

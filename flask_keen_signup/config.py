@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import decimal
 import json
+import math
+import numbers
 import os
 import re
 import typing as t
+from urllib.parse import urlsplit
 
+from ._text import safe_repr
 from .exceptions import ConfigurationError
 
 if t.TYPE_CHECKING:  # pragma: no cover
@@ -48,6 +53,29 @@ MAX_STORE_TIMEOUT = 30.0
 DEFAULT_DATABASE_NAME = "keen_signup.sqlite3"
 #: PostgreSQL schema of the ``postgres`` store's tables (``KEEN_SIGNUP_DATABASE_SCHEMA``).
 DEFAULT_DATABASE_SCHEMA = "keen_signup"
+#: How long a delivered event's body (personal data) is kept, in seconds: 7 days.
+DEFAULT_RETENTION = 7 * 24 * 3600.0
+
+#: Upper bounds of the numeric keys. Far above any sane setting, and low enough that
+#: nothing downstream overflows (``threading`` waits, ``time.time() + x``, SQLite REAL).
+MAX_BATCH_SIZE = 10_000
+MAX_FLUSH_INTERVAL = 3600.0
+MAX_ATTEMPTS = 10_000
+MAX_SHUTDOWN_TIMEOUT = 3600.0
+MAX_TIMEOUT = 600.0
+MAX_RETENTION = 10 * 366 * 24 * 3600.0
+#: Bound of a numeric key that sets none of its own.
+MAX_NUMBER = 1_000_000.0
+
+#: Units of ``KEEN_SIGNUP_RETENTION`` strings (``"7 days"``, ``"12h"``, ``"30m"``).
+_DURATION_UNITS = {
+    "s": 1.0, "sec": 1.0, "secs": 1.0, "second": 1.0, "seconds": 1.0,
+    "m": 60.0, "min": 60.0, "mins": 60.0, "minute": 60.0, "minutes": 60.0,
+    "h": 3600.0, "hr": 3600.0, "hrs": 3600.0, "hour": 3600.0, "hours": 3600.0,
+    "d": 86400.0, "day": 86400.0, "days": 86400.0,
+    "w": 604800.0, "week": 604800.0, "weeks": 604800.0,
+}  # fmt: skip
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$")
 
 DELIVERY_MODES = ("background", "sync")
 STORE_NAMES = ("sqlite", "session", "auth0", "redis", "postgres")
@@ -65,6 +93,7 @@ class Settings:
     enabled: bool
     project_id: str
     write_key: str = dataclasses.field(repr=False)
+    master_key: str | None = dataclasses.field(repr=False)
     api_url: str
     collection: str
     delivery: str
@@ -93,6 +122,7 @@ class Settings:
     shutdown_timeout: float
     keep_delivered: bool
     propagate_errors: bool | None
+    retention: float
     store_timeout: float = DEFAULT_STORE_TIMEOUT
 
 
@@ -105,13 +135,13 @@ def _as_bool(key: str, value: object) -> bool:
         return False
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
-    raise ConfigurationError(f"{key} must be a boolean, got {value!r}")
+    raise ConfigurationError(f"{key} must be a boolean, got {safe_repr(value)}")
 
 
 def _as_choice(key: str, value: object, choices: tuple[str, ...]) -> str:
     if isinstance(value, str) and value.strip().lower() in choices:
         return value.strip().lower()
-    raise ConfigurationError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+    raise ConfigurationError(f"{key} must be one of {', '.join(choices)}; got {safe_repr(value)}")
 
 
 def _as_list(key: str, value: object) -> tuple[str, ...]:
@@ -120,23 +150,39 @@ def _as_list(key: str, value: object) -> tuple[str, ...]:
         if text.startswith("["):
             try:
                 value = json.loads(text)
-            except ValueError as exc:
-                raise ConfigurationError(f"{key} is not a valid JSON list: {exc}") from None
+            except (ValueError, RecursionError) as exc:
+                raise ConfigurationError(
+                    f"{key} is not a valid JSON list: {type(exc).__name__}"
+                ) from None
         else:
             return tuple(part.strip() for part in text.split(",") if part.strip())
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         return tuple(value)
-    raise ConfigurationError(f"{key} must be a list of strings, got {value!r}")
+    raise ConfigurationError(f"{key} must be a list of strings, got {safe_repr(value)}")
 
 
-def _as_number(key: str, value: object, *, minimum: float, integer: bool = False) -> float:
+def _as_number(
+    key: str,
+    value: object,
+    *,
+    minimum: float,
+    maximum: float = MAX_NUMBER,
+    integer: bool = False,
+) -> float:
+    """A finite number in ``[minimum, maximum]``: ``inf``, ``NaN``, ``"1e400"`` and
+    ``10**400`` are refused with the key's name, never an ``OverflowError``."""
+    kind = "an integer" if integer else "a number"
+    bounds = f"{kind} from {minimum:g} to {maximum:g}"
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, decimal.Decimal, str)):
+        raise ConfigurationError(f"{key} must be {bounds}, got {safe_repr(value)}")
     try:
-        number = float(value) if not isinstance(value, bool) else float("nan")  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ConfigurationError(f"{key} must be a number, got {value!r}") from None
-    if number != number or number < minimum or (integer and number != int(number)):
-        kind = "an integer" if integer else "a number"
-        raise ConfigurationError(f"{key} must be {kind} >= {minimum}, got {value!r}")
+        number = float(value)
+    except (ValueError, OverflowError, TypeError):
+        raise ConfigurationError(f"{key} must be {bounds}, got {safe_repr(value)}") from None
+    if not math.isfinite(number) or not minimum <= number <= maximum:
+        raise ConfigurationError(f"{key} must be {bounds}, got {safe_repr(value)}")
+    if integer and not number.is_integer():
+        raise ConfigurationError(f"{key} must be {bounds}, got {safe_repr(value)}")
     return number
 
 
@@ -160,15 +206,77 @@ def _as_timeout(key: str, value: object) -> tuple[float, float]:
     if isinstance(value, str) and value.strip().startswith("["):
         try:
             value = json.loads(value)
-        except ValueError:
-            raise ConfigurationError(f"{key} is not a valid JSON pair: {value!r}") from None
+        except (ValueError, RecursionError):
+            raise ConfigurationError(
+                f"{key} is not a valid JSON pair: {safe_repr(value)}"
+            ) from None
     if isinstance(value, (list, tuple)):
         if len(value) != 2:
             raise ConfigurationError(f"{key} must be a number or a (connect, read) pair")
-        connect, read = (_as_number(key, v, minimum=0.001) for v in value)
+        connect, read = (_as_number(key, v, minimum=0.001, maximum=MAX_TIMEOUT) for v in value)
         return (connect, read)
-    seconds = _as_number(key, value, minimum=0.001)
+    seconds = _as_number(key, value, minimum=0.001, maximum=MAX_TIMEOUT)
     return (seconds, seconds)
+
+
+def _as_duration(key: str, value: object, *, maximum: float) -> float:
+    """Seconds, from a number of seconds or a string such as ``"7 days"``, ``"12h"``,
+    ``"30m"``, ``"90"`` or ``"0"``."""
+    if isinstance(value, dt.timedelta):
+        value = value.total_seconds()
+    if isinstance(value, str):
+        match = _DURATION_RE.match(value.lower())
+        unit = _DURATION_UNITS.get(match.group(2) or "s") if match else None
+        if match is None or unit is None:
+            raise ConfigurationError(
+                f"{key} must be seconds or a duration such as '7 days', '12h', '30m' or '0'; "
+                f"got {safe_repr(value)}"
+            )
+        try:
+            value = float(match.group(1)) * unit
+        except OverflowError:  # pragma: no cover - float() of digits gives inf instead
+            value = math.inf
+    return _as_number(key, value, minimum=0, maximum=maximum)
+
+
+def _check_api_url(url: str) -> str:
+    """An http(s) base URL without credentials, query or fragment.
+
+    The message never repeats what it refuses: a URL with ``?api_key=`` or ``user:pass@``
+    carries a secret, and config errors end up in logs and CI output.
+    """
+    if "@" in url:
+        raise ConfigurationError(
+            "KEEN_API_URL must not carry credentials (user:password@): Keen's key goes in "
+            "the Authorization header, from KEEN_WRITE_KEY"
+        )
+    if any(c in url for c in "?#"):
+        raise ConfigurationError(
+            "KEEN_API_URL must not have a query or a fragment (such as ?api_key=...): Keen's "
+            "key goes in the Authorization header, from KEEN_WRITE_KEY"
+        )
+    if not re.match(r"^https?://[^/\s?#]+(/[^\s?#]*)?$", url):
+        raise ConfigurationError(
+            f"KEEN_API_URL must be an http(s) base URL, got {safe_repr(url, limit=100)}"
+        )
+    try:
+        urlsplit(url).port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        raise ConfigurationError(
+            f"KEEN_API_URL has an invalid host or port: {safe_repr(url, limit=100)}"
+        ) from None
+    return url
+
+
+def _check_redis_url(url: str | None) -> str | None:
+    """A ``redis://``, ``rediss://`` or ``unix://`` URL. The message never repeats it: it
+    usually carries a password."""
+    if url is not None and not re.match(r"^(rediss?|unix)://", url, re.IGNORECASE):
+        raise ConfigurationError(
+            "KEEN_SIGNUP_REDIS_URL must be a redis://, rediss:// or unix:// URL "
+            "(the value is not shown: it may contain a password)"
+        )
+    return url
 
 
 def _as_datetime(key: str, value: object) -> dt.datetime | None:
@@ -183,13 +291,17 @@ def _as_datetime(key: str, value: object) -> dt.datetime | None:
             moment = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
         except ValueError:
             raise ConfigurationError(
-                f"{key} must be an ISO-8601 instant such as 2026-11-18T00:00:00Z, got {value!r}"
+                f"{key} must be an ISO-8601 instant such as 2026-11-18T00:00:00Z, "
+                f"got {safe_repr(value)}"
             ) from None
     else:
         raise ConfigurationError(f"{key} must be a datetime or an ISO-8601 string")
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=dt.timezone.utc)
-    return moment.astimezone(dt.timezone.utc)
+    try:
+        return moment.astimezone(dt.timezone.utc)
+    except (OverflowError, ValueError):
+        raise ConfigurationError(f"{key} is out of range: {safe_repr(value)}") from None
 
 
 def _as_optional_str(key: str, value: object) -> str | None:
@@ -232,13 +344,15 @@ def load_settings(app: Flask) -> Settings:
             "KEEN_WRITE_KEY is not set: set it (e.g. FLASK_KEEN_WRITE_KEY in the environment "
             "with app.config.from_prefixed_env()) or set KEEN_SIGNUP_ENABLED = False"
         )
-    api_url = _as_optional_str("KEEN_API_URL", c.get("KEEN_API_URL")) or DEFAULT_API_URL
-    if not re.match(r"^https?://[^/\s?#]+(/[^\s?#]*)?$", api_url):
-        raise ConfigurationError(f"KEEN_API_URL must be an http(s) base URL, got {api_url!r}")
+    master_key = _as_optional_str("KEEN_MASTER_KEY", c.get("KEEN_MASTER_KEY"))
+    api_url = _check_api_url(
+        _as_optional_str("KEEN_API_URL", c.get("KEEN_API_URL")) or DEFAULT_API_URL
+    )
     collection = c.get("KEEN_SIGNUP_COLLECTION", DEFAULT_COLLECTION)
     if not isinstance(collection, str) or (problem := validate_collection_name(collection)):
         raise ConfigurationError(
-            f"KEEN_SIGNUP_COLLECTION {collection!r} is not a valid Keen collection name: "
+            f"KEEN_SIGNUP_COLLECTION {safe_repr(collection, limit=80)} is not a valid Keen "
+            "collection name: "
             f"{problem if isinstance(collection, str) else 'must be a string'}"
         )
 
@@ -278,6 +392,8 @@ def load_settings(app: Flask) -> Settings:
                     "(Management API machine-to-machine credentials)"
                 )
     redis_url = _as_optional_str("KEEN_SIGNUP_REDIS_URL", c.get("KEEN_SIGNUP_REDIS_URL"))
+    if store == "redis":
+        _check_redis_url(redis_url)
     if enabled and store == "redis" and not redis_url:
         raise ConfigurationError(
             "KEEN_SIGNUP_REDIS_URL is required with KEEN_SIGNUP_STORE = 'redis'"
@@ -305,6 +421,7 @@ def load_settings(app: Flask) -> Settings:
         enabled=enabled,
         project_id=project_id,
         write_key=write_key,
+        master_key=master_key,
         api_url=api_url.rstrip("/"),
         collection=collection,
         delivery=_as_choice(
@@ -346,6 +463,7 @@ def load_settings(app: Flask) -> Settings:
                 "KEEN_SIGNUP_BATCH_SIZE",
                 c.get("KEEN_SIGNUP_BATCH_SIZE", DEFAULT_BATCH_SIZE),
                 minimum=1,
+                maximum=MAX_BATCH_SIZE,
                 integer=True,
             )
         ),
@@ -353,12 +471,14 @@ def load_settings(app: Flask) -> Settings:
             "KEEN_SIGNUP_FLUSH_INTERVAL",
             c.get("KEEN_SIGNUP_FLUSH_INTERVAL", DEFAULT_FLUSH_INTERVAL),
             minimum=0.01,
+            maximum=MAX_FLUSH_INTERVAL,
         ),
         max_attempts=int(
             _as_number(
                 "KEEN_SIGNUP_MAX_ATTEMPTS",
                 c.get("KEEN_SIGNUP_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS),
                 minimum=1,
+                maximum=MAX_ATTEMPTS,
                 integer=True,
             )
         ),
@@ -366,6 +486,7 @@ def load_settings(app: Flask) -> Settings:
             "KEEN_SIGNUP_SHUTDOWN_TIMEOUT",
             c.get("KEEN_SIGNUP_SHUTDOWN_TIMEOUT", DEFAULT_SHUTDOWN_TIMEOUT),
             minimum=0,
+            maximum=MAX_SHUTDOWN_TIMEOUT,
         ),
         keep_delivered=_as_bool(
             "KEEN_SIGNUP_KEEP_DELIVERED", c.get("KEEN_SIGNUP_KEEP_DELIVERED", True)
@@ -373,6 +494,11 @@ def load_settings(app: Flask) -> Settings:
         propagate_errors=None
         if propagate is None
         else _as_bool("KEEN_SIGNUP_PROPAGATE_ERRORS", propagate),
+        retention=_as_duration(
+            "KEEN_SIGNUP_RETENTION",
+            c.get("KEEN_SIGNUP_RETENTION", DEFAULT_RETENTION),
+            maximum=MAX_RETENTION,
+        ),
         store_timeout=as_store_timeout(
             c.get("KEEN_SIGNUP_STORE_TIMEOUT", DEFAULT_STORE_TIMEOUT)
         ),

@@ -29,6 +29,7 @@ from flask import request
 from werkzeug.wrappers import Response as BaseResponse
 
 from . import signals
+from ._text import printable
 from .config import Settings
 from .config import load_settings
 from .database import Database
@@ -118,6 +119,12 @@ class KeenSignup:
             )
         settings = load_settings(app)
         state = _build_state(app, settings)
+        if settings.enabled and _uses_sqlite(state):
+            # A directory, a non-SQLite file, a read-only or forbidden path: refuse to
+            # start, naming the key, rather than fail in every login and flush.
+            from ._database_check import check_database
+
+            check_database(state.database)
         app.extensions["keen_signup"] = state
         from .cli import cli
 
@@ -236,7 +243,9 @@ class KeenSignup:
         ``oldest_spooled_age`` (seconds),
         ``store_degraded_since`` (when this process began spooling, or ``None``),
         ``database_replaced`` (the SQLite file was deleted or replaced under the app:
-        what was done, or ``None``) and ``ok`` (false while anything is stuck).
+        what was done, or ``None``), ``ok`` (false while anything is stuck) and
+        ``store_error``: ``None``, or why the outbox cannot be read (the counts are then
+        ``None``). Never raises for a broken store.
         """
         return health_of(_state(app))
 
@@ -324,8 +333,8 @@ class KeenSignup:
         user_id = sub if isinstance(sub, str) else None
         logger.error(
             "signup of %s not recorded; the login is not affected: %s",
-            user_id or "an unknown user",
-            exc,
+            printable(user_id, limit=120) if user_id is not None else "an unknown user",
+            printable(str(exc), limit=500),
             exc_info=True,
         )
         if user_id is not None and has_app_context():
@@ -353,19 +362,35 @@ def _propagate() -> bool:
 
 
 def health_of(state: _AppState) -> dict[str, t.Any]:
-    """Flat delivery status of one app (see :meth:`KeenSignup.health`)."""
-    if state.sender is None:
-        health = {**dataclasses.asdict(state.outbox.stats()), "circuit": "-", "running": False}
-    else:
-        status = state.sender.status()
-        health = {
-            **dataclasses.asdict(status.outbox),
-            "circuit": status.circuit,
-            "circuit_until": status.circuit_until,
-            "last_error": status.last_error,
-            "running": status.running,
-        }
-    return {**health, **degraded_health(state, health)}
+    """Flat delivery status of one app (see :meth:`KeenSignup.health`).
+
+    Never raises for a broken store: the counts are then ``None`` and ``store_error``
+    says what is wrong (``None`` when the store answers).
+    """
+    try:
+        if state.sender is None:
+            health = {
+                **dataclasses.asdict(state.outbox.stats()),
+                "circuit": "-",
+                "running": False,
+                "store_error": None,
+            }
+        else:
+            status = state.sender.status()
+            health = {
+                **dataclasses.asdict(status.outbox),
+                "circuit": status.circuit,
+                "circuit_until": status.circuit_until,
+                "last_error": status.last_error,
+                "running": status.running,
+                "store_error": None,
+            }
+    except Exception as exc:  # noqa: BLE001 - a health check reports, it does not raise
+        health = _unhealthy(state, exc)
+    degraded = degraded_health(state, health)
+    if health["store_error"] is not None:
+        degraded["ok"] = False
+    return {**health, **degraded}
 
 
 def degraded_health(state: _AppState, health: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
@@ -392,6 +417,29 @@ def degraded_health(state: _AppState, health: t.Mapping[str, t.Any]) -> dict[str
         and health.get("circuit") != "open"
         and (state.sender is None or bool(health.get("running")) or not state.settings.enabled),
     }
+
+
+def _unhealthy(state: _AppState, exc: Exception) -> dict[str, t.Any]:
+    from .delivery import OutboxStats
+
+    sender = state.sender
+    return {
+        **{field.name: None for field in dataclasses.fields(OutboxStats)},
+        "circuit": "-",
+        "circuit_until": None,
+        "last_error": printable(str(exc), limit=500),
+        "running": bool(sender is not None and sender.running),
+        "store_error": f"{type(exc).__name__}: {printable(str(exc), limit=500)}",
+    }
+
+
+def _uses_sqlite(state: _AppState) -> bool:
+    """Whether the app keeps anything in ``KEEN_SIGNUP_DATABASE`` (not with ``redis``)."""
+    from .delivery.sqlite_outbox import SQLiteOutbox
+
+    return isinstance(state.outbox, SQLiteOutbox) or isinstance(
+        state.tracker.claimer, SQLiteStore
+    )
 
 
 def _load_known_users(tracker: Tracker) -> None:
@@ -696,4 +744,5 @@ def _build_sender(
         shutdown_timeout=settings.shutdown_timeout,
         hooks=MarkerHooks(settings, store=store, ledger=ledger, management=management),
         notify=notify,
+        retention=settings.retention,
     )

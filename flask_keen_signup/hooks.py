@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import typing as t
 
+from ._text import printable
 from .delivery import DeliveryHooks
 from .delivery import OutboxRow
 from .exceptions import RemoteError
@@ -70,7 +71,10 @@ class MarkerHooks(DeliveryHooks):
                 if exc.retryable:
                     raise
                 # A user deleted since the signup still signed up: send the event.
-                logger.warning("cannot check app_metadata before sending (%s); sending", exc)
+                logger.warning(
+                    "cannot check app_metadata before sending (%s); sending",
+                    printable(str(exc), limit=300),
+                )
                 continue
             since = self.settings.since
             if facts.marked:
@@ -92,7 +96,10 @@ class MarkerHooks(DeliveryHooks):
             except RemoteError as exc:
                 if exc.retryable:
                     raise
-                logger.warning("delivered, but app_metadata could not be set: %s", exc)
+                logger.warning(
+                    "delivered, but app_metadata could not be set: %s",
+                    printable(str(exc), limit=300),
+                )
 
     def _skip_created_before_since(self, rows: t.Sequence[OutboxRow]) -> dict[int, str]:
         """Look up the creation time of the batch's live signups; skip the old users.
@@ -116,7 +123,7 @@ class MarkerHooks(DeliveryHooks):
             logger.error(
                 "cannot look up users' created_at for KEEN_SIGNUP_SINCE (%s); sending the "
                 "batch unchecked",
-                exc,
+                printable(str(exc), limit=300),
             )
             return {}
         skip = {

@@ -15,8 +15,16 @@ of failure exist, and they reach the caller differently:
                                                ``retry_after`` from ``Retry-After``
   413                                          :class:`~.KeenRequestTooLargeError`
                                                (split the batch, see :func:`split_by_size`)
-  any other non-2xx (400, 401, 402, 403, 404)  :class:`~.KeenAPIError`, ``retryable=False``
+  other 4xx *with Keen's error body*           :class:`~.KeenAPIError`, ``retryable=False``
+  other 4xx without it (an HTML page from a    :class:`~.KeenAPIError`, ``retryable=True``
+  proxy or load balancer, an empty or
+  non-JSON body, JSON without ``error_code``)
   ===========================================  ============================================
+
+  Only Keen's own verdict is final: a 4xx whose body is not Keen's
+  ``{"message", "error_code"}`` comes from something in front of Keen (a proxy, a load
+  balancer, a captive portal) and says nothing about the events, so it is retried with
+  backoff like a 5xx. Dead-lettering on it would drop every event of a batch after one try.
 
 * **Some events of a 200 batch failed.** Keen answers a batch with 200 and one result per
   event; :meth:`KeenClient.add_events` returns them as a :class:`BatchResult` in input
@@ -49,6 +57,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 
+from ._text import printable
 from .config import DEFAULT_API_URL
 from .config import DEFAULT_TIMEOUT
 from .exceptions import KeenAPIError
@@ -334,7 +343,8 @@ def _excerpt(text: str, limit: int = _EXCERPT_CHARS) -> str:
     text = _SPACE_RE.sub(" ", text).strip()
     if len(text) > limit:
         text = text[: limit - 1].rstrip() + "…"
-    return text
+    # Bidi overrides, zero-width and other invisible characters: shown escaped.
+    return printable(text, limit=None)
 
 
 class _KeyAuth(AuthBase):
@@ -578,32 +588,40 @@ class KeenClient:
 
     def _api_error(self, response: requests.Response, request_bytes: int) -> KeenAPIError:
         status = response.status_code
-        error_code, message = _read_error_body(response)
+        error_code, message, from_keen = _read_error_body(response)
         message, error_code = self._redact(message), self._redact(error_code)
         if status == 413:
             return KeenRequestTooLargeError(error_code, message, request_bytes=request_bytes)
-        retryable = status in RETRYABLE_STATUSES or 500 <= status < 600
+        retryable = (
+            status in RETRYABLE_STATUSES
+            or 500 <= status < 600
+            # Not Keen's verdict (see the module doc): transient, whatever the status.
+            or not from_keen
+        )
         retry_after = parse_retry_after(response.headers.get("Retry-After")) if retryable else None
         return KeenAPIError(
             status, error_code, message, retryable=retryable, retry_after=retry_after
         )
 
 
-def _read_error_body(response: requests.Response) -> tuple[str, str]:
-    """Keen's ``(error_code, message)``, or ``(str(status), excerpt)`` for other bodies.
+def _read_error_body(response: requests.Response) -> tuple[str, str, bool]:
+    """Keen's ``(error_code, message, True)``, or ``(str(status), excerpt, False)``.
 
     The fallback mirrors Keen's Python client, which uses the status as the code when an
-    nginx or load-balancer page comes back instead of Keen's JSON.
+    nginx or load-balancer page comes back instead of Keen's JSON. The flag says whether
+    the body was Keen's own error shape (a JSON object with a string ``error_code``).
     """
     text = response.content.decode("utf-8", errors="replace")
     try:
         data = json.loads(text)
     except ValueError:
         data = None
-    if isinstance(data, dict) and isinstance(data.get("error_code"), str):
+    if isinstance(data, dict) and isinstance(data.get("error_code"), str) and data["error_code"]:
         message = data.get("message")
-        return _excerpt(data["error_code"], 100), _excerpt(
-            message if isinstance(message, str) else ""
+        return (
+            _excerpt(data["error_code"], 100),
+            _excerpt(message if isinstance(message, str) else ""),
+            True,
         )
     status = str(response.status_code)
     reason = _excerpt(response.reason or "", 100) if isinstance(response.reason, str) else ""
@@ -611,8 +629,9 @@ def _read_error_body(response: requests.Response) -> tuple[str, str]:
     if data is None:
         kind = response.headers.get("Content-Type", "no content type").split(";")[0]
         shown = f": {excerpt}" if excerpt else " (empty body)"
-        return status, _excerpt(f"{reason} (not a Keen error body, {kind}){shown}".strip())
-    return status, _excerpt(f"{reason} (unexpected JSON error body): {excerpt}".strip())
+        text = f"{reason} (not a Keen error body, {kind}){shown}".strip()
+        return status, _excerpt(text), False
+    return status, _excerpt(f"{reason} (unexpected JSON error body): {excerpt}".strip()), False
 
 
 def _parse_batch_results(

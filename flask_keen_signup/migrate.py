@@ -47,6 +47,7 @@ from .events import build_signup_event
 from .events import parse_created_at
 from .events import uniqueness_token
 from .exceptions import StoreError
+from .stores import erased_user_id
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from .config import Settings
@@ -159,17 +160,21 @@ class SQLiteMigrationLedger(MigrationLedger):
         self.outbox = outbox
 
     def known(self, user_ids: Sequence[str]) -> set[str]:
+        collection = self.ledger.collection
+        # An erased user's marker is kept under a hash of the id (``forget``): known too.
+        names = {user_id: user_id for user_id in user_ids}
+        names.update((erased_user_id(collection, user_id), user_id) for user_id in user_ids)
         found: set[str] = set()
         try:
             with self.ledger.database.reading() as conn:
-                for part in _parts(user_ids, 500):
+                for part in _parts(list(names), 500):
                     marks = ",".join("?" * len(part))
                     found.update(
-                        user_id
-                        for (user_id,) in conn.execute(
+                        names[name]
+                        for (name,) in conn.execute(
                             "SELECT user_id FROM keen_signup_markers WHERE collection = ? "
                             f"AND user_id IN ({marks})",
-                            (self.ledger.collection, *part),
+                            (collection, *part),
                         )
                     )
         except sqlite3.Error as exc:

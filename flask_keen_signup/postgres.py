@@ -140,6 +140,12 @@ INSERT INTO {s}.outbox_meta (key)
     VALUES ('delivered'), ('skipped'), ('resends'), ('last_error') ON CONFLICT DO NOTHING;
 INSERT INTO {s}.schema_version (version) VALUES (1) ON CONFLICT DO NOTHING;
 """,
+    """
+-- version 2: retention finds delivered rows that still hold a body without a scan.
+CREATE INDEX IF NOT EXISTS outbox_bodies
+    ON {s}.outbox (done_at) WHERE state IN ('delivered', 'skipped') AND body <> '';
+INSERT INTO {s}.schema_version (version) VALUES (2) ON CONFLICT DO NOTHING;
+""",
 )
 
 #: The schema version this code needs.

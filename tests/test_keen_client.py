@@ -353,7 +353,8 @@ def test_413_for_a_real_oversize_event(client: KeenClient) -> None:
     assert info.value.request_bytes == len(encode_event(event))
 
 
-@pytest.mark.parametrize(("status", "retryable"), [(502, True), (404, False), (503, True)])
+# An HTML page is never Keen's verdict (a proxy in front of it): retried, even a 404.
+@pytest.mark.parametrize(("status", "retryable"), [(502, True), (404, True), (503, True)])
 def test_html_error_page(
     keen: KeenEmulator, client: KeenClient, status: int, retryable: bool
 ) -> None:

@@ -413,3 +413,19 @@ def test_a_progress_bar_on_a_terminal(tmp_path: t.Any) -> None:
     assert done.returncode == 0, drawn.decode(errors="replace")
     assert b"Migrating users" in drawn and b"100%" in drawn
     assert table(done.stdout.decode())["marked"] == 5000
+
+
+def test_a_forgotten_user_stays_known_to_migrate(
+    make_app: t.Callable[..., Flask], keen_signup_keen: KeenEmulator, tmp_path: t.Any
+) -> None:
+    """`forget` keeps the marker as a hash of the id; migrate must not report them again."""
+    path = tmp_path / "users.ndjson"
+    path.write_text(json.dumps({"user_id": "auth0|gone", "created_at": "2026-11-25T00:00:00Z"}))
+    app = make_app()
+    assert table(migrate(app, "--users-file", str(path)).output)["reported"] == 1
+    assert app.extensions["keen_signup"].sender.flush(timeout=30) == 0
+    forgot = app.test_cli_runner().invoke(args=["keen-signup", "forget", "auth0|gone"])
+    assert forgot.exit_code == 0, forgot.output
+    again = migrate(app, "--users-file", str(path))
+    assert table(again.output) == {"marked": 0, "reported": 0, "already known": 1}
+    assert len(signups(keen_signup_keen)) == 1

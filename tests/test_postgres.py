@@ -333,10 +333,48 @@ def test_hosts_starting_together_create_the_schema_once(postgres_url: str) -> No
         thread.join(60)
     try:
         assert errors == []
-        assert databases[0].schema_version() == 1
+        from flask_keen_signup.postgres import SCHEMA_VERSION
+
+        assert databases[0].schema_version() == SCHEMA_VERSION
     finally:
         for database in databases:
             database.close()
+
+
+def test_an_older_schema_is_upgraded_with_only_the_missing_migrations(
+    postgres_url: str,
+) -> None:
+    """A database left at version 1 (an earlier release) gets version 2 on first use;
+    its rows stay."""
+    from flask_keen_signup.postgres import _BOOTSTRAP
+    from flask_keen_signup.postgres import MIGRATIONS
+    from flask_keen_signup.postgres import SCHEMA_VERSION
+    from flask_keen_signup.postgres import PostgresDatabase
+    from flask_keen_signup.stores.postgres import PostgresStore
+
+    assert SCHEMA_VERSION >= 2
+    schema = fresh_schema()
+    with _pg().connect(postgres_url, autocommit=True) as conn:
+        conn.execute(_BOOTSTRAP.format(s=schema))
+        conn.execute(MIGRATIONS[0].format(s=schema))
+        conn.execute(
+            f"INSERT INTO {schema}.markers VALUES ('signups', 'auth0|old', 'confirmed', 1, 1)"
+        )
+    database = PostgresDatabase(postgres_url, schema=schema, timeout=5)
+    try:
+        assert database.schema_version() == 1
+        store = PostgresStore(database, "signups")
+        assert store.lookup("auth0|old") is MarkerState.CONFIRMED  # first use upgrades
+        assert database.schema_version() == SCHEMA_VERSION
+        indexes = database.run(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = %s",
+            (schema,),
+            what="indexes",
+            fetch="all",
+        )
+        assert ("outbox_bodies",) in indexes
+    finally:
+        database.close()
 
 
 def test_the_shipped_sql_creates_what_the_code_uses(postgres_url: str) -> None:

@@ -286,9 +286,53 @@ class Outbox(ABC):
     def prune_delivered(self, older_than_seconds: float, *, now: float | None = None) -> int:
         """Delete delivered and skipped rows finished more than ``older_than_seconds`` ago."""
 
+    def drop_delivered_bodies(
+        self, older_than_seconds: float, *, now: float | None = None
+    ) -> int:
+        """Retention: erase the body (personal data) of delivered and skipped rows finished
+        more than ``older_than_seconds`` ago, keeping their id, collection, user id, state
+        and times. Pending, confirming and dead rows are never touched. Cheap when there is
+        nothing to drop (the sender calls it periodically). Returns how many bodies went.
+
+        The default deletes those rows outright (:meth:`prune_delivered`): stricter, and
+        right for a backend that does not implement this.
+        """
+        return self.prune_delivered(older_than_seconds, now=now)
+
+    def forget_user(
+        self, collection: str, user_id: str, *, erased_id: str, now: float | None = None
+    ) -> ErasedRows:
+        """Erasure: remove ``user_id``'s personal data from the outbox and dead letters.
+
+        Rows still to send are *skipped* (never sent), finished rows keep only their id,
+        state and times with ``user_id`` replaced by ``erased_id`` (a hash) and no body,
+        and dead letters are deleted.
+
+        :raises NotImplementedError: the backend cannot erase (the CLI says so).
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot forget a user")
+
     def close(self) -> None:
         """Release resources (this thread's connection). Optional."""
         return None
+
+
+@dataclasses.dataclass(frozen=True)
+class ErasedRows:
+    """What :meth:`Outbox.forget_user` did.
+
+    :param skipped: rows that were still to be sent: now skipped, never sent.
+    :param erased: finished rows whose body was dropped and user id hashed.
+    :param dead_letters: dead letters deleted.
+    """
+
+    skipped: int = 0
+    erased: int = 0
+    dead_letters: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.skipped + self.erased + self.dead_letters
 
 
 class DeliveryHooks(ABC):  # noqa: B024 - every hook is optional
@@ -324,6 +368,7 @@ __all__ = [
     "DELIVERED",
     "DeadLetter",
     "DeliveryHooks",
+    "ErasedRows",
     "MemoryOutbox",
     "OPEN_STATES",
     "Outbox",

@@ -17,6 +17,7 @@ from . import OPEN_STATES
 from . import PENDING
 from . import SKIPPED
 from . import DeadLetter
+from . import ErasedRows
 from . import Outbox
 from . import OutboxRow
 from . import OutboxStats
@@ -297,3 +298,48 @@ class MemoryOutbox(Outbox):
             for row_id in doomed:
                 del self._rows[row_id]
             return len(doomed)
+
+    def drop_delivered_bodies(
+        self, older_than_seconds: float, *, now: float | None = None
+    ) -> int:
+        now = time.time() if now is None else now
+        cutoff = now - older_than_seconds
+        dropped = 0
+        with self._lock:
+            for row in self._rows.values():
+                if (
+                    row.state in (DELIVERED, SKIPPED)
+                    and row.body_json
+                    and row.done_at is not None
+                    and row.done_at < cutoff
+                ):
+                    row.body_json = ""
+                    dropped += 1
+        return dropped
+
+    def forget_user(
+        self, collection: str, user_id: str, *, erased_id: str, now: float | None = None
+    ) -> ErasedRows:
+        now = time.time() if now is None else now
+        skipped = erased = 0
+        with self._lock:
+            for row in self._rows.values():
+                if row.collection != collection or row.user_id != user_id:
+                    continue
+                if row.state in OPEN_STATES:
+                    row.state, row.done_at, row.lease_owner = SKIPPED, now, None
+                    row.last_error = "skipped: erased on request"
+                    self._skipped += 1
+                    skipped += 1
+                else:
+                    erased += 1
+                row.user_id, row.body_json = erased_id, ""
+            doomed = [
+                d.id
+                for d in self._dead.values()
+                if d.collection == collection and d.user_id == user_id
+            ]
+            for row_id in doomed:
+                del self._dead[row_id]
+            self._last_error = None  # it may quote the user's event
+        return ErasedRows(skipped=skipped, erased=erased, dead_letters=len(doomed))

@@ -34,6 +34,7 @@ from ..stores.postgres import execute
 from . import DELIVERED
 from . import SKIPPED
 from . import DeadLetter
+from . import ErasedRows
 from . import Outbox
 from . import OutboxRow
 from . import OutboxStats
@@ -97,7 +98,9 @@ class PostgresOutbox(Outbox):
         ``WITH claimed AS (INSERT INTO markers … ON CONFLICT DO NOTHING RETURNING …)
         INSERT INTO outbox … SELECT … FROM claimed``, then ``pg_notify``: all or nothing.
         """
-        claimed = store.claim_sql("%(marker_collection)s", "%(user_id)s", returning="user_id")
+        claimed = store.claim_sql(
+            "%(marker_collection)s", "%(user_id)s", "%(erased)s", returning="user_id"
+        )
         return (
             f"WITH claimed AS ({claimed}), "
             f"queued AS ({self._insert} SELECT %(collection)s, user_id, %(token)s, %(body)s, "
@@ -129,6 +132,7 @@ class PostgresOutbox(Outbox):
         params = {
             "marker_collection": store.collection,
             "user_id": user_id,
+            "erased": store.erased(user_id),
             "collection": event.collection,
             "token": event.uniqueness_token,
             "body": event.body_json,
@@ -155,13 +159,15 @@ class PostgresOutbox(Outbox):
             return []
         unique = list({event.user_id: event for event in reversed(events)}.values())
         claimed = store.claim_sql(
-            "%(marker_collection)s", "i.user_id", returning="user_id", source="FROM items i"
+            "%(marker_collection)s", "i.user_id", "i.erased", returning="user_id",
+            source="FROM items i",
         )
         rows = self.database.run(
             f"""
 WITH items AS (
     SELECT * FROM unnest(%(users)s::text[], %(collections)s::text[], %(tokens)s::text[],
-                         %(bodies)s::text[]) AS i(user_id, collection, token, body)
+                         %(bodies)s::text[], %(erased)s::text[])
+        AS i(user_id, collection, token, body, erased)
 ), claimed AS ({claimed}
 ), queued AS (
     {self._insert}
@@ -174,6 +180,7 @@ SELECT user_id, {self._notify} FROM queued""",
                 "collections": [e.collection for e in unique],
                 "tokens": [e.uniqueness_token for e in unique],
                 "bodies": [e.body_json for e in unique],
+                "erased": [store.erased(e.user_id) for e in unique],
                 "marker_collection": store.collection,
                 "now": time.time() if now is None else now,
             },
@@ -449,6 +456,59 @@ UPDATE {self._meta} SET note = %(error)s WHERE key = 'last_error'""",
             role=WORKER,
         )
         return int(count)
+
+    def drop_delivered_bodies(
+        self, older_than_seconds: float, *, now: float | None = None
+    ) -> int:
+        # The partial index outbox_bodies (schema version 2) holds only finished rows that
+        # still have a body: the periodic pass is one index probe when nothing is due.
+        now = time.time() if now is None else now
+        count = self.database.run(
+            f"UPDATE {self._outbox} SET body = '' WHERE state IN ('delivered', 'skipped') "
+            "AND body <> '' AND done_at < %s",
+            (now - older_than_seconds,),
+            what="drop delivered bodies",
+            role=WORKER,
+        )
+        return int(count)
+
+    def forget_user(
+        self, collection: str, user_id: str, *, erased_id: str, now: float | None = None
+    ) -> ErasedRows:
+        """Erasure in one statement: rows still to send are skipped (never sent), finished
+        rows keep only their id, state and times under ``erased_id``, dead letters go; so
+        does the last error (a dead letter's reason may quote the event)."""
+        row = self.database.run(
+            f"""
+WITH skipped AS (
+    UPDATE {self._outbox} SET state = 'skipped', lease_owner = NULL, done_at = %(now)s,
+        last_error = 'skipped: erased on request', user_id = %(erased)s, body = ''
+    WHERE collection = %(c)s AND user_id = %(u)s AND {_OPEN} RETURNING 1
+), erased AS (
+    UPDATE {self._outbox} SET user_id = %(erased)s, body = ''
+    WHERE collection = %(c)s AND user_id = %(u)s AND NOT {_OPEN} RETURNING 1
+), dead AS (
+    DELETE FROM {self._dead} WHERE collection = %(c)s AND user_id = %(u)s RETURNING 1
+), counted AS (
+    UPDATE {self._meta} SET count = count + (SELECT count(*) FROM skipped)
+    WHERE key = 'skipped'
+), cleared AS (
+    UPDATE {self._meta} SET note = NULL WHERE key = 'last_error'
+)
+SELECT (SELECT count(*) FROM skipped), (SELECT count(*) FROM erased),
+       (SELECT count(*) FROM dead)""",
+            {
+                "c": collection,
+                "u": user_id,
+                "erased": erased_id,
+                "now": time.time() if now is None else now,
+            },
+            what="forget a user",
+            role=WORKER,
+            fetch="one",
+        )
+        skipped, erased, dead = (int(n) for n in row)
+        return ErasedRows(skipped=skipped, erased=erased, dead_letters=dead)
 
     def expire_leases(self, is_orphan: t.Callable[[str], bool]) -> int:
         owners = self.database.run(

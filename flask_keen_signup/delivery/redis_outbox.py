@@ -67,6 +67,7 @@ from ..stores.redis import text
 from . import DELIVERED
 from . import SKIPPED
 from . import DeadLetter
+from . import ErasedRows
 from . import Outbox
 from . import OutboxRow
 from . import OutboxStats
@@ -451,6 +452,79 @@ return #gone
 """
 )
 
+# Retention. KEYS: done, meta.  ARGV: row prefix, cutoff, limit, offset, skew margin.
+# Rows finished before the last pass's cutoff (less a margin for hosts' clock skew) were
+# handled by that pass, so each pass reads only what finished since: cheap when idle.
+# Returns {bodies dropped, rows read}.
+_DROP_BODIES_LUA = (
+    _PRELUDE
+    + """
+local done, meta = KEYS[1], KEYS[2]
+local cutoff, limit = tonumber(ARGV[2]), tonumber(ARGV[3])
+local low = '-inf'
+local last = redis.call('HGET', meta, 'bodies_dropped_until')
+if last then low = tostring(tonumber(last) - tonumber(ARGV[5])) end
+local members = redis.call('ZRANGEBYSCORE', done, low, '(' .. ARGV[2], 'LIMIT',
+                           tonumber(ARGV[4]), limit)
+local dropped = 0
+for _, m in ipairs(members) do
+  local key = row_key(m)
+  local body = redis.call('HGET', key, 'body')
+  if body and body ~= '' then
+    redis.call('HSET', key, 'body', '')
+    dropped = dropped + 1
+  end
+end
+if #members < limit and (not last or tonumber(last) < cutoff) then
+  redis.call('HSET', meta, 'bodies_dropped_until', ARGV[2])
+end
+return {dropped, #members}
+"""
+)
+
+# Erasure. KEYS: open, leased, idle, created, done, dead, meta.
+# ARGV: row prefix, now, collection, user id, erased id, then row ids.
+# Returns {skipped, erased, dead letters deleted}.
+_FORGET_LUA = (
+    _PRELUDE
+    + """
+local open, leased, idle, created = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local done, dead, meta = KEYS[5], KEYS[6], KEYS[7]
+local now, collection, user, erased = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local skipped, cleared, deleted = 0, 0, 0
+for i = 6, #ARGV do
+  local m, key = member(ARGV[i]), row_key(ARGV[i])
+  local f = redis.call('HMGET', key, 'collection', 'user_id', 'state')
+  if f[1] == collection and f[2] == user then
+    if f[3] == 'dead' then
+      redis.call('DEL', key)
+      redis.call('ZREM', dead, m)
+      deleted = deleted + 1
+    elseif is_open(f[3]) then
+      redis.call('ZREM', open, m)
+      redis.call('ZREM', leased, m)
+      redis.call('ZREM', idle, m)
+      redis.call('ZREM', created, m)
+      redis.call('HDEL', key, 'owner')
+      redis.call('HSET', key, 'state', 'skipped', 'done_at', now, 'user_id', erased,
+                 'body', '', 'last_error', 'skipped: erased on request')
+      redis.call('ZADD', done, now, m)
+      redis.call('HINCRBY', meta, 'skipped', 1)
+      skipped = skipped + 1
+    else
+      redis.call('HSET', key, 'user_id', erased, 'body', '')
+      cleared = cleared + 1
+    end
+  end
+end
+redis.call('HDEL', meta, 'last_error')
+return {skipped, cleared, deleted}
+"""
+)
+
+#: Clock skew between hosts tolerated by the retention pass, in seconds.
+RETENTION_SKEW = 3600.0
+
 
 def _num(value: float) -> str:
     """A float as the exact text Redis and Lua parse back to the same double."""
@@ -510,6 +584,8 @@ class RedisOutbox(Outbox):
         self._expire = register(_EXPIRE_LUA)
         self._retry_dead = register(_RETRY_DEAD_LUA)
         self._prune = register(_PRUNE_LUA)
+        self._drop_bodies = register(_DROP_BODIES_LUA)
+        self._forget = register(_FORGET_LUA)
 
     def __repr__(self) -> str:
         return f"<RedisOutbox prefix={self.prefix!r}>"
@@ -822,6 +898,60 @@ class RedisOutbox(Outbox):
                 pruned += count
                 if count < CHUNK:
                     return pruned
+
+    def drop_delivered_bodies(
+        self, older_than_seconds: float, *, now: float | None = None
+    ) -> int:
+        now = time.time() if now is None else now
+        cutoff = _num(now - older_than_seconds)
+        dropped = offset = 0
+        with store_errors("drop delivered bodies from the outbox"):
+            while True:
+                count, read = self._drop_bodies(
+                    keys=[self._done, self._meta],
+                    args=[self._row, cutoff, CHUNK, offset, _num(RETENTION_SKEW)],
+                )
+                dropped += int(count)
+                offset += int(read)
+                if int(read) < CHUNK:
+                    return dropped
+
+    def forget_user(
+        self, collection: str, user_id: str, *, erased_id: str, now: float | None = None
+    ) -> ErasedRows:
+        # No index by user: read the rows' (collection, user_id) in slices, pipelined, then
+        # erase the matching ones in scripts that check the owner again (atomically).
+        now = time.time() if now is None else now
+        matches: list[str] = []
+        with store_errors("forget a user in the outbox"):
+            for index in (self._open, self._done, self._dead):
+                start = 0
+                while True:
+                    members = self.client.zrange(index, start, start + CHUNK - 1)
+                    if not members:
+                        break
+                    start += len(members)
+                    pipe = self.client.pipeline(transaction=False)
+                    for m in members:
+                        pipe.hmget(f"{self._row}{int(text(m))}", "collection", "user_id")
+                    for m, (coll, user) in zip(members, pipe.execute(), strict=True):
+                        if _opt_text(coll) == collection and _opt_text(user) == user_id:
+                            matches.append(str(int(text(m))))
+            keys = [
+                self._open, self._leased, self._idle, self._created,
+                self._done, self._dead, self._meta,
+            ]  # fmt: skip
+            totals = [0, 0, 0]
+            for start in range(0, max(1, len(matches)), CHUNK):
+                counts = self._forget(
+                    keys=keys,
+                    args=[
+                        self._row, _num(now), collection, user_id, erased_id,
+                        *matches[start : start + CHUNK],
+                    ],
+                )  # fmt: skip
+                totals = [a + int(b) for a, b in zip(totals, counts, strict=True)]
+        return ErasedRows(skipped=totals[0], erased=totals[1], dead_letters=totals[2])
 
     def close(self) -> None:
         if self.close_client:

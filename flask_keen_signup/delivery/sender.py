@@ -27,10 +27,12 @@ import typing as t
 import uuid
 import weakref
 
+from .._text import printable
 from ..exceptions import KeenAPIError
 from ..exceptions import KeenError
 from ..exceptions import KeenRequestTooLargeError
 from ..exceptions import RemoteError
+from ..exceptions import StoreError
 from ..keen import MAX_EVENT_BYTES
 from ..keen import MAX_REQUEST_BYTES
 from ..keen import KeenClient
@@ -57,6 +59,8 @@ DEFAULT_MAX_BATCH_BYTES = 5_000_000
 DEFAULT_PROBE_SIZE = 10
 #: Seconds the thread waits after an enqueue woke it, to gather a batch (see ``linger``).
 DEFAULT_LINGER = 0.1
+#: Seconds between two retention passes (dropping delivered bodies, see ``retention``).
+RETENTION_CHECK_INTERVAL = 60.0
 
 _EMPTY: t.Mapping[str, t.Any] = types.MappingProxyType({})
 _HOSTNAME = socket.gethostname()
@@ -208,6 +212,9 @@ class Sender:
     :param linger: after an enqueue wakes the thread, wait this long (at most
         ``flush_interval``) for more signups before claiming: fewer, bigger batches, and
         fewer write transactions competing with the login requests' own.
+    :param retention: seconds a delivered event's body (personal data) is kept
+        (``KEEN_SIGNUP_RETENTION``); at most every ``retention_check_interval`` seconds the
+        thread drops older ones (:meth:`Outbox.drop_delivered_bodies`). ``None``: never.
     """
 
     def __init__(
@@ -234,6 +241,8 @@ class Sender:
         rng: random.Random | None = None,
         linger: float = DEFAULT_LINGER,
         drain: t.Callable[[], int] | None = None,
+        retention: float | None = None,
+        retention_check_interval: float = RETENTION_CHECK_INTERVAL,
     ) -> None:
         if collection_batch_size < 1:
             raise ValueError("collection_batch_size must be at least 1")
@@ -259,6 +268,12 @@ class Sender:
         self.linger = max(0.0, min(linger, flush_interval))
         #: Decides the signups the login path spooled (see :mod:`flask_keen_signup.spool`).
         self.drain = drain
+        self.retention = retention
+        self.retention_check_interval = retention_check_interval
+        self._next_retention_check = 0.0
+        #: The current store-failure episode (its error), if any: see _store_failing().
+        self._store_error: str | None = None
+        self._store_error_since = 0.0
         self._rng = rng or random.Random()
         self._backoff = Backoff(backoff_base, backoff_cap, self._rng)
         self._circuit_args = (circuit_threshold, circuit_cooldown, circuit_cap)
@@ -431,6 +446,10 @@ class Sender:
                     continue
                 self._wake.clear()
                 wait = self._step()
+                self._store_answers()
+            except StoreError as exc:  # the outbox itself is in trouble: one line per episode
+                self._store_failing(exc)
+                wait = self.flush_interval
             except Exception:  # noqa: BLE001 - the sender must never die
                 logger.exception("%s: unexpected error; retrying shortly", self.name)
                 wait = self.flush_interval
@@ -453,6 +472,33 @@ class Sender:
             request.done.set()
         logger.debug("%s stopped", self.name)
 
+    def _store_failing(self, exc: StoreError) -> None:
+        """Log the first failure of an episode loudly, the repeats at debug level only."""
+        error = printable(str(exc), limit=500)
+        if self._store_error is None:
+            logger.error(
+                "flask-keen-signup: the outbox cannot be used (%s); deliveries are paused, "
+                "retrying every %gs. Queued events are not lost; see "
+                "`flask keen-signup status`.",
+                error,
+                self.flush_interval,
+            )
+            self._store_error_since = time.monotonic()
+        else:
+            logger.debug("%s: the outbox still cannot be used: %s", self.name, error)
+        self._store_error = error
+
+    def _store_answers(self) -> None:
+        """End an episode, once the outbox really answers (a round may not have used it:
+        an open circuit)."""
+        if self._store_error is not None:
+            self.outbox.pending_count()  # raises StoreError while it still fails
+            logger.warning(
+                "flask-keen-signup: the outbox works again after %.0fs; deliveries resume",
+                time.monotonic() - self._store_error_since,
+            )
+            self._store_error = None
+
     def _next_flush(self) -> _Flush | None:
         with self._lock:
             return self._flushes.pop(0) if self._flushes else None
@@ -461,6 +507,7 @@ class Sender:
         """One round. Returns how long to wait before the next (0: go again now)."""
         self._maybe_expire_orphans()
         self._drain_spool()
+        self._maybe_drop_bodies()
         state = self._circuit.state()
         if state == OPEN:
             return self._circuit.remaining() or 0.01
@@ -545,6 +592,31 @@ class Sender:
             logger.exception("%s: error during flush", self.name)
         finally:
             request.done.set()
+
+    def _maybe_drop_bodies(self) -> None:
+        """Retention: drop delivered bodies older than ``retention``, at most once per
+        ``retention_check_interval`` (one cheap read when there is nothing to drop)."""
+        if self.retention is None:
+            return
+        now = time.monotonic()
+        if now < self._next_retention_check:
+            return
+        self._next_retention_check = now + self.retention_check_interval
+        try:
+            dropped = self.outbox.drop_delivered_bodies(self.retention)
+        except Exception as exc:  # noqa: BLE001 - retried at the next pass
+            logger.warning(
+                "flask-keen-signup: could not drop delivered bodies past retention: %s",
+                printable(str(exc), limit=300),
+            )
+            return
+        if dropped:
+            logger.info(
+                "flask-keen-signup: dropped the body of %d delivered event(s) older than "
+                "KEEN_SIGNUP_RETENTION (%gs)",
+                dropped,
+                self.retention,
+            )
 
     def _maybe_expire_orphans(self, *, force: bool = False) -> None:
         now = time.monotonic()
@@ -686,7 +758,7 @@ class Sender:
 
     def _request_failed(self, rows: list[OutboxRow], exc: RemoteError) -> t.NoReturn:
         """A whole request failed: back off its rows, feed the circuit, end the round."""
-        error = str(exc)
+        error = printable(str(exc), limit=500)
         self._last_error = error
         self._retry_all(rows, error, exc)
         cooldown = self._circuit.record_failure(exc.retry_after)
@@ -755,10 +827,10 @@ class Sender:
             "flask-keen-signup: %d event(s) moved to dead letters (%s); "
             "see `flask keen-signup status`, replay with `retry-dead`",
             len(items),
-            ", ".join(codes),
+            ", ".join(printable(code, limit=60) for code in codes),
         )
         for row, reason, _ in items:
-            logger.debug("dead letter %d: %s", row.id, reason)
+            logger.debug("dead letter %d: %s", row.id, printable(reason, limit=500))
             if self.notify is not None:
                 self._notify("dead", user_id=row.user_id, event=row.body, reason=reason)
 

@@ -22,6 +22,7 @@ from ..exceptions import StoreError
 from . import DELIVERED
 from . import SKIPPED
 from . import DeadLetter
+from . import ErasedRows
 from . import Outbox
 from . import OutboxRow
 from . import OutboxStats
@@ -49,6 +50,8 @@ CREATE INDEX IF NOT EXISTS keen_signup_outbox_due
     ON keen_signup_outbox (next_attempt_at) WHERE state IN ('pending', 'confirming');
 CREATE INDEX IF NOT EXISTS keen_signup_outbox_done
     ON keen_signup_outbox (done_at) WHERE state IN ('delivered', 'skipped');
+CREATE INDEX IF NOT EXISTS keen_signup_outbox_bodies
+    ON keen_signup_outbox (done_at) WHERE state IN ('delivered', 'skipped') AND body <> '';
 CREATE TABLE IF NOT EXISTS keen_signup_dead_letters (
     id               INTEGER PRIMARY KEY,
     collection       TEXT    NOT NULL,
@@ -104,6 +107,11 @@ _CLAIM = _claim_sql("next_attempt_at <= :now ORDER BY next_attempt_at LIMIT :lim
 _ANY_DUE = (
     "SELECT 1 FROM keen_signup_outbox "
     "WHERE state IN ('pending', 'confirming') AND next_attempt_at <= ? LIMIT 1"
+)
+
+_ANY_BODY = (
+    "SELECT 1 FROM keen_signup_outbox WHERE state IN ('delivered', 'skipped') "
+    "AND body <> '' AND done_at < ? LIMIT 1"
 )
 
 _CLAIM_FLUSH = _claim_sql(
@@ -467,6 +475,49 @@ class SQLiteOutbox(Outbox):
                 (now - older_than_seconds,),
             )
             return cursor.rowcount
+
+    def drop_delivered_bodies(
+        self, older_than_seconds: float, *, now: float | None = None
+    ) -> int:
+        # The partial index keen_signup_outbox_bodies holds only finished rows that still
+        # have a body, so the periodic pass costs one index probe when there is nothing to
+        # drop, however many delivered rows the file keeps.
+        now = time.time() if now is None else now
+        cutoff = now - older_than_seconds
+        if not self._read(_ANY_BODY, (cutoff,)):
+            return 0
+        with self._write() as conn:
+            return conn.execute(
+                "UPDATE keen_signup_outbox SET body = '' WHERE state IN ('delivered', "
+                "'skipped') AND body <> '' AND done_at < ?",
+                (cutoff,),
+            ).rowcount
+
+    def forget_user(
+        self, collection: str, user_id: str, *, erased_id: str, now: float | None = None
+    ) -> ErasedRows:
+        now = time.time() if now is None else now
+        key = (collection, user_id)
+        with self._write() as conn:
+            skipped = conn.execute(
+                "UPDATE keen_signup_outbox SET state = 'skipped', lease_owner = NULL, "
+                "done_at = ?, last_error = 'skipped: erased on request', user_id = ?, "
+                "body = '' WHERE collection = ? AND user_id = ? "
+                "AND state IN ('pending', 'confirming')",
+                (now, erased_id, *key),
+            ).rowcount
+            _bump(conn, SKIPPED, skipped)
+            erased = conn.execute(
+                "UPDATE keen_signup_outbox SET user_id = ?, body = '' "
+                "WHERE collection = ? AND user_id = ?",
+                (erased_id, *key),
+            ).rowcount
+            dead = conn.execute(
+                "DELETE FROM keen_signup_dead_letters WHERE collection = ? AND user_id = ?", key
+            ).rowcount
+            # The last error may quote the user's event (a dead letter's reason).
+            conn.execute("DELETE FROM keen_signup_outbox_meta WHERE key = 'last_error'")
+        return ErasedRows(skipped=skipped, erased=erased, dead_letters=dead)
 
     def close(self) -> None:
         self.database.close()

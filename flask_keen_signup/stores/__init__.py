@@ -21,6 +21,23 @@ import typing as t
 from abc import ABC
 from abc import abstractmethod
 
+from ..events import uniqueness_token
+
+#: Prefix of a marker's user id once the user was erased (``flask keen-signup forget``).
+ERASED_PREFIX = "sha256:"
+
+
+def erased_user_id(collection: str, user_id: str) -> str:
+    """What replaces ``user_id`` in the marker (and the outbox) once the user is erased.
+
+    ``"sha256:"`` + Keen's uniqueness token of the signup (DESIGN §2.1: the SHA-256 of
+    ``f"{collection}\n{user_id}"``): not the user id, yet the user's next login computes
+    the same value and is recognised as returning, so an erased user is never reported
+    again. It is a pseudonym, not anonymity: whoever holds a candidate ``sub`` can check
+    it, exactly as with the token Keen stores with every event.
+    """
+    return ERASED_PREFIX + uniqueness_token(collection, user_id)
+
 
 class MarkerState(enum.Enum):
     """The state of a user's marker."""
@@ -58,6 +75,18 @@ class MarkerStore(ABC):
     @abstractmethod
     def release(self, user_id: str) -> None:
         """Delete a *pending* marker so the next login retries. A confirmed one stays."""
+
+    def forget(self, user_id: str) -> bool:
+        """Erasure: keep the user's marker, but under :func:`erased_user_id`, not the id.
+
+        The user stays marked (their next login is a returning user) and the store no
+        longer holds their id. Returns whether a marker held the raw id. The default does
+        nothing and returns ``False``: right for stores that keep no raw id here (Redis
+        keys are hashed already, the session store lives in the browser, the ``auth0``
+        store in Auth0's own user profile); a custom store that keeps user ids should
+        override it.
+        """
+        return False
 
     def close(self) -> None:  # noqa: B027 - optional hook, deliberately not abstract
         """Release resources (connections). Optional."""

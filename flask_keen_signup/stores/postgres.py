@@ -20,6 +20,7 @@ from ..postgres import WORKER
 from ..postgres import PostgresDatabase
 from . import MarkerState
 from . import MarkerStore
+from . import erased_user_id
 
 if t.TYPE_CHECKING:  # pragma: no cover
     import psycopg
@@ -55,8 +56,15 @@ class PostgresStore(MarkerStore):
         self.reclaim_after = reclaim_after
         self.close_database = close_database
         markers = database.table("markers")
-        self._lookup = f"SELECT state FROM {markers} WHERE collection = %s AND user_id = %s"
-        self._claim = self.claim_sql("%(collection)s", "%(user_id)s", returning="1")
+        # Under the id, or under its hash once the user was erased (forget()): one probe
+        # of the primary key for each, in one statement.
+        self._lookup = (
+            f"SELECT state FROM {markers} WHERE collection = %s AND user_id IN (%s, %s) "
+            "ORDER BY user_id = %s DESC LIMIT 1"
+        )
+        self._claim = self.claim_sql(
+            "%(collection)s", "%(user_id)s", "%(erased)s", returning="1"
+        )
         self._confirm = (
             f"INSERT INTO {markers} (collection, user_id, state, claimed_at, confirmed_at) "
             f"SELECT %s, u, 'confirmed', {SERVER_NOW}, {SERVER_NOW} FROM unnest(%s::text[]) u "
@@ -71,18 +79,33 @@ class PostgresStore(MarkerStore):
         return f"<PostgresStore {self.database!r} collection={self.collection!r}>"
 
     def claim_sql(
-        self, collection: str, user_id: str, *, returning: str, source: str | None = None
+        self,
+        collection: str,
+        user_id: str,
+        erased: str,
+        *,
+        returning: str,
+        source: str | None = None,
     ) -> str:
-        """The claiming ``INSERT`` for SQL expressions ``collection`` and ``user_id``.
+        """The claiming ``INSERT`` for SQL expressions ``collection``, ``user_id`` and
+        ``erased`` (the user's :func:`~flask_keen_signup.stores.erased_user_id`).
 
         Returns a row (``RETURNING returning``) only for the caller that claimed: a new
-        marker, or a stale pending one when ``reclaim_after`` is set. The outbox embeds it
-        in its claim-and-enqueue statements. ``source`` (``FROM items i``) claims one user
-        per row of a set instead of one ``VALUES`` row; its users must be distinct.
+        marker, or a stale pending one when ``reclaim_after`` is set; never for a user
+        erased by ``forget`` (their marker is under the hash). The outbox embeds it in its
+        claim-and-enqueue statements. ``source`` (``FROM items i``) claims one user per
+        row of a set; its users must be distinct.
         """
         markers = self.database.table("markers")
         values = f"{collection}, {user_id}, 'pending', {SERVER_NOW}"
-        rows = f"VALUES ({values})" if source is None else f"SELECT {values} {source}"
+        not_erased = (
+            f"NOT EXISTS (SELECT 1 FROM {markers} e "
+            f"WHERE e.collection = {collection} AND e.user_id = {erased})"
+        )
+        if source is None:
+            rows = f"SELECT {values} WHERE {not_erased}"
+        else:
+            rows = f"SELECT {values} {source} WHERE {not_erased}"
         insert = f"INSERT INTO {markers} AS m (collection, user_id, state, claimed_at) {rows} "
         if self.reclaim_after is None:
             return insert + f"ON CONFLICT (collection, user_id) DO NOTHING RETURNING {returning}"
@@ -94,19 +117,26 @@ class PostgresStore(MarkerStore):
 
     def lookup(self, user_id: str) -> MarkerState | None:
         row = self.database.run(
-            self._lookup, (self.collection, user_id), what="read a marker", fetch="one"
+            self._lookup, self._lookup_params(user_id), what="read a marker", fetch="one"
         )
         return MarkerState(row[0]) if row else None
 
     def lookup_in(self, conn: t.Any, user_id: str) -> MarkerState | None:
         """:meth:`lookup` on the app's own connection (see ``track_claims(connection=)``)."""
-        row = execute(conn, self._lookup, (self.collection, user_id)).fetchone()
+        row = execute(conn, self._lookup, self._lookup_params(user_id)).fetchone()
         return MarkerState(row[0]) if row else None
+
+    def _lookup_params(self, user_id: str) -> tuple[str, str, str, str]:
+        return (self.collection, user_id, self.erased(user_id), user_id)
+
+    def erased(self, user_id: str) -> str:
+        """The id ``user_id``'s marker has once erased (see :meth:`forget`)."""
+        return erased_user_id(self.collection, user_id)
 
     def claim(self, user_id: str) -> bool:
         row = self.database.run(
             self._claim,
-            {"collection": self.collection, "user_id": user_id},
+            {"collection": self.collection, "user_id": user_id, "erased": self.erased(user_id)},
             what="claim a marker",
             fetch="one",
         )
@@ -127,19 +157,19 @@ class PostgresStore(MarkerStore):
         self.database.run(self._release, (self.collection, user_id), what="release a marker")
 
     def known(self, user_ids: t.Sequence[str]) -> set[str]:
-        """The users among ``user_ids`` that have a marker (any state): one indexed read.
-
-        For bulk tools (``flask keen-signup migrate``'s ledger), not the login path.
-        """
+        """The users among ``user_ids`` that have a marker (any state, erased ones too):
+        one indexed read. For bulk tools (``migrate``'s ledger), not the login path."""
+        names = {user_id: user_id for user_id in user_ids}
+        names.update((self.erased(user_id), user_id) for user_id in user_ids)
         rows = self.database.run(
             f"SELECT user_id FROM {self.database.table('markers')} "
             "WHERE collection = %s AND user_id = ANY(%s)",
-            (self.collection, list(user_ids)),
+            (self.collection, list(names)),
             what="read markers",
             role=WORKER,
             fetch="all",
         )
-        return {user_id for (user_id,) in rows}
+        return {names[name] for (name,) in rows}
 
     def mark(self, user_ids: t.Sequence[str]) -> set[str]:
         """Create confirmed markers where none exist, in one statement; return the users
@@ -155,6 +185,29 @@ class PostgresStore(MarkerStore):
             fetch="all",
         )
         return {user_id for (user_id,) in rows}
+
+    def forget(self, user_id: str) -> bool:
+        """Erasure: the marker stays, confirmed, under :meth:`erased` instead of the id.
+
+        One statement; with no marker yet (a signup still in a spool, or none) the erased
+        one is created, so that signup's claim loses and it is never sent. Returns whether
+        a marker held the raw id.
+        """
+        markers = self.database.table("markers")
+        row = self.database.run(
+            f"WITH gone AS (DELETE FROM {markers} WHERE collection = %(c)s AND user_id = %(u)s "
+            "RETURNING 1) "
+            f"INSERT INTO {markers} AS m (collection, user_id, state, claimed_at, confirmed_at) "
+            f"VALUES (%(c)s, %(e)s, 'confirmed', {SERVER_NOW}, {SERVER_NOW}) "
+            "ON CONFLICT (collection, user_id) DO UPDATE SET state = 'confirmed', "
+            "confirmed_at = coalesce(m.confirmed_at, excluded.confirmed_at) "
+            "RETURNING (SELECT count(*) FROM gone)",
+            {"c": self.collection, "u": user_id, "e": self.erased(user_id)},
+            what="forget a user",
+            role=WORKER,
+            fetch="one",
+        )
+        return bool(row and row[0])
 
     def recent_user_ids(self, states: t.Sequence[str], *, limit: int) -> list[str]:
         """Up to ``limit`` user ids in one of ``states``, newest claim first (start-up load)."""

@@ -233,6 +233,14 @@ class RedisStore(MarkerStore):
                 pipe.set(self.key(user_id), stamp)
             pipe.execute()
 
+    def forget(self, user_id: str) -> bool:
+        """Erasure: the key is a hash of the id already, so the marker stays as it is; a
+        user with no marker yet (a signup still in the local spool) gets a confirmed one,
+        so that signup is dropped, never sent. Never held the raw id: ``False``."""
+        with store_errors("forget a marker"):
+            self.client.set(self.key(user_id), f"{_CONFIRMED}{time.time():.6f}", nx=True)
+        return False
+
     def release(self, user_id: str) -> None:
         with store_errors("release a marker"):
             self._release(keys=[self.key(user_id)])

@@ -17,6 +17,7 @@ from ..database import Database
 from ..exceptions import StoreError
 from . import MarkerState
 from . import MarkerStore
+from . import erased_user_id
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS keen_signup_markers (
@@ -30,10 +31,22 @@ CREATE TABLE IF NOT EXISTS keen_signup_markers (
 """
 
 
+_LOOKUP = "SELECT state FROM keen_signup_markers WHERE collection = ? AND user_id = ?"
+_CLAIM = (
+    "INSERT INTO keen_signup_markers (collection, user_id, state, claimed_at) "
+    "VALUES (?, ?, 'pending', ?) ON CONFLICT (collection, user_id) DO NOTHING"
+)
+
 _CONFIRM = (
     "INSERT INTO keen_signup_markers (collection, user_id, state, claimed_at, confirmed_at) "
     "VALUES (?, ?, 'confirmed', ?, ?) ON CONFLICT (collection, user_id) "
     "DO UPDATE SET state = 'confirmed', confirmed_at = excluded.confirmed_at"
+)
+
+
+_CONFIRM_IF_ABSENT = (
+    "INSERT INTO keen_signup_markers (collection, user_id, state, claimed_at, confirmed_at) "
+    "VALUES (?, ?, 'confirmed', ?, ?) ON CONFLICT (collection, user_id) DO NOTHING"
 )
 
 
@@ -63,10 +76,13 @@ class SQLiteStore(MarkerStore):
     def lookup(self, user_id: str) -> MarkerState | None:
         try:
             with self.database.reading() as conn:
-                row = conn.execute(
-                    "SELECT state FROM keen_signup_markers WHERE collection = ? AND user_id = ?",
-                    (self.collection, user_id),
-                ).fetchone()
+                row = conn.execute(_LOOKUP, (self.collection, user_id)).fetchone()
+                if row is None:
+                    # Not under the id: an erased user's marker is under its hash
+                    # (forget()). Only a user not found pays for this second probe.
+                    row = conn.execute(
+                        _LOOKUP, (self.collection, erased_user_id(self.collection, user_id))
+                    ).fetchone()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read the marker ledger: {exc}") from exc
         return MarkerState(row[0]) if row else None
@@ -74,13 +90,19 @@ class SQLiteStore(MarkerStore):
     def claim_in(self, conn: sqlite3.Connection, user_id: str, *, now: float | None = None) -> bool:
         """Claim inside the caller's open transaction (see :meth:`Database.transaction`)."""
         now = time.time() if now is None else now
-        cursor = conn.execute(
-            "INSERT INTO keen_signup_markers (collection, user_id, state, claimed_at) "
-            "VALUES (?, ?, 'pending', ?) ON CONFLICT (collection, user_id) DO NOTHING",
-            (self.collection, user_id, now),
-        )
+        cursor = conn.execute(_CLAIM, (self.collection, user_id, now))
         if cursor.rowcount == 1:
-            return True
+            # New under its id; but an erased user's marker is under its hash (forget()):
+            # then the claim is lost, and undone in this same transaction. Only a user
+            # new to the ledger pays for this probe.
+            erased = (self.collection, erased_user_id(self.collection, user_id))
+            if conn.execute(_LOOKUP, erased).fetchone() is None:
+                return True
+            conn.execute(
+                "DELETE FROM keen_signup_markers WHERE collection = ? AND user_id = ?",
+                (self.collection, user_id),
+            )
+            return False
         if self.reclaim_after is None:
             return False
         cursor = conn.execute(
@@ -127,6 +149,29 @@ class SQLiteStore(MarkerStore):
                 )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot release in the marker ledger: {exc}") from exc
+
+    def forget(self, user_id: str) -> bool:
+        """Keep the marker under :func:`erased_user_id` instead of the id (confirmed)."""
+        erased = erased_user_id(self.collection, user_id)
+        now = time.time()
+        try:
+            with self.database.transaction() as conn:
+                hashed = (
+                    conn.execute(
+                        "UPDATE OR REPLACE keen_signup_markers SET user_id = ?, "
+                        "state = 'confirmed', confirmed_at = COALESCE(confirmed_at, ?) "
+                        "WHERE collection = ? AND user_id = ?",
+                        (erased, now, self.collection, user_id),
+                    ).rowcount
+                    > 0
+                )
+                if not hashed:
+                    # No marker yet (a signup still in the local spool, or none at all):
+                    # create the erased one, so a spooled signup is dropped, never sent.
+                    conn.execute(_CONFIRM_IF_ABSENT, (self.collection, erased, now, now))
+                return hashed
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot forget in the marker ledger: {exc}") from exc
 
     def recent_user_ids(self, states: t.Sequence[str], *, limit: int) -> list[str]:
         """Up to ``limit`` user ids whose marker is in one of ``states``, newest claim first."""

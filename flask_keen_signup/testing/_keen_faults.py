@@ -97,9 +97,16 @@ class Answer:
     html: bool = False
     error_code: str | None = None
     message: str | None = None
+    #: A body sent as is instead of Keen's JSON or the nginx page (e.g. a proxy's own
+    #: HTML, an empty body, JSON without ``error_code``).
+    raw_body: bytes | None = None
+    content_type: str | None = None
 
     def body(self) -> tuple[str, bytes]:
-        """``(content_type, body)``: Keen's JSON error, or an nginx-style HTML page."""
+        """``(content_type, body)``: Keen's JSON error, an nginx-style HTML page, or the
+        caller's own body."""
+        if self.raw_body is not None:
+            return self.content_type or "text/html; charset=utf-8", self.raw_body
         try:
             reason = HTTPStatus(self.status).phrase
         except ValueError:
@@ -181,6 +188,8 @@ class FaultInjector:
                     html=bool(spec.get("html", False)),
                     error_code=spec.get("error_code"),
                     message=spec.get("message"),
+                    raw_body=_raw_body(spec.get("body")),
+                    content_type=_content_type(spec.get("content_type")),
                 )
             )
         if "reset" in spec:
@@ -267,6 +276,24 @@ class FaultInjector:
         with self._cond:
             generation = self._generation
             self._cond.wait_for(lambda: self._generation != generation, timeout=seconds)
+
+
+def _raw_body(value: object) -> bytes | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    raise TypeError("'body' must be a string (sent as UTF-8) or bytes")
+
+
+def _content_type(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or any(c in value for c in "\r\n"):
+        raise ValueError("'content_type' must be a one-line string")
+    return value
 
 
 def _retry_after(value: float | int | str) -> str:

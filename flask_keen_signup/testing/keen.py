@@ -189,17 +189,22 @@ class KeenEmulator:
         html: bool = False,
         error_code: str | None = None,
         message: str | None = None,
+        body: str | bytes | None = None,
+        content_type: str | None = None,
     ) -> None:
         """Answer the next ``count`` API requests with ``status`` instead of serving them.
 
         The body is Keen's ``{"message", "error_code"}`` (``InternalServerError`` for 5xx,
         ``RateLimitExceededError`` for 429, see the docs for the rest; override with
-        ``error_code``/``message``), or an nginx-style HTML page with ``html=True``.
+        ``error_code``/``message``), or an nginx-style HTML page with ``html=True``, or
+        ``body`` sent as is (``content_type`` defaults to ``text/html; charset=utf-8``):
+        what a proxy or load balancer in front of Keen answers with.
         ``retry_after`` becomes a ``Retry-After`` header (seconds, or an HTTP date string).
         Nothing in a faulted request is stored.
         """
         spec: dict[str, t.Any] = {"status": status, "count": count, "html": html}
         spec.update(retry_after=retry_after, error_code=error_code, message=message)
+        spec.update(body=body, content_type=content_type)
         self._app.faults.apply(spec)
 
     def fail_events(
