@@ -62,6 +62,11 @@ def status_command() -> None:
     if replaced:
         click.echo(f"database file:     {replaced['how']} under the app; {replaced['salvaged']}")
     click.echo(f"ok:                {'yes' if status.get('ok', True) else 'no'}")
+    from .health import with_verdict
+
+    judged = with_verdict(status, state.health_thresholds)
+    reasons = "; ".join(judged["reasons"])
+    click.echo(f"verdict:           {judged['verdict']}" + (f" ({reasons})" if reasons else ""))
     store_error = status.get("store_error")
     if store_error:
         # Exit non-zero: a monitoring check running `status` must see the trouble.

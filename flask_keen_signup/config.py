@@ -80,7 +80,7 @@ _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$")
 DELIVERY_MODES = ("background", "sync")
 STORE_NAMES = ("sqlite", "session", "auth0", "redis", "postgres")
 IP_MODES = ("full", "anonymize", "none")
-ADDONS = ("ip_to_geo", "ua_parser")
+ADDONS = ("ip_to_geo", "ua_parser", "referrer_parser", "url_parser")
 SQLITE_SYNCHRONOUS = ("normal", "full")
 
 _COLLECTION_RE = re.compile(r"^[\x00-\x7f]{1,64}$")
@@ -188,16 +188,11 @@ def _as_number(
 
 def as_store_timeout(value: object, key: str = "KEEN_SIGNUP_STORE_TIMEOUT") -> float:
     """``KEEN_SIGNUP_STORE_TIMEOUT``: finite seconds in (0, :data:`MAX_STORE_TIMEOUT`]."""
-    if isinstance(value, bool):
-        raise ConfigurationError(f"{key} must be a number of seconds, got {value!r}")
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError, OverflowError):
-        raise ConfigurationError(f"{key} must be a number of seconds, got {value!r}") from None
-    if not (0 < number <= MAX_STORE_TIMEOUT):  # also false for NaN and inf
+    number = _as_number(key, value, minimum=0.0, maximum=MAX_STORE_TIMEOUT)
+    if number <= 0:
         raise ConfigurationError(
-            f"{key} must be a finite number of seconds > 0 and <= {MAX_STORE_TIMEOUT:g}, "
-            f"got {value!r}"
+            f"{key} must be a number of seconds > 0 and <= {MAX_STORE_TIMEOUT:g}, "
+            f"got {safe_repr(value)}"
         )
     return number
 

@@ -68,10 +68,22 @@ MAX_DEPTH = 32
 #: figure is not from Keen's own documentation, and an oversize event is refused for good.
 MAX_EVENT_BYTES = 800_000
 
-#: Add-on name -> (Keen add-on name, input parameter, input property, output property).
-ADDONS: dict[str, tuple[str, str, str, str]] = {
-    "ip_to_geo": ("keen:ip_to_geo", "ip", "ip", "ip_geo_info"),
-    "ua_parser": ("keen:ua_parser", "ua_string", "user_agent", "parsed_user_agent"),
+#: Add-on name -> (Keen add-on name, ((input parameter, input property path), ...),
+#: output property). The URL parsers read the signup's attribution (``attribution.py``):
+#: ``landing_url`` is the absolute URL of the landing path, added for them only.
+ADDONS: dict[str, tuple[str, tuple[tuple[str, str], ...], str]] = {
+    "ip_to_geo": ("keen:ip_to_geo", (("ip", "ip"),), "ip_geo_info"),
+    "ua_parser": ("keen:ua_parser", (("ua_string", "user_agent"),), "parsed_user_agent"),
+    "referrer_parser": (
+        "keen:referrer_parser",
+        (("referrer_url", "attribution.referrer"), ("page_url", "attribution.landing_url")),
+        "parsed_referrer",
+    ),
+    "url_parser": (
+        "keen:url_parser",
+        (("url", "attribution.landing_url"),),
+        "parsed_landing_url",
+    ),
 }
 
 #: Top-level properties the builder owns. Neither a claim nor ``extra`` can set them, even
@@ -541,8 +553,9 @@ def build_signup_event(
         ``email`` is sent only if listed.
     :param ip_mode: ``full`` sends ``ip`` as given, ``anonymize`` zeroes its host part,
         ``none`` sends no IP at all. An invalid address is never sent.
-    :param addons: ``ip_to_geo`` and/or ``ua_parser``; each is added only when its input
-        property is in the event, since Keen fails an event whose add-on input is missing.
+    :param addons: ``ip_to_geo``, ``ua_parser``, ``referrer_parser``, ``url_parser``; each
+        is added only when its input properties are in the event, since Keen fails an event
+        whose add-on input is missing (the URL parsers read ``attribution``).
     :param created_at: the user's creation time when known; else ``now`` is the timestamp.
     :param now: the callback time, injected so the builder stays pure.
     :param extra: the app's ``@signup.event_properties`` result, sanitised, then merged over
@@ -558,14 +571,14 @@ def build_signup_event(
 
     sanitizer = _Sanitizer(logger)
     reserved: t.AbstractSet[str] = RESERVED_PROPERTIES
-    active: list[tuple[str, str, str, str]] = []
+    active: list[tuple[str, tuple[tuple[str, str], ...], str]] = []
     for addon in addons:
         spec = ADDONS.get(addon)
         if spec is None:
             logger.warning("Keen add-on %r is unknown; skipped", addon)
         elif spec not in active:
             active.append(spec)
-            reserved = reserved | {spec[3]}
+            reserved = reserved | {spec[2]}
 
     event: dict[str, t.Any] = {"userId": sub}
 
@@ -610,18 +623,32 @@ def build_signup_event(
         "uniqueness_token": uniqueness_token(collection, sub),
     }
     entries = []
-    for keen_name, param, source, output in active:
-        if source in event:
-            entries.append({"name": keen_name, "input": {param: source}, "output": output})
+    for keen_name, inputs, output in active:
+        missing = [source for _, source in inputs if not _has_path(event, source)]
+        if not missing:
+            entries.append(
+                {"name": keen_name, "input": dict(inputs), "output": output}
+            )
         else:
             logger.warning(
-                "Keen add-on %r skipped: the event has no %r property", keen_name, source
+                "Keen add-on %r skipped: the event has no %r property", keen_name, missing[0]
             )
     if entries:
         keen["addons"] = entries
     event["keen"] = keen
     _fit_size(event)
     return event
+
+
+def _has_path(event: Mapping[str, t.Any], path: str) -> bool:
+    """Whether the dotted ``path`` names a property of ``event`` (Keen fails an event whose
+    add-on input is missing)."""
+    node: t.Any = event
+    for part in path.split("."):
+        if not isinstance(node, Mapping) or node.get(part) is None:
+            return False
+        node = node[part]
+    return True
 
 
 def _valid_as_is(props: Mapping[t.Any, t.Any], reserved: t.AbstractSet[str]) -> bool:

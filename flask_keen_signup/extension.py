@@ -28,13 +28,19 @@ from flask import has_request_context
 from flask import request
 from werkzeug.wrappers import Response as BaseResponse
 
+from . import attribution
+from . import metrics
 from . import signals
 from ._text import printable
+from .attribution import AttributionCapture
+from .attribution import load_attribution_settings
 from .config import Settings
 from .config import load_settings
 from .database import Database
 from .exceptions import ConfigurationError
 from .exceptions import InvalidClaimsError
+from .health import HealthThresholds
+from .health import load_health_thresholds
 from .stores import MarkerStore
 from .stores.sqlite import SQLiteStore
 from .tracker import Tracker
@@ -81,6 +87,10 @@ class _AppState:
     store: MarkerStore
     #: Signups the login path could not hand to the store in time (guarantee 3).
     spool: Spool | None = None
+    #: The first-touch capture (``KEEN_SIGNUP_ATTRIBUTION``), or ``None`` when it is off.
+    attribution: AttributionCapture | None = None
+    #: ``KEEN_SIGNUP_HEALTH_*``: what :meth:`KeenSignup.health`'s verdict is judged on.
+    health_thresholds: HealthThresholds = dataclasses.field(default_factory=HealthThresholds)
 
 
 class KeenSignup:
@@ -118,6 +128,9 @@ class KeenSignup:
                 "call init_app once per app."
             )
         settings = load_settings(app)
+        attribution_settings = load_attribution_settings(app, settings.addons)
+        thresholds = load_health_thresholds(app)
+        metrics_on = metrics.enabled(app)  # validated now, before anything starts
         state = _build_state(app, settings)
         if settings.enabled and _uses_sqlite(state):
             # A directory, a non-SQLite file, a read-only or forbidden path: refuse to
@@ -125,6 +138,10 @@ class KeenSignup:
             from ._database_check import check_database
 
             check_database(state.database)
+        state.health_thresholds = thresholds
+        if settings.enabled and attribution_settings.enabled:
+            state.attribution = AttributionCapture(app, attribution_settings)
+            app.before_request(state.attribution.hook())
         app.extensions["keen_signup"] = state
         from .cli import cli
 
@@ -141,6 +158,9 @@ class KeenSignup:
                 name="flask-keen-signup-known-users",
                 daemon=True,
             ).start()
+        if settings.enabled and metrics_on:
+            # Last: importing prometheus_client takes ~0.1 s, while the sender starts.
+            metrics.start_counting(app)
 
     # -- public API ----------------------------------------------------------------------
 
@@ -157,20 +177,25 @@ class KeenSignup:
             @functools.wraps(view)
             async def async_wrapper(*args: t.Any, **kwargs: t.Any) -> t.Any:
                 before = _authlib_tokens()
+                _observe_intent()
                 rv = await view(*args, **kwargs)
                 self._after_view(rv, before)
                 return rv
 
+            async_wrapper._keen_signup_tracked = True  # type: ignore[attr-defined]
             self._remember_tracked(view)
             return t.cast(F, async_wrapper)
 
         @functools.wraps(view)
         def wrapper(*args: t.Any, **kwargs: t.Any) -> t.Any:
             before = _authlib_tokens()
+            _observe_intent()
             rv = view(*args, **kwargs)
             self._after_view(rv, before)
             return rv
 
+        # The attribution hook never takes this view's request as a first touch.
+        wrapper._keen_signup_tracked = True  # type: ignore[attr-defined]
         self._remember_tracked(view)
         return t.cast(F, wrapper)
 
@@ -204,26 +229,43 @@ class KeenSignup:
         """
         state = _state()
         try:
-            if connection is not None:
-                return state.tracker.track_in_transaction(
-                    claims,
-                    connection,
-                    facts=_request_facts,
-                    extra=(lambda: self._extra_properties(claims))
-                    if self._event_properties is not None
-                    else None,
+            touch = _attribution_properties(state)
+            extra: t.Any = None  # None or a mapping: the tracker may then claim first
+            if self._event_properties is not None:
+                extra = self._extra_with(claims, touch)
+            elif touch:
+                extra = touch
+            if connection is not None:  # postgres: inside the app's own transaction
+                outcome = state.tracker.track_in_transaction(
+                    claims, connection, facts=_request_facts, extra=extra
                 )
-            return state.tracker.track_claims(
-                claims,
-                facts=_request_facts,
-                # None when there is no callback: the tracker may then claim first.
-                extra=(lambda: self._extra_properties(claims))
-                if self._event_properties is not None
-                else None,
-            )
+            else:
+                outcome = state.tracker.track_claims(claims, facts=_request_facts, extra=extra)
         except Exception as exc:  # noqa: BLE001 - the login must not break
             self._handle_error(exc, claims)
             return None
+        if touch is not None and outcome is not TrackOutcome.FAILED:
+            # Decided (recorded, returning or marked): the first touch has served. A sync
+            # failure keeps it for the retry at the next login.
+            _forget_attribution()
+        return outcome
+
+    def register_metrics(self, registry: t.Any = None, app: Flask | None = None) -> None:
+        """Expose the Prometheus metrics (``docs/metrics.md``) through ``registry``.
+
+        Adds a collector that reads the outbox at scrape time (pending, in flight, dead,
+        oldest pending age, circuit) to ``registry`` (default: ``prometheus_client``'s
+        ``REGISTRY``), and makes sure this app's signups are counted. Safe to call again,
+        e.g. with a fresh registry per scrape in multiprocess mode.
+
+        :param app: the app, when called outside its context (at start-up).
+        :raises ConfigurationError: ``prometheus_client`` is not installed, or
+            ``KEEN_SIGNUP_METRICS`` is ``False``.
+        """
+        from .metrics import register
+
+        app = app or current_app._get_current_object()  # type: ignore[attr-defined]
+        register(app, _state(app), registry)
 
     def event_properties(self, callback: EventPropertiesCallback) -> EventPropertiesCallback:
         """Register ``callback(claims, request) -> dict`` adding properties to each event.
@@ -245,9 +287,14 @@ class KeenSignup:
         ``database_replaced`` (the SQLite file was deleted or replaced under the app:
         what was done, or ``None``), ``ok`` (false while anything is stuck) and
         ``store_error``: ``None``, or why the outbox cannot be read (the counts are then
-        ``None``). Never raises for a broken store.
+        ``None``). Never raises for a broken store. And ``verdict`` (``ok``,
+        ``degraded``, ``failing``) with ``reasons``: see :mod:`.health` and
+        ``docs/metrics.md`` for the thresholds and a ``/healthz`` recipe.
         """
-        return health_of(_state(app))
+        from .health import with_verdict
+
+        state = _state(app)
+        return with_verdict(health_of(state), state.health_thresholds)
 
     # -- internals -----------------------------------------------------------------------
 
@@ -288,6 +335,19 @@ class KeenSignup:
                 self._check_view_order(app)
 
         app.before_request(check_once)
+
+    def _extra_with(
+        self, claims: t.Mapping[str, t.Any], touch: dict[str, t.Any] | None
+    ) -> t.Callable[[], t.Mapping[str, t.Any] | None]:
+        def extra() -> t.Mapping[str, t.Any] | None:
+            props = self._extra_properties(claims)
+            if not touch:
+                return props
+            if props and any(name in props for name in touch):
+                logger.debug("@event_properties keys replaced by the signup's attribution")
+            return {**(props or {}), **touch}
+
+        return extra
 
     def _after_view(self, rv: t.Any, before: dict[str, int]) -> None:
         try:
@@ -381,6 +441,7 @@ def health_of(state: _AppState) -> dict[str, t.Any]:
                 **dataclasses.asdict(status.outbox),
                 "circuit": status.circuit,
                 "circuit_until": status.circuit_until,
+                "circuit_since": status.circuit_since,
                 "last_error": status.last_error,
                 "running": status.running,
                 "store_error": None,
@@ -440,6 +501,34 @@ def _uses_sqlite(state: _AppState) -> bool:
     return isinstance(state.outbox, SQLiteOutbox) or isinstance(
         state.tracker.claimer, SQLiteStore
     )
+
+
+def _observe_intent() -> None:
+    """Before the callback view: note the login's ``screen_hint=signup`` (see
+    :mod:`.attribution`). Never raises into the view."""
+    try:
+        attribution.observe_intent()
+    except Exception:  # noqa: BLE001 - analytics must never break the login
+        logger.debug("cannot observe the signup intent", exc_info=True)
+
+
+def _attribution_properties(state: _AppState) -> dict[str, t.Any] | None:
+    """``attribution`` and ``signup_intent`` of the current browser's signup, or ``None``."""
+    capture = state.attribution
+    if capture is None:
+        return None
+    try:
+        return capture.event_properties()
+    except Exception:  # noqa: BLE001 - a bad session value must not lose the signup
+        logger.warning("signup attribution ignored", exc_info=True)
+        return None
+
+
+def _forget_attribution() -> None:
+    try:
+        attribution.clear()
+    except Exception:  # noqa: BLE001 - e.g. a read-only session interface
+        logger.debug("cannot clear the signup attribution", exc_info=True)
 
 
 def _load_known_users(tracker: Tracker) -> None:
@@ -524,9 +613,18 @@ def _listening(kind: str) -> bool:
 
 
 def _notifier(app: Flask) -> t.Callable[[str, dict[str, t.Any]], None]:
+    """``notify(kind, payload)``: the metrics' counter (:mod:`.metrics`), then the signal."""
+    counter_for = metrics.counter_for
+
     def notify(kind: str, payload: dict[str, t.Any]) -> None:
-        signal = _SIGNALS[kind]
-        if not signal.receivers:
+        count = counter_for(app)
+        if count is not None:
+            try:
+                count(kind, payload)
+            except Exception:  # noqa: BLE001 - metrics must not break a login or delivery
+                logger.debug("counting a %s notification failed", kind, exc_info=True)
+        signal = _SIGNALS.get(kind)  # "spooled" is counted, and has no signal
+        if signal is None or not signal.receivers:
             return
         try:
             signal.send(app, **payload)

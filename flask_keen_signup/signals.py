@@ -19,8 +19,10 @@ signup_detected = _signals.signal("signup-detected")
 #: or about to be sent (sync). Payload: ``user_id``, ``event`` (the Keen event body).
 signup_recorded = _signals.signal("signup-recorded")
 
-#: Keen accepted the event. Payload: ``user_id``, ``event``, ``attempts``.
-#: In background mode this fires on the sender's thread, with no request context.
+#: Keen accepted the event. Payload: ``user_id``, ``event``, ``attempts``, and in
+#: background mode ``enqueued_at`` (epoch seconds the event entered the outbox: what the
+#: delivery-latency metric measures from). In background mode this fires on the sender's
+#: thread, with no request context.
 signup_delivered = _signals.signal("signup-delivered")
 
 #: A delivery attempt failed and will be retried (background) or was given up for this

@@ -248,7 +248,7 @@ class Tracker:
         """
         assert self.spool is not None
         user_id = user_id_of(claims)
-        created_at = created_at_from_claims(claims)
+        created_at = created_at_from_claims(claims, self.settings.created_at_claim)
         if self._created_before_since(created_at):
             return TrackOutcome.MARKED_ONLY  # not reported; marked at a later login
         if facts is not None:
@@ -268,6 +268,8 @@ class Tracker:
             self.spool.append(self._queued(user_id, event), error)
         except StoreError:
             raise error from None
+        # Counted (metrics), not signalled: it may yet prove a returning user.
+        self.notify("spooled", {"user_id": user_id, "event": event})
         return TrackOutcome.SPOOLED
 
     def _track_claims(

@@ -74,6 +74,21 @@ def healthz() -> t.Any:
     return {"pid": os.getpid(), **signup.health()}
 
 
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # tests/test_metrics_multiprocess.py
+
+    @app.route("/metrics")
+    def metrics() -> t.Any:
+        from prometheus_client import CONTENT_TYPE_LATEST
+        from prometheus_client import CollectorRegistry
+        from prometheus_client import generate_latest
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        signup.register_metrics(registry)
+        return generate_latest(registry), 200, {"Content-Type": CONTENT_TYPE_LATEST}
+
+
 faulthandler.register(signal.SIGUSR1, all_threads=True)  # dump stacks when a test hangs
 
 if __name__ == "__main__":

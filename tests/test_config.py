@@ -58,7 +58,7 @@ def test_defaults_match_the_design() -> None:
         ({"KEEN_SIGNUP_CLAIMS": 5}, "KEEN_SIGNUP_CLAIMS"),
         ({"KEEN_SIGNUP_CLAIMS": "[not json"}, "KEEN_SIGNUP_CLAIMS"),
         ({"KEEN_SIGNUP_IP": "partial"}, "KEEN_SIGNUP_IP"),
-        ({"KEEN_SIGNUP_ADDONS": ["url_parser"]}, "KEEN_SIGNUP_ADDONS"),
+        ({"KEEN_SIGNUP_ADDONS": ["date_time_parser"]}, "KEEN_SIGNUP_ADDONS"),
         ({"KEEN_SIGNUP_TIMEOUT": 0}, "KEEN_SIGNUP_TIMEOUT"),
         ({"KEEN_SIGNUP_TIMEOUT": [1, 2, 3]}, "KEEN_SIGNUP_TIMEOUT"),
         ({"KEEN_SIGNUP_TIMEOUT": "soon"}, "KEEN_SIGNUP_TIMEOUT"),

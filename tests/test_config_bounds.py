@@ -313,3 +313,36 @@ def test_other_number_types() -> None:
     for value in (decimal.Decimal("1e400"), decimal.Decimal("NaN"), fractions.Fraction(10**400, 3)):
         with pytest.raises(ConfigurationError, match="KEEN_SIGNUP_BATCH_SIZE"):
             load(KEEN_SIGNUP_BATCH_SIZE=value)
+
+
+#: Keys read at init_app by the parts that own them, not by load_settings.
+EXTRA_KEYS = (
+    "KEEN_SIGNUP_ATTRIBUTION",
+    "KEEN_SIGNUP_ATTRIBUTION_IGNORE_HOSTS",
+    "KEEN_SIGNUP_ATTRIBUTION_MAX_AGE",
+    "KEEN_SIGNUP_HEALTH_MAX_PENDING_AGE",
+    "KEEN_SIGNUP_HEALTH_FAILING_PENDING_AGE",
+    "KEEN_SIGNUP_HEALTH_MAX_DEAD",
+    "KEEN_SIGNUP_HEALTH_MAX_CIRCUIT_OPEN",
+    "KEEN_SIGNUP_METRICS",
+)
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(key=st.sampled_from(EXTRA_KEYS), value=_values)
+def test_the_keys_read_outside_load_settings_too(key: str, value: t.Any) -> None:
+    from flask_keen_signup import metrics
+    from flask_keen_signup.attribution import load_attribution_settings
+    from flask_keen_signup.health import load_health_thresholds
+
+    app = _app({**BASE, key: value})
+    try:
+        load_attribution_settings(app)
+        load_health_thresholds(app)
+        metrics.enabled(app)
+    except ConfigurationError as exc:
+        assert key in str(exc) or "KEEN_SIGNUP_HEALTH_" in str(exc), (key, str(exc))

@@ -219,7 +219,7 @@ def test_signup_in_a_real_browser(
     assert event["userId"] == user["user_id"] and event["name"] == "Ada Lovelace"
     assert keen.duplicates_rejected == 0
     assert _signup_rows(page, base, "Ada Lovelace") == 1
-    assert page.locator("tbody tr").count() == 1
+    assert page.locator("#signup-list tbody tr").count() == 1
 
 
 def _clean_env(tmp_path: Path, port: int) -> dict[str, str]:
@@ -291,3 +291,146 @@ def test_python_m_example_app(tmp_path: Path) -> None:
             proc.wait(timeout=EXIT_TIMEOUT)
         out.close()
         err.close()
+
+
+# -- attribution and the chart, through a real browser ---------------------------------------
+
+MARKETING_HOST = "127.0.0.2"  # another site: neither the app (localhost) nor the IdP (127.0.0.1)
+
+
+def _marketing_site(app_base: str) -> t.Callable[..., t.Any]:
+    """A newsletter's landing page on another host, linking to the app with UTM parameters."""
+    page = (
+        "<!doctype html><title>Launch newsletter</title><h1>We launched</h1>"
+        f'<a id="cta" href="{app_base}/?utm_source=newsletter&amp;utm_medium=email'
+        '&amp;utm_campaign=launch">Try it</a>'
+    ).encode()
+
+    def wsgi(environ: WSGIEnvironment, start_response: StartResponse) -> t.Any:
+        start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
+        return [page]
+
+    return wsgi
+
+
+@pytest.fixture
+def chromium() -> t.Iterator[t.Any]:
+    """A headless Chromium for tests that need several independent browsers (contexts)."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("playwright is not installed (pip install -e '.[test]')")
+    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+        _unavailable(f"no Chromium at {CHROMIUM} (scripts/install-test-deps.sh installs it)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, timeout=60_000
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def _fill_signup_form(page: Page, base: str, email: str, name: str) -> None:
+    page.wait_for_url("http://127.0.0.1:*/authorize?*")
+    page.get_by_label("Email address").fill(email)
+    page.get_by_label("Password").fill("correct horse")
+    page.get_by_label("Name").fill(name)
+    page.get_by_role("button", name="Continue").click()
+    page.wait_for_url(f"{base}/")
+    assert page.locator("h1").inner_text() == f"Welcome {name}!"
+
+
+@pytest.mark.slow
+def test_attribution_through_the_real_login_and_the_chart(
+    chromium: t.Any,
+    offline_demo: tuple[str, t.Any, t.Any, Flask],
+    tmp_path: Path,
+) -> None:
+    base, auth0, keen, app = offline_demo
+    marketing = ThreadedServer(_marketing_site(base), host=MARKETING_HOST, port=0)
+    marketing.start()
+    try:
+        # Browser 1: the newsletter's link, then the app's "Sign up" button (screen_hint).
+        first = chromium.new_context(viewport={"width": 1200, "height": 900})
+        first.set_default_timeout(ACTION_TIMEOUT_MS)
+        page = first.new_page()
+        page.goto(f"{marketing.url}/")
+        page.locator("#cta").click()
+        page.wait_for_url(f"{base}/?utm_source=newsletter*")
+        assert "source newsletter" in " ".join(page.locator("#touch").inner_text().split())
+        page.goto(f"{base}/")  # browsing on does not replace the first touch
+        page.get_by_role("link", name="Sign up").click()
+        _fill_signup_form(page, base, "nia@example.com", "Nia Campaign")
+
+        # Browser 2: no campaign, straight to Login.
+        second = chromium.new_context(viewport={"width": 1200, "height": 900})
+        second.set_default_timeout(ACTION_TIMEOUT_MS)
+        other = second.new_page()
+        other.goto(f"{base}/")
+        assert other.locator("#touch").count() == 0
+        other.get_by_role("link", name="Login").click()
+        _fill_signup_form(other, base, "odo@example.com", "Odo Direct")
+
+        users = {u["email"]: u["user_id"] for u in auth0.users()}
+        _wait_until(lambda: len(keen.events("signups")) == 2, DELIVERY_TIMEOUT, "2 signups")
+        events = {e["userId"]: e for e in keen.events("signups")}
+        nia, odo = events[users["nia@example.com"]], events[users["odo@example.com"]]
+        assert nia["attribution"] == {
+            "source": "newsletter",
+            "medium": "email",
+            "campaign": "launch",
+            # Chromium sends only the origin to another site (strict-origin-when-cross-origin).
+            "referrer": f"{marketing.url}/",
+            "landing": "/",
+        }
+        assert nia["signup_intent"] is True
+        assert "attribution" not in odo
+        assert odo["signup_intent"] is False
+        # The first touch went with the signup: the home page no longer shows it.
+        page.goto(f"{base}/")
+        assert page.locator("#touch").count() == 0
+
+        # The chart: per day by source, and by source; numbers in the page's text.
+        page.goto(f"{base}/signups")
+        days = page.locator("#per-day g.day")
+        assert days.count() == 14
+        today = days.nth(13)
+        assert today.get_attribute("data-total") == "2"
+        assert today.locator("rect.bar:not(.zero)").count() == 2
+        assert today.locator('rect[data-source="newsletter"]').count() == 1
+        assert today.locator('rect[data-source="(none)"]').count() == 1
+        fills = today.locator("rect.bar").evaluate_all(
+            "rects => rects.map(r => getComputedStyle(r).fill)"
+        )
+        assert len(set(fills)) == 2, fills  # one colour per source
+        assert today.locator("text.value").text_content() == "2"
+        assert days.nth(0).locator("rect.bar.zero").count() == 1
+        rows = page.locator("#by-source tbody tr")
+        assert rows.count() == 2
+        newsletter = page.locator('#by-source tr[data-source="newsletter"]')
+        assert newsletter.locator("td.count").inner_text() == "1"
+        assert "50%" in newsletter.locator("td.share").inner_text()
+        assert "2 signups" in page.locator("#by-source figcaption").inner_text()
+        row = page.locator("#signup-list tbody tr", has_text="Nia Campaign")
+        assert "newsletter / launch" in row.inner_text()
+        box = page.locator("#per-day svg").bounding_box()
+        assert box is not None and box["width"] > 300 and box["height"] > 100
+        shot = tmp_path / "chart.png"
+        page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+        page.locator("#per-day").screenshot(path=str(shot))
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 2_000
+
+        # Without JavaScript the page is the same: it is rendered on the server.
+        plain = chromium.new_context(java_script_enabled=False)
+        nojs = plain.new_page()
+        nojs.goto(f"{base}/signups")
+        assert nojs.locator("#per-day g.day").count() == 14
+        text = nojs.locator("#by-source").inner_text()
+        assert "newsletter" in text and "(none)" in text
+        plain.close()
+        first.close()
+        second.close()
+    finally:
+        marketing.stop()

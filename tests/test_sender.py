@@ -463,6 +463,8 @@ def test_notify_payloads(make: Factory) -> None:
     assert "503" in str(failed["error"])
     assert failed["event"]["userId"] in ("auth0|user0", "auth0|user7")
     delivered = next(p for k, p in seen if k == "delivered")
+    enqueued_at = delivered.pop("enqueued_at")  # the row's enqueue time: the latency metric
+    assert isinstance(enqueued_at, float) and 0 < time.time() - enqueued_at < 60
     assert delivered == {
         "user_id": "auth0|user0",
         "event": signup(0).body,

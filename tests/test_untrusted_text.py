@@ -16,7 +16,6 @@ from flask import Flask
 
 from flask_keen_signup._text import printable
 from flask_keen_signup._text import safe_repr
-from flask_keen_signup.exceptions import StoreError
 from flask_keen_signup.stores import MarkerState
 from flask_keen_signup.stores import MarkerStore
 from flask_keen_signup.testing import Auth0Emulator
@@ -127,19 +126,20 @@ def test_keens_error_text_is_escaped_in_the_senders_log(
 
 
 class _BrokenStore(MarkerStore):
-    """A store whose disk is gone: every call fails as a real one would."""
+    """A custom store with a bug: every call raises something that is not a StoreError, so
+    the login cannot spool the signup either and logs it as not recorded."""
 
     def lookup(self, user_id: str) -> MarkerState | None:
-        raise StoreError("cannot read the marker ledger: disk I/O error")
+        raise RuntimeError("cannot read the marker ledger: disk I/O error")
 
     def claim(self, user_id: str) -> bool:
-        raise StoreError("cannot claim: disk I/O error")
+        raise RuntimeError("cannot claim: disk I/O error")
 
     def confirm(self, user_id: str) -> None:
-        raise StoreError("cannot confirm: disk I/O error")
+        raise RuntimeError("cannot confirm: disk I/O error")
 
     def release(self, user_id: str) -> None:
-        raise StoreError("cannot release: disk I/O error")
+        raise RuntimeError("cannot release: disk I/O error")
 
 
 @pytest.mark.parametrize("sub", HOSTILE)

@@ -47,6 +47,8 @@ class CircuitBreaker:
         self._failures = 0
         self._openings = 0
         self._open_until: float | None = None
+        #: Wall-clock time the circuit first opened in this run of failures, else None.
+        self.opened_at: float | None = None
 
     @property
     def failures(self) -> int:
@@ -73,6 +75,7 @@ class CircuitBreaker:
         self._failures = 0
         self._openings = 0
         self._open_until = None
+        self.opened_at = None
         return was_open
 
     def record_failure(self, retry_after: float | None = None) -> float | None:
@@ -86,4 +89,6 @@ class CircuitBreaker:
         if retry_after is not None and retry_after > cooldown:
             cooldown = retry_after
         self._open_until = self._clock() + cooldown
+        if self.opened_at is None:
+            self.opened_at = time.time()
         return cooldown

@@ -75,6 +75,8 @@ class SenderStatus:
     :param circuit: ``closed``, ``open`` or ``half-open``.
     :param circuit_until: wall-clock time the open circuit will half-open, or ``None``.
     :param last_error: the last delivery error this process saw, else the outbox's.
+    :param circuit_since: wall-clock time the circuit first opened in the current run of
+        failures (it stays set while open and half-open), or ``None`` when closed.
     """
 
     running: bool
@@ -82,6 +84,7 @@ class SenderStatus:
     circuit: str
     circuit_until: float | None
     last_error: str | None
+    circuit_since: float | None = None
 
     @property
     def resends(self) -> int:
@@ -424,6 +427,7 @@ class Sender:
             circuit=state,
             circuit_until=until,
             last_error=self._last_error or stats.last_error,
+            circuit_since=self._circuit.opened_at,
         )
 
     def _after_fork_in_child(self) -> None:
@@ -842,7 +846,11 @@ class Sender:
         if self.notify is not None:
             for row in rows:
                 self._notify(
-                    "delivered", user_id=row.user_id, event=row.body, attempts=row.attempts
+                    "delivered",
+                    user_id=row.user_id,
+                    event=row.body,
+                    attempts=row.attempts,
+                    enqueued_at=row.created_at,
                 )
 
     def _confirm(self, rows: list[OutboxRow]) -> None:

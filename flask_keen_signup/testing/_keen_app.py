@@ -26,8 +26,13 @@ from ._keen_faults import FaultInjector
 from ._keen_faults import LoggedRequest
 from ._keen_faults import RequestLog
 from ._keen_faults import ResetConnection
+from ._keen_query import format_bucket_time
+from ._keen_query import group_counts
+from ._keen_query import interval_buckets
 from ._keen_query import matches
 from ._keen_query import parse_filters
+from ._keen_query import parse_group_by
+from ._keen_query import parse_interval
 from ._keen_query import parse_timeframe
 from ._keen_query import parse_timezone
 from ._keen_store import EventStore
@@ -405,7 +410,7 @@ class KeenApp:
             )
         chosen = self._select(params, collection)
         if analysis == "count":
-            return _json(200, {"result": len(chosen)})
+            return _json(200, {"result": self._count(params, chosen)})
         events = [s.event for s in chosen]
         latest = params.get("latest")
         if latest:
@@ -414,6 +419,41 @@ class KeenApp:
             except ValueError:
                 raise KeenProblem("InvalidParameterError", "latest must be an integer.") from None
         return _json(200, {"result": events})
+
+    def _count(self, params: t.Mapping[str, t.Any], chosen: list[StoredEvent]) -> t.Any:
+        """A number, or Keen's shapes for ``group_by`` and ``interval`` (and both)."""
+        interval = parse_interval(params.get("interval"))
+        names = parse_group_by(params.get("group_by"))
+
+        def result(stored: list[StoredEvent]) -> t.Any:
+            if names is None:
+                return len(stored)
+            return group_counts((s.event for s in stored), names)
+
+        if interval is None:
+            return result(chosen)
+        tz = parse_timezone(params.get("timezone"))
+        frame = parse_timeframe(
+            params.get("timeframe"), datetime.fromtimestamp(self.clock(), tz), tz
+        )
+        if frame is None:
+            raise KeenProblem(
+                "TimeframeDefinitionError", "A query with an interval needs a timeframe."
+            )
+        series = []
+        for start, end in interval_buckets(frame, interval, tz):
+            low, high = start.timestamp(), end.timestamp()
+            inside = [s for s in chosen if low <= s.timestamp < high]
+            series.append(
+                {
+                    "value": result(inside),
+                    "timeframe": {
+                        "start": format_bucket_time(start),
+                        "end": format_bucket_time(end),
+                    },
+                }
+            )
+        return series
 
     def _delete(self, request: Request, collection: str) -> _Response:
         chosen = self._select(request.args.to_dict(), collection)

@@ -202,3 +202,107 @@ def _contains(value: t.Any, needle: t.Any) -> bool:
     if isinstance(value, list):
         return needle in value
     return False
+
+
+# --- count with interval and group_by (keen-api.md §4) -----------------------------------
+
+_INTERVAL = re.compile(
+    r"(minutely|hourly|daily|weekly|monthly|yearly)|every_(\d+)_(minute|hour|day|week|month|year)s?"
+)
+_NAMED_INTERVALS = {
+    "minutely": "minute",
+    "hourly": "hour",
+    "daily": "day",
+    "weekly": "week",
+    "monthly": "month",
+    "yearly": "year",
+}
+#: More intervals than this in one query is refused (Keen also bounds a query's size).
+MAX_INTERVALS = 10_000
+
+
+def parse_interval(raw: str | None) -> tuple[int, str] | None:
+    """``daily`` -> ``(1, "day")``, ``every_6_hours`` -> ``(6, "hour")``; ``None`` if unset."""
+    if not raw:
+        return None
+    match = _INTERVAL.fullmatch(raw)
+    if match is None:
+        raise KeenProblem(
+            "InvalidIntervalError",
+            f"The interval {raw!r} is invalid: expected minutely, hourly, daily, weekly, "
+            "monthly, yearly or every_N_units.",
+        )
+    named, count, unit = match.groups()
+    if named:
+        return 1, _NAMED_INTERVALS[named]
+    n = int(count)
+    if n < 1:
+        raise KeenProblem("InvalidIntervalError", f"The interval {raw!r} must be positive.")
+    return n, unit
+
+
+def interval_buckets(
+    frame: tuple[float, float], interval: tuple[int, str], tz: tzinfo
+) -> list[tuple[datetime, datetime]]:
+    """The consecutive ``[start, end)`` buckets covering ``frame`` from its start, in ``tz``
+    (the last one cut at the frame's end)."""
+    n, unit = interval
+    start = datetime.fromtimestamp(frame[0], tz)
+    stop = datetime.fromtimestamp(frame[1], tz)
+    buckets = []
+    while start < stop:
+        end = min(_shift(start, unit, n), stop)
+        buckets.append((start, end))
+        if len(buckets) > MAX_INTERVALS:
+            raise KeenProblem(
+                "InvalidIntervalError", f"The query spans more than {MAX_INTERVALS} intervals."
+            )
+        start = end
+    return buckets
+
+
+def parse_group_by(raw: str | list[t.Any] | None) -> list[str] | None:
+    """``group_by``: one property name, or a JSON list of names."""
+    if not raw:
+        return None
+    names: t.Any = raw
+    if isinstance(raw, str) and raw.lstrip().startswith("["):
+        try:
+            names = json.loads(raw)
+        except ValueError:
+            raise KeenProblem(
+                "InvalidGroupByError", "group_by must be a name or a JSON list."
+            ) from None
+    if isinstance(names, str):
+        names = [names]
+    if type(names) is not list or not names or not all(type(n) is str and n for n in names):
+        raise KeenProblem("InvalidGroupByError", "group_by must be a name or a JSON list.")
+    return names
+
+
+def group_counts(events: t.Iterable[dict[str, t.Any]], names: list[str]) -> list[dict[str, t.Any]]:
+    """Keen's grouped result: one ``{name: value, ..., "result": count}`` per distinct
+    combination; an event without the property is counted under ``null``. Sorted by the
+    group values, so results are stable."""
+    counts: dict[str, tuple[list[t.Any], int]] = {}
+    for event in events:
+        values = []
+        for name in names:
+            value = _resolve(event, tuple(name.split(".")))
+            values.append(None if value is _MISSING else value)
+        key = json.dumps(values, sort_keys=True, default=str)
+        seen = counts.get(key)
+        counts[key] = (values, (seen[1] if seen else 0) + 1)
+    rows = []
+    for key in sorted(counts, key=lambda k: (k.count("null"), k)):
+        values, count = counts[key]
+        row: dict[str, t.Any] = dict(zip(names, values, strict=True))
+        row["result"] = count
+        rows.append(row)
+    return rows
+
+
+def format_bucket_time(moment: datetime) -> str:
+    """Keen's interval bounds: ISO-8601 with milliseconds, ``Z`` for UTC, else the offset."""
+    text = moment.isoformat(timespec="milliseconds")
+    return text[:-6] + "Z" if text.endswith("+00:00") else text

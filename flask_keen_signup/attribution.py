@@ -1,0 +1,466 @@
+"""Signup attribution: where the browser that signed up came from (first touch).
+
+Growth teams ask one question of a signup first: which campaign, page or referrer brought
+it. The Rule could not answer (it ran inside Auth0, after the browser had left the app);
+the app can. A ``before_request`` hook looks at every request for UTM parameters
+(``utm_source`` -> ``source``, ...) and an external ``Referer``; the *first* request of a
+browser that carries either is kept in that browser's Flask session, with its path (the
+landing page), until the browser's signup event carries it as ``attribution`` (DESIGN §3).
+
+The hook costs nothing measurable on ordinary requests: it returns after two ``environ``
+lookups and a substring test when the query string has no ``utm_`` and there is no
+``Referer`` from another host (``bench/attribution.py`` measures it). It never counts as
+external a ``Referer`` from the app's own host, from the identity provider (the callback
+request's ``Referer`` is the IdP's login page: the hosts of the app's Authlib clients are
+learnt from their registration, plus ``KEEN_SIGNUP_ATTRIBUTION_IGNORE_HOSTS``), nor any
+request to a ``@signup.track`` view. What is kept is what the browser sent: values are
+cleaned of control characters and capped (:data:`MAX_VALUE_LENGTH`, :data:`MAX_URL_LENGTH`,
+:data:`MAX_PATH_LENGTH`) so the session cookie stays small, and sanitised again by the event
+builder's rules when the event is built. The query string of the landing page is not kept
+(it may carry tokens or personal data); its UTM parameters are.
+
+The Auth0 signup intent: when the app passed ``screen_hint=signup`` to
+``authorize_redirect``, Authlib keeps the authorize URL in the session under its state key
+until the callback; ``@signup.track`` reads it there before the view runs (one session
+lookup, on the callback only) and the event says ``signup_intent: true`` (``false`` when
+the authorize URL had no such hint; absent when it cannot be seen, e.g. with an Authlib
+cache, or with ``track_claims`` called without ``@track``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import re
+import time
+import typing as t
+from urllib.parse import parse_qs
+from urllib.parse import urlsplit
+
+from flask import request
+from flask import session
+
+from .events import sanitize_properties
+from .exceptions import ConfigurationError
+
+try:  # The request context's ContextVar: ~15x cheaper than the ``request`` proxy, and the
+    # hook runs on every request. Private to Flask; without it the proxy is used.
+    from flask.globals import _cv_request as _request_var
+except ImportError:  # pragma: no cover - a Flask that renamed it
+    _request_var = None  # type: ignore[assignment]
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    from flask import Flask
+
+logger = logging.getLogger(__name__)
+
+#: Where the first touch waits in the browser's Flask session until its signup.
+SESSION_KEY = "_keen_signup_attribution"
+#: Request environ key where ``@signup.track`` leaves the signup intent it observed.
+INTENT_KEY = "flask_keen_signup.signup_intent"
+#: UTM query parameter -> attribution field.
+UTM_FIELDS: tuple[tuple[str, str], ...] = (
+    ("utm_source", "source"),
+    ("utm_medium", "medium"),
+    ("utm_campaign", "campaign"),
+    ("utm_term", "term"),
+    ("utm_content", "content"),
+)
+#: Every field an ``attribution`` object may have, in order.
+FIELDS = ("source", "medium", "campaign", "term", "content", "referrer", "landing")
+#: Longest UTM value kept (real campaign tags are a few dozen characters).
+MAX_VALUE_LENGTH = 128
+#: Longest ``referrer`` kept.
+MAX_URL_LENGTH = 512
+#: Longest ``landing`` path kept.
+MAX_PATH_LENGTH = 256
+#: A first touch older than this when the signup comes is dropped (an attribution window,
+#: the usual 30 days of analytics tools); ``KEEN_SIGNUP_ATTRIBUTION_MAX_AGE`` changes it.
+DEFAULT_MAX_AGE = 30 * 24 * 3600.0
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+#: Lone surrogates cannot be encoded to UTF-8: the session cookie (or the event) would fail.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttributionSettings:
+    """``KEEN_SIGNUP_ATTRIBUTION*`` keys, read once at ``init_app``."""
+
+    enabled: bool = True
+    #: Hosts never counted as external referrers besides the app's own and the IdP's;
+    #: ``.example.com`` also matches every subdomain.
+    ignore_hosts: tuple[str, ...] = ()
+    max_age: float = DEFAULT_MAX_AGE
+    #: Whether the event's attribution gets ``landing_url`` (the URL add-ons need it).
+    landing_url: bool = False
+
+
+def load_attribution_settings(app: Flask, addons: t.Sequence[str] = ()) -> AttributionSettings:
+    """Read and validate the attribution keys of ``app.config``.
+
+    :raises ConfigurationError: naming the bad key.
+    """
+    from .config import MAX_RETENTION
+    from .config import _as_bool
+    from .config import _as_list
+    from .config import _as_number
+
+    c = app.config
+    enabled = _as_bool("KEEN_SIGNUP_ATTRIBUTION", c.get("KEEN_SIGNUP_ATTRIBUTION", True))
+    hosts = _as_list(
+        "KEEN_SIGNUP_ATTRIBUTION_IGNORE_HOSTS", c.get("KEEN_SIGNUP_ATTRIBUTION_IGNORE_HOSTS", [])
+    )
+    max_age = c.get("KEEN_SIGNUP_ATTRIBUTION_MAX_AGE", DEFAULT_MAX_AGE)
+    if isinstance(max_age, dt.timedelta):
+        max_age = max_age.total_seconds()
+    seconds = _as_number(
+        "KEEN_SIGNUP_ATTRIBUTION_MAX_AGE", max_age, minimum=1, maximum=MAX_RETENTION
+    )
+    if seconds == float("inf"):
+        raise ConfigurationError("KEEN_SIGNUP_ATTRIBUTION_MAX_AGE must be finite")
+    return AttributionSettings(
+        enabled=enabled,
+        ignore_hosts=tuple(h.strip().lower() for h in hosts if h.strip()),
+        max_age=seconds,
+        landing_url=any(a in ("referrer_parser", "url_parser") for a in addons),
+    )
+
+
+# -- pure parsing ---------------------------------------------------------------------------
+
+
+def clean(value: object, limit: int) -> str | None:
+    """``value`` without control characters or lone surrogates, stripped and cut to
+    ``limit``; ``None`` if nothing usable is left."""
+    if not isinstance(value, str):
+        return None
+    text = _CONTROL.sub(" ", value).strip()[:limit].strip()
+    if not text.isascii():
+        text = _SURROGATE.sub("\ufffd", text)
+    return text or None
+
+
+def host_of(url: str) -> str | None:
+    """The lower-case host name of an absolute http(s) URL, or ``None``."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not host:
+        return None
+    return host.lower()
+
+
+def host_matches(host: str, patterns: t.Iterable[str]) -> bool:
+    """Whether ``host`` is one of ``patterns`` (``.example.com`` matches its subdomains)."""
+    for pattern in patterns:
+        if pattern.startswith("."):
+            if host == pattern[1:] or host.endswith(pattern):
+                return True
+        elif host == pattern:
+            return True
+    return False
+
+
+def parse_touch(
+    query_string: str,
+    referer: str | None,
+    path: str,
+    own_host: str,
+    ignored_hosts: t.Iterable[str] = (),
+) -> dict[str, str] | None:
+    """The attribution one request carries, or ``None`` when it carries none.
+
+    :param query_string: the raw query string (``QUERY_STRING``).
+    :param referer: the ``Referer`` header, if any.
+    :param path: the request path (the landing page).
+    :param own_host: the app's host name as the browser addressed it (no port).
+    :param ignored_hosts: hosts never counted as external (the IdP's, configured ones).
+    """
+    touch: dict[str, str] = {}
+    if "utm_" in query_string:
+        try:
+            params = parse_qs(query_string, keep_blank_values=False, max_num_fields=100)
+        except ValueError:  # too many fields: not a campaign link
+            params = {}
+        for param, field in UTM_FIELDS:
+            values = params.get(param)
+            value = clean(values[0], MAX_VALUE_LENGTH) if values else None
+            if value is not None:
+                touch[field] = value
+    if referer:
+        host = host_of(referer.strip())
+        if (
+            host is not None
+            and host != own_host.lower()
+            and not host_matches(host, ignored_hosts)
+        ):
+            url = clean(referer, MAX_URL_LENGTH)
+            if url is not None:
+                touch["referrer"] = url
+    if not touch:
+        return None
+    touch["landing"] = clean(path, MAX_PATH_LENGTH) or "/"
+    return touch
+
+
+def event_attribution(
+    stored: object,
+    *,
+    now: float,
+    max_age: float,
+    url_root: str | None = None,
+) -> dict[str, t.Any] | None:
+    """The ``attribution`` property for a signup from what the session holds, or ``None``.
+
+    The session is signed, but what it holds came from a URL: only the known fields with
+    string values are kept, re-capped, and passed through the event sanitiser's rules.
+    ``url_root`` (``request.url_root``) adds ``landing_url`` for Keen's URL add-ons.
+    """
+    if not isinstance(stored, dict):
+        return None
+    at = stored.get("at")
+    if isinstance(at, (int, float)) and not isinstance(at, bool) and now - at > max_age:
+        logger.debug("signup attribution older than KEEN_SIGNUP_ATTRIBUTION_MAX_AGE: dropped")
+        return None
+    out: dict[str, t.Any] = {}
+    for field in FIELDS:
+        if field == "referrer":
+            limit = MAX_URL_LENGTH
+        elif field == "landing":
+            limit = MAX_PATH_LENGTH
+        else:
+            limit = MAX_VALUE_LENGTH
+        value = clean(stored.get(field), limit)
+        if value is not None:
+            out[field] = value
+    if not out:
+        return None
+    if url_root and "landing" in out:
+        landing = out["landing"]
+        out["landing_url"] = url_root.rstrip("/") + (landing if landing.startswith("/") else "/")
+    return sanitize_properties(out, log=logger) or None
+
+
+def intent_of_authorize_url(url: object) -> bool | None:
+    """``True`` if the authorize URL asked for Auth0's sign-up screen, ``False`` if not,
+    ``None`` if ``url`` is not a URL."""
+    if not isinstance(url, str) or "://" not in url:
+        return None
+    if "screen_hint=signup" not in url:
+        return False  # the usual login: no parse on the callback's path
+    try:
+        query = urlsplit(url).query
+    except ValueError:
+        return None
+    return "signup" in parse_qs(query).get("screen_hint", ())
+
+
+# -- the Flask side ------------------------------------------------------------------------
+
+
+class AttributionCapture:
+    """The ``before_request`` hook of one app, and the session side of its signups."""
+
+    def __init__(self, app: Flask, settings: AttributionSettings) -> None:
+        self.app = app
+        self.settings = settings
+        self._ignored: tuple[str, ...] | None = None
+
+    def ignored_hosts(self) -> tuple[str, ...]:
+        """The configured hosts plus the identity providers' (learnt once, at the first
+        request that needs them: Authlib clients are usually registered after
+        ``init_app``)."""
+        if self._ignored is None:
+            self._ignored = self.settings.ignore_hosts + identity_provider_hosts(self.app)
+        return self._ignored
+
+    def before_request(self) -> None:
+        """Keep the first touch of this browser. Never raises into the request."""
+        environ = _current_environ()
+        if is_candidate(environ):
+            self.capture(environ)
+
+    def hook(self) -> t.Callable[[], None]:
+        """:meth:`before_request` as a plain function, for ``app.before_request``: Flask's
+        per-hook dispatch (``ensure_sync``) costs about a third for a function of what it
+        costs for a bound method, and it runs on every request."""
+        capture = self.capture
+
+        def keen_signup_attribution() -> None:
+            environ = _current_environ()
+            if is_candidate(environ):
+                capture(environ)
+
+        return keen_signup_attribution
+
+    def capture(self, environ: dict[str, t.Any]) -> None:
+        """The slow path, for requests with ``utm_`` or a Referer from another host."""
+        try:
+            self._capture(request, environ.get("QUERY_STRING", ""), environ.get("HTTP_REFERER"))
+        except Exception:  # noqa: BLE001 - analytics must never break a page
+            logger.warning("signup attribution not captured", exc_info=True)
+
+    def _capture(self, request: t.Any, query: str, referer: str | None) -> None:
+        if SESSION_KEY in session:
+            return  # first touch wins
+        view = self.app.view_functions.get(request.endpoint) if request.endpoint else None
+        if getattr(view, "_keen_signup_tracked", False):
+            return  # the login callback: its Referer is the identity provider
+        touch = parse_touch(
+            query, referer, request.path, host_of(f"http://{request.host}/") or "",
+            self.ignored_hosts(),
+        )
+        if touch is None:
+            return
+        session[SESSION_KEY] = {**touch, "at": int(time.time())}
+
+    def event_properties(self) -> dict[str, t.Any] | None:
+        """``attribution`` and ``signup_intent`` for the current request's signup, or
+        ``None``. Runs in every tracked callback (returning users too), so it reads the
+        request context directly: two dict lookups when there is nothing."""
+        ctx = request_context()
+        if ctx is None:
+            return None
+        intent = ctx.request.environ.get(INTENT_KEY)
+        sess = ctx.session
+        stored = sess.get(SESSION_KEY) if sess is not None else None
+        if intent is None and stored is None:
+            return None
+        props: dict[str, t.Any] = {}
+        if intent is not None:
+            props["signup_intent"] = intent
+        if stored is not None:
+            touch = event_attribution(
+                stored,
+                now=time.time(),
+                max_age=self.settings.max_age,
+                url_root=ctx.request.url_root if self.settings.landing_url else None,
+            )
+            if touch:
+                props["attribution"] = touch
+        return props or None
+
+
+def clear() -> None:
+    """Forget the current browser's first touch (its signup has been decided)."""
+    if SESSION_KEY in session:
+        session.pop(SESSION_KEY, None)
+
+
+def observe_intent() -> None:
+    """Note the signup intent of the login this callback request completes (module doc).
+
+    Called by ``@signup.track`` before the view, which consumes Authlib's state data. Leaves
+    ``True``/``False`` in the request's environ under :data:`INTENT_KEY`, or nothing.
+    """
+    ctx = request_context()
+    if ctx is None:
+        return
+    state_of_app = ctx.app.extensions.get("keen_signup")
+    if getattr(state_of_app, "attribution", None) is None:
+        return  # attribution off
+    sess = ctx.session
+    if not sess:
+        return
+    keys = [key for key in sess if key.startswith("_state_")]
+    if not keys:
+        return  # no login under way in this session (Authlib keeps one key per login)
+    req = ctx.request
+    state = req.args.get("state")  # parsed once per request: Authlib's own read reuses it
+    if not state and req.method == "POST":
+        state = req.form.get("state")  # response_mode=form_post
+    if not state:
+        return
+    suffix = f"_{state}"
+    for key in keys:
+        if key.endswith(suffix):
+            value = sess.get(key)
+            data = value.get("data") if isinstance(value, dict) else None
+            if isinstance(data, dict):
+                intent = intent_of_authorize_url(data.get("url"))
+                if intent is not None:
+                    req.environ[INTENT_KEY] = intent
+            return
+
+
+def request_context() -> t.Any:
+    """The current ``RequestContext``, or ``None`` outside a request (no proxy on the way)."""
+    var: t.Any = _request_var
+    if var is not None:
+        return var.get(None)
+    from flask import has_request_context  # pragma: no cover - a Flask without the var
+    from flask.globals import request_ctx  # pragma: no cover
+
+    if not has_request_context():  # pragma: no cover
+        return None
+    return t.cast(t.Any, request_ctx)._get_current_object()  # pragma: no cover
+
+
+def is_candidate(environ: t.Mapping[str, t.Any]) -> bool:
+    """Whether a request may carry a touch: ``utm_`` in its query string, or a Referer that
+    does not name the request's own host. The fast test every request goes through."""
+    if "utm_" in environ.get("QUERY_STRING", ""):
+        return True
+    referer = environ.get("HTTP_REFERER")
+    if not referer:
+        return False
+    # The Referer names the request's own host: an ordinary in-app navigation.
+    host = environ.get("HTTP_HOST")
+    if host:
+        start = referer.find("://") + 3
+        end = start + len(host)
+        if (
+            start > 2
+            and referer.startswith(host, start)
+            and (len(referer) == end or referer[end] in "/?#")
+        ):
+            return False
+    return True
+
+
+def _current_environ() -> dict[str, t.Any]:
+    var: t.Any = _request_var
+    if var is not None:
+        environ: dict[str, t.Any] = var.get().request.environ
+        return environ
+    return request.environ
+
+
+def identity_provider_hosts(app: Flask) -> tuple[str, ...]:
+    """The hosts of the app's Authlib clients (their metadata, authorize and token URLs),
+    plus ``AUTH0_DOMAIN`` and ``KEEN_SIGNUP_AUTH0_DOMAIN`` when set.
+
+    Authlib keeps its registry in private attributes; when they change this finds fewer
+    hosts, and ``KEEN_SIGNUP_ATTRIBUTION_IGNORE_HOSTS`` still applies.
+    """
+    hosts: set[str] = set()
+    for key in ("AUTH0_DOMAIN", "KEEN_SIGNUP_AUTH0_DOMAIN"):
+        domain = app.config.get(key)
+        if isinstance(domain, str) and domain.strip():
+            host = host_of(f"https://{domain.strip()}")
+            if host:
+                hosts.add(host)
+    oauth = app.extensions.get("authlib.integrations.flask_client")
+    urls: list[object] = []
+    try:
+        for _, kwargs in getattr(oauth, "_registry", {}).values():
+            for name in ("server_metadata_url", "authorize_url", "access_token_url"):
+                urls.append(kwargs.get(name))
+        for client in getattr(oauth, "_clients", {}).values():
+            for name in ("server_metadata_url", "authorize_url", "access_token_url"):
+                urls.append(getattr(client, name, None))
+            metadata = getattr(client, "server_metadata", None) or {}
+            urls.append(metadata.get("authorization_endpoint"))
+            urls.append(metadata.get("issuer"))
+    except Exception:  # noqa: BLE001 - Authlib's internals changed: fall back to config
+        logger.debug("cannot read the Authlib client registry", exc_info=True)
+    for url in urls:
+        if isinstance(url, str):
+            host = host_of(url)
+            if host:
+                hosts.add(host)
+    return tuple(sorted(hosts))

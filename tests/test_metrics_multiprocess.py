@@ -1,0 +1,127 @@
+"""Metrics under ``gunicorn --preload -w 4`` with ``PROMETHEUS_MULTIPROC_DIR``: the counters
+and the latency histogram, kept per process by ``prometheus_client``, add up across workers to
+the number of signups recorded and delivered; the outbox gauges are read once per scrape,
+never summed over workers. Real servers, real HTTP on 127.0.0.1, one SQLite file.
+"""
+
+from __future__ import annotations
+
+import typing as t
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+from test_multiprocess import HTTP_TIMEOUT
+from test_multiprocess import app_env
+from test_multiprocess import gunicorn
+from test_multiprocess import install_app
+from test_multiprocess import keen_user_counts
+from test_multiprocess import require_gunicorn
+from test_multiprocess import sign_up
+from test_multiprocess import stopped_at_exit
+from test_multiprocess import wait_for
+
+from flask_keen_signup.testing import Auth0Emulator
+from flask_keen_signup.testing import KeenEmulator
+
+pytestmark = pytest.mark.slow
+
+SIGNUPS = 24
+
+
+@pytest.fixture
+def auth0() -> t.Iterator[Auth0Emulator]:
+    with Auth0Emulator() as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def keen() -> t.Iterator[KeenEmulator]:
+    with KeenEmulator() as emulator:
+        yield emulator
+
+
+def scrape(url: str) -> tuple[dict[tuple[str, tuple[tuple[str, str], ...]], list[float]], str]:
+    """Every sample of one scrape, (name, labels) -> values (a list: duplicates show), and
+    the pid of the worker that answered."""
+    response = requests.get(url + "/metrics", timeout=HTTP_TIMEOUT)
+    assert response.status_code == 200, response.text[:300]
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], list[float]] = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            key = (sample.name, tuple(sorted(sample.labels.items())))
+            samples.setdefault(key, []).append(sample.value)
+    return samples, response.headers["X-Worker-Pid"]
+
+
+def one(samples: dict[t.Any, list[float]], name: str, **labels: str) -> float:
+    values = samples.get((name, tuple(sorted(labels.items()))), [])
+    assert len(values) == 1, f"{name}{labels}: {values}"
+    return values[0]
+
+
+def test_counters_add_up_across_4_workers(
+    tmp_path: t.Any, auth0: Auth0Emulator, keen: KeenEmulator
+) -> None:
+    require_gunicorn()
+    install_app(tmp_path)
+    multiproc = tmp_path / "prometheus"
+    multiproc.mkdir()
+    env = app_env(auth0, keen, str(tmp_path / "keen_signup.sqlite3"))
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc)
+    emails = [f"mp{n}@example.com" for n in range(SIGNUPS)]
+    with stopped_at_exit(gunicorn(tmp_path, env)) as server:
+        server.wait_ready()
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            results = list(pool.map(lambda email: sign_up(server.url, email), emails))
+        assert [status for status, _, _ in results] == [302] * SIGNUPS
+        assert len({pid for _, _, pid in results}) >= 2, "one worker served every callback"
+        # A returning user in a new browser: not a signup, not counted.
+        assert sign_up(server.url, emails[0])[0] == 302
+        wait_for(lambda: len(keen_user_counts(keen)) == SIGNUPS, 60, "every signup in Keen")
+
+        def settled() -> bool:
+            samples, _ = scrape(server.url)
+            return one(samples, "keen_signup_signups_total", outcome="delivered") == SIGNUPS
+
+        wait_for(settled, 30, "the delivered counter to reach the signups")
+        scraped_by = set()
+        for _ in range(12):  # several scrapes: answered by different workers, same sums
+            samples, pid = scrape(server.url)
+            scraped_by.add(pid)
+            assert one(samples, "keen_signup_signups_total", outcome="recorded") == SIGNUPS
+            assert one(samples, "keen_signup_signups_total", outcome="delivered") == SIGNUPS
+            assert one(samples, "keen_signup_signups_total", outcome="dead") == 0
+            assert one(samples, "keen_signup_signups_total", outcome="spooled") == 0
+            assert one(samples, "keen_signup_delivery_latency_seconds_count") == SIGNUPS
+            inf = one(samples, "keen_signup_delivery_latency_seconds_bucket", le="+Inf")
+            assert inf == SIGNUPS
+            # Gauges: one sample each, from the shared outbox, not a sum over workers.
+            assert one(samples, "keen_signup_outbox_events", state="pending") == 0
+            assert one(samples, "keen_signup_outbox_events", state="in_flight") == 0
+            assert one(samples, "keen_signup_outbox_events", state="dead") == 0
+            assert one(samples, "keen_signup_oldest_pending_age_seconds") == 0
+            assert one(samples, "keen_signup_circuit_open") == 0
+        assert len(scraped_by) >= 2, f"every scrape was answered by one worker: {scraped_by}"
+
+        # Keen down: the backlog shows the same in every worker's scrape.
+        keen.set_down(True)
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(lambda n: sign_up(server.url, f"late{n}@example.com"), range(4)))
+        for _ in range(6):
+            samples, _ = scrape(server.url)
+            waiting = one(samples, "keen_signup_outbox_events", state="pending") + one(
+                samples, "keen_signup_outbox_events", state="in_flight"
+            )
+            assert waiting == 4
+            assert one(samples, "keen_signup_signups_total", outcome="recorded") == SIGNUPS + 4
+        keen.set_down(False)
+        wait_for(lambda: len(keen_user_counts(keen)) == SIGNUPS + 4, 90, "the recovery")
+        wait_for(
+            lambda: one(scrape(server.url)[0], "keen_signup_signups_total", outcome="delivered")
+            == SIGNUPS + 4,
+            30,
+            "the delivered counter after the recovery",
+        )
+        assert server.terminate(30) == 0
