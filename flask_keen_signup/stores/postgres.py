@@ -57,11 +57,10 @@ class PostgresStore(MarkerStore):
         self.close_database = close_database
         markers = database.table("markers")
         # Under the id, or under its hash once the user was erased (forget()): one probe
-        # of the primary key for each, in one statement.
-        self._lookup = (
-            f"SELECT state FROM {markers} WHERE collection = %s AND user_id IN (%s, %s) "
-            "ORDER BY user_id = %s DESC LIMIT 1"
-        )
+        # of the primary key for each, in one statement; the second only runs when the
+        # first finds nothing (an Append stops at LIMIT 1).
+        probe = f"SELECT state FROM {markers} WHERE collection = %s AND user_id = %s"
+        self._lookup = f"({probe}) UNION ALL ({probe}) LIMIT 1"
         self._claim = self.claim_sql(
             "%(collection)s", "%(user_id)s", "%(erased)s", returning="1"
         )
@@ -127,7 +126,7 @@ class PostgresStore(MarkerStore):
         return MarkerState(row[0]) if row else None
 
     def _lookup_params(self, user_id: str) -> tuple[str, str, str, str]:
-        return (self.collection, user_id, self.erased(user_id), user_id)
+        return (self.collection, user_id, self.collection, self.erased(user_id))
 
     def erased(self, user_id: str) -> str:
         """The id ``user_id``'s marker has once erased (see :meth:`forget`)."""
