@@ -529,6 +529,6 @@ def _postgres_settings(
     if not isinstance(schema, str) or not re.match(r"^[a-z_][a-z0-9_]{0,62}$", schema):
         raise ConfigurationError(
             "KEEN_SIGNUP_DATABASE_SCHEMA must be a plain lower-case SQL identifier "
-            f"(letters, digits and _, at most 63), got {schema!r}"
+            f"(letters, digits and _, at most 63), got {safe_repr(schema)}"
         )
     return url, schema
