@@ -466,6 +466,44 @@ def test_a_new_user_is_reported_once_and_a_returning_user_costs_no_event(
         _close(app)
 
 
+def test_statements_per_login_new_one_known_none_unseen_one(
+    auth0: Auth0Emulator, keen: KeenEmulator, postgres_url: str, tmp_path: t.Any
+) -> None:
+    """Counted by the server (pg_stat_statements): a new user's login sends the marker
+    read and the one claim-and-enqueue statement; a returning user this process knows
+    sends nothing; one it has not seen sends the read only."""
+    app, signup_ext = _pg_app(auth0, keen, postgres_url, tmp_path)
+    state = app.extensions["keen_signup"]
+    schema = state.store.database.schema
+    try:
+        state.sender.stop(5)
+        state.outbox.pending_count()  # the schema exists
+        assert _wait_until(
+            lambda: not any(
+                th.name == "flask-keen-signup-known-users" for th in threading.enumerate()
+            )
+        )
+        with _pg().connect(postgres_url, autocommit=True) as admin:
+            admin.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+
+            def sent(claims: dict[str, t.Any]) -> list[tuple[str, int]]:
+                admin.execute("SELECT pg_stat_statements_reset()")
+                assert _track_in(app, signup_ext, claims, None) is not None
+                rows = admin.execute(
+                    "SELECT query, calls FROM pg_stat_statements WHERE query LIKE %s",
+                    (f"%{schema}.%",),
+                ).fetchall()
+                return [(query.split()[0], int(calls)) for query, calls in rows]
+
+            new = sent({"sub": "auth0|counted"})
+            assert sorted(new) == [("(SELECT", 1), ("WITH", 1)], new
+            assert sent({"sub": "auth0|counted"}) == [], "a known user costs no statement"
+            state.tracker.known = type(state.tracker.known)()
+            assert sent({"sub": "auth0|counted"}) == [("(SELECT", 1)]
+    finally:
+        _close(app)
+
+
 def test_status_retry_dead_and_dead_work_on_postgres(
     auth0: Auth0Emulator, keen: KeenEmulator, postgres_url: str, tmp_path: t.Any
 ) -> None:
@@ -494,6 +532,7 @@ def test_status_retry_dead_and_dead_work_on_postgres(
 
 
 def _track_in(app: t.Any, signup_ext: t.Any, claims: dict[str, t.Any], conn: t.Any) -> t.Any:
+    """``track_claims`` in a request context (``conn``: the app's connection, or None)."""
     with app.test_request_context("/callback"):
         return signup_ext.track_claims(claims, connection=conn)
 
