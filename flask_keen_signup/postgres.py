@@ -363,19 +363,6 @@ class PostgresDatabase:
             error.__cause__ = exc  # the driver's own error, for the traceback
         return error
 
-    @contextlib.contextmanager
-    def connection(self, what: str, role: str = REQUEST) -> t.Iterator[psycopg.Connection[t.Any]]:
-        """A pooled autocommit connection, the schema ensured, errors as :class:`StoreError`."""
-        failure: StoreError | None = None
-        try:
-            self.ensure_schema(role)
-            with self.pool(role).connection() as conn:
-                yield conn
-        except psycopg.Error as exc:
-            failure = self._wrap(what, exc)
-        if failure is not None:
-            raise failure  # outside the except block: no password in __context__ either
-
     def run(
         self,
         query: str,
@@ -388,9 +375,10 @@ class PostgresDatabase:
         """Run one statement on a pooled connection: ``fetch`` is ``none``, ``one``, ``all``.
 
         A connection the server dropped (a restart, a failover) fails once; the statement
-        is then tried again on another one (the pool discards the broken one). That is
-        safe for every statement here: each is idempotent in effect (a claim that
-        committed before the drop loses the retry, and its event is queued once).
+        is then tried again on another one (the pool discards the broken one). Should the
+        server have committed it just before the drop, the repeat is harmless: a claim
+        loses (its event was queued once), a marker write is idempotent, and a plain
+        enqueue queues a second row with the same uniqueness token, which Keen drops.
         """
         # A restart leaves every idle pooled connection broken: each fails once, at most.
         for attempt in range(1, self._sizes.get(role, 1) + 2):
