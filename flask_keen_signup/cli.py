@@ -76,6 +76,24 @@ def status_command() -> None:
         )
 
 
+@cli.command("schema")
+@click.option(
+    "--schema",
+    "schema",
+    default=None,
+    help="Schema name (default: KEEN_SIGNUP_DATABASE_SCHEMA).",
+)
+def schema_command(schema: str | None) -> None:
+    """Print the SQL that creates the postgres store's tables (for DBAs; idempotent)."""
+    from .postgres import schema_sql
+
+    name = schema or _state().settings.database_schema
+    try:
+        click.echo(schema_sql(name), nl=False)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--schema") from None
+
+
 @cli.command("flush")
 @click.option("--timeout", default=60.0, show_default=True, help="Give up after this many seconds.")
 def flush_command(timeout: float) -> None:
@@ -290,7 +308,7 @@ def _print_report(migration: Migration, cutoff: dt.datetime, where: str, dry_run
 
 
 def _migration_ledger(state: _AppState) -> MigrationLedger:
-    """Where migrate records users: beside the app's outbox (SQLite or Redis)."""
+    """Where migrate records users: beside the app's outbox (SQLite, Redis or PostgreSQL)."""
     from .delivery.sqlite_outbox import SQLiteOutbox
     from .migrate import RedisMigrationLedger
     from .migrate import SQLiteMigrationLedger
@@ -308,7 +326,15 @@ def _migration_ledger(state: _AppState) -> MigrationLedger:
         return RedisMigrationLedger(
             t.cast(RedisStore, state.store), t.cast(RedisOutbox, state.outbox)
         )
-    raise click.ClickException("migrate needs the SQLite or the Redis outbox")
+    if type(state.outbox).__name__ == "PostgresOutbox":
+        from .delivery.postgres_outbox import PostgresOutbox
+        from .migrate import PostgresMigrationLedger
+        from .stores.postgres import PostgresStore
+
+        return PostgresMigrationLedger(
+            t.cast(PostgresStore, state.store), t.cast(PostgresOutbox, state.outbox)
+        )
+    raise click.ClickException("migrate needs the SQLite, Redis or PostgreSQL outbox")
 
 
 # Retention and erasure live in their own module; importing it registers the commands.

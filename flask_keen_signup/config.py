@@ -51,6 +51,8 @@ DEFAULT_STORE_TIMEOUT = 0.1
 MAX_STORE_TIMEOUT = 30.0
 #: File name of the SQLite ledger and outbox inside ``app.instance_path``.
 DEFAULT_DATABASE_NAME = "keen_signup.sqlite3"
+#: PostgreSQL schema of the ``postgres`` store's tables (``KEEN_SIGNUP_DATABASE_SCHEMA``).
+DEFAULT_DATABASE_SCHEMA = "keen_signup"
 #: How long a delivered event's body (personal data) is kept, in seconds: 7 days.
 DEFAULT_RETENTION = 7 * 24 * 3600.0
 
@@ -76,7 +78,7 @@ _DURATION_UNITS = {
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$")
 
 DELIVERY_MODES = ("background", "sync")
-STORE_NAMES = ("sqlite", "session", "auth0", "redis")
+STORE_NAMES = ("sqlite", "session", "auth0", "redis", "postgres")
 IP_MODES = ("full", "anonymize", "none")
 ADDONS = ("ip_to_geo", "ua_parser", "referrer_parser", "url_parser")
 SQLITE_SYNCHRONOUS = ("normal", "full")
@@ -99,6 +101,9 @@ class Settings:
     database: str
     sqlite_synchronous: str
     redis_url: str | None = dataclasses.field(repr=False)
+    # -- postgres store (issue 11) --
+    database_url: str | None = dataclasses.field(repr=False)
+    database_schema: str
     auth0_domain: str | None
     auth0_client_id: str | None
     auth0_client_secret: str | None = dataclasses.field(repr=False)
@@ -389,6 +394,8 @@ def load_settings(app: Flask) -> Settings:
             "KEEN_SIGNUP_REDIS_URL is required with KEEN_SIGNUP_STORE = 'redis'"
         )
 
+    database_url, database_schema = _postgres_settings(c, enabled=enabled, store=store)
+
     marker = _as_optional_str("KEEN_SIGNUP_MARKER", c.get("KEEN_SIGNUP_MARKER")) or DEFAULT_MARKER
     since = _as_datetime("KEEN_SIGNUP_SINCE", c.get("KEEN_SIGNUP_SINCE"))
     created_at_claim = _as_optional_str(
@@ -423,6 +430,8 @@ def load_settings(app: Flask) -> Settings:
             SQLITE_SYNCHRONOUS,
         ),
         redis_url=redis_url,
+        database_url=database_url,
+        database_schema=database_schema,
         auth0_domain=auth0_domain,
         auth0_client_id=auth0_client_id,
         auth0_client_secret=auth0_client_secret,
@@ -489,3 +498,37 @@ def load_settings(app: Flask) -> Settings:
             c.get("KEEN_SIGNUP_STORE_TIMEOUT", DEFAULT_STORE_TIMEOUT)
         ),
     )
+
+
+def _postgres_settings(
+    c: t.Mapping[str, t.Any], *, enabled: bool, store: object
+) -> tuple[str | None, str]:
+    """``KEEN_SIGNUP_DATABASE_URL`` and ``KEEN_SIGNUP_DATABASE_SCHEMA``, checked.
+
+    The URL is required with the ``postgres`` store and never quoted in an error (it may
+    hold a password); its full parsing happens where psycopg is imported (``init_app``).
+    """
+    url = c.get("KEEN_SIGNUP_DATABASE_URL")
+    if url is not None and not isinstance(url, str):
+        raise ConfigurationError(
+            f"KEEN_SIGNUP_DATABASE_URL must be a string, got {type(url).__name__}"
+        )
+    url = url.strip() if url else None
+    if enabled and store == "postgres" and not url:
+        raise ConfigurationError(
+            "KEEN_SIGNUP_DATABASE_URL is required with KEEN_SIGNUP_STORE = 'postgres' "
+            "(e.g. postgresql://user@db.example.com/app; FLASK_KEEN_SIGNUP_DATABASE_URL in the "
+            "environment with app.config.from_prefixed_env())"
+        )
+    if url and "://" in url and not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigurationError(
+            "KEEN_SIGNUP_DATABASE_URL must start with postgresql:// "
+            "(or be a key=value conninfo string)"
+        )
+    schema = c.get("KEEN_SIGNUP_DATABASE_SCHEMA", DEFAULT_DATABASE_SCHEMA)
+    if not isinstance(schema, str) or not re.match(r"^[a-z_][a-z0-9_]{0,62}$", schema):
+        raise ConfigurationError(
+            "KEEN_SIGNUP_DATABASE_SCHEMA must be a plain lower-case SQL identifier "
+            f"(letters, digits and _, at most 63), got {safe_repr(schema)}"
+        )
+    return url, schema

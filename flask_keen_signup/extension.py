@@ -215,8 +215,15 @@ class KeenSignup:
             return None
         return self.track_claims(userinfo)
 
-    def track_claims(self, claims: t.Mapping[str, t.Any]) -> TrackOutcome | None:
+    def track_claims(
+        self, claims: t.Mapping[str, t.Any], *, connection: t.Any = None
+    ) -> TrackOutcome | None:
         """Track already validated ID-token claims (e.g. Authlib's ``UserInfo``).
+
+        :param connection: with ``KEEN_SIGNUP_STORE = "postgres"``, the app's own
+            database connection (psycopg 3, or SQLAlchemy's ``db.session.connection()``):
+            the signup is recorded in the app's open transaction and commits or rolls
+            back with it (see ``docs/postgres.md``).
 
         Returns what happened, or ``None`` if an error was logged instead of raised.
         """
@@ -228,7 +235,12 @@ class KeenSignup:
                 extra = self._extra_with(claims, touch)
             elif touch:
                 extra = touch
-            outcome = state.tracker.track_claims(claims, facts=_request_facts, extra=extra)
+            if connection is not None:  # postgres: inside the app's own transaction
+                outcome = state.tracker.track_in_transaction(
+                    claims, connection, facts=_request_facts, extra=extra
+                )
+            else:
+                outcome = state.tracker.track_claims(claims, facts=_request_facts, extra=extra)
         except Exception as exc:  # noqa: BLE001 - the login must not break
             self._handle_error(exc, claims)
             return None
@@ -622,6 +634,28 @@ def _notifier(app: Flask) -> t.Callable[[str, dict[str, t.Any]], None]:
     return notify
 
 
+def _postgres_parts(
+    settings: Settings, reclaim_after: float | None
+) -> tuple[MarkerStore, Outbox]:
+    """The ``postgres`` store and outbox on one :class:`~.postgres.PostgresDatabase`."""
+    from .delivery.postgres_outbox import PostgresOutbox
+    from .postgres import PostgresDatabase
+    from .stores.postgres import PostgresStore
+
+    try:
+        database = PostgresDatabase(
+            t.cast(str, settings.database_url),
+            schema=settings.database_schema,
+            timeout=settings.store_timeout,
+        )
+    except ValueError as exc:
+        raise ConfigurationError(f"KEEN_SIGNUP_DATABASE_URL is not usable: {exc}") from None
+    store = PostgresStore(
+        database, settings.collection, reclaim_after=reclaim_after, close_database=True
+    )
+    return store, PostgresOutbox(database, keep_delivered=settings.keep_delivered)
+
+
 def _build_state(app: Flask, settings: Settings) -> _AppState:
     from .delivery.sqlite_outbox import SQLiteOutbox
     from .keen import KeenClient
@@ -692,6 +726,13 @@ def _build_state(app: Flask, settings: Settings) -> _AppState:
             request_client, settings.collection, reclaim_after=reclaim_after, close_client=True
         )
         request_outbox = RedisOutbox(request_client, keep_delivered=settings.keep_delivered)
+    elif settings.store == "postgres":
+        # Many hosts on the app's own database: markers and outbox claimed in one statement.
+        # One object each for both paths: login methods use the pool bounded by the budget,
+        # the sender's use its own pool with long timeouts (see flask_keen_signup.postgres).
+        store, outbox = _postgres_parts(settings, reclaim_after)
+        request_store, request_outbox = store, outbox
+        confirm_in = drain_claimer = store
     elif settings.store == "session":
         from .stores.session import SessionStore
 
@@ -739,6 +780,9 @@ def _build_state(app: Flask, settings: Settings) -> _AppState:
         listening=_listening,
         spool=spool,
     )
+    wake_on_notify = getattr(outbox, "wake_on_notify", None)  # postgres: LISTEN/NOTIFY
+    if sender is not None and callable(wake_on_notify):
+        wake_on_notify(sender.wake)
     return _AppState(
         settings=settings,
         tracker=tracker,

@@ -23,7 +23,8 @@ finishes the job without reporting anyone twice. ``--dry-run`` only reads.
 
 Where marks go (:class:`MigrationLedger`): the SQLite ledger beside the outbox (stores
 ``sqlite``, ``auth0`` — whose ledger fronts ``app_metadata`` on this host — and ``session``
-or a custom store, for which the file's ledger only records who was migrated), or Redis.
+or a custom store, for which the file's ledger only records who was migrated), Redis, or
+PostgreSQL.
 """
 
 from __future__ import annotations
@@ -50,8 +51,10 @@ from .stores import erased_user_id
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from .config import Settings
+    from .delivery.postgres_outbox import PostgresOutbox
     from .delivery.redis_outbox import RedisOutbox
     from .delivery.sqlite_outbox import SQLiteOutbox
+    from .stores.postgres import PostgresStore
     from .stores.redis import RedisStore
     from .stores.sqlite import SQLiteStore
 
@@ -252,6 +255,23 @@ class RedisMigrationLedger(MigrationLedger):
                 self.store.confirm(event.user_id)
                 queued += 1
         return queued
+
+
+class PostgresMigrationLedger(MigrationLedger):
+    """Markers and outbox in one PostgreSQL: each call one statement (a chunk at a time)."""
+
+    def __init__(self, store: PostgresStore, outbox: PostgresOutbox) -> None:
+        self.store = store
+        self.outbox = outbox
+
+    def known(self, user_ids: Sequence[str]) -> set[str]:
+        return self.store.known(user_ids)
+
+    def mark(self, user_ids: Sequence[str]) -> set[str]:
+        return self.store.mark(user_ids)
+
+    def report(self, events: Sequence[QueuedEvent]) -> int:
+        return self.outbox.report_confirmed(self.store, events)
 
 
 def _parts(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:

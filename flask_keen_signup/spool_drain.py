@@ -3,7 +3,8 @@
 The login path spooled a *candidate* (:mod:`flask_keen_signup.spool`) because the store did
 not answer in time; whether it is a signup is decided here, with the sender's own store
 objects (their long timeouts: the sender may wait, a login may not). The same atomic step
-as a login: one SQLite transaction claims and enqueues, one Redis script does both; any
+as a login: one SQLite transaction claims and enqueues, one Redis script (one PostgreSQL
+statement) does both; any
 other pair claims, then enqueues, and releases the claim if the enqueue fails. A claim
 that is lost means the user is known already (a returning user, or the same signup
 queued meanwhile by a later login or another process): the candidate is dropped.
@@ -73,6 +74,18 @@ def decider(claimer: MarkerStore | None, outbox: Outbox) -> Decide:
             return redis_outbox.claim_and_enqueue_many(redis_store, events)
 
         return in_scripts
+
+    if type(claimer).__name__ == "PostgresStore" and type(outbox).__name__ == "PostgresOutbox":
+        from .delivery.postgres_outbox import PostgresOutbox
+        from .stores.postgres import PostgresStore
+
+        pg_store = t.cast(PostgresStore, claimer)
+        pg_outbox = t.cast(PostgresOutbox, outbox)
+
+        def in_one_statement(events: t.Sequence[QueuedEvent]) -> list[bool]:
+            return pg_outbox.claim_and_enqueue_many(pg_store, events)
+
+        return in_one_statement
 
     def claim_then_enqueue(events: t.Sequence[QueuedEvent]) -> list[bool]:
         won: list[bool] = []

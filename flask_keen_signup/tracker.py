@@ -380,17 +380,18 @@ class Tracker:
         durably queued). Returns how many users were added; 0 for other stores.
         """
         known, ledger = self.known, self.claimer
-        if known is None or not isinstance(ledger, SQLiteStore):
+        recent = getattr(ledger, "recent_user_ids", None)  # the SQLite and PostgreSQL ledgers
+        if known is None or recent is None:
             return 0
         states = ("confirmed", "pending") if self._background else ("confirmed",)
-        return known.add_many(ledger.recent_user_ids(states, limit=known.maximum))
+        return known.add_many(recent(states, limit=known.maximum))
 
     def ledger_is_empty(self) -> bool:
-        """True when the SQLite ledger holds no marker at all (a first deploy)."""
-        ledger = self.claimer
-        if not isinstance(ledger, SQLiteStore):
+        """True when the ledger (SQLite or PostgreSQL) holds no marker at all (a first deploy)."""
+        recent = getattr(self.claimer, "recent_user_ids", None)
+        if recent is None:
             return False
-        return not ledger.recent_user_ids(("pending", "confirmed"), limit=1)
+        return not recent(("pending", "confirmed"), limit=1)
 
     def _remember(self, user_id: str) -> None:
         if self.known is not None:
@@ -513,7 +514,76 @@ class Tracker:
                 return redis_outbox.claim_and_enqueue(redis_store, user_id, queued)
 
             return in_one_script
+        if type(claimer).__name__ == "PostgresStore" and type(outbox).__name__ == "PostgresOutbox":
+            from .delivery.postgres_outbox import PostgresOutbox
+            from .stores.postgres import PostgresStore
+
+            pg_store = t.cast(PostgresStore, claimer)
+            pg_outbox = t.cast(PostgresOutbox, outbox)
+
+            def in_one_statement(user_id: str, queued: QueuedEvent) -> bool:
+                return pg_outbox.claim_and_enqueue(pg_store, user_id, queued)
+
+            return in_one_statement
         return None
+
+    def track_in_transaction(
+        self,
+        claims: t.Mapping[str, t.Any],
+        connection: t.Any,
+        *,
+        facts: RequestFacts | None = None,
+        extra: ExtraProperties = None,
+    ) -> TrackOutcome:
+        """:meth:`track_claims` on the app's own PostgreSQL connection, in its transaction.
+
+        The marker read, the claim and the queued event use ``connection`` (psycopg 3, or
+        a SQLAlchemy ``Connection``), so the signup commits or rolls back with the app's
+        writes; the outbox's NOTIFY wakes the senders at commit. Always queued (even in
+        sync mode: nothing may reach Keen before the app commits). A user claimed here is
+        not remembered in memory: the transaction may still roll back.
+
+        :raises ConfigurationError: the store is not ``postgres``.
+        """
+        from .delivery.postgres_outbox import PostgresOutbox
+        from .exceptions import ConfigurationError
+        from .stores.postgres import PostgresStore
+
+        store, outbox = self.claimer, self.outbox
+        if not isinstance(store, PostgresStore) or not isinstance(outbox, PostgresOutbox):
+            raise ConfigurationError(
+                "track_claims(connection=...) needs KEEN_SIGNUP_STORE = 'postgres'"
+            )
+        if not self.settings.enabled:
+            return TrackOutcome.DISABLED
+        user_id = user_id_of(claims)
+        known = self.known
+        if (known is not None and user_id in known) or self.already_marked_by_claim(claims):
+            return TrackOutcome.RETURNING
+        created_at = created_at_from_claims(claims)
+        if self._created_before_since(created_at):
+            store.confirm(user_id)  # outside the app's transaction: true whatever it does
+            self._remember(user_id)
+            return TrackOutcome.MARKED_ONLY
+
+        def in_savepoint() -> TrackOutcome:
+            # The read and the claim share one savepoint of the app's transaction.
+            if store.lookup_in(connection, user_id) is not None:
+                return TrackOutcome.RETURNING
+            self.notify("detected", {"user_id": user_id, "claims": claims})
+            ip, user_agent = facts() if facts is not None else (None, None)
+            event = self._build(
+                user_id, claims, created_at, ip, user_agent, extra() if callable(extra) else extra
+            )
+            queued = self._queued(user_id, event)
+            if not outbox.claim_and_enqueue(
+                store, user_id, queued, connection=connection, savepoint=False
+            ):
+                return TrackOutcome.RETURNING
+            self.notify("recorded", {"user_id": user_id, "event": event})
+            return TrackOutcome.QUEUED
+
+        return outbox.in_app_transaction(connection, in_savepoint)
 
     def _claim_and_enqueue(self, user_id: str, queued: QueuedEvent) -> bool:
         if self._atomic is not None:

@@ -3,6 +3,11 @@
 # developer's second `make test` costs nothing. Runs as root in CI; uses sudo otherwise.
 set -euo pipefail
 need=()
+# PostgreSQL's server binaries are not on PATH in Debian: look where the package puts them.
+# The tests start their own server (initdb + pg_ctl in a temporary directory), never this one.
+if ! command -v pg_ctl >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
+    need+=(postgresql)
+fi
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v node >/dev/null 2>&1 || need+=(nodejs)  # runs the shipped Auth0 Action in tests

@@ -129,11 +129,35 @@ def test_redis_leases_are_renewed_while_a_slow_batch_is_on_the_wire(
         server.kill()
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "memory"])
-def test_renew_leases_extends_only_the_owners_open_rows(tmp_path: t.Any, backend: str) -> None:
+def test_postgres_leases_are_renewed_while_a_slow_batch_is_on_the_wire(
+    keen: KeenEmulator, postgres_url: str
+) -> None:
+    from _postgres import fresh_schema
+
+    from flask_keen_signup.delivery.postgres_outbox import PostgresOutbox
+    from flask_keen_signup.postgres import PostgresDatabase
+
+    schema = fresh_schema()
+    # Two databases (their own pools): two hosts.
+    databases = [PostgresDatabase(postgres_url, schema=schema, timeout=5) for _ in range(2)]
+    try:
+        run_two_senders(PostgresOutbox(databases[0]), PostgresOutbox(databases[1]), keen)
+    finally:
+        for database in databases:
+            database.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "memory", "postgres"])
+def test_renew_leases_extends_only_the_owners_open_rows(
+    tmp_path: t.Any, backend: str, request: pytest.FixtureRequest
+) -> None:
     outbox: Outbox = MemoryOutbox()
     if backend == "sqlite":
         outbox = SQLiteOutbox(Database(str(tmp_path / "db.sqlite3")))
+    elif backend == "postgres":
+        from flask_keen_signup.delivery.postgres_outbox import PostgresOutbox
+
+        outbox = PostgresOutbox(request.getfixturevalue("postgres_database"))
     for user in ("a", "b", "c"):
         outbox.enqueue(event(user), now=100.0)
     mine = outbox.claim_due(2, now=100.0, lease_seconds=10, owner="me")

@@ -31,10 +31,14 @@ def event(n: int, collection: str = "signups") -> QueuedEvent:
     return QueuedEvent(collection, uid, token, body)
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "memory", "postgres"])
 def outbox(request: pytest.FixtureRequest, tmp_path: t.Any) -> t.Iterator[Outbox]:
     if request.param == "sqlite":
         box: Outbox = SQLiteOutbox(Database(str(tmp_path / "outbox.sqlite3")))
+    elif request.param == "postgres":
+        from flask_keen_signup.delivery.postgres_outbox import PostgresOutbox
+
+        box = PostgresOutbox(request.getfixturevalue("postgres_database"))
     else:
         box = MemoryOutbox()
     yield box

@@ -100,7 +100,24 @@ def _redis(tmp_path: t.Any, request: pytest.FixtureRequest) -> tuple[Outbox, t.A
     return box, rows
 
 
-OUTBOXES = {"memory": _memory, "sqlite": _sqlite, "redis": _redis}
+def _postgres(tmp_path: t.Any, request: pytest.FixtureRequest) -> tuple[Outbox, t.Any]:
+    from flask_keen_signup.delivery.postgres_outbox import PostgresOutbox
+
+    database = request.getfixturevalue("postgres_database")
+    box = PostgresOutbox(database)
+
+    def rows() -> dict[int, tuple[str, str, str]]:
+        found = database.run(
+            f"SELECT id, state, user_id, body FROM {database.table('outbox')}",
+            what="read",
+            fetch="all",
+        )
+        return {i: (s, u, b) for i, s, u, b in found}
+
+    return box, rows
+
+
+OUTBOXES = {"memory": _memory, "sqlite": _sqlite, "redis": _redis, "postgres": _postgres}
 
 
 @pytest.fixture(params=sorted(OUTBOXES))
@@ -418,28 +435,45 @@ def test_forget_with_the_redis_store(
         client.close()
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 @pytest.mark.parametrize("reclaim_after", [None, 0.0])
 def test_an_erased_marker_is_found_and_never_claimed_again(
-    tmp_path: t.Any, reclaim_after: float | None
+    tmp_path: t.Any, reclaim_after: float | None, backend: str, request: pytest.FixtureRequest
 ) -> None:
     from flask_keen_signup.stores import MarkerState
+    from flask_keen_signup.stores import MarkerStore
     from flask_keen_signup.stores.sqlite import SQLiteStore
 
     path = str(tmp_path / "m.sqlite3")
-    store = SQLiteStore(Database(path), COLLECTION, reclaim_after=reclaim_after)
+    store: MarkerStore = SQLiteStore(Database(path), COLLECTION, reclaim_after=reclaim_after)
+    if backend == "postgres":
+        from flask_keen_signup.stores.postgres import PostgresStore
+
+        database = request.getfixturevalue("postgres_database")
+        store = PostgresStore(database, COLLECTION, reclaim_after=reclaim_after)
+
+        def user_ids() -> list[str]:
+            found = database.run(
+                f"SELECT user_id FROM {database.table('markers')}", what="read", fetch="all"
+            )
+            return sorted(u for (u,) in found)
+    else:
+
+        def user_ids() -> list[str]:
+            with sqlite3.connect(path) as conn:
+                return sorted(u for (u,) in conn.execute("SELECT user_id FROM keen_signup_markers"))
+
     assert store.claim("auth0|ada") and store.claim("auth0|bob")
     assert store.forget("auth0|ada") is True
     assert store.forget("auth0|ada") is False, "nothing raw left to hash"
     assert store.lookup("auth0|ada") is MarkerState.CONFIRMED
     assert store.claim("auth0|ada") is False
     assert store.lookup("auth0|bob") is MarkerState.PENDING
-    with sqlite3.connect(path) as conn:
-        ids = sorted(u for (u,) in conn.execute("SELECT user_id FROM keen_signup_markers"))
-    assert ids == ["auth0|bob", erased_user_id(COLLECTION, "auth0|ada")]
+    assert user_ids() == ["auth0|bob", erased_user_id(COLLECTION, "auth0|ada")]
     assert store.lookup("auth0|carol") is None and store.claim("auth0|carol")
 
 
-@pytest.mark.parametrize("store", ["sqlite", "redis"])
+@pytest.mark.parametrize("store", ["sqlite", "redis", "postgres"])
 def test_forget_drops_a_signup_still_in_the_local_spool(
     store: str,
     tmp_path: t.Any,
@@ -453,6 +487,15 @@ def test_forget_drops_a_signup_still_in_the_local_spool(
     if store == "redis":
         server = request.getfixturevalue("redis_server")
         config = {"KEEN_SIGNUP_STORE": "redis", "KEEN_SIGNUP_REDIS_URL": server.url}
+    elif store == "postgres":
+        from _postgres import fresh_schema
+
+        config = {
+            "KEEN_SIGNUP_STORE": "postgres",
+            "KEEN_SIGNUP_DATABASE_URL": request.getfixturevalue("postgres_url"),
+            "KEEN_SIGNUP_DATABASE_SCHEMA": fresh_schema(),
+            "KEEN_SIGNUP_STORE_TIMEOUT": 5,
+        }
     app, _ = _app(keen_signup_auth0, keen_signup_keen, str(tmp_path / "s.sqlite3"), **config)
     state = app.extensions["keen_signup"]
     try:

@@ -19,10 +19,14 @@ from flask_keen_signup.stores.session import SessionStore
 from flask_keen_signup.stores.sqlite import SQLiteStore
 
 
-@pytest.fixture(params=["memory", "sqlite", "session"])
+@pytest.fixture(params=["memory", "sqlite", "session", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: t.Any) -> t.Iterator[MarkerStore]:
     if request.param == "memory":
         yield MemoryStore()
+    elif request.param == "postgres":
+        from flask_keen_signup.stores.postgres import PostgresStore
+
+        yield PostgresStore(request.getfixturevalue("postgres_database"), "signups")
     elif request.param == "sqlite":
         yield SQLiteStore(Database(str(tmp_path / "ledger.sqlite3")), "signups")
     else:
