@@ -6,15 +6,15 @@ different, far more powerful key (``KEEN_MASTER_KEY``), is used only by
 
 ``DELETE /3.0/projects/{project}/events/{collection}?filters=[...]`` with the master key in
 ``Authorization`` deletes every event matching the filters and answers ``204``
-(keen-api.md §4). The same care as the write client: the key travels in the header only,
-and no exception raised here chains a ``requests`` exception (whose ``.request`` holds
-the headers) or quotes the key.
+(Keen's API reference, "Delete Events"). The same care as the write client, through the
+same code (:func:`.keen.request`): the key travels in the header only, and no exception
+raised here chains a ``requests`` exception (whose ``.request`` holds the headers) or
+quotes the key.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import math
 import re
 from urllib.parse import quote
@@ -24,17 +24,10 @@ from requests.adapters import HTTPAdapter
 
 from .config import DEFAULT_API_URL
 from .config import DEFAULT_TIMEOUT
-from .exceptions import KeenAPIError
-from .exceptions import KeenConnectionError
 from .keen import KEEN_SDK
-from .keen import RETRYABLE_STATUSES
 from .keen import USER_AGENT
-from .keen import _describe_connection_error
 from .keen import _KeyAuth
-from .keen import _read_error_body
-from .keen import parse_retry_after
-
-logger = logging.getLogger(__name__)
+from .keen import request
 
 
 class KeenAdminClient:
@@ -103,31 +96,13 @@ class KeenAdminClient:
             f"{self.api_url}/3.0/projects/{quote(self.project_id, safe='')}"
             f"/events/{quote(collection, safe='')}"
         )
-        failure: str | None = None
-        try:
-            response = self._session.delete(
-                url,
-                params={"filters": json.dumps(filters, separators=(",", ":"))},
-                headers={"Keen-Sdk": KEEN_SDK, "User-Agent": USER_AGENT},
-                auth=self._auth,
-                timeout=self.timeout,
-                allow_redirects=False,
-            )
-        except requests.RequestException as exc:
-            failure = _describe_connection_error(exc, self.timeout)
-        if failure is not None:
-            # Raised outside the ``except`` block: nothing chained (see the module doc).
-            raise KeenConnectionError(f"No answer from Keen ({self.api_url}): {failure}")
-        status = response.status_code
-        logger.debug("DELETE events of %r -> %d", collection, status)
-        if 200 <= status < 300:
-            return
-        error_code, message, from_keen = _read_error_body(response)
-        key = self._auth._key
-        error_code, message = error_code.replace(key, "***"), message.replace(key, "***")
-        retryable = status in RETRYABLE_STATUSES or status >= 500 or not from_keen
-        retry_after = parse_retry_after(response.headers.get("Retry-After")) if retryable else None
-        del response  # its .request carries the key: keep it out of the traceback's frames
-        raise KeenAPIError(
-            status, error_code, message, retryable=retryable, retry_after=retry_after
+        request(
+            self._session,
+            "DELETE",
+            url,
+            auth=self._auth,
+            timeout=self.timeout,
+            api_url=self.api_url,
+            params={"filters": json.dumps(filters, separators=(",", ":"))},
+            headers={"Keen-Sdk": KEEN_SDK, "User-Agent": USER_AGENT},
         )
