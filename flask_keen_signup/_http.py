@@ -4,6 +4,8 @@ The clients differ in what they ask and how they read the answers; they share ho
 behave on the wire, and that lives here, once:
 
 * :data:`USER_AGENT`, so Keen's and the tenant's logs show who is calling;
+* :class:`SessionClient`, the pooled session a client owns (or was given) and closes,
+  and :func:`new_session` and :func:`check_timeout` to set it up;
 * :func:`send`, which makes one request and returns the response *or* a
   :class:`NoResponse`, never raising. The caller raises its own exception afterwards,
   outside any ``except`` block, so nothing is chained to a ``requests`` exception, whose
@@ -28,6 +30,7 @@ import typing as t
 from importlib import metadata
 
 import requests
+from requests.adapters import HTTPAdapter
 
 from ._text import printable
 
@@ -61,6 +64,54 @@ MASK = "***"
 _TAG_RE = re.compile(r"<(script|style)\b.*?</\1\s*>|<[^>]*>", re.IGNORECASE | re.DOTALL)
 _SPACE_RE = re.compile(r"\s+")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+def new_session(pool_maxsize: int = 10) -> requests.Session:
+    """A session whose adapters never retry: each client owns its retries (backoff,
+    ``Retry-After``), and urllib3 retrying underneath would multiply them."""
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=2, pool_maxsize=pool_maxsize, max_retries=0)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
+
+
+def check_timeout(timeout: tuple[float, float]) -> tuple[float, float]:
+    """``(connect, read)`` as floats; both must be positive and finite, so that no call
+    can wait forever on a silent server.
+
+    :raises ValueError: otherwise.
+    """
+    connect, read = timeout
+    if not (connect > 0 and read > 0 and math.isfinite(connect) and math.isfinite(read)):
+        raise ValueError("timeout must be a (connect, read) pair of positive seconds")
+    return float(connect), float(read)
+
+
+_Client = t.TypeVar("_Client", bound="SessionClient")
+
+
+class SessionClient:
+    """What the clients share about their ``requests.Session``: a context manager that
+    closes the session on exit, and only a session it created (one passed in by the
+    caller is the caller's to close)."""
+
+    _session: requests.Session
+    _owns_session: bool
+
+    def close(self) -> None:
+        """Close the pooled connections (only if the client created the session)."""
+        if self._owns_session:
+            self._session.close()
+
+    def __enter__(self: _Client) -> _Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 # --------------------------------------------------------------------------- sending

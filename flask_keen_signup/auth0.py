@@ -52,7 +52,9 @@ import urllib3
 
 from ._http import USER_AGENT
 from ._http import NoResponse
+from ._http import SessionClient
 from ._http import excerpt
+from ._http import new_session
 from ._http import send
 from ._http import server_wait
 from .config import DEFAULT_TIMEOUT
@@ -65,7 +67,6 @@ if t.TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Callable
     from collections.abc import Iterable
     from collections.abc import Sequence
-    from types import TracebackType
 
 __all__ = ["USER_AGENT", "Auth0ExportError", "ManagementClient", "UserListing"]
 
@@ -281,7 +282,7 @@ def _copy_error(exc: Auth0Error) -> Auth0Error:
     )
 
 
-class ManagementClient:
+class ManagementClient(SessionClient):
     """Auth0 Management API client for the machine-to-machine application.
 
     Thread-safe: one instance is meant to be shared by every thread of a process (the
@@ -354,7 +355,7 @@ class ManagementClient:
         self._sleep = sleep
         self._clock = clock
         self._owns_session = session is None
-        self._session = session if session is not None else requests.Session()
+        self._session = session if session is not None else new_session()
         self._random = random.Random()
         self._token_lock = threading.Lock()
         self._token: _Token | None = None
@@ -370,23 +371,11 @@ class ManagementClient:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.base_url} client_id={self.client_id!r}>"
 
-    def __enter__(self) -> ManagementClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def close(self) -> None:
         """Forget the token and close the HTTP session if this client created it."""
         with self._token_lock:
             self._token = None
-        if self._owns_session:
-            self._session.close()
+        super().close()
 
     # -- public API -------------------------------------------------------------------
 

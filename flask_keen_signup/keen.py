@@ -43,21 +43,22 @@ import dataclasses
 import enum
 import json
 import logging
-import math
 import re
 import time
 import typing as t
 from urllib.parse import quote
 
 import requests
-from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 
 from ._http import MAX_RETRY_AFTER
 from ._http import USER_AGENT
 from ._http import VERSION
 from ._http import NoResponse
+from ._http import SessionClient
+from ._http import check_timeout
 from ._http import excerpt as _excerpt
+from ._http import new_session
 from ._http import parse_retry_after
 from ._http import send
 from .config import DEFAULT_API_URL
@@ -68,7 +69,7 @@ from .exceptions import KeenConnectionError
 from .exceptions import KeenRequestTooLargeError
 
 if t.TYPE_CHECKING:  # pragma: no cover
-    from types import TracebackType
+    pass
 
 logger = logging.getLogger(__name__)
 
@@ -333,7 +334,7 @@ class _KeyAuth(AuthBase):
 # --------------------------------------------------------------------------- the client
 
 
-class KeenClient:
+class KeenClient(SessionClient):
     """Write events to one Keen project.
 
     Thread-safety: one client may be shared by the sender thread and request threads
@@ -373,12 +374,9 @@ class KeenClient:
             raise ValueError("write_key is required")
         if not re.match(r"^https?://[^/\s?#]+(/[^\s?#]*)?$", api_url):
             raise ValueError(f"api_url must be an http(s) base URL, got {api_url!r}")
-        connect, read = timeout
-        if not (connect > 0 and read > 0 and math.isfinite(connect) and math.isfinite(read)):
-            raise ValueError("timeout must be a (connect, read) pair of positive seconds")
         self.project_id = project_id
         self.api_url = api_url.rstrip("/")
-        self.timeout: tuple[float, float] = (float(connect), float(read))
+        self.timeout: tuple[float, float] = check_timeout(timeout)
         self._auth = _KeyAuth(write_key)
         self._headers = {
             "Content-Type": "application/json",
@@ -396,12 +394,8 @@ class KeenClient:
         return f"<KeenClient project_id={self.project_id!r} api_url={self.api_url!r}>"
 
     def _new_session(self) -> requests.Session:
-        session = requests.Session()
         # No urllib3 retries: the sender owns retrying, with backoff and Retry-After.
-        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=self._pool_maxsize, max_retries=0)
-        session.mount("https://", adapter)
-        session.mount("http://", adapter)
-        return session
+        return new_session(self._pool_maxsize)
 
     def reset_after_fork(self) -> None:
         """Give a forked child its own connection pool (pooled sockets must not be shared).
@@ -412,22 +406,6 @@ class KeenClient:
         """
         if self._owns_session:
             self._session = self._new_session()
-
-    def __enter__(self) -> KeenClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the pooled connections (only if the client created the session)."""
-        if self._owns_session:
-            self._session.close()
 
     def event_url(self, collection: str) -> str:
         """The single-write URL of ``collection``, percent-encoded (``a/b`` -> ``a%2Fb``)."""

@@ -15,13 +15,12 @@ quotes the key.
 from __future__ import annotations
 
 import json
-import math
 import re
 from urllib.parse import quote
 
-import requests
-from requests.adapters import HTTPAdapter
-
+from ._http import SessionClient
+from ._http import check_timeout
+from ._http import new_session
 from .config import DEFAULT_API_URL
 from .config import DEFAULT_TIMEOUT
 from .keen import KEEN_SDK
@@ -30,7 +29,7 @@ from .keen import _KeyAuth
 from .keen import request
 
 
-class KeenAdminClient:
+class KeenAdminClient(SessionClient):
     """Delete events from one Keen project with its master key.
 
     :param project_id: the Keen project id.
@@ -53,28 +52,15 @@ class KeenAdminClient:
             raise ValueError("master_key is required")
         if not re.match(r"^https?://[^/\s?#@]+(/[^\s?#]*)?$", api_url):
             raise ValueError("api_url must be an http(s) base URL without credentials")
-        connect, read = timeout
-        if not (connect > 0 and read > 0 and math.isfinite(connect) and math.isfinite(read)):
-            raise ValueError("timeout must be a (connect, read) pair of positive seconds")
         self.project_id = project_id
         self.api_url = api_url.rstrip("/")
-        self.timeout = (float(connect), float(read))
+        self.timeout = check_timeout(timeout)
         self._auth = _KeyAuth(master_key)
-        self._session = requests.Session()
-        self._session.mount("https://", HTTPAdapter(max_retries=0))
-        self._session.mount("http://", HTTPAdapter(max_retries=0))
+        self._owns_session = True
+        self._session = new_session()
 
     def __repr__(self) -> str:
         return f"<KeenAdminClient project_id={self.project_id!r} api_url={self.api_url!r}>"
-
-    def __enter__(self) -> KeenAdminClient:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._session.close()
 
     def delete_user_events(self, collection: str, user_id: str, *, property_name: str) -> None:
         """Delete every event of ``collection`` whose ``property_name`` equals ``user_id``."""
