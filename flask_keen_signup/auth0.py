@@ -913,17 +913,7 @@ class ManagementClient(SessionClient):
             )
             if isinstance(response, NoResponse):
                 if response.transient and retry < self.max_retries:
-                    wait = self._backoff(retry)
-                    logger.warning(
-                        "Auth0 %s %s failed (%s); retry %d of %d in %.2fs",
-                        method,
-                        path,
-                        response.reason,
-                        retry + 1,
-                        self.max_retries,
-                        wait,
-                    )
-                    self._sleep(wait)
+                    self._wait_to_retry(method, path, response.reason, retry, self._backoff(retry))
                     retry += 1
                     continue
                 if response.transient:
@@ -942,17 +932,7 @@ class ManagementClient(SessionClient):
                 wait = min(self._backoff(retry) if hint is None else hint, self.max_retry_wait)
                 if status == 429 and self._pacer is not None:
                     self._pacer.defer(wait)
-                logger.warning(
-                    "Auth0 answered %d %s to %s %s; retry %d of %d in %.2fs",
-                    status,
-                    error.error_code,
-                    method,
-                    path,
-                    retry + 1,
-                    self.max_retries,
-                    wait,
-                )
-                self._sleep(wait)
+                self._wait_to_retry(method, path, f"{status} {error.error_code}", retry, wait)
                 retry += 1
                 continue
             if status == 429 and error.retry_after is None:
@@ -967,6 +947,18 @@ class ManagementClient(SessionClient):
                 error.error_code,
             )
             raise error
+
+    def _wait_to_retry(self, method: str, path: str, why: str, retry: int, wait: float) -> None:
+        logger.warning(
+            "Auth0 %s %s failed (%s); retry %d of %d in %.2fs",
+            method,
+            path,
+            why,
+            retry + 1,
+            self.max_retries,
+            wait,
+        )
+        self._sleep(wait)
 
     def _pace(self) -> None:
         if self._pacer is not None:

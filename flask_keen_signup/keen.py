@@ -83,8 +83,8 @@ BATCH_ENVELOPE_BYTES = 2 + (2 + 64 * 6) + 1 + 2
 
 #: Per-event error names after which resending the *same* event can only fail again.
 #:
-#: The first three are what Keen's Java and iOS SDKs drop queued events for (keen-api
-#: §2.2, §5.2). The others are also verdicts on the event's own content, so they are
+#: The first three are the ones Keen's Java and iOS SDKs drop queued events for. The
+#: others are also verdicts on the event's own content, so they are
 #: deterministic too: ``NamespaceTypeError`` (``keen`` is not an object),
 #: ``InvalidKeenNamespaceProperty`` (bad property inside ``keen``, e.g. a uniqueness token
 #: over 64 characters), ``ListsOfNonPrimitivesNotAllowedError`` (arrays of objects under the
