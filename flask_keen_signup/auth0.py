@@ -262,6 +262,11 @@ def _user_path(user_id: str) -> str:
     return f"/api/v2/users/{quote(user_id, safe='')}"
 
 
+def _invalid_response(message: str, status: int = 200) -> Auth0APIError:
+    """Auth0 answered, but not with what the call expects: retryable (a proxy, a glitch)."""
+    return Auth0APIError(status, "invalid_response", message, retryable=True)
+
+
 def _copy_error(exc: Auth0Error) -> Auth0Error:
     """A fresh exception equal to ``exc``, so threads never share one traceback."""
     if isinstance(exc, Auth0APIError):
@@ -453,12 +458,7 @@ class ManagementClient(SessionClient):
         )
         total = body.get("total") if isinstance(body, dict) else None
         if isinstance(total, bool) or not isinstance(total, int) or total < 0:
-            raise Auth0APIError(
-                200,
-                "invalid_response",
-                "GET /api/v2/users?include_totals=true did not return a total",
-                retryable=True,
-            )
+            raise _invalid_response("GET /api/v2/users?include_totals=true did not return a total")
         return total
 
     def all_users(
@@ -553,12 +553,7 @@ class ManagementClient(SessionClient):
             )
             users = body.get("users") if isinstance(body, dict) else body
             if not isinstance(users, list):
-                raise Auth0APIError(
-                    200,
-                    "invalid_response",
-                    "GET /api/v2/users did not return a list of users",
-                    retryable=True,
-                )
+                raise _invalid_response("GET /api/v2/users did not return a list of users")
             members = set(chunk)
             for user in users:
                 if not isinstance(user, dict) or user.get("user_id") not in members:
@@ -621,9 +616,7 @@ class ManagementClient(SessionClient):
         job = self._expect_object(self._call("POST", path, json_body=body), "POST", path)
         job_id = job.get("id")
         if not isinstance(job_id, str) or not _JOB_ID_RE.match(job_id):
-            raise Auth0APIError(
-                200, "invalid_response", f"POST {path} returned no job id", retryable=True
-            )
+            raise _invalid_response(f"POST {path} returned no job id")
         logger.info("Auth0 user export job %s created", job_id)
         deadline = self._clock() + timeout
         location = self._wait_for_job(job_id, poll_interval, deadline)
@@ -760,12 +753,7 @@ class ManagementClient(SessionClient):
                 users = None
                 total = None
             if not isinstance(users, list):
-                raise Auth0APIError(
-                    200,
-                    "invalid_response",
-                    "GET /api/v2/users did not return a list of users",
-                    retryable=True,
-                )
+                raise _invalid_response("GET /api/v2/users did not return a list of users")
             if page == 0 and isinstance(total, int) and total > PAGINATION_LIMIT:
                 logger.warning(
                     "Auth0 reports %d users; the Management API pages through the first %d "
@@ -846,9 +834,7 @@ class ManagementClient(SessionClient):
         )
         access_token = body.get("access_token") if isinstance(body, dict) else None
         if not isinstance(access_token, str) or not access_token:
-            raise Auth0APIError(
-                200, "invalid_response", "the token response has no access_token", retryable=True
-            )
+            raise _invalid_response("the token response has no access_token")
         expires_in = body.get("expires_in") if isinstance(body, dict) else None
         if isinstance(expires_in, bool) or not isinstance(expires_in, (int, float)):
             expires_in = FALLBACK_EXPIRES_IN
@@ -971,22 +957,14 @@ class ManagementClient(SessionClient):
             return response.json()
         except ValueError:
             pass  # raised below, outside the except block (see _send)
-        raise Auth0APIError(
-            response.status_code,
-            "invalid_response",
-            f"{method} {path} returned a body that is not JSON",
-            retryable=True,
+        raise _invalid_response(
+            f"{method} {path} returned a body that is not JSON", response.status_code
         )
 
     @staticmethod
     def _expect_object(result: t.Any, method: str, path: str) -> dict[str, t.Any]:
         if not isinstance(result, dict):
-            raise Auth0APIError(
-                200,
-                "invalid_response",
-                f"{method} {path} did not return a JSON object",
-                retryable=True,
-            )
+            raise _invalid_response(f"{method} {path} did not return a JSON object")
         return result
 
     # -- errors and waits -------------------------------------------------------------
