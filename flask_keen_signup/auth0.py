@@ -33,7 +33,6 @@ behaviour:
 from __future__ import annotations
 
 import dataclasses
-import email.utils
 import json
 import logging
 import math
@@ -46,12 +45,18 @@ from collections.abc import Iterator
 from collections.abc import Mapping
 from datetime import datetime
 from datetime import timezone
-from importlib import metadata
 from urllib.parse import quote
 
 import requests
 import urllib3
 
+from ._http import USER_AGENT
+from ._http import NoResponse
+from ._http import SessionClient
+from ._http import excerpt
+from ._http import new_session
+from ._http import send
+from ._http import server_wait
 from .config import DEFAULT_TIMEOUT
 from .exceptions import Auth0APIError
 from .exceptions import Auth0ConnectionError
@@ -62,9 +67,8 @@ if t.TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Callable
     from collections.abc import Iterable
     from collections.abc import Sequence
-    from types import TracebackType
 
-__all__ = ["Auth0ExportError", "ManagementClient", "UserListing"]
+__all__ = ["USER_AGENT", "Auth0ExportError", "ManagementClient", "UserListing"]
 
 logger = logging.getLogger(__name__)
 
@@ -207,20 +211,8 @@ def _root_fields(fields: Iterable[str]) -> list[str]:
     return roots
 
 
-def _version() -> str:
-    try:
-        return metadata.version("flask-keen-signup")
-    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
-        return "0+unknown"
-
-
-#: The ``User-Agent`` of every request, so the tenant's logs show who is calling.
-USER_AGENT = f"flask-keen-signup/{_version()} python-requests/{requests.__version__}"
-
 _HOST_RE = re.compile(r"^[A-Za-z0-9.-]+(:\d{1,5})?$")
 _URL_RE = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]+")
-_SPACE_RE = re.compile(r"\s+")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,31 +262,9 @@ def _user_path(user_id: str) -> str:
     return f"/api/v2/users/{quote(user_id, safe='')}"
 
 
-def _describe_network_error(exc: requests.RequestException) -> str:
-    """A short, secret-free description of why no response arrived.
-
-    ``str(exc)`` of a requests exception is avoided on purpose: it is long and the
-    exception carries the prepared request, ``Authorization`` header included.
-    """
-    if isinstance(exc, requests.ConnectTimeout):
-        return "connect timeout"
-    if isinstance(exc, requests.Timeout):
-        return "read timeout"
-    if isinstance(exc, requests.exceptions.SSLError):
-        return "TLS error"
-    text = str(exc)
-    for phrase, description in (
-        ("Connection refused", "connection refused"),
-        ("Connection reset", "connection reset"),
-        ("RemoteDisconnected", "connection closed by the server"),
-        ("Name or service not known", "host name not resolved"),
-        ("nodename nor servname", "host name not resolved"),
-        ("Temporary failure in name resolution", "host name not resolved"),
-        ("getaddrinfo failed", "host name not resolved"),
-    ):
-        if phrase in text:
-            return description
-    return f"{type(exc).__name__}"
+def _invalid_response(message: str, status: int = 200) -> Auth0APIError:
+    """Auth0 answered, but not with what the call expects: retryable (a proxy, a glitch)."""
+    return Auth0APIError(status, "invalid_response", message, retryable=True)
 
 
 def _copy_error(exc: Auth0Error) -> Auth0Error:
@@ -317,7 +287,7 @@ def _copy_error(exc: Auth0Error) -> Auth0Error:
     )
 
 
-class ManagementClient:
+class ManagementClient(SessionClient):
     """Auth0 Management API client for the machine-to-machine application.
 
     Thread-safe: one instance is meant to be shared by every thread of a process (the
@@ -390,7 +360,7 @@ class ManagementClient:
         self._sleep = sleep
         self._clock = clock
         self._owns_session = session is None
-        self._session = session if session is not None else requests.Session()
+        self._session = session if session is not None else new_session()
         self._random = random.Random()
         self._token_lock = threading.Lock()
         self._token: _Token | None = None
@@ -406,23 +376,11 @@ class ManagementClient:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.base_url} client_id={self.client_id!r}>"
 
-    def __enter__(self) -> ManagementClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def close(self) -> None:
         """Forget the token and close the HTTP session if this client created it."""
         with self._token_lock:
             self._token = None
-        if self._owns_session:
-            self._session.close()
+        super().close()
 
     # -- public API -------------------------------------------------------------------
 
@@ -500,12 +458,7 @@ class ManagementClient:
         )
         total = body.get("total") if isinstance(body, dict) else None
         if isinstance(total, bool) or not isinstance(total, int) or total < 0:
-            raise Auth0APIError(
-                200,
-                "invalid_response",
-                "GET /api/v2/users?include_totals=true did not return a total",
-                retryable=True,
-            )
+            raise _invalid_response("GET /api/v2/users?include_totals=true did not return a total")
         return total
 
     def all_users(
@@ -600,12 +553,7 @@ class ManagementClient:
             )
             users = body.get("users") if isinstance(body, dict) else body
             if not isinstance(users, list):
-                raise Auth0APIError(
-                    200,
-                    "invalid_response",
-                    "GET /api/v2/users did not return a list of users",
-                    retryable=True,
-                )
+                raise _invalid_response("GET /api/v2/users did not return a list of users")
             members = set(chunk)
             for user in users:
                 if not isinstance(user, dict) or user.get("user_id") not in members:
@@ -668,9 +616,7 @@ class ManagementClient:
         job = self._expect_object(self._call("POST", path, json_body=body), "POST", path)
         job_id = job.get("id")
         if not isinstance(job_id, str) or not _JOB_ID_RE.match(job_id):
-            raise Auth0APIError(
-                200, "invalid_response", f"POST {path} returned no job id", retryable=True
-            )
+            raise _invalid_response(f"POST {path} returned no job id")
         logger.info("Auth0 user export job %s created", job_id)
         deadline = self._clock() + timeout
         location = self._wait_for_job(job_id, poll_interval, deadline)
@@ -698,7 +644,7 @@ class ManagementClient:
                 why = self._redact(details, None) if isinstance(details, str) else "no details"
                 raise Auth0ExportError(f"the user export job {job_id} failed: {why}")
             if status not in _RUNNING:
-                shown = self._redact(str(status), None)[:40]
+                shown = self._redact(str(status), None, 40)
                 raise Auth0ExportError(
                     f"the user export job {job_id} is {shown!r}, not pending or completed"
                 )
@@ -724,19 +670,22 @@ class ManagementClient:
         while True:
             failure: str | None = None
             response: requests.Response | None = None
-            try:
-                response = self._session.get(
-                    location,
-                    # None removes a header a shared session might add: the bearer token
-                    # must never reach the storage host.
-                    headers={"User-Agent": USER_AGENT, "Authorization": None},
-                    auth=None,
-                    stream=True,
-                    timeout=self.timeout,
-                    allow_redirects=True,
-                )
-            except requests.RequestException as exc:
-                failure = f"no response ({_describe_network_error(exc)})"
+            answer = send(
+                self._session,
+                "GET",
+                location,
+                # None removes a header a shared session might add: the bearer token
+                # must never reach the storage host.
+                headers={"User-Agent": USER_AGENT, "Authorization": None},
+                auth=None,
+                stream=True,
+                timeout=self.timeout,
+                allow_redirects=True,
+            )
+            if isinstance(answer, NoResponse):
+                failure = f"no response ({answer.reason})"
+            else:
+                response = answer
             if response is not None and response.status_code != 200:
                 failure = f"HTTP {response.status_code}"
                 response.close()
@@ -804,12 +753,7 @@ class ManagementClient:
                 users = None
                 total = None
             if not isinstance(users, list):
-                raise Auth0APIError(
-                    200,
-                    "invalid_response",
-                    "GET /api/v2/users did not return a list of users",
-                    retryable=True,
-                )
+                raise _invalid_response("GET /api/v2/users did not return a list of users")
             if page == 0 and isinstance(total, int) and total > PAGINATION_LIMIT:
                 logger.warning(
                     "Auth0 reports %d users; the Management API pages through the first %d "
@@ -890,9 +834,7 @@ class ManagementClient:
         )
         access_token = body.get("access_token") if isinstance(body, dict) else None
         if not isinstance(access_token, str) or not access_token:
-            raise Auth0APIError(
-                200, "invalid_response", "the token response has no access_token", retryable=True
-            )
+            raise _invalid_response("the token response has no access_token")
         expires_in = body.get("expires_in") if isinstance(body, dict) else None
         if isinstance(expires_in, bool) or not isinstance(expires_in, (int, float)):
             expires_in = FALLBACK_EXPIRES_IN
@@ -941,49 +883,30 @@ class ManagementClient:
         while True:
             if token is not None:
                 self._pace()
-            # No exception is raised inside an ``except`` block here: the requests
-            # exception would become the new one's ``__context__``, and it carries the
-            # prepared request (the token request's body holds the client secret).
-            failure: str | None = None
-            reason = ""
-            retry_network = False
-            try:
-                response = self._session.request(
-                    method,
-                    url,
-                    params=params,
-                    json=json_body,
-                    data=form,
-                    headers=headers,
-                    timeout=self.timeout,
-                    allow_redirects=False,
-                )
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                failure = f"no response from Auth0 at {self.base_url} for {method} {path}: "
-                reason = _describe_network_error(exc)
-                failure += reason
-                retry_network = True
-            except requests.RequestException as exc:
-                failure = (
-                    f"could not send {method} {path} to Auth0 at {self.base_url}: "
-                    f"{type(exc).__name__}"
-                )
-            if failure is not None:
-                if retry_network and retry < self.max_retries:
-                    wait = self._backoff(retry)
-                    logger.warning(
-                        "Auth0 %s %s failed (%s); retry %d of %d in %.2fs",
-                        method,
-                        path,
-                        reason,
-                        retry + 1,
-                        self.max_retries,
-                        wait,
-                    )
-                    self._sleep(wait)
+            # ``send`` never raises: the requests exception would become the new one's
+            # ``__context__``, and it carries the prepared request (the token request's
+            # body holds the client secret).
+            response = send(
+                self._session,
+                method,
+                url,
+                params=params,
+                json=json_body,
+                data=form,
+                headers=headers,
+                timeout=self.timeout,
+                allow_redirects=False,
+            )
+            if isinstance(response, NoResponse):
+                if response.transient and retry < self.max_retries:
+                    self._wait_to_retry(method, path, response.reason, retry, self._backoff(retry))
                     retry += 1
                     continue
-                raise Auth0ConnectionError(failure)
+                if response.transient:
+                    failure = f"no response from Auth0 at {self.base_url} for {method} {path}"
+                else:
+                    failure = f"could not send {method} {path} to Auth0 at {self.base_url}"
+                raise Auth0ConnectionError(f"{failure}: {response.reason}")
 
             status = response.status_code
             logger.debug("Auth0 %s %s -> %d", method, path, status)
@@ -995,17 +918,7 @@ class ManagementClient:
                 wait = min(self._backoff(retry) if hint is None else hint, self.max_retry_wait)
                 if status == 429 and self._pacer is not None:
                     self._pacer.defer(wait)
-                logger.warning(
-                    "Auth0 answered %d %s to %s %s; retry %d of %d in %.2fs",
-                    status,
-                    error.error_code,
-                    method,
-                    path,
-                    retry + 1,
-                    self.max_retries,
-                    wait,
-                )
-                self._sleep(wait)
+                self._wait_to_retry(method, path, f"{status} {error.error_code}", retry, wait)
                 retry += 1
                 continue
             if status == 429 and error.retry_after is None:
@@ -1021,6 +934,18 @@ class ManagementClient:
             )
             raise error
 
+    def _wait_to_retry(self, method: str, path: str, why: str, retry: int, wait: float) -> None:
+        logger.warning(
+            "Auth0 %s %s failed (%s); retry %d of %d in %.2fs",
+            method,
+            path,
+            why,
+            retry + 1,
+            self.max_retries,
+            wait,
+        )
+        self._sleep(wait)
+
     def _pace(self) -> None:
         if self._pacer is not None:
             self._pacer.wait()
@@ -1032,36 +957,22 @@ class ManagementClient:
             return response.json()
         except ValueError:
             pass  # raised below, outside the except block (see _send)
-        raise Auth0APIError(
-            response.status_code,
-            "invalid_response",
-            f"{method} {path} returned a body that is not JSON",
-            retryable=True,
+        raise _invalid_response(
+            f"{method} {path} returned a body that is not JSON", response.status_code
         )
 
     @staticmethod
     def _expect_object(result: t.Any, method: str, path: str) -> dict[str, t.Any]:
         if not isinstance(result, dict):
-            raise Auth0APIError(
-                200,
-                "invalid_response",
-                f"{method} {path} did not return a JSON object",
-                retryable=True,
-            )
+            raise _invalid_response(f"{method} {path} did not return a JSON object")
         return result
 
     # -- errors and waits -------------------------------------------------------------
 
-    def _redact(self, text: str, token: str | None) -> str:
-        """Sanitise remote text for an exception message: no secrets, no control
-        characters, one line, bounded length."""
-        for secret in (self._client_secret, token):
-            if secret:
-                text = text.replace(secret, "[redacted]")
-        text = _SPACE_RE.sub(" ", _CONTROL_RE.sub(" ", text)).strip()
-        if len(text) > EXCERPT_LENGTH:
-            text = text[: EXCERPT_LENGTH - 3] + "..."
-        return text
+    def _redact(self, text: str, token: str | None, limit: int = EXCERPT_LENGTH) -> str:
+        """Remote text made safe for an exception message: the client secret and
+        ``token`` masked, one line, at most ``limit`` characters (:func:`._http.excerpt`)."""
+        return excerpt(text, limit, secrets=(self._client_secret, token))
 
     def _error(self, response: requests.Response, token: str | None) -> Auth0APIError:
         """Build the exception for an error response.
@@ -1086,47 +997,21 @@ class ManagementClient:
         if isinstance(message, (dict, list)):
             message = json.dumps(message)
         if not isinstance(message, str) or not message:
-            excerpt = response.text if body is None else ""
-            message = excerpt or response.reason or "no error message"
+            text = response.text if body is None else ""
+            message = text or response.reason or "no error message"
         retryable = status in RETRYABLE_STATUSES
         return Auth0APIError(
             status,
-            self._redact(code, token)[:64],
+            self._redact(code, token, 64),
             self._redact(message, token),
             retryable=retryable,
             retry_after=self._server_wait(response) if retryable else None,
         )
 
     def _server_wait(self, response: requests.Response) -> float | None:
-        """The wait the server asked for: ``Retry-After`` (seconds or an HTTP date),
-        else ``X-RateLimit-Reset`` (epoch seconds) minus now; ``None`` without a hint.
-
-        A reset time already in the past gives no hint (fall back to backoff): the
-        header says when the bucket is full again, not when one request is allowed.
-        """
-        retry_after = response.headers.get("Retry-After")
-        if retry_after is not None:
-            try:
-                seconds = float(retry_after)
-            except ValueError:
-                seconds = None
-            if seconds is not None and math.isfinite(seconds):
-                return max(0.0, seconds)
-            try:
-                moment = email.utils.parsedate_to_datetime(retry_after)
-            except (TypeError, ValueError):
-                moment = None
-            if moment is not None and moment.tzinfo is not None:
-                return max(0.0, moment.timestamp() - self._clock())
-        reset = response.headers.get("X-RateLimit-Reset")
-        if reset is not None:
-            try:
-                wait = float(reset) - self._clock()
-            except ValueError:
-                return None
-            if math.isfinite(wait) and wait > 0:
-                return wait
-        return None
+        """The wait Auth0 asked for (``Retry-After``, else ``X-RateLimit-Reset``), capped;
+        ``None`` without a usable hint (:func:`._http.server_wait`)."""
+        return server_wait(response.headers, now=self._clock())
 
     def _backoff(self, retry: int) -> float:
         """Exponential backoff with "equal" jitter: half fixed, half random, so clients

@@ -34,6 +34,7 @@ from .exceptions import InvalidClaimsError
 
 __all__ = [
     "ADDONS",
+    "EVENT_SIZE_MARGIN",
     "MAX_DEPTH",
     "MAX_EVENT_BYTES",
     "MAX_NAME_LENGTH",
@@ -63,10 +64,17 @@ INT64_MAX = 2**63 - 1
 #: Nesting deeper than this is dropped. ID-token claims are at most a few levels deep (the
 #: ``address`` claim is two); the bound also stops a self-referencing ``extra`` mapping.
 MAX_DEPTH = 32
-#: Size budget for the serialised event (``json.dumps`` with ASCII escapes, the worst case).
-#: Keen's reported limit is 900,000 bytes per event; we keep a margin below it because the
-#: figure is not from Keen's own documentation, and an oversize event is refused for good.
-MAX_EVENT_BYTES = 800_000
+#: Keen's cap on one event, in bytes: a larger event is refused (413) for good. The one
+#: definition of the limit: :mod:`.keen` (and through it the sender, which dead-letters an
+#: event whose encoded bytes exceed it) imports it from here. The figure is reported by
+#: third parties; Keen's own documentation does not state one.
+MAX_EVENT_BYTES = 900_000
+#: Bytes the builder keeps free below :data:`MAX_EVENT_BYTES`: it trims an event whose
+#: serialised form (``json.dumps`` with ASCII escapes, the worst case) exceeds
+#: ``MAX_EVENT_BYTES - EVENT_SIZE_MARGIN`` (800,000 bytes), because the figure is not
+#: Keen's own and an oversize event is lost.
+EVENT_SIZE_MARGIN = 100_000
+_EVENT_SIZE_BUDGET = MAX_EVENT_BYTES - EVENT_SIZE_MARGIN
 
 #: Add-on name -> (Keen add-on name, ((input parameter, input property path), ...),
 #: output property). The URL parsers read the signup's attribution (``attribution.py``):
@@ -760,20 +768,21 @@ def _size_bound(value: t.Any, limit: int) -> int:
 
 
 def _fit_size(event: dict[str, t.Any]) -> None:
-    """Drop the largest optional properties until the event fits :data:`MAX_EVENT_BYTES`.
+    """Drop the largest optional properties until the event fits the size budget.
 
     Keen refuses an oversize event outright (413), so a claim bloated past the limit would
     lose the whole signup. Only claim and extra properties can be large enough to matter;
     the builder's own fields are each bounded by the string limit.
     """
+    budget = _EVENT_SIZE_BUDGET
     bound = 2
     for name, value in event.items():  # flat strings inline: this runs for every signup
         bound += 6 * len(name) + 4
-        bound += 6 * len(value) + 2 if type(value) is str else _size_bound(value, MAX_EVENT_BYTES)
-    if bound <= MAX_EVENT_BYTES:
+        bound += 6 * len(value) + 2 if type(value) is str else _size_bound(value, budget)
+    if bound <= budget:
         return  # the common case, without serialising the event on the login path
     size = len(json.dumps(event))
-    if size <= MAX_EVENT_BYTES:
+    if size <= _EVENT_SIZE_BUDGET:
         return
     optional = [name for name in event if name not in RESERVED_PROPERTIES]
     sizes = {name: len(json.dumps({name: event[name]})) for name in optional}
@@ -781,5 +790,5 @@ def _fit_size(event: dict[str, t.Any]) -> None:
         del event[name]
         logger.warning("Keen event property %r dropped: the event exceeded Keen's size limit", name)
         size -= sizes[name]
-        if size <= MAX_EVENT_BYTES:
+        if size <= _EVENT_SIZE_BUDGET:
             return

@@ -8,13 +8,19 @@ Everything the package raises on purpose derives from :class:`KeenSignupError`::
     ├── InvalidClaimsError          a token without ``userinfo``, a missing or empty ``sub``
     ├── StoreError                  the signedUp marker store failed
     └── RemoteError                 a call to Keen or Auth0 failed (.retryable, .retry_after)
+        ├── RemoteAPIError          the remote answered an error (.status_code, .error_code,
+        │                           .api_message); base of KeenAPIError and Auth0APIError
         ├── KeenError
-        │   ├── KeenAPIError        Keen answered non-2xx (.status_code, .error_code, .message)
+        │   ├── KeenAPIError        Keen answered non-2xx (also a RemoteAPIError)
         │   │   └── KeenRequestTooLargeError   413: split the batch and retry
         │   └── KeenConnectionError          connection error or timeout
         └── Auth0Error
             ├── Auth0APIError       the Management or Authentication API answered an error
+            │                       (also a RemoteAPIError)
             └── Auth0ConnectionError
+
+``except RemoteAPIError`` catches an error answer from either service; ``except KeenError``
+or ``except Auth0Error`` everything that went wrong with one of them.
 
 No message, ``repr`` or attribute of these exceptions ever carries a Keen key, an Auth0
 client secret or an access token: they are built from status codes and the remote's own
@@ -66,17 +72,22 @@ class RemoteError(KeenSignupError):
         self.status_code = status_code
 
 
-class KeenError(RemoteError):
-    """A write to Keen failed."""
+class RemoteAPIError(RemoteError):
+    """The remote service answered, with an error status.
 
+    Built from the status and the remote's own (redacted, truncated) error text only.
 
-class KeenAPIError(KeenError):
-    """Keen answered with a non-2xx status.
-
-    :param error_code: Keen's ``error_code`` (e.g. ``InvalidPropertyNameError``), or the
-        status as a string when the body was not Keen's JSON error shape.
-    :param api_message: Keen's ``message``, truncated.
+    :param status_code: the HTTP status.
+    :param error_code: the remote's error code, or the status as a string when the body
+        was not the remote's error shape (an HTML page from a proxy).
+    :param api_message: the remote's error message, truncated.
+    :param retryable: whether the same request may succeed later.
+    :param retry_after: seconds the remote asked us to wait, if it said so.
     """
+
+    #: The service named in the message, ``"{service} answered 429 ..."``.
+    service = "The remote service"
+    status_code: int
 
     def __init__(
         self,
@@ -88,13 +99,28 @@ class KeenAPIError(KeenError):
         retry_after: float | None = None,
     ) -> None:
         super().__init__(
-            f"Keen answered {status_code} {error_code}: {api_message}",
+            f"{self.service} answered {status_code} {error_code}: {api_message}",
             retryable=retryable,
             retry_after=retry_after,
             status_code=status_code,
         )
         self.error_code = error_code
         self.api_message = api_message
+
+
+class KeenError(RemoteError):
+    """A write to Keen failed."""
+
+
+class KeenAPIError(KeenError, RemoteAPIError):
+    """Keen answered with a non-2xx status.
+
+    ``error_code`` is Keen's (e.g. ``InvalidPropertyNameError``), or the status as a
+    string when the body was not Keen's JSON error shape; ``api_message`` is Keen's
+    ``message``, truncated.
+    """
+
+    service = "Keen"
 
 
 class KeenRequestTooLargeError(KeenAPIError):
@@ -119,30 +145,14 @@ class Auth0Error(RemoteError):
     """A call to Auth0's Authentication or Management API failed."""
 
 
-class Auth0APIError(Auth0Error):
+class Auth0APIError(Auth0Error, RemoteAPIError):
     """Auth0 answered with an error status.
 
-    :param error_code: Auth0's ``errorCode`` / ``error``, or the status as a string.
-    :param api_message: Auth0's ``message`` / ``error_description``, truncated.
+    ``error_code`` is Auth0's ``errorCode`` / ``error``, or the status as a string;
+    ``api_message`` is Auth0's ``message`` / ``error_description``, truncated.
     """
 
-    def __init__(
-        self,
-        status_code: int,
-        error_code: str,
-        api_message: str,
-        *,
-        retryable: bool,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(
-            f"Auth0 answered {status_code} {error_code}: {api_message}",
-            retryable=retryable,
-            retry_after=retry_after,
-            status_code=status_code,
-        )
-        self.error_code = error_code
-        self.api_message = api_message
+    service = "Auth0"
 
 
 class Auth0ConnectionError(Auth0Error):

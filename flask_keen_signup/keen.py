@@ -40,52 +40,51 @@ Keen's own (redacted, truncated) error text, and exceptions from ``requests`` (w
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
-import email.utils
 import enum
-import html
 import json
 import logging
-import math
 import re
 import time
 import typing as t
-from importlib import metadata
 from urllib.parse import quote
 
 import requests
-from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 
-from ._text import printable
+from ._http import MAX_RETRY_AFTER
+from ._http import USER_AGENT
+from ._http import VERSION
+from ._http import NoResponse
+from ._http import SessionClient
+from ._http import check_timeout
+from ._http import excerpt as _excerpt
+from ._http import new_session
+from ._http import parse_retry_after
+from ._http import send
 from .config import DEFAULT_API_URL
 from .config import DEFAULT_TIMEOUT
+from .events import MAX_EVENT_BYTES
 from .exceptions import KeenAPIError
 from .exceptions import KeenConnectionError
 from .exceptions import KeenRequestTooLargeError
 
 if t.TYPE_CHECKING:  # pragma: no cover
-    from types import TracebackType
+    pass
 
 logger = logging.getLogger(__name__)
 
 #: Keen's cap on a batch request body, in bytes (413 above it). Third-party figure that
 #: Keen's own docs do not contradict; the sender stays at or under it.
 MAX_REQUEST_BYTES = 10_000_000
-#: Keen's cap on one event, in bytes (413 above it).
-MAX_EVENT_BYTES = 900_000
 #: Bytes :func:`split_by_size` reserves for a one-collection batch envelope,
 #: ``{"<collection>":[`` ... ``]}``: a valid collection name is at most 64 ASCII characters,
 #: which JSON escapes to at most 6 bytes each.
 BATCH_ENVELOPE_BYTES = 2 + (2 + 64 * 6) + 1 + 2
-#: The longest ``Retry-After`` honoured, in seconds. A server (or a proxy in front of it)
-#: asking for hours would otherwise park the sender; it still backs off by itself.
-MAX_RETRY_AFTER = 600.0
 
 #: Per-event error names after which resending the *same* event can only fail again.
 #:
-#: The first three are what Keen's Java and iOS SDKs drop queued events for (keen-api
-#: §2.2, §5.2). The others are also verdicts on the event's own content, so they are
+#: The first three are the ones Keen's Java and iOS SDKs drop queued events for. The
+#: others are also verdicts on the event's own content, so they are
 #: deterministic too: ``NamespaceTypeError`` (``keen`` is not an object),
 #: ``InvalidKeenNamespaceProperty`` (bad property inside ``keen``, e.g. a uniqueness token
 #: over 64 characters), ``ListsOfNonPrimitivesNotAllowedError`` (arrays of objects under the
@@ -118,25 +117,30 @@ DUPLICATE_EVENT_ERRORS: frozenset[str] = frozenset({"DuplicateEventError"})
 #: overloaded or briefly broken. Every other non-2xx is a verdict on the request itself.
 RETRYABLE_STATUSES = frozenset({408, 429})
 
-_EXCERPT_CHARS = 300
-_TAG_RE = re.compile(r"<(script|style)\b.*?</\1\s*>|<[^>]*>", re.IGNORECASE | re.DOTALL)
-_SPACE_RE = re.compile(r"\s+")
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def _version() -> str:
-    try:
-        return metadata.version("flask-keen-signup")
-    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
-        return "0+unknown"
-
-
-_VERSION = _version()
 #: Sent as ``Keen-Sdk``, in the format of Keen's own SDKs (``python-0.7.0``), so Keen can
 #: tell this client's traffic apart.
-KEEN_SDK = f"flask-keen-signup-{_VERSION}"
-#: The default ``User-Agent``.
-USER_AGENT = f"flask-keen-signup/{_VERSION} python-requests/{requests.__version__}"
+KEEN_SDK = f"flask-keen-signup-{VERSION}"
+
+__all__ = [
+    "BATCH_ENVELOPE_BYTES",
+    "DUPLICATE_EVENT_ERRORS",
+    "KEEN_SDK",
+    "MAX_EVENT_BYTES",
+    "MAX_REQUEST_BYTES",
+    "MAX_RETRY_AFTER",
+    "PERMANENT_EVENT_ERRORS",
+    "RETRYABLE_STATUSES",
+    "USER_AGENT",
+    "BatchResult",
+    "EventResult",
+    "KeenClient",
+    "Outcome",
+    "assemble_batch",
+    "encode_batch",
+    "encode_event",
+    "parse_retry_after",
+    "split_by_size",
+]
 
 
 class Outcome(enum.Enum):
@@ -308,45 +312,6 @@ def split_by_size(
 # --------------------------------------------------------------------------- responses
 
 
-def parse_retry_after(value: str | None, *, now: dt.datetime | None = None) -> float | None:
-    """Read a ``Retry-After`` header: delta-seconds or an HTTP-date (RFC 9110 §10.2.3).
-
-    :returns: seconds to wait, clamped to ``[0, MAX_RETRY_AFTER]``, or ``None`` when the
-        header is absent or unreadable (the caller then uses its own backoff).
-    """
-    if value is None:
-        return None
-    text = value.strip()
-    if not text:
-        return None
-    seconds: float
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:  # "-0000" or an obsolete zone: HTTP-dates are GMT
-            when = when.replace(tzinfo=dt.timezone.utc)
-        seconds = (when - (now or dt.datetime.now(dt.timezone.utc))).total_seconds()
-    if not math.isfinite(seconds):
-        return None
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
-
-
-def _excerpt(text: str, limit: int = _EXCERPT_CHARS) -> str:
-    """A short, single-line, tag-free excerpt of an error body for a message or log."""
-    text = _TAG_RE.sub(" ", text)
-    text = html.unescape(text)
-    text = _CONTROL_RE.sub(" ", text)
-    text = _SPACE_RE.sub(" ", text).strip()
-    if len(text) > limit:
-        text = text[: limit - 1].rstrip() + "…"
-    # Bidi overrides, zero-width and other invisible characters: shown escaped.
-    return printable(text, limit=None)
-
-
 class _KeyAuth(AuthBase):
     """Put the raw key in ``Authorization``, Keen's header scheme.
 
@@ -366,42 +331,10 @@ class _KeyAuth(AuthBase):
         return "<KeyAuth ***>"
 
 
-def _describe_connection_error(exc: requests.RequestException, timeout: tuple[float, float]) -> str:
-    """Name what went wrong without quoting ``requests``' text (ours is safe by construction)."""
-    if isinstance(exc, requests.ConnectTimeout):
-        return f"connect timed out after {timeout[0]:g}s"
-    if isinstance(exc, requests.ReadTimeout):
-        return f"read timed out after {timeout[1]:g}s"
-    if isinstance(exc, requests.exceptions.SSLError):
-        return "TLS handshake or certificate error"
-    if isinstance(exc, (requests.exceptions.ChunkedEncodingError, requests.Timeout)):
-        return "connection broken while reading the response"
-    seen: set[int] = set()
-    pending: list[BaseException | None] = [exc]
-    while pending:  # look through urllib3's wrapping for the OS-level cause
-        cause = pending.pop()
-        if cause is None or id(cause) in seen:
-            continue
-        seen.add(id(cause))
-        if isinstance(cause, ConnectionRefusedError):
-            return "connection refused"
-        if isinstance(cause, ConnectionResetError):
-            return "connection reset by peer"
-        if type(cause).__name__ == "RemoteDisconnected":
-            return "connection closed without a response"
-        if type(cause).__name__ == "NameResolutionError":
-            return "host name could not be resolved"
-        pending.extend(a for a in cause.args if isinstance(a, BaseException))
-        pending.extend((cause.__cause__, cause.__context__, getattr(cause, "reason", None)))
-    if isinstance(exc, requests.ConnectionError):
-        return "connection failed"
-    return f"request failed ({type(exc).__name__})"
-
-
 # --------------------------------------------------------------------------- the client
 
 
-class KeenClient:
+class KeenClient(SessionClient):
     """Write events to one Keen project.
 
     Thread-safety: one client may be shared by the sender thread and request threads
@@ -441,12 +374,9 @@ class KeenClient:
             raise ValueError("write_key is required")
         if not re.match(r"^https?://[^/\s?#]+(/[^\s?#]*)?$", api_url):
             raise ValueError(f"api_url must be an http(s) base URL, got {api_url!r}")
-        connect, read = timeout
-        if not (connect > 0 and read > 0 and math.isfinite(connect) and math.isfinite(read)):
-            raise ValueError("timeout must be a (connect, read) pair of positive seconds")
         self.project_id = project_id
         self.api_url = api_url.rstrip("/")
-        self.timeout: tuple[float, float] = (float(connect), float(read))
+        self.timeout: tuple[float, float] = check_timeout(timeout)
         self._auth = _KeyAuth(write_key)
         self._headers = {
             "Content-Type": "application/json",
@@ -464,12 +394,8 @@ class KeenClient:
         return f"<KeenClient project_id={self.project_id!r} api_url={self.api_url!r}>"
 
     def _new_session(self) -> requests.Session:
-        session = requests.Session()
         # No urllib3 retries: the sender owns retrying, with backoff and Retry-After.
-        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=self._pool_maxsize, max_retries=0)
-        session.mount("https://", adapter)
-        session.mount("http://", adapter)
-        return session
+        return new_session(self._pool_maxsize)
 
     def reset_after_fork(self) -> None:
         """Give a forked child its own connection pool (pooled sockets must not be shared).
@@ -480,22 +406,6 @@ class KeenClient:
         """
         if self._owns_session:
             self._session = self._new_session()
-
-    def __enter__(self) -> KeenClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the pooled connections (only if the client created the session)."""
-        if self._owns_session:
-            self._session.close()
 
     def event_url(self, collection: str) -> str:
         """The single-write URL of ``collection``, percent-encoded (``a/b`` -> ``a%2Fb``)."""
@@ -551,66 +461,89 @@ class KeenClient:
             body = encode_batch(batch)
         response = self._post(self._batch_url, body)
         return BatchResult(
-            results=_parse_batch_results(batch, response, self._redact), request_bytes=len(body)
+            results=_parse_batch_results(batch, response, self._auth._key), request_bytes=len(body)
         )
 
     def _post(self, url: str, body: bytes) -> requests.Response:
-        started = time.monotonic()
-        failure: str | None = None
-        try:
-            response = self._session.post(
-                url,
-                data=body,
-                headers=self._headers,
-                auth=self._auth,
-                timeout=self.timeout,
-                allow_redirects=False,
-            )
-        except requests.RequestException as exc:
-            failure = _describe_connection_error(exc, self.timeout)
-        if failure is not None:
-            # Raised outside the ``except`` block so that nothing is chained: the
-            # ``requests`` exception's ``.request`` holds the Authorization header.
-            logger.debug("POST %s: no answer from Keen: %s (%d bytes)", url, failure, len(body))
-            raise KeenConnectionError(f"No answer from Keen ({self.api_url}): {failure}")
-        elapsed_ms = (time.monotonic() - started) * 1000
-        status = response.status_code
-        logger.debug("POST %s -> %d (%d bytes, %.0f ms)", url, status, len(body), elapsed_ms)
-        if 200 <= status < 300:
-            return response
-        error = self._api_error(response, len(body))
-        del response  # its .request carries the key; keep it out of the traceback's frames
-        raise error
-
-    def _redact(self, text: str) -> str:
-        """Mask the key should a server or proxy ever echo it back in an error text."""
-        return text.replace(self._auth._key, "***")
-
-    def _api_error(self, response: requests.Response, request_bytes: int) -> KeenAPIError:
-        status = response.status_code
-        error_code, message, from_keen = _read_error_body(response)
-        message, error_code = self._redact(message), self._redact(error_code)
-        if status == 413:
-            return KeenRequestTooLargeError(error_code, message, request_bytes=request_bytes)
-        retryable = (
-            status in RETRYABLE_STATUSES
-            or 500 <= status < 600
-            # Not Keen's verdict (see the module doc): transient, whatever the status.
-            or not from_keen
-        )
-        retry_after = parse_retry_after(response.headers.get("Retry-After")) if retryable else None
-        return KeenAPIError(
-            status, error_code, message, retryable=retryable, retry_after=retry_after
+        return request(
+            self._session,
+            "POST",
+            url,
+            auth=self._auth,
+            timeout=self.timeout,
+            api_url=self.api_url,
+            request_bytes=len(body),
+            data=body,
+            headers=self._headers,
         )
 
 
-def _read_error_body(response: requests.Response) -> tuple[str, str, bool]:
+def request(
+    session: requests.Session,
+    method: str,
+    url: str,
+    *,
+    auth: _KeyAuth,
+    timeout: tuple[float, float],
+    api_url: str,
+    request_bytes: int = 0,
+    **kwargs: t.Any,
+) -> requests.Response:
+    """Send one request to Keen and return its 2xx response; raise for anything else.
+
+    Shared by :class:`KeenClient` and :class:`~.keen_admin.KeenAdminClient`. Exceptions
+    are raised here, outside any ``except`` block (:func:`._http.send`), and the response,
+    whose ``.request`` carries the key, is dropped before: nothing chains a ``requests``
+    exception or keeps the key in the traceback's frames.
+
+    :raises KeenConnectionError: no answer.
+    :raises KeenAPIError: a non-2xx answer (see the module doc for which are retryable).
+    """
+    started = time.monotonic()
+    answer = send(session, method, url, timeout=timeout, auth=auth, allow_redirects=False, **kwargs)
+    if isinstance(answer, NoResponse):
+        logger.debug(
+            "%s %s: no answer from Keen: %s (%d bytes)", method, url, answer.reason, request_bytes
+        )
+        raise KeenConnectionError(f"No answer from Keen ({api_url}): {answer.reason}")
+    elapsed_ms = (time.monotonic() - started) * 1000
+    status = answer.status_code
+    logger.debug(
+        "%s %s -> %d (%d bytes, %.0f ms)", method, url, status, request_bytes, elapsed_ms
+    )
+    if 200 <= status < 300:
+        return answer
+    error = _api_error(answer, auth._key, request_bytes)
+    del answer
+    raise error
+
+
+def _api_error(response: requests.Response, key: str, request_bytes: int) -> KeenAPIError:
+    status = response.status_code
+    error_code, message, from_keen = _read_error_body(response, key)
+    if status == 413:
+        return KeenRequestTooLargeError(error_code, message, request_bytes=request_bytes)
+    retryable = (
+        status in RETRYABLE_STATUSES
+        or 500 <= status < 600
+        # Not Keen's verdict (see the module doc): transient, whatever the status.
+        or not from_keen
+    )
+    retry_after = parse_retry_after(response.headers.get("Retry-After")) if retryable else None
+    return KeenAPIError(status, error_code, message, retryable=retryable, retry_after=retry_after)
+
+
+def _read_error_body(response: requests.Response, key: str) -> tuple[str, str, bool]:
     """Keen's ``(error_code, message, True)``, or ``(str(status), excerpt, False)``.
+
+    Every text is an :func:`._http.excerpt` with ``key`` masked, should a server or proxy
+    ever echo it back.
 
     The fallback mirrors Keen's Python client, which uses the status as the code when an
     nginx or load-balancer page comes back instead of Keen's JSON. The flag says whether
     the body was Keen's own error shape (a JSON object with a string ``error_code``).
     """
+    secrets = (key,)
     text = response.content.decode("utf-8", errors="replace")
     try:
         data = json.loads(text)
@@ -619,25 +552,27 @@ def _read_error_body(response: requests.Response) -> tuple[str, str, bool]:
     if isinstance(data, dict) and isinstance(data.get("error_code"), str) and data["error_code"]:
         message = data.get("message")
         return (
-            _excerpt(data["error_code"], 100),
-            _excerpt(message if isinstance(message, str) else ""),
+            _excerpt(data["error_code"], 100, secrets=secrets),
+            _excerpt(message if isinstance(message, str) else "", secrets=secrets),
             True,
         )
     status = str(response.status_code)
-    reason = _excerpt(response.reason or "", 100) if isinstance(response.reason, str) else ""
-    excerpt = _excerpt(text)
+    reason = response.reason if isinstance(response.reason, str) else ""
+    reason = _excerpt(reason, 100, secrets=secrets)
+    excerpt = _excerpt(text, secrets=secrets)
     if data is None:
         kind = response.headers.get("Content-Type", "no content type").split(";")[0]
         shown = f": {excerpt}" if excerpt else " (empty body)"
         text = f"{reason} (not a Keen error body, {kind}){shown}".strip()
-        return status, _excerpt(text), False
-    return status, _excerpt(f"{reason} (unexpected JSON error body): {excerpt}".strip()), False
+        return status, _excerpt(text, secrets=secrets), False
+    text = f"{reason} (unexpected JSON error body): {excerpt}".strip()
+    return status, _excerpt(text, secrets=secrets), False
 
 
 def _parse_batch_results(
     batch: t.Mapping[str, t.Sequence[t.Mapping[str, t.Any]]],
     response: requests.Response,
-    redact: t.Callable[[str], str],
+    key: str,
 ) -> dict[str, list[EventResult]]:
     """Match a 2xx batch answer to the input, event by event, without ever guessing success."""
     try:
@@ -669,7 +604,7 @@ def _parse_batch_results(
                 len(events),
             )
         results[collection] = [
-            _event_result(items[i], redact) if i < len(items) else _NO_RESULT
+            _event_result(items[i], key) if i < len(items) else _NO_RESULT
             for i in range(len(events))
         ]
     return results
@@ -680,7 +615,7 @@ _NO_RESULT = EventResult(
 )
 
 
-def _event_result(item: t.Any, redact: t.Callable[[str], str]) -> EventResult:
+def _event_result(item: t.Any, key: str) -> EventResult:
     if not isinstance(item, dict) or not isinstance(item.get("success"), bool):
         return EventResult(
             Outcome.RETRYABLE, description="Keen's result for this event is not understood"
@@ -690,8 +625,8 @@ def _event_result(item: t.Any, redact: t.Callable[[str], str]) -> EventResult:
     error = item.get("error")
     name = error.get("name") if isinstance(error, dict) else None
     description = error.get("description") if isinstance(error, dict) else None
-    name = redact(_excerpt(name, 100)) if isinstance(name, str) else None
-    description = redact(_excerpt(description)) if isinstance(description, str) else None
+    name = _excerpt(name, 100, secrets=(key,)) if isinstance(name, str) else None
+    description = _excerpt(description, secrets=(key,)) if isinstance(description, str) else None
     if name in DUPLICATE_EVENT_ERRORS:
         return EventResult(
             Outcome.DELIVERED,

@@ -6,38 +6,30 @@ different, far more powerful key (``KEEN_MASTER_KEY``), is used only by
 
 ``DELETE /3.0/projects/{project}/events/{collection}?filters=[...]`` with the master key in
 ``Authorization`` deletes every event matching the filters and answers ``204``
-(keen-api.md §4). The same care as the write client: the key travels in the header only,
-and no exception raised here chains a ``requests`` exception (whose ``.request`` holds
-the headers) or quotes the key.
+(Keen's API reference, "Delete Events"). The same care as the write client, through the
+same code (:func:`.keen.request`): the key travels in the header only, and no exception
+raised here chains a ``requests`` exception (whose ``.request`` holds the headers) or
+quotes the key.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import math
 import re
 from urllib.parse import quote
 
-import requests
-from requests.adapters import HTTPAdapter
-
+from ._http import SessionClient
+from ._http import check_timeout
+from ._http import new_session
 from .config import DEFAULT_API_URL
 from .config import DEFAULT_TIMEOUT
-from .exceptions import KeenAPIError
-from .exceptions import KeenConnectionError
 from .keen import KEEN_SDK
-from .keen import RETRYABLE_STATUSES
 from .keen import USER_AGENT
-from .keen import _describe_connection_error
 from .keen import _KeyAuth
-from .keen import _read_error_body
-from .keen import parse_retry_after
-
-logger = logging.getLogger(__name__)
+from .keen import request
 
 
-class KeenAdminClient:
+class KeenAdminClient(SessionClient):
     """Delete events from one Keen project with its master key.
 
     :param project_id: the Keen project id.
@@ -60,28 +52,15 @@ class KeenAdminClient:
             raise ValueError("master_key is required")
         if not re.match(r"^https?://[^/\s?#@]+(/[^\s?#]*)?$", api_url):
             raise ValueError("api_url must be an http(s) base URL without credentials")
-        connect, read = timeout
-        if not (connect > 0 and read > 0 and math.isfinite(connect) and math.isfinite(read)):
-            raise ValueError("timeout must be a (connect, read) pair of positive seconds")
         self.project_id = project_id
         self.api_url = api_url.rstrip("/")
-        self.timeout = (float(connect), float(read))
+        self.timeout = check_timeout(timeout)
         self._auth = _KeyAuth(master_key)
-        self._session = requests.Session()
-        self._session.mount("https://", HTTPAdapter(max_retries=0))
-        self._session.mount("http://", HTTPAdapter(max_retries=0))
+        self._owns_session = True
+        self._session = new_session()
 
     def __repr__(self) -> str:
         return f"<KeenAdminClient project_id={self.project_id!r} api_url={self.api_url!r}>"
-
-    def __enter__(self) -> KeenAdminClient:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._session.close()
 
     def delete_user_events(self, collection: str, user_id: str, *, property_name: str) -> None:
         """Delete every event of ``collection`` whose ``property_name`` equals ``user_id``."""
@@ -103,31 +82,13 @@ class KeenAdminClient:
             f"{self.api_url}/3.0/projects/{quote(self.project_id, safe='')}"
             f"/events/{quote(collection, safe='')}"
         )
-        failure: str | None = None
-        try:
-            response = self._session.delete(
-                url,
-                params={"filters": json.dumps(filters, separators=(",", ":"))},
-                headers={"Keen-Sdk": KEEN_SDK, "User-Agent": USER_AGENT},
-                auth=self._auth,
-                timeout=self.timeout,
-                allow_redirects=False,
-            )
-        except requests.RequestException as exc:
-            failure = _describe_connection_error(exc, self.timeout)
-        if failure is not None:
-            # Raised outside the ``except`` block: nothing chained (see the module doc).
-            raise KeenConnectionError(f"No answer from Keen ({self.api_url}): {failure}")
-        status = response.status_code
-        logger.debug("DELETE events of %r -> %d", collection, status)
-        if 200 <= status < 300:
-            return
-        error_code, message, from_keen = _read_error_body(response)
-        key = self._auth._key
-        error_code, message = error_code.replace(key, "***"), message.replace(key, "***")
-        retryable = status in RETRYABLE_STATUSES or status >= 500 or not from_keen
-        retry_after = parse_retry_after(response.headers.get("Retry-After")) if retryable else None
-        del response  # its .request carries the key: keep it out of the traceback's frames
-        raise KeenAPIError(
-            status, error_code, message, retryable=retryable, retry_after=retry_after
+        request(
+            self._session,
+            "DELETE",
+            url,
+            auth=self._auth,
+            timeout=self.timeout,
+            api_url=self.api_url,
+            params={"filters": json.dumps(filters, separators=(",", ":"))},
+            headers={"Keen-Sdk": KEEN_SDK, "User-Agent": USER_AGENT},
         )

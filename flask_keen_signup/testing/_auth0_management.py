@@ -1,7 +1,7 @@
 """The Management API v2 subset the extension uses: get, update, list and search users,
 and user export jobs.
 
-Paths, status codes, bodies and headers follow Auth0 (reference ``authlib-auth0.md`` C2-C5):
+Paths, status codes, bodies and headers follow Auth0's Management API v2 reference:
 errors are ``{"statusCode", "error", "message", "errorCode"}``, every answer carries the
 ``x-ratelimit-*`` headers, and the user id in the path is percent-decoded from the URL *as
 sent*, so ``auth0%7Cabc%2Fx`` and ``auth0|abc/x`` are not confused.

@@ -1,4 +1,4 @@
-"""Keen's data-enrichment add-ons (keen-api.md §3.3), as the emulator runs them.
+"""Keen's data-enrichment add-ons (``keen.addons``), as the emulator runs them.
 
 ``keen:url_parser`` and ``keen:referrer_parser`` are real parsers. ``keen:ip_to_geo``,
 ``keen:ua_parser`` and ``keen:date_time_parser`` are *deterministic stand-ins* that produce

@@ -1,4 +1,4 @@
-"""The slice of Keen's query API that tests need: timeframes and filters (keen-api.md §4).
+"""The slice of Keen's query API that tests need: timeframes and filters.
 
 Queries select on ``keen.timestamp`` (the event's time, which clients may set), as Keen does,
 not on the receipt time.
@@ -204,7 +204,7 @@ def _contains(value: t.Any, needle: t.Any) -> bool:
     return False
 
 
-# --- count with interval and group_by (keen-api.md §4) -----------------------------------
+# --- count with interval and group_by ----------------------------------------------------
 
 _INTERVAL = re.compile(
     r"(minutely|hourly|daily|weekly|monthly|yearly)|every_(\d+)_(minute|hour|day|week|month|year)s?"

@@ -1,4 +1,4 @@
-"""Keen's event validation rules, applied in one recursive pass (keen-api.md §3.4, §9.3, §9.4).
+"""Keen's event validation rules, applied in one recursive pass (see ``docs/keen-emulator.md``).
 
 Validation is on the emulator's hot path (the product's benchmark pushes tens of thousands of
 events a second through the batch endpoint), so the walk touches every value exactly once,
@@ -85,7 +85,7 @@ def check_collection_name(name: str) -> None:
 
 
 def _bad_name(name: str, name_max: int) -> KeenProblem:
-    # The first sentence is verbatim from a real Keen response (keen-api.md §1.4).
+    # The first sentence is verbatim from a real Keen error response.
     rule = f"Must be <= {name_max} characters, cannot contain the '.' symbol anywhere"
     return KeenProblem(
         "InvalidPropertyNameError",

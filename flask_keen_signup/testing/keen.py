@@ -6,8 +6,8 @@ suites and the offline demo check those claims without the internet: it implemen
 write API (single and batch, per-event results), its keys, validation rules and error bodies,
 the ``keen.*`` server fields, uniqueness-token dedupe, add-ons and the ``count`` /
 ``extraction`` queries, and it can misbehave on demand (error statuses with ``Retry-After``,
-HTML error pages, latency, TCP resets, a full outage). The spec is ``keen-api.md`` §9; the
-choices made where Keen's behaviour is unknown are listed in ``docs/keen-emulator.md``.
+HTML error pages, latency, TCP resets, a full outage). What it implements, and the choices
+made where Keen's behaviour is unknown, are listed in ``docs/keen-emulator.md``.
 
 From Python::
 
