@@ -117,6 +117,16 @@ class Outcomes:
         #: Set when an open circuit closes: rows that backed off during the outage are
         #: claimed at once instead of waiting out their backoff.
         self.catch_up_since: float | None = None
+
+    @property
+    def hooks(self) -> DeliveryHooks | None:
+        """The store's hooks; replaceable (the next batch uses the new ones)."""
+        return self._hooks
+
+    @hooks.setter
+    def hooks(self, hooks: DeliveryHooks | None) -> None:
+        self._hooks = hooks
+        #: Whether a hook is overridden at all: the default ones are not even called.
         self.has_after_delivered = hooks is not None and (
             type(hooks).after_delivered is not DeliveryHooks.after_delivered
         )

@@ -250,8 +250,8 @@ class Sender:
         )
         self.outbox = outbox
         self.client = client
-        self.hooks = hooks
-        self.notify = notify
+        self._hooks = hooks
+        self._notify = notify
         self.name = name
         self.handle_signals = handle_signals
         #: Decides the signups the login path spooled (see :mod:`flask_keen_signup.spool`).
@@ -282,8 +282,8 @@ class Sender:
             max_attempts=tuning.max_attempts,
             backoff=self._backoff,
             circuit=circuit,
-            hooks=self.hooks,
-            notify=self.notify,
+            hooks=self._hooks,
+            notify=self._notify,
             name=self.name,
         )
         self.transport = Transport(
@@ -338,6 +338,24 @@ class Sender:
         return self.tuning.retention
 
     @property
+    def hooks(self) -> DeliveryHooks | None:
+        """The marker store's hooks; may be replaced while the sender runs."""
+        return self._hooks
+
+    @hooks.setter
+    def hooks(self, hooks: DeliveryHooks | None) -> None:
+        self._hooks = self.outcomes.hooks = hooks
+
+    @property
+    def notify(self) -> Notify | None:
+        """Called on the sender thread for every outcome; may be replaced."""
+        return self._notify
+
+    @notify.setter
+    def notify(self, notify: Notify | None) -> None:
+        self._notify = self.outcomes.notify = notify
+
+    @property
     def owner(self) -> str:
         """This process's lease owner, ``host/pid/nonce`` (new in a forked child)."""
         return self.leases.owner
@@ -357,8 +375,9 @@ class Sender:
         if self.worker.forked():  # a child the at-fork hook missed: nothing of ours here
             self._reset_after_fork()
         self._shut_down = False
-        self.worker.start()
+        # Registered first: from its first claim, its leases must count as a live owner's.
         shutdown.register(self, signals=self.handle_signals)
+        self.worker.start()
 
     def wake(self) -> None:
         """Nudge the thread: an event was just enqueued.
@@ -393,7 +412,8 @@ class Sender:
         deadline = time.monotonic() + timeout
         left = self.flush(timeout)
         self.stop(max(0.0, deadline - time.monotonic()))
-        shutdown.unregister(self)
+        if not self.running:  # a batch still on the wire keeps its leases a live owner's
+            shutdown.unregister(self)
         return left
 
     def flush(self, timeout: float | None = None) -> int:
