@@ -17,7 +17,16 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DELIVERY = os.path.join(ROOT, "flask_keen_signup", "delivery")
-MODULES = ["sender", "shutdown", "worker", "batching", "outcomes", "leases", "transport"]
+MODULES = [
+    "sender",
+    "shutdown",
+    "worker",
+    "batching",
+    "outcomes",
+    "leases",
+    "transport",
+    "upkeep",
+]
 PACKAGE = "flask_keen_signup.delivery"
 
 

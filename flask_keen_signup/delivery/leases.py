@@ -5,6 +5,8 @@ them until the lease runs out. Three things keep that honest:
 
 * :class:`Leases` names this process's owner (a fresh one after a fork) and knows the
   rows it holds;
+* a claim may run ahead on a helper thread (:class:`Prefetch`) while the previous batch
+  is on the wire;
 * its keeper (:meth:`Leases.renewing`) extends those leases every third of
   ``lease_seconds`` while a batch is on the wire, so a slow request is not resent by
   another sender meanwhile;
@@ -27,6 +29,8 @@ from . import Outbox
 from . import OutboxRow
 
 logger = logging.getLogger(__name__)
+
+_Claim = t.Callable[[int, float | None], list[OutboxRow]]
 
 HOSTNAME = socket.gethostname()
 
@@ -129,6 +133,10 @@ class Leases:
         with self._held_lock:
             return list(self._held)
 
+    def prefetch(self, limit: int, flush_since: float | None) -> Prefetch:
+        """:meth:`claim` on a helper thread, while the current batch is on the wire."""
+        return Prefetch(self.claim, limit, flush_since)
+
     # ------------------------------------------------------------ renewal
 
     def renewing(self) -> LeaseKeeper:
@@ -161,6 +169,41 @@ class Leases:
         count = self.outbox.expire_leases(self.is_orphan)
         if count:
             logger.info("%s: took over %d event(s) leased by a dead process", self.name, count)
+
+
+class Prefetch:
+    """A claim running on a short-lived daemon thread while the previous batch is sent.
+
+    A plain daemon thread rather than an executor: executor workers are joined before
+    ``atexit`` runs, and the exit-time flush must still be able to claim.
+    """
+
+    def __init__(
+        self, claim: _Claim, limit: int, since: float | None
+    ) -> None:
+        self._rows: list[OutboxRow] = []
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._run,
+            args=(claim, limit, since),
+            name="flask-keen-signup-prefetch",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _run(
+        self, claim: _Claim, limit: int, since: float | None
+    ) -> None:
+        try:
+            self._rows = claim(limit, since)
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the sender thread
+            self._error = exc
+
+    def result(self) -> list[OutboxRow]:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._rows
 
 
 class LeaseKeeper:

@@ -15,13 +15,13 @@ worker/transport seam:
 * :mod:`.batching`: pure functions from rows to requests (collections, size caps, halves);
 * :mod:`.transport`: posts a leased batch and hands each answer on;
 * :mod:`.outcomes`: what an answer means (backoff, circuit, dead letters, hooks, notify);
-* :mod:`.leases`: the lease owner, renewal while sending, orphans of dead processes;
+* :mod:`.leases`: the lease owner, claims, renewal while sending, orphans of dead processes;
+* :mod:`.upkeep`: the chores of a round: spooled signups, retention of delivered bodies;
 * :mod:`.shutdown`: exit, SIGTERM and fork for every sender of the process.
 
-What stays here is one round (claim, maybe prefetch the next batch, deliver), a flush,
-and the round's upkeep: deciding spooled signups and dropping delivered bodies past
-retention. The request path never waits for any of this: it enqueues and calls
-:meth:`Sender.wake` (an ``Event.set``).
+What stays here is the order of one round (upkeep, claim, maybe prefetch the next batch,
+deliver), a flush, and the public surface. The request path never waits for any of
+this: it enqueues and calls :meth:`Sender.wake` (an ``Event.set``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ import threading
 import time
 import typing as t
 
-from .._text import printable
 from ..exceptions import StoreError
 from ..keen import MAX_REQUEST_BYTES
 from ..keen import KeenClient
@@ -48,11 +47,13 @@ from ._circuit import HALF_OPEN
 from ._circuit import OPEN
 from ._circuit import CircuitBreaker
 from .leases import Leases
+from .leases import Prefetch
 from .outcomes import Notify
 from .outcomes import Outcomes
 from .outcomes import RequestFailed
 from .outcomes import StoreEpisode
 from .transport import Transport
+from .upkeep import Upkeep
 from .worker import FlushRequest
 from .worker import Worker
 
@@ -130,44 +131,6 @@ class SenderStatus:
         data = dataclasses.asdict(self)
         data["resends"] = self.resends
         return data
-
-
-_Claim = t.Callable[[int, float | None], list[OutboxRow]]
-
-
-class _Prefetch:
-    """A claim running on a short-lived daemon thread while the previous batch is sent.
-
-    A plain daemon thread rather than an executor: executor workers are joined before
-    ``atexit`` runs, and the exit-time flush must still be able to claim.
-    """
-
-    def __init__(
-        self, claim: _Claim, limit: int, since: float | None
-    ) -> None:
-        self._rows: list[OutboxRow] = []
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(
-            target=self._run,
-            args=(claim, limit, since),
-            name="flask-keen-signup-prefetch",
-            daemon=True,
-        )
-        self._thread.start()
-
-    def _run(
-        self, claim: _Claim, limit: int, since: float | None
-    ) -> None:
-        try:
-            self._rows = claim(limit, since)
-        except BaseException as exc:  # noqa: BLE001 - re-raised on the sender thread
-            self._error = exc
-
-    def result(self) -> list[OutboxRow]:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._rows
 
 
 class Sender:
@@ -254,8 +217,13 @@ class Sender:
         self._notify = notify
         self.name = name
         self.handle_signals = handle_signals
-        #: Decides the signups the login path spooled (see :mod:`flask_keen_signup.spool`).
-        self.drain = drain
+        self.upkeep = Upkeep(
+            outbox,
+            drain=drain,
+            retention=retention,
+            check_interval=retention_check_interval,
+            name=name,
+        )
         self._rng = rng or random.Random()
         self._backoff = Backoff(backoff_base, backoff_cap, self._rng)
         self.leases = Leases(
@@ -265,7 +233,6 @@ class Sender:
         self._store = StoreEpisode(name)
         self._shut_down = False
         self._shutdown_lock = threading.Lock()
-        self._next_retention_check = 0.0
         self._new_process_state()
 
     def _new_process_state(self) -> None:
@@ -294,7 +261,7 @@ class Sender:
             max_batch_bytes=tuning.max_batch_bytes,
             name=self.name,
         )
-        self._prefetch: _Prefetch | None = None
+        self._prefetch: Prefetch | None = None
 
     def __repr__(self) -> str:
         return f"<Sender {self.name!r} {self.outbox!r} running={self.running}>"
@@ -354,6 +321,15 @@ class Sender:
     @notify.setter
     def notify(self, notify: Notify | None) -> None:
         self._notify = self.outcomes.notify = notify
+
+    @property
+    def drain(self) -> t.Callable[[], int] | None:
+        """Decides the signups the login path spooled (:mod:`flask_keen_signup.spool`)."""
+        return self.upkeep.drain
+
+    @drain.setter
+    def drain(self, drain: t.Callable[[], int] | None) -> None:
+        self.upkeep.drain = drain
 
     @property
     def owner(self) -> str:
@@ -506,7 +482,7 @@ class Sender:
         try:
             self._release_prefetch()  # leased by us: a flush must be able to claim them
             self.leases.expire_orphans(force=True)
-            self._drain_spool()
+            self.upkeep.drain_spool()
             while request.deadline is None or time.monotonic() < request.deadline:
                 rows = self.leases.claim(self.batch_size, request.since)
                 if not rows:
@@ -524,8 +500,8 @@ class Sender:
 
     def _round(self) -> float:
         self.leases.expire_orphans()
-        self._drain_spool()
-        self._drop_old_bodies()
+        self.upkeep.drain_spool()
+        self.upkeep.drop_old_bodies()
         outcomes = self.outcomes
         state = outcomes.circuit.state()
         if state == OPEN:
@@ -541,7 +517,7 @@ class Sender:
         if state == CLOSED and full:
             # A full batch: more is probably due. Lease the next batch on a helper thread
             # while this one is on the wire (SQLite and sockets both release the GIL).
-            self._prefetch = _Prefetch(self.leases.claim, limit, outcomes.catch_up_since)
+            self._prefetch = self.leases.prefetch(limit, outcomes.catch_up_since)
         try:
             self.transport.deliver(rows, stopping=lambda: self.worker.stopping)
         except RequestFailed:
@@ -560,39 +536,3 @@ class Sender:
         rows = self._take_prefetch()
         if rows:
             self.leases.release(rows)
-
-    def _drain_spool(self) -> None:
-        """Decide spooled signups (the store failed a login's budget); never raises."""
-        if self.drain is None:
-            return
-        try:
-            self.drain()
-        except Exception as exc:  # noqa: BLE001 - the store still fails: next round
-            logger.debug("%s: the spool is not drained yet: %s", self.name, exc)
-
-    def _drop_old_bodies(self) -> None:
-        """Retention: drop delivered bodies older than ``retention``, at most once per
-        ``retention_check_interval`` (one cheap read when there is nothing to drop)."""
-        retention = self.tuning.retention
-        if retention is None:
-            return
-        now = time.monotonic()
-        if now < self._next_retention_check:
-            return
-        self._next_retention_check = now + self.tuning.retention_check_interval
-        try:
-            dropped = self.outbox.drop_delivered_bodies(retention)
-        except Exception as exc:  # noqa: BLE001 - retried at the next pass
-            logger.warning(
-                "flask-keen-signup: could not drop delivered bodies past retention: %s",
-                printable(str(exc), limit=300),
-            )
-            return
-        if dropped:
-            logger.info(
-                "flask-keen-signup: dropped the body of %d delivered event(s) older than "
-                "KEEN_SIGNUP_RETENTION (%gs)",
-                dropped,
-                retention,
-            )
-
