@@ -104,3 +104,40 @@ def test_each_module_imports_first_and_alone(name: str) -> None:
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_the_tuning_is_checked_once_and_clamped() -> None:
+    from flask_keen_signup.delivery.sender import Tuning
+
+    for bad in (
+        {"batch_size": 0},
+        {"max_attempts": 0},
+        {"flush_interval": 0},
+        {"max_batch_bytes": 10_000_001},
+    ):
+        with pytest.raises(ValueError):
+            Tuning(**bad)  # type: ignore[arg-type]
+    tuning = Tuning(batch_size=4, probe_size=10, flush_interval=0.05, linger=1.0)
+    assert (tuning.probe_size, tuning.linger) == (4, 0.05)
+
+
+def test_the_public_constructor_still_takes_every_setting() -> None:
+    from flask_keen_signup.delivery.memory import MemoryOutbox
+    from flask_keen_signup.delivery.sender import Sender
+    from flask_keen_signup.keen import KeenClient
+
+    with pytest.raises(ValueError, match="collection_batch_size"):
+        Sender(MemoryOutbox(), KeenClient("p", "k"), collection_batch_size=0)
+    sender = Sender(
+        MemoryOutbox(),
+        KeenClient("p", "k", api_url="http://127.0.0.1:9"),
+        collection_batch_size=7,
+        probe_size=3,
+        lease_seconds=9.0,
+        retention=60.0,
+        handle_signals=False,
+    )
+    assert (sender.batch_size, sender.probe_size, sender.lease_seconds) == (7, 3, 9.0)
+    assert sender.retention == 60.0 and sender.tuning.batch_size == 7
+    assert not sender.running and sender.owner.endswith(sender.leases.nonce)
+    sender.client.close()

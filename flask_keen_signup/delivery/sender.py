@@ -146,6 +146,7 @@ class Sender:
     :param hooks: :class:`~flask_keen_signup.delivery.DeliveryHooks` of the marker store.
     :param notify: ``notify(kind, payload)`` for ``delivered``, ``failed`` and ``dead``,
         called on the sender thread; its exceptions are logged and swallowed.
+    :param name: the thread's name (and the prefix of its helpers' names, in logs too).
     :param backoff_base: first retry ceiling in seconds (full jitter, doubling).
     :param backoff_cap: longest retry ceiling in seconds.
     :param lease_seconds: how long a claim hides rows from other processes; longer than
@@ -373,6 +374,8 @@ class Sender:
         flight after ``timeout`` keeps its lease; it is retried after the lease runs out (or
         at once by the next process, if this one has exited).
         """
+        if self.worker.forked():  # the thread is the parent's: never join it here
+            self._reset_after_fork()
         self.worker.stop(timeout)
 
     def shutdown(self, timeout: float | None = None) -> int:
