@@ -10,10 +10,16 @@
   only be installed from the main thread; elsewhere this is skipped (``atexit`` still runs).
   The flush runs on a helper thread that the handler waits for with a deadline, so a lock
   held by the interrupted main thread can delay it but never hang the process.
-* **Fork.** ``os.register_at_fork(after_in_child=...)`` rebuilds every sender in the child
-  (fresh thread, locks, lease owner and HTTP connections) and restarts the ones that were
-  running (gunicorn ``--preload``, uWSGI, ``multiprocessing`` with fork). Senders are held
-  weakly, so this registry never keeps one alive.
+* **Fork.** ``os.register_at_fork(after_in_child=...)`` calls every sender's public
+  :meth:`Managed.after_fork_in_child` in the child (fresh thread, locks, lease owner and
+  HTTP connections; the ones that were running restart: gunicorn ``--preload``,
+  ``multiprocessing`` with fork). A server that forks without running Python's at-fork
+  hooks is caught by the sender's own pid check on first use.
+
+This is the one registry of the process's senders (held weakly, so it never keeps one
+alive); the senders also read it to tell their own live leases from a dead one's. It
+knows senders only through the small :class:`Managed` protocol: it imports nothing
+from :mod:`.sender`, which imports it.
 """
 
 from __future__ import annotations
@@ -34,11 +40,32 @@ from .. import database  # noqa: F401
 if t.TYPE_CHECKING:  # pragma: no cover
     from types import FrameType
 
-    from .sender import Sender
-
 logger = logging.getLogger(__name__)
 
-_senders: weakref.WeakSet[Sender] = weakref.WeakSet()
+
+class Managed(t.Protocol):
+    """What this module needs of a sender (:class:`~.sender.Sender` is one)."""
+
+    @property
+    def shutdown_timeout(self) -> float:
+        """Seconds exit and SIGTERM may spend flushing it."""
+
+    @property
+    def running(self) -> bool:
+        """Whether its thread runs in this process."""
+
+    @property
+    def owner(self) -> str:
+        """Its lease owner in this process (``host/pid/nonce``)."""
+
+    def shutdown(self, timeout: float | None = None) -> int:
+        """Flush within ``timeout``, then stop; return the events left."""
+
+    def after_fork_in_child(self) -> None:
+        """Rebuild its per-process state in a forked child (restart if it ran)."""
+
+
+_senders: weakref.WeakSet[Managed] = weakref.WeakSet()
 _lock = threading.Lock()
 _atexit_installed = False
 _signal_installed = False
@@ -47,7 +74,7 @@ _previous_handler: t.Any = None
 _SIGNAL_GRACE = 1.0
 
 
-def register(sender: Sender, *, signals: bool = True) -> None:
+def register(sender: Managed, *, signals: bool = True) -> None:
     """Track ``sender`` for exit, SIGTERM and fork; install the hooks on first use."""
     global _atexit_installed
     with _lock:
@@ -59,15 +86,25 @@ def register(sender: Sender, *, signals: bool = True) -> None:
         install_signal_handler()
 
 
-def unregister(sender: Sender) -> None:
+def unregister(sender: Managed) -> None:
+    """Forget ``sender`` (it has shut down)."""
     with _lock:
         _senders.discard(sender)
 
 
-def live_senders() -> list[Sender]:
+def live_senders() -> list[Managed]:
     """The senders of this process (for ``status`` and tests)."""
     with _lock:
         return list(_senders)
+
+
+def live_owners() -> set[str]:
+    """The lease owners of the senders whose thread runs in this process.
+
+    A lease of this pid whose owner is not in here is an orphan (a sender stopped or
+    crashed without giving its rows back): see :func:`.leases.is_orphan`.
+    """
+    return {sender.owner for sender in live_senders() if sender.running}
 
 
 def shutdown_all(timeout: float | None = None) -> int:
@@ -142,7 +179,7 @@ def _after_fork_in_child() -> None:
     _lock = threading.Lock()  # the parent's may have been held by another thread
     for sender in list(_senders):
         try:
-            sender._after_fork_in_child()
+            sender.after_fork_in_child()
         except Exception:  # noqa: BLE001 - never break the child over analytics
             logger.exception("flask-keen-signup: could not restart a sender after fork")
 

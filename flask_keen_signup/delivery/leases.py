@@ -1,0 +1,233 @@
+"""Lease ownership: who holds which outbox rows, for how long, and who is dead.
+
+A claim leases rows to an *owner*, ``host/pid/nonce``: other processes and hosts skip
+them until the lease runs out. Three things keep that honest:
+
+* :class:`Leases` names this process's owner (a fresh one after a fork) and knows the
+  rows it holds;
+* a claim may run ahead on a helper thread (:class:`Prefetch`) while the previous batch
+  is on the wire;
+* its keeper (:meth:`Leases.renewing`) extends those leases every third of
+  ``lease_seconds`` while a batch is on the wire, so a slow request is not resent by
+  another sender meanwhile;
+* :func:`is_orphan` tells a dead owner's leases from a live one's (same host only: a
+  pid that is gone or a zombie, or a nonce of this process that no running sender
+  holds), so :meth:`Leases.expire_orphans` hands a crashed process's rows over at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import typing as t
+import uuid
+
+from . import Outbox
+from . import OutboxRow
+
+logger = logging.getLogger(__name__)
+
+_Claim = t.Callable[[int, float | None], list[OutboxRow]]
+
+HOSTNAME = socket.gethostname()
+
+
+def is_orphan(owner: str, live_owners: t.Callable[[], t.Collection[str]]) -> bool:
+    """Whether a lease owner (``host/pid/nonce``) is certainly dead. Same host only.
+
+    :param live_owners: the owners of this process's running senders (read only when the
+        owner is this very pid: a nonce no running sender holds is a stopped or crashed
+        sender's).
+    """
+    parts = owner.rsplit("/", 2)
+    if len(parts) != 3:
+        return False
+    host, pid_text, _nonce = parts
+    if host != HOSTNAME:
+        return False
+    try:
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    if pid == os.getpid():
+        return owner not in live_owners()
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:  # a killed child not yet reaped by its parent is a zombie: dead for us
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+class Leases:
+    """This process's lease owner, the rows it holds, their renewal and orphan expiry.
+
+    :param outbox: where the leases are.
+    :param lease_seconds: how long a claim hides rows from other senders.
+    :param live_owners: the owners of this process's running senders (see
+        :func:`is_orphan`).
+    :param name: the sender's name, for the keeper thread and log lines.
+    """
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        *,
+        lease_seconds: float,
+        live_owners: t.Callable[[], t.Collection[str]],
+        name: str = "flask-keen-signup-sender",
+    ) -> None:
+        self.outbox = outbox
+        self.lease_seconds = lease_seconds
+        self.name = name
+        self._live_owners = live_owners
+        self.reset()
+
+    def reset(self) -> None:
+        """A new owner and nothing held: at construction and in a forked child."""
+        self.pid = os.getpid()
+        self.nonce = uuid.uuid4().hex[:12]
+        #: ``host/pid/nonce``: what the outbox records as the holder of a lease.
+        self.owner = f"{HOSTNAME}/{self.pid}/{self.nonce}"
+        self._held: set[int] = set()
+        self._held_lock = threading.Lock()
+        self._next_orphan_check = 0.0
+
+    # ------------------------------------------------------------ claims
+
+    def claim(self, limit: int, flush_since: float | None) -> list[OutboxRow]:
+        """Lease up to ``limit`` due rows to this owner and hold them."""
+        rows = self.outbox.claim_due(
+            limit,
+            now=time.time(),
+            lease_seconds=self.lease_seconds,
+            owner=self.owner,
+            flush_since=flush_since,
+        )
+        if rows:
+            with self._held_lock:
+                self._held.update(row.id for row in rows)
+        return rows
+
+    def let_go(self, rows: t.Iterable[OutboxRow]) -> None:
+        """Stop renewing ``rows``: their outcome is recorded (or their lease may lapse)."""
+        with self._held_lock:
+            self._held.difference_update(row.id for row in rows)
+
+    def release(self, rows: t.Sequence[OutboxRow]) -> None:
+        """Give claimed but unsent rows back to the outbox at once."""
+        self.let_go(rows)
+        if rows:
+            self.outbox.release([row.id for row in rows])
+
+    def held(self) -> list[int]:
+        """Ids of the rows claimed and not yet finished."""
+        with self._held_lock:
+            return list(self._held)
+
+    def prefetch(self, limit: int, flush_since: float | None) -> Prefetch:
+        """:meth:`claim` on a helper thread, while the current batch is on the wire."""
+        return Prefetch(self.claim, limit, flush_since)
+
+    # ------------------------------------------------------------ renewal
+
+    def renewing(self) -> LeaseKeeper:
+        """A context manager that renews the held leases while a batch is on the wire."""
+        return LeaseKeeper(self)
+
+    def renew(self) -> None:
+        """Extend the lease of every held row by ``lease_seconds`` from now."""
+        ids = self.held()
+        if not ids:
+            return
+        try:
+            self.outbox.renew_leases(
+                ids, owner=self.owner, now=time.time(), lease_seconds=self.lease_seconds
+            )
+        except Exception:  # noqa: BLE001 - the lease may run out; Keen dedupes a resend
+            logger.warning("%s: could not renew leases", self.name, exc_info=True)
+
+    # ------------------------------------------------------------ orphans
+
+    def is_orphan(self, owner: str) -> bool:
+        return is_orphan(owner, self._live_owners)
+
+    def expire_orphans(self, *, force: bool = False) -> None:
+        """Expire the leases of dead owners, at most every ``min(30, lease/4)`` seconds."""
+        now = time.monotonic()
+        if now < self._next_orphan_check and not force:
+            return
+        self._next_orphan_check = now + min(30.0, self.lease_seconds / 4)
+        count = self.outbox.expire_leases(self.is_orphan)
+        if count:
+            logger.info("%s: took over %d event(s) leased by a dead process", self.name, count)
+
+
+class Prefetch:
+    """A claim running on a short-lived daemon thread while the previous batch is sent.
+
+    A plain daemon thread rather than an executor: executor workers are joined before
+    ``atexit`` runs, and the exit-time flush must still be able to claim.
+    """
+
+    def __init__(
+        self, claim: _Claim, limit: int, since: float | None
+    ) -> None:
+        self._rows: list[OutboxRow] = []
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._run,
+            args=(claim, limit, since),
+            name="flask-keen-signup-prefetch",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _run(
+        self, claim: _Claim, limit: int, since: float | None
+    ) -> None:
+        try:
+            self._rows = claim(limit, since)
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the sender thread
+            self._error = exc
+
+    def result(self) -> list[OutboxRow]:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._rows
+
+
+class LeaseKeeper:
+    """Renews a :class:`Leases`' held rows every third of the lease (a daemon thread).
+
+    A request slower than the lease (a slow proxy, Keen answering after minutes, 413
+    splits) would let another sender claim and resend the same rows.
+    """
+
+    def __init__(self, leases: Leases) -> None:
+        self._leases = leases
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"{leases.name}-leases", daemon=True
+        )
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        interval = self._leases.lease_seconds / 3
+        while not self._stop.wait(interval):
+            self._leases.renew()
