@@ -677,9 +677,8 @@ def _build_state(app: Flask, settings: Settings) -> _AppState:
         notify=notify,
         spool=spool,
     )
-    wake_on_notify = getattr(parts.outbox, "wake_on_notify", None)  # postgres: LISTEN/NOTIFY
-    if sender is not None and callable(wake_on_notify):
-        wake_on_notify(sender.wake)
+    if sender is not None and parts.wake_on_notify is not None:  # postgres: LISTEN/NOTIFY
+        parts.wake_on_notify(sender.wake)
     return _AppState(
         settings=settings,
         tracker=tracker,

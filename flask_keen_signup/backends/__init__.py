@@ -107,6 +107,8 @@ class Parts:
     :param recent_user_ids: the claimer's newest users, to load the known-users set at
         start (:meth:`~flask_keen_signup.tracker.Tracker.load_known_users`).
     :param migration_ledger: builds where ``flask keen-signup migrate`` records users.
+    :param wake_on_notify: ``wake_on_notify(wake)``: the outbox calls ``wake`` when another
+        process queued an event (PostgreSQL's ``LISTEN/NOTIFY``), so the sender need not poll.
     :param uses_database: the app keeps something in ``KEEN_SIGNUP_DATABASE`` (checked at
         ``init_app``); the spool lives beside it in any case.
     """
@@ -123,6 +125,7 @@ class Parts:
     in_transaction: InTransaction | None = None
     recent_user_ids: RecentUserIds | None = None
     migration_ledger: t.Callable[[], MigrationLedger] | None = None
+    wake_on_notify: t.Callable[[t.Callable[[], None]], None] | None = None
     uses_database: bool = True
 
 

@@ -88,5 +88,6 @@ def build(wiring: Wiring) -> Parts:
         in_transaction=AppTransaction(store, outbox),
         recent_user_ids=lambda states, limit: store.recent_user_ids(states, limit=limit),
         migration_ledger=migration_ledger,
+        wake_on_notify=outbox.wake_on_notify,
         uses_database=False,
     )
