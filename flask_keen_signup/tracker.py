@@ -433,7 +433,7 @@ class Tracker:
         known = self.known
         if (known is not None and user_id in known) or self.already_marked_by_claim(claims):
             return TrackOutcome.RETURNING
-        created_at = created_at_from_claims(claims)
+        created_at = self._created_at(claims)  # KEEN_SIGNUP_CREATED_AT_CLAIM too
         if self._created_before_since(created_at):
             transaction.confirm(user_id)  # outside the app's transaction: true whatever it does
             self._remember(user_id)
