@@ -210,48 +210,36 @@ class Tracker:
         :param extra: extra event properties, or a callable returning them, called only for
             a new user (the app's ``@event_properties`` callback).
         """
+        if not self.settings.enabled:
+            return TrackOutcome.DISABLED
+        # The claims are read once, here; everything below decides on these values and
+        # hands them to the event builder (one trip down: tracker, then events).
+        user_id = user_id_of(claims)
+        known = self.known
+        if (known is not None and user_id in known) or self.already_marked_by_claim(claims):
+            return TrackOutcome.RETURNING
+        created_at = self._created_at(claims)
         try:
-            return self._track_claims(
-                claims, ip=ip, user_agent=user_agent, facts=facts, extra=extra
-            )
+            return self._decide(user_id, claims, created_at, ip, user_agent, facts, extra)
         except StoreError as exc:
             if self.spool is None:
                 raise
-            return self._spool(claims, exc, ip, user_agent, facts, extra)
-
-    def _spool(
-        self,
-        claims: t.Mapping[str, t.Any],
-        error: StoreError,
-        ip: str | None,
-        user_agent: str | None,
-        facts: RequestFacts | None,
-        extra: ExtraProperties,
-    ) -> TrackOutcome:
-        """The store did not answer in time: keep the candidate for the sender to decide.
-
-        The event is built now, from this request (its IP, User-Agent, the app's
-        properties); whether it is a signup is decided later (claim, then queue if won).
-        No signal fires here: ``recorded`` fires on the sender thread once the claim is
-        won, and a spooled returning user produces none. If even the spool cannot take it,
-        the store's error propagates (logged as "not recorded", ``signup_failed``).
-        """
-        assert self.spool is not None
-        user_id = user_id_of(claims)
-        created_at = created_at_from_claims(claims, self.settings.created_at_claim)
-        if self._created_before_since(created_at):
-            return TrackOutcome.MARKED_ONLY  # not reported; marked at a later login
-        if facts is not None:
-            ip, user_agent = facts()
-        event = self._build(
-            user_id, claims, created_at, ip, user_agent, extra() if callable(extra) else extra
-        )
-        return self._spool_event(user_id, event, error)
+            if self._created_before_since(created_at):
+                return TrackOutcome.MARKED_ONLY  # not reported; marked at a later login
+            # The store did not answer in time: keep the candidate for the sender to
+            # decide. The event is built now, from this request (its IP, User-Agent, the
+            # app's properties); whether it is a signup is decided later (claim, then
+            # queue if won). No signal fires here: ``recorded`` fires on the sender thread
+            # once the claim is won, and a spooled returning user produces none.
+            event = self._new_event(user_id, claims, created_at, ip, user_agent, facts, extra)
+            return self._spool_event(user_id, event, exc)
 
     def _spool_event(
         self, user_id: str, event: dict[str, t.Any], error: StoreError
     ) -> TrackOutcome:
-        """Append an event already built in this login to the spool (see :meth:`_spool`)."""
+        """Append an event already built in this login to the spool. If even the spool
+        cannot take it, the store's error propagates (logged as "not recorded",
+        ``signup_failed``)."""
         if self.spool is None:
             raise error
         try:
@@ -262,24 +250,16 @@ class Tracker:
         self.notify("spooled", {"user_id": user_id, "event": event})
         return TrackOutcome.SPOOLED
 
-    def _track_claims(
+    def _decide(
         self,
+        user_id: str,
         claims: t.Mapping[str, t.Any],
-        *,
+        created_at: dt.datetime | None,
         ip: str | None,
         user_agent: str | None,
         facts: RequestFacts | None,
         extra: ExtraProperties,
     ) -> TrackOutcome:
-        if not self.settings.enabled:
-            return TrackOutcome.DISABLED
-        user_id = user_id_of(claims)
-        known = self.known
-        if known is not None and user_id in known:
-            return TrackOutcome.RETURNING
-        if self.already_marked_by_claim(claims):
-            return TrackOutcome.RETURNING
-        created_at = self._created_at(claims)
         marker = self.claimer.lookup(user_id)
         if marker is MarkerState.CONFIRMED or (marker is MarkerState.PENDING and self._background):
             # Background: pending means durably queued. Sync: it may belong to a request
@@ -294,11 +274,7 @@ class Tracker:
             return TrackOutcome.MARKED_ONLY
 
         self.notify("detected", {"user_id": user_id, "claims": claims})
-        if facts is not None:
-            ip, user_agent = facts()
-        event = self._build(
-            user_id, claims, created_at, ip, user_agent, extra() if callable(extra) else extra
-        )
+        event = self._new_event(user_id, claims, created_at, ip, user_agent, facts, extra)
         try:
             if self._background or (created_at is None and self._resolved_later):
                 return self._track_background(user_id, event)
@@ -327,6 +303,24 @@ class Tracker:
                 settings.created_at_claim or "created_at",
             )
         return created_at
+
+    def _new_event(
+        self,
+        user_id: str,
+        claims: t.Mapping[str, t.Any],
+        created_at: dt.datetime | None,
+        ip: str | None,
+        user_agent: str | None,
+        facts: RequestFacts | None,
+        extra: ExtraProperties,
+    ) -> dict[str, t.Any]:
+        """The event of a new user: the request facts and the app's properties are read
+        now, for a new user only."""
+        if facts is not None:
+            ip, user_agent = facts()
+        return self._build(
+            user_id, claims, created_at, ip, user_agent, extra() if callable(extra) else extra
+        )
 
     def _build(
         self,
