@@ -28,9 +28,9 @@ Cases: background mode (the default, sqlite store; the sender thread runs and de
 a Keen emulator in its own process, as in production) for a returning and a new user, the
 latter with ``KEEN_SIGNUP_SQLITE_SYNCHRONOUS`` normal and full, and once more with the sender
 stopped (the request path alone, without the worker thread competing for the GIL and the
-write lock); a new user in an app with an ``@event_properties`` callback (the read-first
-path); sync mode against the Keen emulator (new user at 0 and 50 ms injected latency,
-returning user); and the Auth0 Rule's way, one ``requests.post`` per callback.
+write lock); a new user in an app with an ``@event_properties`` callback (the same path,
+plus the app's callback); sync mode against the Keen emulator (new user at 0 and 50 ms
+injected latency, returning user); and the Auth0 Rule's way, one ``requests.post`` per callback.
 
 References for the machine, in the same run: the same SQL written by hand (a marker SELECT;
 BEGIN IMMEDIATE + the two INSERTs + COMMIT, normal and full) on a fresh file with the
@@ -550,12 +550,11 @@ def breakdown(
     sections.wrap(tracker.Tracker, "track_claims", "Tracker.track_claims (all)")
     sections.wrap(SQLiteStore, "lookup", "  ledger lookup (SELECT)")
     sections.wrap(tracker, "created_at_from_claims", "  created_at_from_claims")
-    sections.wrap(tracker.Tracker, "_track_claim_first", "  claim-first transaction (all)")
-    sections.wrap(tracker, "build_signup_event", "    build_signup_event")
+    sections.wrap(tracker, "build_signup_event", "  build_signup_event")
     sections.wrap(delivery, "dumps_body", "    JSON body (dumps_body)")
-    sections.wrap(extension, "_request_facts", "    request facts (IP, User-Agent)")
-    sections.wrap(tracker.Tracker, "_queued", "  read first: QueuedEvent + uniqueness token")
-    sections.wrap(tracker.Tracker, "_claim_and_enqueue", "  read first: claim + enqueue txn")
+    sections.wrap(extension, "_request_facts", "  request facts (IP, User-Agent)")
+    sections.wrap(tracker.Tracker, "_queued", "  QueuedEvent + uniqueness token")
+    sections.wrap(tracker.Tracker, "_claim_and_enqueue", "  claim + enqueue txn")
     sections.wrap(tracker.Tracker, "_track_sync", "  sync: claim, POST, confirm")
     sections.wrap(SQLiteStore, "claim", "    sync: claim transaction")
     sections.wrap(SQLiteStore, "confirm", "    sync: confirm transaction")
@@ -748,8 +747,8 @@ def main(argv: list[str] | None = None) -> int:
             )
 
         # The same for an app with code to run first (here an @event_properties callback
-        # returning one property): the ledger is read, and the callback runs, before the
-        # write transaction (docs/delivery.md, "Two ways in").
+        # returning one property): it runs after the ledger read, before the write
+        # transaction (docs/delivery.md, "One way in").
         bg_read_first = Bench(remote_keen, os.path.join(tmp, "bg-read-first.sqlite3"))
         benches.append(bg_read_first)
         assert bg_read_first.signup is not None

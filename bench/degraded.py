@@ -43,6 +43,7 @@ sys.path.insert(0, ROOT)
 from flask import Flask  # noqa: E402
 
 from flask_keen_signup import KeenSignup  # noqa: E402
+from flask_keen_signup.backends.sqlite import claim_and_enqueue_many  # noqa: E402
 from flask_keen_signup.database import Database  # noqa: E402
 from flask_keen_signup.delivery import QueuedEvent  # noqa: E402
 from flask_keen_signup.delivery.sqlite_outbox import SQLiteOutbox  # noqa: E402
@@ -216,7 +217,9 @@ def bench_drain_sqlite(count: int) -> None:
         spool = Spool(os.path.join(directory, "keen_signup.sqlite3.spool"), "signups")
         fill(spool, count)
         total = spool.depth()
-        drainer = SpoolDrainer(spool, ledger, outbox)
+        drainer = SpoolDrainer(
+            spool, ledger, outbox, claim_and_enqueue_many=claim_and_enqueue_many(ledger, outbox)
+        )
         started = time.perf_counter()
         queued = drainer()
         seconds = time.perf_counter() - started
@@ -257,7 +260,12 @@ def bench_drain_redis(count: int) -> None:
             fill(spool, count)
             total = spool.depth()
             started = time.perf_counter()
-            queued = SpoolDrainer(spool, store, outbox)()
+            queued = SpoolDrainer(
+                spool,
+                store,
+                outbox,
+                claim_and_enqueue_many=lambda events: outbox.claim_and_enqueue_many(store, events),
+            )()
             seconds = time.perf_counter() - started
             assert queued == count and spool.depth() == 0
             client.close()

@@ -308,33 +308,11 @@ def _print_report(migration: Migration, cutoff: dt.datetime, where: str, dry_run
 
 
 def _migration_ledger(state: _AppState) -> MigrationLedger:
-    """Where migrate records users: beside the app's outbox (SQLite, Redis or PostgreSQL)."""
-    from .delivery.sqlite_outbox import SQLiteOutbox
-    from .migrate import RedisMigrationLedger
-    from .migrate import SQLiteMigrationLedger
-    from .stores.sqlite import SQLiteStore
-
-    if isinstance(state.outbox, SQLiteOutbox):
-        ledger = state.tracker.claimer
-        if not isinstance(ledger, SQLiteStore):  # session or custom store: the file's ledger
-            ledger = SQLiteStore(state.database, state.settings.collection)
-        return SQLiteMigrationLedger(ledger, state.outbox)
-    if type(state.outbox).__name__ == "RedisOutbox":
-        from .delivery.redis_outbox import RedisOutbox
-        from .stores.redis import RedisStore
-
-        return RedisMigrationLedger(
-            t.cast(RedisStore, state.store), t.cast(RedisOutbox, state.outbox)
-        )
-    if type(state.outbox).__name__ == "PostgresOutbox":
-        from .delivery.postgres_outbox import PostgresOutbox
-        from .migrate import PostgresMigrationLedger
-        from .stores.postgres import PostgresStore
-
-        return PostgresMigrationLedger(
-            t.cast(PostgresStore, state.store), t.cast(PostgresOutbox, state.outbox)
-        )
-    raise click.ClickException("migrate needs the SQLite, Redis or PostgreSQL outbox")
+    """Where migrate records users: beside the app's outbox (the backend says how)."""
+    build = state.parts.migration_ledger
+    if build is None:
+        raise click.ClickException("migrate needs the SQLite, Redis or PostgreSQL outbox")
+    return build()
 
 
 # Retention and erasure live in their own module; importing it registers the commands.

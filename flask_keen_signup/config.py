@@ -20,6 +20,7 @@ import typing as t
 from urllib.parse import urlsplit
 
 from ._text import safe_repr
+from .backends import REGISTRY
 from .exceptions import ConfigurationError
 
 if t.TYPE_CHECKING:  # pragma: no cover
@@ -78,7 +79,8 @@ _DURATION_UNITS = {
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$")
 
 DELIVERY_MODES = ("background", "sync")
-STORE_NAMES = ("sqlite", "session", "auth0", "redis", "postgres")
+#: The built-in ``KEEN_SIGNUP_STORE`` names (the backend registry's, :mod:`.backends`).
+STORE_NAMES = tuple(REGISTRY)
 IP_MODES = ("full", "anonymize", "none")
 ADDONS = ("ip_to_geo", "ua_parser", "referrer_parser", "url_parser")
 SQLITE_SYNCHRONOUS = ("normal", "full")
@@ -353,14 +355,14 @@ def load_settings(app: Flask) -> Settings:
 
     store = c.get("KEEN_SIGNUP_STORE", "sqlite")
     if isinstance(store, str):
-        store = _as_choice("KEEN_SIGNUP_STORE", store, STORE_NAMES)
+        store = _as_choice("KEEN_SIGNUP_STORE", store, tuple(REGISTRY))
     else:
         from .stores import MarkerStore
 
         if not isinstance(store, MarkerStore):
             raise ConfigurationError(
                 "KEEN_SIGNUP_STORE must be one of "
-                f"{', '.join(STORE_NAMES)} or a flask_keen_signup.stores.MarkerStore instance; "
+                f"{', '.join(REGISTRY)} or a flask_keen_signup.stores.MarkerStore instance; "
                 f"got {type(store).__name__}"
             )
 

@@ -42,7 +42,6 @@ from .exceptions import InvalidClaimsError
 from .health import HealthThresholds
 from .health import load_health_thresholds
 from .stores import MarkerStore
-from .stores.sqlite import SQLiteStore
 from .tracker import Tracker
 from .tracker import TrackOutcome
 
@@ -50,6 +49,7 @@ if t.TYPE_CHECKING:  # pragma: no cover
     from flask import Flask
 
     from .auth0 import ManagementClient
+    from .backends import Parts
     from .delivery import Outbox
     from .delivery.sender import Sender
     from .keen import KeenClient
@@ -85,6 +85,8 @@ class _AppState:
     database: Database
     sender: Sender | None
     store: MarkerStore
+    #: The backend's parts (:mod:`.backends`): what the store and outbox can do.
+    parts: Parts
     #: Signups the login path could not hand to the store in time (guarantee 3).
     spool: Spool | None = None
     #: The first-touch capture (``KEEN_SIGNUP_ATTRIBUTION``), or ``None`` when it is off.
@@ -132,7 +134,7 @@ class KeenSignup:
         thresholds = load_health_thresholds(app)
         metrics_on = metrics.enabled(app)  # validated now, before anything starts
         state = _build_state(app, settings)
-        if settings.enabled and _uses_sqlite(state):
+        if settings.enabled and state.parts.uses_database:
             # A directory, a non-SQLite file, a read-only or forbidden path: refuse to
             # start, naming the key, rather than fail in every login and flush.
             from ._database_check import check_database
@@ -230,7 +232,7 @@ class KeenSignup:
         state = _state()
         try:
             touch = _attribution_properties(state)
-            extra: t.Any = None  # None or a mapping: the tracker may then claim first
+            extra: t.Any = None  # None, a mapping, or a callable run for a new user only
             if self._event_properties is not None:
                 extra = self._extra_with(claims, touch)
             elif touch:
@@ -494,15 +496,6 @@ def _unhealthy(state: _AppState, exc: Exception) -> dict[str, t.Any]:
     }
 
 
-def _uses_sqlite(state: _AppState) -> bool:
-    """Whether the app keeps anything in ``KEEN_SIGNUP_DATABASE`` (not with ``redis``)."""
-    from .delivery.sqlite_outbox import SQLiteOutbox
-
-    return isinstance(state.outbox, SQLiteOutbox) or isinstance(
-        state.tracker.claimer, SQLiteStore
-    )
-
-
 def _observe_intent() -> None:
     """Before the callback view: note the login's ``screen_hint=signup`` (see
     :mod:`.attribution`). Never raises into the view."""
@@ -607,11 +600,6 @@ def _status_of(rv: t.Any) -> int:
     return 200
 
 
-def _listening(kind: str) -> bool:
-    """Whether any receiver is connected to the signal for ``kind`` (any sender)."""
-    return bool(_SIGNALS[kind].receivers)
-
-
 def _notifier(app: Flask) -> t.Callable[[str, dict[str, t.Any]], None]:
     """``notify(kind, payload)``: the metrics' counter (:mod:`.metrics`), then the signal."""
     counter_for = metrics.counter_for
@@ -634,33 +622,15 @@ def _notifier(app: Flask) -> t.Callable[[str, dict[str, t.Any]], None]:
     return notify
 
 
-def _postgres_parts(
-    settings: Settings, reclaim_after: float | None
-) -> tuple[MarkerStore, Outbox]:
-    """The ``postgres`` store and outbox on one :class:`~.postgres.PostgresDatabase`."""
-    from .delivery.postgres_outbox import PostgresOutbox
-    from .postgres import PostgresDatabase
-    from .stores.postgres import PostgresStore
-
-    try:
-        database = PostgresDatabase(
-            t.cast(str, settings.database_url),
-            schema=settings.database_schema,
-            timeout=settings.store_timeout,
-        )
-    except ValueError as exc:
-        raise ConfigurationError(f"KEEN_SIGNUP_DATABASE_URL is not usable: {exc}") from None
-    store = PostgresStore(
-        database, settings.collection, reclaim_after=reclaim_after, close_database=True
-    )
-    return store, PostgresOutbox(database, keep_delivered=settings.keep_delivered)
-
-
 def _build_state(app: Flask, settings: Settings) -> _AppState:
-    from .delivery.sqlite_outbox import SQLiteOutbox
+    """Build one app's parts: the backend's (:mod:`.backends`), then the sender, the spool
+    and the tracker around them."""
+    from .backends import Wiring
+    from .backends import parts_for
     from .keen import KeenClient
     from .salvage import salvage
     from .spool import Spool
+    from .spool_drain import SpoolDrainer
 
     database = Database(
         settings.database, synchronous=settings.sqlite_synchronous, on_replaced=salvage
@@ -685,112 +655,39 @@ def _build_state(app: Flask, settings: Settings) -> _AppState:
     )
     # In sync mode a pending marker older than a full Keen call belongs to a dead request.
     reclaim_after = sum(settings.timeout) + 5 if settings.delivery == "sync" else None
-    ledger = SQLiteStore(database, settings.collection, reclaim_after=reclaim_after)
-    store: MarkerStore
-    local_ledger: SQLiteStore | None = None
-    outbox: Outbox = SQLiteOutbox(database, keep_delivered=settings.keep_delivered)
-    confirm_in: MarkerStore = ledger  # where the sender marks delivered users confirmed
-    # What the login path uses: the same places, through connections whose waits are
-    # bounded by KEEN_SIGNUP_STORE_TIMEOUT (the sender keeps its long timeouts).
-    request_ledger = SQLiteStore(request_database, settings.collection, reclaim_after=reclaim_after)
-    request_outbox: Outbox = SQLiteOutbox(request_database, keep_delivered=settings.keep_delivered)
-    request_store: MarkerStore
-    drain_claimer: MarkerStore | None = ledger  # who decides spooled signups
-    if settings.store == "sqlite":
-        store = ledger
-        request_store = request_ledger
-    elif settings.store == "redis":
-        # Many hosts: the markers and the outbox live in one Redis, claimed together.
-        from .delivery.redis_outbox import RedisOutbox
-        from .stores.redis import RedisStore
-        from .stores.redis import connect
-
-        try:
-            redis_client = connect(t.cast(str, settings.redis_url))
-        except ValueError as exc:
-            raise ConfigurationError(f"KEEN_SIGNUP_REDIS_URL is not usable: {exc}") from None
-        store = RedisStore(
-            redis_client, settings.collection, reclaim_after=reclaim_after, close_client=True
-        )
-        outbox = RedisOutbox(redis_client, keep_delivered=settings.keep_delivered)
-        confirm_in = drain_claimer = store
-        budget = settings.store_timeout
-        request_client = connect(
-            t.cast(str, settings.redis_url), socket_connect_timeout=budget, socket_timeout=budget
-        )
-        # The budget wins over timeouts in the URL's query string (those are the sender's).
-        request_client.connection_pool.connection_kwargs.update(
-            socket_connect_timeout=budget, socket_timeout=budget
-        )
-        request_store = RedisStore(
-            request_client, settings.collection, reclaim_after=reclaim_after, close_client=True
-        )
-        request_outbox = RedisOutbox(request_client, keep_delivered=settings.keep_delivered)
-    elif settings.store == "postgres":
-        # Many hosts on the app's own database: markers and outbox claimed in one statement.
-        # One object each for both paths: login methods use the pool bounded by the budget,
-        # the sender's use its own pool with long timeouts (see flask_keen_signup.postgres).
-        store, outbox = _postgres_parts(settings, reclaim_after)
-        request_store, request_outbox = store, outbox
-        confirm_in = drain_claimer = store
-    elif settings.store == "session":
-        from .stores.session import SessionStore
-
-        store = request_store = SessionStore(settings.collection)
-        drain_claimer = None  # per browser: claimed in the request already
-    elif settings.store == "auth0":
-        from .auth0 import ManagementClient
-        from .stores.auth0 import Auth0Store
-
-        # In sync mode the Management API is called in the login request: keep its retry
-        # budget small so a rate-limited tenant slows a login by seconds, not half a minute.
-        in_request = settings.delivery == "sync"
-        try:
-            management = ManagementClient(
-                t.cast(str, settings.auth0_domain),
-                t.cast(str, settings.auth0_client_id),
-                t.cast(str, settings.auth0_client_secret),
-                timeout=settings.timeout,
-                max_retries=1 if in_request else 3,
-                max_retry_wait=1.0 if in_request else 10.0,
-                max_requests_per_second=settings.auth0_requests_per_second,
-            )
-        except ValueError as exc:
-            raise ConfigurationError(f"KEEN_SIGNUP_AUTH0_DOMAIN is not usable: {exc}") from None
-        store = request_store = Auth0Store(management, settings.marker)
-        local_ledger = request_ledger
-    else:
-        store = request_store = t.cast(MarkerStore, settings.store)
-        confirm_in = drain_claimer = store
-    from .spool_drain import SpoolDrainer
-
+    wiring = Wiring(settings, database, request_database, reclaim_after)
+    parts = parts_for(t.cast("str | MarkerStore", settings.store), wiring)
     notify = _notifier(app)
-    resolver = _since_resolver(settings) if settings.store != "auth0" else None
-    sender = _build_sender(settings, outbox, client, store, confirm_in, notify, resolver)
+    # The remote store looks created_at up itself; otherwise the Management API may.
+    resolver = _since_resolver(settings) if parts.remote is None else None
+    sender = _build_sender(settings, parts, client, notify, resolver)
     if sender is not None:
-        sender.drain = SpoolDrainer(spool, drain_claimer, outbox, notify)
+        sender.drain = SpoolDrainer(
+            spool,
+            parts.drain_claimer,
+            parts.outbox,
+            notify,
+            claim_and_enqueue_many=parts.claim_and_enqueue_many,
+        )
     tracker = Tracker(
         settings,
-        store=request_store,
-        ledger=local_ledger,
-        outbox=request_outbox,
+        parts=parts,
         client=client,
         sender=sender,
         notify=notify,
-        listening=_listening,
         spool=spool,
     )
-    wake_on_notify = getattr(outbox, "wake_on_notify", None)  # postgres: LISTEN/NOTIFY
-    if sender is not None and callable(wake_on_notify):
-        wake_on_notify(sender.wake)
+    if sender is not None and parts.wake_on_notify is not None:  # postgres: LISTEN/NOTIFY
+        parts.wake_on_notify(sender.wake)
     return _AppState(
         settings=settings,
         tracker=tracker,
         client=client,
-        outbox=outbox,
+        outbox=parts.outbox,
         database=database,
         sender=sender,
-        store=store,
+        store=parts.store,
+        parts=parts,
         spool=spool,
     )
 
@@ -823,10 +720,8 @@ def _since_resolver(settings: Settings) -> ManagementClient | None:
 
 def _build_sender(
     settings: Settings,
-    outbox: Outbox,
+    parts: Parts,
     client: KeenClient,
-    store: MarkerStore,
-    ledger: MarkerStore,
     notify: t.Callable[[str, dict[str, t.Any]], None],
     management: ManagementClient | None = None,
 ) -> Sender | None:
@@ -834,13 +729,15 @@ def _build_sender(
     from .hooks import MarkerHooks
 
     return Sender(
-        outbox,
+        parts.outbox,
         client,
         collection_batch_size=settings.batch_size,
         flush_interval=settings.flush_interval,
         max_attempts=settings.max_attempts,
         shutdown_timeout=settings.shutdown_timeout,
-        hooks=MarkerHooks(settings, store=store, ledger=ledger, management=management),
+        hooks=MarkerHooks(
+            settings, ledger=parts.confirm_in, remote=parts.remote, management=management
+        ),
         notify=notify,
         retention=settings.retention,
     )

@@ -24,11 +24,10 @@ from .delivery import DeliveryHooks
 from .delivery import OutboxRow
 from .exceptions import RemoteError
 from .stores import MarkerStore
-from .stores.auth0 import Auth0Store
-from .stores.session import SessionStore
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from .auth0 import ManagementClient
+    from .backends import RemoteMarkers
     from .config import Settings
 
 logger = logging.getLogger(__name__)
@@ -41,24 +40,26 @@ class MarkerHooks(DeliveryHooks):
         self,
         settings: Settings,
         *,
-        store: MarkerStore,
         ledger: MarkerStore,
+        remote: RemoteMarkers | None = None,
         management: ManagementClient | None = None,
     ) -> None:
+        """
+        :param ledger: where delivered (or skipped) users are marked confirmed.
+        :param remote: a remote marker checked before sending and set after delivery
+            (the ``auth0`` backend's :attr:`~.backends.Parts.remote`).
+        :param management: looks created_at up for ``KEEN_SIGNUP_SINCE`` when no remote
+            marker does.
+        """
         self.settings = settings
         self.ledger = ledger
-        self.remote = store if isinstance(store, Auth0Store) else None
+        self.remote = remote
         # Resolves created_at for KEEN_SIGNUP_SINCE when the auth0 store does not.
         self.management = management if self.remote is None else None
 
     def _confirm_locally(self, user_ids: t.Sequence[str]) -> None:
         """Mark delivered (or skipped) users confirmed in the claiming store, in one go."""
-        ledger = self.ledger
-        if hasattr(ledger, "confirm_many"):  # SQLite (one executemany), Redis (one pipeline)
-            ledger.confirm_many(user_ids)
-        elif not isinstance(ledger, SessionStore):  # no request context on this thread
-            for user_id in user_ids:
-                ledger.confirm(user_id)
+        self.ledger.confirm_many(user_ids)
 
     def before_send(self, rows: t.Sequence[OutboxRow]) -> dict[int, str]:
         if self.remote is None:

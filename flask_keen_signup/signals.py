@@ -11,7 +11,9 @@ from blinker import Namespace
 
 _signals = Namespace()
 
-#: A first login was seen, before anything was recorded.
+#: A first login was seen, before anything was recorded: the ledger had no marker, and the
+#: claim comes next. Two first logins of one user racing (two tabs, two workers or hosts)
+#: may each fire it; only one claim wins, and ``signup_recorded`` fires for that one only.
 #: Payload: ``user_id`` (the ``sub``), ``claims`` (the validated ID-token claims).
 signup_detected = _signals.signal("signup-detected")
 

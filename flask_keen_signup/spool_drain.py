@@ -3,9 +3,9 @@
 The login path spooled a *candidate* (:mod:`flask_keen_signup.spool`) because the store did
 not answer in time; whether it is a signup is decided here, with the sender's own store
 objects (their long timeouts: the sender may wait, a login may not). The same atomic step
-as a login: one SQLite transaction claims and enqueues, one Redis script (one PostgreSQL
-statement) does both; any
-other pair claims, then enqueues, and releases the claim if the enqueue fails. A claim
+as a login, given by the backend (:attr:`.backends.Parts.claim_and_enqueue_many`): one
+SQLite transaction claims and enqueues, one Redis script (one PostgreSQL statement) does
+both; any other pair claims, then enqueues, and releases the claim if the enqueue fails. A claim
 that is lost means the user is known already (a returning user, or the same signup
 queued meanwhile by a later login or another process): the candidate is dropped.
 """
@@ -13,7 +13,6 @@ queued meanwhile by a later login or another process): the candidate is dropped.
 from __future__ import annotations
 
 import logging
-import time
 import typing as t
 
 from .delivery import Outbox
@@ -22,20 +21,27 @@ from .spool import Decide
 from .spool import Spool
 from .stores import MarkerStore
 
+if t.TYPE_CHECKING:  # pragma: no cover
+    from .backends import ClaimAndEnqueueMany
+
 logger = logging.getLogger(__name__)
 
 Notify = t.Callable[[str, dict[str, t.Any]], None]
 
 
-def decider(claimer: MarkerStore | None, outbox: Outbox) -> Decide:
+def decider(
+    claimer: MarkerStore | None,
+    outbox: Outbox,
+    claim_and_enqueue_many: ClaimAndEnqueueMany | None = None,
+) -> Decide:
     """The claim-then-enqueue step for ``claimer`` and ``outbox`` (see the module doc).
 
     ``claimer`` is ``None`` for the per-browser session store: its claim was made in the
-    login request already, so a spooled event is only queued.
+    login request already, so a spooled event is only queued. ``claim_and_enqueue_many``
+    is the backend's atomic step when the two live in one place
+    (:attr:`.backends.Parts.claim_and_enqueue_many`); without it each candidate is
+    claimed, then queued, and the claim released if queueing fails.
     """
-    from .delivery.sqlite_outbox import SQLiteOutbox
-    from .stores.sqlite import SQLiteStore
-
     if claimer is None:
 
         def enqueue_only(events: t.Sequence[QueuedEvent]) -> list[bool]:
@@ -44,48 +50,8 @@ def decider(claimer: MarkerStore | None, outbox: Outbox) -> Decide:
             return [True] * len(events)
 
         return enqueue_only
-    if (
-        isinstance(claimer, SQLiteStore)
-        and isinstance(outbox, SQLiteOutbox)
-        and claimer.database is outbox.database
-    ):
-        ledger, sqlite_outbox = claimer, outbox
-
-        def in_one_transaction(events: t.Sequence[QueuedEvent]) -> list[bool]:
-            now = time.time()
-            won: list[bool] = []
-            with ledger.database.transaction() as conn:
-                for event in events:
-                    claimed = ledger.claim_in(conn, event.user_id, now=now)
-                    if claimed:
-                        sqlite_outbox.enqueue_in(conn, event, now=now)
-                    won.append(claimed)
-            return won
-
-        return in_one_transaction
-    if type(claimer).__name__ == "RedisStore" and type(outbox).__name__ == "RedisOutbox":
-        from .delivery.redis_outbox import RedisOutbox
-        from .stores.redis import RedisStore
-
-        redis_store = t.cast(RedisStore, claimer)
-        redis_outbox = t.cast(RedisOutbox, outbox)
-
-        def in_scripts(events: t.Sequence[QueuedEvent]) -> list[bool]:
-            return redis_outbox.claim_and_enqueue_many(redis_store, events)
-
-        return in_scripts
-
-    if type(claimer).__name__ == "PostgresStore" and type(outbox).__name__ == "PostgresOutbox":
-        from .delivery.postgres_outbox import PostgresOutbox
-        from .stores.postgres import PostgresStore
-
-        pg_store = t.cast(PostgresStore, claimer)
-        pg_outbox = t.cast(PostgresOutbox, outbox)
-
-        def in_one_statement(events: t.Sequence[QueuedEvent]) -> list[bool]:
-            return pg_outbox.claim_and_enqueue_many(pg_store, events)
-
-        return in_one_statement
+    if claim_and_enqueue_many is not None:
+        return claim_and_enqueue_many
 
     def claim_then_enqueue(events: t.Sequence[QueuedEvent]) -> list[bool]:
         won: list[bool] = []
@@ -117,10 +83,12 @@ class SpoolDrainer:
         claimer: MarkerStore | None,
         outbox: Outbox,
         notify: Notify | None = None,
+        *,
+        claim_and_enqueue_many: ClaimAndEnqueueMany | None = None,
     ) -> None:
         self.spool = spool
         self.notify = notify
-        self._decide = decider(claimer, outbox)
+        self._decide = decider(claimer, outbox, claim_and_enqueue_many)
 
     def _decide_and_notify(self, events: t.Sequence[QueuedEvent]) -> t.Sequence[bool]:
         won = self._decide(events)

@@ -6,8 +6,11 @@ One :class:`Tracker` per app, built at ``init_app`` from the settings.
 Background mode (the default) does local work only: a returning user this process has
 seen costs a dict lookup (:class:`KnownUsers`), any other login one ledger read; a new user
 costs one SQLite transaction that claims the marker and queues the event together, so the
-signup can neither be lost nor queued twice. When the app has no code to run before the
-claim, the claim itself replaces the read (:meth:`Tracker._claim_first_parts`). Sync mode is the
+signup can neither be lost nor queued twice. Every new user takes the same path: read the
+ledger, build the event (the app's code runs here, outside any write lock), then claim and
+queue in one atomic step when the backend has one (:attr:`.backends.Parts.claim_and_enqueue`).
+A second, claim-first path was measured to save less than a fifth of the callback's added
+cost and was removed (``bench/README.md``). Sync mode is the
 Rule's semantics: the POST happens in the request, the marker is confirmed only after
 Keen accepted the event, and released on failure so the next login retries (the event is
 also queued in the outbox, which retries it durably; Keen's uniqueness token keeps one).
@@ -18,7 +21,6 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import logging
-import time
 import typing as t
 
 from .delivery import QueuedEvent
@@ -32,14 +34,11 @@ from .exceptions import RemoteError
 from .exceptions import StoreError
 from .stores import MarkerState
 from .stores import MarkerStore
-from .stores.auth0 import Auth0Store
-from .stores.sqlite import SQLiteStore
 
 if t.TYPE_CHECKING:  # pragma: no cover
+    from .backends import Parts
     from .config import Settings
-    from .delivery import Outbox
     from .delivery.sender import Sender
-    from .delivery.sqlite_outbox import SQLiteOutbox
     from .keen import KeenClient
     from .spool import Spool
 
@@ -150,43 +149,35 @@ def created_at_from_claims(
 class Tracker:
     """Records signups for one app. Thread-safe: one instance serves every request.
 
-    :param store: the marker store the user configured (for ``auth0`` this is the remote
-        store, paired with the local ``ledger``).
-    :param ledger: the local SQLite ledger used for the atomic claim when ``store`` is not
-        itself local (``auth0``), else ``None``.
+    :param parts: the backend's parts (:mod:`.backends`): the login path uses its
+        ``claimer``, ``request_outbox``, ``remote``, ``claim_and_enqueue``,
+        ``in_transaction`` and ``recent_user_ids``.
     :param notify: ``notify(kind, payload)``, turned into signals by the extension.
-    :param listening: ``listening(kind)``: whether anything receives ``kind`` now (when
-        nothing receives ``detected``, a new user can be claimed before it is seen).
     """
 
     def __init__(
         self,
         settings: Settings,
         *,
-        store: MarkerStore,
-        ledger: SQLiteStore | None,
-        outbox: Outbox,
+        parts: Parts,
         client: KeenClient,
         sender: Sender | None,
         notify: Notify,
-        listening: t.Callable[[str], bool] = lambda kind: True,
         clock: t.Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
         spool: Spool | None = None,
     ) -> None:
         self.settings = settings
-        self.store = store
-        self.ledger = ledger
-        self.outbox = outbox
+        self.parts = parts
+        self.outbox = parts.request_outbox
         self.client = client
         self.sender = sender
         self.notify = notify
-        self.listening = listening
         self.clock = clock
         #: Where a login's candidate signup goes when the store does not answer in time.
         self.spool = spool
-        self.remote = store if isinstance(store, Auth0Store) else None
+        self.remote = parts.remote
         # The store whose claim is atomic and local: the ledger in front of a remote store.
-        self.claimer: MarkerStore = ledger if ledger is not None else store
+        self.claimer: MarkerStore = parts.claimer
         self.known: KnownUsers | None = KnownUsers() if self.claimer.remembered else None
         self._background = settings.delivery != "sync"
         # KEEN_SIGNUP_SINCE without a created_at claim: the sender asks the Management API
@@ -197,8 +188,7 @@ class Tracker:
             and bool(settings.auth0_domain and settings.auth0_client_id)
         )
         self._warned_no_created_at = False
-        self._atomic = self._atomic_claim_and_enqueue()
-        self._claim_first = self._claim_first_parts()
+        self._atomic = parts.claim_and_enqueue
 
     def already_marked_by_claim(self, claims: t.Mapping[str, t.Any]) -> bool:
         name = self.settings.marker_claim
@@ -220,48 +210,36 @@ class Tracker:
         :param extra: extra event properties, or a callable returning them, called only for
             a new user (the app's ``@event_properties`` callback).
         """
+        if not self.settings.enabled:
+            return TrackOutcome.DISABLED
+        # The claims are read once, here; everything below decides on these values and
+        # hands them to the event builder (one trip down: tracker, then events).
+        user_id = user_id_of(claims)
+        known = self.known
+        if (known is not None and user_id in known) or self.already_marked_by_claim(claims):
+            return TrackOutcome.RETURNING
+        created_at = self._created_at(claims)
         try:
-            return self._track_claims(
-                claims, ip=ip, user_agent=user_agent, facts=facts, extra=extra
-            )
+            return self._decide(user_id, claims, created_at, ip, user_agent, facts, extra)
         except StoreError as exc:
             if self.spool is None:
                 raise
-            return self._spool(claims, exc, ip, user_agent, facts, extra)
-
-    def _spool(
-        self,
-        claims: t.Mapping[str, t.Any],
-        error: StoreError,
-        ip: str | None,
-        user_agent: str | None,
-        facts: RequestFacts | None,
-        extra: ExtraProperties,
-    ) -> TrackOutcome:
-        """The store did not answer in time: keep the candidate for the sender to decide.
-
-        The event is built now, from this request (its IP, User-Agent, the app's
-        properties); whether it is a signup is decided later (claim, then queue if won).
-        No signal fires here: ``recorded`` fires on the sender thread once the claim is
-        won, and a spooled returning user produces none. If even the spool cannot take it,
-        the store's error propagates (logged as "not recorded", ``signup_failed``).
-        """
-        assert self.spool is not None
-        user_id = user_id_of(claims)
-        created_at = created_at_from_claims(claims, self.settings.created_at_claim)
-        if self._created_before_since(created_at):
-            return TrackOutcome.MARKED_ONLY  # not reported; marked at a later login
-        if facts is not None:
-            ip, user_agent = facts()
-        event = self._build(
-            user_id, claims, created_at, ip, user_agent, extra() if callable(extra) else extra
-        )
-        return self._spool_event(user_id, event, error)
+            if self._created_before_since(created_at):
+                return TrackOutcome.MARKED_ONLY  # not reported; marked at a later login
+            # The store did not answer in time: keep the candidate for the sender to
+            # decide. The event is built now, from this request (its IP, User-Agent, the
+            # app's properties); whether it is a signup is decided later (claim, then
+            # queue if won). No signal fires here: ``recorded`` fires on the sender thread
+            # once the claim is won, and a spooled returning user produces none.
+            event = self._new_event(user_id, claims, created_at, ip, user_agent, facts, extra)
+            return self._spool_event(user_id, event, exc)
 
     def _spool_event(
         self, user_id: str, event: dict[str, t.Any], error: StoreError
     ) -> TrackOutcome:
-        """Append an event already built in this login to the spool (see :meth:`_spool`)."""
+        """Append an event already built in this login to the spool. If even the spool
+        cannot take it, the store's error propagates (logged as "not recorded",
+        ``signup_failed``)."""
         if self.spool is None:
             raise error
         try:
@@ -272,33 +250,16 @@ class Tracker:
         self.notify("spooled", {"user_id": user_id, "event": event})
         return TrackOutcome.SPOOLED
 
-    def _track_claims(
+    def _decide(
         self,
+        user_id: str,
         claims: t.Mapping[str, t.Any],
-        *,
+        created_at: dt.datetime | None,
         ip: str | None,
         user_agent: str | None,
         facts: RequestFacts | None,
         extra: ExtraProperties,
     ) -> TrackOutcome:
-        if not self.settings.enabled:
-            return TrackOutcome.DISABLED
-        user_id = user_id_of(claims)
-        known = self.known
-        if known is not None and user_id in known:
-            return TrackOutcome.RETURNING
-        if self.already_marked_by_claim(claims):
-            return TrackOutcome.RETURNING
-        if self._claim_first is not None and not callable(extra) and not self.listening("detected"):
-            # Without KEEN_SIGNUP_SINCE, created_at is read only once the claim is won.
-            created_at = None if self.settings.since is None else self._created_at(claims)
-            if not self._created_before_since(created_at):
-                return self._track_claim_first(
-                    user_id, claims, created_at, ip, user_agent, facts, extra
-                )
-        else:
-            created_at = self._created_at(claims)
-
         marker = self.claimer.lookup(user_id)
         if marker is MarkerState.CONFIRMED or (marker is MarkerState.PENDING and self._background):
             # Background: pending means durably queued. Sync: it may belong to a request
@@ -313,11 +274,7 @@ class Tracker:
             return TrackOutcome.MARKED_ONLY
 
         self.notify("detected", {"user_id": user_id, "claims": claims})
-        if facts is not None:
-            ip, user_agent = facts()
-        event = self._build(
-            user_id, claims, created_at, ip, user_agent, extra() if callable(extra) else extra
-        )
+        event = self._new_event(user_id, claims, created_at, ip, user_agent, facts, extra)
         try:
             if self._background or (created_at is None and self._resolved_later):
                 return self._track_background(user_id, event)
@@ -346,6 +303,24 @@ class Tracker:
                 settings.created_at_claim or "created_at",
             )
         return created_at
+
+    def _new_event(
+        self,
+        user_id: str,
+        claims: t.Mapping[str, t.Any],
+        created_at: dt.datetime | None,
+        ip: str | None,
+        user_agent: str | None,
+        facts: RequestFacts | None,
+        extra: ExtraProperties,
+    ) -> dict[str, t.Any]:
+        """The event of a new user: the request facts and the app's properties are read
+        now, for a new user only."""
+        if facts is not None:
+            ip, user_agent = facts()
+        return self._build(
+            user_id, claims, created_at, ip, user_agent, extra() if callable(extra) else extra
+        )
 
     def _build(
         self,
@@ -379,19 +354,18 @@ class Tracker:
         permanent markers count (pending ones only in background mode, where pending means
         durably queued). Returns how many users were added; 0 for other stores.
         """
-        known, ledger = self.known, self.claimer
-        recent = getattr(ledger, "recent_user_ids", None)  # the SQLite and PostgreSQL ledgers
+        known, recent = self.known, self.parts.recent_user_ids
         if known is None or recent is None:
             return 0
         states = ("confirmed", "pending") if self._background else ("confirmed",)
-        return known.add_many(recent(states, limit=known.maximum))
+        return known.add_many(recent(states, known.maximum))
 
     def ledger_is_empty(self) -> bool:
         """True when the ledger (SQLite or PostgreSQL) holds no marker at all (a first deploy)."""
-        recent = getattr(self.claimer, "recent_user_ids", None)
+        recent = self.parts.recent_user_ids
         if recent is None:
             return False
-        return not recent(("pending", "confirmed"), limit=1)
+        return not recent(("pending", "confirmed"), 1)
 
     def _remember(self, user_id: str) -> None:
         if self.known is not None:
@@ -422,111 +396,6 @@ class Tracker:
         self.notify("recorded", {"user_id": user_id, "event": event})
         return TrackOutcome.QUEUED
 
-    def _claim_first_parts(self) -> tuple[SQLiteStore, SQLiteOutbox] | None:
-        """The ledger and outbox if a new user may be claimed before it is seen, else None.
-
-        Usually a login not remembered by this process reads the ledger, and only a user
-        found absent is built an event and claimed: that keeps the app's code (the
-        ``signup_detected`` receivers, the ``@event_properties`` callback) out of the write
-        transaction, and a returning user away from the write lock. With the SQLite ledger
-        and outbox in one file, in background mode, and none of the app's code to run,
-        the claim itself can answer "new?" (:meth:`_track_claim_first`). That saves a new
-        user the read (about a fifth of what its login callback spends here; see
-        bench/callback.py), and costs a returning user this process has not seen yet a
-        no-op write transaction instead of the read.
-        """
-        pair = self._sqlite_pair()
-        if pair is not None and self._background and pair[0].reclaim_after is None:
-            return pair
-        return None
-
-    def _sqlite_pair(self) -> tuple[SQLiteStore, SQLiteOutbox] | None:
-        """The ledger and the outbox, if both are SQLite tables of one file."""
-        from .delivery.sqlite_outbox import SQLiteOutbox
-
-        claimer, outbox = self.claimer, self.outbox
-        if (
-            isinstance(claimer, SQLiteStore)
-            and isinstance(outbox, SQLiteOutbox)
-            and claimer.database is outbox.database
-        ):
-            return claimer, outbox
-        return None
-
-    def _track_claim_first(
-        self,
-        user_id: str,
-        claims: t.Mapping[str, t.Any],
-        created_at: dt.datetime | None,
-        ip: str | None,
-        user_agent: str | None,
-        facts: RequestFacts | None,
-        extra: t.Mapping[str, t.Any] | None,
-    ) -> TrackOutcome:
-        """One transaction claims the marker and, only if the claim is won, builds the
-        event (pure Python over the claims and the request) and queues it. Anything that
-        fails in between rolls the claim back with it."""
-        assert self._claim_first is not None
-        ledger, outbox = self._claim_first
-        event = None
-        now = time.time()
-        with ledger.database.transaction() as conn:
-            if ledger.claim_in(conn, user_id, now=now):
-                if created_at is None:
-                    created_at = self._created_at(claims)
-                if facts is not None:
-                    ip, user_agent = facts()
-                event = self._build(user_id, claims, created_at, ip, user_agent, extra)
-                outbox.enqueue_in(conn, self._queued(user_id, event), now=now)
-        self._remember(user_id)
-        if event is None:
-            return TrackOutcome.RETURNING
-        if self.sender is not None:
-            self.sender.wake()
-        self.notify("recorded", {"user_id": user_id, "event": event})
-        return TrackOutcome.QUEUED
-
-    def _atomic_claim_and_enqueue(self) -> t.Callable[[str, QueuedEvent], bool] | None:
-        """One atomic step that claims the marker and queues the event, if the store and
-        the outbox live in one place (one SQLite file, or one Redis)."""
-        pair = self._sqlite_pair()
-        if pair is not None:
-            ledger, sqlite_outbox = pair
-
-            def in_one_transaction(user_id: str, queued: QueuedEvent) -> bool:
-                now = time.time()
-                with ledger.database.transaction() as conn:
-                    if not ledger.claim_in(conn, user_id, now=now):
-                        return False
-                    sqlite_outbox.enqueue_in(conn, queued, now=now)
-                return True
-
-            return in_one_transaction
-        claimer, outbox = self.claimer, self.outbox
-        if type(claimer).__name__ == "RedisStore" and type(outbox).__name__ == "RedisOutbox":
-            from .delivery.redis_outbox import RedisOutbox
-            from .stores.redis import RedisStore
-
-            redis_store = t.cast(RedisStore, claimer)
-            redis_outbox = t.cast(RedisOutbox, outbox)
-
-            def in_one_script(user_id: str, queued: QueuedEvent) -> bool:
-                return redis_outbox.claim_and_enqueue(redis_store, user_id, queued)
-
-            return in_one_script
-        if type(claimer).__name__ == "PostgresStore" and type(outbox).__name__ == "PostgresOutbox":
-            from .delivery.postgres_outbox import PostgresOutbox
-            from .stores.postgres import PostgresStore
-
-            pg_store = t.cast(PostgresStore, claimer)
-            pg_outbox = t.cast(PostgresOutbox, outbox)
-
-            def in_one_statement(user_id: str, queued: QueuedEvent) -> bool:
-                return pg_outbox.claim_and_enqueue(pg_store, user_id, queued)
-
-            return in_one_statement
-        return None
-
     def track_in_transaction(
         self,
         claims: t.Mapping[str, t.Any],
@@ -545,12 +414,10 @@ class Tracker:
 
         :raises ConfigurationError: the store is not ``postgres``.
         """
-        from .delivery.postgres_outbox import PostgresOutbox
         from .exceptions import ConfigurationError
-        from .stores.postgres import PostgresStore
 
-        store, outbox = self.claimer, self.outbox
-        if not isinstance(store, PostgresStore) or not isinstance(outbox, PostgresOutbox):
+        transaction = self.parts.in_transaction
+        if transaction is None:
             raise ConfigurationError(
                 "track_claims(connection=...) needs KEEN_SIGNUP_STORE = 'postgres'"
             )
@@ -560,30 +427,27 @@ class Tracker:
         known = self.known
         if (known is not None and user_id in known) or self.already_marked_by_claim(claims):
             return TrackOutcome.RETURNING
-        created_at = created_at_from_claims(claims)
+        created_at = self._created_at(claims)  # KEEN_SIGNUP_CREATED_AT_CLAIM too
         if self._created_before_since(created_at):
-            store.confirm(user_id)  # outside the app's transaction: true whatever it does
+            transaction.confirm(user_id)  # outside the app's transaction: true whatever it does
             self._remember(user_id)
             return TrackOutcome.MARKED_ONLY
 
         def in_savepoint() -> TrackOutcome:
             # The read and the claim share one savepoint of the app's transaction.
-            if store.lookup_in(connection, user_id) is not None:
+            if transaction.lookup(connection, user_id) is not None:
                 return TrackOutcome.RETURNING
             self.notify("detected", {"user_id": user_id, "claims": claims})
             ip, user_agent = facts() if facts is not None else (None, None)
             event = self._build(
                 user_id, claims, created_at, ip, user_agent, extra() if callable(extra) else extra
             )
-            queued = self._queued(user_id, event)
-            if not outbox.claim_and_enqueue(
-                store, user_id, queued, connection=connection, savepoint=False
-            ):
+            if not transaction.claim_and_enqueue(connection, user_id, self._queued(user_id, event)):
                 return TrackOutcome.RETURNING
             self.notify("recorded", {"user_id": user_id, "event": event})
             return TrackOutcome.QUEUED
 
-        return outbox.in_app_transaction(connection, in_savepoint)
+        return transaction.run(connection, in_savepoint)
 
     def _claim_and_enqueue(self, user_id: str, queued: QueuedEvent) -> bool:
         if self._atomic is not None:

@@ -181,7 +181,7 @@ def test_background_marker_update_is_retried_without_resending(
             return skip
 
     state.sender.hooks = RateLimitAfterCheck(
-        original.settings, store=state.store, ledger=original.ledger
+        original.settings, ledger=original.ledger, remote=original.remote
     )
     login(app.test_client(), keen_signup_auth0, "patchfail@example.com")
     state.sender.flush(timeout=30)

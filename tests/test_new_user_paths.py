@@ -1,10 +1,10 @@
-"""The two ways a new user is recorded, on real SQLite files.
+"""The one way a new user is recorded, on real SQLite files.
 
-Without any of the app's code to run first (no ``signup_detected`` receiver, no
-``@event_properties`` callback), the tracker claims first: one transaction claims the
-marker and, only if won, builds and queues the event. Otherwise it reads the ledger first,
-fires ``signup_detected`` and runs the callback outside the write transaction. Both must
-record the same thing, exactly once, and neither may leave a half-recorded signup.
+A login this process does not remember reads the ledger; a user found absent fires
+``signup_detected``, gets an event built (the app's ``@event_properties`` callback runs
+here, outside the write transaction), and is claimed and queued in one transaction. It
+must record the signup exactly once and never leave a half-recorded one. (A second,
+claim-first path was removed: bench/README.md has the measurement.)
 """
 
 from __future__ import annotations
@@ -102,8 +102,8 @@ def receiving(signal: t.Any, app: Flask) -> t.Iterator[list[str]]:
         yield got
 
 
-def uses_claim_first(app: Flask, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Record every ledger read, to tell the two paths apart."""
+def counting_reads(app: Flask, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every ledger read."""
     tracker = app.extensions["keen_signup"].tracker
     reads: list[str] = []
     lookup = tracker.claimer.lookup
@@ -116,28 +116,24 @@ def uses_claim_first(app: Flask, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return reads
 
 
-def test_both_paths_queue_the_same_event(make_app: t.Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    fast, fast_signup = make_app()
-    fast_reads = uses_claim_first(fast, monkeypatch)
-    assert track(fast, fast_signup, CLAIMS) is TrackOutcome.QUEUED
-    assert fast_reads == [], "no receiver, no callback: the claim answers 'new?'"
-
-    slow, slow_signup = make_app()
-    slow_reads = uses_claim_first(slow, monkeypatch)
-    with receiving(signals.signup_detected, slow) as detected:
-        assert track(slow, slow_signup, CLAIMS) is TrackOutcome.QUEUED
-    assert slow_reads == [CLAIMS["sub"]] and detected == [CLAIMS["sub"]]
-
-    assert rows(fast) == rows(slow)
-    ((user_id, body),) = rows(fast)
+def test_a_new_user_is_read_then_claimed_and_queued_once(
+    make_app: t.Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, signup = make_app()
+    reads = counting_reads(app, monkeypatch)
+    with receiving(signals.signup_detected, app) as detected:
+        assert track(app, signup, CLAIMS) is TrackOutcome.QUEUED
+        assert track(app, signup, CLAIMS) is TrackOutcome.RETURNING  # from memory
+    assert reads == [CLAIMS["sub"]] and detected == [CLAIMS["sub"]]
+    ((user_id, body),) = rows(app)
     assert user_id == CLAIMS["sub"]
     assert '"timestamp":"2026-11-20T08:00:00.000Z"' in body  # created_at from the claim
     assert '"ip":"203.0.113.7"' in body and '"user_agent":"UA/1"' in body
     assert '"connection":"google-oauth2"' in body and "email" not in body
-    assert markers(fast) == markers(slow) == [(CLAIMS["sub"], "pending")]
+    assert markers(app) == [(CLAIMS["sub"], "pending")]
 
 
-def test_claim_first_returning_user_from_another_process_is_not_queued_again(
+def test_a_returning_user_from_another_process_is_not_queued_again(
     make_app: t.Any, tmp_path: t.Any
 ) -> None:
     database = str(tmp_path / "shared.sqlite3")
@@ -197,11 +193,11 @@ def test_a_failure_after_the_claim_leaves_no_marker_behind(
     assert len(rows(app)) == 1
 
 
-def test_an_event_properties_callback_takes_the_read_first_path(
+def test_an_event_properties_callback_runs_outside_the_write_lock(
     make_app: t.Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     app, signup = make_app()
-    reads = uses_claim_first(app, monkeypatch)
+    reads = counting_reads(app, monkeypatch)
     seen: list[bool] = []
 
     @signup.event_properties
@@ -238,18 +234,18 @@ def test_concurrent_first_logins_of_one_user_queue_one_event(make_app: t.Any) ->
     assert len(rows(app)) == 1
 
 
-def test_since_is_honoured_on_the_claim_first_path(
+def test_since_is_honoured_on_the_new_user_path(
     make_app: t.Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     app, signup = make_app(
         KEEN_SIGNUP_SINCE="2026-11-18T00:00:00Z",
         KEEN_SIGNUP_CREATED_AT_CLAIM="https://example.com/created_at",
     )
-    reads = uses_claim_first(app, monkeypatch)
+    reads = counting_reads(app, monkeypatch)
     old = {**CLAIMS, "sub": "auth0|old", "https://example.com/created_at": "2026-11-01T00:00:00Z"}
     assert track(app, signup, old) is TrackOutcome.MARKED_ONLY
     assert track(app, signup, CLAIMS) is TrackOutcome.QUEUED  # created 2026-11-20
-    assert reads == ["auth0|old"], "only the user created before SINCE is read first"
+    assert reads == ["auth0|old", CLAIMS["sub"]]
     ((user_id, body),) = rows(app)
     assert user_id == CLAIMS["sub"] and '"timestamp":"2026-11-20T08:00:00.000Z"' in body
     assert sorted(markers(app)) == [("auth0|old", "confirmed"), (CLAIMS["sub"], "pending")]
@@ -275,7 +271,7 @@ def test_a_restarted_app_knows_the_ledger_users_without_reading_per_login(
     second, second_signup = make_app(database)  # the restart: a new process, empty memory
     tracker = second.extensions["keen_signup"].tracker
     assert CLAIMS["sub"] in tracker.known  # loaded at start (make_app waits for it)
-    reads = uses_claim_first(second, monkeypatch)
+    reads = counting_reads(second, monkeypatch)
     claims: list[str] = []
     claim_in = tracker.claimer.claim_in
 

@@ -570,6 +570,37 @@ def test_psycopg_transaction_rollback_leaves_no_signup_and_commit_sends_one(
         _close(app)
 
 
+def test_since_with_a_named_created_at_claim_holds_inside_the_app_transaction(
+    auth0: Auth0Emulator, keen: KeenEmulator, postgres_url: str, tmp_path: t.Any
+) -> None:
+    """``KEEN_SIGNUP_CREATED_AT_CLAIM`` is read on this path too (it once read only
+    ``created_at``): a user created before ``SINCE`` is marked, not reported."""
+    claim = "https://example.com/joined"  # a name the default lookup would not find
+    app, signup_ext = _pg_app(
+        auth0,
+        keen,
+        postgres_url,
+        tmp_path,
+        KEEN_SIGNUP_SINCE="2026-11-18T00:00:00Z",
+        KEEN_SIGNUP_CREATED_AT_CLAIM=claim,
+    )
+    state = app.extensions["keen_signup"]
+    try:
+        state.outbox.pending_count()
+        with _pg().connect(postgres_url) as conn:
+            old = {"sub": "auth0|old-in-txn", claim: "2026-11-01T00:00:00Z"}
+            new = {"sub": "auth0|new-in-txn", claim: "2026-11-20T00:00:00Z"}
+            assert _track_in(app, signup_ext, old, conn) is TrackOutcome.MARKED_ONLY
+            assert _track_in(app, signup_ext, new, conn) is TrackOutcome.QUEUED
+            conn.commit()
+        assert _wait_until(lambda: len(keen.events("signups")) >= 1)
+        time.sleep(0.3)
+        assert [e["userId"] for e in keen.events("signups")] == ["auth0|new-in-txn"]
+        assert state.store.lookup("auth0|old-in-txn") is MarkerState.CONFIRMED
+    finally:
+        _close(app)
+
+
 def test_the_commit_wakes_the_sender_through_notify(
     auth0: Auth0Emulator, keen: KeenEmulator, postgres_url: str, tmp_path: t.Any
 ) -> None:

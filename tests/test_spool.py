@@ -177,11 +177,16 @@ def test_fsync_mode_writes_the_same_records(tmp_path: t.Any) -> None:
     assert spool.depth() == 1
 
 
-def test_sqlite_decider_claims_then_queues_and_drops_known_users(tmp_path: t.Any) -> None:
+@pytest.mark.parametrize("atomic", [True, False], ids=["one-transaction", "claim-then-queue"])
+def test_sqlite_decider_claims_then_queues_and_drops_known_users(
+    tmp_path: t.Any, atomic: bool
+) -> None:
+    from flask_keen_signup.backends.sqlite import claim_and_enqueue_many
+
     database = Database(str(tmp_path / "db.sqlite3"))
     ledger, outbox = SQLiteStore(database, "signups"), SQLiteOutbox(database)
     ledger.confirm("auth0|returning")
-    decide = decider(ledger, outbox)
+    decide = decider(ledger, outbox, claim_and_enqueue_many(ledger, outbox) if atomic else None)
     won = decide([event("auth0|new"), event("auth0|returning"), event("auth0|new")])
     assert list(won) == [True, False, False]
     assert outbox.pending_count() == 1

@@ -76,6 +76,15 @@ class MarkerStore(ABC):
     def release(self, user_id: str) -> None:
         """Delete a *pending* marker so the next login retries. A confirmed one stays."""
 
+    def confirm_many(self, user_ids: t.Iterable[str]) -> None:
+        """:meth:`confirm` each of ``user_ids`` (the sender, after a delivered batch).
+
+        Stores that can do it in one round trip override it (SQLite: one
+        ``executemany``; Redis: one pipeline; PostgreSQL: one statement).
+        """
+        for user_id in user_ids:
+            self.confirm(user_id)
+
     def forget(self, user_id: str) -> bool:
         """Erasure: keep the user's marker, but under :func:`erased_user_id`, not the id.
 

@@ -15,6 +15,7 @@ user id out of it.
 from __future__ import annotations
 
 import hashlib
+import typing as t
 
 from flask import session
 
@@ -57,6 +58,10 @@ class SessionStore(MarkerStore):
         if markers.get(self._key(user_id)) == MarkerState.PENDING.value:
             del markers[self._key(user_id)]
             session[SESSION_KEY] = markers
+
+    def confirm_many(self, user_ids: t.Iterable[str]) -> None:
+        """Nothing: the sender thread has no browser session to write to. The marker was
+        set in the login request already."""
 
     def _set(self, user_id: str, state: MarkerState) -> None:
         markers = dict(session.get(SESSION_KEY, {}))

@@ -1,0 +1,93 @@
+"""``KEEN_SIGNUP_STORE = "postgres"``: many hosts, in the app's own PostgreSQL database.
+
+Markers and outbox are claimed in one statement (``INSERT … ON CONFLICT DO NOTHING``
+feeding the outbox's insert). One object each serves both paths: the login path's
+methods use the pool bounded by the budget, the sender's its own pool with long timeouts
+(see :mod:`flask_keen_signup.postgres`). ``track_claims(connection=...)`` records the
+signup inside the app's own transaction (:class:`AppTransaction`).
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+from ..exceptions import ConfigurationError
+from . import Parts
+from . import Wiring
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    from ..delivery import QueuedEvent
+    from ..delivery.postgres_outbox import PostgresOutbox
+    from ..migrate import MigrationLedger
+    from ..stores.postgres import PostgresStore
+
+T = t.TypeVar("T")
+
+
+class AppTransaction:
+    """The claim on the app's own connection, in a savepoint of its transaction."""
+
+    def __init__(self, store: PostgresStore, outbox: PostgresOutbox) -> None:
+        self.store = store
+        self.outbox = outbox
+
+    def lookup(self, connection: t.Any, user_id: str) -> object | None:
+        return self.store.lookup_in(connection, user_id)
+
+    def claim_and_enqueue(self, connection: t.Any, user_id: str, queued: QueuedEvent) -> bool:
+        return self.outbox.claim_and_enqueue(
+            self.store, user_id, queued, connection=connection, savepoint=False
+        )
+
+    def run(self, connection: t.Any, work: t.Callable[[], T]) -> T:
+        return self.outbox.in_app_transaction(connection, work)
+
+    def confirm(self, user_id: str) -> None:
+        self.store.confirm(user_id)
+
+
+def build(wiring: Wiring) -> Parts:
+    from ..delivery.postgres_outbox import PostgresOutbox
+    from ..postgres import PostgresDatabase
+    from ..stores.postgres import PostgresStore
+
+    settings = wiring.settings
+    try:
+        database = PostgresDatabase(
+            t.cast(str, settings.database_url),
+            schema=settings.database_schema,
+            timeout=settings.store_timeout,
+        )
+    except ValueError as exc:
+        raise ConfigurationError(f"KEEN_SIGNUP_DATABASE_URL is not usable: {exc}") from None
+    store = PostgresStore(
+        database, settings.collection, reclaim_after=wiring.reclaim_after, close_database=True
+    )
+    outbox = PostgresOutbox(database, keep_delivered=settings.keep_delivered)
+
+    def in_one_statement(user_id: str, queued: QueuedEvent) -> bool:
+        return outbox.claim_and_enqueue(store, user_id, queued)
+
+    def many_in_one_statement(events: t.Sequence[QueuedEvent]) -> list[bool]:
+        return outbox.claim_and_enqueue_many(store, events)
+
+    def migration_ledger() -> MigrationLedger:
+        from ..migrate import PostgresMigrationLedger
+
+        return PostgresMigrationLedger(store, outbox)
+
+    return Parts(
+        store=store,
+        claimer=store,
+        outbox=outbox,
+        request_outbox=outbox,
+        confirm_in=store,
+        drain_claimer=store,
+        claim_and_enqueue=in_one_statement,
+        claim_and_enqueue_many=many_in_one_statement,
+        in_transaction=AppTransaction(store, outbox),
+        recent_user_ids=lambda states, limit: store.recent_user_ids(states, limit=limit),
+        migration_ledger=migration_ledger,
+        wake_on_notify=outbox.wake_on_notify,
+        uses_database=False,
+    )

@@ -1,0 +1,69 @@
+"""``KEEN_SIGNUP_STORE = "redis"``: many hosts, markers and outbox in one Redis.
+
+A marker is claimed with ``SET NX`` in the same Lua script that queues the event. The
+login path has its own client whose socket timeouts are the budget
+(``KEEN_SIGNUP_STORE_TIMEOUT``); the sender's client keeps the URL's own timeouts.
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+from ..exceptions import ConfigurationError
+from . import Parts
+from . import Wiring
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    from ..delivery import QueuedEvent
+    from ..migrate import MigrationLedger
+
+
+def build(wiring: Wiring) -> Parts:
+    from ..delivery.redis_outbox import RedisOutbox
+    from ..stores.redis import RedisStore
+    from ..stores.redis import connect
+
+    settings = wiring.settings
+    url = t.cast(str, settings.redis_url)
+    try:
+        client = connect(url)
+    except ValueError as exc:
+        raise ConfigurationError(f"KEEN_SIGNUP_REDIS_URL is not usable: {exc}") from None
+    store = RedisStore(
+        client, settings.collection, reclaim_after=wiring.reclaim_after, close_client=True
+    )
+    outbox = RedisOutbox(client, keep_delivered=settings.keep_delivered)
+    budget = settings.store_timeout
+    request_client = connect(url, socket_connect_timeout=budget, socket_timeout=budget)
+    # The budget wins over timeouts in the URL's query string (those are the sender's).
+    request_client.connection_pool.connection_kwargs.update(
+        socket_connect_timeout=budget, socket_timeout=budget
+    )
+    request_store = RedisStore(
+        request_client, settings.collection, reclaim_after=wiring.reclaim_after, close_client=True
+    )
+    request_outbox = RedisOutbox(request_client, keep_delivered=settings.keep_delivered)
+
+    def in_one_script(user_id: str, queued: QueuedEvent) -> bool:
+        return request_outbox.claim_and_enqueue(request_store, user_id, queued)
+
+    def in_scripts(events: t.Sequence[QueuedEvent]) -> list[bool]:
+        return outbox.claim_and_enqueue_many(store, events)
+
+    def migration_ledger() -> MigrationLedger:
+        from ..migrate import RedisMigrationLedger
+
+        return RedisMigrationLedger(store, outbox)
+
+    return Parts(
+        store=store,
+        claimer=request_store,
+        outbox=outbox,
+        request_outbox=request_outbox,
+        confirm_in=store,
+        drain_claimer=store,
+        claim_and_enqueue=in_one_script,
+        claim_and_enqueue_many=in_scripts,
+        migration_ledger=migration_ledger,
+        uses_database=False,
+    )
