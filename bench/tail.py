@@ -22,7 +22,8 @@ Issue 9, item 6. Two measurements, each against a baseline from the same run:
     package >= 2x Segment's events/s. The Keen emulator validates and de-duplicates every
     event; the sink only counts them, so the comparison favours Segment.
 
-Bounded (about a minute; ``--quick`` about 20 s). Exits 0 whenever it ran.
+Bounded (2-3 minutes on a loaded 2-core host; ``--quick`` about 20 s). Exits 0 whenever it
+ran.
 """
 
 from __future__ import annotations
