@@ -32,6 +32,13 @@ from .exceptions import StoreError
 BUSY_TIMEOUT_MS = 10_000
 #: How long a fork waits for threads to leave SQLite before going ahead anyway, in seconds.
 FORK_WAIT_SECONDS = 15.0
+#: WAL pages past which a committing connection checkpoints the file itself. SQLite's
+#: default (1,000) makes every few hundredth login's COMMIT copy the WAL into the file and
+#: fsync it (milliseconds: the tail of the login path). Here it is only a backstop: the
+#: sender checkpoints long before (:meth:`Database.checkpoint`), off the request path.
+WAL_AUTOCHECKPOINT_PAGES = 8_000
+#: How often (at most) :meth:`Database.checkpoint` runs, in seconds.
+CHECKPOINT_INTERVAL = 0.2
 #: How often (at most) a :class:`Database` checks that its path still names the file its
 #: connections have open, in seconds (one ``os.stat``; see :meth:`Database._check_file`).
 FILE_CHECK_INTERVAL = 0.5
@@ -194,17 +201,11 @@ SALVAGE_ATTEMPTS = 120
 
 def _copy(database: Database, write: t.Callable[[sqlite3.Connection], str]) -> str | None:
     """Run ``write`` in one transaction on ``database``; its summary, or None if it failed."""
-    ms = max(1, round(database.busy_timeout * 1000))
     try:
-        # The copy is rare and must not fail on the login path's short timeout.
-        with database.reading() as conn:
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        try:
-            with database.transaction() as conn:
-                return write(conn)
-        finally:
-            with database.reading() as conn:
-                conn.execute(f"PRAGMA busy_timeout = {ms}")
+        # The copy is rare and must not fail on the login path's short timeout (only BEGIN
+        # waits for the lock; see _begin_immediate).
+        with _Transaction(database, BUSY_TIMEOUT_MS / 1000) as conn:
+            return write(conn)
     except Exception:  # noqa: BLE001 - reported by the caller; retried
         logger.warning("flask-keen-signup: could not copy the old file's rows", exc_info=True)
         return None
@@ -313,6 +314,7 @@ class Database:
         #: (st_dev, st_ino) of the file the connections have open, once one is open.
         self._identity: tuple[int, int] | None = None
         self._check_at = 0.0
+        self._checkpoint_at = 0.0
         self._local = threading.local()
         self._schema_lock = threading.Lock()
         self._schemas: list[str] = []
@@ -371,6 +373,7 @@ class Database:
                 raise StoreError(f"cannot open the SQLite database {self.path!r}: {exc}") from exc
         self._local.conn = conn
         self._local.generation = _generation
+        self._local.zero = False  # busy_timeout is the instance's (see _begin_immediate)
         self._track(conn)
         if self._identity is None:
             self._identity = _identity_of(self.path)
@@ -432,6 +435,7 @@ class Database:
             if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
+            conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
             with self._schema_lock:
                 for script in self._schemas:
                     conn.executescript(script)
@@ -439,6 +443,25 @@ class Database:
             conn.close()
             raise
         return conn
+
+    def checkpoint(self, *, now: float | None = None) -> bool:
+        """Copy the WAL's committed pages into the file, at most every
+        :data:`CHECKPOINT_INTERVAL`; True if it ran.
+
+        The sender calls this (through the outbox, before each claim), so a login's COMMIT
+        never has to: a ``PASSIVE`` checkpoint takes no write lock and waits for nobody,
+        and copies what readers no longer need; the next writer then restarts the WAL
+        from its beginning, so the file stays small and in cache. Where no sender runs
+        (it is stopped, or dead), ``wal_autocheckpoint`` (:data:`WAL_AUTOCHECKPOINT_PAGES`)
+        still bounds the WAL.
+        """
+        now = time.monotonic() if now is None else now
+        if now < self._checkpoint_at:
+            return False
+        self._checkpoint_at = now + CHECKPOINT_INTERVAL
+        with self.reading() as conn:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        return True
 
     def add_schema(self, script: str) -> None:
         """Register ``CREATE ... IF NOT EXISTS`` statements, run on every new connection.
@@ -481,6 +504,91 @@ class Database:
                 logger.debug("could not close a connection before fork", exc_info=True)
 
 
+#: The first pause between two tries at the write lock, and the longest, in seconds.
+LOCK_RETRY_FIRST = 0.00005
+LOCK_RETRY_MAX = 0.001
+#: Rows the sender's bookkeeping writes per transaction (see :func:`yield_to_writers`).
+#: SQLite rewrites a row and its index entries in ~5-10 µs here, so a transaction of this
+#: many rows holds the write lock for about 0.1-0.2 ms.
+SENDER_CHUNK_ROWS = 16
+#: How long the sender's bookkeeping waits at most, between two of its transactions, for
+#: a thread of this process that is waiting for the write lock (a login), in seconds.
+YIELD_MAX = 0.002
+
+# Threads of this process waiting for the write lock right now (see _begin_immediate).
+_waiting = 0
+_waiting_lock = threading.Lock()
+
+
+def writers_waiting() -> int:
+    """How many threads of this process wait for a SQLite write lock right now."""
+    return _waiting
+
+
+def yield_to_writers() -> None:
+    """Let a waiting login take the write lock before the sender's next transaction.
+
+    Called by the sender's bookkeeping between its short transactions: without it the
+    sender, which begins its next transaction microseconds after committing the last,
+    would win the lock again and again while the login sleeps between its tries. Waits
+    until nobody of this process is waiting, at most :data:`YIELD_MAX`. Logins of other
+    processes are not seen here; they get the gaps between the transactions.
+    """
+    if not _waiting:
+        return
+    deadline = time.monotonic() + YIELD_MAX
+    while _waiting and time.monotonic() < deadline:
+        time.sleep(LOCK_RETRY_FIRST)
+
+
+def _begin_immediate(conn: sqlite3.Connection, local: t.Any, timeout: float) -> None:
+    """``BEGIN IMMEDIATE``, waiting for the write lock in steps of tens of microseconds.
+
+    SQLite's own busy handler sleeps 1 ms, then 2, 5, 10 ms... between tries, so a login
+    that finds the sender's short bookkeeping transaction (a fraction of a millisecond)
+    holding the lock would wait at least a millisecond. Here the first try fails at once
+    (``busy_timeout`` 0) and the retries start at :data:`LOCK_RETRY_FIRST`, doubling up
+    to :data:`LOCK_RETRY_MAX`, until ``timeout``. Only ``BEGIN`` waits for a lock: once
+    it holds the write lock, the transaction's statements do not (WAL). The connection
+    stays at 0 until the thread's next read outside a transaction restores its timeout
+    (:class:`_Reading`), so a login that only writes pays for no ``PRAGMA``.
+    """
+    if not local.zero:
+        conn.execute("PRAGMA busy_timeout = 0")
+        local.zero = True
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if "locked" not in str(exc) and "busy" not in str(exc):
+            raise
+        _wait(timeout, conn)
+
+
+def _wait(timeout: float, conn: sqlite3.Connection) -> None:
+    """Retry ``BEGIN IMMEDIATE`` until it succeeds or ``timeout`` passes (counted as a
+    waiter meanwhile, see :func:`yield_to_writers`)."""
+    global _waiting
+    with _waiting_lock:
+        _waiting += 1
+    try:
+        deadline = time.monotonic() + timeout
+        pause = LOCK_RETRY_FIRST
+        while True:
+            time.sleep(pause)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if ("locked" not in str(exc) and "busy" not in str(exc)) or (
+                    time.monotonic() >= deadline
+                ):
+                    raise
+            pause = min(pause * 2, LOCK_RETRY_MAX)
+    finally:
+        with _waiting_lock:
+            _waiting -= 1
+
+
 # Context managers as small classes rather than ``@contextlib.contextmanager`` generators:
 # the claim and the enqueue of a new user's login run through them, and a generator-based
 # manager costs several times more per use on that path (see bench/callback.py --profile).
@@ -500,7 +608,12 @@ class _Reading:
             database._check_file()
         _gate.__enter__()
         try:
-            return database.connection()
+            conn = database.connection()
+            local = database._local
+            if local.zero and not conn.in_transaction:  # left at 0 by a transaction
+                conn.execute(f"PRAGMA busy_timeout = {max(1, round(database.busy_timeout * 1000))}")
+                local.zero = False
+            return conn
         except BaseException:
             _gate.__exit__()
             raise
@@ -512,10 +625,11 @@ class _Reading:
 class _Transaction:
     """See :meth:`Database.transaction`."""
 
-    __slots__ = ("_database", "_conn")
+    __slots__ = ("_database", "_conn", "_timeout")
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, timeout: float | None = None) -> None:
         self._database = database
+        self._timeout = database.busy_timeout if timeout is None else timeout
 
     def __enter__(self) -> sqlite3.Connection:
         database = self._database
@@ -524,7 +638,7 @@ class _Transaction:
         _gate.__enter__()
         try:
             conn = self._conn = database.connection()
-            conn.execute("BEGIN IMMEDIATE")
+            _begin_immediate(conn, database._local, self._timeout)
         except sqlite3.Error as exc:
             _gate.__exit__()
             path = self._database.path

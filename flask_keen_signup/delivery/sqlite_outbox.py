@@ -17,7 +17,9 @@ import sqlite3
 import time
 import typing as t
 
+from ..database import SENDER_CHUNK_ROWS
 from ..database import Database
+from ..database import yield_to_writers
 from ..exceptions import StoreError
 from . import DELIVERED
 from . import SKIPPED
@@ -222,16 +224,31 @@ class SQLiteOutbox(Outbox):
         owner: str,
         flush_since: float | None = None,
     ) -> list[OutboxRow]:
+        # Before the sender's next batch (or its idle poll): the WAL is copied into the
+        # file here, on the sender's connection, rather than by a login's COMMIT.
+        self._checkpoint()
         if flush_since is None and not self._read(_ANY_DUE, (now,)):
             return []  # the idle poll stays a read: no write lock taken every interval
-        params = {"now": now, "lease": lease_seconds, "owner": owner, "limit": limit}
+        params = {"now": now, "lease": lease_seconds, "owner": owner}
         sql = _CLAIM
         if flush_since is not None:
             sql = _CLAIM_FLUSH
             params["since"] = flush_since
-        with self._write() as conn:
-            records = conn.execute(sql, params).fetchall()
-            _bump(conn, "resends", sum(r[10] for r in records))
+        # In short transactions (SENDER_CHUNK_ROWS rows each), so that a login never waits
+        # long for the write lock; a leased row is not due again, so the next one picks
+        # the next rows. A zero lease would leave them due: one transaction then.
+        step = SENDER_CHUNK_ROWS if lease_seconds > 0 else limit
+        records: list[t.Any] = []
+        while len(records) < limit:
+            want = min(step, limit - len(records))
+            if records:
+                yield_to_writers()
+            with self._write() as conn:
+                got = conn.execute(sql, {**params, "limit": want}).fetchall()
+                _bump(conn, "resends", sum(r[10] for r in got))
+            records += got
+            if len(got) < want:
+                break
         rows = [
             OutboxRow(
                 id=r[0],
@@ -284,8 +301,13 @@ class SQLiteOutbox(Outbox):
         if not ids:
             return
         now = time.time() if now is None else now
-        with self._write() as conn:
-            _bump(conn, DELIVERED, self._finish(conn, list(ids), DELIVERED, now))
+        # Short transactions, as in claim_due; a crash between two leaves the rest leased,
+        # resent after the lease, and de-duplicated by Keen (the uniqueness token).
+        for index, chunk in enumerate(_chunks(list(ids), SENDER_CHUNK_ROWS)):
+            if index:
+                yield_to_writers()
+            with self._write() as conn:
+                _bump(conn, DELIVERED, self._finish(conn, chunk, DELIVERED, now))
 
     def mark_skipped(self, reasons: t.Mapping[int, str], *, now: float | None = None) -> None:
         if not reasons:
@@ -523,6 +545,18 @@ class SQLiteOutbox(Outbox):
         self.database.close()
 
     # -- helpers ----------------------------------------------------------------------
+
+    def _checkpoint(self) -> None:
+        """Checkpoint the WAL from the sender's connection (see :meth:`Database.checkpoint`).
+
+        Only sender-side methods call this, so the login path's COMMITs are spared the
+        checkpoint SQLite would otherwise run in whichever commit crosses its threshold.
+        Best effort: a failure leaves the backstop (``wal_autocheckpoint``) to do it.
+        """
+        try:
+            self.database.checkpoint()
+        except (sqlite3.Error, StoreError):
+            pass
 
     def _read(self, sql: str, params: t.Sequence[object] = ()) -> list[t.Any]:
         try:

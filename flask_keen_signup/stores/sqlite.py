@@ -13,7 +13,9 @@ import sqlite3
 import time
 import typing as t
 
+from ..database import SENDER_CHUNK_ROWS
 from ..database import Database
+from ..database import yield_to_writers
 from ..exceptions import StoreError
 from . import MarkerState
 from . import MarkerStore
@@ -125,14 +127,19 @@ class SQLiteStore(MarkerStore):
         conn.execute(_CONFIRM, (self.collection, user_id, now, now))
 
     def confirm_many(self, user_ids: t.Iterable[str]) -> None:
-        """Confirm many users in one transaction (the sender, after a delivered batch)."""
+        """Confirm many users (the sender, after a delivered batch), in short transactions."""
         now = time.time()
         rows = [(self.collection, user_id, now, now) for user_id in user_ids]
         if not rows:
             return
         try:
-            with self.database.transaction() as conn:
-                conn.executemany(_CONFIRM, rows)
+            # Short transactions, so that a login never waits long for the write lock
+            # (see SENDER_CHUNK_ROWS); each confirmation stands alone.
+            for start in range(0, len(rows), SENDER_CHUNK_ROWS):
+                if start:
+                    yield_to_writers()
+                with self.database.transaction() as conn:
+                    conn.executemany(_CONFIRM, rows[start : start + SENDER_CHUNK_ROWS])
         except sqlite3.Error as exc:
             raise StoreError(f"cannot confirm in the marker ledger: {exc}") from exc
 

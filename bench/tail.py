@@ -1,0 +1,265 @@
+"""Benchmark: the tail of a new user's login, and a burst of signups end to end.
+
+Run: ``.venv/bin/python bench/tail.py [--quick] [--rounds N] [--burst N]``
+
+Issue 9, item 6. Two measurements, each against a baseline from the same run:
+
+(a) **The tail.** p50/p90/p99/max of ``signup.track_claims(claims)`` for a new user (a
+    fresh ``sub`` per call), inside a fresh request context, through the real extension
+    with the default SQLite store, the Keen emulator in its own process
+    (``bench/callback.py``'s :class:`Bench` and emulator). The logins arrive as a steady
+    stream (one every ~1 ms, the sleep outside the timed call) and the sender delivers them
+    as they come; the baseline is the same app and the same stream with the sender
+    stopped (the request path alone). Rounds alternate running/stopped; each round's
+    figures are printed, then the median over the rounds of each percentile and its range.
+    Target: p99 with the sender delivering <= 300 µs.
+
+(b) **The burst.** N signups produced back to back through ``track_claims`` (request
+    context included) with the sender running, timed from the first call until the Keen
+    emulator's count query returns N; beside it ``segment-analytics-python`` (defaults,
+    queue sized for N) with N ``track()`` calls into ``bench/delivery.py``'s loopback sink,
+    timed from the first call until the sink has counted N. Rounds alternate. Target: the
+    package >= 2x Segment's events/s. The Keen emulator validates and de-duplicates every
+    event; the sink only counts them, so the comparison favours Segment.
+
+Bounded (2-3 minutes on a loaded 2-core host; ``--quick`` about 20 s). Exits 0 whenever it
+ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import statistics
+import sys
+import tempfile
+import time
+import typing as t
+
+import requests
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from callback import ENVIRON  # noqa: E402 - bench/ helpers, beside this script
+from callback import HEADERS  # noqa: E402
+from callback import Bench  # noqa: E402
+from callback import keen_in_subprocess  # noqa: E402
+from callback import make_token  # noqa: E402
+from delivery import measure_segment  # noqa: E402
+from delivery import serve  # noqa: E402
+from delivery import wait_for  # noqa: E402
+
+TAIL_TARGET_US = 300.0
+BURST_TARGET_RATIO = 2.0
+PACE_SECONDS = 0.001
+READ_KEY = "demo-read-key"  # the emulator's default
+COLLECTION = "signups"
+CALLBACK_URL = "/callback?code=Qy3sW0bench&state=b3Nh0S7aTe"
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+    return {"p50": at(0.50), "p90": at(0.90), "p99": at(0.99), "max": ordered[-1]}
+
+
+def claims_for(prefix: str, n: int) -> list[t.Any]:
+    return [make_token(f"auth0|{prefix}{i:08d}")["userinfo"] for i in range(n)]
+
+
+def timed_logins(bench: Bench, claims: list[t.Any], pace: float) -> list[float]:
+    """``track_claims`` for each of ``claims`` in a fresh request context; µs each.
+
+    The WSGI environ is built once (``EnvironBuilder`` costs ~150 µs here, the WSGI
+    server's work in production, charged to neither side of (b)); each call gets a
+    fresh request context on a copy of it, so ``flask.g`` is fresh as in a real request.
+    """
+    signup = bench.signup
+    assert signup is not None
+    app = bench.app
+    with app.test_request_context(CALLBACK_URL, environ_base=ENVIRON, headers=HEADERS) as ctx:
+        environ = dict(ctx.request.environ)
+    perf = time.perf_counter_ns
+    samples: list[float] = []
+    for one in claims:
+        with app.request_context(dict(environ)):
+            started = perf()
+            signup.track_claims(one)
+            samples.append((perf() - started) / 1000)
+        if pace:
+            time.sleep(pace)
+    return samples
+
+
+# --------------------------------------------------------------------------- (a) the tail
+
+
+def part_a(keen_url: str, tmp: str, rounds: int, per_round: int) -> None:
+    print(
+        f"(a) new user's track_claims, one login every ~{PACE_SECONDS * 1000:.0f} ms, "
+        f"{rounds} rounds x {per_round} per case"
+    )
+    bench = Bench(keen_url, os.path.join(tmp, "tail.sqlite3"))
+    state = bench.app.extensions["keen_signup"]
+    outbox = state.outbox
+    timed_logins(bench, claims_for("warm-", 200), 0.0)  # open the file, start the sender
+    results: dict[str, list[dict[str, float]]] = {"running": [], "stopped": []}
+    for r in range(rounds):
+        for case in ("running", "stopped"):
+            sender = state.sender
+            if case == "running":
+                sender.start()
+                wait_for(lambda: outbox.pending_count() == 0, 30.0, 0.01)
+            else:
+                sender.stop(timeout=5)
+            gc.collect()
+            samples = timed_logins(bench, claims_for(f"tail-{case}-{r}-", per_round), PACE_SECONDS)
+            figures = percentiles(samples)
+            results[case].append(figures)
+            print(
+                f"  round {r + 1} sender {case:<8} "
+                + "  ".join(f"{k} {v:8.1f}" for k, v in figures.items())
+                + " µs"
+            )
+    state.sender.start()
+    delivered = wait_for(lambda: outbox.pending_count() == 0, 30.0, 0.01)
+    print(f"  every signup delivered afterwards: {'yes' if delivered else 'NO'}")
+    print("  median over rounds [range]:")
+    for case, rows in results.items():
+        parts = []
+        for key in ("p50", "p90", "p99", "max"):
+            values = [row[key] for row in rows]
+            parts.append(
+                f"{key} {statistics.median(values):7.1f} [{min(values):.0f}-{max(values):.0f}]"
+            )
+        print(f"    sender {case:<8} " + "  ".join(parts) + " µs")
+    p99 = statistics.median(row["p99"] for row in results["running"])
+    verdict = "MET" if p99 <= TAIL_TARGET_US else "NOT MET"
+    print(f"  target: p99 with the sender delivering <= {TAIL_TARGET_US:.0f} µs: {verdict}")
+    bench.shutdown()
+
+
+# --------------------------------------------------------------------------- (b) the burst
+
+
+def keen_count(http: requests.Session, url: str) -> int:
+    response = http.get(
+        f"{url}/3.0/projects/{'bench-project'}/queries/count",
+        params={"event_collection": COLLECTION},
+        headers={"Authorization": READ_KEY},
+        timeout=30,
+    )
+    response.raise_for_status()
+    return int(response.json()["result"])
+
+
+def measure_package(keen_url: str, tmp: str, count: int, tag: str) -> dict[str, float]:
+    """``count`` new users through ``track_claims`` back to back, until Keen has them all."""
+    http = requests.Session()
+    requests.post(f"{keen_url}/_emulator/reset", timeout=30).raise_for_status()
+    bench = Bench(keen_url, os.path.join(tmp, f"burst-{tag}.sqlite3"))
+    timed_logins(bench, claims_for(f"burst-warm-{tag}-", 1), 0.0)  # open the file
+    outbox = bench.app.extensions["keen_signup"].outbox
+    wait_for(lambda: outbox.pending_count() == 0, 30.0, 0.01)
+    requests.post(f"{keen_url}/_emulator/reset", timeout=30).raise_for_status()
+    claims = claims_for(f"burst-{tag}-", count)
+    # The same loop without track_claims: what the request contexts alone cost (the app's
+    # and the WSGI server's work in production, not the package's).
+    app = bench.app
+    with app.test_request_context(CALLBACK_URL, environ_base=ENVIRON, headers=HEADERS) as ctx:
+        environ = dict(ctx.request.environ)
+    gc.collect()
+    started = time.perf_counter()
+    for _ in claims:
+        with app.request_context(dict(environ)):
+            pass
+    contexts_s = time.perf_counter() - started
+    gc.collect()
+    started = time.perf_counter()
+    samples = timed_logins(bench, claims, 0.0)
+    produced_s = time.perf_counter() - started
+    wait_for(lambda: keen_count(http, keen_url) >= count, 120.0, 0.02)
+    total_s = time.perf_counter() - started
+    got = keen_count(http, keen_url)
+    bench.shutdown()
+    if got != count:
+        print(f"  ! package: Keen has {got}/{count}")
+    figures = percentiles(samples)
+    return {
+        "events_per_s": got / total_s,
+        "without_contexts_per_s": got / max(1e-9, total_s - contexts_s),
+        "contexts_s": contexts_s,
+        "produce_s": produced_s,
+        "total_s": total_s,
+        "call_mean": statistics.fmean(samples),
+        "call_p50": figures["p50"],
+        "call_p99": figures["p99"],
+    }
+
+
+def part_b(keen_url: str, tmp: str, rounds: int, count: int) -> None:
+    print(f"(b) burst of {count:,} signups, produced and delivered, {rounds} rounds")
+    ours: list[dict[str, float]] = []
+    theirs: list[dict[str, float]] = []
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "delivery.py")
+    with serve([script, "--sink"]) as sink:
+        for r in range(rounds):
+            mine = measure_package(keen_url, tmp, count, str(r))
+            seg = measure_segment(sink, count)
+            ours.append(mine)
+            theirs.append(seg)
+            print(
+                f"  round {r + 1}: package {mine['events_per_s']:8,.0f} events/s "
+                f"(produced in {mine['produce_s']:.2f} s, all in Keen at {mine['total_s']:.2f} s; "
+                f"per call mean {mine['call_mean']:.0f}, p50 {mine['call_p50']:.0f}, "
+                f"p99 {mine['call_p99']:.0f} µs)  "
+                f"segment {seg['events_per_s']:8,.0f} events/s (track() {seg['track_us']:.0f} µs)"
+                f"  ratio {mine['events_per_s'] / seg['events_per_s']:.2f}x"
+            )
+    ratios = [a["events_per_s"] / b["events_per_s"] for a, b in zip(ours, theirs, strict=True)]
+    net = [
+        a["without_contexts_per_s"] / b["events_per_s"] for a, b in zip(ours, theirs, strict=True)
+    ]
+    ours_med = statistics.median(a["events_per_s"] for a in ours)
+    theirs_med = statistics.median(b["events_per_s"] for b in theirs)
+    print(
+        f"  median: package {ours_med:,.0f} events/s, segment {theirs_med:,.0f} events/s; "
+        f"ratio per round {statistics.median(ratios):.2f}x "
+        f"[{min(ratios):.2f}-{max(ratios):.2f}]"
+    )
+    print(
+        "  with the request contexts' own time taken out of the package's "
+        f"(median {statistics.median(a['contexts_s'] for a in ours):.2f} s per burst): "
+        f"package {statistics.median(a['without_contexts_per_s'] for a in ours):,.0f} "
+        f"events/s, ratio {statistics.median(net):.2f}x [{min(net):.2f}-{max(net):.2f}]"
+    )
+    verdict = "MET" if statistics.median(ratios) >= BURST_TARGET_RATIO else "NOT MET"
+    print(f"  target: package / segment >= {BURST_TARGET_RATIO:.0f}x: {verdict}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and calls")
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--per-round", type=int, default=None, help="(a) logins per case")
+    parser.add_argument("--burst", type=int, default=20_000, help="(b) signups per burst")
+    parser.add_argument("--parts", default="a,b")
+    args = parser.parse_args(argv)
+    rounds = args.rounds or (2 if args.quick else 5)
+    per_round = args.per_round or (500 if args.quick else 2000)
+    burst = 5_000 if args.quick and args.burst == 20_000 else args.burst
+    parts = {p.strip() for p in args.parts.split(",")}
+    with keen_in_subprocess() as keen_url, tempfile.TemporaryDirectory() as tmp:
+        if "a" in parts:
+            part_a(keen_url, tmp, rounds, per_round)
+        if "b" in parts:
+            part_b(keen_url, tmp, max(1, min(rounds, 3)), burst)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
