@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test system-deps lint typecheck docs pytest bench clean
+.PHONY: demo test test-fast system-deps lint typecheck docs pytest bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ demo: $(STAMP)
 
 ## Install everything the tests need, then lint, type-check and run the whole suite.
 test: $(STAMP) system-deps lint typecheck docs pytest
+
+## The unit tests only (pure logic, real SQLite files, no servers): well under 30 s.
+test-fast: $(STAMP)
+	$(BIN)/pytest -m "not slow" tests/unit
 
 system-deps:
 	bash scripts/install-test-deps.sh

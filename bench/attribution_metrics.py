@@ -42,6 +42,7 @@ from callback import make_token  # noqa: E402
 from flask import Flask  # noqa: E402
 
 from flask_keen_signup import KeenSignup  # noqa: E402
+from flask_keen_signup import signup_state
 
 HOST = "app.example.com"
 
@@ -143,7 +144,7 @@ def hook_cost(n: int) -> None:
             print(f"     the hook (on - off)            {added:+6.2f}")
 
         # The hook alone, in a tight loop inside one request context.
-        hook = on.extensions["keen_signup"].attribution.hook()  # what the app runs
+        hook = signup_state(on).attribution.hook()  # what the app runs
         loops = n * 50
         for label, query, referer in shapes:
             with on.request_context(environ(query, referer)):

@@ -73,6 +73,7 @@ from flask import redirect
 from flask import session
 
 from flask_keen_signup import KeenSignup
+from flask_keen_signup import signup_state
 from flask_keen_signup.delivery.sqlite_outbox import SCHEMA as OUTBOX_SCHEMA
 from flask_keen_signup.stores.sqlite import SCHEMA as LEDGER_SCHEMA
 from flask_keen_signup.testing import KeenEmulator
@@ -228,14 +229,14 @@ class Bench:
 
     def shutdown(self) -> None:
         if self.signup is not None:
-            state = self.app.extensions["keen_signup"]
+            state = signup_state(self.app)
             if state.sender is not None:
                 state.sender.shutdown(timeout=2)
             state.database.close()
 
     def counts(self) -> tuple[int, int]:
         """(markers, outbox rows) in the app's database."""
-        state = self.app.extensions["keen_signup"]
+        state = signup_state(self.app)
         conn = state.database.connection()
         markers = conn.execute("SELECT COUNT(*) FROM keen_signup_markers").fetchone()[0]
         rows = conn.execute("SELECT COUNT(*) FROM keen_signup_outbox").fetchone()[0]
@@ -542,7 +543,7 @@ def breakdown(
     from flask_keen_signup import tracker
     from flask_keen_signup.stores.sqlite import SQLiteStore
 
-    state = bench.app.extensions["keen_signup"]
+    state = signup_state(bench.app)
     sections = Sections()
     sections.wrap(extension, "_authlib_tokens", "decorator: scan g before the view")
     sections.wrap(extension, "_authlib_tokens_changed", "decorator: scan g after the view")
@@ -712,9 +713,9 @@ def main(argv: list[str] | None = None) -> int:
         cold_total = n_fast + 200 + 10 * rounds
         for i in range(cold_total):
             bg.call(bg.tracked, make_token(f"auth0|cold{i:08d}"))
-        bg.app.extensions["keen_signup"].sender.flush(timeout=60)  # measure a quiet sender
-        bg.app.extensions["keen_signup"].tracker.known = type(
-            bg.app.extensions["keen_signup"].tracker.known
+        signup_state(bg.app).sender.flush(timeout=60)  # measure a quiet sender
+        signup_state(bg.app).tracker.known = type(
+            signup_state(bg.app).tracker.known
         )()
         _, returning_cold = in_rounds(
             "background (sqlite)",
@@ -783,7 +784,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # Diagnostic: the same with the sender thread stopped, i.e. the request path
         # alone, without the in-process worker delivering each signup as it is queued.
-        sender = bg.app.extensions["keen_signup"].sender
+        sender = signup_state(bg.app).sender
         sender.stop(timeout=2)
         bare_paced_stopped, tracked_paced_stopped = paired(
             bg, new_user("new-paced-stopped-"), max(100, n_fast // 8), warmup=20, pace=0.005

@@ -43,6 +43,7 @@ sys.path.insert(0, ROOT)
 from flask import Flask  # noqa: E402
 
 from flask_keen_signup import KeenSignup  # noqa: E402
+from flask_keen_signup import signup_state  # noqa: E402
 from flask_keen_signup.backends.sqlite import claim_and_enqueue_many  # noqa: E402
 from flask_keen_signup.database import Database  # noqa: E402
 from flask_keen_signup.delivery import QueuedEvent  # noqa: E402
@@ -138,7 +139,7 @@ def bench_login_path(quick: bool) -> None:
     free_n, locked_n = (100, 15) if quick else (400, 40)
     with tempfile.TemporaryDirectory() as directory:
         app, signup = make_app(directory)
-        state = app.extensions["keen_signup"]
+        state = signup_state(app)
         state.sender.stop(5)  # the request path alone: no sender competing for the lock
         time_logins(app, signup, [f"auth0|warm{n}" for n in range(20)])
         free = time_logins(app, signup, [f"auth0|free{n}" for n in range(free_n)])

@@ -73,11 +73,12 @@ def child(args: argparse.Namespace) -> None:
     from flask import Flask
 
     from flask_keen_signup import KeenSignup
+    from flask_keen_signup import signup_state
 
     app = Flask("bench_migrate")
     app.config.update(json.loads(args.config))
     KeenSignup(app)
-    app.extensions["keen_signup"].sender.stop(timeout=5)  # measure migrate alone
+    signup_state(app).sender.stop(timeout=5)  # measure migrate alone
     before = _status("VmRSS")
     started = time.perf_counter()
     result = app.test_cli_runner().invoke(args=json.loads(args.command))
@@ -173,6 +174,7 @@ def part_a(count: int) -> None:
 
 _EMULATOR = """
 import json, sys, threading
+from flask_keen_signup import signup_state
 from flask_keen_signup.testing import Auth0Emulator
 auth0 = Auth0Emulator(client_id="c", client_secret="s").start()
 auth0.load_users({count}, created_from="2019-01-01T00:00:00Z",

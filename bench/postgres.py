@@ -35,6 +35,7 @@ import uuid
 from flask import Flask
 
 from flask_keen_signup import KeenSignup
+from flask_keen_signup import signup_state
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))  # tests/_postgres.py
@@ -113,7 +114,7 @@ def callback_costs(keen_url: str, pg_url: str, n: int) -> None:
                 timed_track(app, ext, f"auth0|new-{store}-{i}")
             )
     for app, _ in apps.values():  # a fresh process's memory: the store answers
-        tracker = app.extensions["keen_signup"].tracker
+        tracker = signup_state(app).tracker
         tracker.known = type(tracker.known)()
     for i in range(n):
         for store, (app, ext) in apps.items():
@@ -126,12 +127,12 @@ def callback_costs(keen_url: str, pg_url: str, n: int) -> None:
         for store in apps:
             print(f"   {case:<18} {store:<9} {summary(results[(store, case)])}")
     for app, _ in apps.values():
-        state = app.extensions["keen_signup"]
+        state = signup_state(app)
         deadline = time.monotonic() + 30
         while state.outbox.pending_count() and time.monotonic() < deadline:
             time.sleep(0.05)
         state.sender.shutdown(5)
-    pg_state = apps["postgres"][0].extensions["keen_signup"]
+    pg_state = signup_state(apps["postgres"][0])
     print(f"   (postgres: {pg_state.outbox.stats().delivered} events delivered meanwhile)")
 
 

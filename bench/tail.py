@@ -50,6 +50,8 @@ from delivery import measure_segment  # noqa: E402
 from delivery import serve  # noqa: E402
 from delivery import wait_for  # noqa: E402
 
+from flask_keen_signup import signup_state
+
 TAIL_TARGET_US = 300.0
 BURST_TARGET_RATIO = 2.0
 PACE_SECONDS = 0.001
@@ -104,7 +106,7 @@ def part_a(keen_url: str, tmp: str, rounds: int, per_round: int) -> None:
         f"{rounds} rounds x {per_round} per case"
     )
     bench = Bench(keen_url, os.path.join(tmp, "tail.sqlite3"))
-    state = bench.app.extensions["keen_signup"]
+    state = signup_state(bench.app)
     outbox = state.outbox
     timed_logins(bench, claims_for("warm-", 200), 0.0)  # open the file, start the sender
     results: dict[str, list[dict[str, float]]] = {"running": [], "stopped": []}
@@ -163,7 +165,7 @@ def measure_package(keen_url: str, tmp: str, count: int, tag: str) -> dict[str, 
     requests.post(f"{keen_url}/_emulator/reset", timeout=30).raise_for_status()
     bench = Bench(keen_url, os.path.join(tmp, f"burst-{tag}.sqlite3"))
     timed_logins(bench, claims_for(f"burst-warm-{tag}-", 1), 0.0)  # open the file
-    outbox = bench.app.extensions["keen_signup"].outbox
+    outbox = signup_state(bench.app).outbox
     wait_for(lambda: outbox.pending_count() == 0, 30.0, 0.01)
     requests.post(f"{keen_url}/_emulator/reset", timeout=30).raise_for_status()
     claims = claims_for(f"burst-{tag}-", count)

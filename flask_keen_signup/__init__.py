@@ -14,6 +14,8 @@ from .signals import signup_delivered as signup_delivered
 from .signals import signup_detected as signup_detected
 from .signals import signup_failed as signup_failed
 from .signals import signup_recorded as signup_recorded
+from .state import SignupState as SignupState
+from .state import signup_state as signup_state
 from .tracker import TrackOutcome as TrackOutcome
 
 __all__ = [
@@ -21,10 +23,12 @@ __all__ = [
     "InvalidClaimsError",
     "KeenSignup",
     "KeenSignupError",
+    "SignupState",
     "TrackOutcome",
     "signup_dead",
     "signup_delivered",
     "signup_detected",
     "signup_failed",
     "signup_recorded",
+    "signup_state",
 ]

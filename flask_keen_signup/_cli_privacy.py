@@ -1,6 +1,7 @@
 """``flask keen-signup prune | forget``: retention and erasure from the command line.
 
-Registered on the ``keen-signup`` group by :mod:`.cli`; the work is in :mod:`.privacy`.
+Plain click commands, added to the ``keen-signup`` group by :mod:`.cli` (this module does
+not import it: no cycle); the work is in :mod:`.privacy`.
 """
 
 from __future__ import annotations
@@ -8,10 +9,9 @@ from __future__ import annotations
 import click
 
 from ._text import printable
-from .cli import _state
-from .cli import cli
 from .exceptions import ConfigurationError
 from .exceptions import KeenSignupError
+from .state import signup_state
 
 
 def _duration(seconds: float) -> str:
@@ -22,7 +22,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds:g} s"
 
 
-@cli.command("prune")
+@click.command("prune")
 @click.option(
     "--older-than",
     default=None,
@@ -35,7 +35,7 @@ def prune_command(older_than: str | None) -> None:
     from .config import _as_duration
     from .privacy import prune
 
-    state = _state()
+    state = signup_state()
     retention = None
     if older_than is not None:
         try:
@@ -52,7 +52,7 @@ def prune_command(older_than: str | None) -> None:
     )
 
 
-@cli.command("forget")
+@click.command("forget")
 @click.argument("sub")
 @click.option(
     "--local-only",
@@ -69,7 +69,7 @@ def forget_command(sub: str, local_only: bool) -> None:
     """
     from .privacy import forget
 
-    state = _state()
+    state = signup_state()
     shown = printable(sub, limit=120)
     try:
         report = forget(state, sub, keen=not local_only)

@@ -16,20 +16,21 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from ._cli_privacy import forget_command
+from ._cli_privacy import prune_command
 from ._text import printable
+from .state import signup_state
 
 if t.TYPE_CHECKING:  # pragma: no cover
-    from .extension import _AppState
     from .migrate import Migration
     from .migrate import MigrationLedger
+    from .state import SignupState
 
 cli = AppGroup("keen-signup", help="Inspect and drive the Keen signup outbox.")
 
 
-def _state() -> _AppState:
-    from .extension import _state as state_of
-
-    return state_of(current_app._get_current_object())  # type: ignore[attr-defined]
+def _state() -> SignupState:
+    return signup_state(current_app._get_current_object())  # type: ignore[attr-defined]
 
 
 def _format_age(seconds: float | None) -> str:
@@ -41,7 +42,7 @@ def _format_age(seconds: float | None) -> str:
 @cli.command("status")
 def status_command() -> None:
     """Print pending, due, in-flight, delivered and dead counts, and the circuit state."""
-    from .extension import health_of
+    from .state import health_of
 
     state = _state()
     status = health_of(state)
@@ -307,7 +308,7 @@ def _print_report(migration: Migration, cutoff: dt.datetime, where: str, dry_run
         click.echo(f"{name:<{width}}  {count:>5}")
 
 
-def _migration_ledger(state: _AppState) -> MigrationLedger:
+def _migration_ledger(state: SignupState) -> MigrationLedger:
     """Where migrate records users: beside the app's outbox (the backend says how)."""
     build = state.parts.migration_ledger
     if build is None:
@@ -315,5 +316,6 @@ def _migration_ledger(state: _AppState) -> MigrationLedger:
     return build()
 
 
-# Retention and erasure live in their own module; importing it registers the commands.
-from . import _cli_privacy as _cli_privacy  # noqa: E402
+# Retention and erasure: their own module, plain commands added here.
+cli.add_command(forget_command)
+cli.add_command(prune_command)

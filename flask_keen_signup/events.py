@@ -6,7 +6,8 @@ function builds the event for a live signup, a retry and a backfill, and tests n
 The builder runs on the login request path, so it is cheap: one pass over the allow-listed
 claims, no deep copies beyond the sanitised output, regular expressions compiled once.
 
-Whatever the input, the event it returns passes Keen's validation (``keen-api.md`` §9.4):
+Whatever the input, the event it returns passes Keen's validation (the rules the Keen
+emulator enforces too, docs/keen-emulator.md):
 Keen rejects an invalid event *permanently* (400), and a rejected signup is a lost signup,
 so the builder repairs or drops what Keen would refuse and says so in the log, naming the
 property but never its value (claim values are personal data).
@@ -480,7 +481,7 @@ def sanitize_properties(
     """Return a copy of ``props`` that Keen accepts, repairing or dropping what it would refuse.
 
     Keen refuses a whole event for one bad property, and a refused signup is lost, so every
-    property is made valid here instead (rules from ``keen-api.md`` §3.4, §3.5, §9.4):
+    property is made valid here instead (Keen's rules for property names and values):
 
     * names: ``.`` becomes ``_`` (Auth0's namespaced claims are URLs); leading ``$`` are
       stripped; empty, non-string and longer-than-255 names are dropped; a renamed property

@@ -10,13 +10,10 @@ broken by analytics: errors are logged, not raised, unless
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import inspect
 import logging
-import os
 import threading
-import time
 import typing as t
 import weakref
 from collections.abc import Mapping
@@ -39,8 +36,10 @@ from .config import load_settings
 from .database import Database
 from .exceptions import ConfigurationError
 from .exceptions import InvalidClaimsError
-from .health import HealthThresholds
 from .health import load_health_thresholds
+from .state import SignupState
+from .state import health_of as health_of  # re-exported: tests and tools import it
+from .state import signup_state
 from .stores import MarkerStore
 from .tracker import Tracker
 from .tracker import TrackOutcome
@@ -50,10 +49,8 @@ if t.TYPE_CHECKING:  # pragma: no cover
 
     from .auth0 import ManagementClient
     from .backends import Parts
-    from .delivery import Outbox
     from .delivery.sender import Sender
     from .keen import KeenClient
-    from .spool import Spool
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +58,8 @@ F = t.TypeVar("F", bound=t.Callable[..., t.Any])
 EventPropertiesCallback = t.Callable[[t.Mapping[str, t.Any], t.Any], t.Mapping[str, t.Any]]
 
 #: Where Authlib's Flask client keeps the token of the current request
-#: (``FlaskAppMixin.token`` setter). Private to Authlib: ``tests/test_hook.py`` runs the
-#: real Authlib flow and fails if this ever changes.
+#: (``FlaskAppMixin.token`` setter). Private to Authlib: the tests that log in through the
+#: real Authlib flow (``tests/integration/test_extension.py`` and others) fail if it changes.
 _AUTHLIB_TOKEN_PREFIX = "_oauth_token_"
 
 _SIGNALS = {
@@ -72,27 +69,6 @@ _SIGNALS = {
     "failed": signals.signup_failed,
     "dead": signals.signup_dead,
 }
-
-
-@dataclasses.dataclass
-class _AppState:
-    """Everything one app's extension owns. Lives in ``app.extensions["keen_signup"]``."""
-
-    settings: Settings
-    tracker: Tracker
-    client: KeenClient
-    outbox: Outbox
-    database: Database
-    sender: Sender | None
-    store: MarkerStore
-    #: The backend's parts (:mod:`.backends`): what the store and outbox can do.
-    parts: Parts
-    #: Signups the login path could not hand to the store in time (guarantee 3).
-    spool: Spool | None = None
-    #: The first-touch capture (``KEEN_SIGNUP_ATTRIBUTION``), or ``None`` when it is off.
-    attribution: AttributionCapture | None = None
-    #: ``KEEN_SIGNUP_HEALTH_*``: what :meth:`KeenSignup.health`'s verdict is judged on.
-    health_thresholds: HealthThresholds = dataclasses.field(default_factory=HealthThresholds)
 
 
 class KeenSignup:
@@ -229,7 +205,7 @@ class KeenSignup:
 
         Returns what happened, or ``None`` if an error was logged instead of raised.
         """
-        state = _state()
+        state = signup_state()
         try:
             touch = _attribution_properties(state)
             extra: t.Any = None  # None, a mapping, or a callable run for a new user only
@@ -267,7 +243,7 @@ class KeenSignup:
         from .metrics import register
 
         app = app or current_app._get_current_object()  # type: ignore[attr-defined]
-        register(app, _state(app), registry)
+        register(app, signup_state(app), registry)
 
     def event_properties(self, callback: EventPropertiesCallback) -> EventPropertiesCallback:
         """Register ``callback(claims, request) -> dict`` adding properties to each event.
@@ -276,6 +252,18 @@ class KeenSignup:
         """
         self._event_properties = callback
         return callback
+
+    def flush(self, timeout: float = 30.0, app: Flask | None = None) -> int:
+        """Send everything queued now (and decide what the spool holds), waiting up to
+        ``timeout`` seconds. Returns how many signups are still queued (0: all sent).
+
+        For tests, scripts and a graceful deploy; the background sender does the same by
+        itself. ``flask keen-signup flush`` is the command-line form.
+        """
+        sender = signup_state(app).sender
+        if sender is None:
+            raise RuntimeError("no sender is configured for this app")
+        return sender.flush(timeout=timeout)
 
     def health(self, app: Flask | None = None) -> dict[str, t.Any]:
         """The delivery state, for an app's ``/healthz`` and ``flask keen-signup status``.
@@ -295,7 +283,7 @@ class KeenSignup:
         """
         from .health import with_verdict
 
-        state = _state(app)
+        state = signup_state(app)
         return with_verdict(health_of(state), state.health_thresholds)
 
     # -- internals -----------------------------------------------------------------------
@@ -405,95 +393,12 @@ class KeenSignup:
             )
 
 
-def _state(app: Flask | None = None) -> _AppState:
-    app = app or current_app._get_current_object()  # type: ignore[attr-defined]
-    try:
-        return t.cast(_AppState, app.extensions["keen_signup"])
-    except KeyError:
-        raise RuntimeError(
-            "KeenSignup is not initialised on this app: call KeenSignup(app) or init_app(app)"
-        ) from None
-
-
 def _propagate() -> bool:
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    setting = _state(app).settings.propagate_errors
+    setting = signup_state(app).settings.propagate_errors
     if setting is None:
         return bool(app.testing or app.debug)
     return setting
-
-
-def health_of(state: _AppState) -> dict[str, t.Any]:
-    """Flat delivery status of one app (see :meth:`KeenSignup.health`).
-
-    Never raises for a broken store: the counts are then ``None`` and ``store_error``
-    says what is wrong (``None`` when the store answers).
-    """
-    try:
-        if state.sender is None:
-            health = {
-                **dataclasses.asdict(state.outbox.stats()),
-                "circuit": "-",
-                "running": False,
-                "store_error": None,
-            }
-        else:
-            status = state.sender.status()
-            health = {
-                **dataclasses.asdict(status.outbox),
-                "circuit": status.circuit,
-                "circuit_until": status.circuit_until,
-                "circuit_since": status.circuit_since,
-                "last_error": status.last_error,
-                "running": status.running,
-                "store_error": None,
-            }
-    except Exception as exc:  # noqa: BLE001 - a health check reports, it does not raise
-        health = _unhealthy(state, exc)
-    degraded = degraded_health(state, health)
-    if health["store_error"] is not None:
-        degraded["ok"] = False
-    return {**health, **degraded}
-
-
-def degraded_health(state: _AppState, health: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
-    """The store-trouble part of :func:`health_of`: spool, replaced file, ``ok``."""
-    from . import database as database_module
-
-    spool = state.spool
-    try:
-        spooled, oldest = spool.stats() if spool is not None else (0, None)
-    except OSError as exc:  # an unreadable spool directory: say so, never raise
-        logger.error("cannot read the spool directory: %s", exc)
-        spooled, oldest = -1, None
-    path = os.path.abspath(state.database.path)
-    replaced = [r for r in database_module.replacements if r.path == path]
-    last = replaced[-1] if replaced else None
-    return {
-        "spooled": spooled,
-        "oldest_spooled_age": None if oldest is None else max(0.0, time.time() - oldest),
-        "store_degraded_since": spool.degraded_since if spool is not None else None,
-        "database_replaced": None
-        if last is None
-        else {"how": last.how, "at": last.at, "salvaged": last.salvaged, "count": len(replaced)},
-        "ok": spooled == 0
-        and health.get("circuit") != "open"
-        and (state.sender is None or bool(health.get("running")) or not state.settings.enabled),
-    }
-
-
-def _unhealthy(state: _AppState, exc: Exception) -> dict[str, t.Any]:
-    from .delivery import OutboxStats
-
-    sender = state.sender
-    return {
-        **{field.name: None for field in dataclasses.fields(OutboxStats)},
-        "circuit": "-",
-        "circuit_until": None,
-        "last_error": printable(str(exc), limit=500),
-        "running": bool(sender is not None and sender.running),
-        "store_error": f"{type(exc).__name__}: {printable(str(exc), limit=500)}",
-    }
 
 
 def _observe_intent() -> None:
@@ -505,7 +410,7 @@ def _observe_intent() -> None:
         logger.debug("cannot observe the signup intent", exc_info=True)
 
 
-def _attribution_properties(state: _AppState) -> dict[str, t.Any] | None:
+def _attribution_properties(state: SignupState) -> dict[str, t.Any] | None:
     """``attribution`` and ``signup_intent`` of the current browser's signup, or ``None``."""
     capture = state.attribution
     if capture is None:
@@ -622,7 +527,7 @@ def _notifier(app: Flask) -> t.Callable[[str, dict[str, t.Any]], None]:
     return notify
 
 
-def _build_state(app: Flask, settings: Settings) -> _AppState:
+def _build_state(app: Flask, settings: Settings) -> SignupState:
     """Build one app's parts: the backend's (:mod:`.backends`), then the sender, the spool
     and the tracker around them."""
     from .backends import Wiring
@@ -679,7 +584,7 @@ def _build_state(app: Flask, settings: Settings) -> _AppState:
     )
     if sender is not None and parts.wake_on_notify is not None:  # postgres: LISTEN/NOTIFY
         parts.wake_on_notify(sender.wake)
-    return _AppState(
+    return SignupState(
         settings=settings,
         tracker=tracker,
         client=client,

@@ -36,7 +36,7 @@ from .exceptions import ConfigurationError
 if t.TYPE_CHECKING:  # pragma: no cover
     from flask import Flask
 
-    from .extension import _AppState
+    from .state import SignupState
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def counter_for(app: Flask) -> Count | None:
 class OutboxCollector:
     """Reads one app's outbox and circuit when scraped (``prometheus_client`` collector)."""
 
-    def __init__(self, state: _AppState) -> None:
+    def __init__(self, state: SignupState) -> None:
         self._state = weakref.ref(state)
 
     def describe(self) -> list[t.Any]:
@@ -167,7 +167,7 @@ class OutboxCollector:
         state = self._state()
         if state is None:
             return []
-        from .extension import health_of
+        from .state import health_of
 
         try:
             health = health_of(state)
@@ -205,7 +205,7 @@ class OutboxCollector:
         return [events, oldest, circuit]
 
 
-def register(app: Flask, state: _AppState, registry: t.Any = None) -> None:
+def register(app: Flask, state: SignupState, registry: t.Any = None) -> None:
     """See :meth:`KeenSignup.register_metrics`."""
     if not enabled(app):
         raise ConfigurationError("KEEN_SIGNUP_METRICS is False: metrics are switched off")

@@ -26,7 +26,7 @@ from .exceptions import KeenError
 from .stores import erased_user_id
 
 if t.TYPE_CHECKING:  # pragma: no cover
-    from .extension import _AppState
+    from .state import SignupState
 
 #: The event property that carries the user id (DESIGN §3), used to find their events.
 USER_ID_PROPERTY = "userId"
@@ -52,13 +52,13 @@ class ForgetReport:
     keen_error: str | None = None
 
 
-def prune(state: _AppState, retention: float | None = None) -> int:
+def prune(state: SignupState, retention: float | None = None) -> int:
     """Drop delivered bodies older than ``retention`` (default ``KEEN_SIGNUP_RETENTION``)."""
     seconds = state.settings.retention if retention is None else retention
     return state.outbox.drop_delivered_bodies(seconds)
 
 
-def forget(state: _AppState, user_id: str, *, keen: bool = True) -> ForgetReport:
+def forget(state: SignupState, user_id: str, *, keen: bool = True) -> ForgetReport:
     """Erase ``user_id``'s personal data locally and, with a master key, in Keen.
 
     Local first: the outbox rows still to be sent are skipped before Keen is asked, so a

@@ -1,4 +1,4 @@
-"""A custom backend for tests/test_backends.py: one module, one registry entry.
+"""A custom backend for tests/integration/test_backends.py: one module, one registry entry.
 
 Markers and outbox live in this process's memory (:class:`MemoryStore`,
 :class:`MemoryOutbox`), claimed and queued together under one lock: the shape a real

@@ -122,7 +122,7 @@ class PostgresServer:
         options = (
             f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories='' "
             f"-c max_connections=300 -c fsync={'on' if self.fsync else 'off'} "
-            # Lets a test count the statements a login sends (tests/test_postgres.py).
+            # Lets a test count the statements a login sends (tests/integration/test_postgres.py).
             "-c shared_preload_libraries=pg_stat_statements"
         )
         self._run("pg_ctl", "-D", self.data, "-l", self.log, "-o", options, "-w", "start")

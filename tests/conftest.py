@@ -1,12 +1,36 @@
-"""Shared fixtures. The emulator fixtures come from the package's own pytest plugin."""
+"""Shared fixtures and the layout of the suite.
+
+The tests are laid out by kind (``tests/unit``, ``tests/emulators``, ``tests/integration``,
+``tests/system``); helpers shared across kinds live beside this file (``_flow.py``,
+``_waits.py``, ``_redis.py``, ``_postgres.py``, ...) and this directory is on ``sys.path``,
+so any test imports them by name. Everything under ``tests/system`` (several processes,
+crashes, gunicorn, a browser) is marked ``slow``; ``make test-fast`` leaves it out.
+The emulator fixtures come from the package's own pytest plugin.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
 import typing as t
 
 import pytest
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:  # the shared helpers, whatever directory a test lives in
+    sys.path.insert(0, HERE)
+
+from _redis import redis_server as redis_server  # noqa: E402 - a session fixture
+
 pytest_plugins = ["pytester"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/system is ``slow``."""
+    system = os.path.join(HERE, "system") + os.sep
+    for item in items:
+        if str(item.path).startswith(system):
+            item.add_marker(pytest.mark.slow)
 
 
 # -- PostgreSQL (issue 11): one private server per session, a schema per test ---------------

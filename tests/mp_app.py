@@ -1,6 +1,6 @@
 """Auth0's Flask quickstart plus the two lines, configured from the environment.
 
-Used by ``tests/test_multiprocess.py``: copied into a temporary directory and run as a real
+Used by ``tests/system/test_multiprocess.py``: copied into a temporary directory and run as a real
 server, under ``gunicorn --preload -w 4`` or Flask's own werkzeug server
 (``python mp_app.py PORT``). Everything below the quickstart is test-only instrumentation:
 an ``X-Worker-Pid`` response header and a ``/healthz`` readiness probe.
@@ -74,7 +74,7 @@ def healthz() -> t.Any:
     return {"pid": os.getpid(), **signup.health()}
 
 
-if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # tests/test_metrics_multiprocess.py
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # tests/system/test_metrics_multiprocess.py
 
     @app.route("/metrics")
     def metrics() -> t.Any:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import typing as t
 
 from ..exceptions import ConfigurationError
-from . import Parts
-from . import Wiring
+from .parts import Parts
+from .parts import Wiring
 from .sqlite import claim_and_enqueue
 from .sqlite import claim_and_enqueue_many
 from .sqlite import ledger_and_outbox

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import typing as t
 
-from . import Parts
-from . import Wiring
+from .parts import Parts
+from .parts import Wiring
 from .sqlite import ledger_and_outbox
 from .sqlite import migration_ledger
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import typing as t
 
 from ..exceptions import ConfigurationError
-from . import Parts
-from . import Wiring
+from .parts import Parts
+from .parts import Wiring
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from ..delivery import QueuedEvent

@@ -7,8 +7,8 @@ the sender has no session to confirm in: it confirms in the file's ledger, as be
 
 from __future__ import annotations
 
-from . import Parts
-from . import Wiring
+from .parts import Parts
+from .parts import Wiring
 from .sqlite import ledger_and_outbox
 from .sqlite import migration_ledger
 

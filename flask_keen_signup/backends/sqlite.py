@@ -10,10 +10,10 @@ from __future__ import annotations
 import time
 import typing as t
 
-from . import ClaimAndEnqueue
-from . import ClaimAndEnqueueMany
-from . import Parts
-from . import Wiring
+from .parts import ClaimAndEnqueue
+from .parts import ClaimAndEnqueueMany
+from .parts import Parts
+from .parts import Wiring
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from ..delivery import QueuedEvent

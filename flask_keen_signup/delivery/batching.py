@@ -2,7 +2,7 @@
 
 The sender claims rows; these functions decide what goes into which request. They read
 no clock, touch no outbox and start no thread, so every rule here is tested directly
-(``tests/test_batching.py``):
+(``tests/unit/test_batching.py``):
 
 * an event whose stored JSON is over Keen's per-event limit cannot be sent at all
   (:func:`encode_rows` sets it apart, to become a dead letter);

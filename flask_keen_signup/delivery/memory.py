@@ -11,17 +11,17 @@ import threading
 import time
 import typing as t
 
-from . import CONFIRMING
-from . import DELIVERED
-from . import OPEN_STATES
-from . import PENDING
-from . import SKIPPED
-from . import DeadLetter
-from . import ErasedRows
-from . import Outbox
-from . import OutboxRow
-from . import OutboxStats
-from . import QueuedEvent
+from .base import CONFIRMING
+from .base import DELIVERED
+from .base import OPEN_STATES
+from .base import PENDING
+from .base import SKIPPED
+from .base import DeadLetter
+from .base import ErasedRows
+from .base import Outbox
+from .base import OutboxRow
+from .base import OutboxStats
+from .base import QueuedEvent
 
 
 @dataclasses.dataclass

@@ -8,7 +8,7 @@ never hold a lease on the same event at once.
 Design: hashes and sorted sets, every change one Lua script
 ------------------------------------------------------------
 
-DESIGN.md sketched Redis Streams with a consumer group. They fit "hand each message to one
+The design first sketched Redis Streams with a consumer group. They fit "hand each message to one
 consumer and re-deliver it when the consumer dies", but not the rest of the contract:
 
 - each row has its own backoff (``next_attempt_at``). A stream entry is immutable and a

@@ -1,0 +1,343 @@
+"""The outbox's value types and interfaces: :class:`QueuedEvent`, :class:`OutboxRow`,
+:class:`Outbox`, :class:`DeliveryHooks` and the row states.
+
+Re-exported by :mod:`flask_keen_signup.delivery` (see its docstring for the row life
+cycle); a module of its own so that the outbox implementations, the in-memory one
+included, import it without importing the package (no cycle).
+"""
+
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing as t
+from abc import ABC
+from abc import abstractmethod
+
+#: Row states in the outbox table.
+PENDING = "pending"
+CONFIRMING = "confirming"
+DELIVERED = "delivered"
+SKIPPED = "skipped"
+#: States that still need work from the sender.
+OPEN_STATES = (PENDING, CONFIRMING)
+
+
+#: One encoder for every body (``json.dumps`` with options builds a new one per call).
+_BODY_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+#: CPython's C encoder, made once: ``JSONEncoder.encode`` makes one per call, which is a
+#: third of the cost for a signup-sized body (this runs in every new user's login). No
+#: circular-reference check: bodies are JSON data, and a cycle still fails (RecursionError).
+_c_encoder = (
+    None
+    if json.encoder.c_make_encoder is None  # type: ignore[attr-defined]
+    else json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+        None,  # markers: no circular check
+        _BODY_ENCODER.default,
+        json.encoder.encode_basestring,  # ensure_ascii=False
+        None,  # indent
+        ":",
+        ",",
+        False,  # sort_keys
+        False,  # skipkeys
+        False,  # allow_nan
+    )
+)
+
+
+def dumps_body(body: t.Mapping[str, t.Any]) -> str:
+    """Compact JSON for a Keen event body: serialised once, at enqueue, and sent as is."""
+    if _c_encoder is not None and type(body) is dict:
+        return "".join(_c_encoder(body, 0))
+    return _BODY_ENCODER.encode(body)
+
+
+@dataclasses.dataclass(frozen=True)
+class QueuedEvent:
+    """A signup event to enqueue.
+
+    :param body: the Keen event, already carrying ``keen.uniqueness_token`` (see
+        :func:`flask_keen_signup.events.build_signup_event`).
+
+    ``body_json``, the body as compact JSON, is computed here, when the event is created:
+    before any outbox takes its write lock, and so that a body that is not JSON fails
+    before anything is written.
+    """
+
+    collection: str
+    user_id: str
+    uniqueness_token: str
+    body: t.Mapping[str, t.Any]
+    body_json: str = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "body_json", dumps_body(self.body))
+
+
+@dataclasses.dataclass(frozen=True)
+class OutboxRow:
+    """A row handed to the sender by :meth:`Outbox.claim_due`.
+
+    The body is kept as the JSON text stored at enqueue (``body_json``) so the sender can
+    build a request without re-encoding; :attr:`body` parses it on demand.
+
+    :param attempts: how many times the row has been claimed for its current stage,
+        counting this claim (a claim is an attempt even if the process dies before the
+        answer is recorded, so a row that crashes its sender cannot loop forever).
+    :param state: ``pending`` (to send) or ``confirming`` (already in Keen; only the
+        ``after_delivered`` hook is left to run).
+    """
+
+    id: int
+    collection: str
+    user_id: str
+    uniqueness_token: str
+    body_json: str
+    attempts: int
+    created_at: float
+    next_attempt_at: float
+    last_error: str | None
+    state: str = PENDING
+
+    @property
+    def body(self) -> dict[str, t.Any]:
+        """The event as a dict (parsed from :attr:`body_json`)."""
+        value: dict[str, t.Any] = json.loads(self.body_json)
+        return value
+
+
+@dataclasses.dataclass(frozen=True)
+class DeadLetter:
+    """An event that cannot be delivered without a human: see :meth:`Outbox.retry_dead`."""
+
+    id: int
+    collection: str
+    user_id: str
+    uniqueness_token: str
+    body_json: str
+    attempts: int
+    created_at: float
+    reason: str
+    error_code: str | None
+    died_at: float
+
+    @property
+    def body(self) -> dict[str, t.Any]:
+        value: dict[str, t.Any] = json.loads(self.body_json)
+        return value
+
+
+@dataclasses.dataclass(frozen=True)
+class OutboxStats:
+    """A snapshot for ``flask keen-signup status`` and health checks.
+
+    :param pending: rows still to send or confirm (includes ``due`` and ``in_flight``).
+    :param due: pending rows whose time has come (or whose lease expired).
+    :param in_flight: rows leased by a live claim right now.
+    :param delivered: events delivered through this outbox since it was created
+        (a counter: it survives :meth:`Outbox.prune_delivered`).
+    :param skipped: events a hook decided not to send (already reported, too old).
+    :param dead: rows in the dead-letter table.
+    :param oldest_pending_age: age in seconds of the oldest pending row, or ``None``.
+    :param last_error: the most recent delivery error recorded, or ``None``.
+    :param resends: claims of a row whose previous claim ended with no recorded outcome
+        (its lease expired: the owner died or hung). Each is a probable duplicate on the
+        wire, absorbed by Keen's ``keen.uniqueness_token``.
+    """
+
+    pending: int
+    due: int
+    in_flight: int
+    delivered: int
+    skipped: int
+    dead: int
+    oldest_pending_age: float | None
+    last_error: str | None
+    resends: int
+
+
+class Outbox(ABC):
+    """Durable queue of events with leases. Implementations must be thread-safe.
+
+    Every method that takes ``now`` uses wall-clock seconds (``time.time()``), because
+    several processes share one outbox and must agree on time.
+    """
+
+    @abstractmethod
+    def enqueue(self, event: QueuedEvent, *, now: float | None = None) -> int:
+        """Store ``event`` as due now; return its row id."""
+
+    @abstractmethod
+    def claim_due(
+        self,
+        limit: int,
+        *,
+        now: float,
+        lease_seconds: float,
+        owner: str,
+        flush_since: float | None = None,
+    ) -> list[OutboxRow]:
+        """Lease up to ``limit`` due rows to ``owner`` for ``lease_seconds``; oldest first.
+
+        Each claimed row's ``attempts`` grows by one. A row leased by someone else is not
+        returned until its lease expires.
+
+        :param flush_since: also claim rows waiting out a backoff, but only those not
+            attempted since this instant (so a flush tries each row once and ends).
+        """
+
+    @abstractmethod
+    def mark_delivered(self, ids: t.Collection[int], *, now: float | None = None) -> None:
+        """Keen accepted these rows: they are done."""
+
+    @abstractmethod
+    def mark_skipped(self, reasons: t.Mapping[int, str], *, now: float | None = None) -> None:
+        """A hook decided these rows must not be sent (``{id: reason}``): they are done."""
+
+    @abstractmethod
+    def mark_confirming(
+        self, ids: t.Collection[int], *, next_attempt_at: float, error: str
+    ) -> None:
+        """Keen has these rows, but the ``after_delivered`` hook must be retried later.
+
+        Attempts restart from zero: confirming has its own budget.
+        """
+
+    def mark_retry(self, id: int, *, next_attempt_at: float, error: str) -> None:
+        """Drop the lease and make the row due again at ``next_attempt_at``."""
+        self.mark_retry_many([(id, next_attempt_at, error)])
+
+    @abstractmethod
+    def mark_retry_many(self, items: t.Sequence[tuple[int, float, str]]) -> None:
+        """:meth:`mark_retry` for ``(id, next_attempt_at, error)`` items, atomically."""
+
+    def mark_dead(
+        self, id: int, *, reason: str, error_code: str | None, now: float | None = None
+    ) -> None:
+        """Move the row to the dead-letter table."""
+        self.mark_dead_many([(id, reason, error_code)], now=now)
+
+    @abstractmethod
+    def mark_dead_many(
+        self, items: t.Sequence[tuple[int, str, str | None]], *, now: float | None = None
+    ) -> None:
+        """:meth:`mark_dead` for ``(id, reason, error_code)`` items, atomically."""
+
+    @abstractmethod
+    def release(self, ids: t.Collection[int], *, now: float | None = None) -> None:
+        """Give back leased rows that were not sent (shutdown): due now, attempt undone."""
+
+    def renew_leases(
+        self, ids: t.Collection[int], *, owner: str, now: float, lease_seconds: float
+    ) -> int:
+        """Extend ``owner``'s leases on ``ids`` to ``now + lease_seconds``; return how many.
+
+        The sender calls it while a batch is on the wire, so a request slower than the
+        lease does not let another process claim (and resend) the same rows. Rows that
+        are done, or leased by someone else by now, are left alone. The default does
+        nothing (an outbox without leases).
+        """
+        return 0
+
+    @abstractmethod
+    def expire_leases(self, is_orphan: t.Callable[[str], bool]) -> int:
+        """Expire every lease whose owner ``is_orphan`` says is dead; return how many rows.
+
+        Lets a restarted process pick up what a killed one had leased without waiting for
+        the leases to run out.
+        """
+
+    @abstractmethod
+    def pending_count(self) -> int:
+        """Rows still to send or confirm."""
+
+    @abstractmethod
+    def stats(self, now: float | None = None) -> OutboxStats:
+        """Counts for status pages (see :class:`OutboxStats`)."""
+
+    @abstractmethod
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """The oldest dead letters first."""
+
+    @abstractmethod
+    def retry_dead(self, ids: t.Collection[int] | None = None, *, now: float | None = None) -> int:
+        """Move dead letters (all, or ``ids``) back to pending with attempts reset."""
+
+    @abstractmethod
+    def prune_delivered(self, older_than_seconds: float, *, now: float | None = None) -> int:
+        """Delete delivered and skipped rows finished more than ``older_than_seconds`` ago."""
+
+    def drop_delivered_bodies(
+        self, older_than_seconds: float, *, now: float | None = None
+    ) -> int:
+        """Retention: erase the body (personal data) of delivered and skipped rows finished
+        more than ``older_than_seconds`` ago, keeping their id, collection, user id, state
+        and times. Pending, confirming and dead rows are never touched. Cheap when there is
+        nothing to drop (the sender calls it periodically). Returns how many bodies went.
+
+        The default deletes those rows outright (:meth:`prune_delivered`): stricter, and
+        right for a backend that does not implement this.
+        """
+        return self.prune_delivered(older_than_seconds, now=now)
+
+    def forget_user(
+        self, collection: str, user_id: str, *, erased_id: str, now: float | None = None
+    ) -> ErasedRows:
+        """Erasure: remove ``user_id``'s personal data from the outbox and dead letters.
+
+        Rows still to send are *skipped* (never sent), finished rows keep only their id,
+        state and times with ``user_id`` replaced by ``erased_id`` (a hash) and no body,
+        and dead letters are deleted.
+
+        :raises NotImplementedError: the backend cannot erase (the CLI says so).
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot forget a user")
+
+    def close(self) -> None:
+        """Release resources (this thread's connection). Optional."""
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class ErasedRows:
+    """What :meth:`Outbox.forget_user` did.
+
+    :param skipped: rows that were still to be sent: now skipped, never sent.
+    :param erased: finished rows whose body was dropped and user id hashed.
+    :param dead_letters: dead letters deleted.
+    """
+
+    skipped: int = 0
+    erased: int = 0
+    dead_letters: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.skipped + self.erased + self.dead_letters
+
+
+class DeliveryHooks(ABC):  # noqa: B024 - every hook is optional
+    """Callbacks a marker store can plug into the sender. Both run on the sender thread.
+
+    The default implementations do nothing, so a subclass overrides only what it needs.
+    """
+
+    def before_send(self, rows: t.Sequence[OutboxRow]) -> dict[int, str]:
+        """Return ``{row id: reason}`` for rows that must *not* be sent.
+
+        Those rows are marked skipped (done, never sent). Used e.g. by the auth0 store to
+        skip users already marked in ``app_metadata``, or created before
+        ``KEEN_SIGNUP_SINCE``. Raising a retryable :class:`~..exceptions.RemoteError`
+        postpones the whole batch with a backoff.
+        """
+        return {}
+
+    def after_delivered(self, rows: t.Sequence[OutboxRow]) -> None:
+        """Keen accepted ``rows``: record it elsewhere (e.g. confirm ``app_metadata``).
+
+        Raising a retryable :class:`~..exceptions.RemoteError` keeps the rows durably in the
+        *confirming* state; the hook is retried later with a backoff and Keen is not
+        written again. Must be idempotent: after a crash it may run twice.
+        """
+        return None
