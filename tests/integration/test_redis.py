@@ -15,22 +15,19 @@ and the outbox surviving a ``kill -9`` of Redis itself with AOF on.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import inspect
 import json
-import os
 import signal
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-import types
 import typing as t
 import uuid
 
 import pytest
+from _paths import sibling
 from _waits import wait_until
 
 from flask_keen_signup.delivery import QueuedEvent
@@ -53,21 +50,8 @@ except (ImportError, MissingDependencyError):
     RedisOutbox = None  # type: ignore[assignment,misc]
 
 
-def _sibling(name: str) -> types.ModuleType:
-    """Another test module of this directory (also under ``--import-mode=importlib``)."""
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-        spec = importlib.util.spec_from_file_location(f"_keen_signup_{name}", path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-
-
-outbox_contract = _sibling("test_outbox")
-store_contract = _sibling("test_stores")
+outbox_contract = sibling("test_outbox", __file__)
+store_contract = sibling("test_stores", __file__)
 
 LEASE = 1000.0
 from _redis import RedisServer  # noqa: E402

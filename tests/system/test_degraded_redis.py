@@ -13,17 +13,15 @@ emulator exactly once and the returning users were not sent again.
 from __future__ import annotations
 
 import collections
-import importlib
-import importlib.util
 import os
 import signal
 import time
-import types
 import typing as t
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
+from _paths import sibling
 from _redis import RedisServer
 
 from flask_keen_signup.testing import Auth0Emulator
@@ -32,19 +30,7 @@ from flask_keen_signup.testing import KeenEmulator
 pytestmark = pytest.mark.slow
 
 
-def _sibling(name: str) -> types.ModuleType:
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-        spec = importlib.util.spec_from_file_location(f"_keen_signup_{name}", path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-
-
-mp = _sibling("test_multiprocess")
+mp = sibling("test_multiprocess", __file__)
 
 LOGIN_BOUND = 2.0
 

@@ -14,8 +14,6 @@ the budget's own latency is measured in ``bench/degraded.py``.
 from __future__ import annotations
 
 import collections
-import importlib
-import importlib.util
 import logging
 import os
 import signal
@@ -24,10 +22,10 @@ import subprocess
 import sys
 import textwrap
 import time
-import types
 import typing as t
 
 import pytest
+from _paths import sibling
 from _waits import wait_for
 
 from flask_keen_signup import signup_state
@@ -35,22 +33,8 @@ from flask_keen_signup.testing import Auth0Emulator
 from flask_keen_signup.testing import KeenEmulator
 from flask_keen_signup.tracker import TrackOutcome
 
-
-def _sibling(name: str) -> types.ModuleType:
-    """Another test module of this directory (also under ``--import-mode=importlib``)."""
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-        spec = importlib.util.spec_from_file_location(f"_keen_signup_{name}", path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-
-
-_flow = _sibling("_flow")
-mp = _sibling("test_multiprocess")
+_flow = sibling("_flow", __file__)
+mp = sibling("test_multiprocess", __file__)
 
 #: Loose bound on one whole login (app, emulator form, callback) while the store is stuck.
 #: Without the budget a new user's callback alone took 10 s (SQLite's busy timeout).
