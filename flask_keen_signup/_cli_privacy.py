@@ -7,6 +7,7 @@ not import it: no cycle); the work is in :mod:`.privacy`.
 from __future__ import annotations
 
 import click
+from flask.cli import with_appcontext
 
 from ._text import printable
 from .exceptions import ConfigurationError
@@ -23,6 +24,7 @@ def _duration(seconds: float) -> str:
 
 
 @click.command("prune")
+@with_appcontext
 @click.option(
     "--older-than",
     default=None,
@@ -53,6 +55,7 @@ def prune_command(older_than: str | None) -> None:
 
 
 @click.command("forget")
+@with_appcontext
 @click.argument("sub")
 @click.option(
     "--local-only",

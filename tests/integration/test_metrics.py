@@ -245,7 +245,7 @@ try:
         signup.register_metrics()
 except flask_keen_signup.ConfigurationError as exc:
     print("ERROR:", exc)
-signup_state(app).sender.shutdown(timeout=2)
+flask_keen_signup.signup_state(app).sender.shutdown(timeout=2)
 """
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(

@@ -527,6 +527,7 @@ import flask_keen_signup.database as database_module
 database_module.BUSY_TIMEOUT_MS = 3000  # fail in 3 s rather than 10
 from flask import Flask
 from flask_keen_signup import KeenSignup
+from flask_keen_signup import signup_state
 
 app = Flask(__name__)
 app.config.update(
