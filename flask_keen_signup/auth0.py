@@ -68,7 +68,15 @@ if t.TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Iterable
     from collections.abc import Sequence
 
-__all__ = ["USER_AGENT", "Auth0ExportError", "ManagementClient", "UserListing"]
+    from .config import Settings
+
+__all__ = [
+    "USER_AGENT",
+    "Auth0ExportError",
+    "ManagementClient",
+    "UserListing",
+    "management_client_for",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -1018,3 +1026,32 @@ class ManagementClient(SessionClient):
         rate-limited together do not retry together. ``retry`` 0 gives 0.5-1 s."""
         delay = min(self.max_retry_wait, BACKOFF_BASE * 2.0**retry)
         return delay / 2 + self._random.uniform(0, delay / 2)
+
+
+def management_client_for(settings: Settings, **options: t.Any) -> ManagementClient:
+    """The Management API client of ``KEEN_SIGNUP_AUTH0_*``, with the app's timeouts and
+    ``KEEN_SIGNUP_AUTH0_REQUESTS_PER_SECOND``; ``options`` go to :class:`ManagementClient`.
+
+    :raises ConfigurationError: the credentials are missing or the domain is not usable.
+    """
+    from .exceptions import ConfigurationError
+
+    if not settings.has_management_api:
+        raise ConfigurationError(
+            "KEEN_SIGNUP_AUTH0_DOMAIN, KEEN_SIGNUP_AUTH0_CLIENT_ID and "
+            "KEEN_SIGNUP_AUTH0_CLIENT_SECRET are required (a machine-to-machine app)"
+        )
+    options = {
+        "timeout": settings.timeout,
+        "max_requests_per_second": settings.auth0_requests_per_second,
+        **options,
+    }
+    try:
+        return ManagementClient(
+            t.cast(str, settings.auth0_domain),
+            t.cast(str, settings.auth0_client_id),
+            t.cast(str, settings.auth0_client_secret),
+            **options,
+        )
+    except ValueError as exc:
+        raise ConfigurationError(f"KEEN_SIGNUP_AUTH0_DOMAIN is not usable: {exc}") from None

@@ -208,9 +208,7 @@ def migrate_command(
         raise click.BadParameter(str(exc), param_hint="--reported-until") from None
     assert cutoff is not None
     needs_api = users_file is None or set_app_metadata
-    if needs_api and not (
-        settings.auth0_domain and settings.auth0_client_id and settings.auth0_client_secret
-    ):
+    if needs_api and not settings.has_management_api:
         raise click.ClickException(
             "migrate reads the tenant's users through the Management API: set "
             "KEEN_SIGNUP_AUTH0_DOMAIN, KEEN_SIGNUP_AUTH0_CLIENT_ID and "
@@ -222,17 +220,12 @@ def migrate_command(
     with contextlib.ExitStack() as stack:
         management = None
         if needs_api:
-            from .auth0 import ManagementClient
+            from .auth0 import management_client_for
 
-            management = stack.enter_context(
-                ManagementClient(
-                    t.cast(str, settings.auth0_domain),
-                    t.cast(str, settings.auth0_client_id),
-                    t.cast(str, settings.auth0_client_secret),
-                    timeout=settings.timeout,
-                    max_requests_per_second=settings.auth0_requests_per_second,
-                )
-            )
+            try:
+                management = stack.enter_context(management_client_for(settings))
+            except ConfigurationError as exc:
+                raise click.ClickException(str(exc)) from None
         on_marked = None
         if set_app_metadata and not dry_run and management is not None:
             api = management

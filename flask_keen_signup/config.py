@@ -127,6 +127,12 @@ class Settings:
     retention: float
     store_timeout: float = DEFAULT_STORE_TIMEOUT
 
+    @property
+    def has_management_api(self) -> bool:
+        """Management API credentials are set: ``KEEN_SIGNUP_AUTH0_DOMAIN``, ``_CLIENT_ID``
+        and ``_CLIENT_SECRET`` (the auth0 store, ``migrate``, resolving ``created_at``)."""
+        return bool(self.auth0_domain and self.auth0_client_id and self.auth0_client_secret)
+
 
 def _as_bool(key: str, value: object) -> bool:
     if isinstance(value, bool):

@@ -34,7 +34,6 @@ from .attribution import load_attribution_settings
 from .config import Settings
 from .config import load_settings
 from .database import Database
-from .exceptions import ConfigurationError
 from .exceptions import InvalidClaimsError
 from .health import load_health_thresholds
 from .state import SignupState
@@ -602,25 +601,11 @@ def _since_resolver(settings: Settings) -> ManagementClient | None:
 
     Only when SINCE is set and credentials are configured; it runs on the sender thread.
     """
-    if not (
-        settings.since is not None
-        and settings.auth0_domain
-        and settings.auth0_client_id
-        and settings.auth0_client_secret
-    ):
+    if settings.since is None or not settings.has_management_api:
         return None
-    from .auth0 import ManagementClient
+    from .auth0 import management_client_for
 
-    try:
-        return ManagementClient(
-            settings.auth0_domain,
-            settings.auth0_client_id,
-            settings.auth0_client_secret,
-            timeout=settings.timeout,
-            max_requests_per_second=settings.auth0_requests_per_second,
-        )
-    except ValueError as exc:
-        raise ConfigurationError(f"KEEN_SIGNUP_AUTH0_DOMAIN is not usable: {exc}") from None
+    return management_client_for(settings)
 
 
 def _build_sender(

@@ -58,6 +58,8 @@ if t.TYPE_CHECKING:  # pragma: no cover
     from .stores.redis import RedisStore
     from .stores.sqlite import SQLiteStore
 
+T = t.TypeVar("T")
+
 #: The fields migrate needs from each user (export jobs and paging ask for these only).
 USER_FIELDS = ("user_id", "created_at", "name", "email", "nickname", "app_metadata")
 #: Claims a backfilled event may carry (still filtered by ``KEEN_SIGNUP_CLAIMS``).
@@ -167,7 +169,7 @@ class SQLiteMigrationLedger(MigrationLedger):
         found: set[str] = set()
         try:
             with self.ledger.database.reading() as conn:
-                for part in _parts(list(names), 500):
+                for part in _chunks(names, 500):
                     marks = ",".join("?" * len(part))
                     found.update(
                         names[name]
@@ -228,7 +230,7 @@ class RedisMigrationLedger(MigrationLedger):
 
         found: set[str] = set()
         with store_errors("read markers"):
-            for part in _parts(user_ids, 1000):
+            for part in _chunks(user_ids, 1000):
                 values = self.store.client.mget([self.store.key(u) for u in part])
                 found.update(u for u, v in zip(part, values, strict=True) if v is not None)
         return found
@@ -239,7 +241,7 @@ class RedisMigrationLedger(MigrationLedger):
         stamp = f"confirmed:{time.time():.6f}"
         marked: set[str] = set()
         with store_errors("write markers"):
-            for part in _parts(user_ids, 1000):
+            for part in _chunks(user_ids, 1000):
                 pipe = self.store.client.pipeline(transaction=False)
                 for user_id in part:
                     pipe.set(self.store.key(user_id), stamp, nx=True)
@@ -274,13 +276,9 @@ class PostgresMigrationLedger(MigrationLedger):
         return self.outbox.report_confirmed(self.store, events)
 
 
-def _parts(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def _chunks(users: Iterable[TenantUser | None], size: int) -> Iterator[list[TenantUser | None]]:
-    iterator = iter(users)
+def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``items`` in lists of at most ``size``, read lazily (a whole tenant never in memory)."""
+    iterator = iter(items)
     while chunk := list(itertools.islice(iterator, size)):
         yield chunk
 

@@ -185,7 +185,7 @@ class Tracker:
         self._resolved_later = (
             settings.since is not None
             and self.remote is None
-            and bool(settings.auth0_domain and settings.auth0_client_id)
+            and settings.has_management_api
         )
         self._warned_no_created_at = False
         self._atomic = parts.claim_and_enqueue

@@ -8,9 +8,6 @@ in sync mode, by the tracker in the request).
 
 from __future__ import annotations
 
-import typing as t
-
-from ..exceptions import ConfigurationError
 from .parts import Parts
 from .parts import Wiring
 from .sqlite import claim_and_enqueue
@@ -20,25 +17,18 @@ from .sqlite import migration_ledger
 
 
 def build(wiring: Wiring) -> Parts:
-    from ..auth0 import ManagementClient
+    from ..auth0 import management_client_for
     from ..stores.auth0 import Auth0Store
 
     settings = wiring.settings
     # In sync mode the Management API is called in the login request: keep its retry
     # budget small so a rate-limited tenant slows a login by seconds, not half a minute.
     in_request = settings.delivery == "sync"
-    try:
-        management = ManagementClient(
-            t.cast(str, settings.auth0_domain),
-            t.cast(str, settings.auth0_client_id),
-            t.cast(str, settings.auth0_client_secret),
-            timeout=settings.timeout,
-            max_retries=1 if in_request else 3,
-            max_retry_wait=1.0 if in_request else 10.0,
-            max_requests_per_second=settings.auth0_requests_per_second,
-        )
-    except ValueError as exc:
-        raise ConfigurationError(f"KEEN_SIGNUP_AUTH0_DOMAIN is not usable: {exc}") from None
+    management = management_client_for(
+        settings,
+        max_retries=1 if in_request else 3,
+        max_retry_wait=1.0 if in_request else 10.0,
+    )
     store = Auth0Store(management, settings.marker)
     ledger, outbox = ledger_and_outbox(wiring, request=False)
     request_ledger, request_outbox = ledger_and_outbox(wiring, request=True)
