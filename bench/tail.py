@@ -189,7 +189,29 @@ def timed_segment(bench: Bench, sink: str, prefix: str, count: int, pace: float)
     return samples
 
 
-def part_a(keen_url: str, tmp: str, rounds: int, per_round: int) -> None:
+def login_without_sqlite_write() -> None:
+    """``--what-if no-write``: a new user's login appends its event to the spool and the
+    sender decides it (claim, then queue), so the login writes nothing to SQLite.
+
+    Not a mode of the package: the append-only-enqueue design taken to its end, to measure
+    what it would buy. Replaces one private method of this process's ``Tracker``.
+    """
+    from flask_keen_signup import tracker
+    from flask_keen_signup.exceptions import StoreError
+
+    assert hasattr(tracker.Tracker, "_track_background"), "the what-if needs updating"
+
+    def spool_instead(self: t.Any, user_id: str, event: dict[str, t.Any]) -> t.Any:
+        self.spool.append(self._queued(user_id, event), StoreError("what-if: no write"))
+        self._remember(user_id)
+        self.sender.wake()
+        return tracker.TrackOutcome.SPOOLED
+
+    tracker.Tracker._track_background = spool_instead  # type: ignore[method-assign]
+    logging.getLogger("flask_keen_signup.spool").setLevel(logging.CRITICAL)
+
+
+def part_a(keen_url: str, tmp: str, rounds: int, per_round: int, *, what_if: bool) -> None:
     print(
         f"(a) a new user's track_claims, one login every ~{PACE_SECONDS * 1000:.0f} ms, "
         f"{rounds} rounds x {per_round} per case"
@@ -197,23 +219,30 @@ def part_a(keen_url: str, tmp: str, rounds: int, per_round: int) -> None:
     database = os.path.join(tmp, "tail.sqlite3")
     bench = Bench(keen_url, database)
     state = signup_state(bench.app)
-    outbox = state.outbox
+    outbox, spool = state.outbox, state.spool
+
+    def settled() -> bool:
+        return outbox.pending_count() == 0 and (spool is None or spool.depth() == 0)
+
     timed_logins(bench, claims_for("warm-", 200), 0.0)  # open the file, start the sender
-    results: dict[str, list[dict[str, float]]] = {case: [] for case in CASES}
+    # Under the what-if the candidates wait in this process's spool, which no other
+    # process may drain while this one lives: the other-process case would measure nothing.
+    cases = tuple(c for c in CASES if not (what_if and c == OTHER_PROCESS))
+    results: dict[str, list[dict[str, float]]] = {case: [] for case in cases}
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "delivery.py")
     with serve([script, "--sink"]) as sink:
         for r in range(rounds):
-            for case in CASES:
+            for case in cases:
                 sender = state.sender
                 if case == RUNNING:
                     sender.start()
-                    wait_for(lambda: outbox.pending_count() == 0, 30.0, 0.01)
+                    wait_for(settled, 30.0, 0.01)
                 else:
                     sender.stop(timeout=5)
                 with contextlib.ExitStack() as stack:
                     if case == OTHER_PROCESS:
                         stack.enter_context(sender_in_another_process(keen_url, database))
-                        wait_for(lambda: outbox.pending_count() == 0, 30.0, 0.01)
+                        wait_for(settled, 30.0, 0.01)
                     gc.collect()
                     prefix = f"tail-{r}-{CASES.index(case)}-"
                     if case == SEGMENT:
@@ -228,7 +257,7 @@ def part_a(keen_url: str, tmp: str, rounds: int, per_round: int) -> None:
                     + " µs"
                 )
     state.sender.start()
-    delivered = wait_for(lambda: outbox.pending_count() == 0, 30.0, 0.01)
+    delivered = wait_for(settled, 30.0, 0.01)
     print(f"  every signup delivered afterwards: {'yes' if delivered else 'NO'}")
     print("  median over rounds [range]:")
     for case, rows in results.items():
@@ -265,8 +294,11 @@ def measure_package(keen_url: str, tmp: str, count: int, tag: str) -> dict[str, 
     requests.post(f"{keen_url}/_emulator/reset", timeout=30).raise_for_status()
     bench = Bench(keen_url, os.path.join(tmp, f"burst-{tag}.sqlite3"))
     timed_logins(bench, claims_for(f"burst-warm-{tag}-", 1), 0.0)  # open the file
-    outbox = signup_state(bench.app).outbox
-    wait_for(lambda: outbox.pending_count() == 0, 30.0, 0.01)
+    state = signup_state(bench.app)
+    outbox, spool = state.outbox, state.spool
+    wait_for(
+        lambda: outbox.pending_count() == 0 and (spool is None or spool.depth() == 0), 30.0, 0.01
+    )
     requests.post(f"{keen_url}/_emulator/reset", timeout=30).raise_for_status()
     claims = claims_for(f"burst-{tag}-", count)
     # The same loop without track_claims: what the request contexts alone cost (the app's
@@ -364,7 +396,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar=("KEEN_URL", "DATABASE"),
         help=("internal: run a sender on DATABASE until SIGTERM (part a's other process)"),
     )
+    parser.add_argument(
+        "--what-if",
+        choices=["no-write"],
+        help="no-write: the login appends to the spool instead of writing SQLite (see the doc)",
+    )
     args = parser.parse_args(argv)
+    if args.what_if == "no-write":
+        login_without_sqlite_write()
     if args.serve_sender:
         return serve_sender(*args.serve_sender)
     rounds = args.rounds or (2 if args.quick else 5)
@@ -373,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     parts = {p.strip() for p in args.parts.split(",")}
     with keen_in_subprocess() as keen_url, tempfile.TemporaryDirectory() as tmp:
         if "a" in parts:
-            part_a(keen_url, tmp, rounds, per_round)
+            part_a(keen_url, tmp, rounds, per_round, what_if=args.what_if is not None)
         if "b" in parts:
             part_b(keen_url, tmp, max(1, min(rounds, 3)), burst)
     return 0
