@@ -1,6 +1,6 @@
 """Benchmark: the tail of a new user's login, and a burst of signups end to end.
 
-Run: ``.venv/bin/python bench/tail.py [--quick] [--rounds N] [--burst N]``
+Run: ``.venv/bin/python bench/tail.py [--quick] [--rounds N] [--burst N] [--what-if no-write]``
 
 Issue 9, item 6. Two measurements, each against a baseline from the same run:
 
@@ -30,8 +30,9 @@ Issue 9, item 6. Two measurements, each against a baseline from the same run:
     prints the budget the target leaves per signup (half of Segment's time per event, end
     to end) beside what one Flask request context costs here.
 
-Bounded (2-3 minutes on a loaded 2-core host; ``--quick`` about 20 s). Exits 0 whenever it
-ran.
+``--what-if no-write`` runs both with a login that writes no SQLite (see
+:func:`login_without_sqlite_write`). Bounded (4-5 minutes on a 2-core host; ``--quick``
+about 40 s). Exits 0 whenever it ran.
 """
 
 from __future__ import annotations
@@ -394,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         "--serve-sender",
         nargs=2,
         metavar=("KEEN_URL", "DATABASE"),
-        help=("internal: run a sender on DATABASE until SIGTERM (part a's other process)"),
+        help="internal: run a sender on DATABASE until SIGTERM (part a's other process)",
     )
     parser.add_argument(
         "--what-if",
