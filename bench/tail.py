@@ -44,7 +44,6 @@ import logging
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -120,28 +119,9 @@ SEGMENT = "segment track()"
 CASES = (RUNNING, OTHER_PROCESS, STOPPED, SEGMENT)
 
 
-@contextlib.contextmanager
-def sender_in_another_process(keen_url: str, database: str) -> t.Iterator[None]:
+def sender_in_another_process(keen_url: str, database: str) -> t.ContextManager[str]:
     """A second process on ``database`` whose sender delivers what this one queues."""
-    proc = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "--serve-sender", keen_url, database],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        if proc.stdout.readline().strip() != "ready":
-            raise RuntimeError("the sender process did not start")
-        yield
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+    return serve([os.path.abspath(__file__), "--serve-sender", keen_url, database])
 
 
 def serve_sender(keen_url: str, database: str) -> int:
@@ -155,7 +135,7 @@ def serve_sender(keen_url: str, database: str) -> int:
         stopping = True
 
     signal.signal(signal.SIGTERM, stop)
-    print("ready", flush=True)
+    print(keen_url, flush=True)  # ready: ``serve`` waits for a URL on the first line
     while not stopping:
         time.sleep(0.05)
     bench.shutdown()
@@ -250,6 +230,8 @@ def part_a(keen_url: str, tmp: str, rounds: int, per_round: int, *, what_if: boo
                         samples = timed_segment(bench, sink, prefix, per_round, PACE_SECONDS)
                     else:
                         samples = timed_logins(bench, claims_for(prefix, per_round), PACE_SECONDS)
+                    if case == OTHER_PROCESS and not wait_for(settled, 30.0, 0.01):
+                        raise RuntimeError("the sender in the other process did not deliver")
                 figures = percentiles(samples)
                 results[case].append(figures)
                 print(
