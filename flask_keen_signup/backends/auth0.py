@@ -8,15 +8,15 @@ in sync mode, by the tracker in the request).
 
 from __future__ import annotations
 
+import dataclasses
+
+from . import sqlite
 from .parts import Parts
 from .parts import Wiring
-from .sqlite import claim_and_enqueue
-from .sqlite import claim_and_enqueue_many
-from .sqlite import ledger_and_outbox
-from .sqlite import migration_ledger
 
 
 def build(wiring: Wiring) -> Parts:
+    """The ``sqlite`` backend's parts, with the Auth0 store as the marker of record."""
     from ..auth0 import management_client_for
     from ..stores.auth0 import Auth0Store
 
@@ -30,18 +30,4 @@ def build(wiring: Wiring) -> Parts:
         max_retry_wait=1.0 if in_request else 10.0,
     )
     store = Auth0Store(management, settings.marker)
-    ledger, outbox = ledger_and_outbox(wiring, request=False)
-    request_ledger, request_outbox = ledger_and_outbox(wiring, request=True)
-    return Parts(
-        store=store,
-        claimer=request_ledger,
-        outbox=outbox,
-        request_outbox=request_outbox,
-        confirm_in=ledger,
-        drain_claimer=ledger,
-        remote=store,
-        claim_and_enqueue=claim_and_enqueue(request_ledger, request_outbox),
-        claim_and_enqueue_many=claim_and_enqueue_many(ledger, outbox),
-        recent_user_ids=lambda states, limit: request_ledger.recent_user_ids(states, limit=limit),
-        migration_ledger=migration_ledger(wiring, outbox),
-    )
+    return dataclasses.replace(sqlite.build(wiring), store=store, remote=store)
