@@ -771,29 +771,6 @@ def test_a_forked_child_opens_its_own_connections_and_the_parents_keep_working(
     assert box.pending_count() == 1
 
 
-def test_missing_psycopg_raises_missing_dependency_error() -> None:
-    import subprocess
-    import sys
-    import textwrap
-
-    code = textwrap.dedent(
-        """
-        import sys
-        sys.modules["psycopg"] = None  # as if the package were not installed
-        from flask_keen_signup.exceptions import MissingDependencyError
-        try:
-            from flask_keen_signup.stores.postgres import PostgresStore
-        except MissingDependencyError as exc:
-            print("MISSING:", exc)
-        """
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    ).stdout
-    assert "MISSING:" in out
-    assert "pip install flask-keen-signup[postgres]" in out
-
-
 def test_the_request_budget_is_the_statement_timeout_and_url_options_are_kept(
     postgres_url: str,
 ) -> None:

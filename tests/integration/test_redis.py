@@ -289,25 +289,6 @@ def test_store_errors_are_store_errors_and_do_not_hang(prefix: str) -> None:
     conn.close()
 
 
-def test_missing_redis_package_raises_missing_dependency_error() -> None:
-    code = textwrap.dedent(
-        """
-        import sys
-        sys.modules["redis"] = None  # as if the package were not installed
-        from flask_keen_signup.exceptions import MissingDependencyError
-        try:
-            from flask_keen_signup.stores.redis import connect
-        except MissingDependencyError as exc:
-            print("MISSING:", exc)
-        """
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    ).stdout
-    assert "MISSING:" in out
-    assert "pip install flask-keen-signup[redis]" in out
-
-
 # --------------------------------------------------------------------------- many hosts
 
 
