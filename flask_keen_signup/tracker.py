@@ -219,8 +219,22 @@ class Tracker:
         if (known is not None and user_id in known) or self.already_marked_by_claim(claims):
             return TrackOutcome.RETURNING
         created_at = self._created_at(claims)
+
+        def new_event() -> dict[str, t.Any]:
+            """The event, built only once this login is known to be a candidate signup:
+            the request facts and the app's properties are read then, for it only."""
+            request_ip, request_user_agent = facts() if facts is not None else (ip, user_agent)
+            return self._build(
+                user_id,
+                claims,
+                created_at,
+                request_ip,
+                request_user_agent,
+                extra() if callable(extra) else extra,
+            )
+
         try:
-            return self._decide(user_id, claims, created_at, ip, user_agent, facts, extra)
+            return self._decide(user_id, claims, created_at, new_event)
         except StoreError as exc:
             if self.spool is None:
                 raise
@@ -231,8 +245,7 @@ class Tracker:
             # app's properties); whether it is a signup is decided later (claim, then
             # queue if won). No signal fires here: ``recorded`` fires on the sender thread
             # once the claim is won, and a spooled returning user produces none.
-            event = self._new_event(user_id, claims, created_at, ip, user_agent, facts, extra)
-            return self._spool_event(user_id, event, exc)
+            return self._spool_event(user_id, new_event(), exc)
 
     def _spool_event(
         self, user_id: str, event: dict[str, t.Any], error: StoreError
@@ -255,10 +268,7 @@ class Tracker:
         user_id: str,
         claims: t.Mapping[str, t.Any],
         created_at: dt.datetime | None,
-        ip: str | None,
-        user_agent: str | None,
-        facts: RequestFacts | None,
-        extra: ExtraProperties,
+        new_event: t.Callable[[], dict[str, t.Any]],
     ) -> TrackOutcome:
         marker = self.claimer.lookup(user_id)
         if marker is MarkerState.CONFIRMED or (marker is MarkerState.PENDING and self._background):
@@ -274,7 +284,7 @@ class Tracker:
             return TrackOutcome.MARKED_ONLY
 
         self.notify("detected", {"user_id": user_id, "claims": claims})
-        event = self._new_event(user_id, claims, created_at, ip, user_agent, facts, extra)
+        event = new_event()
         try:
             if self._background or (created_at is None and self._resolved_later):
                 return self._track_background(user_id, event)
@@ -303,24 +313,6 @@ class Tracker:
                 settings.created_at_claim or "created_at",
             )
         return created_at
-
-    def _new_event(
-        self,
-        user_id: str,
-        claims: t.Mapping[str, t.Any],
-        created_at: dt.datetime | None,
-        ip: str | None,
-        user_agent: str | None,
-        facts: RequestFacts | None,
-        extra: ExtraProperties,
-    ) -> dict[str, t.Any]:
-        """The event of a new user: the request facts and the app's properties are read
-        now, for a new user only."""
-        if facts is not None:
-            ip, user_agent = facts()
-        return self._build(
-            user_id, claims, created_at, ip, user_agent, extra() if callable(extra) else extra
-        )
 
     def _build(
         self,
