@@ -39,6 +39,8 @@ FORK_WAIT_SECONDS = 15.0
 WAL_AUTOCHECKPOINT_PAGES = 8_000
 #: How often (at most) :meth:`Database.checkpoint` runs, in seconds.
 CHECKPOINT_INTERVAL = 0.2
+#: How long :meth:`Database.scrub` waits at most for readers to leave the WAL, in seconds.
+SCRUB_WAIT = 5.0
 #: How often (at most) a :class:`Database` checks that its path still names the file its
 #: connections have open, in seconds (one ``os.stat``; see :meth:`Database._check_file`).
 FILE_CHECK_INTERVAL = 0.5
@@ -108,17 +110,20 @@ class _ForkGate:
 
 _gate = _ForkGate()
 
-#: ``salvager(old_conn)`` reads what must survive a replaced file and returns
-#: ``write(new_conn) -> summary`` (see :mod:`flask_keen_signup.salvage`).
-Salvager = t.Callable[[sqlite3.Connection], t.Callable[[sqlite3.Connection], str]]
+#: ``salvager(old_conns)`` reads what must survive a replaced file through this process's
+#: connections to it and returns ``write(new_conn) -> summary`` (see
+#: :mod:`flask_keen_signup.salvage`).
+Salvager = t.Callable[[t.Sequence[sqlite3.Connection]], t.Callable[[sqlite3.Connection], str]]
 
 
 @dataclasses.dataclass(frozen=True)
 class FileReplacement:
     """The file at a :class:`Database`'s path changed under the running process.
 
-    :param how: ``"deleted"`` (nothing at the path any more: a new file was created) or
-        ``"replaced"`` (another file is there now).
+    :param how: ``"deleted"`` (nothing at the path any more: a new file was created),
+        ``"replaced"`` (another file is there now) or ``"truncated"`` (the file shrank in
+        place, which SQLite never does here: the damaged file was removed and a new one
+        created).
     :param salvaged: what was copied from the old file into the new one, in words.
     """
 
@@ -134,16 +139,26 @@ _replace_lock = threading.RLock()
 
 
 def _identity_of(path: str) -> tuple[int, int] | None:
+    return _stat_of(path)[0]
+
+
+def _stat_of(path: str) -> tuple[tuple[int, int] | None, int]:
+    """``((st_dev, st_ino), st_size)`` of ``path``, or ``(None, 0)`` if nothing is there."""
     try:
         st = os.stat(path)
     except OSError:
-        return None
-    return (st.st_dev, st.st_ino)
+        return None, 0
+    return (st.st_dev, st.st_ino), st.st_size
 
 
-def _file_replaced(database: Database, current: tuple[int, int] | None) -> None:
+def _file_replaced(database: Database, current: tuple[int, int] | None, how: str) -> None:
     """Close every connection of this process to the old file, copy over what the old
     file still held that the new one needs, and log it once. See :meth:`Database._check_file`.
+
+    A truncated file (``how == "truncated"``: same inode, fewer bytes) is removed once read,
+    so that every connection opens a new one: SQLite would otherwise read zeros where the
+    cut pages were, and the first new connection would delete the WAL that still holds the
+    last commits (it does that to a zero-length database file).
 
     Runs with the fork gate closed (no thread inside SQLite), so no connection is closed
     under a thread using it, and no connection to the new file is opened while one to the
@@ -151,24 +166,30 @@ def _file_replaced(database: Database, current: tuple[int, int] | None) -> None:
     """
     global _generation
     with _replace_lock:
-        if database._identity is None or database._identity == _identity_of(database.path):
+        if database._identity is None or (
+            how != "truncated" and database._identity == _identity_of(database.path)
+        ):
             return  # another thread handled it meanwhile
         path = os.path.abspath(database.path)
         same = [db for db in list(_databases) if os.path.abspath(db.path) == path]
-        how = "deleted" if current is None else "replaced"
         write: t.Callable[[sqlite3.Connection], str] | None = None
         _gate.close_for_fork()
         try:
-            old = _any_connection(same)
+            old = _all_connections(same)
             salvager = next((db.on_replaced for db in same if db.on_replaced), None)
-            if old is not None and salvager is not None:
+            if old and salvager is not None:
                 try:
                     write = salvager(old)
                 except Exception:  # noqa: BLE001 - reopening matters more than salvaging
                     logger.exception("flask-keen-signup: could not read the old SQLite file")
             for db in same:
                 db._close_all()
+            if how == "truncated" and _identity_of(path) == database._identity:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+            for db in same:
                 db._identity = None
+                db._size = 0
             _generation += 1
         finally:
             _gate.reopen()
@@ -241,12 +262,14 @@ def _retry_copies() -> None:
                 _unsalvaged.append((database, write, attempts + 1))
 
 
-def _any_connection(databases: t.Sequence[Database]) -> sqlite3.Connection | None:
+def _all_connections(databases: t.Sequence[Database]) -> list[sqlite3.Connection]:
+    """This process's open connections to the file (their page caches differ: after a
+    truncation, one may still read a table another cannot)."""
+    found: list[sqlite3.Connection] = []
     for db in databases:
         with db._connections_lock:
-            for _, conn in db._connections:
-                return conn
-    return None
+            found.extend(conn for _, conn in db._connections)
+    return found
 
 _databases: weakref.WeakSet[Database] = weakref.WeakSet()
 #: Bumped at every fork: a thread's connection from an older generation is reopened.
@@ -313,8 +336,11 @@ class Database:
         self.on_replaced = on_replaced
         #: (st_dev, st_ino) of the file the connections have open, once one is open.
         self._identity: tuple[int, int] | None = None
+        #: The largest size seen of that file: SQLite never shrinks it here (no VACUUM).
+        self._size = 0
         self._check_at = 0.0
         self._checkpoint_at = 0.0
+        self._scrub_pending = False
         self._local = threading.local()
         self._schema_lock = threading.Lock()
         self._schemas: list[str] = []
@@ -376,28 +402,35 @@ class Database:
         self._local.zero = False  # busy_timeout is the instance's (see _begin_immediate)
         self._track(conn)
         if self._identity is None:
-            self._identity = _identity_of(self.path)
+            self._identity, self._size = _stat_of(self.path)
             self._check_at = time.monotonic() + FILE_CHECK_INTERVAL
         return conn
 
-    def _check_file(self) -> None:
-        """Reopen everything if ``path`` no longer names the file that is open.
+    def _check_file(self, *, force: bool = False) -> None:
+        """Reopen everything if ``path`` no longer names the file that is open, or the file
+        was truncated in place.
 
         Called on the way into :meth:`reading` and :meth:`transaction` when the thread is
         not already inside SQLite: at most one ``os.stat`` per :data:`FILE_CHECK_INTERVAL`
-        per instance. A file deleted or replaced under a running app would otherwise leave
-        some connections on the old inode (the sender's) and others on the new file (new
-        request threads): nothing delivered, nothing said.
+        per instance, and before a thread opens its connection (``force``): a new
+        connection to a truncated file would delete its WAL. A file deleted or replaced
+        under a running app would otherwise leave some connections on the old inode (the
+        sender's) and others on the new file (new request threads): nothing delivered,
+        nothing said.
         """
         now = time.monotonic()
-        if now < self._check_at or self._identity is None:
+        if (now < self._check_at and not force) or self._identity is None:
             return
         self._check_at = now + FILE_CHECK_INTERVAL
         if _unsalvaged:
             _retry_copies()
-        current = _identity_of(self.path)
+        current, size = _stat_of(self.path)
         if current != self._identity:
-            _file_replaced(self, current)
+            _file_replaced(self, current, "deleted" if current is None else "replaced")
+        elif size < self._size:
+            _file_replaced(self, current, "truncated")
+        else:
+            self._size = size
 
     def _track(self, conn: sqlite3.Connection) -> None:
         main_thread = threading.main_thread()
@@ -436,6 +469,9 @@ class Database:
                 conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
             conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
+            # Deleted or overwritten content is zeroed, in the page and in freed pages: an
+            # erased user or a dropped body leaves no bytes behind (see scrub()).
+            conn.execute("PRAGMA secure_delete = ON")
             with self._schema_lock:
                 for script in self._schemas:
                     conn.executescript(script)
@@ -459,9 +495,55 @@ class Database:
         if now < self._checkpoint_at:
             return False
         self._checkpoint_at = now + CHECKPOINT_INTERVAL
+        if self._scrub_pending:
+            self.scrub(wait=0.0)
+            return True
         with self.reading() as conn:
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         return True
+
+    def scrub(self, *, wait: float = SCRUB_WAIT) -> bool:
+        """Copy the WAL into the file and truncate it to zero bytes; True once done.
+
+        Called after personal data was deleted (``forget``, retention): the WAL still holds
+        the pages as they were before, and :meth:`checkpoint` (``PASSIVE``) only ever
+        overwrites it. With ``secure_delete`` (every connection) the file itself keeps no
+        freed bytes, so once this returns True nothing deleted is left in any of the
+        file's bytes. A ``TRUNCATE`` checkpoint cannot finish while another connection
+        (any process) reads an older snapshot: this retries for ``wait`` seconds, then
+        leaves it to this instance's next :meth:`checkpoint` (the sender's, every
+        :data:`CHECKPOINT_INTERVAL`), which tries again until it is done.
+        """
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                with self.reading() as conn:
+                    # Short waits for the lock here; the loop does the waiting.
+                    conn.execute("PRAGMA busy_timeout = 20")
+                    try:
+                        busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                    finally:
+                        ms = max(1, round(self.busy_timeout * 1000))
+                        conn.execute(f"PRAGMA busy_timeout = {ms}")
+            except sqlite3.OperationalError:
+                busy = 1  # "database is locked": a writer holds the lock
+            if not busy:
+                if self._scrub_pending:
+                    logger.info("flask-keen-signup: the WAL of %s is truncated now", self.path)
+                self._scrub_pending = False
+                return True
+            if time.monotonic() >= deadline:
+                if not self._scrub_pending and wait > 0:
+                    logger.warning(
+                        "flask-keen-signup: could not truncate the WAL of %s within %.1fs "
+                        "(another connection is reading); deleted data may stay in it until "
+                        "the sender's next checkpoint succeeds",
+                        self.path,
+                        wait,
+                    )
+                self._scrub_pending = True
+                return False
+            time.sleep(0.02)
 
     def add_schema(self, script: str) -> None:
         """Register ``CREATE ... IF NOT EXISTS`` statements, run on every new connection.
@@ -605,7 +687,7 @@ class _Reading:
     def __enter__(self) -> sqlite3.Connection:
         database = self._database
         if not getattr(_gate._depth, "n", 0):
-            database._check_file()
+            database._check_file(force=getattr(database._local, "conn", None) is None)
         _gate.__enter__()
         try:
             conn = database.connection()
@@ -634,7 +716,7 @@ class _Transaction:
     def __enter__(self) -> sqlite3.Connection:
         database = self._database
         if not getattr(_gate._depth, "n", 0):
-            database._check_file()
+            database._check_file(force=getattr(database._local, "conn", None) is None)
         _gate.__enter__()
         try:
             conn = self._conn = database.connection()

@@ -107,6 +107,9 @@ def verdict(
         degraded.append(f"{spooled} signup(s) spooled: the marker store is slow or down")
     if health.get("database_replaced"):
         degraded.append("the database file was replaced under the app")
+    lost = health.get("database_unrecovered")
+    if lost:
+        degraded.append(str(lost.get("summary", "rows lost with a damaged database file")))
     age = health.get("oldest_pending_age")
     if isinstance(age, (int, float)):
         if age > thresholds.failing_pending_age:

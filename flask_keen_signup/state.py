@@ -126,10 +126,27 @@ def degraded_health(state: SignupState, health: t.Mapping[str, t.Any]) -> dict[s
         "database_replaced": None
         if last is None
         else {"how": last.how, "at": last.at, "salvaged": last.salvaged, "count": len(replaced)},
+        "database_unrecovered": _unrecovered(state),
         "ok": spooled == 0
         and health.get("circuit") != "open"
         and (state.sender is None or bool(health.get("running")) or not state.settings.enabled),
     }
+
+
+def _unrecovered(state: SignupState) -> dict[str, t.Any] | None:
+    """What a damaged SQLite file lost for good (see :mod:`.salvage`), or None."""
+    from .delivery.sqlite_outbox import SQLiteOutbox
+    from .salvage import describe_unrecovered
+    from .salvage import unrecovered
+
+    if not isinstance(state.outbox, SQLiteOutbox):
+        return None
+    try:
+        with state.outbox.database.reading() as conn:
+            record = unrecovered(conn)
+    except Exception:  # noqa: BLE001 - the store error is reported by the caller
+        return None
+    return None if record is None else {**record, "summary": describe_unrecovered(record)}
 
 
 def _unhealthy(state: SignupState, exc: Exception) -> dict[str, t.Any]:
