@@ -21,6 +21,7 @@ the count is written into the new file (:func:`unrecovered`): the log, ``health(
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -59,20 +60,27 @@ _inventory_lock = threading.Lock()
 def _path_of(conn: sqlite3.Connection) -> str:
     for _, name, path in conn.execute("PRAGMA database_list"):
         if name == "main":
-            return str(path)
+            return os.path.realpath(str(path))
     return ""
 
 
-def take_inventory(conn: sqlite3.Connection, *, now: float | None = None) -> bool:
-    """Count the rows of ``conn``'s file a salvage would copy, at most every
-    :data:`INVENTORY_INTERVAL` per file; True if it counted. Sender-side only (three
-    ``COUNT(*)`` reads, no lock): the login path never pays for it."""
+def inventory_due(path: str, *, now: float | None = None) -> bool:
+    """Whether :func:`take_inventory` should count ``path``'s rows now (at most every
+    :data:`INVENTORY_INTERVAL`); if so, the next one is due an interval later."""
     now = time.monotonic() if now is None else now
-    path = _path_of(conn)
+    path = os.path.realpath(path)
     with _inventory_lock:
         if now < _inventory_due.get(path, 0.0):
             return False
         _inventory_due[path] = now + INVENTORY_INTERVAL
+    return True
+
+
+def take_inventory(conn: sqlite3.Connection) -> None:
+    """Count the rows of ``conn``'s file a salvage would copy. Sender-side only, when
+    :func:`inventory_due` says so (three ``COUNT(*)`` reads, no lock): the login path
+    never pays for it."""
+    path = _path_of(conn)
     counts: dict[str, int] = {}
     for key, sql in _COUNTS.items():
         try:
@@ -81,7 +89,6 @@ def take_inventory(conn: sqlite3.Connection, *, now: float | None = None) -> boo
             counts[key] = 0
     with _inventory_lock:
         _inventory[path] = (counts, time.time())
-    return True
 
 
 def _read(
@@ -253,4 +260,4 @@ def describe_unrecovered(record: t.Mapping[str, t.Any]) -> str:
     return ", ".join(parts) + " lost with a damaged database file"
 
 
-__all__ = ["describe_unrecovered", "salvage", "take_inventory", "unrecovered"]
+__all__ = ["describe_unrecovered", "inventory_due", "salvage", "take_inventory", "unrecovered"]

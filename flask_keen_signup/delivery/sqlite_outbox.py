@@ -21,6 +21,7 @@ from ..database import SENDER_CHUNK_ROWS
 from ..database import Database
 from ..database import yield_to_writers
 from ..exceptions import StoreError
+from ..salvage import inventory_due
 from ..salvage import take_inventory
 from . import DELIVERED
 from . import SKIPPED
@@ -558,7 +559,8 @@ class SQLiteOutbox(Outbox):
         Best effort: a failure leaves the backstop (``wal_autocheckpoint``) to do it.
         """
         try:
-            if self.database.checkpoint():
+            self.database.checkpoint()
+            if inventory_due(self.database.path):
                 # What a damaged file would lose, counted now and then (see salvage).
                 with self.database.reading() as conn:
                     take_inventory(conn)
