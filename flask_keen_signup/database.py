@@ -16,6 +16,7 @@ lets both processes reopen lazily afterwards.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import logging
@@ -39,6 +40,8 @@ FORK_WAIT_SECONDS = 15.0
 WAL_AUTOCHECKPOINT_PAGES = 8_000
 #: How often (at most) :meth:`Database.checkpoint` runs, in seconds.
 CHECKPOINT_INTERVAL = 0.2
+#: How often (at most) the sender closes the connections of threads that ended, in seconds.
+REAP_INTERVAL = 5.0
 #: How long :meth:`Database.scrub` waits at most for readers to leave the WAL, in seconds.
 SCRUB_WAIT = 5.0
 #: How often (at most) a :class:`Database` checks that its path still names the file its
@@ -262,6 +265,31 @@ def _retry_copies() -> None:
                 _unsalvaged.append((database, write, attempts + 1))
 
 
+def _close_connections(
+    connections: list[tuple[weakref.ref[threading.Thread], sqlite3.Connection]],
+    lock: threading.Lock,
+) -> None:
+    with lock:
+        closing = [conn for _, conn in connections]
+        connections.clear()
+    for conn in closing:
+        try:
+            conn.close()
+        except sqlite3.Error:
+            logger.debug("could not close a SQLite connection", exc_info=True)
+
+
+def _close_at_exit() -> None:
+    """Close the connections of ended threads and of this one (after the senders' exit
+    flush: this hook is registered first, so it runs after theirs)."""
+    for database in list(_databases):
+        database.close_finished()
+        database.close()
+
+
+atexit.register(_close_at_exit)
+
+
 def _all_connections(databases: t.Sequence[Database]) -> list[sqlite3.Connection]:
     """This process's open connections to the file (their page caches differ: after a
     truncation, one may still read a table another cannot)."""
@@ -341,6 +369,7 @@ class Database:
         self._check_at = 0.0
         self._checkpoint_at = 0.0
         self._scrub_pending = False
+        self._reap_at = 0.0
         self._local = threading.local()
         self._schema_lock = threading.Lock()
         self._schemas: list[str] = []
@@ -349,6 +378,11 @@ class Database:
         self._connections: list[tuple[weakref.ref[threading.Thread], sqlite3.Connection]] = []
         self._connections_lock = threading.Lock()
         _databases.add(self)
+        # An instance dropped with connections still open (an app torn down, a one-off
+        # tool) closes them: Python 3.13 warns about every connection left to the GC.
+        weakref.finalize(
+            self, _close_connections, self._connections, self._connections_lock
+        ).atexit = False  # at exit: _close_at_exit, after the senders' flush
 
     def __repr__(self) -> str:
         return f"<Database {self.path!r} synchronous={self.synchronous}>"
@@ -446,7 +480,30 @@ class Database:
                     with contextlib.suppress(sqlite3.Error):
                         other.close()
             alive.append((weakref.ref(threading.current_thread()), conn))
-            self._connections = alive
+            self._connections[:] = alive  # in place: the finalizer holds this list
+
+    def close_finished(self) -> int:
+        """Close the connections of threads that have ended; return how many.
+
+        A thread's connection is otherwise closed only when another thread opens one
+        (:meth:`_track`); the sender calls this now and then (:meth:`checkpoint`), and
+        the exit hook at the end.
+        """
+        main_thread = threading.main_thread()
+        closed = []
+        with self._connections_lock:
+            alive = []
+            for thread_ref, conn in self._connections:
+                thread = thread_ref()
+                if thread is not None and (thread.is_alive() or thread is main_thread):
+                    alive.append((thread_ref, conn))
+                else:
+                    closed.append(conn)
+            self._connections[:] = alive
+        for conn in closed:
+            with _gate, contextlib.suppress(sqlite3.Error):
+                conn.close()
+        return len(closed)
 
     def reading(self) -> _Reading:
         """This thread's connection, for reads outside a transaction (fork-gated).
@@ -495,6 +552,10 @@ class Database:
         if now < self._checkpoint_at:
             return False
         self._checkpoint_at = now + CHECKPOINT_INTERVAL
+        if now >= self._reap_at:
+            self._reap_at = now + REAP_INTERVAL
+            for database in list(_databases):
+                database.close_finished()
         if self._scrub_pending:
             self.scrub(wait=0.0)
             return True
@@ -577,13 +638,18 @@ class Database:
     def _close_all(self) -> None:
         """Close every connection of this instance, from the forking thread (see the
         module doc). Their threads reopen on next use: the generation has moved on."""
-        with self._connections_lock:
-            connections, self._connections = self._connections, []
-        for _, conn in connections:
-            try:
-                conn.close()
-            except sqlite3.Error:
-                logger.debug("could not close a connection before fork", exc_info=True)
+        _close_connections(self._connections, self._connections_lock)
+
+    def close_all(self) -> None:
+        """Close every connection of this instance, whichever thread opened it.
+
+        For the end of an app's life (tests, one-off tools, exit): a thread still using
+        one gets an error from SQLite; threads that use the instance later reopen.
+        """
+        global _generation
+        with _gate:
+            self._close_all()
+        _generation += 1  # every thread's cached connection is stale now
 
 
 #: The first pause between two tries at the write lock, and the longest, in seconds.

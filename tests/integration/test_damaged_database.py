@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 import os
 import re
-import sqlite3
 import time
 import typing as t
 
 import pytest
 from _flow import quickstart_app
+from _sqlite import open_sqlite
 from flask import Flask
 
 from flask_keen_signup import salvage
@@ -120,9 +120,8 @@ def test_a_file_truncated_in_place_loses_nothing_or_says_how_much(
     if checkpointed:
         # Every commit copied into the file and the WAL emptied (as the sender's checkpoints
         # do over time): then the truncation cuts pages no WAL frame holds any more.
-        with sqlite3.connect(database) as conn:
+        with open_sqlite(database) as conn:
             assert conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
-        conn.close()
     os.truncate(database, 0)
     caplog.set_level(logging.INFO, logger="flask_keen_signup")
     time.sleep(FILE_CHECK_INTERVAL + 0.1)
@@ -148,9 +147,8 @@ def test_a_file_truncated_in_place_loses_nothing_or_says_how_much(
     assert queued + lost.get("queued event", 0) == 2, (delivered, status)
     dead = 1 if "auth0|poison" in delivered else 0
     assert dead + lost.get("dead letter", 0) == 1, (delivered, status)
-    with sqlite3.connect(database) as conn:
+    with open_sqlite(database) as conn:
         markers = conn.execute("SELECT COUNT(*) FROM keen_signup_markers").fetchone()[0]
-    conn.close()
     assert markers + lost.get("marker", 0) >= 3, (markers, status)
     if not checkpointed:
         assert not lost, f"everything was still in the WAL: {status}"

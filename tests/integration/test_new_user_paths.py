@@ -13,11 +13,11 @@ import contextlib
 import datetime as dt
 import logging
 import os
-import sqlite3
 import threading
 import typing as t
 
 import pytest
+from _sqlite import open_sqlite
 from flask import Flask
 
 from flask_keen_signup import KeenSignup
@@ -74,13 +74,13 @@ def wait_for_known_users_load() -> None:
 def rows(app: Flask) -> list[tuple[str, str]]:
     """(user_id, body) of every outbox row, read through a connection of our own."""
     path = signup_state(app).database.path
-    with sqlite3.connect(path) as conn:
+    with open_sqlite(path) as conn:
         return conn.execute("SELECT user_id, body FROM keen_signup_outbox ORDER BY id").fetchall()
 
 
 def markers(app: Flask) -> list[tuple[str, str]]:
     path = signup_state(app).database.path
-    with sqlite3.connect(path) as conn:
+    with open_sqlite(path) as conn:
         return conn.execute("SELECT user_id, state FROM keen_signup_markers").fetchall()
 
 
@@ -205,7 +205,7 @@ def test_an_event_properties_callback_runs_outside_the_write_lock(
     def plan(claims: t.Mapping[str, t.Any], request: t.Any) -> dict[str, t.Any]:
         # The app's code runs outside the write transaction: the file is not locked.
         database = signup_state(app).database.path
-        with sqlite3.connect(database, timeout=0) as other:
+        with open_sqlite(database, timeout=0) as other:
             other.execute("BEGIN IMMEDIATE")
             other.execute("ROLLBACK")
         seen.append(True)
@@ -254,7 +254,7 @@ def test_since_is_honoured_on_the_new_user_path(
 
 def _claim_at(app: Flask, user_id: str, claimed_at: float, state: str = "pending") -> None:
     path = signup_state(app).database.path
-    with sqlite3.connect(path) as conn:
+    with open_sqlite(path) as conn:
         conn.execute(
             "INSERT INTO keen_signup_markers (collection, user_id, state, claimed_at) "
             "VALUES ('signups', ?, ?, ?)",

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import logging
 import os
-import sqlite3
 import subprocess
 import time
 import typing as t
 
 import pytest
+from _sqlite import open_sqlite
 from flask import Flask
 from hypothesis import HealthCheck
 from hypothesis import example
@@ -160,7 +160,7 @@ def test_breaking_later_is_one_loud_line_per_episode_and_health_reports_it(
             # Someone's bad restore script replaces the outbox table with another one under
             # the running app. (A plain DROP would heal itself: every new connection runs
             # the CREATE ... IF NOT EXISTS schema.)
-            with sqlite3.connect(path) as conn:
+            with open_sqlite(path) as conn:
                 conn.execute("DROP TABLE keen_signup_outbox")
                 conn.execute("CREATE TABLE keen_signup_outbox (restored_by_mistake INTEGER)")
 
@@ -189,7 +189,7 @@ def test_breaking_later_is_one_loud_line_per_episode_and_health_reports_it(
             assert "pending:           -" in result.output
 
             # Repaired: the next round works, one recovery line, and delivery resumes.
-            with sqlite3.connect(path) as conn:
+            with open_sqlite(path) as conn:
                 conn.execute("DROP TABLE keen_signup_outbox")
                 conn.executescript(OUTBOX_SCHEMA)
             deadline = time.monotonic() + 10
