@@ -13,6 +13,7 @@ import time
 import typing as t
 
 import pytest
+from _sqlite import open_sqlite
 
 from flask_keen_signup.database import Database
 from flask_keen_signup.delivery import MemoryOutbox
@@ -442,7 +443,8 @@ def test_a_file_made_with_autoincrement_keeps_working(tmp_path: t.Any) -> None:
         1,
     )
     assert old_schema != sqlite_outbox.SCHEMA
-    Database(path).connection().executescript(old_schema)
+    with open_sqlite(path) as conn:
+        conn.executescript(old_schema)
     box = SQLiteOutbox(Database(path), keep_delivered=False)
     ids = [box.enqueue(event(n)) for n in range(3)]
     rows = box.claim_due(10, now=time.time() + 1, lease_seconds=LEASE, owner="b")

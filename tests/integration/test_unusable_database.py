@@ -27,7 +27,6 @@ from hypothesis import strategies as st
 
 from flask_keen_signup import KeenSignup
 from flask_keen_signup import signup_state
-from flask_keen_signup.database import Database
 from flask_keen_signup.delivery.sqlite_outbox import SCHEMA as OUTBOX_SCHEMA
 from flask_keen_signup.exceptions import ConfigurationError
 from flask_keen_signup.testing import KeenEmulator
@@ -216,7 +215,8 @@ def test_health_of_a_database_gone_bad_without_a_sender_thread(tmp_path: t.Any) 
     state = signup_state(app)
     state.sender.stop(timeout=2)
     try:
-        Database(path).connection().execute("DROP TABLE keen_signup_dead_letters")
+        with open_sqlite(path) as conn:
+            conn.execute("DROP TABLE keen_signup_dead_letters")
         health = signup.health(app)
         assert health["store_error"] and health["dead"] is None
     finally:

@@ -74,10 +74,11 @@ def test_unopenable_path_is_a_clear_store_error(tmp_path: t.Any) -> None:
 
 
 def test_synchronous_setting_is_applied(tmp_path: t.Any) -> None:
-    normal = Database(str(tmp_path / "n.sqlite3")).connection()
-    full = Database(str(tmp_path / "f.sqlite3"), synchronous="full").connection()
-    assert normal.execute("PRAGMA synchronous").fetchone()[0] == 1
-    assert full.execute("PRAGMA synchronous").fetchone()[0] == 2
+    # (A Database closes its connections when it is dropped: keep it while using one.)
+    normal = Database(str(tmp_path / "n.sqlite3"))
+    full = Database(str(tmp_path / "f.sqlite3"), synchronous="full")
+    assert normal.connection().execute("PRAGMA synchronous").fetchone()[0] == 1
+    assert full.connection().execute("PRAGMA synchronous").fetchone()[0] == 2
     with pytest.raises(ValueError):
         Database("x", synchronous="off")
 
@@ -123,7 +124,8 @@ def test_a_write_lock_held_elsewhere_is_a_clear_store_error(
     monkeypatch.setattr(database_module, "BUSY_TIMEOUT_MS", 50)
     database = _with_table(tmp_path)
     database.connection()
-    holder = Database(database.path).connection()
+    other = Database(database.path)
+    holder = other.connection()
     holder.execute("BEGIN IMMEDIATE")
     try:
         with pytest.raises(StoreError, match="cannot start a transaction") as caught:
