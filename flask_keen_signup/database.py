@@ -462,6 +462,9 @@ class Database:
         if current != self._identity:
             _file_replaced(self, current, "deleted" if current is None else "replaced")
         elif size < self._size:
+            # Never its header read to tell a VACUUM from a cut: opening and closing the
+            # file would drop this process's SQLite locks (see _create_file). No VACUUM on
+            # a live file, then (docs/degraded-store.md).
             _file_replaced(self, current, "truncated")
         else:
             self._size = size
