@@ -643,17 +643,6 @@ class Database:
         module doc). Their threads reopen on next use: the generation has moved on."""
         _close_connections(self._connections, self._connections_lock)
 
-    def close_all(self) -> None:
-        """Close every connection of this instance, whichever thread opened it.
-
-        For the end of an app's life (tests, one-off tools, exit): a thread still using
-        one gets an error from SQLite; threads that use the instance later reopen.
-        """
-        global _generation
-        with _gate:
-            self._close_all()
-        _generation += 1  # every thread's cached connection is stale now
-
 
 #: The first pause between two tries at the write lock, and the longest, in seconds.
 LOCK_RETRY_FIRST = 0.00005
