@@ -135,14 +135,15 @@ def degraded_health(state: SignupState, health: t.Mapping[str, t.Any]) -> dict[s
 
 def _unrecovered(state: SignupState) -> dict[str, t.Any] | None:
     """What a damaged SQLite file lost for good (see :mod:`.salvage`), or None."""
-    from .delivery.sqlite_outbox import SQLiteOutbox
+    from .database import Database
     from .salvage import describe_unrecovered
     from .salvage import unrecovered
 
-    if not isinstance(state.outbox, SQLiteOutbox):
+    database = getattr(state.outbox, "database", None)
+    if not isinstance(database, Database):  # the outbox is not in the SQLite file
         return None
     try:
-        with state.outbox.database.reading() as conn:
+        with database.reading() as conn:
             record = unrecovered(conn)
     except Exception:  # noqa: BLE001 - the store error is reported by the caller
         return None

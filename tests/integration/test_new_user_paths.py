@@ -319,8 +319,9 @@ def test_a_ledger_that_cannot_be_read_at_start_is_a_warning(
     for suffix in ("-wal", "-shm"):  # else SQLite may find page 1 in the WAL
         if os.path.exists(state.database.path + suffix):
             os.remove(state.database.path + suffix)
-    with open(state.database.path, "wb") as broken:
-        broken.write(b"not a database" * 100)
+    size = os.path.getsize(state.database.path)
+    with open(state.database.path, "wb") as broken:  # no smaller: not a truncation
+        broken.write(b"not a database" * (size // 14 + 100))
     with caplog.at_level(logging.WARNING, logger="flask_keen_signup"):
         loader = threading.Thread(target=_load_known_users, args=(state.tracker,))
         loader.start()
