@@ -300,6 +300,9 @@ def _all_connections(databases: t.Sequence[Database]) -> list[sqlite3.Connection
     return found
 
 _databases: weakref.WeakSet[Database] = weakref.WeakSet()
+#: Files whose WAL must still be truncated (a :meth:`Database.scrub` that could not finish);
+#: any instance's next :meth:`Database.checkpoint` on that file tries again.
+_scrub_pending: set[str] = set()
 #: Bumped at every fork: a thread's connection from an older generation is reopened.
 _generation = 0
 
@@ -368,7 +371,6 @@ class Database:
         self._size = 0
         self._check_at = 0.0
         self._checkpoint_at = 0.0
-        self._scrub_pending = False
         self._reap_at = 0.0
         self._local = threading.local()
         self._schema_lock = threading.Lock()
@@ -559,7 +561,7 @@ class Database:
             self._reap_at = now + REAP_INTERVAL
             for database in list(_databases):
                 database.close_finished()
-        if self._scrub_pending:
+        if _scrub_pending and os.path.abspath(self.path) in _scrub_pending:
             self.scrub(wait=0.0)
             return True
         with self.reading() as conn:
@@ -575,10 +577,11 @@ class Database:
         freed bytes, so once this returns True nothing deleted is left in any of the
         file's bytes. A ``TRUNCATE`` checkpoint cannot finish while another connection
         (any process) reads an older snapshot: this retries for ``wait`` seconds, then
-        leaves it to this instance's next :meth:`checkpoint` (the sender's, every
-        :data:`CHECKPOINT_INTERVAL`), which tries again until it is done.
+        leaves it to the next :meth:`checkpoint` of any instance on the same file (the
+        sender's, every :data:`CHECKPOINT_INTERVAL`), which tries again until it is done.
         """
         deadline = time.monotonic() + wait
+        key = os.path.abspath(self.path)
         while True:
             try:
                 with self.reading() as conn:
@@ -592,12 +595,12 @@ class Database:
             except sqlite3.OperationalError:
                 busy = 1  # "database is locked": a writer holds the lock
             if not busy:
-                if self._scrub_pending:
+                if key in _scrub_pending:
                     logger.info("flask-keen-signup: the WAL of %s is truncated now", self.path)
-                self._scrub_pending = False
+                    _scrub_pending.discard(key)
                 return True
             if time.monotonic() >= deadline:
-                if not self._scrub_pending and wait > 0:
+                if key not in _scrub_pending and wait > 0:
                     logger.warning(
                         "flask-keen-signup: could not truncate the WAL of %s within %.1fs "
                         "(another connection is reading); deleted data may stay in it until "
@@ -605,7 +608,7 @@ class Database:
                         self.path,
                         wait,
                     )
-                self._scrub_pending = True
+                _scrub_pending.add(key)
                 return False
             time.sleep(0.02)
 

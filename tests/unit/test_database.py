@@ -231,3 +231,35 @@ def test_connections_of_ended_threads_and_of_a_dropped_database_are_closed(
     databases.clear()
     gc.collect()
     assert _is_closed(mine), "a dropped Database closes what it opened"
+
+
+def test_a_scrub_blocked_by_a_reader_is_finished_by_the_next_checkpoint(
+    tmp_path: t.Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``PRAGMA wal_checkpoint(TRUNCATE)`` cannot finish while another connection reads
+    an older snapshot: the scrub says so, and the sender's next checkpoint (any instance
+    on the file) truncates the WAL once the reader is gone."""
+    import logging
+
+    from _sqlite import open_sqlite
+
+    caplog.set_level(logging.INFO, logger="flask_keen_signup")
+    database = _with_table(tmp_path)
+    other = Database(database.path)  # the login path's instance on the same file
+    with database.transaction() as conn:
+        conn.execute("INSERT INTO items VALUES (1)")
+    wal = database.path + "-wal"
+    with open_sqlite(database.path, isolation_level=None) as reader:
+        reader.execute("BEGIN")
+        reader.execute("SELECT COUNT(*) FROM items").fetchone()
+        with other.transaction() as conn:  # a commit the reader does not see
+            conn.execute("DELETE FROM items")
+        assert other.scrub(wait=0.2) is False
+        assert "could not truncate the WAL" in caplog.text
+        assert os.path.getsize(wal) > 0
+        assert database.checkpoint(now=1e12) is True  # still blocked: stays pending
+        assert os.path.getsize(wal) > 0
+        reader.execute("COMMIT")
+    assert database.checkpoint(now=2e12) is True
+    assert os.path.getsize(wal) == 0
+    assert "is truncated now" in caplog.text
