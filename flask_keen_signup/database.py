@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import dataclasses
 import logging
 import os
 import sqlite3
@@ -118,151 +117,10 @@ _gate = _ForkGate()
 #: :mod:`flask_keen_signup.salvage`).
 Salvager = t.Callable[[t.Sequence[sqlite3.Connection]], t.Callable[[sqlite3.Connection], str]]
 
-
-@dataclasses.dataclass(frozen=True)
-class FileReplacement:
-    """The file at a :class:`Database`'s path changed under the running process.
-
-    :param how: ``"deleted"`` (nothing at the path any more: a new file was created),
-        ``"replaced"`` (another file is there now) or ``"truncated"`` (the file shrank in
-        place, which SQLite never does here: the damaged file was removed and a new one
-        created).
-    :param salvaged: what was copied from the old file into the new one, in words.
-    """
-
-    path: str
-    how: str
-    at: float
-    salvaged: str
-
-
-#: Every replacement this process noticed, oldest first (``health()`` and ``status``).
-replacements: list[FileReplacement] = []
-_replace_lock = threading.RLock()
-
-
-def _identity_of(path: str) -> tuple[int, int] | None:
-    return _stat_of(path)[0]
-
-
-def _stat_of(path: str) -> tuple[tuple[int, int] | None, int]:
-    """``((st_dev, st_ino), st_size)`` of ``path``, or ``(None, 0)`` if nothing is there."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None, 0
-    return (st.st_dev, st.st_ino), st.st_size
-
-
-def _file_replaced(database: Database, current: tuple[int, int] | None, how: str) -> None:
-    """Close every connection of this process to the old file, copy over what the old
-    file still held that the new one needs, and log it once. See :meth:`Database._check_file`.
-
-    A truncated file (``how == "truncated"``: same inode, fewer bytes) is removed once read,
-    so that every connection opens a new one: SQLite would otherwise read zeros where the
-    cut pages were, and the first new connection would delete the WAL that still holds the
-    last commits (it does that to a zero-length database file).
-
-    Runs with the fork gate closed (no thread inside SQLite), so no connection is closed
-    under a thread using it, and no connection to the new file is opened while one to the
-    old file is still open in this process (both would use the same ``-wal`` and ``-shm``).
-    """
-    global _generation
-    with _replace_lock:
-        if database._identity is None or (
-            how != "truncated" and database._identity == _identity_of(database.path)
-        ):
-            return  # another thread handled it meanwhile
-        path = os.path.abspath(database.path)
-        same = [db for db in list(_databases) if os.path.abspath(db.path) == path]
-        write: t.Callable[[sqlite3.Connection], str] | None = None
-        _gate.close_for_fork()
-        try:
-            old = _all_connections(same)
-            salvager = next((db.on_replaced for db in same if db.on_replaced), None)
-            if old and salvager is not None:
-                try:
-                    write = salvager(old)
-                except Exception:  # noqa: BLE001 - reopening matters more than salvaging
-                    logger.exception("flask-keen-signup: could not read the old SQLite file")
-            for db in same:
-                db._close_all()
-            if how == "truncated" and _identity_of(path) == database._identity:
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(path)
-            for db in same:
-                db._identity = None
-                db._size = 0
-            _generation += 1
-        finally:
-            _gate.reopen()
-        summary = "nothing copied"
-        if write is not None:
-            copied = _copy(database, write)
-            if copied is None:
-                # Another process may still hold the old -wal/-shm: try again shortly.
-                _unsalvaged.append((database, write, 0))
-                summary = "copy failed; retrying (see the warning above)"
-            else:
-                summary = copied
-        replacements.append(FileReplacement(path, how, time.time(), summary))
-        logger.error(
-            "flask-keen-signup: the SQLite file %s was %s under the running app; every "
-            "connection of this process (pid %d) now uses the file at that path (%s)",
-            path,
-            how,
-            os.getpid(),
-            summary,
-        )
-
-
-#: Copies from a replaced file that failed (``(database, write, attempts)``), retried by
-#: :meth:`Database._check_file` at most once per check interval.
-_unsalvaged: list[tuple[Database, t.Callable[[sqlite3.Connection], str], int]] = []
-#: How many times a failed copy is retried (about a minute) before it is given up, loudly.
-SALVAGE_ATTEMPTS = 120
-
-
-def _copy(database: Database, write: t.Callable[[sqlite3.Connection], str]) -> str | None:
-    """Run ``write`` in one transaction on ``database``; its summary, or None if it failed."""
-    try:
-        # The copy is rare and must not fail on the login path's short timeout (only BEGIN
-        # waits for the lock; see _begin_immediate).
-        with _Transaction(database, BUSY_TIMEOUT_MS / 1000) as conn:
-            return write(conn)
-    except Exception:  # noqa: BLE001 - reported by the caller; retried
-        logger.warning("flask-keen-signup: could not copy the old file's rows", exc_info=True)
-        return None
-
-
-def _retry_copies() -> None:
-    with _replace_lock:
-        pending = list(_unsalvaged)
-        _unsalvaged.clear()
-    for database, write, attempts in pending:
-        summary = _copy(database, write)
-        if summary is not None:
-            with _replace_lock:
-                for index in range(len(replacements) - 1, -1, -1):
-                    if replacements[index].path == os.path.abspath(database.path):
-                        replacements[index] = dataclasses.replace(
-                            replacements[index], salvaged=summary
-                        )
-                        break
-            logger.warning(
-                "flask-keen-signup: the rows of the replaced SQLite file %s are copied now (%s)",
-                database.path,
-                summary,
-            )
-        elif attempts + 1 >= SALVAGE_ATTEMPTS:
-            logger.error(
-                "flask-keen-signup: gave up copying the rows of the replaced SQLite file %s; "
-                "signups queued in it and not delivered must be backfilled",
-                database.path,
-            )
-        else:
-            with _replace_lock:
-                _unsalvaged.append((database, write, attempts + 1))
+# The file deleted, replaced or truncated under the app (after _gate: it uses it).
+from . import _file_watch  # noqa: E402
+from ._file_watch import FileReplacement as FileReplacement  # noqa: E402 - re-exported
+from ._file_watch import replacements as replacements  # noqa: E402 - re-exported
 
 
 def _close_connections(
@@ -289,15 +147,6 @@ def _close_at_exit() -> None:
 
 atexit.register(_close_at_exit)
 
-
-def _all_connections(databases: t.Sequence[Database]) -> list[sqlite3.Connection]:
-    """This process's open connections to the file (their page caches differ: after a
-    truncation, one may still read a table another cannot)."""
-    found: list[sqlite3.Connection] = []
-    for db in databases:
-        with db._connections_lock:
-            found.extend(conn for _, conn in db._connections)
-    return found
 
 _databases: weakref.WeakSet[Database] = weakref.WeakSet()
 #: Files whose WAL must still be truncated (a :meth:`Database.scrub` that could not finish);
@@ -343,8 +192,8 @@ class Database:
         failing with "database is locked". Long for the sender; the login path opens the
         same file through a second instance whose timeout is ``KEEN_SIGNUP_STORE_TIMEOUT``
         (see :mod:`flask_keen_signup.spool`).
-    :param on_replaced: called as ``on_replaced(old_conn)`` when the file at ``path`` turns
-        out to be another file than the one open (deleted, or replaced by a copy): it reads
+    :param on_replaced: called as ``on_replaced(old_conns)`` when the file at ``path`` turns
+        out to be another file than the one open (deleted, replaced by a copy, truncated): it reads
         what must survive from the old file and returns a function that writes it into the
         new one (see :mod:`flask_keen_signup.salvage`).
     """
@@ -438,7 +287,7 @@ class Database:
         self._local.zero = False  # busy_timeout is the instance's (see _begin_immediate)
         self._track(conn)
         if self._identity is None:
-            self._identity, self._size = _stat_of(self.path)
+            self._identity, self._size = _file_watch.stat_of(self.path)
             self._check_at = time.monotonic() + FILE_CHECK_INTERVAL
         return conn
 
@@ -458,16 +307,17 @@ class Database:
         if (now < self._check_at and not force) or self._identity is None:
             return
         self._check_at = now + FILE_CHECK_INTERVAL
-        if _unsalvaged:
-            _retry_copies()
-        current, size = _stat_of(self.path)
+        if _file_watch.unsalvaged:
+            _file_watch.retry_copies(_HOST)
+        current, size = _file_watch.stat_of(self.path)
         if current != self._identity:
-            _file_replaced(self, current, "deleted" if current is None else "replaced")
+            how = "deleted" if current is None else "replaced"
+            _file_watch.file_replaced(_HOST, self, current, how)
         elif size < self._size:
             # Never its header read to tell a VACUUM from a cut: opening and closing the
             # file would drop this process's SQLite locks (see _create_file). No VACUUM on
             # a live file, then (docs/degraded-store.md).
-            _file_replaced(self, current, "truncated")
+            _file_watch.file_replaced(_HOST, self, current, "truncated")
         else:
             self._size = size
 
@@ -808,3 +658,28 @@ class _Transaction:
                 raise StoreError(f"cannot commit to {path!r}: {error}") from error
         finally:
             _gate.__exit__()
+
+
+class _Host:
+    """What :mod:`._file_watch` needs of this module (see :class:`._file_watch.Host`)."""
+
+    def close_gate(self) -> None:
+        _gate.close_for_fork()
+
+    def open_gate(self) -> None:
+        _gate.reopen()
+
+    def instances(self) -> list[Database]:
+        return list(_databases)
+
+    def new_generation(self) -> None:
+        global _generation
+        _generation += 1
+
+    def transaction(self, database: Database) -> _Transaction:
+        # The copy is rare and must not fail on the login path's short timeout (only BEGIN
+        # waits for the lock; see _begin_immediate).
+        return _Transaction(database, BUSY_TIMEOUT_MS / 1000)
+
+
+_HOST = _Host()
