@@ -442,8 +442,8 @@ class Database:
                     finally:
                         ms = max(1, round(self.busy_timeout * 1000))
                         conn.execute(f"PRAGMA busy_timeout = {ms}")
-            except sqlite3.OperationalError:
-                busy = 1  # "database is locked": a writer holds the lock
+            except (sqlite3.OperationalError, StoreError):
+                busy = 1  # "database is locked" (a writer holds the lock), or cannot open
             if not busy:
                 if key in _scrub_pending:
                     logger.info("flask-keen-signup: the WAL of %s is truncated now", self.path)
