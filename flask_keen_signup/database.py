@@ -407,6 +407,10 @@ class Database:
         if now < self._checkpoint_at:
             return False
         self._checkpoint_at = now + CHECKPOINT_INTERVAL
+        if not getattr(_gate._depth, "n", 0):
+            # Before copying WAL pages into the file: a checkpoint into a truncated file
+            # would grow it back (hiding the cut) and let the WAL be reset after it.
+            self._check_file(force=True)
         if now >= self._reap_at:
             self._reap_at = now + REAP_INTERVAL
             for database in list(_databases):

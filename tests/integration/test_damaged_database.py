@@ -154,3 +154,38 @@ def test_a_file_truncated_in_place_loses_nothing_or_says_how_much(
         assert not lost, f"everything was still in the WAL: {status}"
     else:  # nothing left to read: each kind counted, as of the sender's last round
         assert lost == {"queued event": 2, "dead letter": 1, "marker": 3}, status
+
+
+@pytest.mark.parametrize("run", range(3))
+def test_a_file_truncated_under_a_running_sender_loses_nothing_unsaid(
+    keen_signup_auth0: Auth0Emulator,
+    keen_signup_keen: KeenEmulator,
+    tmp_path: t.Any,
+    monkeypatch: pytest.MonkeyPatch,
+    run: int,
+) -> None:
+    """The issue's case (a queued event lost in 1 run of 2): the sender keeps running
+    (checkpointing every 0.2 s) while Keen is down and the file is truncated."""
+    monkeypatch.setattr(salvage, "INVENTORY_INTERVAL", 0.0)
+    keen = keen_signup_keen
+    app, _ = quickstart_app(keen_signup_auth0, keen, str(tmp_path / f"run{run}.sqlite3"))
+    state = signup_state(app)
+    try:
+        keen.set_down(True)
+        users = [f"auth0|running-{run}-{n}" for n in range(5)]
+        _queue(app, *users)
+        time.sleep(0.5)  # a few sender rounds: checkpoints, an inventory
+        os.truncate(state.database.path, 0)
+        time.sleep(FILE_CHECK_INTERVAL + 0.3)
+        keen.set_down(False)
+        _queue(app, f"auth0|running-{run}-after")
+        assert state.sender.flush(timeout=30) == 0
+        delivered = set(_userids(keen))
+        status = _cli(app, "status").output
+        assert "truncated under the app" in status, status
+        lost = _lost_counts(status)
+        missing = [u for u in users if u not in delivered]
+        assert len(missing) == lost.get("queued event", 0), (missing, status)
+        assert f"auth0|running-{run}-after" in delivered
+    finally:
+        state.sender.shutdown(timeout=5)
