@@ -300,6 +300,9 @@ class _UserDatabase:
         if conn is not None:
             conn.close()
 
+    def __del__(self) -> None:
+        self.close()  # never left to the garbage collector (Python 3.13 warns about it)
+
 
 class UserStore:
     """All users of the emulated tenant, guarded by one lock (the server is threaded).
