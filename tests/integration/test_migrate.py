@@ -6,6 +6,7 @@ Authlib flow, the command through Flask's CLI runner.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import gzip
@@ -75,7 +76,7 @@ def migrate(app: Flask, *args: str) -> t.Any:
 def ledger_rows(app: Flask) -> tuple[int, int]:
     """(markers, outbox rows) in the app's SQLite file, read with a separate connection."""
     path = app.config["KEEN_SIGNUP_DATABASE"]
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
         markers = conn.execute("SELECT COUNT(*) FROM keen_signup_markers").fetchone()[0]
         outbox = conn.execute("SELECT COUNT(*) FROM keen_signup_outbox").fetchone()[0]
     return markers, outbox
