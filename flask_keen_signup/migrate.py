@@ -42,7 +42,6 @@ import dataclasses
 import datetime as dt
 import hashlib
 import itertools
-import json
 import sqlite3
 import time
 import typing as t
@@ -491,13 +490,18 @@ class Migration:
 
 
 def _digest(chunk: Sequence[TenantUser | None]) -> bytes:
-    """A digest of everything a chunk's decisions and events are made of."""
+    """A digest of everything a chunk's decisions and events are made of.
+
+    ``repr`` of a tuple of strings, ``None`` and booleans is unambiguous, and escapes what
+    UTF-8 cannot encode.
+    """
     digest = hashlib.sha256()
     for user in chunk:
         if user is None:
-            digest.update(b"-\n")
+            digest.update(b"None\n")
             continue
         created = user.created_at.isoformat() if user.created_at is not None else None
-        fields = [user.user_id, created, user.rule_marked, dict(user.profile)]
-        digest.update(json.dumps(fields, sort_keys=True).encode() + b"\n")
+        profile = tuple(user.profile.get(name) for name in _PROFILE_CLAIMS)
+        fields = (user.user_id, created, user.rule_marked, profile)
+        digest.update(repr(fields).encode() + b"\n")
     return digest.digest()
