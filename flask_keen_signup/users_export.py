@@ -61,6 +61,8 @@ FORMATS = {"json": "json", "ndjson": "json", "jsonl": "json", "csv": "csv"}
 GZIP_READ_BYTES = 16 * 1024
 #: How far into the (decompressed) data the format sniffer looks.
 SNIFF_BYTES = 4096
+#: Splits text after each CR that is not followed by LF (keeping it).
+_LONE_CR = re.compile(r"(?<=\r)(?!\n)")
 _INDEX_RE = re.compile(r"^(?P<name>[^\[\]]+)\[(?P<index>\d+)\]$")
 
 
@@ -143,16 +145,26 @@ def unescape_csv_value(value: str) -> str:
 
 
 def _text_lines(stream: t.BinaryIO) -> Iterator[str]:
-    """The physical lines of ``stream`` (split on ``\\n`` only, endings kept, as
-    ``newline=""`` would), each decoded on its own so a bad byte names its own line."""
-    for number, raw in enumerate(stream, start=1):
-        failure: str | None = None
+    """The physical lines of ``stream``, endings kept (``\\r\\n``, ``\\n`` or a lone
+    ``\\r``, as ``newline=""`` gives them to the csv module), each decoded on its own so
+    that a bad byte names its own line."""
+    number = 0
+    for raw in stream:
+        bad_at: int | None = None
         try:
-            yield raw.decode("utf-8-sig" if number == 1 else "utf-8")
-        except UnicodeDecodeError:
-            failure = "is not valid UTF-8"
-        if failure is not None:
-            raise UsersFileError(f"line {number} of the users export {failure}", line=number)
+            text = raw.decode("utf-8-sig" if number == 0 else "utf-8")
+        except UnicodeDecodeError as exc:
+            bad_at = exc.start
+        if bad_at is not None:
+            before = raw[:bad_at]  # a lone CR ends a line too (an old spreadsheet's CSV)
+            number += before.count(b"\r") - before.count(b"\r\n") + 1
+            message = f"line {number} of the users export is not valid UTF-8"
+            raise UsersFileError(message, line=number)
+        parts = _LONE_CR.split(text) if "\r" in text else (text,)
+        for part in parts:
+            if part:
+                number += 1
+                yield part
 
 
 def _iter_csv(stream: t.BinaryIO) -> Iterator[Numbered]:

@@ -277,6 +277,21 @@ def test_a_bad_byte_in_a_csv_names_its_physical_line(tmp_path: Path, gz: bool) -
     assert str(info.value) == "line 201 of the users export is not valid UTF-8"
 
 
+@pytest.mark.parametrize("ending", ["\n", "\r\n", "\r"])
+def test_csv_line_endings_and_line_numbers(tmp_path: Path, ending: str) -> None:
+    """LF, CRLF, and the lone CR of an old spreadsheet's CSV: all read, lines counted."""
+    rows = ['user_id,name', '"\'a","x"', '"\'b","two' + ending + 'lines"', '"\'c","y"']
+    path = write(tmp_path / "users.csv", ending.join(rows) + ending, gz=False)
+    with iter_users_file(path) as source:
+        read = [(line, user["user_id"], user["name"]) for line, user in source.numbered()]
+    assert read == [(2, "a", "x"), (3, "b", "two" + ending + "lines"), (5, "c", "y")]
+    bad = (ending.join(rows) + ending + '"\'d","z"' + ending).encode()
+    bad = bad.replace(b'"z"', b'"\xff"')
+    with pytest.raises(UsersFileError) as info:
+        list(iter_users_file(write_bytes(tmp_path / "bad.csv", bad)))
+    assert info.value.line == 6
+
+
 def test_a_bad_byte_in_ndjson_names_its_line(tmp_path: Path) -> None:
     data = b'{"user_id": "a"}\n{"user_id": "b\xc3"}\n'
     with pytest.raises(UsersFileError, match="^line 2 .* not valid UTF-8") as info:
