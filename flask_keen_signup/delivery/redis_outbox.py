@@ -49,9 +49,15 @@ owner set, score moved to ``now + lease``. A leased row is therefore invisible t
 claimers until its lease expires, and a row whose owner vanished is claimed again after it
 (counted in ``resends``, since the first claim recorded no outcome).
 
-Durability is Redis's: see ``docs/redis.md`` for AOF settings. Redis Cluster is not
-supported out of the box: the scripts touch row keys they compute, so all keys must share
-a slot; a ``prefix`` with a hash tag (``"{keen_signup}"``) does that, but it is untested.
+Durability is Redis's: see ``docs/redis.md`` for AOF settings.
+
+Redis Cluster. Each script declares in ``KEYS`` every index and counter it touches (and
+the claim-and-enqueue script the user's marker). The row hashes are the one exception:
+which rows a script touches is known only inside it (``ZRANGEBYSCORE``), so it computes
+``P:row:<id>`` from the row prefix it gets as ``ARGV[1]``. That is safe in a cluster by
+construction: the prefix must carry a ``{…}`` hash tag (the constructor refuses a cluster
+client otherwise), so every row key hashes to the slot of the declared keys, and Redis
+runs the script on the node that owns it.
 """
 
 from __future__ import annotations
@@ -62,6 +68,8 @@ import typing as t
 from ..stores.redis import CLAIM_DECISION_LUA
 from ..stores.redis import DEFAULT_PREFIX
 from ..stores.redis import RedisStore
+from ..stores.redis import check_prefix
+from ..stores.redis import is_cluster
 from ..stores.redis import store_errors
 from ..stores.redis import text
 from . import DELIVERED
@@ -74,13 +82,14 @@ from . import OutboxStats
 from . import QueuedEvent
 
 if t.TYPE_CHECKING:  # at run time the import of ..stores.redis checked the dependency
-    import redis
+    from ..stores.redis import Client
 
 #: Rows handled per script call by the bulk maintenance operations (prune, retry all):
 #: a script blocks the whole server while it runs, so long jobs go in slices.
 CHUNK = 1000
 
-# Helpers shared by the scripts. ARGV[1] is always the row key prefix ("P:row:").
+# Helpers shared by the scripts. ARGV[1] is always the row key prefix ("P:row:"): row keys
+# are computed from it, in the declared keys' slot by construction (module docstring).
 _PRELUDE = """
 local ROW = ARGV[1]
 local function member(id)
@@ -538,10 +547,12 @@ def _opt_text(value: t.Any) -> str | None:
 class RedisOutbox(Outbox):
     """The outbox in Redis, shared by every host's sender (see the module docstring).
 
-    :param client: a :class:`redis.Redis` (see :func:`flask_keen_signup.stores.redis.connect`);
-        decoded responses or not. Use the same server as the :class:`RedisStore` so that
-        :meth:`claim_and_enqueue` can claim and enqueue in one step.
-    :param prefix: first part of every key (the store's default is the same).
+    :param client: a :class:`redis.Redis` or :class:`redis.cluster.RedisCluster` (see
+        :func:`flask_keen_signup.stores.redis.connect`); decoded responses or not. Use the
+        same server as the :class:`RedisStore` so that :meth:`claim_and_enqueue` can claim
+        and enqueue in one step.
+    :param prefix: first part of every key (the store's default is the same); with a
+        cluster client it needs a ``{…}`` hash tag, else :class:`ValueError`.
     :param keep_delivered: keep delivered and skipped rows (with their body) until
         :meth:`prune_delivered`; ``False`` deletes each as soon as it is done (the
         counters are kept either way).
@@ -550,12 +561,13 @@ class RedisOutbox(Outbox):
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Client,
         *,
         prefix: str = DEFAULT_PREFIX,
         keep_delivered: bool = True,
         close_client: bool = False,
     ) -> None:
+        check_prefix(client, prefix)
         self.client = client
         self.prefix = prefix
         self.keep_delivered = keep_delivered
@@ -637,6 +649,8 @@ class RedisOutbox(Outbox):
         """
         now = time.time() if now is None else now
         with store_errors("claim and enqueue"):
+            if is_cluster(self.client):  # a cluster pipeline does not load scripts itself
+                self.client.script_load(_CLAIM_AND_ENQUEUE_LUA)
             pipe = self.client.pipeline(transaction=False)
             indexes = [self._seq, self._open, self._idle, self._created]
             for event in events:

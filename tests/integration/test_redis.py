@@ -59,9 +59,12 @@ from _redis import _free_port  # noqa: E402
 from _redis import _unavailable  # noqa: E402,F401
 
 
-@pytest.fixture
-def redis_url(redis_server: RedisServer) -> str:
-    return redis_server.url
+@pytest.fixture(params=["server", "cluster"])
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """Every test that takes it runs twice: on one server and on a 3-master Redis Cluster."""
+    if request.param == "cluster":
+        return str(request.getfixturevalue("redis_cluster").url)
+    return str(request.getfixturevalue("redis_server").url)
 
 
 @pytest.fixture
@@ -72,9 +75,22 @@ def client(redis_url: str) -> t.Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def prefix() -> str:
-    """A fresh key prefix per test: tests share one server but never each other's keys."""
-    return f"test:{uuid.uuid4().hex[:12]}"
+def prefix(request: pytest.FixtureRequest) -> str:
+    """A fresh key prefix per test: tests share one server but never each other's keys.
+    On a cluster it is a hash tag, as a cluster deployment's must be."""
+    name = f"test:{uuid.uuid4().hex[:12]}"
+    cluster = "redis_url" in request.fixturenames and request.getfixturevalue(
+        "redis_url"
+    ).startswith("redis+cluster://")
+    return f"{{{name}}}" if cluster else name
+
+
+def decoded_client(redis_url: str) -> t.Any:
+    """A client that decodes responses (``str``, not ``bytes``), for either deployment."""
+    if redis_url.startswith("redis+cluster://"):
+        first = redis_url.split("://", 1)[1].split(",", 1)[0]
+        return redis.cluster.RedisCluster.from_url(f"redis://{first}/0", decode_responses=True)
+    return redis.Redis.from_url(redis_url, decode_responses=True)
 
 
 # --------------------------------------------------------------------------- contracts
@@ -134,8 +150,8 @@ def test_store_keys_hide_the_user_id(client: redis.Redis, store: RedisStore) -> 
     keys = sorted(k.decode() for k in client.scan_iter(match=f"{store.prefix}:*"))
     assert keys == sorted([store.key("auth0|secret-person"), store.key("google-oauth2|{tag}")])
     for key in keys:
-        assert "secret" not in key and "{" not in key
         assert key.startswith(f"{store.prefix}:marker:signups:")
+        assert "secret" not in key and "{" not in key[len(store.prefix) :]
         assert len(key.rsplit(":", 1)[1]) == 32
     assert store.counts() == {"pending": 1, "confirmed": 1}
 
@@ -178,7 +194,7 @@ def test_store_unknown_values_count_as_confirmed(client: redis.Redis, store: Red
 
 
 def test_store_works_with_decoded_responses(redis_url: str, prefix: str) -> None:
-    decoded = redis.Redis.from_url(redis_url, decode_responses=True)
+    decoded = decoded_client(redis_url)
     try:
         store = RedisStore(decoded, "signups", prefix=prefix)
         assert store.claim("auth0|a")
@@ -472,7 +488,7 @@ def test_outbox_survives_a_new_client_and_decoded_responses(
     redis_url: str, prefix: str, client: redis.Redis
 ) -> None:
     RedisOutbox(client, prefix=prefix).enqueue(signup(1), now=100.0)
-    decoded = redis.Redis.from_url(redis_url, decode_responses=True)
+    decoded = decoded_client(redis_url)
     try:
         box = RedisOutbox(decoded, prefix=prefix)
         (row,) = box.claim_due(10, now=100.0, lease_seconds=LEASE, owner="a")
