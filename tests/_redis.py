@@ -157,21 +157,28 @@ class RedisClusterNodes:
             os.makedirs(directory, exist_ok=True)
             node = RedisServer(
                 directory,
-                "--appendonly", "no",
-                "--cluster-enabled", "yes",
-                "--cluster-config-file", "nodes.conf",
-                "--cluster-node-timeout", "5000",
-                "--cluster-port", str(_free_port()),
-            )  # fmt: skip
+                "--appendonly",
+                "no",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "5000",
+                "--cluster-port",
+                str(_free_port()),
+            )
             self.nodes.append(node.start())
         create = subprocess.run(
             [
                 _redis_cli_binary(),
-                "--cluster", "create",
+                "--cluster",
+                "create",
                 *(f"127.0.0.1:{n.port}" for n in self.nodes),
-                "--cluster-replicas", "0",
+                "--cluster-replicas",
+                "0",
                 "--cluster-yes",
-            ],  # fmt: skip
+            ],
             capture_output=True,
             text=True,
             timeout=60,
@@ -200,6 +207,20 @@ class RedisClusterNodes:
                 client.close()
         self.kill()
         raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
+
+    def node_for(self, key: str) -> RedisServer:
+        """The master that serves ``key``'s hash slot."""
+        client = redis.Redis(host="127.0.0.1", port=self.nodes[0].port, socket_timeout=5)
+        try:
+            slot = int(client.execute_command("CLUSTER", "KEYSLOT", key))
+            for start, end, (_host, port, *_rest), *_replicas in client.execute_command(
+                "CLUSTER", "SLOTS"
+            ):
+                if start <= slot <= end:
+                    return next(n for n in self.nodes if n.port == int(port))
+        finally:
+            client.close()
+        raise LookupError(f"no node serves slot {slot}")
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         for node in self.nodes:

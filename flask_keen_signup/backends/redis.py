@@ -29,13 +29,10 @@ def build(wiring: Wiring) -> Parts:
     settings = wiring.settings
     url = t.cast(str, settings.redis_url)
     prefix = settings.redis_prefix
-    budget = settings.store_timeout
     try:
         client = connect(url)
         # The budget wins over timeouts in the URL's query string (those are the sender's).
-        request_client = connect(
-            url, socket_connect_timeout=budget, socket_timeout=budget, timeouts_win=True
-        )
+        request_client = connect(url, budget=settings.store_timeout)
     except ValueError as exc:
         raise ConfigurationError(f"KEEN_SIGNUP_REDIS_URL is not usable: {exc}") from None
     try:

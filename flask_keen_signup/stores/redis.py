@@ -45,11 +45,13 @@ from . import MarkerStore
 
 try:
     import redis
+    from redis.backoff import NoBackoff
     from redis.cluster import ClusterNode
     from redis.cluster import RedisCluster
     from redis.commands.core import Script
     from redis.connection import parse_url
     from redis.exceptions import RedisClusterException
+    from redis.retry import Retry
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise MissingDependencyError(
         "KEEN_SIGNUP_STORE = 'redis' needs the redis package: pip install flask-keen-signup[redis]"
@@ -122,21 +124,25 @@ def connect(
     *,
     socket_connect_timeout: float = CONNECT_TIMEOUT,
     socket_timeout: float = SOCKET_TIMEOUT,
-    timeouts_win: bool = False,
+    budget: float | None = None,
 ) -> Client:
     """A client for ``KEEN_SIGNUP_REDIS_URL``.
 
     ``redis://``, ``rediss://`` (TLS) or ``unix://`` give a :class:`redis.Redis`;
-    ``redis+cluster://host:port[,host:port...]`` and ``rediss+cluster://`` give a
-    :class:`redis.cluster.RedisCluster` (the scheme Flask-Limiter's storage URLs use),
-    discovered from whichever listed node answers first.
+    ``redis+cluster://host:port[,host:port...]/0`` and ``rediss+cluster://`` give a
+    :class:`redis.cluster.RedisCluster` (the scheme of Flask-Limiter's storage URLs),
+    which discovers the cluster from whichever listed node answers first.
 
     No connection is made here, so ``init_app`` does not fail when Redis is briefly down:
     the first claim raises :class:`StoreError` instead, which the extension logs without
-    breaking the login. (redis-py's cluster client asks a node for the slot map as it is
-    built, so that client is built at its first use.) Timeouts are short for the same
-    reason; options in the URL's query string (``?socket_timeout=5``) take precedence,
-    unless ``timeouts_win`` (the login path's budget).
+    breaking the login. (redis-py's cluster client reads the slot map as it is built, so
+    that client is built at its first use.) Timeouts are short for the same reason;
+    options in the URL's query string (``?socket_timeout=5``) take precedence.
+
+    ``budget`` (the login path's ``KEEN_SIGNUP_STORE_TIMEOUT``) is both timeouts and wins
+    over the URL's; a cluster client then also makes one attempt per call, where it would
+    otherwise retry a slow or lost node and re-read the slot map for seconds (redirects
+    after a resharding or failover, ``MOVED``/``ASK``, are still followed).
 
     The extension calls it as ``from .stores.redis import connect``: when the ``redis``
     package is missing, that import itself raises :class:`MissingDependencyError` with
@@ -145,20 +151,22 @@ def connect(
     :raises ValueError: a malformed URL (``init_app`` should report it as a
         :class:`~flask_keen_signup.exceptions.ConfigurationError`).
     """
+    if budget is not None:
+        socket_connect_timeout = socket_timeout = budget
     timeouts = {
         "socket_connect_timeout": socket_connect_timeout,
         "socket_timeout": socket_timeout,
     }
     parts = urlsplit(url)
     if parts.scheme.lower() in _CLUSTER_SCHEMES:
-        return _cluster(parts, timeouts, timeouts_win=timeouts_win)
+        return _cluster(parts, timeouts, budget=budget is not None)
     client: redis.Redis = redis.Redis.from_url(url, health_check_interval=30, **timeouts)
-    if timeouts_win:
+    if budget is not None:
         client.connection_pool.connection_kwargs.update(timeouts)
     return client
 
 
-def _cluster(parts: t.Any, timeouts: dict[str, float], *, timeouts_win: bool) -> RedisCluster:
+def _cluster(parts: t.Any, timeouts: dict[str, float], *, budget: bool) -> RedisCluster:
     """A lazily built :class:`RedisCluster` for a ``redis+cluster://`` URL (see :func:`connect`)."""
     userinfo, _, hosts = parts.netloc.rpartition("@")
     nodes = [node.strip() for node in hosts.split(",") if node.strip()]
@@ -167,7 +175,7 @@ def _cluster(parts: t.Any, timeouts: dict[str, float], *, timeouts_win: bool) ->
     if parts.path.strip("/") not in ("", "0"):
         raise ValueError("a Redis Cluster has only database 0")
     query = parse_qsl(parts.query, keep_blank_values=True)
-    if timeouts_win:
+    if budget:
         query = [(name, value) for name, value in query if name not in _TIMEOUT_OPTIONS]
     scheme = _CLUSTER_SCHEMES[parts.scheme.lower()]
     login = f"{userinfo}@" if userinfo else ""
@@ -177,11 +185,13 @@ def _cluster(parts: t.Any, timeouts: dict[str, float], *, timeouts_win: bool) ->
         startup.append(_node(host.strip("[]") or node, int(port or 6379)))
     first = f"{scheme}://{login}{nodes[0]}/0" + (f"?{urlencode(query)}" if query else "")
     _parse_url(first)  # a malformed URL fails here, at init_app
+    retry = Retry(NoBackoff(), 0) if budget else None
 
     def build() -> RedisCluster:
         return RedisCluster(
             url=first,
             startup_nodes=startup,
+            retry=retry,
             health_check_interval=30,
             socket_connect_timeout=timeouts["socket_connect_timeout"],
             socket_timeout=timeouts["socket_timeout"],

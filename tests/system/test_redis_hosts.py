@@ -143,14 +143,21 @@ def test_redis_down_at_login_does_not_break_it(
         signup_state(app).sender.shutdown(timeout=2)
 
 
+@pytest.mark.parametrize("deployment", ["server", "cluster"])
 def test_migrate_with_redis_reports_the_gap_once(
-    redis_server: t.Any,  # noqa: F811 - the imported fixture
+    deployment: str,
+    request: pytest.FixtureRequest,
     keen_signup_auth0: Auth0Emulator,
     keen_signup_keen: KeenEmulator,
     tmp_path: t.Any,
 ) -> None:
-    url = redis_server.url.rstrip("/") + "/2"
-    redis.Redis.from_url(url).flushdb()
+    if deployment == "cluster":
+        url = request.getfixturevalue("redis_cluster").url
+        settings = {"KEEN_SIGNUP_REDIS_PREFIX": f"{{migrate-{uuid.uuid4().hex[:8]}}}"}
+    else:
+        url = request.getfixturevalue("redis_server").url.rstrip("/") + "/2"
+        redis.Redis.from_url(url).flushdb()
+        settings = {}
     keen_signup_auth0.add_user(email="old@x.io", name="Old", created_at="2020-01-01T00:00:00Z")
     keen_signup_auth0.add_user(email="new@x.io", name="New", created_at="2026-11-25T00:00:00Z")
     app, _ = quickstart_app(
@@ -162,6 +169,7 @@ def test_migrate_with_redis_reports_the_gap_once(
         KEEN_SIGNUP_AUTH0_DOMAIN=keen_signup_auth0.url,
         KEEN_SIGNUP_AUTH0_CLIENT_ID=keen_signup_auth0.m2m_client_id,
         KEEN_SIGNUP_AUTH0_CLIENT_SECRET=keen_signup_auth0.m2m_client_secret,
+        **settings,
     )
     runner = app.test_cli_runner()
     args = ["keen-signup", "migrate", "--reported-until", "2026-11-18T00:00:00Z"]
