@@ -531,6 +531,17 @@ return {skipped, cleared, deleted}
 """
 )
 
+# Status: one consistent snapshot (a script, not MULTI: redis-py's cluster pipelines differ
+# from version to version). KEYS: open, leased, meta, dead, created.  ARGV: now.
+_STATS_LUA = """
+local open, leased, meta, dead, created = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local oldest = redis.call('ZRANGE', created, 0, 0, 'WITHSCORES')
+return {redis.call('ZCARD', open), redis.call('ZCOUNT', open, '-inf', ARGV[1]),
+        redis.call('ZCOUNT', leased, '(' .. ARGV[1], '+inf'),
+        redis.call('HMGET', meta, 'delivered', 'skipped', 'resends', 'last_error'),
+        redis.call('ZCARD', dead), oldest[2] or false}
+"""
+
 #: Clock skew between hosts tolerated by the retention pass, in seconds.
 RETENTION_SKEW = 3600.0
 
@@ -598,6 +609,7 @@ class RedisOutbox(Outbox):
         self._prune = register(_PRUNE_LUA)
         self._drop_bodies = register(_DROP_BODIES_LUA)
         self._forget = register(_FORGET_LUA)
+        self._stats = register(_STATS_LUA)
 
     def __repr__(self) -> str:
         return f"<RedisOutbox prefix={self.prefix!r}>"
@@ -645,12 +657,13 @@ class RedisOutbox(Outbox):
         """:meth:`claim_and_enqueue` for many users in one round trip (a pipeline).
 
         Each user's claim-and-enqueue is still its own atomic script; the pipeline only
-        saves the round trips (the sender deciding a spool of thousands of signups).
+        saves the round trips (the sender deciding a spool of thousands of signups). On a
+        Redis Cluster it is one script call after another.
         """
         now = time.time() if now is None else now
+        if is_cluster(self.client):  # redis-py 5 refuses scripts in a cluster pipeline
+            return [self.claim_and_enqueue(store, e.user_id, e, now=now) for e in events]
         with store_errors("claim and enqueue"):
-            if is_cluster(self.client):  # a cluster pipeline does not load scripts itself
-                self.client.script_load(_CLAIM_AND_ENQUEUE_LUA)
             pipe = self.client.pipeline(transaction=False)
             indexes = [self._seq, self._open, self._idle, self._created]
             for event in events:
@@ -819,14 +832,10 @@ class RedisOutbox(Outbox):
     def stats(self, now: float | None = None) -> OutboxStats:
         now = time.time() if now is None else now
         with store_errors("read outbox stats"):
-            pipe = self.client.pipeline(transaction=True)  # one consistent snapshot
-            pipe.zcard(self._open)
-            pipe.zcount(self._open, "-inf", _num(now))
-            pipe.zcount(self._leased, f"({_num(now)}", "+inf")
-            pipe.hmget(self._meta, [DELIVERED, SKIPPED, "resends", "last_error"])
-            pipe.zcard(self._dead)
-            pipe.zrange(self._created, 0, 0, withscores=True)
-            pending, due, in_flight, meta, dead, oldest = pipe.execute()
+            pending, due, in_flight, meta, dead, oldest = self._stats(
+                keys=[self._open, self._leased, self._meta, self._dead, self._created],
+                args=[_num(now)],
+            )
         delivered, skipped, resends, last_error = meta
         return OutboxStats(
             pending=int(pending),
@@ -835,7 +844,7 @@ class RedisOutbox(Outbox):
             delivered=int(delivered or 0),
             skipped=int(skipped or 0),
             dead=int(dead),
-            oldest_pending_age=max(0.0, now - float(oldest[0][1])) if oldest else None,
+            oldest_pending_age=None if oldest is None else max(0.0, now - float(oldest)),
             last_error=_opt_text(last_error),
             resends=int(resends or 0),
         )
