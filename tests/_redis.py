@@ -152,6 +152,15 @@ class RedisClusterNodes:
         return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes) + "/0"
 
     def start(self) -> RedisClusterNodes:
+        cli = _redis_cli_binary()
+        try:
+            self._start(cli)
+        except BaseException:  # no node left running, whatever failed (or skipped)
+            self.kill()
+            raise
+        return self
+
+    def _start(self, cli: str) -> None:
         for index in range(3):
             directory = os.path.join(self.directory, f"node{index}")
             os.makedirs(directory, exist_ok=True)
@@ -171,7 +180,7 @@ class RedisClusterNodes:
             self.nodes.append(node.start())
         create = subprocess.run(
             [
-                _redis_cli_binary(),
+                cli,
                 "--cluster",
                 "create",
                 *(f"127.0.0.1:{n.port}" for n in self.nodes),
@@ -184,10 +193,8 @@ class RedisClusterNodes:
             timeout=60,
         )
         if create.returncode != 0:
-            self.kill()
             raise RuntimeError(f"redis-cli --cluster create failed: {create.stdout}{create.stderr}")
         self._wait_until_ok()
-        return self
 
     def _wait_until_ok(self) -> None:
         """Every node says ``cluster_state:ok`` and knows all three masters."""
@@ -205,7 +212,6 @@ class RedisClusterNodes:
         finally:
             for client in clients:
                 client.close()
-        self.kill()
         raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
 
     def node_for(self, key: str) -> RedisServer:
