@@ -624,6 +624,7 @@ def _build_sender(
         collection_batch_size=settings.batch_size,
         flush_interval=settings.flush_interval,
         max_attempts=settings.max_attempts,
+        retry_for=settings.retry_for,
         shutdown_timeout=settings.shutdown_timeout,
         hooks=MarkerHooks(
             settings, ledger=parts.confirm_in, remote=parts.remote, management=management

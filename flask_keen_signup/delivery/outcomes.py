@@ -2,8 +2,9 @@
 
 Given rows and what happened to them, this module records it: delivered rows are done
 (after the store's ``after_delivered`` hook), retryable ones back off with full jitter
-and never sooner than ``Retry-After``, rows out of attempts and permanent failures
-become dead letters with Keen's error name, whole-request failures feed the circuit
+and never sooner than ``Retry-After``, rows failing for longer than ``retry_for`` (from
+their first failure; never by a count of attempts) and permanent failures become dead
+letters with Keen's error name, whole-request failures feed the circuit
 breaker, and each outcome is notified (signals, metrics) on the sender thread.
 
 It knows nothing of threads or batching: the worker (:mod:`.worker`) decides *when* a
@@ -86,7 +87,10 @@ class Outcomes:
     Used from the sender thread only (or a flush it runs), like the circuit.
 
     :param outbox: where the rows are.
-    :param max_attempts: attempts before a retryable failure becomes a dead letter.
+    :param max_attempts: attempts of the ``after_delivered`` hook for rows Keen already has
+        (confirming); it dead-letters nothing.
+    :param retry_for: seconds a retryable failure is retried, from the row's first failure,
+        before the row becomes a dead letter.
     :param backoff: the per-row retry delays.
     :param circuit: the breaker fed by whole-request failures.
     :param hooks: the marker store's :class:`~flask_keen_signup.delivery.DeliveryHooks`.
@@ -99,6 +103,7 @@ class Outcomes:
         outbox: Outbox,
         *,
         max_attempts: int,
+        retry_for: float = 3 * 24 * 3600.0,
         backoff: Backoff,
         circuit: CircuitBreaker,
         hooks: DeliveryHooks | None = None,
@@ -107,6 +112,7 @@ class Outcomes:
     ) -> None:
         self.outbox = outbox
         self.max_attempts = max_attempts
+        self.retry_for = retry_for
         self.backoff = backoff
         self.circuit = circuit
         self.hooks = hooks
@@ -192,17 +198,23 @@ class Outcomes:
         *,
         retry_after: float | None = None,
     ) -> None:
-        """Schedule each row's next attempt; a row out of attempts becomes a dead letter."""
+        """Schedule each row's next attempt; a row failing for ``retry_for`` dies.
+
+        Time, not attempts: the budget is counted from the row's ``first_failed_at`` (set
+        by the outbox at its first retry), so nothing that asks for attempts faster (a
+        flush loop, many processes) can turn a transient failure into a dead letter.
+        """
         now = time.time()
         again: list[tuple[int, float, str]] = []
         dead: list[tuple[OutboxRow, str, str | None]] = []
         for row, error, _ in items:
-            if row.attempts >= self.max_attempts:
-                dead.append((row, f"gave up after {row.attempts} attempts: {error}", None))
+            first = row.first_failed_at
+            if first is not None and now - first >= self.retry_for:
+                dead.append((row, _gave_up(now - first, row.attempts, error), None))
             else:
                 delay = self.backoff.delay(row.attempts, retry_after)
                 again.append((row.id, now + delay, error))
-        self.outbox.mark_retry_many(again)
+        self.outbox.mark_retry_many(again, now=now)
         if dead:
             self.dead(dead)
         if self.notify is not None:
@@ -321,6 +333,11 @@ class Outcomes:
             self.notify(kind, payload)
         except Exception:  # noqa: BLE001 - a broken subscriber must not break delivery
             logger.exception("flask-keen-signup: notify(%r) raised; ignored", kind)
+
+
+def _gave_up(failing_for: float, attempts: int, error: str) -> str:
+    hours = failing_for / 3600
+    return f"gave up after failing for {hours:.1f} h ({attempts} attempts): {error}"
 
 
 class StoreEpisode:
