@@ -375,18 +375,32 @@ def test_max_batch_bytes_caps_every_request(make: Factory) -> None:
     assert all(len(r.body) <= 2000 for r in log)
 
 
-def test_max_attempts_then_dead(make: Factory) -> None:
+def test_retry_for_then_dead_never_by_attempts_alone(make: Factory) -> None:
+    """KEEN_SIGNUP_MAX_ATTEMPTS no longer dead-letters a retryable failure (issue 16): the
+    rows outlive many more attempts than it allows, and die once RETRY_FOR has elapsed."""
     make.emulator.set_down(True)
     make.enqueue(3)
-    make(max_attempts=3, circuit_threshold=1000).start()
+    sender = make(max_attempts=3, circuit_threshold=1000, retry_for=3600.0)
+    sender.start()
+    assert wait_until(lambda: _attempts(make) >= 5)
+    sender.stop(5)
+    assert make.outbox.stats().dead == 0
+    assert make.outbox.pending_count() == 3
+    short = make(max_attempts=3, circuit_threshold=1000, retry_for=0.3)
+    short.start()
     assert wait_until(lambda: make.outbox.stats().dead == 3)
     dead = make.outbox.dead_letters()
-    assert all(d.reason.startswith("gave up after 3 attempts: ") for d in dead)
-    assert all(d.attempts == 3 for d in dead)
+    assert all(d.reason.startswith("gave up after failing for 0.0 h (") for d in dead)
+    assert all(d.attempts > 3 for d in dead)
     make.emulator.set_down(False)
     assert make.outbox.retry_dead() == 3
-    make.senders[0].wake()
+    short.wake()
     assert wait_until(lambda: len(user_ids(make.emulator)) == 3)
+
+
+def _attempts(make: Factory) -> int:
+    with make.outbox.database.reading() as conn:
+        return int(conn.execute("SELECT MIN(attempts) FROM keen_signup_outbox").fetchone()[0])
 
 
 # --------------------------------------------------------------------------- flush
