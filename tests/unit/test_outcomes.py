@@ -13,8 +13,8 @@ import time
 import typing as t
 
 import pytest
-
 from _clock import FakeClock
+
 from flask_keen_signup.delivery import DeliveryHooks
 from flask_keen_signup.delivery import OutboxRow
 from flask_keen_signup.delivery import QueuedEvent
