@@ -257,7 +257,10 @@ class KeenSignup:
         ``timeout`` seconds. Returns how many signups are still queued (0: all sent).
 
         For tests, scripts and a graceful deploy; the background sender does the same by
-        itself. ``flask keen-signup flush`` is the command-line form.
+        itself. ``flask keen-signup flush`` is the command-line form. Paced like the
+        sender: nothing is sent while its circuit is open (Keen kept failing), so asking
+        often never spends retries faster. ``timeout`` ``inf`` (or beyond what a thread can
+        wait): no deadline; NaN or negative: 0.
         """
         sender = signup_state(app).sender
         if sender is None:

@@ -231,7 +231,9 @@ class Outcomes:
 
     def dead(self, items: t.Sequence[tuple[OutboxRow, str, str | None]]) -> None:
         """Move rows to dead letters: ``(row, reason, Keen's error name or None)``."""
-        self.outbox.mark_dead_many([(row.id, reason, code) for row, reason, code in items])
+        self.outbox.mark_dead_many(
+            [(row.id, reason, code) for row, reason, code in items], now=time.time()
+        )
         codes = sorted({code or "gave up" for _, _, code in items})
         logger.warning(
             "flask-keen-signup: %d event(s) moved to dead letters (%s); "

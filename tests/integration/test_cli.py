@@ -11,6 +11,7 @@ import pytest
 from _flow import quickstart_app
 from flask import Flask
 
+from flask_keen_signup import KeenSignup
 from flask_keen_signup import signup_state
 from flask_keen_signup.testing import Auth0Emulator
 from flask_keen_signup.testing import KeenEmulator
@@ -143,3 +144,20 @@ def test_every_out_of_range_number_is_a_usage_error(app: Flask, args: list[str])
     assert result.exit_code == 2, result.output
     assert "Invalid value" in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+@pytest.mark.parametrize("timeout", [float("inf"), 1e300, float("nan"), -1.0])
+def test_signup_flush_takes_any_float_timeout(
+    app: Flask, keen_signup_keen: KeenEmulator, timeout: float
+) -> None:
+    """Issue 16: ``signup.flush(float("inf"))`` raised OverflowError. ``inf`` and huge
+    values mean no deadline (the flush still ends once nothing more may be sent now);
+    NaN and negative values mean 0 (nothing is waited for)."""
+    signup = KeenSignup()  # the app's own extension, reached through app=
+    queue(app, "auth0|a")
+    left = signup.flush(timeout, app=app)
+    if timeout > 0:
+        assert left == 0
+        assert [e["userId"] for e in keen_signup_keen.events("signups")] == ["auth0|a"]
+    else:
+        assert left in (0, 1)
