@@ -41,7 +41,13 @@ def _format_age(seconds: float | None) -> str:
 
 
 @cli.command("status")
-def status_command() -> None:
+@click.option(
+    "--acknowledge",
+    is_flag=True,
+    help="After printing, reset the count of signups not recorded (you have seen it, and "
+    "the log's ERROR lines name the users).",
+)
+def status_command(acknowledge: bool) -> None:
     """Print pending, due, in-flight, delivered and dead counts, and the circuit state."""
     from .state import health_of
 
@@ -60,6 +66,16 @@ def status_command() -> None:
         f"spooled:           {status.get('spooled', 0)} "
         f"(oldest {_format_age(status.get('oldest_spooled_age'))})"
     )
+    lost = status.get("not_recorded") or 0
+    since = status.get("not_recorded_since")
+    click.echo(
+        f"not recorded:      {lost}"
+        + (
+            f" (since {_format_age(time.time() - since)} ago; see the log)"
+            if lost and since
+            else ""
+        )
+    )
     replaced = status.get("database_replaced")
     if replaced:
         click.echo(f"database file:     {replaced['how']} under the app; {replaced['salvaged']}")
@@ -69,6 +85,9 @@ def status_command() -> None:
     judged = with_verdict(status, state.health_thresholds)
     reasons = "; ".join(judged["reasons"])
     click.echo(f"verdict:           {judged['verdict']}" + (f" ({reasons})" if reasons else ""))
+    if acknowledge and state.unrecorded is not None:
+        seen = state.unrecorded.acknowledge()
+        click.echo(f"acknowledged:      {seen.count} signup(s) not recorded; counting from 0")
     store_error = status.get("store_error")
     if store_error:
         # Exit non-zero: a monitoring check running `status` must see the trouble.

@@ -389,10 +389,17 @@ class KeenSignup:
             printable(str(exc), limit=500),
             exc_info=True,
         )
-        if user_id is not None and has_app_context():
-            _notifier(current_app._get_current_object())(  # type: ignore[attr-defined]
-                "failed", {"user_id": user_id, "event": None, "error": exc, "attempts": 0}
-            )
+        if has_app_context():
+            app = current_app._get_current_object()  # type: ignore[attr-defined]
+            unrecorded = signup_state(app).unrecorded
+            if unrecorded is not None:  # counted until someone looks (issue 16)
+                unrecorded.add()
+            notify = _notifier(app)
+            notify("not_recorded", {"user_id": user_id})
+            if user_id is not None:
+                notify(
+                    "failed", {"user_id": user_id, "event": None, "error": exc, "attempts": 0}
+                )
 
 
 def _propagate() -> bool:
@@ -538,6 +545,7 @@ def _build_state(app: Flask, settings: Settings) -> SignupState:
     from .salvage import salvage
     from .spool import Spool
     from .spool_drain import SpoolDrainer
+    from .unrecorded import Unrecorded
 
     database = Database(
         settings.database, synchronous=settings.sqlite_synchronous, on_replaced=salvage
@@ -596,6 +604,7 @@ def _build_state(app: Flask, settings: Settings) -> SignupState:
         store=parts.store,
         parts=parts,
         spool=spool,
+        unrecorded=Unrecorded(settings.database + ".unrecorded"),
     )
 
 

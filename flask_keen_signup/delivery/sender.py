@@ -123,6 +123,9 @@ class SenderStatus:
     :param last_error: the last delivery error this process saw, else the outbox's.
     :param circuit_since: wall-clock time the circuit first opened in the current run of
         failures (it stays set while open and half-open), or ``None`` when closed.
+    :param round_errors: consecutive rounds (and flushes) of this process's sender that
+        ended in an unexpected error; 0 once one completes. Never silent: ``last_error``
+        names it and the health verdict is not ``ok`` while it is above 0.
     """
 
     running: bool
@@ -131,6 +134,7 @@ class SenderStatus:
     circuit_until: float | None
     last_error: str | None
     circuit_since: float | None = None
+    round_errors: int = 0
 
     @property
     def resends(self) -> int:
@@ -249,6 +253,8 @@ class Sender:
         )
         self.worker = Worker(name, self, flush_interval=flush_interval, linger=self.tuning.linger)
         self._store = StoreEpisode(name)
+        #: Consecutive rounds that ended in an unexpected error (see SenderStatus).
+        self.round_errors = 0
         self._shut_down = False
         self._shutdown_lock = threading.Lock()
         self._new_process_state()
@@ -475,6 +481,7 @@ class Sender:
             circuit_until=until,
             last_error=self.outcomes.last_error or stats.last_error,
             circuit_since=circuit.opened_at,
+            round_errors=self.round_errors,
         )
 
     def after_fork_in_child(self) -> None:
@@ -514,7 +521,30 @@ class Sender:
         except StoreError as exc:  # the outbox itself is in trouble: one line per episode
             self._store.failing(exc, self.flush_interval)
             wait = self.flush_interval
+        except Exception as exc:  # noqa: BLE001 - the thread must go on, and say so
+            self._round_failed(exc, "round")
+            wait = self.flush_interval
+        else:
+            self.round_errors = 0
         return wait
+
+    def _round_failed(self, exc: Exception, what: str) -> None:
+        """A round or a flush ended in an unexpected error: counted, named in
+        ``last_error`` (type only: its text may quote a key), logged once per episode."""
+        self.round_errors += 1
+        self.outcomes.last_error = f"a delivery {what} failed: {type(exc).__name__}"
+        if self.round_errors == 1:
+            logger.error(
+                "%s: a delivery %s failed (%s); retrying every %gs, see `flask keen-signup "
+                "status`",
+                self.name,
+                what,
+                type(exc).__name__,
+                self.flush_interval,
+                exc_info=True,
+            )
+        else:
+            logger.debug("%s: delivery %s failed again", self.name, what, exc_info=True)
 
     def finish(self) -> None:
         """The worker is stopping: give back the rows prefetched for the next round."""
@@ -547,8 +577,10 @@ class Sender:
                 except RequestFailed:
                     break
                 answered = True
-        except Exception:  # noqa: BLE001
-            logger.exception("%s: error during flush", self.name)
+        except StoreError as exc:
+            self._store.failing(exc, self.flush_interval)
+        except Exception as exc:  # noqa: BLE001
+            self._round_failed(exc, "flush")
         finally:
             request.done.set()
 
