@@ -63,11 +63,14 @@ class Verdicts:
 def read_results(rows: t.Sequence[OutboxRow], results: t.Sequence[EventResult]) -> Verdicts:
     """Pair each row with its per-event result, in order.
 
-    A row without a result (a short answer) is retried: never guess that it arrived.
+    Results pair with rows by position only, so an answer with a different count (a short
+    one, or a long one) pairs nothing: every row is retried, none is guessed delivered.
     """
     delivered: list[OutboxRow] = []
     retry: list[tuple[OutboxRow, str]] = []
     dead: list[tuple[OutboxRow, str, str | None]] = []
+    if len(results) != len(rows):
+        return Verdicts([], [(row, NO_RESULT) for row in rows], [])
     for row, item in zip(rows, results, strict=False):
         if item.outcome is Outcome.DELIVERED:
             delivered.append(row)
@@ -77,7 +80,6 @@ def read_results(rows: t.Sequence[OutboxRow], results: t.Sequence[EventResult]) 
             dead.append((row, what, item.error_name))
         else:
             retry.append((row, what))
-    retry.extend((row, NO_RESULT) for row in rows[len(results) :])
     return Verdicts(delivered, retry, dead)
 
 

@@ -86,19 +86,21 @@ def test_read_results_pairs_rows_with_their_own_result() -> None:
     box = MemoryOutbox()
     enqueue(box, 4)
     rows = claim(box)
-    verdicts = read_results(
-        rows,
-        [
-            EventResult(Outcome.DELIVERED),
-            EventResult(Outcome.PERMANENT, "InvalidPropertyNameError", "bad name"),
-            EventResult(Outcome.RETRYABLE, None, "timeout"),
-        ],
-    )
-    assert [r.id for r in verdicts.delivered] == [rows[0].id]
+    results = [
+        EventResult(Outcome.DELIVERED),
+        EventResult(Outcome.PERMANENT, "InvalidPropertyNameError", "bad name"),
+        EventResult(Outcome.RETRYABLE, None, "timeout"),
+        EventResult(Outcome.DELIVERED),
+    ]
+    verdicts = read_results(rows, results)
+    assert [r.id for r in verdicts.delivered] == [rows[0].id, rows[3].id]
     name = "InvalidPropertyNameError"
     assert verdicts.dead == [(rows[1], f"{name}: bad name", name)]
-    # The fourth row has no result: never guess it arrived.
-    assert verdicts.retry == [(rows[2], "timeout"), (rows[3], NO_RESULT)]
+    assert verdicts.retry == [(rows[2], "timeout")]
+    # A short answer pairs nothing (by position only): every row again, none guessed.
+    short = read_results(rows, results[:3])
+    assert (short.delivered, short.dead) == ([], [])
+    assert short.retry == [(row, NO_RESULT) for row in rows]
 
 
 # ---------------------------------------------------------------- per-row outcomes
