@@ -439,9 +439,9 @@ class Sender:
         So however often a flush is asked for, Keen sees at most what the circuit allows,
         and a row becomes a dead letter only after ``retry_for`` seconds of failures.
 
-        :param timeout: seconds; ``None``, ``inf`` or anything past an hour's many
-            multiples: no deadline (the flush ends when nothing more may be sent now).
-            NaN and negative values mean 0.
+        :param timeout: seconds. ``None``, ``inf`` or more than a thread can wait for
+            (``threading.TIMEOUT_MAX``): no deadline, the flush ends when nothing more may
+            be sent now. NaN and negative values mean 0.
         :returns: how many events are still pending (``-1``: they could not be counted).
         """
         if self.worker.forked():
