@@ -72,7 +72,7 @@ class Unrecorded:
         #: Increments this process could not write to the file yet.
         self._unsaved = Tally()
         if path is not None:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, ValueError):  # the path is checked elsewhere
                 self._update(lambda tally: tally)  # allocate the record now, while there is room
 
     def add(self, *, now: float | None = None) -> None:
@@ -91,7 +91,7 @@ class Unrecorded:
                 try:
                     with open(self.path, "rb") as f:
                         saved = _parse(f.read(_SIZE))
-                except OSError:
+                except (OSError, ValueError):
                     pass
             return _merge(saved, self._unsaved)
 
@@ -110,7 +110,7 @@ class Unrecorded:
 
             try:
                 self._update(reset)
-            except OSError as exc:
+            except (OSError, ValueError) as exc:
                 logger.warning("cannot reset the count of signups not recorded: %s", exc)
             return _merge(box[0] if box else Tally(), seen)
 
@@ -120,7 +120,7 @@ class Unrecorded:
         unsaved = self._unsaved
         try:
             self._update(lambda tally: _merge(tally, unsaved))
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             logger.debug("cannot save the count of signups not recorded: %s", exc)
             return
         self._unsaved = Tally()

@@ -180,9 +180,9 @@ class SQLiteOutbox(Outbox):
         self.database = database
         self.keep_delivered = keep_delivered
         database.add_schema(SCHEMA)
+        #: Whether :meth:`_upgrade` ran (on the first claim: not here, where the file may
+        #: not be checked yet; only the sender's claims and retries use the new column).
         self._upgraded = False
-        with contextlib.suppress(StoreError):  # e.g. a file not writable yet: the sender retries
-            self._upgrade()
 
     def _upgrade(self) -> None:
         """Bring a file made by an older version up to :data:`SCHEMA` (once; idempotent).
