@@ -38,7 +38,8 @@ DEFAULT_TIMEOUT = (3.05, 10.0)
 DEFAULT_BATCH_SIZE = 500
 #: How often the sender looks for due events when it has not been woken, in seconds.
 DEFAULT_FLUSH_INTERVAL = 0.5
-#: Attempts before an event that keeps failing with retryable errors is dead-lettered.
+#: Attempts of the ``after_delivered`` hook (marking a user in Auth0, ...) for an event Keen
+#: already has. Since ``KEEN_SIGNUP_RETRY_FOR`` it no longer dead-letters a retryable failure.
 DEFAULT_MAX_ATTEMPTS = 30
 #: How long exit and SIGTERM may spend flushing, in seconds. What is left stays queued.
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
@@ -56,6 +57,12 @@ DEFAULT_DATABASE_NAME = "keen_signup.sqlite3"
 DEFAULT_DATABASE_SCHEMA = "keen_signup"
 #: How long a delivered event's body (personal data) is kept, in seconds: 7 days.
 DEFAULT_RETENTION = 7 * 24 * 3600.0
+#: How long a retryable failure is retried, from its first failure, before it becomes a
+#: dead letter (``KEEN_SIGNUP_RETRY_FOR``): 3 days, a long weekend's outage.
+DEFAULT_RETRY_FOR = 3 * 24 * 3600.0
+#: At most 30 days: inside Keen's 31-day uniqueness window, so a late retry of an event
+#: Keen had in fact stored is still de-duplicated.
+MAX_RETRY_FOR = 30 * 24 * 3600.0
 
 #: Upper bounds of the numeric keys. Far above any sane setting, and low enough that
 #: nothing downstream overflows (``threading`` waits, ``time.time() + x``, SQLite REAL).
@@ -127,6 +134,7 @@ class Settings:
     propagate_errors: bool | None
     retention: float
     store_timeout: float = DEFAULT_STORE_TIMEOUT
+    retry_for: float = DEFAULT_RETRY_FOR
 
     @property
     def has_management_api(self) -> bool:
@@ -512,6 +520,11 @@ def load_settings(app: Flask) -> Settings:
         ),
         store_timeout=as_store_timeout(
             c.get("KEEN_SIGNUP_STORE_TIMEOUT", DEFAULT_STORE_TIMEOUT)
+        ),
+        retry_for=_as_duration(
+            "KEEN_SIGNUP_RETRY_FOR",
+            c.get("KEEN_SIGNUP_RETRY_FOR", DEFAULT_RETRY_FOR),
+            maximum=MAX_RETRY_FOR,
         ),
     )
 

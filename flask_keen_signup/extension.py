@@ -257,7 +257,10 @@ class KeenSignup:
         ``timeout`` seconds. Returns how many signups are still queued (0: all sent).
 
         For tests, scripts and a graceful deploy; the background sender does the same by
-        itself. ``flask keen-signup flush`` is the command-line form.
+        itself. ``flask keen-signup flush`` is the command-line form. Paced like the
+        sender: nothing is sent while its circuit is open (Keen kept failing), so asking
+        often never spends retries faster. ``timeout`` ``inf`` (or beyond what a thread can
+        wait): no deadline; NaN or negative: 0.
         """
         sender = signup_state(app).sender
         if sender is None:
@@ -386,10 +389,17 @@ class KeenSignup:
             printable(str(exc), limit=500),
             exc_info=True,
         )
-        if user_id is not None and has_app_context():
-            _notifier(current_app._get_current_object())(  # type: ignore[attr-defined]
-                "failed", {"user_id": user_id, "event": None, "error": exc, "attempts": 0}
-            )
+        if has_app_context():
+            app = current_app._get_current_object()  # type: ignore[attr-defined]
+            unrecorded = signup_state(app).unrecorded
+            if unrecorded is not None:  # counted until someone looks (issue 16)
+                unrecorded.add()
+            notify = _notifier(app)
+            notify("not_recorded", {"user_id": user_id})
+            if user_id is not None:
+                notify(
+                    "failed", {"user_id": user_id, "event": None, "error": exc, "attempts": 0}
+                )
 
 
 def _propagate() -> bool:
@@ -558,6 +568,7 @@ def _build_state(app: Flask, settings: Settings) -> SignupState:
     from .salvage import salvage
     from .spool import Spool
     from .spool_drain import SpoolDrainer
+    from .unrecorded import Unrecorded
 
     database = Database(
         settings.database, synchronous=settings.sqlite_synchronous, on_replaced=salvage
@@ -616,6 +627,7 @@ def _build_state(app: Flask, settings: Settings) -> SignupState:
         store=parts.store,
         parts=parts,
         spool=spool,
+        unrecorded=Unrecorded(settings.database + ".unrecorded"),
     )
 
 
@@ -647,6 +659,7 @@ def _build_sender(
         collection_batch_size=settings.batch_size,
         flush_interval=settings.flush_interval,
         max_attempts=settings.max_attempts,
+        retry_for=settings.retry_for,
         shutdown_timeout=settings.shutdown_timeout,
         hooks=MarkerHooks(
             settings, ledger=parts.confirm_in, remote=parts.remote, management=management

@@ -444,8 +444,9 @@ class KeenClient(SessionClient):
         """Write a batch (``POST /3.0/projects/{pid}/events``) and read each event's result.
 
         A 2xx answer always yields one result per input event. Where the answer does not
-        say clearly what became of an event (not JSON, a collection missing, fewer
-        results than events, an item that is not ``{"success": ...}``) that event is
+        say clearly what became of an event (not JSON, a collection missing, an item that
+        is not ``{"success": ...}``; and for *every* event of a collection whose count of
+        results differs from the events sent: results pair by position only) that event is
         :attr:`Outcome.RETRYABLE` with a description saying why: sending it again is safe
         (its ``keen.uniqueness_token`` makes Keen keep one copy) and assuming it landed
         could lose it.
@@ -597,22 +598,23 @@ def _parse_batch_results(
             results[collection] = [missing] * len(events)
             continue
         if len(items) != len(events):
+            # Results pair with events by position only: with a count that differs, no
+            # result can be paired with its event. Every event of the collection is sent
+            # again (its uniqueness token keeps one copy), never assumed delivered.
             logger.debug(
                 "batch answer for %r has %d results for %d events",
                 collection,
                 len(items),
                 len(events),
             )
-        results[collection] = [
-            _event_result(items[i], key) if i < len(items) else _NO_RESULT
-            for i in range(len(events))
-        ]
+            unpaired = EventResult(
+                Outcome.RETRYABLE,
+                description=f"Keen's answer has {len(items)} results for {len(events)} events",
+            )
+            results[collection] = [unpaired] * len(events)
+            continue
+        results[collection] = [_event_result(item, key) for item in items]
     return results
-
-
-_NO_RESULT = EventResult(
-    Outcome.RETRYABLE, description="Keen's answer has fewer results than events were sent"
-)
 
 
 def _event_result(item: t.Any, key: str) -> EventResult:

@@ -51,7 +51,7 @@ METRIC_NAMES = (SIGNUPS, OUTBOX_EVENTS, OLDEST_PENDING_AGE, DELIVERY_LATENCY, CI
 #: ``outcome`` label values. ``failed`` counts failed attempts (retried later), so one
 #: signup may count several times; ``spooled`` counts signups parked in the local spool
 #: because the store was too slow (it stays 0 where the spool does not exist).
-OUTCOMES = ("recorded", "delivered", "dead", "failed", "spooled")
+OUTCOMES = ("recorded", "delivered", "dead", "failed", "spooled", "not_recorded")
 #: ``state`` label values; disjoint, so their sum is every undelivered event.
 OUTBOX_STATES = ("pending", "in_flight", "dead")
 #: Delivery latency buckets, seconds: a healthy sender delivers in well under a second;
@@ -73,7 +73,8 @@ class _Metrics:
         self.signups = Counter(
             SIGNUPS,
             "Signups by outcome: recorded (claimed and queued), delivered (Keen accepted), "
-            "dead (dead-lettered), failed (a failed attempt, retried), spooled.",
+            "dead (dead-lettered), failed (a failed attempt, retried), spooled, "
+            "not_recorded (neither the store nor the spool could take it: lost).",
             ["outcome"],
         )
         for outcome in OUTCOMES:

@@ -146,6 +146,11 @@ CREATE INDEX IF NOT EXISTS outbox_bodies
     ON {s}.outbox (done_at) WHERE state IN ('delivered', 'skipped') AND body <> '';
 INSERT INTO {s}.schema_version (version) VALUES (2) ON CONFLICT DO NOTHING;
 """,
+    """
+-- version 3: when each row first failed (KEEN_SIGNUP_RETRY_FOR is counted from it).
+ALTER TABLE {s}.outbox ADD COLUMN IF NOT EXISTS first_failed_at double precision;
+INSERT INTO {s}.schema_version (version) VALUES (3) ON CONFLICT DO NOTHING;
+""",
 )
 
 #: The schema version this code needs.

@@ -30,6 +30,7 @@ if t.TYPE_CHECKING:  # pragma: no cover
     from .spool import Spool
     from .stores import MarkerStore
     from .tracker import Tracker
+    from .unrecorded import Unrecorded
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ class SignupState:
     spool: Spool | None = None
     #: The first-touch capture (``KEEN_SIGNUP_ATTRIBUTION``), or ``None`` when it is off.
     attribution: AttributionCapture | None = None
+    #: Signups neither the store nor the spool could take, counted until acknowledged.
+    unrecorded: Unrecorded | None = None
     #: ``KEEN_SIGNUP_HEALTH_*``: what :meth:`KeenSignup.health`'s verdict is judged on.
     health_thresholds: HealthThresholds = dataclasses.field(default_factory=HealthThresholds)
 
@@ -95,6 +98,7 @@ def health_of(state: SignupState) -> dict[str, t.Any]:
                 "circuit_until": status.circuit_until,
                 "circuit_since": status.circuit_since,
                 "last_error": status.last_error,
+                "round_errors": status.round_errors,
                 "running": status.running,
                 "store_error": None,
             }
@@ -111,6 +115,7 @@ def degraded_health(state: SignupState, health: t.Mapping[str, t.Any]) -> dict[s
     from . import database as database_module
 
     spool = state.spool
+    lost = state.unrecorded.read() if state.unrecorded is not None else None
     try:
         spooled, oldest = spool.stats() if spool is not None else (0, None)
     except OSError as exc:  # an unreadable spool directory: say so, never raise
@@ -126,7 +131,11 @@ def degraded_health(state: SignupState, health: t.Mapping[str, t.Any]) -> dict[s
         "database_replaced": None
         if last is None
         else {"how": last.how, "at": last.at, "salvaged": last.salvaged, "count": len(replaced)},
+        "not_recorded": 0 if lost is None else lost.count,
+        "not_recorded_since": None if lost is None else lost.first_at,
         "ok": spooled == 0
+        and (lost is None or lost.count == 0)
+        and not health.get("round_errors")
         and health.get("circuit") != "open"
         and (state.sender is None or bool(health.get("running")) or not state.settings.enabled),
     }

@@ -87,6 +87,9 @@ class OutboxRow:
         answer is recorded, so a row that crashes its sender cannot loop forever).
     :param state: ``pending`` (to send) or ``confirming`` (already in Keen; only the
         ``after_delivered`` hook is left to run).
+    :param first_failed_at: wall-clock time of the row's first retryable failure, or
+        ``None`` if it has not failed yet. ``KEEN_SIGNUP_RETRY_FOR`` is counted from here:
+        a retryable failure becomes a dead letter by elapsed time, never by attempts.
     """
 
     id: int
@@ -99,6 +102,7 @@ class OutboxRow:
     next_attempt_at: float
     last_error: str | None
     state: str = PENDING
+    first_failed_at: float | None = None
 
     @property
     def body(self) -> dict[str, t.Any]:
@@ -204,12 +208,20 @@ class Outbox(ABC):
         Attempts restart from zero: confirming has its own budget.
         """
 
-    def mark_retry(self, id: int, *, next_attempt_at: float, error: str) -> None:
-        """Drop the lease and make the row due again at ``next_attempt_at``."""
-        self.mark_retry_many([(id, next_attempt_at, error)])
+    def mark_retry(
+        self, id: int, *, next_attempt_at: float, error: str, now: float | None = None
+    ) -> None:
+        """Drop the lease and make the row due again at ``next_attempt_at``.
+
+        The row's ``first_failed_at`` is set to ``now`` unless it failed before (it is
+        only cleared when a dead letter is replayed: :meth:`retry_dead`).
+        """
+        self.mark_retry_many([(id, next_attempt_at, error)], now=now)
 
     @abstractmethod
-    def mark_retry_many(self, items: t.Sequence[tuple[int, float, str]]) -> None:
+    def mark_retry_many(
+        self, items: t.Sequence[tuple[int, float, str]], *, now: float | None = None
+    ) -> None:
         """:meth:`mark_retry` for ``(id, next_attempt_at, error)`` items, atomically."""
 
     def mark_dead(

@@ -305,7 +305,8 @@ WITH picked AS (
         next_attempt_at = %(until)s, lease_owner = %(owner)s
     FROM picked WHERE o.id = picked.id
     RETURNING o.id, o.collection, o.user_id, o.uniqueness_token, o.body, o.attempts,
-              o.created_at, o.next_attempt_at, o.last_error, o.state, picked.reclaimed
+              o.created_at, o.next_attempt_at, o.last_error, o.state, o.first_failed_at,
+              picked.reclaimed
 ), bump AS (
     UPDATE {self._meta} SET count = count + (SELECT count(*) FROM claimed WHERE reclaimed)
     WHERE key = 'resends' AND EXISTS (SELECT 1 FROM claimed WHERE reclaimed)
@@ -322,7 +323,7 @@ SELECT * FROM claimed""",
             role=WORKER,
             fetch="all",
         )
-        rows = [OutboxRow(*record[:10]) for record in records]
+        rows = [OutboxRow(*record[:11]) for record in records]
         rows.sort(key=lambda row: row.id)
         return rows
 
@@ -379,13 +380,17 @@ SELECT * FROM claimed""",
             role=WORKER,
         )
 
-    def mark_retry_many(self, items: t.Sequence[tuple[int, float, str]]) -> None:
+    def mark_retry_many(
+        self, items: t.Sequence[tuple[int, float, str]], *, now: float | None = None
+    ) -> None:
         if not items:
             return
         self.database.run(
             self._last_error(
                 f"UPDATE {self._outbox} o SET lease_owner = NULL, next_attempt_at = r.at, "
-                "last_error = r.error FROM unnest(%(ids)s::bigint[], "
+                "last_error = r.error, "
+                "first_failed_at = coalesce(o.first_failed_at, %(now)s) "
+                "FROM unnest(%(ids)s::bigint[], "
                 "%(ats)s::double precision[], %(errors)s::text[]) AS r(id, at, error) "
                 f"WHERE o.id = r.id AND o.{_OPEN} RETURNING 1"
             ),
@@ -394,6 +399,7 @@ SELECT * FROM claimed""",
                 "ats": [float(at) for _, at, _ in items],
                 "errors": [error for _, _, error in items],
                 "error": items[-1][2],
+                "now": time.time() if now is None else now,
             },
             what="reschedule rows",
             role=WORKER,

@@ -28,8 +28,9 @@ so a script that fails on a bad key writes nothing. Keys, with ``P = {prefix}:ou
     P:seq            counter: row ids (INCR)
     P:row:<id>       hash: collection, user_id, token, body (compact JSON), state,
                      attempts, created_at, next_at, owner (lease owner), last_at
-                     (last claim), last_error, done_at; dead rows add reason,
-                     error_code, died_at
+                     (last claim), last_error, done_at, first_failed (the first
+                     retryable failure; rows written before it existed simply gain it at
+                     their next failure); dead rows add reason, error_code, died_at
     P:open           zset of pending + confirming rows, score next_attempt_at
                      (a leased row's score is its lease expiry: claimable after it)
     P:leased         zset of open rows with a lease owner, score lease expiry
@@ -199,7 +200,7 @@ for i = 1, math.min(limit, #picks) do
   local m = picks[i][1]
   local key = row_key(m)
   local f = redis.call('HMGET', key, 'collection', 'user_id', 'token', 'body', 'attempts',
-                       'created_at', 'last_error', 'state', 'owner')
+                       'created_at', 'last_error', 'state', 'owner', 'first_failed')
   if not f[1] or not is_open(f[8]) then
     -- An index entry without its open row (never written by these scripts): drop it.
     redis.call('ZREM', open, m)
@@ -215,7 +216,7 @@ for i = 1, math.min(limit, #picks) do
     redis.call('ZADD', open, lease_until, m)
     redis.call('ZADD', leased, lease_until, m)
     redis.call('ZREM', idle, m)
-    rows[#rows + 1] = {tonumber(m), f[1], f[2], f[3], f[4], attempts, f[6], f[7], f[8]}
+    rows[#rows + 1] = {tonumber(m), f[1], f[2], f[3], f[4], attempts, f[6], f[7], f[8], f[10]}
   end
 end
 if resends > 0 then
@@ -279,17 +280,19 @@ return 0
 """
 )
 
-# KEYS: open, leased, idle, meta.  ARGV: row prefix, then (id, next_at, error) triples.
+# KEYS: open, leased, idle, meta.
+# ARGV: row prefix, now, then (id, next_at, error) triples.
 _RETRY_LUA = (
     _PRELUDE
     + """
 local open, leased, idle, meta = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local last_error = nil
-for i = 2, #ARGV, 3 do
+for i = 3, #ARGV, 3 do
   local m, key = member(ARGV[i]), row_key(ARGV[i])
   last_error = ARGV[i + 2]
   if is_open(redis.call('HGET', key, 'state')) then
     redis.call('HSET', key, 'next_at', ARGV[i + 1], 'last_error', ARGV[i + 2])
+    redis.call('HSETNX', key, 'first_failed', ARGV[2])
     redis.call('ZADD', open, ARGV[i + 1], m)
     unlease(key, m, leased, idle)
   end
@@ -436,7 +439,8 @@ for _, m in ipairs(members) do
       count = count + 1
       redis.call('HSET', key, 'state', 'pending', 'attempts', 0, 'next_at', now,
                  'last_error', f[2])
-      redis.call('HDEL', key, 'reason', 'error_code', 'died_at', 'owner', 'last_at', 'done_at')
+      redis.call('HDEL', key, 'reason', 'error_code', 'died_at', 'owner', 'last_at', 'done_at',
+                 'first_failed')
       redis.call('ZADD', open, now, m)
       redis.call('ZADD', idle, 0, m)
       redis.call('ZADD', created, f[3], m)
@@ -717,6 +721,7 @@ class RedisOutbox(Outbox):
                 next_attempt_at=lease_until,
                 last_error=_opt_text(r[7]),
                 state=text(r[8]),
+                first_failed_at=None if len(r) < 10 or r[9] is None else float(r[9]),
             )
             for r in records
         ]
@@ -758,10 +763,12 @@ class RedisOutbox(Outbox):
                 args=[self._row, _num(next_attempt_at), error, *(str(int(i)) for i in ids)],
             )
 
-    def mark_retry_many(self, items: t.Sequence[tuple[int, float, str]]) -> None:
+    def mark_retry_many(
+        self, items: t.Sequence[tuple[int, float, str]], *, now: float | None = None
+    ) -> None:
         if not items:
             return
-        args = [self._row]
+        args = [self._row, _num(time.time() if now is None else now)]
         for row_id, next_at, error in items:
             args += [str(int(row_id)), _num(next_at), error]
         with store_errors("reschedule rows"):

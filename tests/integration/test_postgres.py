@@ -366,6 +366,14 @@ def test_an_older_schema_is_upgraded_with_only_the_missing_migrations(
             fetch="all",
         )
         assert ("outbox_bodies",) in indexes
+        columns = database.run(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = %s AND table_name = 'outbox'",
+            (schema,),
+            what="columns",
+            fetch="all",
+        )
+        assert ("first_failed_at",) in columns  # version 3 (KEEN_SIGNUP_RETRY_FOR)
     finally:
         database.close()
 
