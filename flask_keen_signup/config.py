@@ -4,6 +4,11 @@ Config is read once, at ``init_app``; a bad value raises :class:`ConfigurationEr
 naming the key, so a broken deployment fails at start-up and never in a login.
 Values may come from ``app.config.from_prefixed_env()``, so strings are accepted where a
 list, number or boolean is expected (``"name,email"``, ``"3.05"``, ``"false"``).
+
+A key that may hold a credential (the Keen keys, the Auth0 client secret, and the URL keys,
+which can carry a password or a pasted key) is never quoted in an error: the message names
+the key and the problem. Every credential read here is registered to be masked in every
+message the package makes from outside text (:func:`._text.register_secret`).
 """
 
 from __future__ import annotations
@@ -17,8 +22,11 @@ import numbers
 import os
 import re
 import typing as t
+from urllib.parse import parse_qsl
 from urllib.parse import urlsplit
 
+from ._http import header_value_problem
+from ._text import register_secret
 from ._text import safe_repr
 from .backends import REGISTRY
 from .exceptions import ConfigurationError
@@ -245,8 +253,9 @@ def _as_duration(key: str, value: object, *, maximum: float) -> float:
 def _check_api_url(url: str) -> str:
     """An http(s) base URL without credentials, query or fragment.
 
-    The message never repeats what it refuses: a URL with ``?api_key=`` or ``user:pass@``
-    carries a secret, and config errors end up in logs and CI output.
+    The message never repeats what it refuses: a URL with ``?api_key=``, ``user:pass@`` or
+    a key pasted where the port goes carries a secret, and config errors end up in logs
+    and CI output.
     """
     if "@" in url:
         raise ConfigurationError(
@@ -260,15 +269,126 @@ def _check_api_url(url: str) -> str:
         )
     if not re.match(r"^https?://[^/\s?#]+(/[^\s?#]*)?$", url):
         raise ConfigurationError(
-            f"KEEN_API_URL must be an http(s) base URL, got {safe_repr(url, limit=100)}"
+            "KEEN_API_URL must be an http(s) base URL such as https://api.keen.io, without "
+            "spaces (the value is not shown: it may hold a key)"
         )
     try:
         urlsplit(url).port  # noqa: B018 - raises ValueError for a bad port
     except ValueError:
         raise ConfigurationError(
-            f"KEEN_API_URL has an invalid host or port: {safe_repr(url, limit=100)}"
+            "KEEN_API_URL has an invalid port: after the host's ':' only digits from 0 to "
+            "65535 may follow (the value is not shown: it may hold a key)"
         ) from None
     return url
+
+
+def _check_credential(key: str, value: str | None) -> str | None:
+    """A key, secret or token: refused when it cannot travel in an HTTP header.
+
+    ``http.client`` refuses a line break with ``Invalid header value b'<the key>'`` and
+    cannot encode what is beyond Latin-1: either way the key would be quoted in an ERROR
+    line on every send. At ``init_app`` instead, without the value.
+    """
+    if value is not None:
+        problem = header_value_problem(value)
+        if problem is not None:
+            raise ConfigurationError(
+                f"{key} cannot be sent in an HTTP request: it {problem}. The value is not "
+                "shown; copy the key again, without line breaks or other invisible characters"
+            )
+    return value
+
+
+#: Hosts of a local Auth0 stand-in (the bundled emulator, a test server).
+_LOCAL_HOST_RE = re.compile(
+    r"^(localhost|.*\.localhost|\d{1,3}(\.\d{1,3}){3}|\[[0-9a-f:.]+\])$", re.IGNORECASE
+)
+_AUTH0_HOST_RE = re.compile(r"^([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:\d{1,5})?$")
+
+
+def auth0_base_url(domain: str, key: str = "KEEN_SIGNUP_AUTH0_DOMAIN") -> str:
+    """The Management API's base URL for ``domain``, as ``KEEN_SIGNUP_AUTH0_DOMAIN`` takes it.
+
+    A bare host (``your-tenant.eu.auth0.com``, a custom domain) means https: Auth0 serves
+    nothing over plain http. A URL with a scheme (``http://127.0.0.1:4000``, the bundled
+    emulator) is kept as given. A bare value that can only be a local stand-in, an IP
+    address, ``localhost`` or a port other than 443, is refused: as https it would fail
+    later with a TLS error after retries, and the emulator speaks plain http.
+
+    :raises ConfigurationError: naming ``key`` and the problem, never the value.
+    """
+    text = domain.strip().rstrip("/")
+    scheme, has_scheme, rest = text.rpartition("://")
+    if has_scheme and scheme.lower() not in ("http", "https"):
+        raise ConfigurationError(
+            f"{key} must be a host name (your-tenant.eu.auth0.com) or an http(s) URL "
+            "(http://127.0.0.1:4000 for the emulator); its scheme is neither"
+        )
+    match = _AUTH0_HOST_RE.match(rest)
+    if match is None:
+        raise ConfigurationError(
+            f"{key} must be a host name such as your-tenant.eu.auth0.com, or an http(s) base "
+            "URL such as http://127.0.0.1:4000 for the emulator: a host and an optional port, "
+            "no path, user or password (the value is not shown: it may hold a secret)"
+        )
+    host, port = match.group(1), (match.group(2) or ":")[1:]
+    if port and int(port) > 65535:
+        raise ConfigurationError(f"{key} has a port above 65535")
+    if has_scheme:
+        return f"{scheme.lower()}://{rest}"
+    if _LOCAL_HOST_RE.match(host) or (port and port != "443"):
+        raise ConfigurationError(
+            f"{key} looks like a local server (an IP address, localhost or a port other "
+            "than 443) but has no scheme, and a bare host means https://. Add http:// in "
+            "front of it for the Auth0 emulator, which speaks plain HTTP (e.g. "
+            "http://127.0.0.1:4000), or https:// if that server really serves TLS"
+        )
+    return f"https://{rest}"
+
+
+def url_secrets(url: object) -> list[str]:
+    """The passwords a database or Redis URL (or a ``key=value`` conninfo string) holds:
+    ``user:password@``, ``?password=`` and ``password=...``."""
+    if not isinstance(url, str):
+        return []
+    found: list[str] = []
+    try:
+        parts = urlsplit(url)
+        if parts.password:
+            found.append(parts.password)
+        found += [v for k, v in parse_qsl(parts.query) if k.lower() in ("password", "passwd")]
+    except ValueError:
+        pass
+    for match in re.finditer(r"\bpassword\s*=\s*('((?:[^'\\]|\\.)*)'|[^\s']+)", url):
+        found.append(match.group(2) if match.group(2) is not None else match.group(1))
+    return found
+
+
+#: Config keys whose values are credentials, or may contain one.
+CREDENTIAL_KEYS = (
+    "KEEN_WRITE_KEY",
+    "KEEN_MASTER_KEY",
+    "KEEN_READ_KEY",
+    "KEEN_SIGNUP_AUTH0_CLIENT_SECRET",
+    "AUTH0_CLIENT_SECRET",
+)
+URL_KEYS = (
+    "KEEN_SIGNUP_DATABASE_URL",
+    "KEEN_SIGNUP_DATABASE_LISTEN_URL",
+    "KEEN_SIGNUP_REDIS_URL",
+)
+
+
+def register_config_secrets(config: t.Mapping[str, t.Any]) -> None:
+    """Register every credential of ``config`` to be masked in messages (module doc):
+    the keys and secrets as given, and the passwords inside the URL keys. ``AUTH0_*``
+    and ``KEEN_READ_KEY`` are not ours but are as secret, and may be echoed as well."""
+    for key in CREDENTIAL_KEYS:
+        value = config.get(key)
+        if isinstance(value, str):
+            register_secret(value, value.strip())
+    for key in URL_KEYS:
+        register_secret(*url_secrets(config.get(key)))
 
 
 def _check_redis_url(url: str | None) -> str | None:
@@ -334,9 +454,12 @@ def load_settings(app: Flask) -> Settings:
     :raises ConfigurationError: naming the first bad key.
     """
     c = app.config
+    register_config_secrets(c)
     enabled = _as_bool("KEEN_SIGNUP_ENABLED", c.get("KEEN_SIGNUP_ENABLED", True))
     project_id = _as_optional_str("KEEN_PROJECT_ID", c.get("KEEN_PROJECT_ID")) or ""
-    write_key = _as_optional_str("KEEN_WRITE_KEY", c.get("KEEN_WRITE_KEY")) or ""
+    write_key = _check_credential(
+        "KEEN_WRITE_KEY", _as_optional_str("KEEN_WRITE_KEY", c.get("KEEN_WRITE_KEY"))
+    ) or ""
     if enabled and not project_id:
         raise ConfigurationError(
             "KEEN_PROJECT_ID is not set: set it (e.g. FLASK_KEEN_PROJECT_ID in the environment "
@@ -347,7 +470,9 @@ def load_settings(app: Flask) -> Settings:
             "KEEN_WRITE_KEY is not set: set it (e.g. FLASK_KEEN_WRITE_KEY in the environment "
             "with app.config.from_prefixed_env()) or set KEEN_SIGNUP_ENABLED = False"
         )
-    master_key = _as_optional_str("KEEN_MASTER_KEY", c.get("KEEN_MASTER_KEY"))
+    master_key = _check_credential(
+        "KEEN_MASTER_KEY", _as_optional_str("KEEN_MASTER_KEY", c.get("KEEN_MASTER_KEY"))
+    )
     api_url = _check_api_url(
         _as_optional_str("KEEN_API_URL", c.get("KEEN_API_URL")) or DEFAULT_API_URL
     )
@@ -380,8 +505,13 @@ def load_settings(app: Flask) -> Settings:
     auth0_client_id = _as_optional_str(
         "KEEN_SIGNUP_AUTH0_CLIENT_ID", c.get("KEEN_SIGNUP_AUTH0_CLIENT_ID")
     )
-    auth0_client_secret = _as_optional_str(
-        "KEEN_SIGNUP_AUTH0_CLIENT_SECRET", c.get("KEEN_SIGNUP_AUTH0_CLIENT_SECRET")
+    if auth0_domain is not None:
+        auth0_base_url(auth0_domain)  # fails now, not at the first Management API call
+    auth0_client_secret = _check_credential(
+        "KEEN_SIGNUP_AUTH0_CLIENT_SECRET",
+        _as_optional_str(
+            "KEEN_SIGNUP_AUTH0_CLIENT_SECRET", c.get("KEEN_SIGNUP_AUTH0_CLIENT_SECRET")
+        ),
     )
     if enabled and store == "auth0":
         for key, value in (

@@ -15,7 +15,6 @@ quotes the key.
 from __future__ import annotations
 
 import json
-import re
 from urllib.parse import quote
 
 from ._http import SessionClient
@@ -26,6 +25,8 @@ from .config import DEFAULT_TIMEOUT
 from .keen import KEEN_SDK
 from .keen import USER_AGENT
 from .keen import _KeyAuth
+from .keen import check_api_url
+from .keen import check_key
 from .keen import request
 
 
@@ -48,10 +49,8 @@ class KeenAdminClient(SessionClient):
     ) -> None:
         if not project_id:
             raise ValueError("project_id is required")
-        if not master_key:
-            raise ValueError("master_key is required")
-        if not re.match(r"^https?://[^/\s?#@]+(/[^\s?#]*)?$", api_url):
-            raise ValueError("api_url must be an http(s) base URL without credentials")
+        check_key("master_key", master_key)
+        check_api_url(api_url)
         self.project_id = project_id
         self.api_url = api_url.rstrip("/")
         self.timeout = check_timeout(timeout)
