@@ -364,6 +364,34 @@ def url_secrets(url: object) -> list[str]:
     return found
 
 
+def url_error(key: str, exc: BaseException, url: str) -> ConfigurationError:
+    """The error for a URL key a driver refused: the driver's reason, with every piece of
+    the URL masked (``Port could not be cast to integer value as '<a password>'``)."""
+    from ._text import MASK
+    from ._text import printable
+
+    text = str(exc)
+    pieces = {p for p in re.split(r"[\s:/@?&=#;,'\"\\]+", url) if len(p) >= 3}
+    for piece in sorted(pieces, key=len, reverse=True):
+        text = text.replace(piece, MASK)
+    return ConfigurationError(
+        f"{key} is not usable: {printable(text)} (the value is not shown: it may hold a "
+        "password)"
+    )
+
+
+def _check_url_port(key: str, url: str) -> None:
+    if "://" not in url:
+        return  # a key=value conninfo string: psycopg checks it
+    try:
+        urlsplit(url).port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        raise ConfigurationError(
+            f"{key} has an invalid port: after the host's ':' only digits from 0 to 65535 "
+            "may follow (the value is not shown: it may hold a password)"
+        ) from None
+
+
 #: Config keys whose values are credentials, or may contain one.
 CREDENTIAL_KEYS = (
     "KEEN_WRITE_KEY",
@@ -391,6 +419,21 @@ def register_config_secrets(config: t.Mapping[str, t.Any]) -> None:
         register_secret(*url_secrets(config.get(key)))
 
 
+def register_authlib_secrets(app: Flask) -> None:
+    """Register the client secrets of the app's Authlib clients registered so far (the
+    login client's: Auth0's quickstart passes it to ``oauth.register``, not to
+    ``app.config``). Authlib keeps them in private attributes: when those change, this
+    finds none, and ``AUTH0_CLIENT_SECRET`` in ``app.config`` still counts."""
+    oauth = app.extensions.get("authlib.integrations.flask_client")
+    try:
+        for _, kwargs in getattr(oauth, "_registry", {}).values():
+            register_secret(kwargs.get("client_secret"))
+        for client in getattr(oauth, "_clients", {}).values():
+            register_secret(getattr(client, "client_secret", None))
+    except Exception:  # noqa: BLE001, S110 - Authlib's internals changed: config still counts
+        pass
+
+
 def _check_redis_url(url: str | None) -> str | None:
     """A ``redis://``, ``rediss://`` or ``unix://`` URL. The message never repeats it: it
     usually carries a password."""
@@ -399,6 +442,8 @@ def _check_redis_url(url: str | None) -> str | None:
             "KEEN_SIGNUP_REDIS_URL must be a redis://, rediss:// or unix:// URL "
             "(the value is not shown: it may contain a password)"
         )
+    if url is not None:
+        _check_url_port("KEEN_SIGNUP_REDIS_URL", url)
     return url
 
 
@@ -455,6 +500,7 @@ def load_settings(app: Flask) -> Settings:
     """
     c = app.config
     register_config_secrets(c)
+    register_authlib_secrets(app)
     enabled = _as_bool("KEEN_SIGNUP_ENABLED", c.get("KEEN_SIGNUP_ENABLED", True))
     project_id = _as_optional_str("KEEN_PROJECT_ID", c.get("KEEN_PROJECT_ID")) or ""
     write_key = _check_credential(
@@ -663,6 +709,8 @@ def _postgres_settings(
             "KEEN_SIGNUP_DATABASE_URL must start with postgresql:// "
             "(or be a key=value conninfo string)"
         )
+    if url:
+        _check_url_port("KEEN_SIGNUP_DATABASE_URL", url)
     schema = c.get("KEEN_SIGNUP_DATABASE_SCHEMA", DEFAULT_DATABASE_SCHEMA)
     if not isinstance(schema, str) or not re.match(r"^[a-z_][a-z0-9_]{0,62}$", schema):
         raise ConfigurationError(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import typing as t
 
-from ..exceptions import ConfigurationError
 from .parts import Parts
 from .parts import Wiring
 
@@ -28,7 +27,9 @@ def build(wiring: Wiring) -> Parts:
     try:
         client = connect(url)
     except ValueError as exc:
-        raise ConfigurationError(f"KEEN_SIGNUP_REDIS_URL is not usable: {exc}") from None
+        from ..config import url_error  # the message masks the URL's pieces
+
+        raise url_error("KEEN_SIGNUP_REDIS_URL", exc, url) from None
     store = RedisStore(
         client, settings.collection, reclaim_after=wiring.reclaim_after, close_client=True
     )
