@@ -22,6 +22,7 @@ from ._http import check_timeout
 from ._http import new_session
 from .config import DEFAULT_API_URL
 from .config import DEFAULT_TIMEOUT
+from .events import keen_text
 from .keen import KEEN_SDK
 from .keen import USER_AGENT
 from .keen import _KeyAuth
@@ -62,10 +63,15 @@ class KeenAdminClient(SessionClient):
         return f"<KeenAdminClient project_id={self.project_id!r} api_url={self.api_url!r}>"
 
     def delete_user_events(self, collection: str, user_id: str, *, property_name: str) -> None:
-        """Delete every event of ``collection`` whose ``property_name`` equals ``user_id``."""
+        """Delete every event of ``collection`` whose ``property_name`` equals ``user_id``.
+
+        ``user_id`` is looked for as the event builder sent it (:func:`.events.keen_text`:
+        a ``sub`` with control or bidi characters reached Keen with them replaced).
+        """
+        value = keen_text(user_id)
         self.delete_events(
             collection,
-            [{"property_name": property_name, "operator": "eq", "property_value": user_id}],
+            [{"property_name": property_name, "operator": "eq", "property_value": value}],
         )
 
     def delete_events(self, collection: str, filters: list[dict[str, object]]) -> None:
