@@ -28,7 +28,7 @@ from flask_keen_signup.testing import KeenEmulator
 UNSAFE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 OSC52 = "\x1b]52;c;cm0gLXJmIH4=\x07"
 HOSTILE_SUB = f"auth0|evil{OSC52}\x1b[2J\u202e\n"
-HOSTILE_NAME = f"Ada\nLovelace\r\n\x1b[31mred\x1b[0m\u202egnp.exe\u2066x\u2069\x85\x9b\x00\ttab"
+HOSTILE_NAME = "Ada\nLovelace\r\n\x1b[31mred\x1b[0m\u202egnp.exe\u2066x\u2069\x85\x9b\x00\ttab"
 
 
 def _strings(value: t.Any, path: str = "") -> t.Iterator[tuple[str, str]]:
@@ -66,7 +66,7 @@ def app(
     def extra(claims: t.Mapping[str, t.Any], request: t.Any) -> dict[str, t.Any]:
         return {
             "plan": f"pro{OSC52}",
-            f"bad\x1b[1mname\u202e": "value",
+            "bad\x1b[1mname\u202e": "value",
             "nested": {"deep": {"note": "line1\nline2\u2067"}, "list": ["a\x07", "b\u202d"]},
         }
 
@@ -110,7 +110,10 @@ def test_a_real_signup_reaches_keen_without_control_or_bidi_characters(
     assert event["https://example_com/tags"] == ["vip\ufffd[5m", "x\ufffd"]
     assert event["plan"] == "pro\ufffd]52;c;cm0gLXJmIH4=\ufffd"
     assert event["bad\ufffd[1mname\ufffd"] == "value"
-    assert event["nested"] == {"deep": {"note": "line1 line2\ufffd"}, "list": ["a\ufffd", "b\ufffd"]}
+    assert event["nested"] == {
+        "deep": {"note": "line1 line2\ufffd"},
+        "list": ["a\ufffd", "b\ufffd"],
+    }
     assert event["attribution"]["source"] == "news letter [31m"
     assert event["attribution"]["campaign"] == "launch ]52;c;cm0gLXJmIH4= \ufffd"
     # Said in the log by property name, never with the value.
