@@ -50,6 +50,7 @@ from urllib.parse import quote
 import requests
 import urllib3
 
+from ._credentials import auth0_base_url
 from ._http import USER_AGENT
 from ._http import NoResponse
 from ._http import SessionClient
@@ -60,7 +61,6 @@ from ._http import send
 from ._http import server_wait
 from ._text import register_secret
 from .config import DEFAULT_TIMEOUT
-from .config import auth0_base_url
 from .exceptions import Auth0APIError
 from .exceptions import Auth0ConnectionError
 from .exceptions import Auth0Error
@@ -240,7 +240,7 @@ def _base_url(domain: str) -> str:
 
     A bare domain means https: Auth0 serves nothing over plain http. A full URL is kept
     as given so tests and the offline demo can point at the local emulator. One rule
-    with ``KEEN_SIGNUP_AUTH0_DOMAIN``'s (:func:`.config.auth0_base_url`); the message
+    with ``KEEN_SIGNUP_AUTH0_DOMAIN``'s (:func:`._credentials.auth0_base_url`); the message
     does not quote the value.
     """
     return auth0_base_url(domain, "the Auth0 domain")

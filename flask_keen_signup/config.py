@@ -22,11 +22,13 @@ import numbers
 import os
 import re
 import typing as t
-from urllib.parse import parse_qsl
 from urllib.parse import urlsplit
 
-from ._http import header_value_problem
-from ._text import register_secret
+from ._credentials import auth0_base_url
+from ._credentials import check_credential
+from ._credentials import check_url_port
+from ._credentials import register_authlib_secrets
+from ._credentials import register_config_secrets
 from ._text import safe_repr
 from .backends import REGISTRY
 from .exceptions import ConfigurationError
@@ -282,158 +284,6 @@ def _check_api_url(url: str) -> str:
     return url
 
 
-def _check_credential(key: str, value: str | None) -> str | None:
-    """A key, secret or token: refused when it cannot travel in an HTTP header.
-
-    ``http.client`` refuses a line break with ``Invalid header value b'<the key>'`` and
-    cannot encode what is beyond Latin-1: either way the key would be quoted in an ERROR
-    line on every send. At ``init_app`` instead, without the value.
-    """
-    if value is not None:
-        problem = header_value_problem(value)
-        if problem is not None:
-            raise ConfigurationError(
-                f"{key} cannot be sent in an HTTP request: it {problem}. The value is not "
-                "shown; copy the key again, without line breaks or other invisible characters"
-            )
-    return value
-
-
-#: Hosts of a local Auth0 stand-in (the bundled emulator, a test server).
-_LOCAL_HOST_RE = re.compile(
-    r"^(localhost|.*\.localhost|\d{1,3}(\.\d{1,3}){3}|\[[0-9a-f:.]+\])$", re.IGNORECASE
-)
-_AUTH0_HOST_RE = re.compile(r"^([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:\d{1,5})?$")
-
-
-def auth0_base_url(domain: str, key: str = "KEEN_SIGNUP_AUTH0_DOMAIN") -> str:
-    """The Management API's base URL for ``domain``, as ``KEEN_SIGNUP_AUTH0_DOMAIN`` takes it.
-
-    A bare host (``your-tenant.eu.auth0.com``, a custom domain) means https: Auth0 serves
-    nothing over plain http. A URL with a scheme (``http://127.0.0.1:4000``, the bundled
-    emulator) is kept as given. A bare value that can only be a local stand-in, an IP
-    address, ``localhost`` or a port other than 443, is refused: as https it would fail
-    later with a TLS error after retries, and the emulator speaks plain http.
-
-    :raises ConfigurationError: naming ``key`` and the problem, never the value.
-    """
-    text = domain.strip().rstrip("/")
-    scheme, has_scheme, rest = text.rpartition("://")
-    if has_scheme and scheme.lower() not in ("http", "https"):
-        raise ConfigurationError(
-            f"{key} must be a host name (your-tenant.eu.auth0.com) or an http(s) URL "
-            "(http://127.0.0.1:4000 for the emulator); its scheme is neither"
-        )
-    match = _AUTH0_HOST_RE.match(rest)
-    if match is None:
-        raise ConfigurationError(
-            f"{key} must be a host name such as your-tenant.eu.auth0.com, or an http(s) base "
-            "URL such as http://127.0.0.1:4000 for the emulator: a host and an optional port, "
-            "no path, user or password (the value is not shown: it may hold a secret)"
-        )
-    host, port = match.group(1), (match.group(2) or ":")[1:]
-    if port and int(port) > 65535:
-        raise ConfigurationError(f"{key} has a port above 65535")
-    if has_scheme:
-        return f"{scheme.lower()}://{rest}"
-    if _LOCAL_HOST_RE.match(host) or (port and port != "443"):
-        raise ConfigurationError(
-            f"{key} looks like a local server (an IP address, localhost or a port other "
-            "than 443) but has no scheme, and a bare host means https://. Add http:// in "
-            "front of it for the Auth0 emulator, which speaks plain HTTP (e.g. "
-            "http://127.0.0.1:4000), or https:// if that server really serves TLS"
-        )
-    return f"https://{rest}"
-
-
-def url_secrets(url: object) -> list[str]:
-    """The passwords a database or Redis URL (or a ``key=value`` conninfo string) holds:
-    ``user:password@``, ``?password=`` and ``password=...``."""
-    if not isinstance(url, str):
-        return []
-    found: list[str] = []
-    try:
-        parts = urlsplit(url)
-        if parts.password:
-            found.append(parts.password)
-        found += [v for k, v in parse_qsl(parts.query) if k.lower() in ("password", "passwd")]
-    except ValueError:
-        pass
-    for match in re.finditer(r"\bpassword\s*=\s*('((?:[^'\\]|\\.)*)'|[^\s']+)", url):
-        found.append(match.group(2) if match.group(2) is not None else match.group(1))
-    return found
-
-
-def url_error(key: str, exc: BaseException, url: str) -> ConfigurationError:
-    """The error for a URL key a driver refused: the driver's reason, with every piece of
-    the URL masked (``Port could not be cast to integer value as '<a password>'``)."""
-    from ._text import MASK
-    from ._text import printable
-
-    text = str(exc)
-    pieces = {p for p in re.split(r"[\s:/@?&=#;,'\"\\]+", url) if len(p) >= 3}
-    for piece in sorted(pieces, key=len, reverse=True):
-        text = text.replace(piece, MASK)
-    return ConfigurationError(
-        f"{key} is not usable: {printable(text)} (the value is not shown: it may hold a "
-        "password)"
-    )
-
-
-def _check_url_port(key: str, url: str) -> None:
-    if "://" not in url:
-        return  # a key=value conninfo string: psycopg checks it
-    try:
-        urlsplit(url).port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError:
-        raise ConfigurationError(
-            f"{key} has an invalid port: after the host's ':' only digits from 0 to 65535 "
-            "may follow (the value is not shown: it may hold a password)"
-        ) from None
-
-
-#: Config keys whose values are credentials, or may contain one.
-CREDENTIAL_KEYS = (
-    "KEEN_WRITE_KEY",
-    "KEEN_MASTER_KEY",
-    "KEEN_READ_KEY",
-    "KEEN_SIGNUP_AUTH0_CLIENT_SECRET",
-    "AUTH0_CLIENT_SECRET",
-)
-URL_KEYS = (
-    "KEEN_SIGNUP_DATABASE_URL",
-    "KEEN_SIGNUP_DATABASE_LISTEN_URL",
-    "KEEN_SIGNUP_REDIS_URL",
-)
-
-
-def register_config_secrets(config: t.Mapping[str, t.Any]) -> None:
-    """Register every credential of ``config`` to be masked in messages (module doc):
-    the keys and secrets as given, and the passwords inside the URL keys. ``AUTH0_*``
-    and ``KEEN_READ_KEY`` are not ours but are as secret, and may be echoed as well."""
-    for key in CREDENTIAL_KEYS:
-        value = config.get(key)
-        if isinstance(value, str):
-            register_secret(value, value.strip())
-    for key in URL_KEYS:
-        register_secret(*url_secrets(config.get(key)))
-
-
-def register_authlib_secrets(app: Flask) -> None:
-    """Register the client secrets of the app's Authlib clients registered so far (the
-    login client's: Auth0's quickstart passes it to ``oauth.register``, not to
-    ``app.config``). Authlib keeps them in private attributes: when those change, this
-    finds none, and ``AUTH0_CLIENT_SECRET`` in ``app.config`` still counts."""
-    oauth = app.extensions.get("authlib.integrations.flask_client")
-    try:
-        for _, kwargs in getattr(oauth, "_registry", {}).values():
-            register_secret(kwargs.get("client_secret"))
-        for client in getattr(oauth, "_clients", {}).values():
-            register_secret(getattr(client, "client_secret", None))
-    except Exception:  # noqa: BLE001, S110 - Authlib's internals changed: config still counts
-        pass
-
-
 def _check_redis_url(url: str | None) -> str | None:
     """A ``redis://``, ``rediss://`` or ``unix://`` URL. The message never repeats it: it
     usually carries a password."""
@@ -443,7 +293,7 @@ def _check_redis_url(url: str | None) -> str | None:
             "(the value is not shown: it may contain a password)"
         )
     if url is not None:
-        _check_url_port("KEEN_SIGNUP_REDIS_URL", url)
+        check_url_port("KEEN_SIGNUP_REDIS_URL", url)
     return url
 
 
@@ -503,7 +353,7 @@ def load_settings(app: Flask) -> Settings:
     register_authlib_secrets(app)
     enabled = _as_bool("KEEN_SIGNUP_ENABLED", c.get("KEEN_SIGNUP_ENABLED", True))
     project_id = _as_optional_str("KEEN_PROJECT_ID", c.get("KEEN_PROJECT_ID")) or ""
-    write_key = _check_credential(
+    write_key = check_credential(
         "KEEN_WRITE_KEY", _as_optional_str("KEEN_WRITE_KEY", c.get("KEEN_WRITE_KEY"))
     ) or ""
     if enabled and not project_id:
@@ -516,7 +366,7 @@ def load_settings(app: Flask) -> Settings:
             "KEEN_WRITE_KEY is not set: set it (e.g. FLASK_KEEN_WRITE_KEY in the environment "
             "with app.config.from_prefixed_env()) or set KEEN_SIGNUP_ENABLED = False"
         )
-    master_key = _check_credential(
+    master_key = check_credential(
         "KEEN_MASTER_KEY", _as_optional_str("KEEN_MASTER_KEY", c.get("KEEN_MASTER_KEY"))
     )
     api_url = _check_api_url(
@@ -553,7 +403,7 @@ def load_settings(app: Flask) -> Settings:
     )
     if auth0_domain is not None:
         auth0_base_url(auth0_domain)  # fails now, not at the first Management API call
-    auth0_client_secret = _check_credential(
+    auth0_client_secret = check_credential(
         "KEEN_SIGNUP_AUTH0_CLIENT_SECRET",
         _as_optional_str(
             "KEEN_SIGNUP_AUTH0_CLIENT_SECRET", c.get("KEEN_SIGNUP_AUTH0_CLIENT_SECRET")
@@ -710,7 +560,7 @@ def _postgres_settings(
             "(or be a key=value conninfo string)"
         )
     if url:
-        _check_url_port("KEEN_SIGNUP_DATABASE_URL", url)
+        check_url_port("KEEN_SIGNUP_DATABASE_URL", url)
     schema = c.get("KEEN_SIGNUP_DATABASE_SCHEMA", DEFAULT_DATABASE_SCHEMA)
     if not isinstance(schema, str) or not re.match(r"^[a-z_][a-z0-9_]{0,62}$", schema):
         raise ConfigurationError(

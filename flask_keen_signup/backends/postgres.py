@@ -58,7 +58,7 @@ def build(wiring: Wiring) -> Parts:
             timeout=settings.store_timeout,
         )
     except ValueError as exc:
-        from ..config import url_error  # the message masks the URL's pieces
+        from .._credentials import url_error  # the message masks the URL's pieces
 
         url = t.cast(str, settings.database_url)
         raise url_error("KEEN_SIGNUP_DATABASE_URL", exc, url) from None

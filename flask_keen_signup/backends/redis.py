@@ -27,7 +27,7 @@ def build(wiring: Wiring) -> Parts:
     try:
         client = connect(url)
     except ValueError as exc:
-        from ..config import url_error  # the message masks the URL's pieces
+        from .._credentials import url_error  # the message masks the URL's pieces
 
         raise url_error("KEEN_SIGNUP_REDIS_URL", exc, url) from None
     store = RedisStore(
