@@ -187,3 +187,25 @@ def test_no_key_reachable_from_encoding_and_bad_answer_errors(keen: KeenEmulator
     _assert_clean(_raised(lambda: admin.delete_events("signups", [])), "no filters")
     for client_repr in (repr(client), repr(admin), str(client), str(admin)):
         assert WRITE_KEY not in client_repr and MASTER_KEY not in client_repr
+
+
+def test_a_header_http_client_refuses_is_no_response_without_the_value(
+    keen: KeenEmulator,
+) -> None:
+    """``http.client`` answers a header value with a line break with ``ValueError: Invalid
+    header value b'<the value>'``, past ``requests``' own checks (an auth object sets the
+    header after them). ``send`` turns it into a :class:`NoResponse` naming no value: the
+    last line of defence behind ``init_app``'s refusal of such a key."""
+    import requests
+
+    from flask_keen_signup._http import NoResponse
+    from flask_keen_signup._http import send
+
+    def bad_auth(prepared: requests.PreparedRequest) -> requests.PreparedRequest:
+        prepared.headers["Authorization"] = WRITE_KEY + "\nline2"
+        return prepared
+
+    with requests.Session() as session:
+        answer = send(session, "GET", keen.url + "/3.0", timeout=(2.0, 2.0), auth=bad_auth)
+    assert isinstance(answer, NoResponse) and not answer.transient
+    assert WRITE_KEY not in answer.reason and "ValueError" in answer.reason
