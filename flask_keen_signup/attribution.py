@@ -443,7 +443,8 @@ def identity_provider_hosts(app: Flask) -> tuple[str, ...]:
     for key in ("AUTH0_DOMAIN", "KEEN_SIGNUP_AUTH0_DOMAIN"):
         domain = app.config.get(key)
         if isinstance(domain, str) and domain.strip():
-            host = host_of(f"https://{domain.strip()}")
+            text = domain.strip()  # a bare host, or a URL (the emulator's http://...)
+            host = host_of(text if "://" in text else f"https://{text}")
             if host:
                 hosts.add(host)
     oauth = app.extensions.get("authlib.integrations.flask_client")
