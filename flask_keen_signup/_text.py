@@ -40,10 +40,10 @@ DEFAULT_LIMIT = 200
 
 #: What a secret is replaced with.
 MASK = "***"
-#: Shorter strings are not masked process-wide: masking ``"pass"`` in every message would
+#: Shorter strings are not masked process-wide: masking ``"secret"`` in every message would
 #: garble them, and so short a string is no secret. (A client still masks its own key, of
 #: any length, in what its server answers: :func:`mask_secrets`' ``extra``.)
-MIN_SECRET_LENGTH = 6
+MIN_SECRET_LENGTH = 8
 #: Short-lived secrets (access tokens) remembered at once; older ones have expired.
 MAX_TRANSIENT_SECRETS = 32
 
