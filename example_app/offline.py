@@ -84,6 +84,11 @@ def start_offline_app(
         "KEEN_READ_KEY": "example-read-key",
         "KEEN_API_URL": keen.url,
         "KEEN_SIGNUP_DATABASE": os.path.join(instance, "keen_signup.sqlite3"),
+        # The emulator's machine-to-machine app: `flask keen-signup migrate` can be
+        # rehearsed against the demo tenant, and a new, empty tenant is not told to migrate.
+        "KEEN_SIGNUP_AUTH0_DOMAIN": auth0.url,
+        "KEEN_SIGNUP_AUTH0_CLIENT_ID": auth0.m2m_client_id,
+        "KEEN_SIGNUP_AUTH0_CLIENT_SECRET": auth0.m2m_client_secret,
         "EXAMPLE_OFFLINE": True,
         **(extra or {}),
     }

@@ -127,15 +127,24 @@ def url_error(key: str, exc: BaseException, url: str) -> ConfigurationError:
 
 
 def check_url_port(key: str, url: str) -> None:
+    """Refuse a URL whose port is not a number from 0 to 65535 (a password or key pasted
+    after the host's ``:``), naming ``key`` only. Each host of a comma-separated list
+    (``redis+cluster://h1:7000,h2:7001/0``) is checked."""
     if "://" not in url:
         return  # a key=value conninfo string: psycopg checks it
     try:
-        urlsplit(url).port  # noqa: B018 - raises ValueError for a bad port
+        hosts = urlsplit(url).netloc.rpartition("@")[2]
     except ValueError:
-        raise ConfigurationError(
-            f"{key} has an invalid port: after the host's ':' only digits from 0 to 65535 "
-            "may follow (the value is not shown: it may hold a password)"
-        ) from None
+        hosts = ""
+    for host in hosts.split(","):
+        port = host.rpartition("]")[2] if host.startswith("[") else host
+        digits = port.rpartition(":")[2] if ":" in port else ""
+        valid = not digits or (digits.isascii() and digits.isdigit() and int(digits) <= 65535)
+        if not valid:
+            raise ConfigurationError(
+                f"{key} has an invalid port: after the host's ':' only digits from 0 to "
+                "65535 may follow (the value is not shown: it may hold a password)"
+            )
 
 
 #: Config keys whose values are credentials, or may contain one.

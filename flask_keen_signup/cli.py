@@ -235,27 +235,43 @@ def migrate_command(
                     api.update_app_metadata(user_id, {settings.marker: True})
 
         migration = Migration(
-            settings, ledger, reported_until=cutoff, dry_run=dry_run, on_marked=on_marked
+            settings,
+            ledger,
+            reported_until=cutoff,
+            dry_run=dry_run,
+            on_marked=on_marked,
+            source="the users file" if users_file is not None else "Auth0's user listing",
         )
         try:
             if users_file is not None:
-                from .users_export import iter_users_file
-
-                source = stack.enter_context(iter_users_file(users_file))
-                length, where = source.size, f"file {printable(users_file, limit=200)}"
-                position: t.Callable[[int], int] = lambda count: source.position  # noqa: E731
-                records: t.Iterable[t.Mapping[str, t.Any]] = source
+                where = f"file {printable(users_file, limit=200)}"
+                _migrate_file(migration, users_file)
             else:
                 assert management is not None
                 listing = management.all_users(USER_FIELDS)
-                length, where = listing.total or 0, f"Auth0 ({listing.source})"
-                position = lambda count: count  # noqa: E731
-                records = listing
-            _run_with_progress(migration, records, length, position)
+                where = f"Auth0 ({listing.source})"
+                _with_progress(
+                    "Migrating users",
+                    ((None, user) for user in listing),
+                    listing.total or 0,
+                    lambda count: count,
+                    migration.run,
+                )
         except KeenSignupError as exc:
-            _print_report(migration, cutoff, "stopped early: what was done so far", dry_run)
+            written = not dry_run and any(count for _, count in migration.report.rows())
+            _print_report(
+                migration,
+                cutoff,
+                "stopped early: what was done so far" if written or dry_run
+                else "stopped: nothing written",
+                dry_run,
+            )
+            if dry_run:
+                _leave_no_file(state)
             raise click.ClickException(f"migrate stopped: {printable(str(exc))}") from None
     _print_report(migration, cutoff, where, dry_run)
+    if dry_run:
+        _leave_no_file(state)
     queued = migration.report.reported
     if queued and not dry_run and state.sender is not None:
         left = state.sender.flush(timeout=flush_timeout)
@@ -265,20 +281,50 @@ def migrate_command(
         )
 
 
-def _run_with_progress(
-    migration: Migration,
-    records: t.Iterable[t.Mapping[str, t.Any]],
+def _migrate_file(migration: Migration, path: str) -> None:
+    """A users file is read twice: checked to the end (gzip's checksum included), then
+    migrated chunk by chunk, each chunk written only if it is the one checked. A dry run
+    writes nothing and needs one reading."""
+    from .users_export import iter_users_file
+
+    checked = None
+    if not migration.dry_run:
+        with iter_users_file(path) as source:
+            checked = _with_progress(
+                "Checking users",
+                source.numbered(),
+                source.size,
+                lambda count: source.position,
+                migration.check,
+            )
+    with iter_users_file(path) as again:
+        _with_progress(
+            "Migrating users",
+            again.numbered(),
+            again.size,
+            lambda count: again.position,
+            lambda records: migration.run(records, checked=checked),
+        )
+
+
+Numbered = tuple["int | None", t.Mapping[str, t.Any]]
+R = t.TypeVar("R")
+
+
+def _with_progress(
+    label: str,
+    records: t.Iterable[Numbered],
     length: int,
     position: t.Callable[[int], int],
-) -> None:
-    """Run the migration with a progress bar on a terminal (stderr), plainly otherwise."""
+    work: t.Callable[[t.Iterable[Numbered]], R],
+) -> R:
+    """``work(records)`` with a progress bar on a terminal (stderr), plainly otherwise."""
     if not (sys.stderr.isatty() and length):
-        migration.run(records)
-        return
-    with click.progressbar(length=length, label="Migrating users", file=sys.stderr) as bar:
+        return work(records)
+    with click.progressbar(length=length, label=label, file=sys.stderr) as bar:
         done = 0
 
-        def advancing() -> t.Iterator[t.Mapping[str, t.Any]]:
+        def advancing() -> t.Iterator[Numbered]:
             nonlocal done
             for count, record in enumerate(records, 1):
                 if count % 1000 == 0:
@@ -287,8 +333,16 @@ def _run_with_progress(
                     done = now
                 yield record
 
-        migration.run(advancing())
+        result = work(advancing())
         bar.update(length - done)
+    return result
+
+
+def _leave_no_file(state: SignupState) -> None:
+    """A dry run writes nothing: remove the SQLite file ``init_app`` created for it."""
+    from ._dry_run import remove_created_database
+
+    remove_created_database(state)
 
 
 def _print_report(migration: Migration, cutoff: dt.datetime, where: str, dry_run: bool) -> None:

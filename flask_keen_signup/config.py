@@ -113,6 +113,7 @@ class Settings:
     database: str
     sqlite_synchronous: str
     redis_url: str | None = dataclasses.field(repr=False)
+    redis_prefix: str
     # -- postgres store (issue 11) --
     database_url: str | None = dataclasses.field(repr=False)
     database_schema: str
@@ -285,11 +286,13 @@ def _check_api_url(url: str) -> str:
 
 
 def _check_redis_url(url: str | None) -> str | None:
-    """A ``redis://``, ``rediss://`` or ``unix://`` URL. The message never repeats it: it
-    usually carries a password."""
-    if url is not None and not re.match(r"^(rediss?|unix)://", url, re.IGNORECASE):
+    """A ``redis://``, ``rediss://`` or ``unix://`` URL, or ``redis+cluster://`` /
+    ``rediss+cluster://`` for a Redis Cluster. The message never repeats it: it usually
+    carries a password."""
+    if url is not None and not re.match(r"^(rediss?(\+cluster)?|unix)://", url, re.IGNORECASE):
         raise ConfigurationError(
-            "KEEN_SIGNUP_REDIS_URL must be a redis://, rediss:// or unix:// URL "
+            "KEEN_SIGNUP_REDIS_URL must be a redis://, rediss://, unix:// URL, or "
+            "redis+cluster:// (rediss+cluster://) for a Redis Cluster "
             "(the value is not shown: it may contain a password)"
         )
     if url is not None:
@@ -423,6 +426,10 @@ def load_settings(app: Flask) -> Settings:
     redis_url = _as_optional_str("KEEN_SIGNUP_REDIS_URL", c.get("KEEN_SIGNUP_REDIS_URL"))
     if store == "redis":
         _check_redis_url(redis_url)
+    redis_prefix = (
+        _as_optional_str("KEEN_SIGNUP_REDIS_PREFIX", c.get("KEEN_SIGNUP_REDIS_PREFIX"))
+        or "keen_signup"
+    )
     if enabled and store == "redis" and not redis_url:
         raise ConfigurationError(
             "KEEN_SIGNUP_REDIS_URL is required with KEEN_SIGNUP_STORE = 'redis'"
@@ -464,6 +471,7 @@ def load_settings(app: Flask) -> Settings:
             SQLITE_SYNCHRONOUS,
         ),
         redis_url=redis_url,
+        redis_prefix=redis_prefix,
         database_url=database_url,
         database_schema=database_schema,
         auth0_domain=auth0_domain,

@@ -436,7 +436,11 @@ def _load_known_users(tracker: Tracker) -> None:
         logger.warning("could not load the known users from the ledger", exc_info=True)
     else:
         logger.debug("remembered %d known user(s) from the ledger", count)
-        if tracker.settings.since is None and tracker.ledger_is_empty():
+        if (
+            tracker.settings.since is None
+            and tracker.ledger_is_empty()
+            and not _tenant_is_empty(tracker.settings)
+        ):
             # The day-one mistake: every existing user's next login would be a "signup".
             logger.warning(
                 "no user is marked as signed up yet and KEEN_SIGNUP_SINCE is not set: "
@@ -444,6 +448,25 @@ def _load_known_users(tracker: Tracker) -> None:
                 "Auth0 Rule? Run `flask keen-signup migrate` first "
                 "(docs/migrating-from-the-rule.md)."
             )
+
+
+def _tenant_is_empty(settings: Settings) -> bool:
+    """Whether the Management API says the tenant has no user at all (a new tenant, the
+    offline demo's): then nobody needs migrating and the day-one warning would only
+    mislead. ``False`` when there is no way to ask, or the question failed."""
+    if not settings.has_management_api:
+        return False
+    from .auth0 import management_client_for
+
+    try:
+        client = management_client_for(settings)
+        try:
+            return client.count_users() == 0
+        finally:
+            client.close()
+    except Exception:  # noqa: BLE001 - only decides whether to warn
+        logger.debug("could not count the tenant's users", exc_info=True)
+        return False
 
 
 def _request_facts() -> tuple[str | None, str | None]:

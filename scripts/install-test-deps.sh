@@ -10,6 +10,7 @@ if ! command -v pg_ctl >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/pg_ctl 
 fi
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)  # joins the test Redis Cluster
 command -v node >/dev/null 2>&1 || need+=(nodejs)  # runs the shipped Auth0 Action in tests
 if ((${#need[@]})); then
     SUDO=""

@@ -20,6 +20,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:  # the shared helpers, whatever directory a test lives in
     sys.path.insert(0, HERE)
 
+from _redis import redis_cluster as redis_cluster  # noqa: E402 - a session fixture
 from _redis import redis_server as redis_server  # noqa: E402 - a session fixture
 
 pytest_plugins = ["pytester"]

@@ -236,6 +236,26 @@ def test_a_first_deploy_warns_that_existing_users_need_migrate(
     assert any("flask keen-signup migrate" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize("tenant_users", [0, 1])
+def test_the_migrate_warning_is_only_for_a_tenant_with_users(
+    make_app: t.Callable[..., Flask],
+    keen_signup_auth0: Auth0Emulator,
+    caplog: pytest.LogCaptureFixture,
+    tenant_users: int,
+) -> None:
+    """A new, empty tenant (the offline demo's) has nobody to migrate: no warning there.
+    The Management API answers the question when the app has its credentials."""
+    from flask_keen_signup.extension import _load_known_users
+
+    if tenant_users:
+        keen_signup_auth0.add_user(email="existing@example.com")
+    app = make_app(**management(keen_signup_auth0))
+    with caplog.at_level(logging.WARNING, logger="flask_keen_signup"):
+        _load_known_users(signup_state(app).tracker)
+    warned = any("flask keen-signup migrate" in r.getMessage() for r in caplog.records)
+    assert warned is bool(tenant_users)
+
+
 def test_sync_mode_with_since_and_no_claim_waits_in_the_outbox_instead_of_posting(
     make_app: t.Callable[..., Flask],
     keen_signup_auth0: Auth0Emulator,

@@ -875,9 +875,9 @@ def test_migrate_from_a_users_file_on_postgres(
         first = migrate(app, "--users-file", str(path))
         assert first.exit_code == 0, first.output
         rows = table(first.output)
-        assert (rows["marked"], rows["reported"], rows["already known"]) == (2, 1, 0)
+        assert (rows["marked"], rows["reported"], rows["already known"]) == (3, 1, 0)
         again = table(migrate(app, "--users-file", str(path)).output)
-        assert (again["reported"], again["already known"]) == (0, 4)  # incl. no created_at
+        assert (again["reported"], again["already known"]) == (0, 4)  # incl. the undated
         assert wait_until(lambda: len(keen.events("signups")) == 1)
         assert keen.events("signups")[0]["userId"] == "google-oauth2|gap"
         assert state.store.lookup("google-oauth2|gap") is MarkerState.CONFIRMED
