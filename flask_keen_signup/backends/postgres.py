@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import typing as t
 
-from ..exceptions import ConfigurationError
 from .parts import Parts
 from .parts import Wiring
 
@@ -59,7 +58,10 @@ def build(wiring: Wiring) -> Parts:
             timeout=settings.store_timeout,
         )
     except ValueError as exc:
-        raise ConfigurationError(f"KEEN_SIGNUP_DATABASE_URL is not usable: {exc}") from None
+        from .._credentials import url_error  # the message masks the URL's pieces
+
+        url = t.cast(str, settings.database_url)
+        raise url_error("KEEN_SIGNUP_DATABASE_URL", exc, url) from None
     store = PostgresStore(
         database, settings.collection, reclaim_after=wiring.reclaim_after, close_database=True
     )

@@ -34,7 +34,9 @@ def build(wiring: Wiring) -> Parts:
         # The budget wins over timeouts in the URL's query string (those are the sender's).
         request_client = connect(url, budget=settings.store_timeout)
     except ValueError as exc:
-        raise ConfigurationError(f"KEEN_SIGNUP_REDIS_URL is not usable: {exc}") from None
+        from .._credentials import url_error  # the message masks the URL's pieces
+
+        raise url_error("KEEN_SIGNUP_REDIS_URL", exc, url) from None
     try:
         check_prefix(client, prefix, name="KEEN_SIGNUP_REDIS_PREFIX")
     except ValueError as exc:
