@@ -190,7 +190,7 @@ def test_beside_prometheus_flask_exporter(
     registry = CollectorRegistry()
     # The exporter's own metrics and ours on one registry, served by its /metrics.
     exporter = PrometheusMetrics(app, registry=registry)
-    signup.register_metrics(exporter.registry, app=app)  # at start-up, outside a context
+    signup.register_metrics(exporter.registry)  # at start-up, outside a context (DESIGN §9)
     login(app.test_client(), keen_signup_auth0, "flo@example.com")
     signup_state(app).sender.flush(timeout=20)
     page = app.test_client().get("/metrics")
@@ -199,6 +199,65 @@ def test_beside_prometheus_flask_exporter(
     assert "flask_http_request_duration_seconds_count" in text
     assert 'keen_signup_outbox_events{state="pending"} 0.0' in text
     assert "keen_signup_circuit_open 0.0" in text
+
+
+def test_an_extension_created_with_its_app_works_outside_a_context(
+    keen_signup_auth0: Auth0Emulator, keen_signup_keen: KeenEmulator, apps: t.Any
+) -> None:
+    """DESIGN §9: at start-up (module level: no app context), ``KeenSignup(app)``'s methods
+    need no ``app=``, as Flask-SQLAlchemy's and Flask-Login's don't."""
+    from flask import has_app_context
+
+    app, signup = apps(keen_signup_auth0, keen_signup_keen)
+    assert not has_app_context()
+    registry = CollectorRegistry()
+    signup.register_metrics(registry)
+    assert signup.health()["verdict"] == "ok"
+    login(app.test_client(), keen_signup_auth0, "nocontext@example.com")
+    assert signup.flush(timeout=20) == 0
+    assert len(keen_signup_keen.events("signups")) == 1
+    assert scrape(registry)[("keen_signup_outbox_events", (("state", "pending"),))] == 0
+    assert signup.health()["delivered"] == 1
+
+
+def test_one_extension_on_several_apps_outside_a_context_names_the_argument(
+    tmp_path: Path,
+) -> None:
+    signup = KeenSignup()
+    with pytest.raises(RuntimeError, match=r"init_app\(app\)"):
+        signup.health()
+    made = []
+    for name in ("first", "second"):
+        app = Flask(name)
+        app.config.update(
+            KEEN_PROJECT_ID="p",
+            KEEN_WRITE_KEY="w",
+            KEEN_SIGNUP_DATABASE=str(tmp_path / f"{name}.db"),
+            KEEN_SIGNUP_ENABLED=False,
+        )
+        signup.init_app(app)
+        made.append(app)
+    first, second = made
+    # Two apps and no context: which one? The message says what to pass.
+    calls: list[tuple[str, t.Callable[[], object]]] = [
+        ("register_metrics(registry, app=app)", lambda: signup.register_metrics(registry)),
+        ("flush(app=app)", lambda: signup.flush(timeout=1)),
+        ("health(app=app)", signup.health),
+    ]
+    registry = CollectorRegistry()
+    for call, run in calls:
+        with pytest.raises(RuntimeError) as info:
+            run()
+        message = str(info.value)
+        assert "2 apps ('first', 'second')" in message and f"signup.{call}" in message
+    signup.register_metrics(registry, app=second)
+    assert scrape(registry)[("keen_signup_outbox_events", (("state", "pending"),))] == 0
+    assert signup.health(app=first)["pending"] == 0
+    with second.app_context():  # in a context, the current app
+        assert signup.health()["pending"] == 0
+        signup.register_metrics(registry)  # the same app's collector again: a no-op
+    with pytest.raises(RuntimeError, match=r"signup_state\(app\)"):
+        signup_state()
 
 
 def test_metrics_docs_dashboard_and_alerts_use_the_real_names() -> None:
