@@ -126,6 +126,10 @@ class KeenSignup:
         self._apps.add(app)
         self._check_view_order(app)
         self._check_view_order_at_first_request(app)
+        if settings.enabled and metrics_on:
+            # Before the sender starts: its first pass may deliver what the outbox holds
+            # (another process's signups, a recycled worker's) and must count it.
+            metrics.start_counting(app)
         if state.sender is not None and settings.enabled:
             state.sender.start()
         if settings.enabled and state.tracker.known is not None:
@@ -135,9 +139,6 @@ class KeenSignup:
                 name="flask-keen-signup-known-users",
                 daemon=True,
             ).start()
-        if settings.enabled and metrics_on:
-            # Last: importing prometheus_client takes ~0.1 s, while the sender starts.
-            metrics.start_counting(app)
 
     # -- public API ----------------------------------------------------------------------
 

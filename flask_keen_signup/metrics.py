@@ -11,7 +11,9 @@ Two kinds, kept the way ``prometheus_client`` expects each to be kept:
   across workers: each signup is counted once by the process that recorded it, and once
   more by the process whose sender delivered it. Counting starts at ``init_app`` when
   ``prometheus_client`` is importable (nothing is imported otherwise) and
-  ``KEEN_SIGNUP_METRICS`` is not ``False``.
+  ``KEEN_SIGNUP_METRICS`` is not ``False``, *before* the sender starts: a worker that boots
+  (or is recycled) while other processes' signups are due delivers them in its sender's
+  first pass, and that delivery is counted too.
 * **Read at scrape time** — ``keen_signup_outbox_events{state}``,
   ``keen_signup_oldest_pending_age_seconds`` and ``keen_signup_circuit_open``, by the
   collector :meth:`KeenSignup.register_metrics` adds. They describe shared state (the

@@ -315,6 +315,47 @@ flask_keen_signup.signup_state(app).sender.shutdown(timeout=2)
     assert "flask-keen-signup[metrics]" in done.stdout
 
 
+def test_a_new_process_counts_what_its_sender_delivers_first(
+    keen_signup_auth0: Auth0Emulator, keen_signup_keen: KeenEmulator, tmp_path: Path
+) -> None:
+    """A gunicorn worker booting (or recycled) with due signups of other processes in the
+    outbox: its sender's first pass delivers them at once, and they are counted (counting
+    starts before the sender). Multiprocess mode, read back the way gunicorn's scrape does."""
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    database = str(tmp_path / "shared.db")
+    app, _ = quickstart_app(keen_signup_auth0, keen_signup_keen, database)
+    sender = signup_state(app).sender
+    sender.stop(timeout=5)  # another process recorded these, and went away
+    for n in range(3):
+        login(app.test_client(), keen_signup_auth0, f"earlier{n}@example.com")
+    sender.shutdown(timeout=0)
+    assert keen_signup_keen.events("signups") == []
+    multiproc = tmp_path / "prometheus"
+    multiproc.mkdir()
+    script = f"""
+from flask import Flask
+from flask_keen_signup import KeenSignup
+app = Flask(__name__)
+app.config.update(KEEN_PROJECT_ID={keen_signup_keen.project_id!r},
+                  KEEN_WRITE_KEY={keen_signup_keen.write_key!r},
+                  KEEN_API_URL={keen_signup_keen.url!r}, KEEN_SIGNUP_DATABASE={database!r})
+signup = KeenSignup(app)
+assert signup.flush(timeout=20) == 0
+"""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PROMETHEUS_MULTIPROC_DIR": str(multiproc)}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(keen_signup_keen.events("signups")) == 3
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(multiproc))
+    samples = scrape(registry)
+    assert samples[("keen_signup_signups_total", (("outcome", "delivered"),))] == 3
+    assert samples[("keen_signup_delivery_latency_seconds_count", ())] == 3
+
+
 def test_importing_the_package_does_not_import_prometheus_client() -> None:
     done = subprocess.run(
         [
