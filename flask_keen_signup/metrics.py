@@ -28,6 +28,7 @@ Names and labels are DESIGN §9's; ``docs/metrics.md`` has the dashboard and ale
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import typing as t
@@ -89,6 +90,37 @@ class _Metrics:
 
 _lock = threading.Lock()
 _metrics: _Metrics | None = None
+#: Held around every increment, and by a fork while it happens (see :func:`_before_fork`).
+_count_lock = threading.Lock()
+
+
+def _before_fork() -> None:
+    """No increment in flight while the process forks.
+
+    ``prometheus_client``'s multiprocess values share one lock per process. Under
+    ``gunicorn --preload`` the master's sender counts its deliveries; a worker forked while
+    that thread held the lock would inherit it held, and its first count (a signup in a
+    login request) would wait forever. Our increments go through :data:`_count_lock`,
+    which a fork takes first, so the fork never happens in the middle of one.
+    """
+    _count_lock.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _count_lock.release()
+
+
+def _after_fork_in_child() -> None:
+    global _count_lock
+    _count_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )
 _registered: weakref.WeakKeyDictionary[t.Any, set[int]] = weakref.WeakKeyDictionary()
 
 
@@ -141,11 +173,15 @@ def start_counting(app: Flask) -> Count | None:
         child = children.get(kind)
         if child is None:  # "detected": not an outcome
             return
-        child.inc()
+        seconds = None
         if kind == "delivered":
             enqueued_at = payload.get("enqueued_at")
             if isinstance(enqueued_at, (int, float)):
-                latency.observe(max(0.0, time.time() - enqueued_at))
+                seconds = max(0.0, time.time() - enqueued_at)
+        with _count_lock:
+            child.inc()
+            if seconds is not None:
+                latency.observe(seconds)
 
     _counters[app] = count
     return count

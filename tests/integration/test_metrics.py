@@ -356,6 +356,48 @@ assert signup.flush(timeout=20) == 0
     assert samples[("keen_signup_delivery_latency_seconds_count", ())] == 3
 
 
+FORK_WHILE_COUNTING = """
+import os, signal, sys, threading
+from flask import Flask
+from flask_keen_signup import metrics
+count = metrics.start_counting(Flask(__name__))
+stop = threading.Event()
+def sender():  # the preloaded master's sender, counting its deliveries
+    while not stop.is_set():
+        count("failed", {})
+threading.Thread(target=sender, daemon=True).start()
+hung = 0
+for _ in range(40):
+    pid = os.fork()  # gunicorn forking (or recycling) a worker
+    if pid == 0:
+        signal.alarm(2)  # a worker stuck on a lock it inherited held dies here
+        count("recorded", {})  # the worker's first signup
+        os._exit(0)
+    hung += os.waitpid(pid, 0)[1] != 0
+stop.set()
+print("hung", hung)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork: POSIX only")
+def test_a_worker_forked_while_the_master_counts_can_count(tmp_path: Path) -> None:
+    """``gunicorn --preload`` in multiprocess mode: the master's sender counts while
+    workers are forked; no worker inherits ``prometheus_client``'s lock held (its first
+    signup would wait forever, in a login request)."""
+    multiproc = tmp_path / "prometheus"
+    multiproc.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PROMETHEUS_MULTIPROC_DIR": str(multiproc)}
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore::DeprecationWarning", "-c", FORK_WHILE_COUNTING],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["hung", "0"]
+
+
 def test_importing_the_package_does_not_import_prometheus_client() -> None:
     done = subprocess.run(
         [
