@@ -259,7 +259,8 @@ class KeenSignup:
         ``timeout`` seconds. Returns how many signups are still queued (0: all sent).
 
         For tests, scripts and a graceful deploy; the background sender does the same by
-        itself. ``flask keen-signup flush`` is the command-line form.
+        itself. ``flask keen-signup flush`` is the command-line form. ``app`` is needed only
+        for an instance on several apps, outside an app context (as for every method).
         """
         sender = signup_state(self._app_for(app, "flush(app=app)")).sender
         if sender is None:
