@@ -126,6 +126,10 @@ class KeenSignup:
         self._apps.add(app)
         self._check_view_order(app)
         self._check_view_order_at_first_request(app)
+        if settings.enabled and metrics_on:
+            # Before the sender starts: its first pass may deliver what the outbox holds
+            # (another process's signups, a recycled worker's) and must count it.
+            metrics.start_counting(app)
         if state.sender is not None and settings.enabled:
             state.sender.start()
         if settings.enabled and state.tracker.known is not None:
@@ -135,9 +139,6 @@ class KeenSignup:
                 name="flask-keen-signup-known-users",
                 daemon=True,
             ).start()
-        if settings.enabled and metrics_on:
-            # Last: importing prometheus_client takes ~0.1 s, while the sender starts.
-            metrics.start_counting(app)
 
     # -- public API ----------------------------------------------------------------------
 
@@ -235,13 +236,14 @@ class KeenSignup:
         ``REGISTRY``), and makes sure this app's signups are counted. Safe to call again,
         e.g. with a fresh registry per scrape in multiprocess mode.
 
-        :param app: the app, when called outside its context (at start-up).
+        :param app: which app, needed only when this instance serves several apps and
+            there is no app context (see :meth:`_app_for`).
         :raises ConfigurationError: ``prometheus_client`` is not installed, or
             ``KEEN_SIGNUP_METRICS`` is ``False``.
         """
         from .metrics import register
 
-        app = app or current_app._get_current_object()  # type: ignore[attr-defined]
+        app = self._app_for(app, "register_metrics(registry, app=app)")
         register(app, signup_state(app), registry)
 
     def event_properties(self, callback: EventPropertiesCallback) -> EventPropertiesCallback:
@@ -260,9 +262,10 @@ class KeenSignup:
         itself. ``flask keen-signup flush`` is the command-line form. Paced like the
         sender: nothing is sent while its circuit is open (Keen kept failing), so asking
         often never spends retries faster. ``timeout`` ``inf`` (or beyond what a thread can
-        wait): no deadline; NaN or negative: 0.
+        wait): no deadline; NaN or negative: 0. ``app`` is needed only for an instance on
+        several apps, outside an app context (as for every method).
         """
-        sender = signup_state(app).sender
+        sender = signup_state(self._app_for(app, "flush(app=app)")).sender
         if sender is None:
             raise RuntimeError("no sender is configured for this app")
         return sender.flush(timeout=timeout)
@@ -285,10 +288,36 @@ class KeenSignup:
         """
         from .health import with_verdict
 
-        state = signup_state(app)
+        state = signup_state(self._app_for(app, "health(app=app)"))
         return with_verdict(health_of(state), state.health_thresholds)
 
     # -- internals -----------------------------------------------------------------------
+
+    def _app_for(self, app: Flask | None, call: str) -> Flask:
+        """The app a method without ``app=`` is about, as Flask extensions do.
+
+        ``app`` when given; else the current app (in a request, a CLI command, a test's
+        ``app_context()``); else, outside any context (module level, at start-up), the one
+        app this instance was initialised on. Several apps and no context: a
+        ``RuntimeError`` that names the argument to pass (``call``).
+        """
+        if app is not None:
+            return app
+        if has_app_context():
+            return t.cast("Flask", current_app._get_current_object())  # type: ignore[attr-defined]
+        apps = list(self._apps)
+        if len(apps) == 1:
+            return apps[0]
+        if not apps:
+            raise RuntimeError(
+                "this KeenSignup is not initialised on any app: call KeenSignup(app) or "
+                "init_app(app) first"
+            )
+        names = ", ".join(sorted(repr(each.name) for each in apps))
+        raise RuntimeError(
+            f"this KeenSignup serves {len(apps)} apps ({names}) and there is no app "
+            f"context: say which, e.g. signup.{call}"
+        )
 
     def _remember_tracked(self, view: t.Callable[..., t.Any]) -> None:
         self._tracked_views.append(view)

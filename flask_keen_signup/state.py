@@ -13,6 +13,7 @@ import time
 import typing as t
 
 from flask import current_app
+from flask import has_app_context
 
 from ._text import printable
 from .health import HealthThresholds
@@ -65,9 +66,14 @@ def signup_state(app: Flask | None = None) -> SignupState:
 
     For tests and operations tools: ``signup_state(app).sender.flush(10)``,
     ``signup_state(app).outbox.stats()``. Raises ``RuntimeError`` if ``init_app`` was
-    not called on ``app``.
+    not called on ``app``, or, without ``app``, outside an app context.
     """
-    app = app or current_app._get_current_object()  # type: ignore[attr-defined]
+    if app is None:
+        if not has_app_context():
+            raise RuntimeError(
+                "signup_state() outside an app context: pass the app, signup_state(app)"
+            )
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
     try:
         return t.cast(SignupState, app.extensions["keen_signup"])
     except KeyError:

@@ -335,13 +335,17 @@ class DeliveryHooks(ABC):  # noqa: B024 - every hook is optional
     The default implementations do nothing, so a subclass overrides only what it needs.
     """
 
-    def before_send(self, rows: t.Sequence[OutboxRow]) -> dict[int, str]:
+    def before_send(self, rows: list[OutboxRow]) -> dict[int, str]:
         """Return ``{row id: reason}`` for rows that must *not* be sent.
 
         Those rows are marked skipped (done, never sent). Used e.g. by the auth0 store to
         skip users already marked in ``app_metadata``, or created before
         ``KEEN_SIGNUP_SINCE``. Raising a retryable :class:`~..exceptions.RemoteError`
         postpones the whole batch with a backoff.
+
+        ``rows`` is the sender's own list: the hook may replace a row in it by a revised
+        copy (same id, e.g. ``keen.timestamp`` set to the creation time it just looked
+        up); the list as the hook leaves it is what is sent.
         """
         return {}
 

@@ -315,6 +315,7 @@ class Outcomes:
         if not self.has_before_send:
             return rows
         assert self.hooks is not None
+        rows = list(rows)  # the hook may revise rows in this list (DeliveryHooks.before_send)
         try:
             skips = self.hooks.before_send(rows)
         except Exception as exc:  # noqa: BLE001

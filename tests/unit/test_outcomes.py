@@ -8,6 +8,7 @@ are in ``test_sender.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 import typing as t
@@ -227,6 +228,25 @@ def test_before_send_skips_rows_the_store_already_knows() -> None:
     left = record.before_send(rows)
     assert [r.user_id for r in left] == ["auth0|u0", "auth0|u2"]
     assert box.stats().skipped == 1
+
+
+def test_before_send_may_revise_the_rows_it_lets_through() -> None:
+    """A hook replaces a row in the sender's list (e.g. keen.timestamp from a lookup): the
+    revised copy is what goes on; the skipped rows are gone either way."""
+
+    class Revising(Hooks):
+        def before_send(self, rows: t.Sequence[OutboxRow]) -> dict[int, str]:
+            assert isinstance(rows, list)
+            rows[-1] = dataclasses.replace(rows[-1], body_json='{"revised": true}')
+            return super().before_send(rows)
+
+    box = MemoryOutbox()
+    enqueue(box, 3)
+    rows = claim(box)
+    left = outcomes(box, hooks=Revising(skip={"auth0|u0"})).before_send(rows)
+    assert [r.user_id for r in left] == ["auth0|u1", "auth0|u2"]
+    assert left[-1].body == {"revised": True} and left[-1].id == rows[-1].id
+    assert rows[-1].body != {"revised": True}, "the caller's list is not changed"
 
 
 def test_no_before_send_hook_passes_rows_through_untouched() -> None:
