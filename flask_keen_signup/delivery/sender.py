@@ -354,6 +354,9 @@ class Sender:
         self._shut_down = False
         # Registered first: from its first claim, its leases must count as a live owner's.
         shutdown.register(self, signals=self.handle_signals)
+        if shutdown.forks_from_c():  # a uWSGI master: each worker starts it after its fork
+            self.worker.defer()
+            return
         self.worker.start()
 
     def wake(self) -> None:
@@ -445,6 +448,8 @@ class Sender:
         """
         worker = self.worker
         if not worker.forked():
+            if worker.wanted and not worker.stopping and not worker.running:
+                self.start()  # deferred here by a uWSGI master that became a worker
             return
         was_running = worker.wanted and not worker.stopping
         self._reset_after_fork()

@@ -15,6 +15,12 @@
   HTTP connections; the ones that were running restart: gunicorn ``--preload``,
   ``multiprocessing`` with fork). A server that forks without running Python's at-fork
   hooks is caught by the sender's own pid check on first use.
+* **uWSGI.** Without ``--lazy-apps`` uWSGI loads the app in its master and forks the
+  workers from C, without the GIL and without Python's at-fork hooks: a Python thread busy
+  at that moment leaves the new worker waiting for a GIL nobody will release (uWSGI issues
+  1149 and 1369). So in a process uWSGI will fork, :func:`forks_from_c` says so, no
+  thread is started there, and uWSGI's ``post_fork_hook`` (chained the way
+  ``uwsgidecorators.postfork`` does) starts each worker's sender as soon as it is forked.
 
 This is the one registry of the process's senders (held weakly, so it never keeps one
 alive); the senders also read it to tell their own live leases from a dead one's. It
@@ -28,6 +34,7 @@ import atexit
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 import typing as t
@@ -172,6 +179,39 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     elif previous == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def forks_from_c() -> bool:
+    """Whether uWSGI will fork workers from this process without Python's fork hooks.
+
+    True in a uWSGI master (or first process) that loaded the app without ``--lazy-apps``
+    and spawns workers. Then the worker hook is installed (once) and the caller must not
+    start a thread here: every worker starts its own right after the fork.
+    """
+    global _uwsgi_hooked
+    uwsgi = sys.modules.get("uwsgi")  # only ever present inside a uWSGI process
+    if uwsgi is None or getattr(uwsgi, "worker_id", lambda: 1)() != 0:
+        return False
+    opt = getattr(uwsgi, "opt", {})
+    if opt.get("lazy-apps") or opt.get("lazy"):
+        return False
+    if not (opt.get("master") or int(getattr(uwsgi, "numproc", 1)) > 1):
+        return False
+    with _lock:
+        if not _uwsgi_hooked:
+            previous = getattr(uwsgi, "post_fork_hook", None)
+
+            def post_fork_hook() -> None:
+                if callable(previous):
+                    previous()
+                _after_fork_in_child()
+
+            uwsgi.post_fork_hook = post_fork_hook
+            _uwsgi_hooked = True
+    return True
+
+
+_uwsgi_hooked = False
 
 
 def _after_fork_in_child() -> None:
