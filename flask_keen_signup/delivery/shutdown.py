@@ -20,7 +20,10 @@
   at that moment leaves the new worker waiting for a GIL nobody will release (uWSGI issues
   1149 and 1369). So in a process uWSGI will fork, :func:`forks_from_c` says so, no
   thread is started there, and uWSGI's ``post_fork_hook`` (chained the way
-  ``uwsgidecorators.postfork`` does) starts each worker's sender as soon as it is forked.
+  ``uwsgidecorators.postfork`` does) does in each worker what Python's fork hooks would
+  have done (new SQLite connections, then the senders restarted) as soon as it is forked.
+  A uWSGI older than 2.0.27 started without ``--enable-threads`` lets no Python thread
+  run while idle: :func:`starved_by_uwsgi` tells ``init_app``, which refuses it.
 
 This is the one registry of the process's senders (held weakly, so it never keeps one
 alive); the senders also read it to tell their own live leases from a dead one's. It
@@ -42,7 +45,7 @@ import weakref
 
 # The database's at-fork hooks must be registered before ours: in a child, they must reset
 # its SQLite gate before the senders we restart there touch SQLite.
-from .. import database  # noqa: F401
+from .. import database
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from types import FrameType
@@ -181,6 +184,17 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def starved_by_uwsgi() -> bool:
+    """Whether this is a uWSGI process whose Python threads cannot run while it is idle.
+
+    uWSGI before 2.0.27 started without ``--enable-threads`` never releases the GIL from
+    its C loop: an app's thread runs only in the slices of a request being served, so a
+    signup would wait for the next visitor. From 2.0.27 threads are always enabled.
+    """
+    uwsgi: t.Any = sys.modules.get("uwsgi")
+    return uwsgi is not None and not getattr(uwsgi, "has_threads", True)
+
+
 def forks_from_c() -> bool:
     """Whether uWSGI will fork workers from this process without Python's fork hooks.
 
@@ -189,7 +203,7 @@ def forks_from_c() -> bool:
     start a thread here: every worker starts its own right after the fork.
     """
     global _uwsgi_hooked
-    uwsgi = sys.modules.get("uwsgi")  # only ever present inside a uWSGI process
+    uwsgi: t.Any = sys.modules.get("uwsgi")  # only ever present inside a uWSGI process
     if uwsgi is None or getattr(uwsgi, "worker_id", lambda: 1)() != 0:
         return False
     opt = getattr(uwsgi, "opt", {})
@@ -200,10 +214,14 @@ def forks_from_c() -> bool:
     with _lock:
         if not _uwsgi_hooked:
             previous = getattr(uwsgi, "post_fork_hook", None)
+            master = os.getpid()
 
             def post_fork_hook() -> None:
                 if callable(previous):
                     previous()
+                if os.getpid() != master:  # what Python's own fork hooks would have done
+                    database._before_fork()  # the copies in this child, not the master's
+                    database._after_fork_in_child()
                 _after_fork_in_child()
 
             uwsgi.post_fork_hook = post_fork_hook
