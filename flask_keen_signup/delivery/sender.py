@@ -354,7 +354,7 @@ class Sender:
         self._shut_down = False
         # Registered first: from its first claim, its leases must count as a live owner's.
         shutdown.register(self, signals=self.handle_signals)
-        if shutdown.forks_from_c():  # a uWSGI master: each worker starts it after its fork
+        if shutdown.threads_on_hold():  # started later here, or in each forked worker
             self.worker.defer()
             return
         self.worker.start()
@@ -449,7 +449,7 @@ class Sender:
         worker = self.worker
         if not worker.forked():
             if worker.wanted and not worker.stopping and not worker.running:
-                self.start()  # deferred here by a uWSGI master that became a worker
+                self.start()  # deferred here (see shutdown.threads_on_hold)
             return
         was_running = worker.wanted and not worker.stopping
         self._reset_after_fork()

@@ -9,7 +9,8 @@
   default, restores it and re-sends SIGTERM so the process still dies of it. A handler can
   only be installed from the main thread; elsewhere this is skipped (``atexit`` still runs).
   The flush runs on a helper thread that the handler waits for with a deadline, so a lock
-  held by the interrupted main thread can delay it but never hang the process.
+  held by the interrupted main thread can delay it but never hang the process. Under gevent
+  the handler runs in the event loop, where nothing may block: it flushes in a greenlet.
 * **Fork.** ``os.register_at_fork(after_in_child=...)`` calls every sender's public
   :meth:`Managed.after_fork_in_child` in the child (fresh thread, locks, lease owner and
   HTTP connections; the ones that were running restart: gunicorn ``--preload``,
@@ -168,6 +169,17 @@ def install_signal_handler() -> bool:
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    gevent: t.Any = sys.modules.get("gevent")
+    if gevent is not None and gevent.getcurrent() is gevent.get_hub():
+        # A monkey-patched process (gunicorn -k gevent) runs signal handlers in the event
+        # loop, where nothing may block: flush in a greenlet, as gunicorn's gevent worker
+        # does for its own handlers.
+        gevent.spawn(_flush_then_chain, signum, frame)
+        return
+    _flush_then_chain(signum, frame)
+
+
+def _flush_then_chain(signum: int, frame: FrameType | None) -> None:
     senders = live_senders()
     timeout = max((s.shutdown_timeout for s in senders), default=0.0)
     if senders:
@@ -232,9 +244,59 @@ def forks_from_c() -> bool:
 _uwsgi_hooked = False
 
 
+#: Set in a forked child that gevent has not patched yet (see :func:`threads_on_hold`).
+_gevent_patch_pending = False
+
+
+def threads_on_hold() -> bool:
+    """Whether a sender must not start its thread in this process yet.
+
+    * A uWSGI master that forks from C (:func:`forks_from_c`): each worker starts its own.
+    * A forked child of a process that imported ``gevent.monkey`` without patching yet:
+      gunicorn's gevent worker with ``--preload`` patches right after the fork, and a
+      thread started before that is a native thread in a patched process (its exit then
+      fails in ``threading``'s own bookkeeping), its locks and events native ones that
+      block the whole worker when a greenlet waits on them. So the senders are rebuilt
+      and restarted once gevent announces ``GeventDidPatchAllEvent``. Should no patch
+      ever come, the master's sender still delivers every worker's signups from the
+      shared outbox.
+    """
+    return _gevent_patch_pending or forks_from_c()
+
+
+def _on_gevent_event(event: object) -> None:
+    global _gevent_patch_pending
+    if not _gevent_patch_pending or type(event).__name__ != "GeventDidPatchAllEvent":
+        return
+    _gevent_patch_pending = False
+    gevent: t.Any = sys.modules["gevent"]
+    gevent.spawn(_start_held)  # once the worker runs its loop, not inside patch_all
+
+
+def _start_held() -> None:
+    for sender in list(_senders):
+        try:
+            sender.after_fork_in_child()  # rebuilt with gevent's primitives, then restarted
+        except Exception:  # noqa: BLE001 - never break the worker over analytics
+            logger.exception("flask-keen-signup: could not start a sender after gevent patched")
+
+
 def _after_fork_in_child() -> None:
-    global _lock
+    global _lock, _gevent_patch_pending
     _lock = threading.Lock()  # the parent's may have been held by another thread
+    monkey: t.Any = sys.modules.get("gevent.monkey")
+    if monkey is not None and not monkey.is_module_patched("threading"):
+        try:
+            from gevent import events  # type: ignore[import-untyped,unused-ignore]
+        except ImportError:  # pragma: no cover - part of gevent
+            pass
+        else:
+            # Rebuilt after the patch: locks and events made now would be native ones,
+            # and a greenlet waiting on one would block the whole worker.
+            _gevent_patch_pending = True
+            if _on_gevent_event not in events.subscribers:
+                events.subscribers.append(_on_gevent_event)
+            return
     for sender in list(_senders):
         try:
             sender.after_fork_in_child()
