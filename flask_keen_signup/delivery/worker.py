@@ -108,7 +108,7 @@ class Worker:
             return True
 
     def defer(self) -> None:
-        """Want the thread without starting it here: a forked child starts it."""
+        """Want the thread without starting it now (see ``shutdown.threads_on_hold``)."""
         with self._lock:
             self.stopping = False
             self.wanted = True
