@@ -9,8 +9,13 @@ one server per parametrised case, real HTTP on 127.0.0.1, one emulator pair for 
 1. a new user's signup reaches Keen while the server is idle afterwards (no request after
    the callback: only the Keen emulator is polled);
 2. simultaneous first logins of one user give one event, sent once;
-3. Keen is down, a user signs up, the server gets SIGTERM (it must exit within a bound);
-   Keen comes back, the server is started again and delivers the event without a request.
+3. Keen is down, a user signs up, the server gets SIGTERM (it must exit within a bound;
+   uWSGI's master reloads); Keen comes back, the server is started again and delivers the
+   event without a request, once its backoff is over;
+
+and, from start to stop, every process that serves has its sender running before any
+signup, and the server's log holds no traceback and no worker that died of an error.
+A last test holds SQLite's write lock from another process under a gevent worker.
 
 Each server is a pip package of the ``test`` extra: missing, the case skips locally and
 fails under ``CI=true``. ``docs/deployment.md`` says what each server needs.
