@@ -34,6 +34,8 @@ from .attribution import load_attribution_settings
 from .config import Settings
 from .config import load_settings
 from .database import Database
+from .delivery import shutdown
+from .exceptions import ConfigurationError
 from .exceptions import InvalidClaimsError
 from .health import load_health_thresholds
 from .state import SignupState
@@ -108,6 +110,14 @@ class KeenSignup:
         attribution_settings = load_attribution_settings(app, settings.addons)
         thresholds = load_health_thresholds(app)
         metrics_on = metrics.enabled(app)  # validated now, before anything starts
+        if settings.enabled and settings.delivery == "background" and shutdown.starved_by_uwsgi():
+            raise ConfigurationError(
+                "uWSGI runs without Python threads (a uWSGI older than 2.0.27 started "
+                "without --enable-threads): the background sender would only run while a "
+                "request is served, and a signup would wait for the next visitor. Add "
+                "`enable-threads = true` to the uWSGI configuration, upgrade uWSGI to "
+                '2.0.27 or later, or set KEEN_SIGNUP_DELIVERY = "sync".'
+            )
         state = _build_state(app, settings)
         if settings.enabled and state.parts.uses_database:
             # A directory, a non-SQLite file, a read-only or forbidden path: refuse to
@@ -132,7 +142,9 @@ class KeenSignup:
             metrics.start_counting(app)
         if state.sender is not None and settings.enabled:
             state.sender.start()
-        if settings.enabled and state.tracker.known is not None:
+        if settings.enabled and state.tracker.known is not None and shutdown.forks_from_c():
+            _load_known_users(state.tracker)  # a uWSGI master: no thread here (see shutdown)
+        elif settings.enabled and state.tracker.known is not None:
             threading.Thread(
                 target=_load_known_users,
                 args=(state.tracker,),

@@ -382,6 +382,9 @@ class Sender:
         self._shut_down = False
         # Registered first: from its first claim, its leases must count as a live owner's.
         shutdown.register(self, signals=self.handle_signals)
+        if shutdown.threads_on_hold():  # started later here, or in each forked worker
+            self.worker.defer()
+            return
         self.worker.start()
 
     def wake(self) -> None:
@@ -492,6 +495,8 @@ class Sender:
         """
         worker = self.worker
         if not worker.forked():
+            if worker.wanted and not worker.stopping and not worker.running:
+                self.start()  # deferred here (see shutdown.threads_on_hold)
             return
         was_running = worker.wanted and not worker.stopping
         self._reset_after_fork()
