@@ -71,12 +71,14 @@ def signup(n: int) -> QueuedEvent:
     return QueuedEvent("signups", user_id, token, body)
 
 
-def parts(url: str, schema: str) -> tuple[t.Any, t.Any, t.Any]:
+def parts(
+    url: str, schema: str, listen_url: str | None = None
+) -> tuple[t.Any, t.Any, t.Any]:
     from flask_keen_signup.delivery.postgres_outbox import PostgresOutbox
     from flask_keen_signup.postgres import PostgresDatabase
     from flask_keen_signup.stores.postgres import PostgresStore
 
-    database = PostgresDatabase(url, schema=schema, timeout=5)
+    database = PostgresDatabase(url, schema=schema, timeout=5, listen_url=listen_url)
     return database, PostgresStore(database, "signups"), PostgresOutbox(database)
 
 
@@ -266,7 +268,7 @@ def test_notify_wakes_another_processes_sender_at_once(
     from flask_keen_signup.delivery.sender import Sender
 
     schema = fresh_schema()
-    database, _, box = parts(postgres_url, schema)
+    database, _, box = parts(postgres_url, schema, listen_url=postgres_url)
     other, _, other_box = parts(postgres_url, schema)
     slow = {**FAST, "flush_interval": 60.0}
     sender = Sender(box, keen_client(keen), **slow)
