@@ -498,9 +498,27 @@ class PostgresDatabase:
         with conn.transaction():
             conn.execute(self._set_timeout(role))
             version = self._version(conn)
-            if version >= SCHEMA_VERSION:
-                return
-            guard.extend(self._deadline(WORKER))
+        if version >= SCHEMA_VERSION:
+            return
+        guard.extend(self._deadline(WORKER))
+        for attempt in range(3):
+            try:
+                version = self._apply_migrations(conn)
+                break
+            except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateObject):
+                # Another host created an object while this one waited for the lock, and
+                # an advisory lock does not refresh the catalog cache (relation locks do):
+                # a new transaction sees it, and IF NOT EXISTS then skips it.
+                if attempt == 2:
+                    raise
+        logger.info(
+            "PostgreSQL schema %s is at version %d (was %d)", self.schema, SCHEMA_VERSION, version
+        )
+
+    def _apply_migrations(self, conn: psycopg.Connection[t.Any]) -> int:
+        """Bootstrap and the missing migrations, in one transaction under the lock; returns
+        the version found under the lock."""
+        with conn.transaction():
             conn.execute(self._set_timeout(WORKER))
             lock = f"keen_signup:{self.schema}"
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (lock,))
@@ -509,9 +527,7 @@ class PostgresDatabase:
             for number, script in enumerate(MIGRATIONS, start=1):
                 if number > version:
                     conn.execute(script.format(s=self.schema))
-        logger.info(
-            "PostgreSQL schema %s is at version %d (was %d)", self.schema, SCHEMA_VERSION, version
-        )
+        return version
 
     def _version(self, conn: psycopg.Connection[t.Any]) -> int:
         row = conn.execute(

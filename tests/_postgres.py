@@ -28,6 +28,12 @@ USER = "keen"
 #: Distinctive, so a leak into a log or an error is easy to spot.
 PASSWORD = "pg-SECRET-3f9a1c"
 RUN_AS = "postgres"
+#: How the contract tests reach PostgreSQL, and the fixture (tests/conftest.py) of each.
+POSTGRES_VARIANTS = {
+    "postgres": "postgres_database",
+    "pgbouncer-transaction": "pgbouncer_transaction_database",
+    "pgbouncer-session": "pgbouncer_session_database",
+}
 
 
 def unavailable(reason: str) -> t.NoReturn:
@@ -312,6 +318,7 @@ class RoundTrips:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+            src.close()  # the other direction's thread closes ``dst``
 
     def close(self) -> None:
         self._closed = True
