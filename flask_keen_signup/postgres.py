@@ -428,7 +428,8 @@ class PostgresDatabase:
                         f"cannot {what} in PostgreSQL: no answer from {self._where} within "
                         f"{self._deadline(role):.2f} s (connection closed)"
                     ) from None
-                if conn is not None and conn.broken and attempt <= self._sizes.get(role, 1):
+                lost = conn is not None and (conn.broken or conn.closed)
+                if lost and attempt <= self._sizes.get(role, 1):
                     logger.debug("PostgreSQL dropped a pooled connection; trying another")
                     continue
                 failure = exc
@@ -452,7 +453,9 @@ class PostgresDatabase:
         statements in one pipeline, so one round trip, as a lone statement would be.
 
         Nothing outlives the transaction, which is what a transaction pooler needs. A
-        failure leaves the connection idle (rolled back) for the next user of the pool.
+        statement's failure is rolled back by the pool (on leaving ``connection()``); a
+        lost connection (no SQLSTATE, or class 08) is closed here, so that the pool
+        discards it: a pooler may close a client without libpq noticing at once.
         """
         try:
             with conn.pipeline():
@@ -460,10 +463,9 @@ class PostgresDatabase:
                 conn.execute(self._set_timeout(role))
                 cursor = conn.execute(query, params)
                 conn.execute("COMMIT")
-        except BaseException:
-            if not conn.broken and conn.info.transaction_status != _IDLE:
-                with contextlib.suppress(psycopg.Error):
-                    conn.execute("ROLLBACK")
+        except psycopg.OperationalError as exc:
+            if exc.sqlstate is None or exc.sqlstate.startswith("08"):
+                conn.close()
             raise
         return cursor
 
@@ -546,9 +548,6 @@ class PostgresDatabase:
                 return self._version(conn)
         except psycopg.Error as exc:
             raise self._wrap("read the schema version", exc) from None
-
-
-_IDLE = psycopg.pq.TransactionStatus.IDLE
 
 
 class _Guard:

@@ -21,8 +21,10 @@ import pytest
 from _flow import login
 from _flow import quickstart_app
 from _postgres import PASSWORD
+from _postgres import PgBouncer
 from _postgres import RoundTrips
 from _postgres import fresh_schema
+from _postgres import store_errors
 from _waits import wait_until
 
 from flask_keen_signup import signup_state
@@ -58,21 +60,6 @@ def keen() -> t.Iterator[KeenEmulator]:
 def auth0() -> t.Iterator[Auth0Emulator]:
     with Auth0Emulator() as emulator:
         yield emulator
-
-
-#: The one warning a healthy first start on an empty ledger gives (not the store's).
-FIRST_DEPLOY = "no user is marked as signed up yet"
-
-
-def problems(caplog: pytest.LogCaptureFixture) -> list[str]:
-    """Warnings and errors of the package and of psycopg (its pool logs its own)."""
-    return [
-        f"{r.name}: {r.getMessage()}"
-        for r in caplog.records
-        if r.levelno >= logging.WARNING
-        and r.name.startswith(("flask_keen_signup", "psycopg"))
-        and FIRST_DEPLOY not in r.getMessage()
-    ]
 
 
 def databases(url: str, schema: str, count: int, timeout: float = 5.0) -> list[t.Any]:
@@ -118,7 +105,7 @@ def test_many_clients_repeating_statements_through_a_transaction_pooler(
         assert hosts[0].run(
             f"SELECT count(*) FROM {hosts[0].table('outbox')}", what="count", fetch="one"
         ) == (240,)
-        assert problems(caplog) == []
+        assert store_errors(caplog.records) == []
     finally:
         for database in hosts:
             database.close()
@@ -257,7 +244,7 @@ def test_logins_through_each_pooler_report_each_user_once_and_log_nothing(
         users = sorted(e["userId"] for e in keen.events("signups"))
         assert users == sorted(u["user_id"] for u in auth0.users())
         assert state.spool.stats()[0] == 0, "nothing fell back to the spool"
-        assert problems(caplog) == []
+        assert store_errors(caplog.records) == []
     finally:
         _close(app)
 
@@ -348,3 +335,31 @@ def test_the_listen_url_is_never_shown(postgres_url: str) -> None:
     settings = load_settings(app)
     assert settings.database_listen_url == postgres_url
     assert PASSWORD not in repr(settings)
+
+
+def test_a_pooler_with_no_server_to_give_does_not_hold_a_login(postgres_server: t.Any) -> None:
+    """PgBouncer queues a client while all its server connections are taken (or its server
+    is down) until ``query_wait_timeout`` (120 s), and neither ``statement_timeout`` nor a
+    cancel request reaches such a client. Here its only server connection is held by
+    another client's open transaction: the login's read gives up within its budget
+    (closing that connection), and the next one works once the server is free again."""
+    import psycopg
+
+    from flask_keen_signup.stores.postgres import PostgresStore
+
+    bouncer = PgBouncer(postgres_server, "transaction", pool_size=1).start()
+    (database,) = databases(bouncer.url, fresh_schema(), 1, timeout=0.2)
+    try:
+        store = PostgresStore(database, "signups")
+        assert store.lookup("auth0|warm") is None
+        with psycopg.connect(bouncer.url) as hog:
+            hog.execute("SELECT 1")  # in a transaction: the one server connection is taken
+            started = time.monotonic()
+            with pytest.raises(StoreError, match="no answer from") as caught:
+                store.lookup("auth0|queued")
+            assert time.monotonic() - started < 5
+            assert PASSWORD not in str(caught.value)
+        assert store.lookup("auth0|queued") is None
+    finally:
+        database.close()
+        bouncer.remove()
