@@ -20,7 +20,7 @@ transaction-scoped advisory lock. ``LISTEN`` needs a session of its own: it uses
 ``KEEN_SIGNUP_DATABASE_LISTEN_URL`` (a direct URL) when given (:mod:`.postgres_wake`).
 A pooler that has lost its server keeps a client waiting (PgBouncer's
 ``query_wait_timeout``: 120 s): a statement that outlives its budget by far has its
-connection closed from this side (:class:`_Deadlines`), so a login never waits for it.
+connection closed from this side (:mod:`.postgres_deadlines`), so a login never waits for it.
 
 Fork safety (gunicorn ``--preload``). A pooled connection must never be used by two
 processes: its socket would carry two conversations. Every pool belongs to the pid that
@@ -40,7 +40,6 @@ import logging
 import math
 import os
 import re
-import socket
 import threading
 import time
 import typing as t
@@ -48,6 +47,8 @@ import weakref
 
 from .exceptions import MissingDependencyError
 from .exceptions import StoreError
+from .postgres_deadlines import Guard
+from .postgres_deadlines import deadlines
 
 try:
     import psycopg
@@ -406,11 +407,11 @@ class PostgresDatabase:
         for attempt in range(1, self._sizes.get(role, 1) + 2):
             failure: BaseException | None = None
             conn: psycopg.Connection[t.Any] | None = None
-            guard: _Guard | None = None
+            guard: Guard | None = None
             try:
                 self.ensure_schema(role)
                 with self.pool(role).connection() as conn:
-                    with _deadlines.guard(conn, self._deadline(role)) as guard:
+                    with deadlines.guard(conn, self._deadline(role)) as guard:
                         cursor = self._in_transaction(conn, role, query, params)
                     if fetch == "one":
                         return cursor.fetchone()
@@ -484,7 +485,7 @@ class PostgresDatabase:
         if self._schema_ready or not self.create_schema:
             return
         with self.pool(role).connection() as conn:
-            with _deadlines.guard(conn, self._deadline(role)) as guard:
+            with deadlines.guard(conn, self._deadline(role)) as guard:
                 try:
                     self._migrate(conn, role, guard)
                 except psycopg.OperationalError:
@@ -496,7 +497,7 @@ class PostgresDatabase:
                     raise
         self._schema_ready = True
 
-    def _migrate(self, conn: psycopg.Connection[t.Any], role: str, guard: _Guard) -> None:
+    def _migrate(self, conn: psycopg.Connection[t.Any], role: str, guard: Guard) -> None:
         with conn.transaction():
             conn.execute(self._set_timeout(role))
             version = self._version(conn)
@@ -550,95 +551,6 @@ class PostgresDatabase:
             raise self._wrap("read the schema version", exc) from None
 
 
-class _Guard:
-    """One statement's deadline (see :class:`_Deadlines`)."""
-
-    __slots__ = ("conn", "deadline", "fired")
-
-    def __init__(self, conn: psycopg.Connection[t.Any], seconds: float) -> None:
-        self.conn = conn
-        self.deadline = time.monotonic() + seconds
-        self.fired = False
-
-    def extend(self, seconds: float) -> None:
-        self.deadline = max(self.deadline, time.monotonic() + seconds)
-
-
-class _Deadlines:
-    """Closes, from this side, a connection whose statement outlived its deadline.
-
-    ``statement_timeout`` bounds what the server runs, but not a pooler that has no server
-    to give: PgBouncer keeps the client waiting until its ``query_wait_timeout`` (120 s by
-    default) and a cancel request does not reach it. One thread per process watches the
-    statements in flight (it sleeps while there are none); at the deadline it shuts the
-    socket down, libpq fails the statement at once and the pool discards the connection.
-    """
-
-    #: How often the watch looks while statements are in flight (s).
-    TICK = 0.02
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._busy = threading.Event()
-        self._guards: set[_Guard] = set()
-        self._thread: threading.Thread | None = None
-        self._pid = 0
-
-    @contextlib.contextmanager
-    def guard(self, conn: psycopg.Connection[t.Any], seconds: float) -> t.Iterator[_Guard]:
-        entry = _Guard(conn, seconds)
-        with self._lock:
-            if self._pid != os.getpid() or self._thread is None or not self._thread.is_alive():
-                self._start()
-            self._guards.add(entry)
-            self._busy.set()
-        try:
-            yield entry
-        finally:
-            with self._lock:
-                self._guards.discard(entry)
-
-    def _start(self) -> None:
-        self._pid = os.getpid()
-        self._guards = set()
-        self._thread = threading.Thread(
-            target=self._watch, name="flask-keen-signup-pg-deadlines", daemon=True
-        )
-        self._thread.start()
-
-    def _watch(self) -> None:
-        pid = os.getpid()
-        while os.getpid() == pid:
-            self._busy.wait()
-            with self._lock:
-                if not self._guards:
-                    self._busy.clear()
-                    continue
-                now = time.monotonic()
-                late = [guard for guard in self._guards if guard.deadline <= now]
-                for guard in late:
-                    guard.fired = True
-                    self._guards.discard(guard)
-            for guard in late:
-                _shut_down(guard.conn)
-            time.sleep(self.TICK)
-
-
-def _shut_down(conn: psycopg.Connection[t.Any]) -> None:
-    """Shut ``conn``'s socket down under libpq's feet (a duplicate descriptor: libpq's
-    own stays valid until the pool closes the connection)."""
-    with contextlib.suppress(Exception):
-        duplicate = socket.socket(fileno=os.dup(conn.pgconn.socket))
-        try:
-            duplicate.shutdown(socket.SHUT_RDWR)
-        finally:
-            duplicate.close()
-    logger.debug("a PostgreSQL statement outlived its deadline: connection closed")
-
-
-_deadlines = _Deadlines()
-
-
 def driver_error(exc: BaseException) -> BaseException | None:
     """The database driver's error behind ``exc`` (psycopg's, or one SQLAlchemy wraps),
     or ``None`` if ``exc`` is not a database error."""
@@ -657,8 +569,6 @@ _databases: weakref.WeakSet[PostgresDatabase] = weakref.WeakSet()
 
 def _after_fork_in_child() -> None:
     pid = os.getpid()
-    # The parent's watch thread is not here, and its lock may have been held at the fork.
-    _deadlines.__init__()  # type: ignore[misc]
     for database in list(_databases):
         # A sender restarted by an earlier hook may have opened this child's pool already.
         if database._pid != pid:
