@@ -32,6 +32,9 @@ class AppTransaction:
         self.outbox = outbox
 
     def lookup(self, connection: t.Any, user_id: str) -> object | None:
+        # The tables must exist before the app's transaction reads them: usually the
+        # sender or the known-users thread created them already (then this is a flag read).
+        self.store.database.ensure_schema()
         return self.store.lookup_in(connection, user_id)
 
     def claim_and_enqueue(self, connection: t.Any, user_id: str, queued: QueuedEvent) -> bool:

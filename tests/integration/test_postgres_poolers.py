@@ -105,7 +105,7 @@ def test_many_clients_repeating_statements_through_a_transaction_pooler(
         assert hosts[0].run(
             f"SELECT count(*) FROM {hosts[0].table('outbox')}", what="count", fetch="one"
         ) == (240,)
-        assert store_errors(caplog.records) == []
+        assert store_errors(caplog.records, pgbouncer_transaction.port) == []
     finally:
         for database in hosts:
             database.close()
@@ -244,7 +244,7 @@ def test_logins_through_each_pooler_report_each_user_once_and_log_nothing(
         users = sorted(e["userId"] for e in keen.events("signups"))
         assert users == sorted(u["user_id"] for u in auth0.users())
         assert state.spool.stats()[0] == 0, "nothing fell back to the spool"
-        assert store_errors(caplog.records) == []
+        assert store_errors(caplog.records, bouncer.port) == []
     finally:
         _close(app)
 
