@@ -145,6 +145,8 @@ class Settings:
     retention: float
     store_timeout: float = DEFAULT_STORE_TIMEOUT
     retry_for: float = DEFAULT_RETRY_FOR
+    #: ``KEEN_SIGNUP_DATABASE_LISTEN_URL``: a direct PostgreSQL URL for ``LISTEN`` (issue 17).
+    database_listen_url: str | None = dataclasses.field(repr=False, default=None)
 
     @property
     def has_management_api(self) -> bool:
@@ -482,6 +484,9 @@ def load_settings(app: Flask) -> Settings:
         redis_prefix=redis_prefix,
         database_url=database_url,
         database_schema=database_schema,
+        database_listen_url=_as_optional_str(
+            "KEEN_SIGNUP_DATABASE_LISTEN_URL", c.get("KEEN_SIGNUP_DATABASE_LISTEN_URL")
+        ),
         auth0_domain=auth0_domain,
         auth0_client_id=auth0_client_id,
         auth0_client_secret=auth0_client_secret,

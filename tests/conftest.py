@@ -62,3 +62,48 @@ def postgres_database(postgres_url: str) -> t.Iterator[t.Any]:
     database = PostgresDatabase(postgres_url, schema=fresh_schema(), timeout=5.0)
     yield database
     database.close()
+
+
+# -- PgBouncer (issue 17): one per mode per session, in front of the private server ---------
+
+
+def _pgbouncer(postgres_server: t.Any, mode: str) -> t.Iterator[t.Any]:
+    from _postgres import PgBouncer
+
+    bouncer = PgBouncer(postgres_server, mode).start()
+    yield bouncer
+    bouncer.remove()
+
+
+@pytest.fixture(scope="session")
+def pgbouncer_transaction(postgres_server: t.Any) -> t.Iterator[t.Any]:
+    """PgBouncer in ``transaction`` mode, 4 server connections: skips locally, fails in CI."""
+    yield from _pgbouncer(postgres_server, "transaction")
+
+
+@pytest.fixture(scope="session")
+def pgbouncer_session(postgres_server: t.Any) -> t.Iterator[t.Any]:
+    """PgBouncer in ``session`` mode, 4 server connections: skips locally, fails in CI."""
+    yield from _pgbouncer(postgres_server, "session")
+
+
+def _database_via(url: str) -> t.Iterator[t.Any]:
+    from _postgres import fresh_schema
+
+    from flask_keen_signup.postgres import PostgresDatabase
+
+    database = PostgresDatabase(url, schema=fresh_schema(), timeout=5.0)
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def pgbouncer_transaction_database(pgbouncer_transaction: t.Any) -> t.Iterator[t.Any]:
+    """``postgres_database``, through PgBouncer in ``transaction`` mode."""
+    yield from _database_via(pgbouncer_transaction.url)
+
+
+@pytest.fixture
+def pgbouncer_session_database(pgbouncer_session: t.Any) -> t.Iterator[t.Any]:
+    """``postgres_database``, through PgBouncer in ``session`` mode."""
+    yield from _database_via(pgbouncer_session.url)

@@ -17,8 +17,9 @@ lease (120 s by default).
 
 Waking. Every enqueue also runs ``pg_notify`` on the schema's channel; NOTIFY is
 transactional, so inside the app's own transaction it fires at commit, and never for a
-rollback. Each process's sender listens (:meth:`PostgresOutbox.wake_on_notify`) and still
-polls every ``KEEN_SIGNUP_FLUSH_INTERVAL``: NOTIFY is best effort.
+rollback. Each process's sender listens on ``KEEN_SIGNUP_DATABASE_LISTEN_URL`` when given,
+else polls (:meth:`PostgresOutbox.wake_on_notify`, :mod:`flask_keen_signup.postgres_wake`),
+and still looks every ``KEEN_SIGNUP_FLUSH_INTERVAL``: NOTIFY is best effort.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from . import OutboxStats
 from . import QueuedEvent
 
 if t.TYPE_CHECKING:  # pragma: no cover
-    from ..postgres import _Listener
+    from ..postgres_wake import _Waker
 
 T = t.TypeVar("T")
 
@@ -67,7 +68,10 @@ class PostgresOutbox(Outbox):
     def __init__(self, database: PostgresDatabase, *, keep_delivered: bool = True) -> None:
         self.database = database
         self.keep_delivered = keep_delivered
-        self._listener: _Listener | None = None
+        self._listener: _Waker | None = None
+        #: Without a listen URL: poll this often for due events (``None``: the sender's own
+        #: polling is fast enough). Set by the backend from ``KEEN_SIGNUP_FLUSH_INTERVAL``.
+        self.poll_interval: float | None = None
         d = database.table
         self._outbox, self._dead, self._meta = d("outbox"), d("dead_letters"), d("outbox_meta")
         self._insert = (
@@ -262,14 +266,35 @@ SELECT count(*), {self._notify} FROM queued""",
     # -- waking -----------------------------------------------------------------------
 
     def wake_on_notify(self, callback: t.Callable[[], None]) -> None:
-        """Call ``callback`` (the sender's ``wake``) whenever any host enqueues.
+        """Call ``callback`` (the sender's ``wake``) whenever any host enqueues: through
+        ``LISTEN`` on the database's listen URL, else by polling every
+        :attr:`poll_interval` (if set), else never (the sender polls often enough).
 
-        The listening thread starts at the next :meth:`claim_due` of each process (so a
-        forked worker's restarted sender starts its own).
+        The thread starts at the next :meth:`claim_due` of each process (so a forked
+        worker's restarted sender starts its own).
         """
+        from ..postgres_wake import Listener
+        from ..postgres_wake import Poller
+
         if self._listener is not None:
             self._listener.stop()
-        self._listener = self.database.listen(callback)
+            self._listener = None
+        if self.database.listen_conninfo is not None:
+            self._listener = Listener(self.database, callback)
+        elif self.poll_interval is not None:
+            self._listener = Poller(self.due_now, callback, self.poll_interval)
+
+    def due_now(self) -> bool:
+        """Whether an event waits to be claimed now: one probe of the ``outbox_due`` index."""
+        row = self.database.run(
+            f"SELECT EXISTS (SELECT 1 FROM {self._outbox} WHERE {_OPEN} "
+            "AND next_attempt_at <= %s)",
+            (time.time(),),
+            what="poll the outbox",
+            role=WORKER,
+            fetch="one",
+        )
+        return bool(row and row[0])
 
     # -- sender -----------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import time
 import typing as t
 
 import pytest
+from _postgres import POSTGRES_VARIANTS
 
 from flask_keen_signup.database import Database
 from flask_keen_signup.delivery import MemoryOutbox
@@ -31,14 +32,14 @@ def event(n: int, collection: str = "signups") -> QueuedEvent:
     return QueuedEvent(collection, uid, token, body)
 
 
-@pytest.fixture(params=["sqlite", "memory", "postgres"])
+@pytest.fixture(params=["sqlite", "memory", *POSTGRES_VARIANTS])
 def outbox(request: pytest.FixtureRequest, tmp_path: t.Any) -> t.Iterator[Outbox]:
     if request.param == "sqlite":
         box: Outbox = SQLiteOutbox(Database(str(tmp_path / "outbox.sqlite3")))
-    elif request.param == "postgres":
+    elif request.param in POSTGRES_VARIANTS:  # direct, or through PgBouncer
         from flask_keen_signup.delivery.postgres_outbox import PostgresOutbox
 
-        box = PostgresOutbox(request.getfixturevalue("postgres_database"))
+        box = PostgresOutbox(request.getfixturevalue(POSTGRES_VARIANTS[request.param]))
     else:
         box = MemoryOutbox()
     yield box

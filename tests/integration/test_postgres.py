@@ -605,8 +605,16 @@ def test_since_with_a_named_created_at_claim_holds_inside_the_app_transaction(
 def test_the_commit_wakes_the_sender_through_notify(
     auth0: Auth0Emulator, keen: KeenEmulator, postgres_url: str, tmp_path: t.Any
 ) -> None:
-    """With polling slowed to a minute, only the NOTIFY sent at commit can wake it."""
-    app, signup_ext = _pg_app(auth0, keen, postgres_url, tmp_path, KEEN_SIGNUP_FLUSH_INTERVAL=60)
+    """With polling slowed to a minute, only the NOTIFY sent at commit can wake it (LISTEN
+    on ``KEEN_SIGNUP_DATABASE_LISTEN_URL``)."""
+    app, signup_ext = _pg_app(
+        auth0,
+        keen,
+        postgres_url,
+        tmp_path,
+        KEEN_SIGNUP_FLUSH_INTERVAL=60,
+        KEEN_SIGNUP_DATABASE_LISTEN_URL=postgres_url,
+    )
     state = signup_state(app)
     try:
         assert wait_until(lambda: state.outbox._listener.connected.is_set(), 30)
