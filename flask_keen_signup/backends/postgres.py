@@ -61,9 +61,9 @@ def build(wiring: Wiring) -> Parts:
         try:
             parse_url(listen_url)
         except ValueError as exc:
-            raise ConfigurationError(
-                f"KEEN_SIGNUP_DATABASE_LISTEN_URL is not usable: {exc}"
-            ) from None
+            from .._credentials import url_error  # the message masks the URL's pieces
+
+            raise url_error("KEEN_SIGNUP_DATABASE_LISTEN_URL", exc, listen_url) from None
     try:
         database = PostgresDatabase(
             t.cast(str, settings.database_url),
