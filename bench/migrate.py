@@ -124,7 +124,7 @@ def run_child(config: dict[str, t.Any], command: list[str]) -> dict[str, t.Any]:
 
 def floor_read(path: str) -> float:
     """Read and normalise every user of the file, writing nothing: the reader's cost."""
-    from flask_keen_signup.migrate import user_from_record
+    from flask_keen_signup.migrate_users import user_from_record
     from flask_keen_signup.users_export import iter_users_file
 
     started = time.perf_counter()

@@ -21,6 +21,8 @@ import os
 import signal
 import sys
 import typing as t
+from datetime import datetime
+from datetime import timezone
 
 from flask import Flask
 
@@ -84,6 +86,14 @@ def start_offline_app(
         "KEEN_READ_KEY": "example-read-key",
         "KEEN_API_URL": keen.url,
         "KEEN_SIGNUP_DATABASE": os.path.join(instance, "keen_signup.sqlite3"),
+        # The demo's tenant began empty when the demo first started: nobody older needs
+        # migrating, so nobody is told to migrate. SINCE is that first start; the sender
+        # looks up created_at through the emulator's machine-to-machine app below, which
+        # also lets `flask keen-signup migrate` be rehearsed against the demo tenant.
+        "KEEN_SIGNUP_SINCE": _first_start(instance),
+        "KEEN_SIGNUP_AUTH0_DOMAIN": auth0.url,
+        "KEEN_SIGNUP_AUTH0_CLIENT_ID": auth0.m2m_client_id,
+        "KEEN_SIGNUP_AUTH0_CLIENT_SECRET": auth0.m2m_client_secret,
         "EXAMPLE_OFFLINE": True,
         **(extra or {}),
     }
@@ -93,6 +103,20 @@ def start_offline_app(
         auth0.stop()
         keen.stop()
         raise
+
+
+def _first_start(instance: str) -> str:
+    """When the demo first ran with this instance folder (UTC, ISO-8601), kept in it."""
+    path = os.path.join(instance, "demo-first-start.txt")
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        pass
+    started = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    with open(path, "w", encoding="ascii") as f:
+        f.write(started)
+    return started
 
 
 def _exit_on_sigterm() -> None:

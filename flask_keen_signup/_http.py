@@ -15,7 +15,10 @@ behave on the wire, and that lives here, once:
 * :func:`server_wait` and :func:`parse_retry_after`, the wait a server asked for, capped
   at :data:`MAX_RETRY_AFTER`;
 * :func:`redact` and :func:`excerpt`, which turn remote error text into one short, safe
-  line with every secret masked.
+  line with every secret masked: the caller's, and every one the process registered
+  (:func:`._text.register_secret`: the configured keys, passwords and tokens);
+* :func:`header_value_problem`, why a key cannot travel in a header (checked at
+  ``init_app``, so that no ``http.client`` error ever quotes it).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from importlib import metadata
 import requests
 from requests.adapters import HTTPAdapter
 
+from ._text import MASK as MASK  # re-exported: what a secret is replaced with
+from ._text import mask_secrets
 from ._text import printable
 
 if t.TYPE_CHECKING:  # pragma: no cover
@@ -58,8 +63,6 @@ USER_AGENT = f"flask-keen-signup/{VERSION} python-requests/{requests.__version__
 MAX_RETRY_AFTER = 600.0
 #: Default length of an :func:`excerpt`, in characters.
 EXCERPT_CHARS = 300
-#: What a secret is replaced with in remote text.
-MASK = "***"
 
 _TAG_RE = re.compile(r"<(script|style)\b.*?</\1\s*>|<[^>]*>", re.IGNORECASE | re.DOTALL)
 _SPACE_RE = re.compile(r"\s+")
@@ -149,6 +152,13 @@ def send(
         return NoResponse(describe_network_error(exc, timeout), transient=True)
     except requests.RequestException as exc:
         return NoResponse(describe_network_error(exc, timeout), transient=False)
+    except ValueError as exc:
+        # http.client refuses a header value with a line break (``Invalid header value
+        # b'<the key>'``) and urllib3 one it cannot encode: their text quotes the value.
+        return NoResponse(
+            f"the request could not be sent ({type(exc).__name__}: an invalid header or URL)",
+            transient=False,
+        )
 
 
 def describe_network_error(
@@ -258,16 +268,36 @@ def _epoch(now: dt.datetime | float | None) -> float:
 # --------------------------------------------------------------------------- remote text
 
 
-def redact(text: str, secrets: Iterable[str | None]) -> str:
-    """``text`` with every non-empty secret replaced by :data:`MASK`.
+def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
+    """``text`` with every non-empty secret of ``secrets`` and every registered one
+    (:func:`._text.register_secret`) replaced by :data:`MASK`.
 
     For remote text that may echo a key or token back (a proxy's error page, a misbehaving
-    server): it is masked before it reaches a message, a log or a dead-letter reason.
+    server): it is masked before it reaches a message, a log or a dead-letter reason. A
+    server may echo *any* key the app holds (a 401 to the master key quoting the write
+    key), hence the registry, not only the key of the request.
     """
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, MASK)
-    return text
+    return mask_secrets(text, secrets)
+
+
+def header_value_problem(value: str) -> str | None:
+    """Why ``value`` cannot be sent as an HTTP header value (``Authorization``), or ``None``.
+
+    ``http.client`` refuses a line break and cannot encode a character beyond Latin-1; it
+    would send any other control character as is. A key holding any of them is a paste
+    error (Keen's keys are hex, Auth0's secrets base64url), so all are refused, and the
+    answer names the character's kind and position, never the value.
+    """
+    for position, char in enumerate(value, 1):
+        code = ord(char)
+        where = f"(character {position} of {len(value)})"
+        if char in "\r\n":
+            return f"contains a line break {where}"
+        if code < 0x20 or 0x7F <= code <= 0x9F:
+            return f"contains the control character U+{code:04X} {where}"
+        if code > 0xFF:
+            return f"contains a character outside Latin-1, which a header cannot carry {where}"
+    return None
 
 
 def excerpt(text: str, limit: int = EXCERPT_CHARS, *, secrets: Iterable[str | None] = ()) -> str:

@@ -6,12 +6,24 @@ a log line, an ANSI escape sequence (``ESC [ 31 m``, or worse, one that rewrites
 title or the clipboard) reaches the operator's terminal, and a right-to-left override
 (U+202E) shows the text backwards. :func:`printable` escapes all of them, visibly, and
 bounds the length, so what is shown is one honest line.
+
+It also masks every secret the process knows of (:func:`register_secret`: the configured
+Keen keys, the Auth0 client secret, database and Redis passwords, Management API tokens):
+text from outside (an error page, a driver's message, a URL) may echo one back, and this
+module is where such text becomes a line of a log, a CLI answer or an exception message
+(directly, or through :func:`._http.excerpt`).
 """
 
 from __future__ import annotations
 
+import collections
 import re
+import threading
+import typing as t
 import unicodedata
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Iterable
 
 #: Characters that are escaped: C0 and C1 controls, DEL, the backslash (so that an escape
 #: in the output is always ours), and the Unicode line/paragraph separators.
@@ -24,6 +36,57 @@ _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
 
 #: Default maximum length, in characters, of what :func:`printable` returns.
 DEFAULT_LIMIT = 200
+
+
+#: What a secret is replaced with.
+MASK = "***"
+#: Shorter strings are not masked process-wide: masking ``"secret"`` in every message would
+#: garble them, and so short a string is no secret. (A client still masks its own key, of
+#: any length, in what its server answers: :func:`mask_secrets`' ``extra``.)
+MIN_SECRET_LENGTH = 8
+#: Short-lived secrets (access tokens) remembered at once; older ones have expired.
+MAX_TRANSIENT_SECRETS = 32
+
+_lock = threading.Lock()
+#: Configured secrets, longest first (so a secret that contains another is masked whole).
+#: Replaced, never mutated: readers take no lock.
+_secrets: tuple[str, ...] = ()
+_configured: set[str] = set()
+_transient: collections.deque[str] = collections.deque(maxlen=MAX_TRANSIENT_SECRETS)
+
+
+def register_secret(*values: object, transient: bool = False) -> None:
+    """Remember secrets to mask in every message this package makes from outside text.
+
+    Called by ``init_app`` for every configured credential and by the clients for the
+    keys and tokens they hold. ``transient`` ones (access tokens) are kept in a bounded
+    queue. Values that are not strings or are shorter than :data:`MIN_SECRET_LENGTH`
+    are ignored.
+    """
+    global _secrets
+    fresh = [v for v in values if isinstance(v, str) and len(v) >= MIN_SECRET_LENGTH]
+    if not fresh:
+        return
+    with _lock:
+        if transient:
+            for value in fresh:
+                if value not in _transient:
+                    _transient.append(value)
+        else:
+            _configured.update(fresh)
+        _secrets = tuple(sorted(_configured.union(_transient), key=len, reverse=True))
+
+
+def mask_secrets(text: str, extra: Iterable[str | None] = ()) -> str:
+    """``text`` with every registered secret, and every non-empty one of ``extra``,
+    replaced by :data:`MASK`."""
+    for secret in sorted((s for s in extra if s), key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, MASK)
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
 
 
 def _escape(char: str) -> str:
@@ -55,15 +118,18 @@ def safe_repr(value: object, limit: int = DEFAULT_LIMIT) -> str:
 
 
 def printable(text: object, *, limit: int | None = DEFAULT_LIMIT) -> str:
-    """``text`` as one safe line: control, escape and bidi characters escaped, bounded.
+    """``text`` as one safe line: secrets masked, control, escape and bidi characters
+    escaped, bounded.
 
-    Newlines become ``\\n``, ESC becomes ``\\x1b``, U+202E becomes ``\\u202e``, a backslash
+    Every registered secret becomes ``***`` (:func:`register_secret`). Newlines become
+    ``\\n``, ESC becomes ``\\x1b``, U+202E becomes ``\\u202e``, a backslash
     becomes ``\\\\``; everything else (letters of every script, emoji) is kept. Longer than
     ``limit`` characters (after escaping), it is cut and ends with ``…(N chars)``, N being
     the length received. Not a string: its :func:`safe_repr`.
     """
     if not isinstance(text, str):
         return safe_repr(text, limit=limit or DEFAULT_LIMIT)
+    text = mask_secrets(text)
     original = len(text)
     if limit is not None and original > limit * 4:
         text = text[: limit * 4]  # escaping never shortens: nothing that is shown is lost

@@ -41,6 +41,7 @@ from urllib.parse import urlsplit
 from flask import request
 from flask import session
 
+from .events import keen_text
 from .events import sanitize_properties
 from .exceptions import ConfigurationError
 
@@ -133,10 +134,11 @@ def load_attribution_settings(app: Flask, addons: t.Sequence[str] = ()) -> Attri
 
 def clean(value: object, limit: int) -> str | None:
     """``value`` without control characters or lone surrogates, stripped and cut to
-    ``limit``; ``None`` if nothing usable is left."""
+    ``limit``; ``None`` if nothing usable is left. Controls become a space, bidi
+    overrides and isolates U+FFFD (:func:`.events.keen_text`)."""
     if not isinstance(value, str):
         return None
-    text = _CONTROL.sub(" ", value).strip()[:limit].strip()
+    text = keen_text(_CONTROL.sub(" ", value)).strip()[:limit].strip()
     if not text.isascii():
         text = _SURROGATE.sub("\ufffd", text)
     return text or None
@@ -441,7 +443,8 @@ def identity_provider_hosts(app: Flask) -> tuple[str, ...]:
     for key in ("AUTH0_DOMAIN", "KEEN_SIGNUP_AUTH0_DOMAIN"):
         domain = app.config.get(key)
         if isinstance(domain, str) and domain.strip():
-            host = host_of(f"https://{domain.strip()}")
+            text = domain.strip()  # a bare host, or a URL (the emulator's http://...)
+            host = host_of(text if "://" in text else f"https://{text}")
             if host:
                 hosts.add(host)
     oauth = app.extensions.get("authlib.integrations.flask_client")

@@ -50,13 +50,16 @@ from urllib.parse import quote
 import requests
 import urllib3
 
+from ._credentials import auth0_base_url
 from ._http import USER_AGENT
 from ._http import NoResponse
 from ._http import SessionClient
 from ._http import excerpt
 from ._http import new_session
+from ._http import redact
 from ._http import send
 from ._http import server_wait
+from ._text import register_secret
 from .config import DEFAULT_TIMEOUT
 from .exceptions import Auth0APIError
 from .exceptions import Auth0ConnectionError
@@ -219,8 +222,6 @@ def _root_fields(fields: Iterable[str]) -> list[str]:
     return roots
 
 
-_HOST_RE = re.compile(r"^[A-Za-z0-9.-]+(:\d{1,5})?$")
-_URL_RE = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,20 +239,11 @@ def _base_url(domain: str) -> str:
     """Turn ``tenant.eu.auth0.com`` or ``http://127.0.0.1:PORT`` into a base URL.
 
     A bare domain means https: Auth0 serves nothing over plain http. A full URL is kept
-    as given so tests and the offline demo can point at the local emulator.
+    as given so tests and the offline demo can point at the local emulator. One rule
+    with ``KEEN_SIGNUP_AUTH0_DOMAIN``'s (:func:`._credentials.auth0_base_url`); the message
+    does not quote the value.
     """
-    text = domain.strip().rstrip("/")
-    if text.startswith(("http://", "https://")):
-        if not _URL_RE.match(text):
-            raise ValueError(
-                f"the Auth0 domain must be a host name or a base URL without a path, got {domain!r}"
-            )
-        return text
-    if not text or not _HOST_RE.match(text):
-        raise ValueError(
-            f"the Auth0 domain must be a host name like tenant.auth0.com, got {domain!r}"
-        )
-    return f"https://{text}"
+    return auth0_base_url(domain, "the Auth0 domain")
 
 
 def _fields_param(fields: Sequence[str] | None) -> dict[str, str]:
@@ -361,6 +353,7 @@ class ManagementClient(SessionClient):
         #: The M2M application's client id (not a secret).
         self.client_id = client_id
         self._client_secret = client_secret
+        register_secret(client_secret)
         self.timeout = timeout
         self.max_retries = max_retries
         self.max_retry_wait = max_retry_wait
@@ -843,6 +836,7 @@ class ManagementClient(SessionClient):
         access_token = body.get("access_token") if isinstance(body, dict) else None
         if not isinstance(access_token, str) or not access_token:
             raise _invalid_response("the token response has no access_token")
+        register_secret(access_token, transient=True)
         expires_in = body.get("expires_in") if isinstance(body, dict) else None
         if isinstance(expires_in, bool) or not isinstance(expires_in, (int, float)):
             expires_in = FALLBACK_EXPIRES_IN
@@ -910,10 +904,11 @@ class ManagementClient(SessionClient):
                     self._wait_to_retry(method, path, response.reason, retry, self._backoff(retry))
                     retry += 1
                     continue
+                where = redact(self.base_url)
                 if response.transient:
-                    failure = f"no response from Auth0 at {self.base_url} for {method} {path}"
+                    failure = f"no response from Auth0 at {where} for {method} {path}"
                 else:
-                    failure = f"could not send {method} {path} to Auth0 at {self.base_url}"
+                    failure = f"could not send {method} {path} to Auth0 at {where}"
                 raise Auth0ConnectionError(f"{failure}: {response.reason}")
 
             status = response.status_code

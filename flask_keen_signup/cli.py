@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import math
 import sys
 import time
 import typing as t
@@ -40,7 +41,13 @@ def _format_age(seconds: float | None) -> str:
 
 
 @cli.command("status")
-def status_command() -> None:
+@click.option(
+    "--acknowledge",
+    is_flag=True,
+    help="After printing, reset the count of signups not recorded (you have seen it, and "
+    "the log's ERROR lines name the users).",
+)
+def status_command(acknowledge: bool) -> None:
     """Print pending, due, in-flight, delivered and dead counts, and the circuit state."""
     from .state import health_of
 
@@ -59,6 +66,16 @@ def status_command() -> None:
         f"spooled:           {status.get('spooled', 0)} "
         f"(oldest {_format_age(status.get('oldest_spooled_age'))})"
     )
+    lost = status.get("not_recorded") or 0
+    since = status.get("not_recorded_since")
+    click.echo(
+        f"not recorded:      {lost}"
+        + (
+            f" (since {_format_age(time.time() - since)} ago; see the log)"
+            if lost and since
+            else ""
+        )
+    )
     replaced = status.get("database_replaced")
     if replaced:
         click.echo(f"database file:     {replaced['how']} under the app; {replaced['salvaged']}")
@@ -71,6 +88,9 @@ def status_command() -> None:
     judged = with_verdict(status, state.health_thresholds)
     reasons = "; ".join(judged["reasons"])
     click.echo(f"verdict:           {judged['verdict']}" + (f" ({reasons})" if reasons else ""))
+    if acknowledge and state.unrecorded is not None:
+        seen = state.unrecorded.acknowledge()
+        click.echo(f"acknowledged:      {seen.count} signup(s) not recorded; counting from 0")
     store_error = status.get("store_error")
     if store_error:
         # Exit non-zero: a monitoring check running `status` must see the trouble.
@@ -98,35 +118,93 @@ def schema_command(schema: str | None) -> None:
         raise click.BadParameter(str(exc), param_hint="--schema") from None
 
 
+class _Seconds(click.FloatRange):
+    """Seconds from 0 to a week; NaN (which every range check lets through) refused."""
+
+    name = "seconds"
+
+    def __init__(self) -> None:
+        super().__init__(0, 7 * 86400)
+
+    def convert(
+        self, value: t.Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> t.Any:
+        seconds = super().convert(value, param, ctx)
+        if math.isnan(seconds):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return seconds
+
+
+#: Bounds of the numeric options: out of range is a usage error, never an OverflowError.
+_SECONDS = _Seconds()
+_COUNT = click.IntRange(1, 1_000_000)
+_ROW_ID = click.IntRange(1, 2**63 - 1)  # SQLite's and PostgreSQL's bigint
+
+
 @cli.command("flush")
-@click.option("--timeout", default=60.0, show_default=True, help="Give up after this many seconds.")
+@click.option(
+    "--timeout",
+    type=_SECONDS,
+    default=60.0,
+    show_default=True,
+    help="Give up after this many seconds (at most a week).",
+)
 def flush_command(timeout: float) -> None:
-    """Send everything queued now. Exits non-zero if anything is left."""
+    """Send what is queued now, paced like the sender. Exits non-zero if anything is left.
+
+    Asking does not bypass the backoff or the circuit breaker: while Keen fails, the
+    command waits out the circuit's cool-down between tries, so it never spends an
+    event's retries (``KEEN_SIGNUP_RETRY_FOR``) faster than the sender would. It reports
+    what this command delivered, what it moved to dead letters, and what is still queued.
+    """
+    from . import signals
+
     state = _state()
-    if state.sender is None:
+    sender = state.sender
+    if sender is None:
         raise click.ClickException("no sender is configured")
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    counts = {"delivered": 0, "dead": 0}
+
+    def on_delivered(_: object, **__: object) -> None:
+        counts["delivered"] += 1
+
+    def on_dead(_: object, **__: object) -> None:
+        counts["dead"] += 1
+
     total = state.outbox.pending_count()
     deadline = time.monotonic() + timeout
     left = total
-    with click.progressbar(length=total, label="Sending signups", file=sys.stderr) as bar:
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(signals.signup_delivered.connected_to(on_delivered, sender=app))
+        stack.enter_context(signals.signup_dead.connected_to(on_dead, sender=app))
+        bar = stack.enter_context(
+            click.progressbar(length=total, label="Sending signups", file=sys.stderr)
+        )
         while left and time.monotonic() < deadline:
-            remaining = state.sender.flush(timeout=min(5.0, max(0.1, deadline - time.monotonic())))
+            remaining = sender.flush(timeout=max(0.1, deadline - time.monotonic()))
             bar.update(max(0, left - remaining))
             if remaining >= left and remaining:
-                # No progress this round: Keen is failing. Wait for backoff, within limits.
-                time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+                # No progress: Keen is failing. Wait for the circuit, as the sender would.
+                pause = max(1.0, sender.next_due_in())
+                time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
             left = remaining
+    delivered, dead = counts["delivered"], counts["dead"]
+    summary = f"delivered {delivered} signup(s)"
+    if dead:
+        summary += f"; {dead} moved to dead letters (see `flask keen-signup dead`)"
     if left:
-        last_error = state.sender.status().last_error
+        last_error = sender.status().last_error
         raise click.ClickException(
-            f"{left} signup(s) still queued; last error: {printable(last_error or '-')}"
+            f"{summary}; {left} signup(s) still queued, retried by the sender for up to "
+            f"KEEN_SIGNUP_RETRY_FOR; last error: {printable(last_error or '-')}"
         )
-    click.echo(f"sent {total} signup(s); nothing left")
+    click.echo(f"{summary}; nothing left")
 
 
 @cli.command("retry-dead")
 @click.option(
-    "--id", "ids", type=int, multiple=True, help="Dead letter id (repeatable). Default: all."
+    "--id", "ids", type=_ROW_ID, multiple=True, help="Dead letter id (repeatable). Default: all."
 )
 def retry_dead_command(ids: tuple[int, ...]) -> None:
     """Move dead letters back to the outbox (after fixing what made Keen refuse them)."""
@@ -140,7 +218,7 @@ def retry_dead_command(ids: tuple[int, ...]) -> None:
 
 
 @cli.command("dead")
-@click.option("--limit", default=50, show_default=True)
+@click.option("--limit", type=_COUNT, default=50, show_default=True)
 def dead_command(limit: int) -> None:
     """List dead letters with the reason Keen gave.
 
@@ -180,6 +258,7 @@ def dead_command(limit: int) -> None:
 )
 @click.option(
     "--flush-timeout",
+    type=_SECONDS,
     default=30.0,
     show_default=True,
     help="Seconds to spend sending the reported users before exiting; what is left is "
@@ -238,27 +317,43 @@ def migrate_command(
                     api.update_app_metadata(user_id, {settings.marker: True})
 
         migration = Migration(
-            settings, ledger, reported_until=cutoff, dry_run=dry_run, on_marked=on_marked
+            settings,
+            ledger,
+            reported_until=cutoff,
+            dry_run=dry_run,
+            on_marked=on_marked,
+            source="the users file" if users_file is not None else "Auth0's user listing",
         )
         try:
             if users_file is not None:
-                from .users_export import iter_users_file
-
-                source = stack.enter_context(iter_users_file(users_file))
-                length, where = source.size, f"file {printable(users_file, limit=200)}"
-                position: t.Callable[[int], int] = lambda count: source.position  # noqa: E731
-                records: t.Iterable[t.Mapping[str, t.Any]] = source
+                where = f"file {printable(users_file, limit=200)}"
+                _migrate_file(migration, users_file)
             else:
                 assert management is not None
                 listing = management.all_users(USER_FIELDS)
-                length, where = listing.total or 0, f"Auth0 ({listing.source})"
-                position = lambda count: count  # noqa: E731
-                records = listing
-            _run_with_progress(migration, records, length, position)
+                where = f"Auth0 ({listing.source})"
+                _with_progress(
+                    "Migrating users",
+                    ((None, user) for user in listing),
+                    listing.total or 0,
+                    lambda count: count,
+                    migration.run,
+                )
         except KeenSignupError as exc:
-            _print_report(migration, cutoff, "stopped early: what was done so far", dry_run)
+            written = not dry_run and any(count for _, count in migration.report.rows())
+            _print_report(
+                migration,
+                cutoff,
+                "stopped early: what was done so far" if written or dry_run
+                else "stopped: nothing written",
+                dry_run,
+            )
+            if dry_run:
+                _leave_no_file(state)
             raise click.ClickException(f"migrate stopped: {printable(str(exc))}") from None
     _print_report(migration, cutoff, where, dry_run)
+    if dry_run:
+        _leave_no_file(state)
     queued = migration.report.reported
     if queued and not dry_run and state.sender is not None:
         left = state.sender.flush(timeout=flush_timeout)
@@ -268,20 +363,50 @@ def migrate_command(
         )
 
 
-def _run_with_progress(
-    migration: Migration,
-    records: t.Iterable[t.Mapping[str, t.Any]],
+def _migrate_file(migration: Migration, path: str) -> None:
+    """A users file is read twice: checked to the end (gzip's checksum included), then
+    migrated chunk by chunk, each chunk written only if it is the one checked. A dry run
+    writes nothing and needs one reading."""
+    from .users_export import iter_users_file
+
+    checked = None
+    if not migration.dry_run:
+        with iter_users_file(path) as source:
+            checked = _with_progress(
+                "Checking users",
+                source.numbered(),
+                source.size,
+                lambda count: source.position,
+                migration.check,
+            )
+    with iter_users_file(path) as again:
+        _with_progress(
+            "Migrating users",
+            again.numbered(),
+            again.size,
+            lambda count: again.position,
+            lambda records: migration.run(records, checked=checked),
+        )
+
+
+Numbered = tuple["int | None", t.Mapping[str, t.Any]]
+R = t.TypeVar("R")
+
+
+def _with_progress(
+    label: str,
+    records: t.Iterable[Numbered],
     length: int,
     position: t.Callable[[int], int],
-) -> None:
-    """Run the migration with a progress bar on a terminal (stderr), plainly otherwise."""
+    work: t.Callable[[t.Iterable[Numbered]], R],
+) -> R:
+    """``work(records)`` with a progress bar on a terminal (stderr), plainly otherwise."""
     if not (sys.stderr.isatty() and length):
-        migration.run(records)
-        return
-    with click.progressbar(length=length, label="Migrating users", file=sys.stderr) as bar:
+        return work(records)
+    with click.progressbar(length=length, label=label, file=sys.stderr) as bar:
         done = 0
 
-        def advancing() -> t.Iterator[t.Mapping[str, t.Any]]:
+        def advancing() -> t.Iterator[Numbered]:
             nonlocal done
             for count, record in enumerate(records, 1):
                 if count % 1000 == 0:
@@ -290,8 +415,16 @@ def _run_with_progress(
                     done = now
                 yield record
 
-        migration.run(advancing())
+        result = work(advancing())
         bar.update(length - done)
+    return result
+
+
+def _leave_no_file(state: SignupState) -> None:
+    """A dry run writes nothing: remove the SQLite file ``init_app`` created for it."""
+    from ._dry_run import remove_created_database
+
+    remove_created_database(state)
 
 
 def _print_report(migration: Migration, cutoff: dt.datetime, where: str, dry_run: bool) -> None:

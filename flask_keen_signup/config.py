@@ -4,6 +4,11 @@ Config is read once, at ``init_app``; a bad value raises :class:`ConfigurationEr
 naming the key, so a broken deployment fails at start-up and never in a login.
 Values may come from ``app.config.from_prefixed_env()``, so strings are accepted where a
 list, number or boolean is expected (``"name,email"``, ``"3.05"``, ``"false"``).
+
+A key that may hold a credential (the Keen keys, the Auth0 client secret, and the URL keys,
+which can carry a password or a pasted key) is never quoted in an error: the message names
+the key and the problem. Every credential read here is registered to be masked in every
+message the package makes from outside text (:func:`._text.register_secret`).
 """
 
 from __future__ import annotations
@@ -19,6 +24,11 @@ import re
 import typing as t
 from urllib.parse import urlsplit
 
+from ._credentials import auth0_base_url
+from ._credentials import check_credential
+from ._credentials import check_url_port
+from ._credentials import register_authlib_secrets
+from ._credentials import register_config_secrets
 from ._text import safe_repr
 from .backends import REGISTRY
 from .exceptions import ConfigurationError
@@ -38,7 +48,8 @@ DEFAULT_TIMEOUT = (3.05, 10.0)
 DEFAULT_BATCH_SIZE = 500
 #: How often the sender looks for due events when it has not been woken, in seconds.
 DEFAULT_FLUSH_INTERVAL = 0.5
-#: Attempts before an event that keeps failing with retryable errors is dead-lettered.
+#: Attempts of the ``after_delivered`` hook (marking a user in Auth0, ...) for an event Keen
+#: already has. Since ``KEEN_SIGNUP_RETRY_FOR`` it no longer dead-letters a retryable failure.
 DEFAULT_MAX_ATTEMPTS = 30
 #: How long exit and SIGTERM may spend flushing, in seconds. What is left stays queued.
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
@@ -56,6 +67,12 @@ DEFAULT_DATABASE_NAME = "keen_signup.sqlite3"
 DEFAULT_DATABASE_SCHEMA = "keen_signup"
 #: How long a delivered event's body (personal data) is kept, in seconds: 7 days.
 DEFAULT_RETENTION = 7 * 24 * 3600.0
+#: How long a retryable failure is retried, from its first failure, before it becomes a
+#: dead letter (``KEEN_SIGNUP_RETRY_FOR``): 3 days, a long weekend's outage.
+DEFAULT_RETRY_FOR = 3 * 24 * 3600.0
+#: At most 30 days: inside Keen's 31-day uniqueness window, so a late retry of an event
+#: Keen had in fact stored is still de-duplicated.
+MAX_RETRY_FOR = 30 * 24 * 3600.0
 
 #: Upper bounds of the numeric keys. Far above any sane setting, and low enough that
 #: nothing downstream overflows (``threading`` waits, ``time.time() + x``, SQLite REAL).
@@ -103,6 +120,7 @@ class Settings:
     database: str
     sqlite_synchronous: str
     redis_url: str | None = dataclasses.field(repr=False)
+    redis_prefix: str
     # -- postgres store (issue 11) --
     database_url: str | None = dataclasses.field(repr=False)
     database_schema: str
@@ -126,6 +144,9 @@ class Settings:
     propagate_errors: bool | None
     retention: float
     store_timeout: float = DEFAULT_STORE_TIMEOUT
+    retry_for: float = DEFAULT_RETRY_FOR
+    #: ``KEEN_SIGNUP_DATABASE_LISTEN_URL``: a direct PostgreSQL URL for ``LISTEN`` (issue 17).
+    database_listen_url: str | None = dataclasses.field(repr=False, default=None)
 
     @property
     def has_management_api(self) -> bool:
@@ -245,8 +266,9 @@ def _as_duration(key: str, value: object, *, maximum: float) -> float:
 def _check_api_url(url: str) -> str:
     """An http(s) base URL without credentials, query or fragment.
 
-    The message never repeats what it refuses: a URL with ``?api_key=`` or ``user:pass@``
-    carries a secret, and config errors end up in logs and CI output.
+    The message never repeats what it refuses: a URL with ``?api_key=``, ``user:pass@`` or
+    a key pasted where the port goes carries a secret, and config errors end up in logs
+    and CI output.
     """
     if "@" in url:
         raise ConfigurationError(
@@ -260,25 +282,31 @@ def _check_api_url(url: str) -> str:
         )
     if not re.match(r"^https?://[^/\s?#]+(/[^\s?#]*)?$", url):
         raise ConfigurationError(
-            f"KEEN_API_URL must be an http(s) base URL, got {safe_repr(url, limit=100)}"
+            "KEEN_API_URL must be an http(s) base URL such as https://api.keen.io, without "
+            "spaces (the value is not shown: it may hold a key)"
         )
     try:
         urlsplit(url).port  # noqa: B018 - raises ValueError for a bad port
     except ValueError:
         raise ConfigurationError(
-            f"KEEN_API_URL has an invalid host or port: {safe_repr(url, limit=100)}"
+            "KEEN_API_URL has an invalid port: after the host's ':' only digits from 0 to "
+            "65535 may follow (the value is not shown: it may hold a key)"
         ) from None
     return url
 
 
 def _check_redis_url(url: str | None) -> str | None:
-    """A ``redis://``, ``rediss://`` or ``unix://`` URL. The message never repeats it: it
-    usually carries a password."""
-    if url is not None and not re.match(r"^(rediss?|unix)://", url, re.IGNORECASE):
+    """A ``redis://``, ``rediss://`` or ``unix://`` URL, or ``redis+cluster://`` /
+    ``rediss+cluster://`` for a Redis Cluster. The message never repeats it: it usually
+    carries a password."""
+    if url is not None and not re.match(r"^(rediss?(\+cluster)?|unix)://", url, re.IGNORECASE):
         raise ConfigurationError(
-            "KEEN_SIGNUP_REDIS_URL must be a redis://, rediss:// or unix:// URL "
+            "KEEN_SIGNUP_REDIS_URL must be a redis://, rediss://, unix:// URL, or "
+            "redis+cluster:// (rediss+cluster://) for a Redis Cluster "
             "(the value is not shown: it may contain a password)"
         )
+    if url is not None:
+        check_url_port("KEEN_SIGNUP_REDIS_URL", url)
     return url
 
 
@@ -334,9 +362,13 @@ def load_settings(app: Flask) -> Settings:
     :raises ConfigurationError: naming the first bad key.
     """
     c = app.config
+    register_config_secrets(c)
+    register_authlib_secrets(app)
     enabled = _as_bool("KEEN_SIGNUP_ENABLED", c.get("KEEN_SIGNUP_ENABLED", True))
     project_id = _as_optional_str("KEEN_PROJECT_ID", c.get("KEEN_PROJECT_ID")) or ""
-    write_key = _as_optional_str("KEEN_WRITE_KEY", c.get("KEEN_WRITE_KEY")) or ""
+    write_key = check_credential(
+        "KEEN_WRITE_KEY", _as_optional_str("KEEN_WRITE_KEY", c.get("KEEN_WRITE_KEY"))
+    ) or ""
     if enabled and not project_id:
         raise ConfigurationError(
             "KEEN_PROJECT_ID is not set: set it (e.g. FLASK_KEEN_PROJECT_ID in the environment "
@@ -347,7 +379,9 @@ def load_settings(app: Flask) -> Settings:
             "KEEN_WRITE_KEY is not set: set it (e.g. FLASK_KEEN_WRITE_KEY in the environment "
             "with app.config.from_prefixed_env()) or set KEEN_SIGNUP_ENABLED = False"
         )
-    master_key = _as_optional_str("KEEN_MASTER_KEY", c.get("KEEN_MASTER_KEY"))
+    master_key = check_credential(
+        "KEEN_MASTER_KEY", _as_optional_str("KEEN_MASTER_KEY", c.get("KEEN_MASTER_KEY"))
+    )
     api_url = _check_api_url(
         _as_optional_str("KEEN_API_URL", c.get("KEEN_API_URL")) or DEFAULT_API_URL
     )
@@ -380,8 +414,13 @@ def load_settings(app: Flask) -> Settings:
     auth0_client_id = _as_optional_str(
         "KEEN_SIGNUP_AUTH0_CLIENT_ID", c.get("KEEN_SIGNUP_AUTH0_CLIENT_ID")
     )
-    auth0_client_secret = _as_optional_str(
-        "KEEN_SIGNUP_AUTH0_CLIENT_SECRET", c.get("KEEN_SIGNUP_AUTH0_CLIENT_SECRET")
+    if auth0_domain is not None:
+        auth0_base_url(auth0_domain)  # fails now, not at the first Management API call
+    auth0_client_secret = check_credential(
+        "KEEN_SIGNUP_AUTH0_CLIENT_SECRET",
+        _as_optional_str(
+            "KEEN_SIGNUP_AUTH0_CLIENT_SECRET", c.get("KEEN_SIGNUP_AUTH0_CLIENT_SECRET")
+        ),
     )
     if enabled and store == "auth0":
         for key, value in (
@@ -397,6 +436,10 @@ def load_settings(app: Flask) -> Settings:
     redis_url = _as_optional_str("KEEN_SIGNUP_REDIS_URL", c.get("KEEN_SIGNUP_REDIS_URL"))
     if store == "redis":
         _check_redis_url(redis_url)
+    redis_prefix = (
+        _as_optional_str("KEEN_SIGNUP_REDIS_PREFIX", c.get("KEEN_SIGNUP_REDIS_PREFIX"))
+        or "keen_signup"
+    )
     if enabled and store == "redis" and not redis_url:
         raise ConfigurationError(
             "KEEN_SIGNUP_REDIS_URL is required with KEEN_SIGNUP_STORE = 'redis'"
@@ -438,8 +481,12 @@ def load_settings(app: Flask) -> Settings:
             SQLITE_SYNCHRONOUS,
         ),
         redis_url=redis_url,
+        redis_prefix=redis_prefix,
         database_url=database_url,
         database_schema=database_schema,
+        database_listen_url=_as_optional_str(
+            "KEEN_SIGNUP_DATABASE_LISTEN_URL", c.get("KEEN_SIGNUP_DATABASE_LISTEN_URL")
+        ),
         auth0_domain=auth0_domain,
         auth0_client_id=auth0_client_id,
         auth0_client_secret=auth0_client_secret,
@@ -505,6 +552,11 @@ def load_settings(app: Flask) -> Settings:
         store_timeout=as_store_timeout(
             c.get("KEEN_SIGNUP_STORE_TIMEOUT", DEFAULT_STORE_TIMEOUT)
         ),
+        retry_for=_as_duration(
+            "KEEN_SIGNUP_RETRY_FOR",
+            c.get("KEEN_SIGNUP_RETRY_FOR", DEFAULT_RETRY_FOR),
+            maximum=MAX_RETRY_FOR,
+        ),
     )
 
 
@@ -533,6 +585,8 @@ def _postgres_settings(
             "KEEN_SIGNUP_DATABASE_URL must start with postgresql:// "
             "(or be a key=value conninfo string)"
         )
+    if url:
+        check_url_port("KEEN_SIGNUP_DATABASE_URL", url)
     schema = c.get("KEEN_SIGNUP_DATABASE_SCHEMA", DEFAULT_DATABASE_SCHEMA)
     if not isinstance(schema, str) or not re.match(r"^[a-z_][a-z0-9_]{0,62}$", schema):
         raise ConfigurationError(

@@ -152,6 +152,9 @@ _databases: weakref.WeakSet[Database] = weakref.WeakSet()
 #: Files whose WAL must still be truncated (a :meth:`Database.scrub` that could not finish);
 #: any instance's next :meth:`Database.checkpoint` on that file tries again.
 _scrub_pending: set[str] = set()
+#: What this process created for its databases, in order: missing directories (outermost
+#: first), then each file. ``migrate --dry-run`` removes them again if it wrote nothing.
+created_paths: list[str] = []
 #: Bumped at every fork: a thread's connection from an older generation is reopened.
 _generation = 0
 
@@ -250,12 +253,18 @@ class Database:
             return
         with self._schema_lock:
             directory = os.path.dirname(os.path.abspath(self.path))
-            os.makedirs(directory, exist_ok=True)
+            missing = []
+            while not os.path.exists(directory) and directory != os.path.dirname(directory):
+                missing.append(directory)
+                directory = os.path.dirname(directory)
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            created_paths.extend(reversed(missing))
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
             except FileExistsError:
                 return
             os.close(fd)
+            created_paths.append(os.path.abspath(self.path))
 
     def connection(self) -> sqlite3.Connection:
         """This thread's connection, opened on first use (and again after a fork).

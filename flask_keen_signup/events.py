@@ -45,6 +45,7 @@ __all__ = [
     "build_signup_event",
     "connection_of",
     "format_timestamp",
+    "keen_text",
     "parse_created_at",
     "sanitize_properties",
     "uniqueness_token",
@@ -109,6 +110,16 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 _EPOCH_MS_THRESHOLD = 1e11
 #: Strings shorter than this cannot reach MAX_STRING_LENGTH even in UTF-16 units or escapes.
 _SHORT_STRING = (MAX_STRING_LENGTH + 1) // 2
+
+#: What no string sent to Keen carries (DESIGN §3): C0 controls but tab, DEL, C1 controls,
+#: the bidi embeddings and overrides (U+202A-U+202E) and isolates (U+2066-U+2069). People
+#: read this data in terminals, where ESC sequences recolour, retitle or write the
+#: clipboard (OSC 52), and in spreadsheets, where U+202E shows text backwards. CRLF is one
+#: match so that it becomes one space.
+_UNSAFE_TEXT_RE = re.compile("\r\n|[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+#: These become a space (a name on two lines is still a name); the others U+FFFD.
+_LINE_BREAKS = frozenset({"\r\n", "\n", "\r", "\x0b", "\x0c", "\x85"})
+_UNSAFE_TEXT_CHANGE = "changed: control or bidi characters replaced"
 
 #: Marks a value the sanitiser dropped (``None`` is a valid JSON value, so it cannot).
 _DROP: t.Final = object()
@@ -299,6 +310,25 @@ def _clean_text(text: str) -> tuple[str, bool]:
     return text, False
 
 
+def _replacement(match: re.Match[str]) -> str:
+    return " " if match.group() in _LINE_BREAKS else "\ufffd"
+
+
+def keen_text(text: str) -> str:
+    """``text`` as it is sent to Keen: control and bidi characters replaced, visibly.
+
+    Line breaks (CR, LF, CRLF, VT, FF, NEL) become a space; every other C0 control (tab
+    is kept), DEL, C1 control and bidi embedding, override or isolate character becomes
+    U+FFFD, as invalid Unicode already does. Replaced rather than removed: removing ESC
+    from ``ESC ] 52 ; c ; …`` would leave the rest looking like data, and a reader
+    should see that something was there. :func:`build_signup_event` applies it to every
+    string and property name; ``forget`` applies it to the ``userId`` it looks for.
+    """
+    if _UNSAFE_TEXT_RE.search(text) is None:
+        return text
+    return _UNSAFE_TEXT_RE.sub(_replacement, text)
+
+
 class _Sanitizer:
     """One sanitising pass. Holds the logger so the recursion does not pass it around."""
 
@@ -320,6 +350,10 @@ class _Sanitizer:
         name, changed = _clean_text(key)
         if changed:
             self.warn(_path(prefix, name), "renamed: invalid Unicode replaced")
+        safe = keen_text(name)
+        if safe is not name:
+            self.warn(_path(prefix, safe), "renamed: control or bidi characters replaced")
+            name = safe
         if "." in name:
             new = name.replace(".", "_")
             self.warn(_path(prefix, name), f"renamed to {_path('', new)!r}: Keen forbids '.'")
@@ -387,6 +421,10 @@ class _Sanitizer:
         text, changed = _clean_text(text)
         if changed:
             self.warn(path, "changed: invalid Unicode replaced with U+FFFD")
+        safe = keen_text(text)
+        if safe is not text:
+            self.warn(path, _UNSAFE_TEXT_CHANGE)
+            text = safe
         if _string_too_long(text):
             self.warn(path, f"truncated to {MAX_STRING_LENGTH} characters")
             return _truncate(text)
@@ -486,7 +524,9 @@ def sanitize_properties(
     * names: ``.`` becomes ``_`` (Auth0's namespaced claims are URLs); leading ``$`` are
       stripped; empty, non-string and longer-than-255 names are dropped; a renamed property
       never overwrites a property already valid under the new name;
-    * strings: cut to 9,999 characters; lone surrogates become U+FFFD;
+    * strings and names: no control or bidi characters (:func:`keen_text`: line breaks
+      become a space, the others U+FFFD); strings cut to 9,999 characters; lone
+      surrogates become U+FFFD;
     * integers and floats outside the int64 range become strings (dropped if even that
       string would be too long); NaN and infinities are dropped;
     * datetimes become ISO-8601 UTC strings, dates and times ISO strings, ``Decimal`` a
@@ -589,7 +629,10 @@ def build_signup_event(
             active.append(spec)
             reserved = reserved | {spec[2]}
 
-    event: dict[str, t.Any] = {"userId": sub}
+    shown_id = keen_text(sub)
+    if shown_id is not sub:
+        sanitizer.warn("userId", _UNSAFE_TEXT_CHANGE)
+    event: dict[str, t.Any] = {"userId": shown_id}
 
     # Allow-listed claims: only those present, sanitised as one mapping so renames and
     # collisions are handled the same way as anywhere else (unless all are valid as is).
@@ -606,7 +649,7 @@ def build_signup_event(
     address = _event_ip(ip, ip_mode)
     if address is not None:
         event["ip"] = address
-    connection = connection_of(sub)
+    connection = connection_of(shown_id)
     if connection is not None:
         event["connection"] = connection
     if isinstance(user_agent, str) and user_agent:
@@ -671,6 +714,8 @@ def _valid_as_is(props: Mapping[t.Any, t.Any], reserved: t.AbstractSet[str]) -> 
         if type(value) is str:
             if len(value) >= _SHORT_STRING or not (value.isascii() or _is_utf8_text(value)):
                 return False
+            if _UNSAFE_TEXT_RE.search(value) is not None:
+                return False
         elif value is not True and value is not False:
             return False
     return True
@@ -682,6 +727,7 @@ def _plain_name(name: str) -> bool:
     app's settings, so there are few)."""
     return (
         name.isascii()
+        and _UNSAFE_TEXT_RE.search(name) is None
         and "." not in name
         and not name.startswith("$")
         and bool(name.strip())

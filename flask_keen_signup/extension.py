@@ -34,6 +34,8 @@ from .attribution import load_attribution_settings
 from .config import Settings
 from .config import load_settings
 from .database import Database
+from .delivery import shutdown
+from .exceptions import ConfigurationError
 from .exceptions import InvalidClaimsError
 from .health import load_health_thresholds
 from .state import SignupState
@@ -108,6 +110,14 @@ class KeenSignup:
         attribution_settings = load_attribution_settings(app, settings.addons)
         thresholds = load_health_thresholds(app)
         metrics_on = metrics.enabled(app)  # validated now, before anything starts
+        if settings.enabled and settings.delivery == "background" and shutdown.starved_by_uwsgi():
+            raise ConfigurationError(
+                "uWSGI runs without Python threads (a uWSGI older than 2.0.27 started "
+                "without --enable-threads): the background sender would only run while a "
+                "request is served, and a signup would wait for the next visitor. Add "
+                "`enable-threads = true` to the uWSGI configuration, upgrade uWSGI to "
+                '2.0.27 or later, or set KEEN_SIGNUP_DELIVERY = "sync".'
+            )
         state = _build_state(app, settings)
         if settings.enabled and state.parts.uses_database:
             # A directory, a non-SQLite file, a read-only or forbidden path: refuse to
@@ -126,18 +136,21 @@ class KeenSignup:
         self._apps.add(app)
         self._check_view_order(app)
         self._check_view_order_at_first_request(app)
+        if settings.enabled and metrics_on:
+            # Before the sender starts: its first pass may deliver what the outbox holds
+            # (another process's signups, a recycled worker's) and must count it.
+            metrics.start_counting(app)
         if state.sender is not None and settings.enabled:
             state.sender.start()
-        if settings.enabled and state.tracker.known is not None:
+        if settings.enabled and state.tracker.known is not None and shutdown.forks_from_c():
+            _load_known_users(state.tracker)  # a uWSGI master: no thread here (see shutdown)
+        elif settings.enabled and state.tracker.known is not None:
             threading.Thread(
                 target=_load_known_users,
                 args=(state.tracker,),
                 name="flask-keen-signup-known-users",
                 daemon=True,
             ).start()
-        if settings.enabled and metrics_on:
-            # Last: importing prometheus_client takes ~0.1 s, while the sender starts.
-            metrics.start_counting(app)
 
     # -- public API ----------------------------------------------------------------------
 
@@ -235,13 +248,14 @@ class KeenSignup:
         ``REGISTRY``), and makes sure this app's signups are counted. Safe to call again,
         e.g. with a fresh registry per scrape in multiprocess mode.
 
-        :param app: the app, when called outside its context (at start-up).
+        :param app: which app, needed only when this instance serves several apps and
+            there is no app context (see :meth:`_app_for`).
         :raises ConfigurationError: ``prometheus_client`` is not installed, or
             ``KEEN_SIGNUP_METRICS`` is ``False``.
         """
         from .metrics import register
 
-        app = app or current_app._get_current_object()  # type: ignore[attr-defined]
+        app = self._app_for(app, "register_metrics(registry, app=app)")
         register(app, signup_state(app), registry)
 
     def event_properties(self, callback: EventPropertiesCallback) -> EventPropertiesCallback:
@@ -257,9 +271,13 @@ class KeenSignup:
         ``timeout`` seconds. Returns how many signups are still queued (0: all sent).
 
         For tests, scripts and a graceful deploy; the background sender does the same by
-        itself. ``flask keen-signup flush`` is the command-line form.
+        itself. ``flask keen-signup flush`` is the command-line form. Paced like the
+        sender: nothing is sent while its circuit is open (Keen kept failing), so asking
+        often never spends retries faster. ``timeout`` ``inf`` (or beyond what a thread can
+        wait): no deadline; NaN or negative: 0. ``app`` is needed only for an instance on
+        several apps, outside an app context (as for every method).
         """
-        sender = signup_state(app).sender
+        sender = signup_state(self._app_for(app, "flush(app=app)")).sender
         if sender is None:
             raise RuntimeError("no sender is configured for this app")
         return sender.flush(timeout=timeout)
@@ -282,10 +300,36 @@ class KeenSignup:
         """
         from .health import with_verdict
 
-        state = signup_state(app)
+        state = signup_state(self._app_for(app, "health(app=app)"))
         return with_verdict(health_of(state), state.health_thresholds)
 
     # -- internals -----------------------------------------------------------------------
+
+    def _app_for(self, app: Flask | None, call: str) -> Flask:
+        """The app a method without ``app=`` is about, as Flask extensions do.
+
+        ``app`` when given; else the current app (in a request, a CLI command, a test's
+        ``app_context()``); else, outside any context (module level, at start-up), the one
+        app this instance was initialised on. Several apps and no context: a
+        ``RuntimeError`` that names the argument to pass (``call``).
+        """
+        if app is not None:
+            return app
+        if has_app_context():
+            return t.cast("Flask", current_app._get_current_object())  # type: ignore[attr-defined]
+        apps = list(self._apps)
+        if len(apps) == 1:
+            return apps[0]
+        if not apps:
+            raise RuntimeError(
+                "this KeenSignup is not initialised on any app: call KeenSignup(app) or "
+                "init_app(app) first"
+            )
+        names = ", ".join(sorted(repr(each.name) for each in apps))
+        raise RuntimeError(
+            f"this KeenSignup serves {len(apps)} apps ({names}) and there is no app "
+            f"context: say which, e.g. signup.{call}"
+        )
 
     def _remember_tracked(self, view: t.Callable[..., t.Any]) -> None:
         self._tracked_views.append(view)
@@ -386,10 +430,17 @@ class KeenSignup:
             printable(str(exc), limit=500),
             exc_info=True,
         )
-        if user_id is not None and has_app_context():
-            _notifier(current_app._get_current_object())(  # type: ignore[attr-defined]
-                "failed", {"user_id": user_id, "event": None, "error": exc, "attempts": 0}
-            )
+        if has_app_context():
+            app = current_app._get_current_object()  # type: ignore[attr-defined]
+            unrecorded = signup_state(app).unrecorded
+            if unrecorded is not None:  # counted until someone looks (issue 16)
+                unrecorded.add()
+            notify = _notifier(app)
+            notify("not_recorded", {"user_id": user_id})
+            if user_id is not None:
+                notify(
+                    "failed", {"user_id": user_id, "event": None, "error": exc, "attempts": 0}
+                )
 
 
 def _propagate() -> bool:
@@ -535,6 +586,7 @@ def _build_state(app: Flask, settings: Settings) -> SignupState:
     from .salvage import salvage
     from .spool import Spool
     from .spool_drain import SpoolDrainer
+    from .unrecorded import Unrecorded
 
     database = Database(
         settings.database, synchronous=settings.sqlite_synchronous, on_replaced=salvage
@@ -593,6 +645,7 @@ def _build_state(app: Flask, settings: Settings) -> SignupState:
         store=parts.store,
         parts=parts,
         spool=spool,
+        unrecorded=Unrecorded(settings.database + ".unrecorded"),
     )
 
 
@@ -624,6 +677,7 @@ def _build_sender(
         collection_batch_size=settings.batch_size,
         flush_interval=settings.flush_interval,
         max_attempts=settings.max_attempts,
+        retry_for=settings.retry_for,
         shutdown_timeout=settings.shutdown_timeout,
         hooks=MarkerHooks(
             settings, ledger=parts.confirm_in, remote=parts.remote, management=management

@@ -3,7 +3,10 @@
 :meth:`KeenSignup.health` returns the delivery state (pending, dead, circuit...); a check
 needs one word it can act on. The rules, each from a config key (seconds):
 
-* ``degraded`` when the oldest pending event is older than
+* ``degraded`` when signups were not recorded at all (``not_recorded``: neither the store
+  nor the spool could take them, e.g. a full disk; it stays until someone acknowledges it
+  with ``flask keen-signup status --acknowledge``), when this process's sender keeps failing
+  its rounds (``round_errors``), when the oldest pending event is older than
   ``KEEN_SIGNUP_HEALTH_MAX_PENDING_AGE`` (default 300: five minutes of a Keen outage is
   worth a look), when dead letters exist (more than ``KEEN_SIGNUP_HEALTH_MAX_DEAD``,
   default 0: each is a signup Keen refused, to replay by hand), or when the circuit breaker
@@ -107,9 +110,18 @@ def verdict(
         degraded.append(f"{spooled} signup(s) spooled: the marker store is slow or down")
     if health.get("database_replaced"):
         degraded.append("the database file was replaced under the app")
-    lost = health.get("database_unrecovered")
-    if lost:
-        degraded.append(str(lost.get("summary", "rows lost with a damaged database file")))
+    lost = health.get("not_recorded")
+    if isinstance(lost, int) and lost > 0:
+        degraded.append(
+            f"{lost} signup(s) not recorded (see the log for who; then "
+            "`flask keen-signup status --acknowledge`)"
+        )
+    rounds = health.get("round_errors")
+    if isinstance(rounds, int) and rounds > 0:
+        degraded.append(f"the sender's last {rounds} round(s) failed: {health.get('last_error')}")
+    damaged = health.get("database_unrecovered")
+    if damaged:
+        degraded.append(str(damaged.get("summary", "rows lost with a damaged database file")))
     age = health.get("oldest_pending_age")
     if isinstance(age, (int, float)):
         if age > thresholds.failing_pending_age:

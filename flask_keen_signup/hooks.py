@@ -10,18 +10,25 @@ retried durably by the sender without writing to Keen again.
 the candidate waited in the outbox, and here, before the batch is sent, the users'
 creation times are looked up with one Management API search per batch
 (``ManagementClient.created_at_of``, paced to the tenant's rate limit). Users created
-before ``SINCE`` are marked and skipped, never sent. Backfilled events (``flask
+before ``SINCE`` are marked and skipped, never sent; the others are sent with
+``keen.timestamp`` = the ``created_at`` just fetched (DESIGN §3: the creation time when
+known), not the callback time the event was built with. Backfilled events (``flask
 keen-signup migrate``) are not checked: migrate already decided them.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import json
 import logging
 import typing as t
 
 from ._text import printable
 from .delivery import DeliveryHooks
 from .delivery import OutboxRow
+from .delivery.base import dumps_body
+from .events import format_timestamp
 from .exceptions import RemoteError
 from .stores import MarkerStore
 
@@ -61,7 +68,7 @@ class MarkerHooks(DeliveryHooks):
         """Mark delivered (or skipped) users confirmed in the claiming store, in one go."""
         self.ledger.confirm_many(user_ids)
 
-    def before_send(self, rows: t.Sequence[OutboxRow]) -> dict[int, str]:
+    def before_send(self, rows: list[OutboxRow]) -> dict[int, str]:
         if self.remote is None:
             return self._skip_created_before_since(rows)
         skip: dict[int, str] = {}
@@ -102,8 +109,9 @@ class MarkerHooks(DeliveryHooks):
                     printable(str(exc), limit=300),
                 )
 
-    def _skip_created_before_since(self, rows: t.Sequence[OutboxRow]) -> dict[int, str]:
-        """Look up the creation time of the batch's live signups; skip the old users.
+    def _skip_created_before_since(self, rows: list[OutboxRow]) -> dict[int, str]:
+        """Look up the creation time of the batch's live signups; skip the old users, and
+        give the others their creation time as ``keen.timestamp`` (in ``rows``).
 
         A retryable Management API error (429 after the client's own waits, 5xx, network)
         propagates: the sender postpones the whole batch with a backoff, nothing is sent.
@@ -132,9 +140,25 @@ class MarkerHooks(DeliveryHooks):
             for row in live
             if (moment := created.get(row.user_id)) is not None and moment < since
         }
+        live_ids = {row.id for row in live}
+        for index, row in enumerate(rows):
+            moment = created.get(row.user_id)
+            if moment is not None and row.id in live_ids and row.id not in skip:
+                rows[index] = _with_timestamp(row, moment)
         if skip:
             self._confirm_locally([row.user_id for row in rows if row.id in skip])
             logger.info(
                 "%d user(s) created before KEEN_SIGNUP_SINCE marked, not reported", len(skip)
             )
         return skip
+
+
+def _with_timestamp(row: OutboxRow, created_at: dt.datetime) -> OutboxRow:
+    """``row`` with ``keen.timestamp`` = ``created_at`` (the same row when it has it)."""
+    body = json.loads(row.body_json)
+    keen = body.get("keen")
+    timestamp = format_timestamp(created_at)
+    if not isinstance(keen, dict) or keen.get("timestamp") == timestamp:
+        return row
+    keen["timestamp"] = timestamp
+    return dataclasses.replace(row, body_json=dumps_body(body))

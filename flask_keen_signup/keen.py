@@ -58,9 +58,12 @@ from ._http import NoResponse
 from ._http import SessionClient
 from ._http import check_timeout
 from ._http import excerpt as _excerpt
+from ._http import header_value_problem
 from ._http import new_session
 from ._http import parse_retry_after
+from ._http import redact
 from ._http import send
+from ._text import register_secret
 from .config import DEFAULT_API_URL
 from .config import DEFAULT_TIMEOUT
 from .events import MAX_EVENT_BYTES
@@ -312,6 +315,30 @@ def split_by_size(
 # --------------------------------------------------------------------------- responses
 
 
+def check_key(name: str, key: str) -> None:
+    """Refuse a key that is missing or cannot travel in the ``Authorization`` header, and
+    register it to be masked everywhere (:func:`._text.register_secret`).
+
+    :raises ValueError: naming ``name`` and the problem, never the key.
+    """
+    if not key:
+        raise ValueError(f"{name} is required")
+    problem = header_value_problem(key)
+    if problem is not None:
+        raise ValueError(f"{name} cannot be sent in an HTTP header: it {problem}")
+    register_secret(key)
+
+
+def check_api_url(api_url: str) -> None:
+    """Refuse an ``api_url`` that is not an http(s) base URL without credentials, query or
+    fragment. The message does not quote it: a malformed URL may hold a key."""
+    if not re.match(r"^https?://[^/\s?#@]+(/[^\s?#]*)?$", api_url):
+        raise ValueError(
+            "api_url must be an http(s) base URL without credentials, query or fragment "
+            "(the value is not shown: it may hold a key)"
+        )
+
+
 class _KeyAuth(AuthBase):
     """Put the raw key in ``Authorization``, Keen's header scheme.
 
@@ -370,10 +397,8 @@ class KeenClient(SessionClient):
     ) -> None:
         if not project_id:
             raise ValueError("project_id is required")
-        if not write_key:
-            raise ValueError("write_key is required")
-        if not re.match(r"^https?://[^/\s?#]+(/[^\s?#]*)?$", api_url):
-            raise ValueError(f"api_url must be an http(s) base URL, got {api_url!r}")
+        check_key("write_key", write_key)
+        check_api_url(api_url)
         self.project_id = project_id
         self.api_url = api_url.rstrip("/")
         self.timeout: tuple[float, float] = check_timeout(timeout)
@@ -444,8 +469,9 @@ class KeenClient(SessionClient):
         """Write a batch (``POST /3.0/projects/{pid}/events``) and read each event's result.
 
         A 2xx answer always yields one result per input event. Where the answer does not
-        say clearly what became of an event (not JSON, a collection missing, fewer
-        results than events, an item that is not ``{"success": ...}``) that event is
+        say clearly what became of an event (not JSON, a collection missing, an item that
+        is not ``{"success": ...}``; and for *every* event of a collection whose count of
+        results differs from the events sent: results pair by position only) that event is
         :attr:`Outcome.RETRYABLE` with a description saying why: sending it again is safe
         (its ``keen.uniqueness_token`` makes Keen keep one copy) and assuming it landed
         could lose it.
@@ -503,13 +529,17 @@ def request(
     answer = send(session, method, url, timeout=timeout, auth=auth, allow_redirects=False, **kwargs)
     if isinstance(answer, NoResponse):
         logger.debug(
-            "%s %s: no answer from Keen: %s (%d bytes)", method, url, answer.reason, request_bytes
+            "%s %s: no answer from Keen: %s (%d bytes)",
+            method,
+            redact(url),
+            answer.reason,
+            request_bytes,
         )
-        raise KeenConnectionError(f"No answer from Keen ({api_url}): {answer.reason}")
+        raise KeenConnectionError(f"No answer from Keen ({redact(api_url)}): {answer.reason}")
     elapsed_ms = (time.monotonic() - started) * 1000
     status = answer.status_code
     logger.debug(
-        "%s %s -> %d (%d bytes, %.0f ms)", method, url, status, request_bytes, elapsed_ms
+        "%s %s -> %d (%d bytes, %.0f ms)", method, redact(url), status, request_bytes, elapsed_ms
     )
     if 200 <= status < 300:
         return answer
@@ -597,22 +627,23 @@ def _parse_batch_results(
             results[collection] = [missing] * len(events)
             continue
         if len(items) != len(events):
+            # Results pair with events by position only: with a count that differs, no
+            # result can be paired with its event. Every event of the collection is sent
+            # again (its uniqueness token keeps one copy), never assumed delivered.
             logger.debug(
                 "batch answer for %r has %d results for %d events",
                 collection,
                 len(items),
                 len(events),
             )
-        results[collection] = [
-            _event_result(items[i], key) if i < len(items) else _NO_RESULT
-            for i in range(len(events))
-        ]
+            unpaired = EventResult(
+                Outcome.RETRYABLE,
+                description=f"Keen's answer has {len(items)} results for {len(events)} events",
+            )
+            results[collection] = [unpaired] * len(events)
+            continue
+        results[collection] = [_event_result(item, key) for item in items]
     return results
-
-
-_NO_RESULT = EventResult(
-    Outcome.RETRYABLE, description="Keen's answer has fewer results than events were sent"
-)
 
 
 def _event_result(item: t.Any, key: str) -> EventResult:

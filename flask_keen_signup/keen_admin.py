@@ -15,7 +15,6 @@ quotes the key.
 from __future__ import annotations
 
 import json
-import re
 from urllib.parse import quote
 
 from ._http import SessionClient
@@ -23,9 +22,12 @@ from ._http import check_timeout
 from ._http import new_session
 from .config import DEFAULT_API_URL
 from .config import DEFAULT_TIMEOUT
+from .events import keen_text
 from .keen import KEEN_SDK
 from .keen import USER_AGENT
 from .keen import _KeyAuth
+from .keen import check_api_url
+from .keen import check_key
 from .keen import request
 
 
@@ -48,10 +50,8 @@ class KeenAdminClient(SessionClient):
     ) -> None:
         if not project_id:
             raise ValueError("project_id is required")
-        if not master_key:
-            raise ValueError("master_key is required")
-        if not re.match(r"^https?://[^/\s?#@]+(/[^\s?#]*)?$", api_url):
-            raise ValueError("api_url must be an http(s) base URL without credentials")
+        check_key("master_key", master_key)
+        check_api_url(api_url)
         self.project_id = project_id
         self.api_url = api_url.rstrip("/")
         self.timeout = check_timeout(timeout)
@@ -63,10 +63,15 @@ class KeenAdminClient(SessionClient):
         return f"<KeenAdminClient project_id={self.project_id!r} api_url={self.api_url!r}>"
 
     def delete_user_events(self, collection: str, user_id: str, *, property_name: str) -> None:
-        """Delete every event of ``collection`` whose ``property_name`` equals ``user_id``."""
+        """Delete every event of ``collection`` whose ``property_name`` equals ``user_id``.
+
+        ``user_id`` is looked for as the event builder sent it (:func:`.events.keen_text`:
+        a ``sub`` with control or bidi characters reached Keen with them replaced).
+        """
+        value = keen_text(user_id)
         self.delete_events(
             collection,
-            [{"property_name": property_name, "operator": "eq", "property_value": user_id}],
+            [{"property_name": property_name, "operator": "eq", "property_value": value}],
         )
 
     def delete_events(self, collection: str, filters: list[dict[str, object]]) -> None:

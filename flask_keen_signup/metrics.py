@@ -11,7 +11,9 @@ Two kinds, kept the way ``prometheus_client`` expects each to be kept:
   across workers: each signup is counted once by the process that recorded it, and once
   more by the process whose sender delivered it. Counting starts at ``init_app`` when
   ``prometheus_client`` is importable (nothing is imported otherwise) and
-  ``KEEN_SIGNUP_METRICS`` is not ``False``.
+  ``KEEN_SIGNUP_METRICS`` is not ``False``, *before* the sender starts: a worker that boots
+  (or is recycled) while other processes' signups are due delivers them in its sender's
+  first pass, and that delivery is counted too.
 * **Read at scrape time** — ``keen_signup_outbox_events{state}``,
   ``keen_signup_oldest_pending_age_seconds`` and ``keen_signup_circuit_open``, by the
   collector :meth:`KeenSignup.register_metrics` adds. They describe shared state (the
@@ -26,6 +28,7 @@ Names and labels are DESIGN §9's; ``docs/metrics.md`` has the dashboard and ale
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import typing as t
@@ -51,7 +54,7 @@ METRIC_NAMES = (SIGNUPS, OUTBOX_EVENTS, OLDEST_PENDING_AGE, DELIVERY_LATENCY, CI
 #: ``outcome`` label values. ``failed`` counts failed attempts (retried later), so one
 #: signup may count several times; ``spooled`` counts signups parked in the local spool
 #: because the store was too slow (it stays 0 where the spool does not exist).
-OUTCOMES = ("recorded", "delivered", "dead", "failed", "spooled")
+OUTCOMES = ("recorded", "delivered", "dead", "failed", "spooled", "not_recorded")
 #: ``state`` label values; disjoint, so their sum is every undelivered event.
 OUTBOX_STATES = ("pending", "in_flight", "dead")
 #: Delivery latency buckets, seconds: a healthy sender delivers in well under a second;
@@ -73,7 +76,8 @@ class _Metrics:
         self.signups = Counter(
             SIGNUPS,
             "Signups by outcome: recorded (claimed and queued), delivered (Keen accepted), "
-            "dead (dead-lettered), failed (a failed attempt, retried), spooled.",
+            "dead (dead-lettered), failed (a failed attempt, retried), spooled, "
+            "not_recorded (neither the store nor the spool could take it: lost).",
             ["outcome"],
         )
         for outcome in OUTCOMES:
@@ -87,6 +91,37 @@ class _Metrics:
 
 _lock = threading.Lock()
 _metrics: _Metrics | None = None
+#: Held around every increment, and by a fork while it happens (see :func:`_before_fork`).
+_count_lock = threading.Lock()
+
+
+def _before_fork() -> None:
+    """No increment in flight while the process forks.
+
+    ``prometheus_client``'s multiprocess values share one lock per process. Under
+    ``gunicorn --preload`` the master's sender counts its deliveries; a worker forked while
+    that thread held the lock would inherit it held, and its first count (a signup in a
+    login request) would wait forever. Our increments go through :data:`_count_lock`,
+    which a fork takes first, so the fork never happens in the middle of one.
+    """
+    _count_lock.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _count_lock.release()
+
+
+def _after_fork_in_child() -> None:
+    global _count_lock
+    _count_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )
 _registered: weakref.WeakKeyDictionary[t.Any, set[int]] = weakref.WeakKeyDictionary()
 
 
@@ -139,11 +174,15 @@ def start_counting(app: Flask) -> Count | None:
         child = children.get(kind)
         if child is None:  # "detected": not an outcome
             return
-        child.inc()
+        seconds = None
         if kind == "delivered":
             enqueued_at = payload.get("enqueued_at")
             if isinstance(enqueued_at, (int, float)):
-                latency.observe(max(0.0, time.time() - enqueued_at))
+                seconds = max(0.0, time.time() - enqueued_at)
+        with _count_lock:
+            child.inc()
+            if seconds is not None:
+                latency.observe(seconds)
 
     _counters[app] = count
     return count

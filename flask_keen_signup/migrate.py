@@ -21,6 +21,15 @@ Users are read as a stream and decided in chunks, each chunk written atomically,
 cut short (crash, Ctrl-C, an Auth0 error) leaves whole chunks behind, and running it again
 finishes the job without reporting anyone twice. ``--dry-run`` only reads.
 
+Bad input is refused before anything is written. Every record is checked
+(:func:`user_from_record`: a usable ``user_id``, a real ``created_at`` no later than a day
+from now), and a users file is read twice: :meth:`Migration.check` reads it to the end
+(gzip's checksum, which only comes at the end, included) and keeps a digest of each chunk;
+:meth:`Migration.run` then commits a chunk only if it is the very chunk that was checked.
+A flipped byte, a bad date or an undecodable line therefore stops the run with its line
+number and nothing marked, and a file changed between the two readings stops it before the
+first chunk that differs.
+
 Where marks go (:class:`MigrationLedger`): the SQLite ledger beside the outbox (stores
 ``sqlite``, ``auth0`` — whose ledger fronts ``app_metadata`` on this host — and ``session``
 or a custom store, for which the file's ledger only records who was migrated), Redis, or
@@ -31,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import itertools
 import sqlite3
 import time
@@ -44,10 +54,14 @@ from collections.abc import Sequence
 
 from .delivery import QueuedEvent
 from .events import build_signup_event
-from .events import parse_created_at
 from .events import uniqueness_token
 from .exceptions import StoreError
+from .migrate_users import PROFILE_CLAIMS
+from .migrate_users import InvalidUserRecord
+from .migrate_users import TenantUser
+from .migrate_users import user_from_record
 from .stores import erased_user_id
+from .users_export import UsersFileError
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from .config import Settings
@@ -62,53 +76,8 @@ T = t.TypeVar("T")
 
 #: The fields migrate needs from each user (export jobs and paging ask for these only).
 USER_FIELDS = ("user_id", "created_at", "name", "email", "nickname", "app_metadata")
-#: Claims a backfilled event may carry (still filtered by ``KEEN_SIGNUP_CLAIMS``).
-_PROFILE_CLAIMS = ("name", "email", "nickname")
 #: Users decided and written per atomic step.
 CHUNK_SIZE = 2000
-#: Values that mean "true" for the Rule's marker in a CSV export (strings there).
-_TRUE_TEXT = frozenset({"true", "1", "yes"})
-
-
-@dataclasses.dataclass(frozen=True)
-class TenantUser:
-    """One user of the tenant, as migrate needs it."""
-
-    user_id: str
-    created_at: dt.datetime | None
-    #: The Rule's ``app_metadata.<marker>`` is true: the Rule reported this user.
-    rule_marked: bool
-    profile: Mapping[str, t.Any]
-
-
-def user_from_record(record: Mapping[str, t.Any], marker: str) -> TenantUser | None:
-    """Normalise one exported or listed user; ``None`` when it has no usable ``user_id``.
-
-    Accepts the Management API's nested ``app_metadata`` object and an export's flattened
-    ``app_metadata.<marker>`` column (``"true"`` in a CSV, ``true`` in NDJSON).
-    """
-    user_id = record.get("user_id")
-    if not isinstance(user_id, str) or not user_id.strip():
-        return None
-    metadata = record.get("app_metadata")
-    value: object = metadata.get(marker) if isinstance(metadata, Mapping) else None
-    if value is None:
-        value = record.get(f"app_metadata.{marker}")
-    rule_marked = value is True or (
-        isinstance(value, str) and value.strip().lower() in _TRUE_TEXT
-    )
-    profile = {
-        name: record[name]
-        for name in _PROFILE_CLAIMS
-        if isinstance(record.get(name), str) and record[name]
-    }
-    return TenantUser(
-        user_id=user_id,
-        created_at=parse_created_at(record.get("created_at") or None),
-        rule_marked=rule_marked,
-        profile=profile,
-    )
-
 
 @dataclasses.dataclass
 class MigrationReport:
@@ -119,9 +88,6 @@ class MigrationReport:
     already_known: int = 0
     #: Records without a ``user_id``: nothing can be done with them.
     unusable: int = 0
-    #: Users with no ``created_at``, not marked by the Rule: marked, never reported
-    #: (reporting them could count a Rule-era user twice).
-    no_created_at: int = 0
 
     def rows(self) -> list[tuple[str, int]]:
         rows = [
@@ -129,8 +95,6 @@ class MigrationReport:
             ("reported", self.reported),
             ("already known", self.already_known),
         ]
-        if self.no_created_at:
-            rows.append(("no created_at (marked)", self.no_created_at))
         if self.unusable:
             rows.append(("no user_id (skipped)", self.unusable))
         return rows
@@ -283,6 +247,18 @@ def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield chunk
 
 
+#: Records as the readers give them: ``(line, record)``, the line ``None`` when there is none.
+NumberedRecords = Iterable[tuple["int | None", Mapping[str, t.Any]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckedSource:
+    """What :meth:`Migration.check` saw: one digest per chunk, in order."""
+
+    digests: tuple[bytes, ...]
+    users: int
+
+
 class Migration:
     """Decides and records every user of a tenant. See the module doc.
 
@@ -290,6 +266,7 @@ class Migration:
         the Rule (or are older than it): they are marked, never sent.
     :param on_marked: called with the users newly marked in each chunk (the CLI's
         ``--set-app-metadata`` patches them in Auth0).
+    :param source: how a record's place is named in errors (``"the users file"``).
     """
 
     def __init__(
@@ -301,6 +278,7 @@ class Migration:
         dry_run: bool = False,
         on_marked: t.Callable[[Sequence[str]], None] | None = None,
         clock: t.Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
+        source: str = "the users export",
     ) -> None:
         self.settings = settings
         self.ledger = ledger
@@ -308,17 +286,57 @@ class Migration:
         self.dry_run = dry_run
         self.on_marked = on_marked
         self.clock = clock
+        self.source = source
         self.report = MigrationReport()
 
+    def check(self, records: NumberedRecords, *, chunk_size: int = CHUNK_SIZE) -> CheckedSource:
+        """Read every record to the end, writing nothing; raise on the first bad one.
+
+        Returns the digests :meth:`run` compares each chunk with before it writes it.
+        """
+        digests = []
+        users = 0
+        for chunk in _chunks(self._users(records), chunk_size):
+            digests.append(_digest(chunk))
+            users += len(chunk)
+        return CheckedSource(tuple(digests), users)
+
     def run(
-        self, records: Iterable[Mapping[str, t.Any]], *, chunk_size: int = CHUNK_SIZE
+        self,
+        records: NumberedRecords,
+        *,
+        chunk_size: int = CHUNK_SIZE,
+        checked: CheckedSource | None = None,
     ) -> MigrationReport:
-        """Decide every record; returns the totals (also kept in :attr:`report`)."""
-        marker = self.settings.marker
-        users = (user_from_record(record, marker) for record in records)
-        for chunk in _chunks(users, chunk_size):
+        """Decide every record; returns the totals (also kept in :attr:`report`).
+
+        :param records: ``(line, record)`` pairs (see :meth:`UsersFile.numbered`).
+        :param checked: what :meth:`check` saw of the same source: each chunk is written
+            only if its digest is the one checked, so nothing unchecked is ever written.
+        :raises InvalidUserRecord: a bad record, naming its line; the chunks before it
+            are written (none, when ``checked`` was given: the check raised first).
+        """
+        for number, chunk in enumerate(_chunks(self._users(records), chunk_size)):
+            if checked is not None and (
+                number >= len(checked.digests) or _digest(chunk) != checked.digests[number]
+            ):
+                raise UsersFileError(
+                    f"{self.source} changed after it was checked: run migrate again"
+                )
             self._run_chunk(chunk)
         return self.report
+
+    def _users(self, records: NumberedRecords) -> Iterator[TenantUser | None]:
+        marker = self.settings.marker
+        now = self.clock()
+        for number, (line, record) in enumerate(records, 1):
+            try:
+                yield user_from_record(record, marker, now=now)
+            except InvalidUserRecord as exc:
+                where = f"line {line}" if line is not None else f"user {number}"
+                error = InvalidUserRecord(f"{where} of {self.source}: {exc}")
+                error.line = line
+                raise error from None
 
     def _run_chunk(self, chunk: list[TenantUser | None]) -> None:
         report = self.report
@@ -333,32 +351,29 @@ class Migration:
         known = self.ledger.known(list(users))
         report.already_known += len(known)
         to_mark: list[str] = []
-        undated: list[str] = []
         to_report: list[TenantUser] = []
         for user_id, user in users.items():
             if user_id in known:
                 continue
-            if user.rule_marked or (
-                user.created_at is not None and user.created_at < self.reported_until
-            ):
+            if user.rule_marked or user.created_at is None or user.created_at < self.reported_until:
+                # (no created_at only when the Rule marked the user: see user_from_record)
                 to_mark.append(user_id)
-            elif user.created_at is None:
-                undated.append(user_id)
             else:
                 to_report.append(user)
         if self.dry_run:
             report.marked += len(to_mark)
-            report.no_created_at += len(undated)
             report.reported += len(to_report)
             return
-        marked = self.ledger.mark(to_mark + undated)
-        report.marked += sum(1 for user_id in to_mark if user_id in marked)
-        report.no_created_at += sum(1 for user_id in undated if user_id in marked)
+        # Events are built before anything is written: a user whose event cannot be
+        # built stops the run here, not between the marks and the reports.
+        events = [self._event(user) for user in to_report]
+        marked = self.ledger.mark(to_mark)
+        report.marked += len(marked)
         # Marked meanwhile by a live login on the same store: already known.
-        report.already_known += len(to_mark) + len(undated) - len(marked)
+        report.already_known += len(to_mark) - len(marked)
         if marked and self.on_marked is not None:
             self.on_marked(sorted(marked))
-        queued = self.ledger.report([self._event(user) for user in to_report])
+        queued = self.ledger.report(events)
         report.reported += queued
         report.already_known += len(to_report) - queued
 
@@ -382,3 +397,21 @@ class Migration:
             uniqueness_token=uniqueness_token(settings.collection, user.user_id),
             body=body,
         )
+
+
+def _digest(chunk: Sequence[TenantUser | None]) -> bytes:
+    """A digest of everything a chunk's decisions and events are made of.
+
+    ``repr`` of a tuple of strings, ``None`` and booleans is unambiguous, and escapes what
+    UTF-8 cannot encode.
+    """
+    digest = hashlib.sha256()
+    for user in chunk:
+        if user is None:
+            digest.update(b"None\n")
+            continue
+        created = user.created_at.isoformat() if user.created_at is not None else None
+        profile = tuple(user.profile.get(name) for name in PROFILE_CLAIMS)
+        fields = (user.user_id, created, user.rule_marked, profile)
+        digest.update(repr(fields).encode() + b"\n")
+    return digest.digest()

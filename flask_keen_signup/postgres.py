@@ -8,9 +8,19 @@ appears in a message) and its fork safety. Neither of them opens connections its
 Pools. Two small psycopg pools per process, opened lazily by the first query of that
 process: ``request`` (login requests: waiting for a connection and each statement are
 bounded by ``KEEN_SIGNUP_STORE_TIMEOUT``) and ``worker`` (the sender, the CLI, the
-start-up load of known users: generous timeouts). Connections are in autocommit mode, so
-a single statement is one round trip (no ``BEGIN``/``COMMIT`` around it); multi-statement
-work uses an explicit transaction.
+start-up load of known users: generous timeouts).
+
+Poolers (PgBouncer in ``transaction`` or ``session`` mode, the hosted poolers that behave
+like it). A server connection may serve another client between two transactions, so
+nothing here outlives a transaction: no server-side prepared statements
+(``prepare_threshold=None`` on every connection), no ``SET`` and no startup ``options``
+(PgBouncer refuses them): each statement runs as ``BEGIN; SET LOCAL statement_timeout;
+<statement>; COMMIT`` sent in one pipeline, still one round trip. Schema creation takes a
+transaction-scoped advisory lock. ``LISTEN`` needs a session of its own: it uses
+``KEEN_SIGNUP_DATABASE_LISTEN_URL`` (a direct URL) when given (:mod:`.postgres_wake`).
+A pooler that has lost its server keeps a client waiting (PgBouncer's
+``query_wait_timeout``: 120 s): a statement that outlives its budget by far has its
+connection closed from this side (:mod:`.postgres_deadlines`), so a login never waits for it.
 
 Fork safety (gunicorn ``--preload``). A pooled connection must never be used by two
 processes: its socket would carry two conversations. Every pool belongs to the pid that
@@ -37,6 +47,8 @@ import weakref
 
 from .exceptions import MissingDependencyError
 from .exceptions import StoreError
+from .postgres_deadlines import Guard
+from .postgres_deadlines import deadlines
 
 try:
     import psycopg
@@ -72,6 +84,9 @@ WORKER_TIMEOUT = 30.0
 WORKER_POOL_WAIT = 3.0
 #: A pool that could not give a connection in time is replaced, at most this often (s).
 REFRESH_AFTER = 1.0
+#: A statement still unanswered this long after its ``statement_timeout`` (as a share of
+#: it, plus a constant) is abandoned: its connection is closed from this side.
+DEADLINE_GRACE = (0.5, 0.05)
 
 REQUEST = "request"
 WORKER = "worker"
@@ -146,6 +161,11 @@ CREATE INDEX IF NOT EXISTS outbox_bodies
     ON {s}.outbox (done_at) WHERE state IN ('delivered', 'skipped') AND body <> '';
 INSERT INTO {s}.schema_version (version) VALUES (2) ON CONFLICT DO NOTHING;
 """,
+    """
+-- version 3: when each row first failed (KEEN_SIGNUP_RETRY_FOR is counted from it).
+ALTER TABLE {s}.outbox ADD COLUMN IF NOT EXISTS first_failed_at double precision;
+INSERT INTO {s}.schema_version (version) VALUES (3) ON CONFLICT DO NOTHING;
+""",
 )
 
 #: The schema version this code needs.
@@ -215,6 +235,8 @@ class PostgresDatabase:
         pooled connection, and each of its statements may run, in seconds.
     :param create_schema: create or upgrade the tables on first use (default). ``False``
         for databases whose DBA runs ``flask keen-signup schema`` and grants no ``CREATE``.
+    :param listen_url: ``KEEN_SIGNUP_DATABASE_LISTEN_URL``: where ``LISTEN`` connects
+        (never through a transaction pooler). Never logged either.
 
     :raises ValueError: a malformed URL or schema name (``init_app`` reports it as a
         :class:`~flask_keen_signup.exceptions.ConfigurationError`).
@@ -229,14 +251,22 @@ class PostgresDatabase:
         request_pool_size: int = REQUEST_POOL_SIZE,
         worker_pool_size: int = WORKER_POOL_SIZE,
         create_schema: bool = True,
+        listen_url: str | None = None,
     ) -> None:
         params = parse_url(url)
         self.schema = check_schema_name(schema)
         self.timeout = float(timeout)
         self.create_schema = create_schema
         self._conninfo = psycopg.conninfo.make_conninfo(url.strip())
+        secret_params = [params]
+        #: ``KEEN_SIGNUP_DATABASE_LISTEN_URL``: a direct connection for ``LISTEN`` (a
+        #: transaction pooler cannot keep one), or ``None``: the senders poll.
+        self.listen_conninfo: str | None = None
+        if listen_url:
+            secret_params.append(parse_url(listen_url))
+            self.listen_conninfo = psycopg.conninfo.make_conninfo(listen_url.strip())
         self._secrets = tuple(
-            str(params[key]) for key in ("password", "sslpassword") if params.get(key)
+            str(p[key]) for p in secret_params for key in ("password", "sslpassword") if p.get(key)
         )
         self._where = describe(params)
         self._sizes = {REQUEST: request_pool_size, WORKER: worker_pool_size}
@@ -290,10 +320,8 @@ class PostgresDatabase:
         return self.timeout if role == REQUEST else max(WORKER_TIMEOUT, self.timeout)
 
     def _open_pool(self, role: str) -> ConnectionPool[t.Any]:
-        statement_ms = max(1, math.ceil(self._budget(role) * 1000))
-        # Options of the URL (``?options=-c%20search_path%3Dapp``) are kept, ours appended.
-        options = psycopg.conninfo.conninfo_to_dict(self._conninfo).get("options") or ""
-        options = f"{options} -c statement_timeout={statement_ms}".strip()
+        # The URL's own options (``?options=-c%20search_path%3Dapp``) are the URL's: none of
+        # ours, since a pooler refuses them and would not keep them per client anyway.
         pool: ConnectionPool[t.Any] = ConnectionPool(
             self._conninfo,
             min_size=1,
@@ -303,9 +331,9 @@ class PostgresDatabase:
             name=f"keen-signup-{role}-{os.getpid()}",
             kwargs={
                 "autocommit": True,
+                "prepare_threshold": None,  # no server-side prepared statements: poolers
                 "connect_timeout": CONNECT_TIMEOUT,
                 "application_name": f"flask-keen-signup {role}",
-                "options": options,
             },
         )
         pool.open(wait=False)
@@ -384,10 +412,12 @@ class PostgresDatabase:
         for attempt in range(1, self._sizes.get(role, 1) + 2):
             failure: BaseException | None = None
             conn: psycopg.Connection[t.Any] | None = None
+            guard: Guard | None = None
             try:
                 self.ensure_schema(role)
                 with self.pool(role).connection() as conn:
-                    cursor = conn.execute(query, params)
+                    with deadlines.guard(conn, self._deadline(role)) as guard:
+                        cursor = self._in_transaction(conn, role, query, params)
                     if fetch == "one":
                         return cursor.fetchone()
                     if fetch == "all":
@@ -399,7 +429,13 @@ class PostgresDatabase:
             except PoolClosed:
                 continue  # replaced by _refresh meanwhile: take the new one
             except psycopg.OperationalError as exc:
-                if conn is not None and conn.broken and attempt <= self._sizes.get(role, 1):
+                if guard is not None and guard.fired:
+                    raise StoreError(
+                        f"cannot {what} in PostgreSQL: no answer from {self._where} within "
+                        f"{self._deadline(role):.2f} s (connection closed)"
+                    ) from None
+                lost = conn is not None and (conn.broken or conn.closed)
+                if lost and attempt <= self._sizes.get(role, 1):
                     logger.debug("PostgreSQL dropped a pooled connection; trying another")
                     continue
                 failure = exc
@@ -409,38 +445,97 @@ class PostgresDatabase:
                 break
         raise self._wrap(what, t.cast(BaseException, failure))
 
+    def _deadline(self, role: str) -> float:
+        share, constant = DEADLINE_GRACE
+        return self._budget(role) * (1 + share) + constant
+
+    def _set_timeout(self, role: str) -> str:
+        return f"SET LOCAL statement_timeout = {max(1, math.ceil(self._budget(role) * 1000))}"
+
+    def _in_transaction(
+        self, conn: psycopg.Connection[t.Any], role: str, query: str, params: t.Any
+    ) -> psycopg.Cursor[t.Any]:
+        """``query`` in its own transaction with the role's ``statement_timeout``: four
+        statements in one pipeline, so one round trip, as a lone statement would be.
+
+        Nothing outlives the transaction, which is what a transaction pooler needs. A
+        statement's failure is rolled back by the pool (on leaving ``connection()``); a
+        lost connection (no SQLSTATE, or class 08) is closed here, so that the pool
+        discards it: a pooler may close a client without libpq noticing at once.
+        """
+        try:
+            with conn.pipeline():
+                conn.execute("BEGIN")
+                conn.execute(self._set_timeout(role))
+                cursor = conn.execute(query, params)
+                conn.execute("COMMIT")
+        except psycopg.OperationalError as exc:
+            if exc.sqlstate is None or exc.sqlstate.startswith("08"):
+                conn.close()
+            raise
+        return cursor
+
     # -- the schema ------------------------------------------------------------------
 
     def ensure_schema(self, role: str = REQUEST) -> None:
         """Create or upgrade the tables once per process (idempotent, versioned, locked).
 
-        Reads ``schema_version``; only when it is missing or older does it take a
-        transaction-scoped advisory lock (so that hosts starting together queue up), check
-        again and apply the missing migrations. Statements get ``WORKER_TIMEOUT`` here
-        even on the request path: this happens once per database, usually at start-up on
-        the sender's or the known-users thread.
+        Reads ``schema_version`` (within the role's budget); only when it is missing or
+        older does it take a transaction-scoped advisory lock (so that hosts starting
+        together queue up; a session lock could outlive the transaction behind a pooler),
+        check again and apply the missing migrations, with ``WORKER_TIMEOUT`` even on the
+        request path: this happens once per database, usually at start-up on the sender's
+        or the known-users thread.
         """
         if self._schema_ready or not self.create_schema:
             return
         with self.pool(role).connection() as conn:
-            version = self._version(conn)
-            if version < SCHEMA_VERSION:
-                with conn.transaction():
-                    conn.execute(f"SET LOCAL statement_timeout = {int(WORKER_TIMEOUT * 1000)}")
-                    lock = f"keen_signup:{self.schema}"
-                    conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (lock,))
-                    conn.execute(_BOOTSTRAP.format(s=self.schema))
-                    version = self._version(conn)
-                    for number, script in enumerate(MIGRATIONS, start=1):
-                        if number > version:
-                            conn.execute(script.format(s=self.schema))
-                logger.info(
-                    "PostgreSQL schema %s is at version %d (was %d)",
-                    self.schema,
-                    SCHEMA_VERSION,
-                    version,
-                )
+            with deadlines.guard(conn, self._deadline(role)) as guard:
+                try:
+                    self._migrate(conn, role, guard)
+                except psycopg.OperationalError:
+                    if guard.fired:
+                        raise StoreError(
+                            f"cannot read the schema version in PostgreSQL: no answer from "
+                            f"{self._where} in time (connection closed)"
+                        ) from None
+                    raise
         self._schema_ready = True
+
+    def _migrate(self, conn: psycopg.Connection[t.Any], role: str, guard: Guard) -> None:
+        with conn.transaction():
+            conn.execute(self._set_timeout(role))
+            version = self._version(conn)
+        if version >= SCHEMA_VERSION:
+            return
+        guard.extend(self._deadline(WORKER))
+        for attempt in range(3):
+            try:
+                version = self._apply_migrations(conn)
+                break
+            except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateObject):
+                # Another host created an object while this one waited for the lock, and
+                # an advisory lock does not refresh the catalog cache (relation locks do):
+                # a new transaction sees it, and IF NOT EXISTS then skips it.
+                if attempt == 2:
+                    raise
+        logger.info(
+            "PostgreSQL schema %s is at version %d (was %d)", self.schema, SCHEMA_VERSION, version
+        )
+
+    def _apply_migrations(self, conn: psycopg.Connection[t.Any]) -> int:
+        """Bootstrap and the missing migrations, in one transaction under the lock; returns
+        the version found under the lock."""
+        with conn.transaction():
+            conn.execute(self._set_timeout(WORKER))
+            lock = f"keen_signup:{self.schema}"
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (lock,))
+            conn.execute(_BOOTSTRAP.format(s=self.schema))
+            version = self._version(conn)
+            for number, script in enumerate(MIGRATIONS, start=1):
+                if number > version:
+                    conn.execute(script.format(s=self.schema))
+        return version
 
     def _version(self, conn: psycopg.Connection[t.Any]) -> int:
         row = conn.execute(
@@ -459,74 +554,6 @@ class PostgresDatabase:
                 return self._version(conn)
         except psycopg.Error as exc:
             raise self._wrap("read the schema version", exc) from None
-
-    # -- waking senders --------------------------------------------------------------
-
-    def listen(self, callback: t.Callable[[], None]) -> _Listener:
-        """A :class:`_Listener` calling ``callback`` on each NOTIFY on :attr:`channel`."""
-        return _Listener(self, callback)
-
-
-class _Listener:
-    """One connection per process that ``LISTEN``\\s and calls back on each notification.
-
-    NOTIFY is best effort (a listener that is reconnecting misses what was sent
-    meanwhile), so it only shortens the wait: the sender still polls every
-    ``KEEN_SIGNUP_FLUSH_INTERVAL``, and the callback also runs after every (re)connect.
-    :meth:`ensure_running` starts the thread in the calling process if it is not running
-    there (after a fork the child starts its own).
-    """
-
-    def __init__(self, database: PostgresDatabase, callback: t.Callable[[], None]) -> None:
-        self.database = database
-        self.callback = callback
-        self._thread: threading.Thread | None = None
-        self._pid = 0
-        self._stopped = threading.Event()
-        self.connected = threading.Event()
-
-    def ensure_running(self) -> None:
-        thread = self._thread
-        if thread is not None and self._pid == os.getpid() and thread.is_alive():
-            return
-        if self._stopped.is_set():
-            return
-        self._pid = os.getpid()
-        self.connected = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name="flask-keen-signup-listen", daemon=True
-        )
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopped.set()
-
-    def _run(self) -> None:
-        database, delay = self.database, 0.5
-        pid = os.getpid()
-        while not self._stopped.is_set() and os.getpid() == pid:
-            try:
-                with psycopg.connect(
-                    database._conninfo,
-                    autocommit=True,
-                    connect_timeout=CONNECT_TIMEOUT,
-                    application_name="flask-keen-signup listen",
-                ) as conn:
-                    conn.execute(f"LISTEN {database.channel}")
-                    self.connected.set()
-                    delay = 0.5
-                    self.callback()  # anything sent while we were not listening
-                    while not self._stopped.is_set():
-                        for _ in conn.notifies(timeout=1.0):
-                            self.callback()
-            except psycopg.Error as exc:
-                self.connected.clear()
-                logger.debug("LISTEN connection lost: %s", database.redact(str(exc)))
-            except Exception:  # noqa: BLE001 - polling still delivers; never die loudly
-                self.connected.clear()
-                logger.exception("the PostgreSQL LISTEN thread failed; polling only")
-            self._stopped.wait(delay)
-            delay = min(delay * 2, 30.0)
 
 
 def driver_error(exc: BaseException) -> BaseException | None:

@@ -32,6 +32,7 @@ signup_delivered = _signals.signal("signup-delivered")
 #: In background mode this fires on the sender's thread, with no request context.
 signup_failed = _signals.signal("signup-failed")
 
-#: The event was moved to the dead-letter table (permanent error or too many attempts).
+#: The event was moved to the dead-letter table (a permanent error, or a retryable one
+#: failing for longer than ``KEEN_SIGNUP_RETRY_FOR``).
 #: Payload: ``user_id``, ``event``, ``reason``. Fires on the sender's thread.
 signup_dead = _signals.signal("signup-dead")

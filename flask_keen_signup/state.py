@@ -13,6 +13,7 @@ import time
 import typing as t
 
 from flask import current_app
+from flask import has_app_context
 
 from ._text import printable
 from .health import HealthThresholds
@@ -30,6 +31,7 @@ if t.TYPE_CHECKING:  # pragma: no cover
     from .spool import Spool
     from .stores import MarkerStore
     from .tracker import Tracker
+    from .unrecorded import Unrecorded
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +55,8 @@ class SignupState:
     spool: Spool | None = None
     #: The first-touch capture (``KEEN_SIGNUP_ATTRIBUTION``), or ``None`` when it is off.
     attribution: AttributionCapture | None = None
+    #: Signups neither the store nor the spool could take, counted until acknowledged.
+    unrecorded: Unrecorded | None = None
     #: ``KEEN_SIGNUP_HEALTH_*``: what :meth:`KeenSignup.health`'s verdict is judged on.
     health_thresholds: HealthThresholds = dataclasses.field(default_factory=HealthThresholds)
 
@@ -62,9 +66,14 @@ def signup_state(app: Flask | None = None) -> SignupState:
 
     For tests and operations tools: ``signup_state(app).sender.flush(10)``,
     ``signup_state(app).outbox.stats()``. Raises ``RuntimeError`` if ``init_app`` was
-    not called on ``app``.
+    not called on ``app``, or, without ``app``, outside an app context.
     """
-    app = app or current_app._get_current_object()  # type: ignore[attr-defined]
+    if app is None:
+        if not has_app_context():
+            raise RuntimeError(
+                "signup_state() outside an app context: pass the app, signup_state(app)"
+            )
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
     try:
         return t.cast(SignupState, app.extensions["keen_signup"])
     except KeyError:
@@ -95,6 +104,7 @@ def health_of(state: SignupState) -> dict[str, t.Any]:
                 "circuit_until": status.circuit_until,
                 "circuit_since": status.circuit_since,
                 "last_error": status.last_error,
+                "round_errors": status.round_errors,
                 "running": status.running,
                 "store_error": None,
             }
@@ -111,6 +121,7 @@ def degraded_health(state: SignupState, health: t.Mapping[str, t.Any]) -> dict[s
     from . import database as database_module
 
     spool = state.spool
+    lost = state.unrecorded.read() if state.unrecorded is not None else None
     try:
         spooled, oldest = spool.stats() if spool is not None else (0, None)
     except OSError as exc:  # an unreadable spool directory: say so, never raise
@@ -126,8 +137,12 @@ def degraded_health(state: SignupState, health: t.Mapping[str, t.Any]) -> dict[s
         "database_replaced": None
         if last is None
         else {"how": last.how, "at": last.at, "salvaged": last.salvaged, "count": len(replaced)},
+        "not_recorded": 0 if lost is None else lost.count,
+        "not_recorded_since": None if lost is None else lost.first_at,
         "database_unrecovered": _unrecovered(state),
         "ok": spooled == 0
+        and (lost is None or lost.count == 0)
+        and not health.get("round_errors")
         and health.get("circuit") != "open"
         and (state.sender is None or bool(health.get("running")) or not state.settings.enabled),
     }

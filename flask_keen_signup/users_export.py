@@ -45,6 +45,7 @@ if t.TYPE_CHECKING:  # pragma: no cover
     from types import TracebackType
 
 __all__ = [
+    "Numbered",
     "UsersFile",
     "UsersFileError",
     "field_value",
@@ -56,8 +57,12 @@ __all__ = [
 GZIP_MAGIC = b"\x1f\x8b"
 #: Formats by name; ``ndjson``/``jsonl`` are accepted as spellings of Auth0's ``json``.
 FORMATS = {"json": "json", "ndjson": "json", "jsonl": "json", "csv": "csv"}
+#: The most compressed bytes handed to the gzip reader at once (see :func:`_maybe_gunzip`).
+GZIP_READ_BYTES = 16 * 1024
 #: How far into the (decompressed) data the format sniffer looks.
 SNIFF_BYTES = 4096
+#: Splits text after each CR that is not followed by LF (keeping it).
+_LONE_CR = re.compile(r"(?<=\r)(?!\n)")
 _INDEX_RE = re.compile(r"^(?P<name>[^\[\]]+)\[(?P<index>\d+)\]$")
 
 
@@ -84,23 +89,50 @@ def _normalise_format(format: str) -> str:
 # -- parsing ------------------------------------------------------------------------------------
 
 
-def _iter_ndjson(stream: t.BinaryIO) -> Iterator[dict[str, t.Any]]:
-    number = 0
-    for number, line in enumerate(stream, start=1):  # noqa: B007 - used after the loop
-        if not line.strip():
+#: A user, with the physical line (1-based) of the file where its record starts.
+Numbered = tuple[int, dict[str, t.Any]]
+
+
+def _iter_ndjson(stream: t.BinaryIO) -> Iterator[Numbered]:
+    for number, raw in enumerate(stream, start=1):
+        if not raw.strip():
             continue
         error: str | None = None
+        user: object = None
         try:
-            user = json.loads(line)
-        except (ValueError, UnicodeDecodeError):
-            user = None
-            error = "is not valid JSON"
+            # Strict UTF-8, one physical line at a time: a bad byte is named by its line.
+            text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError:
+            error = "is not valid UTF-8"
+        else:
+            try:
+                user = json.loads(text)
+            except ValueError:
+                error = "is not valid JSON"
         if error is None and not isinstance(user, dict):
             error = "is not a JSON object"
+        if error is None and "\\u" in text and _has_lone_surrogate(user):
+            # JSON may escape half of a surrogate pair (\ud800): not text SQLite, Keen or a
+            # terminal can take, so refused here rather than deep in a write.
+            error = "holds half of a UTF-16 surrogate pair (a lone U+D800-U+DFFF escape)"
         if error is not None:
             # Raised outside the except block: the decoder's error quotes the line.
             raise UsersFileError(f"line {number} of the users export {error}", line=number)
-        yield t.cast("dict[str, t.Any]", user)
+        yield number, t.cast("dict[str, t.Any]", user)
+
+
+def _has_lone_surrogate(value: object) -> bool:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(item) for item in value)
+    return False
 
 
 def unescape_csv_value(value: str) -> str:
@@ -112,31 +144,50 @@ def unescape_csv_value(value: str) -> str:
     return value[1:] if value.startswith("'") else value
 
 
-def _iter_csv(stream: t.BinaryIO) -> Iterator[dict[str, t.Any]]:
-    # utf-8-sig: a file saved by a spreadsheet may start with a byte order mark.
-    text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
+def _text_lines(stream: t.BinaryIO) -> Iterator[str]:
+    """The physical lines of ``stream``, endings kept (``\\r\\n``, ``\\n`` or a lone
+    ``\\r``, as ``newline=""`` gives them to the csv module), each decoded on its own so
+    that a bad byte names its own line."""
+    number = 0
+    for raw in stream:
+        bad_at: int | None = None
+        try:
+            text = raw.decode("utf-8-sig" if number == 0 else "utf-8")
+        except UnicodeDecodeError as exc:
+            bad_at = exc.start
+        if bad_at is not None:
+            before = raw[:bad_at]  # a lone CR ends a line too (an old spreadsheet's CSV)
+            number += before.count(b"\r") - before.count(b"\r\n") + 1
+            message = f"line {number} of the users export is not valid UTF-8"
+            raise UsersFileError(message, line=number)
+        parts = _LONE_CR.split(text) if "\r" in text else (text,)
+        for part in parts:
+            if part:
+                number += 1
+                yield part
+
+
+def _iter_csv(stream: t.BinaryIO) -> Iterator[Numbered]:
     # Exported values can be long (a JSON object as text): lift the csv module's cap.
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    try:
-        yield from _iter_csv_rows(csv.reader(text, strict=True))
-    finally:
-        text.detach()
+    yield from _iter_csv_rows(csv.reader(_text_lines(stream), strict=True))
 
 
-def _iter_csv_rows(reader: t.Any) -> Iterator[dict[str, t.Any]]:
+def _iter_csv_rows(reader: t.Any) -> Iterator[Numbered]:
     header: list[str] | None = None
     failure: str | None = None
     line = 0
     while True:
+        # A record may span several physical lines (a quoted newline): it is named by
+        # the line it starts on, the one after the previous record's last line.
+        line = reader.line_num + 1
         try:
             row = next(reader)
         except StopIteration:
             break
-        except (csv.Error, UnicodeDecodeError):
-            failure = "is not valid CSV"
-            line = reader.line_num + 1
+        except csv.Error:
+            failure = "starts a record that is not valid CSV"
             break
-        line = reader.line_num
         if not any(cell.strip() for cell in row):
             continue
         if header is None:
@@ -148,7 +199,9 @@ def _iter_csv_rows(reader: t.Any) -> Iterator[dict[str, t.Any]]:
         if len(row) != len(header):
             failure = f"has {len(row)} columns where the header has {len(header)}"
             break
-        yield {name: unescape_csv_value(value) for name, value in zip(header, row, strict=True)}
+        yield line, {
+            name: unescape_csv_value(value) for name, value in zip(header, row, strict=True)
+        }
     if failure is not None:
         raise UsersFileError(f"line {line} of the users export {failure}", line=line)
 
@@ -160,14 +213,16 @@ class _RawReader(io.RawIOBase):
     urllib3's response says so as soon as its body is exhausted, before our buffer is.
     """
 
-    def __init__(self, source: t.Any) -> None:
+    def __init__(self, source: t.Any, limit: int | None = None) -> None:
         self._source = source
+        self._limit = limit
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: t.Any) -> int:
-        data = self._source.read(len(buffer))
+        wanted = len(buffer) if self._limit is None else min(len(buffer), self._limit)
+        data = self._source.read(wanted)
         size = len(data)
         buffer[:size] = data
         return size
@@ -183,7 +238,11 @@ def _buffered(stream: t.Any) -> io.BufferedReader:
 
 def _maybe_gunzip(stream: io.BufferedReader) -> io.BufferedReader:
     if stream.peek(2)[:2] == GZIP_MAGIC:
-        return _buffered(gzip.GzipFile(fileobj=stream, mode="rb"))
+        # Compressed bytes are handed to gzip in small reads, whatever its own buffer
+        # (128 KiB since Python 3.12): the file's position then moves as the data is
+        # read, which is what a progress bar shows.
+        source = _RawReader(stream, limit=GZIP_READ_BYTES)
+        return _buffered(gzip.GzipFile(fileobj=source, mode="rb"))
     return stream
 
 
@@ -211,10 +270,10 @@ def iter_export_stream(stream: t.Any, format: str | None = None) -> Iterator[dic
         that is not gzip although it says so.
     """
     wanted = _normalise_format(format) if format is not None else None
-    return _iter_stream(stream, wanted)
+    return (user for _, user in _iter_stream(stream, wanted))
 
 
-def _iter_stream(stream: t.Any, wanted: str | None) -> Iterator[dict[str, t.Any]]:
+def _iter_stream(stream: t.Any, wanted: str | None) -> Iterator[Numbered]:
     data = _maybe_gunzip(_buffered(stream))
     kind = wanted or _sniff(data) or "json"
     try:
@@ -234,7 +293,8 @@ class UsersFile:
 
     Use :func:`iter_users_file` to open one. :attr:`size` is the file's size on disk and
     :attr:`position` how many of those bytes have been read so far (compressed bytes for
-    a gzipped file), so ``position / size`` is the fraction done.
+    a gzipped file), so ``position / size`` is the fraction done. Iterate :meth:`numbered`
+    instead of the file itself to get each user's line number too.
     """
 
     def __init__(self, path: str | os.PathLike[str], format: str | None = None) -> None:
@@ -258,7 +318,7 @@ class UsersFile:
         except BaseException:
             self._raw.close()
             raise
-        self._iterator: Iterator[dict[str, t.Any]] | None = None
+        self._iterator: Iterator[Numbered] | None = None
 
     @property
     def position(self) -> int:
@@ -268,11 +328,15 @@ class UsersFile:
         return min(self._raw.tell(), self.size)
 
     def __iter__(self) -> Iterator[dict[str, t.Any]]:
+        return (user for _, user in self.numbered())
+
+    def numbered(self) -> Iterator[Numbered]:
+        """``(line, user)`` pairs: the physical line (1-based) where each record starts."""
         if self._iterator is None:
             self._iterator = self._read()
         return self._iterator
 
-    def _read(self) -> Iterator[dict[str, t.Any]]:
+    def _read(self) -> Iterator[Numbered]:
         # The file is closed once read to the end, or on an error, or when the loop over
         # it is abandoned; ``with`` is still the way to close one never iterated.
         try:

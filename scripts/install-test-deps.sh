@@ -8,8 +8,11 @@ need=()
 if ! command -v pg_ctl >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
     need+=(postgresql)
 fi
+# PgBouncer (Debian installs it in /usr/sbin): the tests run their own in front of their server.
+command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || need+=(pgbouncer)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)  # joins the test Redis Cluster
 command -v node >/dev/null 2>&1 || need+=(nodejs)  # runs the shipped Auth0 Action in tests
 if ((${#need[@]})); then
     SUDO=""

@@ -1,7 +1,8 @@
 """A private ``redis-server`` for the tests: started on 127.0.0.1 on a free port, killed at
-the end. ``redis_server`` is a session fixture (registered in conftest.py). Without
-``redis-server`` or the ``redis`` package the Redis tests skip locally and fail when
-``CI=true``.
+the end. ``redis_server`` is a session fixture (registered in conftest.py), and so is
+``redis_cluster``: three cluster-enabled servers joined into a Redis Cluster. Without
+``redis-server`` (``redis-cli`` for the cluster) or the ``redis`` package the Redis tests
+skip locally and fail when ``CI=true``.
 """
 
 from __future__ import annotations
@@ -124,3 +125,117 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[RedisSe
     server.kill(signal.SIGTERM)
 
 
+def _redis_cli_binary() -> str:
+    """``redis-cli`` (Debian's redis-tools, a dependency of redis-server) beside the server."""
+    server = _redis_server_binary()
+    binary = shutil.which("redis-cli") or os.path.join(os.path.dirname(server), "redis-cli")
+    if not os.access(binary, os.X_OK):
+        _unavailable("redis-cli is not installed; apt-get install redis-tools")
+    return binary
+
+
+class RedisClusterNodes:
+    """Three private ``redis-server --cluster-enabled yes`` masters on 127.0.0.1, joined by
+    ``redis-cli --cluster create`` (no replicas), killed at the end.
+
+    Each node's cluster bus gets its own free port (``--cluster-port``): the default, port
+    + 10000, may be taken or beyond 65535 for the high ports the kernel hands out.
+    """
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.nodes: list[RedisServer] = []
+
+    @property
+    def url(self) -> str:
+        """The ``redis+cluster://`` URL of all three nodes (``KEEN_SIGNUP_REDIS_URL``)."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes) + "/0"
+
+    def start(self) -> RedisClusterNodes:
+        cli = _redis_cli_binary()
+        try:
+            self._start(cli)
+        except BaseException:  # no node left running, whatever failed (or skipped)
+            self.kill()
+            raise
+        return self
+
+    def _start(self, cli: str) -> None:
+        for index in range(3):
+            directory = os.path.join(self.directory, f"node{index}")
+            os.makedirs(directory, exist_ok=True)
+            node = RedisServer(
+                directory,
+                "--appendonly",
+                "no",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "5000",
+                "--cluster-port",
+                str(_free_port()),
+            )
+            self.nodes.append(node.start())
+        create = subprocess.run(
+            [
+                cli,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if create.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed: {create.stdout}{create.stderr}")
+        self._wait_until_ok()
+
+    def _wait_until_ok(self) -> None:
+        """Every node says ``cluster_state:ok`` and knows all three masters."""
+        deadline = time.monotonic() + 30
+        clients = [redis.Redis(host="127.0.0.1", port=n.port, socket_timeout=1) for n in self.nodes]
+        try:
+            while time.monotonic() < deadline:
+                infos = [c.cluster("info") for c in clients]
+                if all(
+                    i.get("cluster_state") == "ok" and int(i.get("cluster_known_nodes", 0)) == 3
+                    for i in infos
+                ):
+                    return
+                time.sleep(0.1)
+        finally:
+            for client in clients:
+                client.close()
+        raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
+
+    def node_for(self, key: str) -> RedisServer:
+        """The master that serves ``key``'s hash slot."""
+        client = redis.Redis(host="127.0.0.1", port=self.nodes[0].port, socket_timeout=5)
+        try:
+            slot = int(client.execute_command("CLUSTER", "KEYSLOT", key))
+            for start, end, (_host, port, *_rest), *_replicas in client.execute_command(
+                "CLUSTER", "SLOTS"
+            ):
+                if start <= slot <= end:
+                    return next(n for n in self.nodes if n.port == int(port))
+        finally:
+            client.close()
+        raise LookupError(f"no node serves slot {slot}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        for node in self.nodes:
+            node.kill(sig)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[RedisClusterNodes]:
+    """One 3-master cluster for the session: each test uses its own hash-tagged prefix."""
+    cluster = RedisClusterNodes(str(tmp_path_factory.mktemp("redis-cluster"))).start()
+    yield cluster
+    cluster.kill(signal.SIGTERM)

@@ -20,6 +20,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:  # the shared helpers, whatever directory a test lives in
     sys.path.insert(0, HERE)
 
+from _redis import redis_cluster as redis_cluster  # noqa: E402 - a session fixture
 from _redis import redis_server as redis_server  # noqa: E402 - a session fixture
 
 pytest_plugins = ["pytester"]
@@ -61,3 +62,48 @@ def postgres_database(postgres_url: str) -> t.Iterator[t.Any]:
     database = PostgresDatabase(postgres_url, schema=fresh_schema(), timeout=5.0)
     yield database
     database.close()
+
+
+# -- PgBouncer (issue 17): one per mode per session, in front of the private server ---------
+
+
+def _pgbouncer(postgres_server: t.Any, mode: str) -> t.Iterator[t.Any]:
+    from _postgres import PgBouncer
+
+    bouncer = PgBouncer(postgres_server, mode).start()
+    yield bouncer
+    bouncer.remove()
+
+
+@pytest.fixture(scope="session")
+def pgbouncer_transaction(postgres_server: t.Any) -> t.Iterator[t.Any]:
+    """PgBouncer in ``transaction`` mode, 4 server connections: skips locally, fails in CI."""
+    yield from _pgbouncer(postgres_server, "transaction")
+
+
+@pytest.fixture(scope="session")
+def pgbouncer_session(postgres_server: t.Any) -> t.Iterator[t.Any]:
+    """PgBouncer in ``session`` mode, 4 server connections: skips locally, fails in CI."""
+    yield from _pgbouncer(postgres_server, "session")
+
+
+def _database_via(url: str) -> t.Iterator[t.Any]:
+    from _postgres import fresh_schema
+
+    from flask_keen_signup.postgres import PostgresDatabase
+
+    database = PostgresDatabase(url, schema=fresh_schema(), timeout=5.0)
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def pgbouncer_transaction_database(pgbouncer_transaction: t.Any) -> t.Iterator[t.Any]:
+    """``postgres_database``, through PgBouncer in ``transaction`` mode."""
+    yield from _database_via(pgbouncer_transaction.url)
+
+
+@pytest.fixture
+def pgbouncer_session_database(pgbouncer_session: t.Any) -> t.Iterator[t.Any]:
+    """``postgres_database``, through PgBouncer in ``session`` mode."""
+    yield from _database_via(pgbouncer_session.url)

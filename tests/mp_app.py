@@ -75,17 +75,18 @@ def healthz() -> t.Any:
 
 
 if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # tests/system/test_metrics_multiprocess.py
+    from prometheus_client import CONTENT_TYPE_LATEST
+    from prometheus_client import CollectorRegistry
+    from prometheus_client import generate_latest
+    from prometheus_client import multiprocess
+
+    # docs/metrics.md's form, at module level: outside any app context, without app=.
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    signup.register_metrics(registry)
 
     @app.route("/metrics")
     def metrics() -> t.Any:
-        from prometheus_client import CONTENT_TYPE_LATEST
-        from prometheus_client import CollectorRegistry
-        from prometheus_client import generate_latest
-        from prometheus_client import multiprocess
-
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        signup.register_metrics(registry)
         return generate_latest(registry), 200, {"Content-Type": CONTENT_TYPE_LATEST}
 
 

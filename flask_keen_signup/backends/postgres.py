@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import typing as t
 
-from ..exceptions import ConfigurationError
 from .parts import Parts
 from .parts import Wiring
 
@@ -32,6 +31,9 @@ class AppTransaction:
         self.outbox = outbox
 
     def lookup(self, connection: t.Any, user_id: str) -> object | None:
+        # The tables must exist before the app's transaction reads them: usually the
+        # sender or the known-users thread created them already (then this is a flag read).
+        self.store.database.ensure_schema()
         return self.store.lookup_in(connection, user_id)
 
     def claim_and_enqueue(self, connection: t.Any, user_id: str, queued: QueuedEvent) -> bool:
@@ -49,21 +51,37 @@ class AppTransaction:
 def build(wiring: Wiring) -> Parts:
     from ..delivery.postgres_outbox import PostgresOutbox
     from ..postgres import PostgresDatabase
+    from ..postgres import parse_url
+    from ..postgres_wake import POLL_INTERVAL
     from ..stores.postgres import PostgresStore
 
     settings = wiring.settings
+    listen_url = settings.database_listen_url
+    if listen_url:
+        try:
+            parse_url(listen_url)
+        except ValueError as exc:
+            from .._credentials import url_error  # the message masks the URL's pieces
+
+            raise url_error("KEEN_SIGNUP_DATABASE_LISTEN_URL", exc, listen_url) from None
     try:
         database = PostgresDatabase(
             t.cast(str, settings.database_url),
             schema=settings.database_schema,
             timeout=settings.store_timeout,
+            listen_url=listen_url,
         )
     except ValueError as exc:
-        raise ConfigurationError(f"KEEN_SIGNUP_DATABASE_URL is not usable: {exc}") from None
+        from .._credentials import url_error  # the message masks the URL's pieces
+
+        url = t.cast(str, settings.database_url)
+        raise url_error("KEEN_SIGNUP_DATABASE_URL", exc, url) from None
     store = PostgresStore(
         database, settings.collection, reclaim_after=wiring.reclaim_after, close_database=True
     )
     outbox = PostgresOutbox(database, keep_delivered=settings.keep_delivered)
+    if settings.flush_interval > POLL_INTERVAL:  # without LISTEN: still within a second
+        outbox.poll_interval = POLL_INTERVAL
 
     def in_one_statement(user_id: str, queued: QueuedEvent) -> bool:
         return outbox.claim_and_enqueue(store, user_id, queued)

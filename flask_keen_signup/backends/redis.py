@@ -3,6 +3,8 @@
 A marker is claimed with ``SET NX`` in the same Lua script that queues the event. The
 login path has its own client whose socket timeouts are the budget
 (``KEEN_SIGNUP_STORE_TIMEOUT``); the sender's client keeps the URL's own timeouts.
+Every key starts with ``KEEN_SIGNUP_REDIS_PREFIX``; a Redis Cluster
+(``redis+cluster://``) needs a ``{…}`` hash tag in it, checked here, at ``init_app``.
 """
 
 from __future__ import annotations
@@ -21,28 +23,42 @@ if t.TYPE_CHECKING:  # pragma: no cover
 def build(wiring: Wiring) -> Parts:
     from ..delivery.redis_outbox import RedisOutbox
     from ..stores.redis import RedisStore
+    from ..stores.redis import check_prefix
     from ..stores.redis import connect
 
     settings = wiring.settings
     url = t.cast(str, settings.redis_url)
+    prefix = settings.redis_prefix
     try:
         client = connect(url)
+        # The budget wins over timeouts in the URL's query string (those are the sender's).
+        request_client = connect(url, budget=settings.store_timeout)
     except ValueError as exc:
-        raise ConfigurationError(f"KEEN_SIGNUP_REDIS_URL is not usable: {exc}") from None
+        from .._credentials import url_error  # the message masks the URL's pieces
+
+        raise url_error("KEEN_SIGNUP_REDIS_URL", exc, url) from None
+    try:
+        check_prefix(client, prefix, name="KEEN_SIGNUP_REDIS_PREFIX")
+    except ValueError as exc:
+        raise ConfigurationError(f"{exc} (KEEN_SIGNUP_REDIS_URL is a Redis Cluster)") from None
     store = RedisStore(
-        client, settings.collection, reclaim_after=wiring.reclaim_after, close_client=True
+        client,
+        settings.collection,
+        prefix=prefix,
+        reclaim_after=wiring.reclaim_after,
+        close_client=True,
     )
-    outbox = RedisOutbox(client, keep_delivered=settings.keep_delivered)
-    budget = settings.store_timeout
-    request_client = connect(url, socket_connect_timeout=budget, socket_timeout=budget)
-    # The budget wins over timeouts in the URL's query string (those are the sender's).
-    request_client.connection_pool.connection_kwargs.update(
-        socket_connect_timeout=budget, socket_timeout=budget
-    )
+    outbox = RedisOutbox(client, prefix=prefix, keep_delivered=settings.keep_delivered)
     request_store = RedisStore(
-        request_client, settings.collection, reclaim_after=wiring.reclaim_after, close_client=True
+        request_client,
+        settings.collection,
+        prefix=prefix,
+        reclaim_after=wiring.reclaim_after,
+        close_client=True,
     )
-    request_outbox = RedisOutbox(request_client, keep_delivered=settings.keep_delivered)
+    request_outbox = RedisOutbox(
+        request_client, prefix=prefix, keep_delivered=settings.keep_delivered
+    )
 
     def in_one_script(user_id: str, queued: QueuedEvent) -> bool:
         return request_outbox.claim_and_enqueue(request_store, user_id, queued)

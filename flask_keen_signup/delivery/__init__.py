@@ -14,7 +14,7 @@ Row life cycle::
 
     enqueue -> pending --claim--> (leased) --Keen 2xx for this row--> delivered
                   ^                  |   \\--retryable--> pending (next_attempt_at later)
-                  |                  |    \\--permanent or too many attempts--> dead letter
+                  |                  |    \\--permanent, or failing past RETRY_FOR--> dead letter
                   |                  \\--skipped by a hook--> skipped
                   +-- retry_dead ----------------------------------------------/
     delivered, but after_delivered() failed retryably -> confirming -> (hook retried) -> delivered

@@ -35,7 +35,7 @@ class CircuitBreaker:
         cooldown: float = 5.0,
         cap: float = 300.0,
         rng: random.Random | None = None,
-        clock: t.Callable[[], float] = time.monotonic,
+        clock: t.Callable[[], float] | None = None,
     ) -> None:
         if threshold < 1 or cooldown <= 0 or cap < cooldown:
             raise ValueError("circuit needs threshold >= 1 and 0 < cooldown <= cap")
@@ -43,7 +43,8 @@ class CircuitBreaker:
         self.cooldown = cooldown
         self.cap = cap
         self._rng = rng or random.Random()
-        self._clock = clock
+        # Looked up at each call (not bound here), so a test's fake clock reaches it too.
+        self._clock = clock or (lambda: time.monotonic())
         self._failures = 0
         self._openings = 0
         self._open_until: float | None = None

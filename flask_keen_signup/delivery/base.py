@@ -87,6 +87,9 @@ class OutboxRow:
         answer is recorded, so a row that crashes its sender cannot loop forever).
     :param state: ``pending`` (to send) or ``confirming`` (already in Keen; only the
         ``after_delivered`` hook is left to run).
+    :param first_failed_at: wall-clock time of the row's first retryable failure, or
+        ``None`` if it has not failed yet. ``KEEN_SIGNUP_RETRY_FOR`` is counted from here:
+        a retryable failure becomes a dead letter by elapsed time, never by attempts.
     """
 
     id: int
@@ -99,6 +102,7 @@ class OutboxRow:
     next_attempt_at: float
     last_error: str | None
     state: str = PENDING
+    first_failed_at: float | None = None
 
     @property
     def body(self) -> dict[str, t.Any]:
@@ -204,12 +208,20 @@ class Outbox(ABC):
         Attempts restart from zero: confirming has its own budget.
         """
 
-    def mark_retry(self, id: int, *, next_attempt_at: float, error: str) -> None:
-        """Drop the lease and make the row due again at ``next_attempt_at``."""
-        self.mark_retry_many([(id, next_attempt_at, error)])
+    def mark_retry(
+        self, id: int, *, next_attempt_at: float, error: str, now: float | None = None
+    ) -> None:
+        """Drop the lease and make the row due again at ``next_attempt_at``.
+
+        The row's ``first_failed_at`` is set to ``now`` unless it failed before (it is
+        only cleared when a dead letter is replayed: :meth:`retry_dead`).
+        """
+        self.mark_retry_many([(id, next_attempt_at, error)], now=now)
 
     @abstractmethod
-    def mark_retry_many(self, items: t.Sequence[tuple[int, float, str]]) -> None:
+    def mark_retry_many(
+        self, items: t.Sequence[tuple[int, float, str]], *, now: float | None = None
+    ) -> None:
         """:meth:`mark_retry` for ``(id, next_attempt_at, error)`` items, atomically."""
 
     def mark_dead(
@@ -323,13 +335,17 @@ class DeliveryHooks(ABC):  # noqa: B024 - every hook is optional
     The default implementations do nothing, so a subclass overrides only what it needs.
     """
 
-    def before_send(self, rows: t.Sequence[OutboxRow]) -> dict[int, str]:
+    def before_send(self, rows: list[OutboxRow]) -> dict[int, str]:
         """Return ``{row id: reason}`` for rows that must *not* be sent.
 
         Those rows are marked skipped (done, never sent). Used e.g. by the auth0 store to
         skip users already marked in ``app_metadata``, or created before
         ``KEEN_SIGNUP_SINCE``. Raising a retryable :class:`~..exceptions.RemoteError`
         postpones the whole batch with a backoff.
+
+        ``rows`` is the sender's own list: the hook may replace a row in it by a revised
+        copy (same id, e.g. ``keen.timestamp`` set to the creation time it just looked
+        up); the list as the hook leaves it is what is sent.
         """
         return {}
 

@@ -39,6 +39,7 @@ class _Row:
     last_error: str | None = None
     last_attempt_at: float | None = None
     done_at: float | None = None
+    first_failed_at: float | None = None
 
     def snapshot(self) -> OutboxRow:
         return OutboxRow(
@@ -52,6 +53,7 @@ class _Row:
             next_attempt_at=self.next_attempt_at,
             last_error=self.last_error,
             state=self.state,
+            first_failed_at=self.first_failed_at,
         )
 
 
@@ -172,12 +174,17 @@ class MemoryOutbox(Outbox):
                 row.last_error = error
             self._last_error = error
 
-    def mark_retry_many(self, items: t.Sequence[tuple[int, float, str]]) -> None:
+    def mark_retry_many(
+        self, items: t.Sequence[tuple[int, float, str]], *, now: float | None = None
+    ) -> None:
+        now = time.time() if now is None else now
         with self._lock:
             for row_id, next_attempt_at, error in items:
                 row = self._rows.get(row_id)
                 if row is None or row.state not in OPEN_STATES:
                     continue
+                if row.first_failed_at is None:
+                    row.first_failed_at = now
                 row.lease_owner = None
                 row.next_attempt_at = next_attempt_at
                 row.last_error = error

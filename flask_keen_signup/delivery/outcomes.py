@@ -2,8 +2,9 @@
 
 Given rows and what happened to them, this module records it: delivered rows are done
 (after the store's ``after_delivered`` hook), retryable ones back off with full jitter
-and never sooner than ``Retry-After``, rows out of attempts and permanent failures
-become dead letters with Keen's error name, whole-request failures feed the circuit
+and never sooner than ``Retry-After``, rows failing for longer than ``retry_for`` (from
+their first failure; never by a count of attempts) and permanent failures become dead
+letters with Keen's error name, whole-request failures feed the circuit
 breaker, and each outcome is notified (signals, metrics) on the sender thread.
 
 It knows nothing of threads or batching: the worker (:mod:`.worker`) decides *when* a
@@ -62,11 +63,14 @@ class Verdicts:
 def read_results(rows: t.Sequence[OutboxRow], results: t.Sequence[EventResult]) -> Verdicts:
     """Pair each row with its per-event result, in order.
 
-    A row without a result (a short answer) is retried: never guess that it arrived.
+    Results pair with rows by position only, so an answer with a different count (a short
+    one, or a long one) pairs nothing: every row is retried, none is guessed delivered.
     """
     delivered: list[OutboxRow] = []
     retry: list[tuple[OutboxRow, str]] = []
     dead: list[tuple[OutboxRow, str, str | None]] = []
+    if len(results) != len(rows):
+        return Verdicts([], [(row, NO_RESULT) for row in rows], [])
     for row, item in zip(rows, results, strict=False):
         if item.outcome is Outcome.DELIVERED:
             delivered.append(row)
@@ -76,7 +80,6 @@ def read_results(rows: t.Sequence[OutboxRow], results: t.Sequence[EventResult]) 
             dead.append((row, what, item.error_name))
         else:
             retry.append((row, what))
-    retry.extend((row, NO_RESULT) for row in rows[len(results) :])
     return Verdicts(delivered, retry, dead)
 
 
@@ -86,7 +89,10 @@ class Outcomes:
     Used from the sender thread only (or a flush it runs), like the circuit.
 
     :param outbox: where the rows are.
-    :param max_attempts: attempts before a retryable failure becomes a dead letter.
+    :param max_attempts: attempts of the ``after_delivered`` hook for rows Keen already has
+        (confirming); it dead-letters nothing.
+    :param retry_for: seconds a retryable failure is retried, from the row's first failure,
+        before the row becomes a dead letter.
     :param backoff: the per-row retry delays.
     :param circuit: the breaker fed by whole-request failures.
     :param hooks: the marker store's :class:`~flask_keen_signup.delivery.DeliveryHooks`.
@@ -99,6 +105,7 @@ class Outcomes:
         outbox: Outbox,
         *,
         max_attempts: int,
+        retry_for: float = 3 * 24 * 3600.0,
         backoff: Backoff,
         circuit: CircuitBreaker,
         hooks: DeliveryHooks | None = None,
@@ -107,6 +114,7 @@ class Outcomes:
     ) -> None:
         self.outbox = outbox
         self.max_attempts = max_attempts
+        self.retry_for = retry_for
         self.backoff = backoff
         self.circuit = circuit
         self.hooks = hooks
@@ -192,17 +200,23 @@ class Outcomes:
         *,
         retry_after: float | None = None,
     ) -> None:
-        """Schedule each row's next attempt; a row out of attempts becomes a dead letter."""
+        """Schedule each row's next attempt; a row failing for ``retry_for`` dies.
+
+        Time, not attempts: the budget is counted from the row's ``first_failed_at`` (set
+        by the outbox at its first retry), so nothing that asks for attempts faster (a
+        flush loop, many processes) can turn a transient failure into a dead letter.
+        """
         now = time.time()
         again: list[tuple[int, float, str]] = []
         dead: list[tuple[OutboxRow, str, str | None]] = []
         for row, error, _ in items:
-            if row.attempts >= self.max_attempts:
-                dead.append((row, f"gave up after {row.attempts} attempts: {error}", None))
+            first = row.first_failed_at
+            if first is not None and now - first >= self.retry_for:
+                dead.append((row, _gave_up(now - first, row.attempts, error), None))
             else:
                 delay = self.backoff.delay(row.attempts, retry_after)
                 again.append((row.id, now + delay, error))
-        self.outbox.mark_retry_many(again)
+        self.outbox.mark_retry_many(again, now=now)
         if dead:
             self.dead(dead)
         if self.notify is not None:
@@ -219,7 +233,9 @@ class Outcomes:
 
     def dead(self, items: t.Sequence[tuple[OutboxRow, str, str | None]]) -> None:
         """Move rows to dead letters: ``(row, reason, Keen's error name or None)``."""
-        self.outbox.mark_dead_many([(row.id, reason, code) for row, reason, code in items])
+        self.outbox.mark_dead_many(
+            [(row.id, reason, code) for row, reason, code in items], now=time.time()
+        )
         codes = sorted({code or "gave up" for _, _, code in items})
         logger.warning(
             "flask-keen-signup: %d event(s) moved to dead letters (%s); "
@@ -299,6 +315,7 @@ class Outcomes:
         if not self.has_before_send:
             return rows
         assert self.hooks is not None
+        rows = list(rows)  # the hook may revise rows in this list (DeliveryHooks.before_send)
         try:
             skips = self.hooks.before_send(rows)
         except Exception as exc:  # noqa: BLE001
@@ -321,6 +338,11 @@ class Outcomes:
             self.notify(kind, payload)
         except Exception:  # noqa: BLE001 - a broken subscriber must not break delivery
             logger.exception("flask-keen-signup: notify(%r) raised; ignored", kind)
+
+
+def _gave_up(failing_for: float, attempts: int, error: str) -> str:
+    hours = failing_for / 3600
+    return f"gave up after failing for {hours:.1f} h ({attempts} attempts): {error}"
 
 
 class StoreEpisode:

@@ -17,8 +17,9 @@ lease (120 s by default).
 
 Waking. Every enqueue also runs ``pg_notify`` on the schema's channel; NOTIFY is
 transactional, so inside the app's own transaction it fires at commit, and never for a
-rollback. Each process's sender listens (:meth:`PostgresOutbox.wake_on_notify`) and still
-polls every ``KEEN_SIGNUP_FLUSH_INTERVAL``: NOTIFY is best effort.
+rollback. Each process's sender listens on ``KEEN_SIGNUP_DATABASE_LISTEN_URL`` when given,
+else polls (:meth:`PostgresOutbox.wake_on_notify`, :mod:`flask_keen_signup.postgres_wake`),
+and still looks every ``KEEN_SIGNUP_FLUSH_INTERVAL``: NOTIFY is best effort.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from . import OutboxStats
 from . import QueuedEvent
 
 if t.TYPE_CHECKING:  # pragma: no cover
-    from ..postgres import _Listener
+    from ..postgres_wake import _Waker
 
 T = t.TypeVar("T")
 
@@ -67,7 +68,10 @@ class PostgresOutbox(Outbox):
     def __init__(self, database: PostgresDatabase, *, keep_delivered: bool = True) -> None:
         self.database = database
         self.keep_delivered = keep_delivered
-        self._listener: _Listener | None = None
+        self._listener: _Waker | None = None
+        #: Without a listen URL: poll this often for due events (``None``: the sender's own
+        #: polling is fast enough). Set by the backend from ``KEEN_SIGNUP_FLUSH_INTERVAL``.
+        self.poll_interval: float | None = None
         d = database.table
         self._outbox, self._dead, self._meta = d("outbox"), d("dead_letters"), d("outbox_meta")
         self._insert = (
@@ -262,14 +266,35 @@ SELECT count(*), {self._notify} FROM queued""",
     # -- waking -----------------------------------------------------------------------
 
     def wake_on_notify(self, callback: t.Callable[[], None]) -> None:
-        """Call ``callback`` (the sender's ``wake``) whenever any host enqueues.
+        """Call ``callback`` (the sender's ``wake``) whenever any host enqueues: through
+        ``LISTEN`` on the database's listen URL, else by polling every
+        :attr:`poll_interval` (if set), else never (the sender polls often enough).
 
-        The listening thread starts at the next :meth:`claim_due` of each process (so a
-        forked worker's restarted sender starts its own).
+        The thread starts at the next :meth:`claim_due` of each process (so a forked
+        worker's restarted sender starts its own).
         """
+        from ..postgres_wake import Listener
+        from ..postgres_wake import Poller
+
         if self._listener is not None:
             self._listener.stop()
-        self._listener = self.database.listen(callback)
+            self._listener = None
+        if self.database.listen_conninfo is not None:
+            self._listener = Listener(self.database, callback)
+        elif self.poll_interval is not None:
+            self._listener = Poller(self.due_now, callback, self.poll_interval)
+
+    def due_now(self) -> bool:
+        """Whether an event waits to be claimed now: one probe of the ``outbox_due`` index."""
+        row = self.database.run(
+            f"SELECT EXISTS (SELECT 1 FROM {self._outbox} WHERE {_OPEN} "
+            "AND next_attempt_at <= %s)",
+            (time.time(),),
+            what="poll the outbox",
+            role=WORKER,
+            fetch="one",
+        )
+        return bool(row and row[0])
 
     # -- sender -----------------------------------------------------------------------
 
@@ -305,7 +330,8 @@ WITH picked AS (
         next_attempt_at = %(until)s, lease_owner = %(owner)s
     FROM picked WHERE o.id = picked.id
     RETURNING o.id, o.collection, o.user_id, o.uniqueness_token, o.body, o.attempts,
-              o.created_at, o.next_attempt_at, o.last_error, o.state, picked.reclaimed
+              o.created_at, o.next_attempt_at, o.last_error, o.state, o.first_failed_at,
+              picked.reclaimed
 ), bump AS (
     UPDATE {self._meta} SET count = count + (SELECT count(*) FROM claimed WHERE reclaimed)
     WHERE key = 'resends' AND EXISTS (SELECT 1 FROM claimed WHERE reclaimed)
@@ -322,7 +348,7 @@ SELECT * FROM claimed""",
             role=WORKER,
             fetch="all",
         )
-        rows = [OutboxRow(*record[:10]) for record in records]
+        rows = [OutboxRow(*record[:11]) for record in records]
         rows.sort(key=lambda row: row.id)
         return rows
 
@@ -379,13 +405,17 @@ SELECT * FROM claimed""",
             role=WORKER,
         )
 
-    def mark_retry_many(self, items: t.Sequence[tuple[int, float, str]]) -> None:
+    def mark_retry_many(
+        self, items: t.Sequence[tuple[int, float, str]], *, now: float | None = None
+    ) -> None:
         if not items:
             return
         self.database.run(
             self._last_error(
                 f"UPDATE {self._outbox} o SET lease_owner = NULL, next_attempt_at = r.at, "
-                "last_error = r.error FROM unnest(%(ids)s::bigint[], "
+                "last_error = r.error, "
+                "first_failed_at = coalesce(o.first_failed_at, %(now)s) "
+                "FROM unnest(%(ids)s::bigint[], "
                 "%(ats)s::double precision[], %(errors)s::text[]) AS r(id, at, error) "
                 f"WHERE o.id = r.id AND o.{_OPEN} RETURNING 1"
             ),
@@ -394,6 +424,7 @@ SELECT * FROM claimed""",
                 "ats": [float(at) for _, at, _ in items],
                 "errors": [error for _, _, error in items],
                 "error": items[-1][2],
+                "now": time.time() if now is None else now,
             },
             what="reschedule rows",
             role=WORKER,

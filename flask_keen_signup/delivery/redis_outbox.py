@@ -28,8 +28,9 @@ so a script that fails on a bad key writes nothing. Keys, with ``P = {prefix}:ou
     P:seq            counter: row ids (INCR)
     P:row:<id>       hash: collection, user_id, token, body (compact JSON), state,
                      attempts, created_at, next_at, owner (lease owner), last_at
-                     (last claim), last_error, done_at; dead rows add reason,
-                     error_code, died_at
+                     (last claim), last_error, done_at, first_failed (the first
+                     retryable failure; rows written before it existed simply gain it at
+                     their next failure); dead rows add reason, error_code, died_at
     P:open           zset of pending + confirming rows, score next_attempt_at
                      (a leased row's score is its lease expiry: claimable after it)
     P:leased         zset of open rows with a lease owner, score lease expiry
@@ -49,9 +50,15 @@ owner set, score moved to ``now + lease``. A leased row is therefore invisible t
 claimers until its lease expires, and a row whose owner vanished is claimed again after it
 (counted in ``resends``, since the first claim recorded no outcome).
 
-Durability is Redis's: see ``docs/redis.md`` for AOF settings. Redis Cluster is not
-supported out of the box: the scripts touch row keys they compute, so all keys must share
-a slot; a ``prefix`` with a hash tag (``"{keen_signup}"``) does that, but it is untested.
+Durability is Redis's: see ``docs/redis.md`` for AOF settings.
+
+Redis Cluster. Each script declares in ``KEYS`` every index and counter it touches (and
+the claim-and-enqueue script the user's marker). The row hashes are the one exception:
+which rows a script touches is known only inside it (``ZRANGEBYSCORE``), so it computes
+``P:row:<id>`` from the row prefix it gets as ``ARGV[1]``. That is safe in a cluster by
+construction: the prefix must carry a ``{…}`` hash tag (the constructor refuses a cluster
+client otherwise), so every row key hashes to the slot of the declared keys, and Redis
+runs the script on the node that owns it.
 """
 
 from __future__ import annotations
@@ -62,6 +69,8 @@ import typing as t
 from ..stores.redis import CLAIM_DECISION_LUA
 from ..stores.redis import DEFAULT_PREFIX
 from ..stores.redis import RedisStore
+from ..stores.redis import check_prefix
+from ..stores.redis import is_cluster
 from ..stores.redis import store_errors
 from ..stores.redis import text
 from . import DELIVERED
@@ -74,13 +83,14 @@ from . import OutboxStats
 from . import QueuedEvent
 
 if t.TYPE_CHECKING:  # at run time the import of ..stores.redis checked the dependency
-    import redis
+    from ..stores.redis import Client
 
 #: Rows handled per script call by the bulk maintenance operations (prune, retry all):
 #: a script blocks the whole server while it runs, so long jobs go in slices.
 CHUNK = 1000
 
-# Helpers shared by the scripts. ARGV[1] is always the row key prefix ("P:row:").
+# Helpers shared by the scripts. ARGV[1] is always the row key prefix ("P:row:"): row keys
+# are computed from it, in the declared keys' slot by construction (module docstring).
 _PRELUDE = """
 local ROW = ARGV[1]
 local function member(id)
@@ -190,7 +200,7 @@ for i = 1, math.min(limit, #picks) do
   local m = picks[i][1]
   local key = row_key(m)
   local f = redis.call('HMGET', key, 'collection', 'user_id', 'token', 'body', 'attempts',
-                       'created_at', 'last_error', 'state', 'owner')
+                       'created_at', 'last_error', 'state', 'owner', 'first_failed')
   if not f[1] or not is_open(f[8]) then
     -- An index entry without its open row (never written by these scripts): drop it.
     redis.call('ZREM', open, m)
@@ -206,7 +216,7 @@ for i = 1, math.min(limit, #picks) do
     redis.call('ZADD', open, lease_until, m)
     redis.call('ZADD', leased, lease_until, m)
     redis.call('ZREM', idle, m)
-    rows[#rows + 1] = {tonumber(m), f[1], f[2], f[3], f[4], attempts, f[6], f[7], f[8]}
+    rows[#rows + 1] = {tonumber(m), f[1], f[2], f[3], f[4], attempts, f[6], f[7], f[8], f[10]}
   end
 end
 if resends > 0 then
@@ -270,17 +280,19 @@ return 0
 """
 )
 
-# KEYS: open, leased, idle, meta.  ARGV: row prefix, then (id, next_at, error) triples.
+# KEYS: open, leased, idle, meta.
+# ARGV: row prefix, now, then (id, next_at, error) triples.
 _RETRY_LUA = (
     _PRELUDE
     + """
 local open, leased, idle, meta = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local last_error = nil
-for i = 2, #ARGV, 3 do
+for i = 3, #ARGV, 3 do
   local m, key = member(ARGV[i]), row_key(ARGV[i])
   last_error = ARGV[i + 2]
   if is_open(redis.call('HGET', key, 'state')) then
     redis.call('HSET', key, 'next_at', ARGV[i + 1], 'last_error', ARGV[i + 2])
+    redis.call('HSETNX', key, 'first_failed', ARGV[2])
     redis.call('ZADD', open, ARGV[i + 1], m)
     unlease(key, m, leased, idle)
   end
@@ -427,7 +439,8 @@ for _, m in ipairs(members) do
       count = count + 1
       redis.call('HSET', key, 'state', 'pending', 'attempts', 0, 'next_at', now,
                  'last_error', f[2])
-      redis.call('HDEL', key, 'reason', 'error_code', 'died_at', 'owner', 'last_at', 'done_at')
+      redis.call('HDEL', key, 'reason', 'error_code', 'died_at', 'owner', 'last_at', 'done_at',
+                 'first_failed')
       redis.call('ZADD', open, now, m)
       redis.call('ZADD', idle, 0, m)
       redis.call('ZADD', created, f[3], m)
@@ -522,6 +535,17 @@ return {skipped, cleared, deleted}
 """
 )
 
+# Status: one consistent snapshot (a script, not MULTI: redis-py's cluster pipelines differ
+# from version to version). KEYS: open, leased, meta, dead, created.  ARGV: now.
+_STATS_LUA = """
+local open, leased, meta, dead, created = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local oldest = redis.call('ZRANGE', created, 0, 0, 'WITHSCORES')
+return {redis.call('ZCARD', open), redis.call('ZCOUNT', open, '-inf', ARGV[1]),
+        redis.call('ZCOUNT', leased, '(' .. ARGV[1], '+inf'),
+        redis.call('HMGET', meta, 'delivered', 'skipped', 'resends', 'last_error'),
+        redis.call('ZCARD', dead), oldest[2] or false}
+"""
+
 #: Clock skew between hosts tolerated by the retention pass, in seconds.
 RETENTION_SKEW = 3600.0
 
@@ -538,10 +562,12 @@ def _opt_text(value: t.Any) -> str | None:
 class RedisOutbox(Outbox):
     """The outbox in Redis, shared by every host's sender (see the module docstring).
 
-    :param client: a :class:`redis.Redis` (see :func:`flask_keen_signup.stores.redis.connect`);
-        decoded responses or not. Use the same server as the :class:`RedisStore` so that
-        :meth:`claim_and_enqueue` can claim and enqueue in one step.
-    :param prefix: first part of every key (the store's default is the same).
+    :param client: a :class:`redis.Redis` or :class:`redis.cluster.RedisCluster` (see
+        :func:`flask_keen_signup.stores.redis.connect`); decoded responses or not. Use the
+        same server as the :class:`RedisStore` so that :meth:`claim_and_enqueue` can claim
+        and enqueue in one step.
+    :param prefix: first part of every key (the store's default is the same); with a
+        cluster client it needs a ``{…}`` hash tag, else :class:`ValueError`.
     :param keep_delivered: keep delivered and skipped rows (with their body) until
         :meth:`prune_delivered`; ``False`` deletes each as soon as it is done (the
         counters are kept either way).
@@ -550,12 +576,13 @@ class RedisOutbox(Outbox):
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Client,
         *,
         prefix: str = DEFAULT_PREFIX,
         keep_delivered: bool = True,
         close_client: bool = False,
     ) -> None:
+        check_prefix(client, prefix)
         self.client = client
         self.prefix = prefix
         self.keep_delivered = keep_delivered
@@ -586,6 +613,7 @@ class RedisOutbox(Outbox):
         self._prune = register(_PRUNE_LUA)
         self._drop_bodies = register(_DROP_BODIES_LUA)
         self._forget = register(_FORGET_LUA)
+        self._stats = register(_STATS_LUA)
 
     def __repr__(self) -> str:
         return f"<RedisOutbox prefix={self.prefix!r}>"
@@ -633,9 +661,12 @@ class RedisOutbox(Outbox):
         """:meth:`claim_and_enqueue` for many users in one round trip (a pipeline).
 
         Each user's claim-and-enqueue is still its own atomic script; the pipeline only
-        saves the round trips (the sender deciding a spool of thousands of signups).
+        saves the round trips (the sender deciding a spool of thousands of signups). On a
+        Redis Cluster it is one script call after another.
         """
         now = time.time() if now is None else now
+        if is_cluster(self.client):  # redis-py 5 refuses scripts in a cluster pipeline
+            return [self.claim_and_enqueue(store, e.user_id, e, now=now) for e in events]
         with store_errors("claim and enqueue"):
             pipe = self.client.pipeline(transaction=False)
             indexes = [self._seq, self._open, self._idle, self._created]
@@ -690,6 +721,7 @@ class RedisOutbox(Outbox):
                 next_attempt_at=lease_until,
                 last_error=_opt_text(r[7]),
                 state=text(r[8]),
+                first_failed_at=None if len(r) < 10 or r[9] is None else float(r[9]),
             )
             for r in records
         ]
@@ -731,10 +763,12 @@ class RedisOutbox(Outbox):
                 args=[self._row, _num(next_attempt_at), error, *(str(int(i)) for i in ids)],
             )
 
-    def mark_retry_many(self, items: t.Sequence[tuple[int, float, str]]) -> None:
+    def mark_retry_many(
+        self, items: t.Sequence[tuple[int, float, str]], *, now: float | None = None
+    ) -> None:
         if not items:
             return
-        args = [self._row]
+        args = [self._row, _num(time.time() if now is None else now)]
         for row_id, next_at, error in items:
             args += [str(int(row_id)), _num(next_at), error]
         with store_errors("reschedule rows"):
@@ -805,14 +839,10 @@ class RedisOutbox(Outbox):
     def stats(self, now: float | None = None) -> OutboxStats:
         now = time.time() if now is None else now
         with store_errors("read outbox stats"):
-            pipe = self.client.pipeline(transaction=True)  # one consistent snapshot
-            pipe.zcard(self._open)
-            pipe.zcount(self._open, "-inf", _num(now))
-            pipe.zcount(self._leased, f"({_num(now)}", "+inf")
-            pipe.hmget(self._meta, [DELIVERED, SKIPPED, "resends", "last_error"])
-            pipe.zcard(self._dead)
-            pipe.zrange(self._created, 0, 0, withscores=True)
-            pending, due, in_flight, meta, dead, oldest = pipe.execute()
+            pending, due, in_flight, meta, dead, oldest = self._stats(
+                keys=[self._open, self._leased, self._meta, self._dead, self._created],
+                args=[_num(now)],
+            )
         delivered, skipped, resends, last_error = meta
         return OutboxStats(
             pending=int(pending),
@@ -821,7 +851,7 @@ class RedisOutbox(Outbox):
             delivered=int(delivered or 0),
             skipped=int(skipped or 0),
             dead=int(dead),
-            oldest_pending_age=max(0.0, now - float(oldest[0][1])) if oldest else None,
+            oldest_pending_age=None if oldest is None else max(0.0, now - float(oldest)),
             last_error=_opt_text(last_error),
             resends=int(resends or 0),
         )

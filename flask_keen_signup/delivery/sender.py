@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import random
 import threading
 import time
@@ -69,6 +70,11 @@ DEFAULT_PROBE_SIZE = 10
 DEFAULT_LINGER = 0.1
 #: Seconds between two retention passes (dropping delivered bodies, see ``retention``).
 RETENTION_CHECK_INTERVAL = 60.0
+#: Seconds a retryable failure is retried, from its first failure: 3 days.
+DEFAULT_RETRY_FOR = 3 * 24 * 3600.0
+#: A flush with no deadline (``timeout=None`` or ``inf``) still waits at most this long at
+#: once (``Event.wait`` cannot take ``inf``); it loops until the flush is done.
+_LONGEST_WAIT = 3600.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +84,7 @@ class Tuning:
     batch_size: int = 500
     flush_interval: float = 0.5
     max_attempts: int = 30
+    retry_for: float = DEFAULT_RETRY_FOR
     shutdown_timeout: float = 5.0
     max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
     backoff_base: float = 1.0
@@ -96,6 +103,8 @@ class Tuning:
             raise ValueError("collection_batch_size must be at least 1")
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
+        if not 0 <= self.retry_for < math.inf:
+            raise ValueError("retry_for must be a finite number of seconds, at least 0")
         if self.flush_interval <= 0:
             raise ValueError("flush_interval must be positive")
         if not 0 < self.max_batch_bytes <= MAX_REQUEST_BYTES:
@@ -114,6 +123,9 @@ class SenderStatus:
     :param last_error: the last delivery error this process saw, else the outbox's.
     :param circuit_since: wall-clock time the circuit first opened in the current run of
         failures (it stays set while open and half-open), or ``None`` when closed.
+    :param round_errors: consecutive rounds (and flushes) of this process's sender that
+        ended in an unexpected error; 0 once one completes. Never silent: ``last_error``
+        names it and the health verdict is not ``ok`` while it is above 0.
     """
 
     running: bool
@@ -122,6 +134,7 @@ class SenderStatus:
     circuit_until: float | None
     last_error: str | None
     circuit_since: float | None = None
+    round_errors: int = 0
 
     @property
     def resends(self) -> int:
@@ -140,7 +153,13 @@ class Sender:
     :param client: the Keen write client.
     :param collection_batch_size: rows per claim and at most per request.
     :param flush_interval: seconds between looks at the outbox when not woken.
-    :param max_attempts: attempts before a retryable failure becomes a dead letter.
+    :param max_attempts: attempts of the ``after_delivered`` hook for an event Keen already
+        has (then it is marked delivered without it). It no longer dead-letters anything:
+        see ``retry_for``.
+    :param retry_for: seconds a retryable failure (Keen down, 5xx, 429, a proxy's page, a
+        bad key) is retried, counted from the row's first failure, before the row becomes
+        a dead letter (``KEEN_SIGNUP_RETRY_FOR``). Never a number of attempts: a flush,
+        however often it is asked for, cannot use it up faster.
     :param shutdown_timeout: seconds exit and SIGTERM may spend flushing.
     :param max_batch_bytes: cap on one request body (below Keen's ``MAX_REQUEST_BYTES``).
     :param hooks: :class:`~flask_keen_signup.delivery.DeliveryHooks` of the marker store.
@@ -176,6 +195,7 @@ class Sender:
         collection_batch_size: int = 500,
         flush_interval: float = 0.5,
         max_attempts: int = 30,
+        retry_for: float = DEFAULT_RETRY_FOR,
         shutdown_timeout: float = 5.0,
         max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
         hooks: DeliveryHooks | None = None,
@@ -199,6 +219,7 @@ class Sender:
             batch_size=collection_batch_size,
             flush_interval=flush_interval,
             max_attempts=max_attempts,
+            retry_for=retry_for,
             shutdown_timeout=shutdown_timeout,
             max_batch_bytes=max_batch_bytes,
             backoff_base=backoff_base,
@@ -232,6 +253,8 @@ class Sender:
         )
         self.worker = Worker(name, self, flush_interval=flush_interval, linger=self.tuning.linger)
         self._store = StoreEpisode(name)
+        #: Consecutive rounds that ended in an unexpected error (see SenderStatus).
+        self.round_errors = 0
         self._shut_down = False
         self._shutdown_lock = threading.Lock()
         self._new_process_state()
@@ -248,6 +271,7 @@ class Sender:
         self.outcomes = Outcomes(
             self.outbox,
             max_attempts=tuning.max_attempts,
+            retry_for=tuning.retry_for,
             backoff=self._backoff,
             circuit=circuit,
             hooks=self._hooks,
@@ -280,6 +304,10 @@ class Sender:
     @property
     def max_attempts(self) -> int:
         return self.tuning.max_attempts
+
+    @property
+    def retry_for(self) -> float:
+        return self.tuning.retry_for
 
     @property
     def shutdown_timeout(self) -> float:
@@ -354,6 +382,9 @@ class Sender:
         self._shut_down = False
         # Registered first: from its first claim, its leases must count as a live owner's.
         shutdown.register(self, signals=self.handle_signals)
+        if shutdown.threads_on_hold():  # started later here, or in each forked worker
+            self.worker.defer()
+            return
         self.worker.start()
 
     def wake(self) -> None:
@@ -387,25 +418,38 @@ class Sender:
             if self._shut_down:
                 return 0
             self._shut_down = True
-        timeout = self.shutdown_timeout if timeout is None else timeout
-        deadline = time.monotonic() + timeout
+        timeout = _seconds(self.shutdown_timeout if timeout is None else timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
         left = self.flush(timeout)
-        self.stop(max(0.0, deadline - time.monotonic()))
+        self.stop(None if deadline is None else max(0.0, deadline - time.monotonic()))
         if not self.running:  # a batch still on the wire keeps its leases a live owner's
             shutdown.unregister(self)
         return left
 
     def flush(self, timeout: float | None = None) -> int:
-        """Try every pending row once, now, ignoring backoff and the circuit breaker.
+        """Send what may be sent now, paced like the sender; never waits past ``timeout``.
 
-        Stops at the first whole-request failure (Keen is down: no point trying the rest),
-        and never waits past ``timeout``. Used by ``flask keen-signup flush`` and at
-        shutdown.
+        Used by ``flask keen-signup flush``, :meth:`KeenSignup.flush` and at shutdown. A
+        flush does *not* bypass the backoff or the circuit breaker (issue 16: a CLI asking
+        once a second used to spend every retry of a 3-hour outage in seconds):
 
-        :returns: how many events are still pending.
+        * while the circuit is open (Keen kept failing), nothing is sent;
+        * due rows are sent; when none is due but rows wait out a backoff, a probe of the
+          oldest (``probe_size`` rows) goes out, and only once Keen answered a request of
+          this flush do the other backed-off rows follow, each once;
+        * every whole-request failure feeds the circuit and ends the flush.
+
+        So however often a flush is asked for, Keen sees at most what the circuit allows,
+        and a row becomes a dead letter only after ``retry_for`` seconds of failures.
+
+        :param timeout: seconds. ``None``, ``inf`` or more than a thread can wait for
+            (``threading.TIMEOUT_MAX``): no deadline, the flush ends when nothing more may
+            be sent now. NaN and negative values mean 0.
+        :returns: how many events are still pending (``-1``: they could not be counted).
         """
         if self.worker.forked():
             self.after_fork_in_child()
+        timeout = _seconds(timeout)
         request = FlushRequest(None if timeout is None else time.monotonic() + timeout)
         if not self.worker.request_flush(request):
             # No thread here: run the flush on a one-shot thread we can stop waiting for.
@@ -413,7 +457,12 @@ class Sender:
                 target=self.flush_now, args=(request,), name=f"{self.name}-flush", daemon=True
             )
             helper.start()
-        request.done.wait(timeout)
+        deadline = request.deadline
+        while not request.done.is_set():
+            left = _LONGEST_WAIT if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                break
+            request.done.wait(min(left, _LONGEST_WAIT))
         try:
             return self.outbox.pending_count()
         except Exception:  # noqa: BLE001 - a status read must not break shutdown
@@ -435,6 +484,7 @@ class Sender:
             circuit_until=until,
             last_error=self.outcomes.last_error or stats.last_error,
             circuit_since=circuit.opened_at,
+            round_errors=self.round_errors,
         )
 
     def after_fork_in_child(self) -> None:
@@ -445,6 +495,8 @@ class Sender:
         """
         worker = self.worker
         if not worker.forked():
+            if worker.wanted and not worker.stopping and not worker.running:
+                self.start()  # deferred here (see shutdown.threads_on_hold)
             return
         was_running = worker.wanted and not worker.stopping
         self._reset_after_fork()
@@ -474,28 +526,66 @@ class Sender:
         except StoreError as exc:  # the outbox itself is in trouble: one line per episode
             self._store.failing(exc, self.flush_interval)
             wait = self.flush_interval
+        except Exception as exc:  # noqa: BLE001 - the thread must go on, and say so
+            self._round_failed(exc, "round")
+            wait = self.flush_interval
+        else:
+            self.round_errors = 0
         return wait
+
+    def _round_failed(self, exc: Exception, what: str) -> None:
+        """A round or a flush ended in an unexpected error: counted, named in
+        ``last_error`` (type only: its text may quote a key), logged once per episode."""
+        self.round_errors += 1
+        self.outcomes.last_error = f"a delivery {what} failed: {type(exc).__name__}"
+        if self.round_errors == 1:
+            logger.error(
+                "%s: a delivery %s failed (%s); retrying every %gs, see `flask keen-signup "
+                "status`",
+                self.name,
+                what,
+                type(exc).__name__,
+                self.flush_interval,
+                exc_info=True,
+            )
+        else:
+            logger.debug("%s: delivery %s failed again", self.name, what, exc_info=True)
 
     def finish(self) -> None:
         """The worker is stopping: give back the rows prefetched for the next round."""
         self._release_prefetch()
 
     def flush_now(self, request: FlushRequest) -> None:
-        """Run a flush on the calling thread; sets ``request.done`` whatever happens."""
+        """Run a flush on the calling thread; sets ``request.done`` whatever happens.
+
+        Paced by the circuit and the backoff (see :meth:`flush`).
+        """
         try:
             self._release_prefetch()  # leased by us: a flush must be able to claim them
             self.leases.expire_orphans(force=True)
             self.upkeep.drain_spool()
+            circuit = self.outcomes.circuit
+            answered = False  # Keen answered a request of this flush: backed-off rows may go
             while request.deadline is None or time.monotonic() < request.deadline:
-                rows = self.leases.claim(self.batch_size, request.since)
+                state = circuit.state()
+                if state == OPEN:
+                    break
+                limit = self.probe_size if state == HALF_OPEN else self.batch_size
+                rows = self.leases.claim(limit, request.since if answered else None)
+                if not rows and not answered:
+                    # Nothing due, rows backing off: probe with the oldest few.
+                    rows = self.leases.claim(self.probe_size, request.since)
                 if not rows:
                     break
                 try:
                     self.transport.deliver(rows, deadline=request.deadline)
                 except RequestFailed:
                     break
-        except Exception:  # noqa: BLE001
-            logger.exception("%s: error during flush", self.name)
+                answered = True
+        except StoreError as exc:
+            self._store.failing(exc, self.flush_interval)
+        except Exception as exc:  # noqa: BLE001
+            self._round_failed(exc, "flush")
         finally:
             request.done.set()
 
@@ -531,6 +621,10 @@ class Sender:
         # login requests for SQLite's write lock (and with their thread for the GIL).
         return 0.0 if full else self.linger
 
+    def next_due_in(self) -> float:
+        """Seconds until this process may send again: the circuit's cool-down, else 0."""
+        return self.outcomes.circuit.remaining()
+
     def _take_prefetch(self) -> list[OutboxRow] | None:
         prefetch, self._prefetch = self._prefetch, None
         return None if prefetch is None else prefetch.result()
@@ -539,3 +633,16 @@ class Sender:
         rows = self._take_prefetch()
         if rows:
             self.leases.release(rows)
+
+
+def _seconds(timeout: float | None) -> float | None:
+    """A flush or shutdown timeout: ``None`` for no deadline (``None``, ``inf``, or past
+    what ``threading`` can wait for), 0 for NaN and negative values."""
+    if timeout is None:
+        return None
+    timeout = float(timeout)
+    if math.isnan(timeout) or timeout <= 0:
+        return 0.0
+    if timeout >= threading.TIMEOUT_MAX or math.isinf(timeout):
+        return None
+    return timeout

@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS keen_signup_outbox (
     last_attempt_at  REAL,
     last_error       TEXT,
     reclaimed        INTEGER NOT NULL DEFAULT 0,
-    done_at          REAL
+    done_at          REAL,
+    first_failed_at  REAL
 );
 CREATE INDEX IF NOT EXISTS keen_signup_outbox_due
     ON keen_signup_outbox (next_attempt_at) WHERE state IN ('pending', 'confirming');
@@ -82,7 +83,7 @@ _INSERT = (
 
 _ROW_COLUMNS = (
     "id, collection, user_id, uniqueness_token, body, attempts, created_at, "
-    "next_attempt_at, last_error, state"
+    "next_attempt_at, last_error, state, first_failed_at"
 )
 
 
@@ -181,6 +182,24 @@ class SQLiteOutbox(Outbox):
         self.database = database
         self.keep_delivered = keep_delivered
         database.add_schema(SCHEMA)
+        #: Whether :meth:`_upgrade` ran (on the first claim: not here, where the file may
+        #: not be checked yet; only the sender's claims and retries use the new column).
+        self._upgraded = False
+
+    def _upgrade(self) -> None:
+        """Bring a file made by an older version up to :data:`SCHEMA` (once; idempotent).
+
+        ``CREATE TABLE IF NOT EXISTS`` leaves an existing table as it is, so columns added
+        since are added here: ``first_failed_at`` (``KEEN_SIGNUP_RETRY_FOR`` counts from
+        it). In the write transaction, so that processes starting together add it once.
+        """
+        if self._upgraded:
+            return
+        with self._write() as conn:
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(keen_signup_outbox)")}
+            if "first_failed_at" not in columns:
+                conn.execute("ALTER TABLE keen_signup_outbox ADD COLUMN first_failed_at REAL")
+        self._upgraded = True
 
     def __repr__(self) -> str:
         return f"<SQLiteOutbox {self.database.path!r}>"
@@ -226,6 +245,7 @@ class SQLiteOutbox(Outbox):
         owner: str,
         flush_since: float | None = None,
     ) -> list[OutboxRow]:
+        self._upgrade()
         # Before the sender's next batch (or its idle poll): the WAL is copied into the
         # file here, on the sender's connection, rather than by a login's COMMIT.
         self._checkpoint()
@@ -247,7 +267,7 @@ class SQLiteOutbox(Outbox):
                 yield_to_writers()
             with self._write() as conn:
                 got = conn.execute(sql, {**params, "limit": want}).fetchall()
-                _bump(conn, "resends", sum(r[10] for r in got))
+                _bump(conn, "resends", sum(r[11] for r in got))
             records += got
             if len(got) < want:
                 break
@@ -263,6 +283,7 @@ class SQLiteOutbox(Outbox):
                 next_attempt_at=r[7],
                 last_error=r[8],
                 state=r[9],
+                first_failed_at=r[10],
             )
             for r in records
         ]
@@ -338,14 +359,18 @@ class SQLiteOutbox(Outbox):
                 )
             _set(conn, "last_error", error)
 
-    def mark_retry_many(self, items: t.Sequence[tuple[int, float, str]]) -> None:
+    def mark_retry_many(
+        self, items: t.Sequence[tuple[int, float, str]], *, now: float | None = None
+    ) -> None:
         if not items:
             return
+        now = time.time() if now is None else now
         with self._write() as conn:
             conn.executemany(
                 "UPDATE keen_signup_outbox SET lease_owner = NULL, next_attempt_at = ?, "
-                "last_error = ? WHERE id = ? AND state IN ('pending', 'confirming')",
-                [(next_at, error, row_id) for row_id, next_at, error in items],
+                "last_error = ?, first_failed_at = COALESCE(first_failed_at, ?) "
+                "WHERE id = ? AND state IN ('pending', 'confirming')",
+                [(next_at, error, now, row_id) for row_id, next_at, error in items],
             )
             _set(conn, "last_error", items[-1][2])
 

@@ -148,6 +148,18 @@ class Transport:
             outcomes.request_failed(rows, exc)
         except KeenError as exc:  # connection refused/reset, timeouts
             outcomes.request_failed(rows, exc)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - e.g. a key that cannot be a header value
+            # Not Keen's answer: the request could not even be made. Retried like an
+            # outage (backoff, circuit), so it shows in status and health instead of
+            # leaving the rows leased by a round that died. Only the type is kept: the
+            # text of such an error may quote the header value (the key).
+            logger.debug("%s: could not send a request: %s", self.name, type(exc).__name__)
+            failure = KeenError(
+                f"could not send the request to Keen: {type(exc).__name__}", retryable=True
+            )
+            outcomes.request_failed(rows, failure)
         outcomes.request_succeeded()
         verdicts = read_results(rows, result.results.get(collection, []))
         outcomes.apply(verdicts)

@@ -107,6 +107,12 @@ class Worker:
             self._thread.start()
             return True
 
+    def defer(self) -> None:
+        """Want the thread without starting it now (see ``shutdown.threads_on_hold``)."""
+        with self._lock:
+            self.stopping = False
+            self.wanted = True
+
     def wake(self) -> None:
         """End the current wait: cheap, a flag read and at most one ``Event.set``."""
         if not self._wake.is_set():

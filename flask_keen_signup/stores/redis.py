@@ -31,8 +31,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import threading
 import time
 import typing as t
+from urllib.parse import parse_qsl
+from urllib.parse import urlencode
+from urllib.parse import urlsplit
 
 from ..exceptions import MissingDependencyError
 from ..exceptions import StoreError
@@ -41,6 +45,13 @@ from . import MarkerStore
 
 try:
     import redis
+    from redis.backoff import NoBackoff
+    from redis.cluster import ClusterNode
+    from redis.cluster import RedisCluster
+    from redis.commands.core import Script
+    from redis.connection import parse_url
+    from redis.exceptions import RedisClusterException
+    from redis.retry import Retry
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise MissingDependencyError(
         "KEEN_SIGNUP_STORE = 'redis' needs the redis package: pip install flask-keen-signup[redis]"
@@ -53,6 +64,12 @@ DEFAULT_PREFIX = "keen_signup"
 #: about a second, never Python's default of "forever".
 CONNECT_TIMEOUT = 1.0
 SOCKET_TIMEOUT = 2.0
+
+#: A client of one Redis server or of a Redis Cluster (all keys of one prefix in one slot).
+Client: t.TypeAlias = "redis.Redis | RedisCluster"
+
+_CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+_TIMEOUT_OPTIONS = ("socket_timeout", "socket_connect_timeout")
 
 _PENDING = "pending:"
 _CONFIRMED = "confirmed:"
@@ -107,13 +124,25 @@ def connect(
     *,
     socket_connect_timeout: float = CONNECT_TIMEOUT,
     socket_timeout: float = SOCKET_TIMEOUT,
-) -> redis.Redis:
-    """A client for ``KEEN_SIGNUP_REDIS_URL`` (``redis://``, ``rediss://`` or ``unix://``).
+    budget: float | None = None,
+) -> Client:
+    """A client for ``KEEN_SIGNUP_REDIS_URL``.
 
-    No connection is made here (redis-py connects lazily), so ``init_app`` does not fail
-    when Redis is briefly down: the first claim raises :class:`StoreError` instead, which
-    the extension logs without breaking the login. Timeouts are short for the same reason;
+    ``redis://``, ``rediss://`` (TLS) or ``unix://`` give a :class:`redis.Redis`;
+    ``redis+cluster://host:port[,host:port...]/0`` and ``rediss+cluster://`` give a
+    :class:`redis.cluster.RedisCluster` (the scheme of Flask-Limiter's storage URLs),
+    which discovers the cluster from whichever listed node answers first.
+
+    No connection is made here, so ``init_app`` does not fail when Redis is briefly down:
+    the first claim raises :class:`StoreError` instead, which the extension logs without
+    breaking the login. (redis-py's cluster client reads the slot map as it is built, so
+    that client is built at its first use.) Timeouts are short for the same reason;
     options in the URL's query string (``?socket_timeout=5``) take precedence.
+
+    ``budget`` (the login path's ``KEEN_SIGNUP_STORE_TIMEOUT``) is both timeouts and wins
+    over the URL's; a cluster client then also makes one attempt per call, where it would
+    otherwise retry a slow or lost node and re-read the slot map for seconds (redirects
+    after a resharding or failover, ``MOVED``/``ASK``, are still followed).
 
     The extension calls it as ``from .stores.redis import connect``: when the ``redis``
     package is missing, that import itself raises :class:`MissingDependencyError` with
@@ -122,13 +151,118 @@ def connect(
     :raises ValueError: a malformed URL (``init_app`` should report it as a
         :class:`~flask_keen_signup.exceptions.ConfigurationError`).
     """
-    client: redis.Redis = redis.Redis.from_url(
-        url,
-        socket_connect_timeout=socket_connect_timeout,
-        socket_timeout=socket_timeout,
-        health_check_interval=30,
-    )
+    if budget is not None:
+        socket_connect_timeout = socket_timeout = budget
+    timeouts = {
+        "socket_connect_timeout": socket_connect_timeout,
+        "socket_timeout": socket_timeout,
+    }
+    parts = urlsplit(url)
+    if parts.scheme.lower() in _CLUSTER_SCHEMES:
+        return _cluster(parts, timeouts, budget=budget is not None)
+    client: redis.Redis = redis.Redis.from_url(url, health_check_interval=30, **timeouts)
+    if budget is not None:
+        client.connection_pool.connection_kwargs.update(timeouts)
     return client
+
+
+def _cluster(parts: t.Any, timeouts: dict[str, float], *, budget: bool) -> RedisCluster:
+    """A lazily built :class:`RedisCluster` for a ``redis+cluster://`` URL (see :func:`connect`)."""
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    nodes = [node.strip() for node in hosts.split(",") if node.strip()]
+    if not nodes:
+        raise ValueError("a redis+cluster:// URL needs at least one host:port")
+    if parts.path.strip("/") not in ("", "0"):
+        raise ValueError("a Redis Cluster has only database 0")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if budget:
+        query = [(name, value) for name, value in query if name not in _TIMEOUT_OPTIONS]
+    scheme = _CLUSTER_SCHEMES[parts.scheme.lower()]
+    login = f"{userinfo}@" if userinfo else ""
+    startup: list[ClusterNode] = []
+    for node in nodes[1:]:
+        host, _, port = node.rpartition(":")
+        startup.append(_node(host.strip("[]") or node, int(port or 6379)))
+    first = f"{scheme}://{login}{nodes[0]}/0" + (f"?{urlencode(query)}" if query else "")
+    _parse_url(first)  # a malformed URL fails here, at init_app
+    retry = Retry(NoBackoff(), 0) if budget else None
+
+    def build() -> RedisCluster:
+        return RedisCluster(
+            url=first,
+            startup_nodes=startup,
+            retry=retry,
+            health_check_interval=30,
+            socket_connect_timeout=timeouts["socket_connect_timeout"],
+            socket_timeout=timeouts["socket_timeout"],
+        )
+
+    return t.cast(RedisCluster, _LazyCluster(build))
+
+
+_node = t.cast(t.Callable[[str, int], ClusterNode], ClusterNode)  # untyped in redis-py
+_parse_url = t.cast(t.Callable[[str], t.Any], parse_url)
+
+
+class _LazyCluster:
+    """A :class:`RedisCluster` built at its first use: its constructor connects (to read the
+    slot map), and a Redis that is down while the app starts must cost a logged error at
+    the first claim, not a failed ``init_app``. Every attribute is the real client's."""
+
+    def __init__(self, build: t.Callable[[], RedisCluster]) -> None:
+        self._build = build
+        self._client: RedisCluster | None = None
+        self._lock = threading.Lock()
+
+    def _get(self) -> RedisCluster:
+        client = self._client
+        if client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = self._build()
+                client = self._client
+        return client
+
+    def register_script(self, script: str) -> Script:
+        """A script bound to this client, hashed without building it (bytes need no encoder)."""
+        return Script(t.cast(RedisCluster, self), script.encode("utf-8"))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+
+    def __getattr__(self, name: str) -> t.Any:
+        return getattr(self._get(), name)
+
+
+def is_cluster(client: t.Any) -> bool:
+    """Whether ``client`` talks to a Redis Cluster (see :func:`connect`)."""
+    return isinstance(client, (RedisCluster, _LazyCluster))
+
+
+def hash_tag(prefix: str) -> str | None:
+    """The ``{…}`` hash tag that puts every key starting with ``prefix`` in one cluster
+    slot, or ``None``. Redis hashes only what lies between a key's first ``{`` and the
+    first ``}`` after it, when that is not empty; the prefix must hold the whole tag, since
+    what follows it (a collection name) could close an open one."""
+    start = prefix.find("{")
+    end = prefix.find("}", start + 1)
+    return prefix[start + 1 : end] if start >= 0 and end > start + 1 else None
+
+
+def check_prefix(client: t.Any, prefix: str, *, name: str = "prefix") -> None:
+    """Refuse a cluster client whose ``prefix`` has no hash tag (the scripts touch keys of
+    one prefix together, and a cluster runs a script only on keys of one slot).
+
+    :raises ValueError: naming ``name``, the setting to fix.
+    """
+    if is_cluster(client) and hash_tag(prefix) is None:
+        example = prefix.replace("{", "").replace("}", "") or DEFAULT_PREFIX
+        raise ValueError(
+            f"{name} {prefix!r} has no {{…}} hash tag, and Redis Cluster needs one so that "
+            f"all keys of a deployment share one hash slot: use e.g. '{{{example}}}'"
+        )
 
 
 def text(value: t.Any) -> str:
@@ -143,7 +277,7 @@ def store_errors(what: str) -> t.Iterator[None]:
     """Turn redis-py's errors into :class:`StoreError`, like the SQLite backends do."""
     try:
         yield
-    except redis.RedisError as exc:
+    except (redis.RedisError, RedisClusterException) as exc:
         raise StoreError(f"cannot {what} in Redis: {type(exc).__name__}: {exc}") from exc
 
 
@@ -156,12 +290,14 @@ def marker_key(prefix: str, collection: str, user_id: str) -> str:
 class RedisStore(MarkerStore):
     """Markers as Redis strings, shared by every host that uses the same server.
 
-    :param client: a :class:`redis.Redis` (see :func:`connect`). It may decode responses
-        or not. Thread-safe and fork-safe (redis-py re-creates its pool in a child).
+    :param client: a :class:`redis.Redis` or :class:`redis.cluster.RedisCluster` (see
+        :func:`connect`). It may decode responses or not. Thread-safe and fork-safe
+        (redis-py re-creates its pool in a child).
     :param collection: markers are per collection, like Keen's uniqueness tokens.
     :param prefix: first part of every key, to share one Redis database between apps.
-        For Redis Cluster use a hash tag (``"{keen_signup}"``) so that the store and the
-        outbox keys live in one slot and the claim-and-enqueue script may touch them all.
+        A cluster client needs a hash tag in it (``"{keen_signup}"``), so that the store's
+        and the outbox's keys live in one slot and the claim-and-enqueue script may touch
+        them all: without one the constructor raises :class:`ValueError`.
     :param reclaim_after: a *pending* marker older than this many seconds may be claimed
         again (sync mode: a process killed mid-send must not block the user forever).
         ``None`` (background mode) never reclaims: there pending means "durably queued".
@@ -172,7 +308,7 @@ class RedisStore(MarkerStore):
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Client,
         collection: str,
         *,
         prefix: str = DEFAULT_PREFIX,
@@ -181,6 +317,7 @@ class RedisStore(MarkerStore):
     ) -> None:
         if reclaim_after is not None and reclaim_after < 0:
             raise ValueError("reclaim_after must be >= 0 or None")
+        check_prefix(client, prefix)
         self.client = client
         self.collection = collection
         self.prefix = prefix
@@ -264,4 +401,14 @@ class RedisStore(MarkerStore):
             self.client.close()
 
 
-__all__ = ["CLAIM_DECISION_LUA", "DEFAULT_PREFIX", "RedisStore", "connect", "marker_key"]
+__all__ = [
+    "CLAIM_DECISION_LUA",
+    "DEFAULT_PREFIX",
+    "Client",
+    "RedisStore",
+    "check_prefix",
+    "connect",
+    "hash_tag",
+    "is_cluster",
+    "marker_key",
+]

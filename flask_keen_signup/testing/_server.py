@@ -6,6 +6,7 @@ network stack (``requests``, connection pools, timeouts), exactly as in producti
 
 from __future__ import annotations
 
+import ssl
 import threading
 import typing as t
 
@@ -24,9 +25,17 @@ class ThreadedServer:
     Use as a context manager, or call :meth:`start` and :meth:`stop`.
     """
 
-    def __init__(self, app: WSGIApplication, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        app: WSGIApplication,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self._app = app
         self.host = host
+        self._ssl_context = ssl_context
         self._requested_port = port
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
@@ -39,13 +48,20 @@ class ThreadedServer:
 
     @property
     def url(self) -> str:
-        """Base URL, e.g. ``http://127.0.0.1:54321`` (no trailing slash)."""
-        return f"http://{self.host}:{self.port}"
+        """Base URL, e.g. ``http://127.0.0.1:54321`` (``https`` with TLS; no trailing slash)."""
+        scheme = "https" if self._ssl_context is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     def start(self) -> None:
         if self._server is not None:
             return
-        server = make_server(self.host, self._requested_port, self._app, threaded=True)
+        server = make_server(
+            self.host,
+            self._requested_port,
+            self._app,
+            threaded=True,
+            ssl_context=self._ssl_context,
+        )
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever,

@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import signal
 import sys
 import threading
 import time
 import typing as t
+import weakref
 from datetime import datetime
 from datetime import timezone
 from urllib.parse import urlencode
@@ -65,6 +67,7 @@ from ._auth0_users import build_user
 from ._auth0_users import format_timestamp
 from ._auth0_users import generated_users
 from ._server import ThreadedServer
+from ._tls import make_certificates
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from types import TracebackType
@@ -88,6 +91,9 @@ class Auth0Emulator:
     :param allowed_logout_urls: when given, ``returnTo`` of ``/v2/logout`` must be one of them.
     :param database: a SQLite file to keep the users in (password hashes included), so they
         survive a restart, e.g. the offline demo's. Default: in memory only.
+    :param tls: serve HTTPS, as the real Auth0 does, with a certificate from a throwaway CA
+        (:attr:`ca_bundle`; trust it with ``REQUESTS_CA_BUNDLE``). For apps that build
+        ``https://{AUTH0_DOMAIN}/...`` URLs themselves, like Auth0's quickstart.
     """
 
     def __init__(
@@ -104,6 +110,7 @@ class Auth0Emulator:
         allowed_callback_urls: t.Sequence[str] | None = None,
         allowed_logout_urls: t.Sequence[str] | None = None,
         database: str | None = None,
+        tls: bool = False,
     ) -> None:
         if token_lifetime < 1 or id_token_lifetime < 1:
             raise ValueError("token lifetimes must be at least 1 second")
@@ -130,7 +137,15 @@ class Auth0Emulator:
         )
         #: The emulator's WSGI app (also usable with Flask's test client).
         self.app = create_app(self._tenant)
-        self._server = ThreadedServer(self.app, host, port)
+        self._certificates = make_certificates() if tls else None
+        if self._certificates is not None:
+            weakref.finalize(self, shutil.rmtree, self._certificates.directory, True)
+        self._server = ThreadedServer(
+            self.app,
+            host,
+            port,
+            ssl_context=self._certificates.server_context() if self._certificates else None,
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -160,8 +175,15 @@ class Auth0Emulator:
 
     @property
     def url(self) -> str:
-        """Base URL, ``http://127.0.0.1:PORT`` (no trailing slash)."""
+        """Base URL, ``http://127.0.0.1:PORT`` (``https://`` with ``tls=True``; no trailing
+        slash)."""
         return self._server.url
+
+    @property
+    def ca_bundle(self) -> str | None:
+        """With ``tls=True``, the PEM file of the CA that signed the emulator's certificate
+        (for ``REQUESTS_CA_BUNDLE`` or ``verify=``); ``None`` without TLS."""
+        return self._certificates.ca_bundle if self._certificates else None
 
     @property
     def domain(self) -> str:
@@ -306,6 +328,25 @@ class Auth0Emulator:
             store.update(user_id, {"password": password})
         return count
 
+    def add_users_from_file(self, path: str, format: str | None = None) -> int:
+        """Add the users of a file in Auth0's own user-export format (NDJSON or CSV, plain
+        or gzipped), so the file a team will export from its tenant is also the file it
+        rehearses a migration with. Returns how many were added; all or nothing.
+
+        Read per user: ``user_id``, ``email``, ``name``, ``created_at``, ``logins_count``
+        and ``app_metadata`` (a JSON object, or CSV columns such as
+        ``app_metadata.signedUp``, whose ``true``/``false`` become booleans). A user with
+        no email (a social login without one) gets ``<id>@users.invalid``. Exports carry
+        no passwords: these users exist for the Management API, not the login form. A user
+        the tenant already has (a restart with ``database=``) is skipped.
+        """
+        from ..users_export import iter_users_file
+
+        store = self._tenant.users
+        with iter_users_file(path, format) as users:
+            new = [u for u in map(_user_from_export, users) if store.get(u["user_id"]) is None]
+        return self.add_users(new)
+
     @property
     def connection_id(self) -> str:
         """The ``con_...`` id of the database connection, for export ``connection_id``."""
@@ -429,6 +470,39 @@ class Auth0Emulator:
         except RuntimeError:
             where = "not started"
         return f"<Auth0Emulator {where} client_id={self.client_id!r}>"
+
+
+def _export_value(value: t.Any) -> t.Any:
+    """A CSV export's strings back to JSON values where Auth0 wrote a boolean."""
+    return {"true": True, "false": False}.get(value, value) if isinstance(value, str) else value
+
+
+def _user_from_export(user: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
+    """One record of Auth0's user export as :meth:`Auth0Emulator.add_user` keywords."""
+    from ..users_export import field_value
+
+    user_id = str(field_value(user, "user_id") or "")
+    if not user_id:
+        raise ValueError("a user in the users file has no user_id")
+    app_metadata = user.get("app_metadata")
+    if not isinstance(app_metadata, dict):
+        app_metadata = {
+            key.split(".", 1)[1]: _export_value(value)
+            for key, value in user.items()
+            if key.startswith("app_metadata.") and value not in ("", None)
+        }
+    email = field_value(user, "email") or f"{user_id.replace('|', '.')}@users.invalid"
+    fields: dict[str, t.Any] = {
+        "user_id": user_id,
+        "email": email,
+        "name": field_value(user, "name") or None,
+        "created_at": field_value(user, "created_at") or None,
+        "app_metadata": app_metadata or None,
+    }
+    logins = field_value(user, "logins_count")
+    if logins not in (None, ""):
+        fields["logins_count"] = int(logins)
+    return fields
 
 
 def _as_datetime(value: datetime | str) -> datetime:
@@ -659,6 +733,19 @@ def main(argv: t.Sequence[str] | None = None) -> int:
         metavar="EMAIL:PASSWORD",
         help="create this user at start (repeatable)",
     )
+    parser.add_argument(
+        "--users-file",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="add the users of a file in Auth0's export format (NDJSON or CSV, plain or "
+        "gzipped) at start: created_at, app_metadata, logins_count (repeatable)",
+    )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve HTTPS with a throwaway CA, whose file is printed (REQUESTS_CA_BUNDLE)",
+    )
     parser.add_argument("--database", help="SQLite file, so users survive restarts")
     parser.add_argument(
         "--load-users",
@@ -680,7 +767,10 @@ def main(argv: t.Sequence[str] | None = None) -> int:
         allowed_callback_urls=args.callback_urls,
         allowed_logout_urls=args.logout_urls,
         database=args.database,
+        tls=args.tls,
     )
+    for path in args.users_file:
+        emulator.add_users_from_file(path)
     for spec in args.user:
         email, _, password = spec.partition(":")
         if emulator._tenant.users.find_by_email(email) is None:  # kept from a previous run
@@ -700,6 +790,7 @@ def main(argv: t.Sequence[str] | None = None) -> int:
                 "client_id": emulator.client_id,
                 "m2m_client_id": emulator.m2m_client_id,
                 "audience": emulator.audience,
+                "ca_bundle": emulator.ca_bundle,
             }
         ),
         flush=True,

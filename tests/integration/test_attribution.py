@@ -390,6 +390,21 @@ def test_identity_provider_hosts_are_learnt_from_authlib(
     assert "127.0.0.1" in hosts and "tenant.eu.auth0.com" in hosts
 
 
+def test_a_management_domain_given_as_a_url_is_an_identity_provider_host(
+    keen_signup_auth0: Auth0Emulator, keen_signup_keen: KeenEmulator, apps: t.Any
+) -> None:
+    """``KEEN_SIGNUP_AUTH0_DOMAIN`` may be a URL (``http://...`` for the emulator)."""
+    app = apps(
+        keen_signup_auth0,
+        keen_signup_keen,
+        KEEN_SIGNUP_AUTH0_DOMAIN="http://login.example.net:4000",
+        KEEN_SIGNUP_AUTH0_CLIENT_ID="id",
+        KEEN_SIGNUP_AUTH0_CLIENT_SECRET="m2m-secret",
+    )
+    hosts = identity_provider_hosts(app)
+    assert "login.example.net" in hosts and "http" not in hosts
+
+
 def test_sync_delivery_and_ignored_hosts(
     keen_signup_auth0: Auth0Emulator, keen_signup_keen: KeenEmulator, apps: t.Any
 ) -> None:

@@ -11,6 +11,7 @@ import pytest
 from _flow import quickstart_app
 from flask import Flask
 
+from flask_keen_signup import KeenSignup
 from flask_keen_signup import signup_state
 from flask_keen_signup.testing import Auth0Emulator
 from flask_keen_signup.testing import KeenEmulator
@@ -54,7 +55,7 @@ def test_flush_sends_everything_and_exits_zero(app: Flask, keen_signup_keen: Kee
     queue(app, "auth0|a", "auth0|b", "auth0|c")
     result = app.test_cli_runner().invoke(args=["keen-signup", "flush", "--timeout", "30"])
     assert result.exit_code == 0, result.output
-    assert "sent 3 signup(s); nothing left" in result.output
+    assert "delivered 3 signup(s); nothing left" in result.output
     assert len(keen_signup_keen.events("signups")) == 3
 
 
@@ -91,3 +92,72 @@ def test_dead_letters_are_listed_and_replayed(app: Flask, keen_signup_keen: Keen
     assert [e["userId"] for e in keen_signup_keen.events("signups")] == ["auth0|poison"]
     bad = runner.invoke(args=["keen-signup", "retry-dead", "--id", "999999"])
     assert bad.exit_code != 0
+
+
+def test_flush_during_a_whole_outage_is_paced_honest_and_kills_nothing(
+    app: Flask, keen_signup_keen: KeenEmulator
+) -> None:
+    """Issue 16: Keen down for the whole command, all defaults. The command used to try
+    every row about once a second, spend KEEN_SIGNUP_MAX_ATTEMPTS in seconds, dead-letter
+    all three and print success with exit 0."""
+    queue(app, "auth0|a", "auth0|b", "auth0|c")
+    keen_signup_keen.set_down(True)
+    before = len(keen_signup_keen.request_log)
+    result = app.test_cli_runner().invoke(args=["keen-signup", "flush", "--timeout", "12"])
+    assert result.exit_code != 0
+    assert "delivered 0 signup(s); 3 signup(s) still queued" in result.output
+    assert "dead letters" not in result.output and "nothing left" not in result.output
+    state = signup_state(app)
+    assert state.outbox.stats().dead == 0
+    assert state.outbox.pending_count() == 3
+    # Paced by the circuit (threshold 3, cool-down from 5 s doubling): a handful of tries
+    # in 12 s, not one a second.
+    tries = keen_signup_keen.request_log[before:]
+    assert len(tries) <= 6, len(tries)
+    keen_signup_keen.set_down(False)
+    result = app.test_cli_runner().invoke(args=["keen-signup", "flush", "--timeout", "60"])
+    assert result.exit_code == 0, result.output
+    assert "delivered 3 signup(s); nothing left" in result.output
+    assert sorted(e["userId"] for e in keen_signup_keen.events("signups")) == [
+        "auth0|a",
+        "auth0|b",
+        "auth0|c",
+    ]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["dead", "--limit", "99999999999999999999"],
+        ["dead", "--limit", "0"],
+        ["retry-dead", "--id", "99999999999999999999"],
+        ["retry-dead", "--id", "-1"],
+        ["flush", "--timeout", "1e300"],
+        ["flush", "--timeout", "inf"],
+        ["flush", "--timeout", "nan"],
+        ["flush", "--timeout", "-5"],
+    ],
+)
+def test_every_out_of_range_number_is_a_usage_error(app: Flask, args: list[str]) -> None:
+    """Issue 16: these ended in OverflowError tracebacks (or waited forever)."""
+    result = app.test_cli_runner().invoke(args=["keen-signup", *args])
+    assert result.exit_code == 2, result.output
+    assert "Invalid value" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+@pytest.mark.parametrize("timeout", [float("inf"), 1e300, float("nan"), -1.0])
+def test_signup_flush_takes_any_float_timeout(
+    app: Flask, keen_signup_keen: KeenEmulator, timeout: float
+) -> None:
+    """Issue 16: ``signup.flush(float("inf"))`` raised OverflowError. ``inf`` and huge
+    values mean no deadline (the flush still ends once nothing more may be sent now);
+    NaN and negative values mean 0 (nothing is waited for)."""
+    signup = KeenSignup()  # the app's own extension, reached through app=
+    queue(app, "auth0|a")
+    left = signup.flush(timeout, app=app)
+    if timeout > 0:
+        assert left == 0
+        assert [e["userId"] for e in keen_signup_keen.events("signups")] == ["auth0|a"]
+    else:
+        assert left in (0, 1)

@@ -101,6 +101,32 @@ def test_since_without_claims_is_resolved_off_the_request_path_through_429s(
     assert len(keen_signup_keen.events("signups")) == 5
 
 
+def test_since_without_claims_sends_the_looked_up_created_at_as_keen_timestamp(
+    make_app: t.Callable[..., Flask],
+    keen_signup_auth0: Auth0Emulator,
+    keen_signup_keen: KeenEmulator,
+) -> None:
+    """DESIGN §3: the lookup SINCE makes is the user's creation time, and it is the event's
+    ``keen.timestamp`` (not the callback time), for a user created after the cutoff whose
+    ID token carries no ``created_at``."""
+    auth0 = keen_signup_auth0
+    created = "2026-11-20T08:00:00.000Z"
+    user = auth0.add_user(email="later@x.io", name="Later", created_at=created)
+    assert "created_at" not in auth0.id_token_claims  # the ID token does not carry it
+    app = make_app(KEEN_SIGNUP_SINCE=SINCE, **management(auth0))
+    client = app.test_client()
+    assert login(client, auth0, "later@x.io").status_code == 302
+    with client.session_transaction() as session:
+        assert "created_at" not in session["user"]["userinfo"]
+    assert signup_state(app).sender.flush(timeout=30) == 0
+    lookups = [r for r in auth0.request_log if r.path == "/api/v2/users"]
+    assert lookups, "the Management API was asked for created_at"
+    events = keen_signup_keen.events("signups")
+    assert len(events) == 1
+    assert events[0]["userId"] == user["user_id"]
+    assert events[0]["keen"]["timestamp"] == created
+
+
 def test_since_with_the_actions_created_at_claim_needs_no_management_api(
     make_app: t.Callable[..., Flask],
     keen_signup_auth0: Auth0Emulator,

@@ -528,9 +528,10 @@ def test_malformed_2xx_batch_answers_never_lose_events(
         # collection "b" missing
         ({"a": [{"success": True}, {"success": True}]}, {"a": [Outcome.DELIVERED] * 2,
                                                         "b": [Outcome.RETRYABLE]}),
-        # fewer results than events; extra results are ignored
+        # fewer, or more, results than events: results pair by position only, so none
+        # pairs and every event of that collection is sent again (issue 16)
         ({"a": [{"success": True}], "b": [{"success": True}, {"success": True}]},
-         {"a": [Outcome.DELIVERED, Outcome.RETRYABLE], "b": [Outcome.DELIVERED]}),
+         {"a": [Outcome.RETRYABLE] * 2, "b": [Outcome.RETRYABLE]}),
         # non-dict items, success not a boolean, results not a list
         ({"a": ["ok", {"success": "true"}], "b": {"success": True}},
          {"a": [Outcome.RETRYABLE] * 2, "b": [Outcome.RETRYABLE]}),

@@ -6,7 +6,7 @@ timeout, every 4xx/5xx with Keen's body and with an HTML page, 413, a body echoi
 bad JSON — the exception is walked: ``str``, ``repr``, ``args``, every attribute
 (recursively, so an attached ``requests`` request or response would be searched too,
 headers and all) and the whole ``__cause__``/``__context__`` chain. Neither the write key
-nor the master key may appear anywhere.
+nor the master key may appear anywhere, whichever of them the failing request carried.
 """
 
 from __future__ import annotations
@@ -145,8 +145,9 @@ def test_no_key_reachable_from_any_error(keen: KeenEmulator) -> None:
     calls = _calls(keen.url, keen.project_id)
     kinds: set[type] = set()
     for name, call in calls.items():
-        # A server or proxy may echo the key a client *sent* (not one it never had).
-        own = MASTER_KEY if name == "delete" else WRITE_KEY
+        # A server or proxy may echo the key a client sent, or another one the app holds
+        # (a 401 to the master key quoting the write key): every known key is masked.
+        own = f"{MASTER_KEY} {WRITE_KEY}"
         for status in STATUSES:
             for body in ({}, {"html": True}, {"body": ""}, {"body": f"<p>bad {own}</p>"}):
                 keen.fail_next(1, status, retry_after=3 if status == 429 else None, **body)
@@ -186,3 +187,25 @@ def test_no_key_reachable_from_encoding_and_bad_answer_errors(keen: KeenEmulator
     _assert_clean(_raised(lambda: admin.delete_events("signups", [])), "no filters")
     for client_repr in (repr(client), repr(admin), str(client), str(admin)):
         assert WRITE_KEY not in client_repr and MASTER_KEY not in client_repr
+
+
+def test_a_header_http_client_refuses_is_no_response_without_the_value(
+    keen: KeenEmulator,
+) -> None:
+    """``http.client`` answers a header value with a line break with ``ValueError: Invalid
+    header value b'<the value>'``, past ``requests``' own checks (an auth object sets the
+    header after them). ``send`` turns it into a :class:`NoResponse` naming no value: the
+    last line of defence behind ``init_app``'s refusal of such a key."""
+    import requests
+
+    from flask_keen_signup._http import NoResponse
+    from flask_keen_signup._http import send
+
+    def bad_auth(prepared: requests.PreparedRequest) -> requests.PreparedRequest:
+        prepared.headers["Authorization"] = WRITE_KEY + "\nline2"
+        return prepared
+
+    with requests.Session() as session:
+        answer = send(session, "GET", keen.url + "/3.0", timeout=(2.0, 2.0), auth=bad_auth)
+    assert isinstance(answer, NoResponse) and not answer.transient
+    assert WRITE_KEY not in answer.reason and "ValueError" in answer.reason

@@ -190,7 +190,7 @@ def test_beside_prometheus_flask_exporter(
     registry = CollectorRegistry()
     # The exporter's own metrics and ours on one registry, served by its /metrics.
     exporter = PrometheusMetrics(app, registry=registry)
-    signup.register_metrics(exporter.registry, app=app)  # at start-up, outside a context
+    signup.register_metrics(exporter.registry)  # at start-up, outside a context (DESIGN §9)
     login(app.test_client(), keen_signup_auth0, "flo@example.com")
     signup_state(app).sender.flush(timeout=20)
     page = app.test_client().get("/metrics")
@@ -199,6 +199,65 @@ def test_beside_prometheus_flask_exporter(
     assert "flask_http_request_duration_seconds_count" in text
     assert 'keen_signup_outbox_events{state="pending"} 0.0' in text
     assert "keen_signup_circuit_open 0.0" in text
+
+
+def test_an_extension_created_with_its_app_works_outside_a_context(
+    keen_signup_auth0: Auth0Emulator, keen_signup_keen: KeenEmulator, apps: t.Any
+) -> None:
+    """DESIGN §9: at start-up (module level: no app context), ``KeenSignup(app)``'s methods
+    need no ``app=``, as Flask-SQLAlchemy's and Flask-Login's don't."""
+    from flask import has_app_context
+
+    app, signup = apps(keen_signup_auth0, keen_signup_keen)
+    assert not has_app_context()
+    registry = CollectorRegistry()
+    signup.register_metrics(registry)
+    assert signup.health()["verdict"] == "ok"
+    login(app.test_client(), keen_signup_auth0, "nocontext@example.com")
+    assert signup.flush(timeout=20) == 0
+    assert len(keen_signup_keen.events("signups")) == 1
+    assert scrape(registry)[("keen_signup_outbox_events", (("state", "pending"),))] == 0
+    assert signup.health()["delivered"] == 1
+
+
+def test_one_extension_on_several_apps_outside_a_context_names_the_argument(
+    tmp_path: Path,
+) -> None:
+    signup = KeenSignup()
+    with pytest.raises(RuntimeError, match=r"init_app\(app\)"):
+        signup.health()
+    made = []
+    for name in ("first", "second"):
+        app = Flask(name)
+        app.config.update(
+            KEEN_PROJECT_ID="p",
+            KEEN_WRITE_KEY="w",
+            KEEN_SIGNUP_DATABASE=str(tmp_path / f"{name}.db"),
+            KEEN_SIGNUP_ENABLED=False,
+        )
+        signup.init_app(app)
+        made.append(app)
+    first, second = made
+    # Two apps and no context: which one? The message says what to pass.
+    calls: list[tuple[str, t.Callable[[], object]]] = [
+        ("register_metrics(registry, app=app)", lambda: signup.register_metrics(registry)),
+        ("flush(app=app)", lambda: signup.flush(timeout=1)),
+        ("health(app=app)", signup.health),
+    ]
+    registry = CollectorRegistry()
+    for call, run in calls:
+        with pytest.raises(RuntimeError) as info:
+            run()
+        message = str(info.value)
+        assert "2 apps ('first', 'second')" in message and f"signup.{call}" in message
+    signup.register_metrics(registry, app=second)
+    assert scrape(registry)[("keen_signup_outbox_events", (("state", "pending"),))] == 0
+    assert signup.health(app=first)["pending"] == 0
+    with second.app_context():  # in a context, the current app
+        assert signup.health()["pending"] == 0
+        signup.register_metrics(registry)  # the same app's collector again: a no-op
+    with pytest.raises(RuntimeError, match=r"signup_state\(app\)"):
+        signup_state()
 
 
 def test_metrics_docs_dashboard_and_alerts_use_the_real_names() -> None:
@@ -254,6 +313,89 @@ flask_keen_signup.signup_state(app).sender.shutdown(timeout=2)
     assert done.returncode == 0, done.stderr
     assert "ERROR: Prometheus metrics need prometheus_client" in done.stdout
     assert "flask-keen-signup[metrics]" in done.stdout
+
+
+def test_a_new_process_counts_what_its_sender_delivers_first(
+    keen_signup_auth0: Auth0Emulator, keen_signup_keen: KeenEmulator, tmp_path: Path
+) -> None:
+    """A gunicorn worker booting (or recycled) with due signups of other processes in the
+    outbox: its sender's first pass delivers them at once, and they are counted (counting
+    starts before the sender). Multiprocess mode, read back the way gunicorn's scrape does."""
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    database = str(tmp_path / "shared.db")
+    app, _ = quickstart_app(keen_signup_auth0, keen_signup_keen, database)
+    sender = signup_state(app).sender
+    sender.stop(timeout=5)  # another process recorded these, and went away
+    for n in range(3):
+        login(app.test_client(), keen_signup_auth0, f"earlier{n}@example.com")
+    sender.shutdown(timeout=0)
+    assert keen_signup_keen.events("signups") == []
+    multiproc = tmp_path / "prometheus"
+    multiproc.mkdir()
+    script = f"""
+from flask import Flask
+from flask_keen_signup import KeenSignup
+app = Flask(__name__)
+app.config.update(KEEN_PROJECT_ID={keen_signup_keen.project_id!r},
+                  KEEN_WRITE_KEY={keen_signup_keen.write_key!r},
+                  KEEN_API_URL={keen_signup_keen.url!r}, KEEN_SIGNUP_DATABASE={database!r})
+signup = KeenSignup(app)
+assert signup.flush(timeout=20) == 0
+"""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PROMETHEUS_MULTIPROC_DIR": str(multiproc)}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(keen_signup_keen.events("signups")) == 3
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(multiproc))
+    samples = scrape(registry)
+    assert samples[("keen_signup_signups_total", (("outcome", "delivered"),))] == 3
+    assert samples[("keen_signup_delivery_latency_seconds_count", ())] == 3
+
+
+FORK_WHILE_COUNTING = """
+import os, signal, sys, threading
+from flask import Flask
+from flask_keen_signup import metrics
+count = metrics.start_counting(Flask(__name__))
+stop = threading.Event()
+def sender():  # the preloaded master's sender, counting its deliveries
+    while not stop.is_set():
+        count("failed", {})
+threading.Thread(target=sender, daemon=True).start()
+hung = 0
+for _ in range(40):
+    pid = os.fork()  # gunicorn forking (or recycling) a worker
+    if pid == 0:
+        signal.alarm(2)  # a worker stuck on a lock it inherited held dies here
+        count("recorded", {})  # the worker's first signup
+        os._exit(0)
+    hung += os.waitpid(pid, 0)[1] != 0
+stop.set()
+print("hung", hung)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork: POSIX only")
+def test_a_worker_forked_while_the_master_counts_can_count(tmp_path: Path) -> None:
+    """``gunicorn --preload`` in multiprocess mode: the master's sender counts while
+    workers are forked; no worker inherits ``prometheus_client``'s lock held (its first
+    signup would wait forever, in a login request)."""
+    multiproc = tmp_path / "prometheus"
+    multiproc.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PROMETHEUS_MULTIPROC_DIR": str(multiproc)}
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore::DeprecationWarning", "-c", FORK_WHILE_COUNTING],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["hung", "0"]
 
 
 def test_importing_the_package_does_not_import_prometheus_client() -> None:

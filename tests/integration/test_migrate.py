@@ -169,12 +169,15 @@ def test_dry_run_writes_nothing_and_prints_the_same_table(
     make_app: t.Callable[..., Flask],
     keen_signup_auth0: Auth0Emulator,
     keen_signup_keen: KeenEmulator,
+    tmp_path: t.Any,
 ) -> None:
     keen_signup_auth0.add_user(email="a@x.io", created_at="2020-01-01T00:00:00.000Z")
     keen_signup_auth0.add_user(
         email="b@x.io", created_at="2026-11-20T00:00:00.000Z", app_metadata={"signedUp": True}
     )
     keen_signup_auth0.add_user(email="c@x.io", created_at="2026-11-21T00:00:00.000Z")
+    # The app's file existed before this process (a dry run on the host where it runs).
+    (tmp_path / "migrate.sqlite3").touch(mode=0o600)
     app = make_app(**management(keen_signup_auth0))
     signup_state(app).outbox.pending_count()  # the schema exists: compare rows
     before = ledger_rows(app)
@@ -203,7 +206,8 @@ def _export_records() -> list[dict[str, t.Any]]:
             "app_metadata": {"signedUp": True},
         },
         {"user_id": "google-oauth2|gap", "created_at": "2026-11-25T08:30:00.000Z", "name": "=Gap"},
-        {"user_id": "auth0|nodate", "name": "No date"},
+        # No created_at, but the Rule marked them: marked (the marker decides).
+        {"user_id": "auth0|nodate", "name": "No date", "app_metadata": {"signedUp": True}},
         {"name": "no id"},
     ]
 
@@ -245,10 +249,9 @@ def test_users_files_from_auth0s_export(
     result = migrate(app, "--users-file", str(path))
     assert result.exit_code == 0, result.output
     assert table(result.output) == {
-        "marked": 2,
+        "marked": 3,
         "reported": 1,
         "already known": 0,
-        "no created_at (marked)": 1,
         "no user_id (skipped)": 1,
     }
     signup_state(app).sender.flush(timeout=30)
@@ -264,9 +267,11 @@ def test_users_files_from_auth0s_export(
             assert outcome.value == "returning", sub
 
 
-def test_an_interrupted_run_resumes_without_reporting_anyone_twice(
+def test_a_bad_line_stops_the_run_before_anything_is_written(
     make_app: t.Callable[..., Flask], keen_signup_keen: KeenEmulator, tmp_path: t.Any
 ) -> None:
+    """Before: the chunks before the bad line were committed, and the rest waited for a
+    rerun. Now the file is checked to the end first: nothing is written."""
     gap = [
         {"user_id": f"auth0|gap{i}", "created_at": f"2026-11-2{i % 9}T00:00:00.000Z"}
         for i in range(4500)
@@ -277,16 +282,18 @@ def test_an_interrupted_run_resumes_without_reporting_anyone_twice(
     path.write_text("\n".join(broken) + "\n")
     app = make_app()
     first = migrate(app, "--users-file", str(path), "--flush-timeout", "0")
-    assert first.exit_code != 0
-    assert "line 3001" in first.output
-    written = table(first.output)["reported"]
-    assert 0 < written < 4500  # whole chunks before the bad line were committed
+    assert first.exit_code == 1
+    assert "migrate stopped: line 3001 of the users export is not valid JSON" in first.output
+    assert "stopped: nothing written" in first.output
+    assert ledger_rows(app) == (0, 0)
 
-    path.write_text("\n".join(lines) + "\n")  # the operator fixes the file and runs again
+    path.write_text("\n".join(lines[:3000]) + "\n")  # a run on part of the users...
+    assert table(migrate(app, "--users-file", str(path)).output)["reported"] == 3000
+    path.write_text("\n".join(lines) + "\n")  # ...then on all of them: nobody twice
     second = migrate(app, "--users-file", str(path))
     assert second.exit_code == 0, second.output
     rows = table(second.output)
-    assert rows["reported"] == 4500 - written and rows["already known"] == written
+    assert rows["reported"] == 1500 and rows["already known"] == 3000
     signup_state(app).sender.flush(timeout=60)
     user_ids = [e["userId"] for e in signups(keen_signup_keen)]
     assert len(user_ids) == len(set(user_ids)) == 4500
@@ -430,3 +437,180 @@ def test_a_forgotten_user_stays_known_to_migrate(
     again = migrate(app, "--users-file", str(path))
     assert table(again.output) == {"marked": 0, "reported": 0, "already known": 1}
     assert len(signups(keen_signup_keen)) == 1
+
+
+# -- bad input is refused before anything is written (issue 16) ---------------------------
+
+
+def _gap_users(count: int) -> list[dict[str, t.Any]]:
+    """Users who signed up after the cutoff: every one of them must be reported once."""
+    return [
+        {
+            "user_id": f"auth0|i{n}",
+            "created_at": f"2026-11-{19 + n % 10:02d}T{n % 24:02d}:00:00.000Z",
+            "name": f"User {n}",
+        }
+        for n in range(count)
+    ]
+
+
+def _refused(result: t.Any, line: int | None, app: Flask) -> str:
+    """The run failed with a clear message (no traceback) and wrote nothing."""
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit)  # click's error, not a crash
+    assert "Traceback" not in result.output
+    if line is not None:
+        assert f"line {line} of the users" in result.output
+    assert "stopped: nothing written" in result.output
+    assert ledger_rows(app) == (0, 0)
+    return str(result.output)
+
+
+@pytest.mark.parametrize("where", ["data", "checksum"])
+def test_a_flipped_byte_in_a_gzipped_file_marks_nobody(
+    where: str,
+    make_app: t.Callable[..., Flask],
+    keen_signup_keen: KeenEmulator,
+    tmp_path: t.Any,
+) -> None:
+    """5,000 users, one byte flipped. Before: the chunks decoded before gzip's checksum
+    failed (at the very end) were committed, mangled users included, and never reported,
+    even after a rerun with the intact file. Now nothing is written, and the rerun reports
+    every user exactly once."""
+    users = _gap_users(5000)
+    intact = gzip.compress(("\n".join(json.dumps(u) for u in users) + "\n").encode())
+    flipped = bytearray(intact)
+    # In the data: deflate still decodes (into mangled lines); in the trailer's CRC32:
+    # every line decodes intact. Either way only the checksum at the end says so.
+    flipped[len(intact) // 2 if where == "data" else len(intact) - 6] ^= 0x10
+    with pytest.raises(gzip.BadGzipFile, match="CRC check failed"):
+        gzip.decompress(bytes(flipped))
+    path = tmp_path / "users.ndjson.gz"
+    path.write_bytes(bytes(flipped))
+    app = make_app()
+    output = _refused(migrate(app, "--users-file", str(path), "--flush-timeout", "0"), None, app)
+    assert "migrate stopped:" in output
+
+    path.write_bytes(intact)
+    rerun = migrate(app, "--users-file", str(path), "--flush-timeout", "0")
+    assert rerun.exit_code == 0, rerun.output
+    assert table(rerun.output) == {"marked": 0, "reported": 5000, "already known": 0}
+    assert signup_state(app).sender.flush(timeout=120) == 0
+    user_ids = sorted(e["userId"] for e in signups(keen_signup_keen))
+    assert user_ids == sorted(u["user_id"] for u in users)  # each exactly once
+
+
+def test_a_bad_byte_in_a_csv_is_named_by_its_physical_line(
+    make_app: t.Callable[..., Flask], tmp_path: t.Any
+) -> None:
+    """Before: reported as line 115. Records that span lines (a newline in a quoted
+    name) are counted as the lines they take."""
+    rows = [b"user_id,created_at,name"]
+    for number in range(1, 400):
+        name = f"User\n{number}" if number % 40 == 0 else f"User {number}"
+        rows.append(f'"\'auth0|{number}",2026-11-20T00:00:00.000Z,"\'{name}"'.encode())
+    lines = b"\n".join(rows).split(b"\n")
+    assert lines[200].count(b"User") == 1
+    lines[200] = lines[200].replace(b"User", b"User \xe9")  # Latin-1, on physical line 201
+    path = tmp_path / "users.csv"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    app = make_app()
+    output = _refused(migrate(app, "--users-file", str(path)), 201, app)
+    assert "line 201 of the users export is not valid UTF-8" in output
+
+
+def test_a_lone_surrogate_is_a_clear_error(
+    make_app: t.Callable[..., Flask], tmp_path: t.Any
+) -> None:
+    """Before: an uncaught UnicodeEncodeError traceback."""
+    records = [json.dumps(u) for u in _gap_users(3)]
+    records.insert(2, '{"user_id": "auth0|x\\udc00", "created_at": "2026-11-20T00:00:00Z"}')
+    path = tmp_path / "users.ndjson"
+    path.write_text("\n".join(records) + "\n")
+    app = make_app()
+    output = _refused(migrate(app, "--users-file", str(path)), 3, app)
+    assert "surrogate" in output
+
+
+def test_a_10000_character_user_id_is_a_clear_error(
+    make_app: t.Callable[..., Flask], tmp_path: t.Any
+) -> None:
+    """Before: every rerun stopped at the same record with no line number."""
+    users = _gap_users(2500)
+    users[2100]["user_id"] = "auth0|" + "x" * 10_000
+    path = tmp_path / "users.ndjson"
+    path.write_text("".join(json.dumps(u) + "\n" for u in users))
+    app = make_app()
+    output = _refused(migrate(app, "--users-file", str(path)), 2101, app)
+    assert "user_id is longer than Keen's 9999 chars" in output
+
+
+@pytest.mark.parametrize(
+    ("created_at", "problem"),
+    [
+        ("2026-13-45T00:00:00Z", "created_at is not a valid date and time"),
+        ("2026-02-30", "created_at is not a valid date and time"),
+        ("yesterday", "created_at is not a valid date and time"),
+        ("2026-11-20T25:61:00Z", "created_at is not a valid date and time"),
+        ("9999-12-31T23:59:59Z", "created_at is in the future"),
+        ("", "has no created_at"),
+    ],
+)
+@pytest.mark.parametrize("kind", ["ndjson", "csv"])
+def test_impossible_future_and_missing_dates_are_errors_with_their_line(
+    created_at: str,
+    problem: str,
+    kind: str,
+    make_app: t.Callable[..., Flask],
+    tmp_path: t.Any,
+) -> None:
+    """Before: treated as missing, the user silently marked and never reported, exit 0
+    (and 9999-12-31 was sent as the event's time)."""
+    users: list[dict[str, t.Any]] = _gap_users(2300)
+    users[2203]["created_at"] = created_at  # the second chunk: the first is not written
+    path = tmp_path / f"users.{kind}"
+    if kind == "ndjson":
+        path.write_text("".join(json.dumps(u) + "\n" for u in users))
+        line = 2204
+    else:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["user_id", "created_at", "name"])
+        for number, user in enumerate(users):
+            name = "Two\nlines" if number == 7 else user["name"]  # one record, two lines
+            writer.writerow(["'" + user["user_id"], user["created_at"], "'" + name])
+        path.write_text(buffer.getvalue())
+        line = 2204 + 2  # the header, and the record that spans two lines
+    app = make_app()
+    output = _refused(migrate(app, "--users-file", str(path)), line, app)
+    assert f"line {line} of the users file: {problem}" in output
+
+
+def test_a_dry_run_leaves_no_file_behind(
+    keen_signup_auth0: Auth0Emulator, keen_signup_keen: KeenEmulator, tmp_path: t.Any
+) -> None:
+    """Before: the dry run created the app's SQLite file (and its directory): init_app
+    opens it to check the path. A dry run removes what it created, as it was."""
+    users = tmp_path / "users.ndjson"
+    users.write_text("".join(json.dumps(u) + "\n" for u in _gap_users(3)))
+    database = tmp_path / "instance" / "keen_signup.sqlite3"
+    for bad in (False, True):
+        app, _ = quickstart_app(keen_signup_auth0, keen_signup_keen, str(database))
+        try:
+            if bad:
+                users.write_text('{"user_id": "auth0|a", "created_at": "yesterday"}\n')
+            result = migrate(app, "--users-file", str(users), "--dry-run")
+            assert result.exit_code == (1 if bad else 0), result.output
+            if not bad:
+                assert table(result.output) == {"marked": 0, "reported": 3, "already known": 0}
+            assert list(tmp_path.iterdir()) == [users]
+        finally:
+            signup_state(app).sender.shutdown(timeout=5)
+    # A real run afterwards creates the file and writes to it.
+    app, _ = quickstart_app(keen_signup_auth0, keen_signup_keen, str(database))
+    try:
+        users.write_text("".join(json.dumps(u) + "\n" for u in _gap_users(3)))
+        assert migrate(app, "--users-file", str(users), "--flush-timeout", "0").exit_code == 0
+        assert ledger_rows(app) == (3, 3)
+    finally:
+        signup_state(app).sender.shutdown(timeout=5)

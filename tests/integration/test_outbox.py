@@ -13,6 +13,7 @@ import time
 import typing as t
 
 import pytest
+from _postgres import POSTGRES_VARIANTS
 from _sqlite import open_sqlite
 
 from flask_keen_signup.database import Database
@@ -32,14 +33,14 @@ def event(n: int, collection: str = "signups") -> QueuedEvent:
     return QueuedEvent(collection, uid, token, body)
 
 
-@pytest.fixture(params=["sqlite", "memory", "postgres"])
+@pytest.fixture(params=["sqlite", "memory", *POSTGRES_VARIANTS])
 def outbox(request: pytest.FixtureRequest, tmp_path: t.Any) -> t.Iterator[Outbox]:
     if request.param == "sqlite":
         box: Outbox = SQLiteOutbox(Database(str(tmp_path / "outbox.sqlite3")))
-    elif request.param == "postgres":
+    elif request.param in POSTGRES_VARIANTS:  # direct, or through PgBouncer
         from flask_keen_signup.delivery.postgres_outbox import PostgresOutbox
 
-        box = PostgresOutbox(request.getfixturevalue("postgres_database"))
+        box = PostgresOutbox(request.getfixturevalue(POSTGRES_VARIANTS[request.param]))
     else:
         box = MemoryOutbox()
     yield box
@@ -477,3 +478,55 @@ def test_bodies_are_serialised_as_compact_json() -> None:
     cyclic["self"] = cyclic
     with pytest.raises((RecursionError, ValueError)):
         dumps_body(cyclic)
+
+
+def test_first_failed_at_is_the_first_failure_until_a_replay(outbox: Outbox) -> None:
+    """KEEN_SIGNUP_RETRY_FOR counts from here (issue 16): set by the first retry, kept by
+    later ones, cleared when a dead letter is replayed."""
+    outbox.enqueue(event(1), now=100.0)
+    (row,) = outbox.claim_due(10, now=100.0, lease_seconds=LEASE, owner="a")
+    assert row.first_failed_at is None
+    outbox.mark_retry(row.id, next_attempt_at=150.0, error="503", now=120.0)
+    (row,) = outbox.claim_due(10, now=150.0, lease_seconds=LEASE, owner="a")
+    assert row.first_failed_at == 120.0
+    outbox.mark_retry(row.id, next_attempt_at=200.0, error="503", now=170.0)
+    (row,) = outbox.claim_due(10, now=200.0, lease_seconds=LEASE, owner="a")
+    assert row.first_failed_at == 120.0
+    outbox.mark_dead(row.id, reason="gave up", error_code=None, now=210.0)
+    assert outbox.retry_dead(now=300.0) == 1
+    (row,) = outbox.claim_due(10, now=300.0, lease_seconds=LEASE, owner="a")
+    assert row.first_failed_at is None
+
+
+#: keen_signup_outbox as releases before first_failed_at made it.
+_OLD_OUTBOX = """
+CREATE TABLE keen_signup_outbox (
+    id INTEGER PRIMARY KEY, collection TEXT NOT NULL, user_id TEXT NOT NULL,
+    uniqueness_token TEXT NOT NULL, body TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending'
+        CHECK (state IN ('pending', 'confirming', 'delivered', 'skipped')),
+    attempts INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL,
+    next_attempt_at REAL NOT NULL, lease_owner TEXT, last_attempt_at REAL,
+    last_error TEXT, reclaimed INTEGER NOT NULL DEFAULT 0, done_at REAL
+);
+INSERT INTO keen_signup_outbox (collection, user_id, uniqueness_token, body, attempts,
+    created_at, next_attempt_at, last_error)
+VALUES ('signups', 'auth0|old', 'tok-old', '{"userId":"auth0|old"}', 7, 1.0, 50.0, '503');
+"""
+
+
+def test_an_sqlite_file_from_an_earlier_release_gains_first_failed_at(tmp_path: t.Any) -> None:
+    path = str(tmp_path / "old.sqlite3")
+    with open_sqlite(path) as conn:
+        conn.executescript(_OLD_OUTBOX)
+    box = SQLiteOutbox(Database(path))
+    try:
+        (row,) = box.claim_due(10, now=100.0, lease_seconds=LEASE, owner="a")
+        assert (row.user_id, row.attempts, row.first_failed_at) == ("auth0|old", 8, None)
+        box.mark_retry(row.id, next_attempt_at=150.0, error="503", now=100.0)
+        (row,) = box.claim_due(10, now=150.0, lease_seconds=LEASE, owner="a")
+        assert row.first_failed_at == 100.0
+        again = SQLiteOutbox(Database(path))  # a second process: the column is there once
+        assert again.pending_count() == 1
+    finally:
+        box.close()

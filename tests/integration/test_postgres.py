@@ -366,6 +366,14 @@ def test_an_older_schema_is_upgraded_with_only_the_missing_migrations(
             fetch="all",
         )
         assert ("outbox_bodies",) in indexes
+        columns = database.run(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = %s AND table_name = 'outbox'",
+            (schema,),
+            what="columns",
+            fetch="all",
+        )
+        assert ("first_failed_at",) in columns  # version 3 (KEEN_SIGNUP_RETRY_FOR)
     finally:
         database.close()
 
@@ -597,8 +605,16 @@ def test_since_with_a_named_created_at_claim_holds_inside_the_app_transaction(
 def test_the_commit_wakes_the_sender_through_notify(
     auth0: Auth0Emulator, keen: KeenEmulator, postgres_url: str, tmp_path: t.Any
 ) -> None:
-    """With polling slowed to a minute, only the NOTIFY sent at commit can wake it."""
-    app, signup_ext = _pg_app(auth0, keen, postgres_url, tmp_path, KEEN_SIGNUP_FLUSH_INTERVAL=60)
+    """With polling slowed to a minute, only the NOTIFY sent at commit can wake it (LISTEN
+    on ``KEEN_SIGNUP_DATABASE_LISTEN_URL``)."""
+    app, signup_ext = _pg_app(
+        auth0,
+        keen,
+        postgres_url,
+        tmp_path,
+        KEEN_SIGNUP_FLUSH_INTERVAL=60,
+        KEEN_SIGNUP_DATABASE_LISTEN_URL=postgres_url,
+    )
     state = signup_state(app)
     try:
         assert wait_until(lambda: state.outbox._listener.connected.is_set(), 30)
@@ -875,9 +891,9 @@ def test_migrate_from_a_users_file_on_postgres(
         first = migrate(app, "--users-file", str(path))
         assert first.exit_code == 0, first.output
         rows = table(first.output)
-        assert (rows["marked"], rows["reported"], rows["already known"]) == (2, 1, 0)
+        assert (rows["marked"], rows["reported"], rows["already known"]) == (3, 1, 0)
         again = table(migrate(app, "--users-file", str(path)).output)
-        assert (again["reported"], again["already known"]) == (0, 4)  # incl. no created_at
+        assert (again["reported"], again["already known"]) == (0, 4)  # incl. the undated
         assert wait_until(lambda: len(keen.events("signups")) == 1)
         assert keen.events("signups")[0]["userId"] == "google-oauth2|gap"
         assert state.store.lookup("google-oauth2|gap") is MarkerState.CONFIRMED

@@ -81,13 +81,21 @@ def _sqlite(tmp_path: t.Any, request: pytest.FixtureRequest) -> tuple[Outbox, t.
     return box, rows
 
 
-def _redis(tmp_path: t.Any, request: pytest.FixtureRequest) -> tuple[Outbox, t.Any]:
+def _redis(
+    tmp_path: t.Any, request: pytest.FixtureRequest, cluster: bool = False
+) -> tuple[Outbox, t.Any]:
     from flask_keen_signup.delivery.redis_outbox import RedisOutbox
 
-    server = request.getfixturevalue("redis_server")
-    client = redis.Redis.from_url(server.url, decode_responses=True)
+    if cluster:  # three masters: the prefix's hash tag keeps every key on one of them
+        port = request.getfixturevalue("redis_cluster").nodes[0].port
+        client = redis.cluster.RedisCluster(host="127.0.0.1", port=port, decode_responses=True)
+        prefix = f"{{test:{uuid.uuid4().hex[:12]}}}"
+    else:
+        server = request.getfixturevalue("redis_server")
+        client = redis.Redis.from_url(server.url, decode_responses=True)
+        prefix = f"test:{uuid.uuid4().hex[:12]}"
     request.addfinalizer(client.close)
-    box = RedisOutbox(client, prefix=f"test:{uuid.uuid4().hex[:12]}")
+    box = RedisOutbox(client, prefix=prefix)
 
     def rows() -> dict[int, tuple[str, str, str]]:
         found = {}
@@ -117,7 +125,13 @@ def _postgres(tmp_path: t.Any, request: pytest.FixtureRequest) -> tuple[Outbox, 
     return box, rows
 
 
-OUTBOXES = {"memory": _memory, "sqlite": _sqlite, "redis": _redis, "postgres": _postgres}
+OUTBOXES = {
+    "memory": _memory,
+    "sqlite": _sqlite,
+    "redis": _redis,
+    "redis-cluster": lambda tmp_path, request: _redis(tmp_path, request, cluster=True),
+    "postgres": _postgres,
+}
 
 
 @pytest.fixture(params=sorted(OUTBOXES))

@@ -59,9 +59,12 @@ from _redis import _free_port  # noqa: E402
 from _redis import _unavailable  # noqa: E402,F401
 
 
-@pytest.fixture
-def redis_url(redis_server: RedisServer) -> str:
-    return redis_server.url
+@pytest.fixture(params=["server", "cluster"])
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """Every test that takes it runs twice: on one server and on a 3-master Redis Cluster."""
+    if request.param == "cluster":
+        return str(request.getfixturevalue("redis_cluster").url)
+    return str(request.getfixturevalue("redis_server").url)
 
 
 @pytest.fixture
@@ -72,9 +75,22 @@ def client(redis_url: str) -> t.Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def prefix() -> str:
-    """A fresh key prefix per test: tests share one server but never each other's keys."""
-    return f"test:{uuid.uuid4().hex[:12]}"
+def prefix(request: pytest.FixtureRequest) -> str:
+    """A fresh key prefix per test: tests share one server but never each other's keys.
+    On a cluster it is a hash tag, as a cluster deployment's must be."""
+    name = f"test:{uuid.uuid4().hex[:12]}"
+    cluster = "redis_url" in request.fixturenames and request.getfixturevalue(
+        "redis_url"
+    ).startswith("redis+cluster://")
+    return f"{{{name}}}" if cluster else name
+
+
+def decoded_client(redis_url: str) -> t.Any:
+    """A client that decodes responses (``str``, not ``bytes``), for either deployment."""
+    if redis_url.startswith("redis+cluster://"):
+        first = redis_url.split("://", 1)[1].split(",", 1)[0]
+        return redis.cluster.RedisCluster.from_url(f"redis://{first}/0", decode_responses=True)
+    return redis.Redis.from_url(redis_url, decode_responses=True)
 
 
 # --------------------------------------------------------------------------- contracts
@@ -134,8 +150,8 @@ def test_store_keys_hide_the_user_id(client: redis.Redis, store: RedisStore) -> 
     keys = sorted(k.decode() for k in client.scan_iter(match=f"{store.prefix}:*"))
     assert keys == sorted([store.key("auth0|secret-person"), store.key("google-oauth2|{tag}")])
     for key in keys:
-        assert "secret" not in key and "{" not in key
         assert key.startswith(f"{store.prefix}:marker:signups:")
+        assert "secret" not in key and "{" not in key[len(store.prefix) :]
         assert len(key.rsplit(":", 1)[1]) == 32
     assert store.counts() == {"pending": 1, "confirmed": 1}
 
@@ -178,7 +194,7 @@ def test_store_unknown_values_count_as_confirmed(client: redis.Redis, store: Red
 
 
 def test_store_works_with_decoded_responses(redis_url: str, prefix: str) -> None:
-    decoded = redis.Redis.from_url(redis_url, decode_responses=True)
+    decoded = decoded_client(redis_url)
     try:
         store = RedisStore(decoded, "signups", prefix=prefix)
         assert store.claim("auth0|a")
@@ -276,10 +292,11 @@ def test_store_processes_racing_for_one_user_one_wins(
     assert sorted(outcomes) == [False, False, False, True]
 
 
-def test_store_errors_are_store_errors_and_do_not_hang(prefix: str) -> None:
+@pytest.mark.parametrize("scheme", ["redis", "redis+cluster"])
+def test_store_errors_are_store_errors_and_do_not_hang(scheme: str) -> None:
     port = _free_port()  # nothing listens there
-    conn = connect(f"redis://127.0.0.1:{port}/0")
-    store = RedisStore(conn, "signups", prefix=prefix)
+    conn = connect(f"{scheme}://127.0.0.1:{port}/0")  # a cluster client: built at first use
+    store = RedisStore(conn, "signups", prefix="{test}")
     started = time.monotonic()
     with pytest.raises(StoreError, match="Redis"):
         store.claim("auth0|a")
@@ -472,7 +489,7 @@ def test_outbox_survives_a_new_client_and_decoded_responses(
     redis_url: str, prefix: str, client: redis.Redis
 ) -> None:
     RedisOutbox(client, prefix=prefix).enqueue(signup(1), now=100.0)
-    decoded = redis.Redis.from_url(redis_url, decode_responses=True)
+    decoded = decoded_client(redis_url)
     try:
         box = RedisOutbox(decoded, prefix=prefix)
         (row,) = box.claim_due(10, now=100.0, lease_seconds=LEASE, owner="a")
@@ -605,3 +622,76 @@ def test_with_aof_always_a_redis_kill_9_loses_no_queued_event(tmp_path: t.Any) -
         conn.close()
     finally:
         server.kill()
+
+
+# --------------------------------------------------------------------------- Redis Cluster
+
+
+def test_a_cluster_client_needs_a_hash_tag_in_the_prefix() -> None:
+    conn = connect("redis+cluster://127.0.0.1:9/0")  # never connects: refused before
+    for prefix in ("keen_signup", "{}keen_signup", "{keen_signup", "keen}{"):
+        with pytest.raises(ValueError, match="hash tag"):
+            RedisStore(conn, "signups", prefix=prefix)
+        with pytest.raises(ValueError, match="hash tag"):
+            RedisOutbox(conn, prefix=prefix)
+    RedisStore(conn, "signups", prefix="app:{keen_signup}")
+    RedisOutbox(conn, prefix="{keen_signup}:app")
+    plain = connect("redis://127.0.0.1:9/0")
+    RedisStore(plain, "signups", prefix="keen_signup")  # one server: any prefix
+
+
+def test_on_a_cluster_all_keys_share_the_prefix_slot(redis_cluster: t.Any, prefix: str) -> None:
+    """Every key written by the store and by every outbox script is in the tag's slot, so
+    a script never touches a key on another node (Redis would refuse it: CROSSSLOT)."""
+    conn = connect(redis_cluster.url)
+    try:
+        tagged = "{" + prefix + "}"
+        store = RedisStore(conn, "signups", prefix=tagged)
+        box = RedisOutbox(conn, prefix=tagged)
+        assert box.claim_and_enqueue(store, "auth0|user1", signup(1))
+        assert box.claim_and_enqueue_many(store, [signup(2), signup(3)]) == [True, True]
+        rows = box.claim_due(10, now=time.time(), lease_seconds=LEASE, owner="a")
+        box.mark_delivered([rows[0].id])
+        box.mark_dead_many([(rows[1].id, "bad", "400")])
+        box.mark_retry_many([(rows[2].id, 0.0, "later")])
+        box.retry_dead()
+        store.confirm_many(["auth0|user1", "auth0|user2"])
+        keys = [k.decode() for k in conn.scan_iter(match=f"{tagged}:*")]
+        assert len(keys) > 8 and all(k.startswith(tagged) for k in keys)
+        slots = {conn.keyslot(k) for k in keys}
+        assert slots == {conn.keyslot(tagged)}
+        nodes = {conn.get_node_from_key(k).name for k in keys}
+        assert len(nodes) == 1
+        assert store.counts() == {"pending": 1, "confirmed": 2}
+        assert box.stats().delivered == 1
+        again = box.claim_due(10, now=time.time(), lease_seconds=1, owner="b")
+        assert [r.user_id for r in again] == ["auth0|user2", "auth0|user3"]
+    finally:
+        conn.close()
+
+
+def test_a_cluster_url_lists_several_nodes_and_any_one_answering_is_enough(
+    redis_cluster: t.Any, prefix: str
+) -> None:
+    nodes = [f"127.0.0.1:{n.port}" for n in redis_cluster.nodes]
+    dead = f"127.0.0.1:{_free_port()}"
+    conn = connect(f"redis+cluster://{dead},{nodes[2]}/0?socket_timeout=3")
+    try:
+        store = RedisStore(conn, "signups", prefix="{" + prefix + "}")
+        assert store.claim("auth0|a") and not store.claim("auth0|a")
+    finally:
+        conn.close()
+
+
+def test_a_cluster_login_budget_wins_over_the_urls_timeouts(redis_cluster: t.Any) -> None:
+    url = redis_cluster.url.replace("/0", "/0?socket_timeout=9&socket_connect_timeout=9")
+    sender = connect(url)
+    login = connect(url, budget=0.25)
+    try:
+        for conn, timeout in ((sender, 9.0), (login, 0.25)):
+            node = conn.get_default_node().redis_connection
+            kwargs = node.connection_pool.connection_kwargs
+            assert kwargs["socket_timeout"] == kwargs["socket_connect_timeout"] == timeout
+    finally:
+        sender.close()
+        login.close()

@@ -7,6 +7,7 @@ lease settings are shrunk through the constructor so the faults play out in mome
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -375,18 +376,32 @@ def test_max_batch_bytes_caps_every_request(make: Factory) -> None:
     assert all(len(r.body) <= 2000 for r in log)
 
 
-def test_max_attempts_then_dead(make: Factory) -> None:
+def test_retry_for_then_dead_never_by_attempts_alone(make: Factory) -> None:
+    """KEEN_SIGNUP_MAX_ATTEMPTS no longer dead-letters a retryable failure (issue 16): the
+    rows outlive many more attempts than it allows, and die once RETRY_FOR has elapsed."""
     make.emulator.set_down(True)
     make.enqueue(3)
-    make(max_attempts=3, circuit_threshold=1000).start()
+    sender = make(max_attempts=3, circuit_threshold=1000, retry_for=3600.0)
+    sender.start()
+    assert wait_until(lambda: _attempts(make) >= 5)
+    sender.stop(5)
+    assert make.outbox.stats().dead == 0
+    assert make.outbox.pending_count() == 3
+    short = make(max_attempts=3, circuit_threshold=1000, retry_for=0.3)
+    short.start()
     assert wait_until(lambda: make.outbox.stats().dead == 3)
     dead = make.outbox.dead_letters()
-    assert all(d.reason.startswith("gave up after 3 attempts: ") for d in dead)
-    assert all(d.attempts == 3 for d in dead)
+    assert all(d.reason.startswith("gave up after failing for 0.0 h (") for d in dead)
+    assert all(d.attempts > 3 for d in dead)
     make.emulator.set_down(False)
     assert make.outbox.retry_dead() == 3
-    make.senders[0].wake()
+    short.wake()
     assert wait_until(lambda: len(user_ids(make.emulator)) == 3)
+
+
+def _attempts(make: Factory) -> int:
+    with make.outbox.database.reading() as conn:
+        return int(conn.execute("SELECT MIN(attempts) FROM keen_signup_outbox").fetchone()[0])
 
 
 # --------------------------------------------------------------------------- flush
@@ -601,3 +616,82 @@ def test_status_as_dict(make: Factory) -> None:
     assert data["outbox"]["pending"] == 2
     assert data["resends"] == 0
     json.dumps(data)
+
+
+# --------------------------------------------------------------------------- never silent
+
+
+def test_a_write_key_that_cannot_be_sent_is_an_outage_in_status_not_a_silent_loop(
+    make: Factory,
+) -> None:
+    """Issue 16: with a non-latin-1 write key every round raised UnicodeEncodeError out of
+    the transport: the rows stayed leased, ``last_error`` stayed None and health said ok.
+
+    ``init_app`` and ``KeenClient`` now refuse such a key (tests/integration/test_secrets.py);
+    this is the sender's own answer to a request that cannot be sent, whatever the cause,
+    reached here by a key swapped in after the client's check."""
+    from flask_keen_signup.health import HealthThresholds
+    from flask_keen_signup.health import verdict
+
+    make.enqueue(2)
+    emu = make.emulator
+    bad = KeenClient(emu.project_id, "a-good-key-for-now", api_url=emu.url, timeout=(2.0, 5.0))
+    bad._auth._key = "clé-☃-secret"  # type: ignore[attr-defined]
+    sender = Sender(make.outbox, bad, **FAST)
+    make.senders.append(sender)
+    sender.start()
+    assert wait_until(lambda: sender.status().circuit != "closed")
+    status = sender.status()
+    assert "could not be sent (UnicodeEncodeError" in (status.last_error or "")
+    assert "secret" not in (status.last_error or "") and "clé" not in (status.last_error or "")
+    stats = make.outbox.stats()
+    assert (stats.pending, stats.dead) == (2, 0)
+    health = {**dataclasses.asdict(status.outbox), **status.as_dict()}
+    result, reasons = verdict(health, HealthThresholds())
+    assert result != "ok" and reasons
+    assert emu.request_log == []  # nothing reached Keen, nothing was lost
+
+
+def test_a_round_that_keeps_failing_is_counted_named_and_judged(
+    make: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    from flask_keen_signup.health import HealthThresholds
+    from flask_keen_signup.health import verdict
+
+    class Broken(SQLiteOutbox):
+        broken = True
+
+        def claim_due(self, *args: t.Any, **kwargs: t.Any) -> list[OutboxRow]:
+            if self.broken:
+                raise RuntimeError("a bug in a round")
+            return super().claim_due(*args, **kwargs)
+
+    outbox = Broken(make.outbox.database)
+    expected = make.enqueue(1)
+    sender = Sender(outbox, make.client(), **FAST)
+    make.senders.append(sender)
+    sender.start()
+    assert wait_until(lambda: sender.status().round_errors >= 3)
+    status = sender.status()
+    assert status.last_error == "a delivery round failed: RuntimeError"
+    health = {**dataclasses.asdict(status.outbox), **status.as_dict()}
+    result, reasons = verdict(health, HealthThresholds())
+    assert result == "degraded"
+    assert any("round(s) failed: a delivery round failed: RuntimeError" in r for r in reasons)
+    logged = [r for r in caplog.records if "a delivery round failed" in r.getMessage()]
+    assert len(logged) == 1  # one ERROR per episode, not one per round
+    outbox.broken = False
+    assert wait_until(lambda: delivered_all(make, expected))
+    assert sender.status().round_errors == 0
+
+
+def test_a_200_listing_fewer_results_than_events_sends_them_all_again(make: Factory) -> None:
+    """Issue 16: a 200 whose body listed 2 results for 4 events marked 4 delivered where
+    Keen stored 2: the two results were paired with the first two events by guess."""
+    expected = make.enqueue(4)
+    short = {COLLECTION: [{"success": True}, {"success": True}]}
+    make.emulator.fail_next(1, 200, body=json.dumps(short), content_type="application/json")
+    make().start()
+    assert wait_until(lambda: delivered_all(make, expected))
+    assert_exactly_once(make.emulator, expected)  # all four are in Keen, once each
+    assert make.outbox.stats().delivered == 4

@@ -9,6 +9,7 @@ import threading
 import typing as t
 
 import pytest
+from _postgres import POSTGRES_VARIANTS
 from flask import Flask
 
 from flask_keen_signup.database import Database
@@ -19,14 +20,15 @@ from flask_keen_signup.stores.session import SessionStore
 from flask_keen_signup.stores.sqlite import SQLiteStore
 
 
-@pytest.fixture(params=["memory", "sqlite", "session", "postgres"])
+@pytest.fixture(params=["memory", "sqlite", "session", *POSTGRES_VARIANTS])
 def store(request: pytest.FixtureRequest, tmp_path: t.Any) -> t.Iterator[MarkerStore]:
     if request.param == "memory":
         yield MemoryStore()
-    elif request.param == "postgres":
+    elif request.param in POSTGRES_VARIANTS:  # direct, or through PgBouncer
         from flask_keen_signup.stores.postgres import PostgresStore
 
-        yield PostgresStore(request.getfixturevalue("postgres_database"), "signups")
+        database = request.getfixturevalue(POSTGRES_VARIANTS[request.param])
+        yield PostgresStore(database, "signups")
     elif request.param == "sqlite":
         yield SQLiteStore(Database(str(tmp_path / "ledger.sqlite3")), "signups")
     else:

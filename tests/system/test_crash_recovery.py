@@ -70,9 +70,9 @@ SCRIPT = textwrap.dedent(
             super().mark_delivered(ids, **kwargs)
             maybe_crash("after_mark_delivered")
 
-        def mark_retry_many(self, items):
+        def mark_retry_many(self, items, **kwargs):
             maybe_crash("before_mark_retry")
-            super().mark_retry_many(items)
+            super().mark_retry_many(items, **kwargs)
             maybe_crash("after_mark_retry")
 
         def mark_dead_many(self, items, **kwargs):

@@ -1,5 +1,9 @@
 """Redis frozen (SIGSTOP) under two app processes: logins go on, everything delivered once.
 
+Once with one redis-server, once with a Redis Cluster whose node serving the app's keys
+is frozen (the login path's cluster client makes one attempt per call: no retries and
+slot-map refreshes for seconds while the node does not answer).
+
 Two app servers (``tests/mp_app.py`` under werkzeug, ``KEEN_SIGNUP_STORE=redis``, one
 SQLite directory each: two "hosts") share a private ``redis-server``. The test freezes it
 with SIGSTOP, drives new users' and returning users' logins through both apps, checks
@@ -16,12 +20,14 @@ import collections
 import os
 import signal
 import time
+import types
 import typing as t
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 from _paths import sibling
+from _redis import RedisClusterNodes
 from _redis import RedisServer
 
 from flask_keen_signup.testing import Auth0Emulator
@@ -35,18 +41,29 @@ mp = sibling("test_multiprocess", __file__)
 LOGIN_BOUND = 2.0
 
 
-@pytest.fixture
-def frozen_redis(tmp_path: t.Any) -> t.Iterator[t.Any]:
-    """A private server: this test stops it, which must not touch the other tests' one."""
+@pytest.fixture(params=["server", "cluster"])
+def frozen_redis(request: pytest.FixtureRequest, tmp_path: t.Any) -> t.Iterator[t.Any]:
+    """A private server, or a private 3-master Redis Cluster: this test freezes it (the
+    cluster's node that serves the app's keys), which must not touch the other tests'."""
     directory = tmp_path / "redis"
     directory.mkdir()
-    server = RedisServer(str(directory), "--appendonly", "no").start()
+    if request.param == "server":
+        server = RedisServer(str(directory), "--appendonly", "no").start()
+        frozen = types.SimpleNamespace(url=server.url, process=server.process, env={})
+        stop = server.kill
+    else:
+        cluster = RedisClusterNodes(str(directory)).start()
+        prefix = "{keen_signup}"
+        node = cluster.node_for(prefix)
+        env = {"KEEN_SIGNUP_REDIS_PREFIX": prefix}
+        frozen = types.SimpleNamespace(url=cluster.url, process=node.process, env=env)
+        stop = cluster.kill
     try:
-        yield server
+        yield frozen
     finally:
-        if server.process is not None and server.process.poll() is None:
-            server.process.send_signal(signal.SIGCONT)
-        server.kill()
+        if frozen.process is not None and frozen.process.poll() is None:
+            frozen.process.send_signal(signal.SIGCONT)
+        stop()
 
 
 @pytest.fixture
@@ -82,6 +99,7 @@ def test_redis_frozen_under_two_app_processes_then_everything_delivered_once(
             database,
             KEEN_SIGNUP_STORE="redis",
             KEEN_SIGNUP_REDIS_URL=frozen_redis.url,
+            **frozen_redis.env,
         )
         servers.append(mp.werkzeug(tmp_path, env, str(tmp_path / f"{host}.log")))
     with mp.stopped_at_exit(servers[0]) as a, mp.stopped_at_exit(servers[1]) as b:

@@ -70,3 +70,34 @@ def test_the_auth0_emulator_alone_keeps_users_in_its_database(tmp_path: Path) ->
     with Auth0Emulator(**kwargs) as again:
         kept = again.get_user(user["user_id"])
     assert kept is not None and kept["created_at"] == user["created_at"]
+
+
+def test_a_fresh_demo_does_not_ask_to_migrate_and_reports_the_real_created_at(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The demo's tenant starts empty: nobody to migrate, so no day-one warning; its
+    ``KEEN_SIGNUP_SINCE`` is its first start, kept across restarts."""
+    import logging
+
+    from example_app.offline import start_offline_app
+
+    monkeypatch.syspath_prepend(str(ROOT))
+    instance = tmp_path / "instance"
+    with caplog.at_level(logging.WARNING, logger="flask_keen_signup"):
+        app, auth0, keen = start_offline_app(app_port=_free_port(), instance_path=str(instance))
+        try:
+            since = app.config["KEEN_SIGNUP_SINCE"]
+            from flask_keen_signup.extension import _load_known_users
+
+            _load_known_users(signup_state(app).tracker)
+        finally:
+            signup_state(app).sender.shutdown(timeout=5)
+            auth0.stop()
+            keen.stop()
+    assert not [r for r in caplog.records if "keen-signup migrate" in r.getMessage()]
+    assert (instance / "demo-first-start.txt").read_text() == since
+    port = _free_port()
+    _run_demo_once(instance, port, "grace@example.com")
+    from example_app.offline import _first_start
+
+    assert _first_start(str(instance)) == since  # kept, not moved to the restart

@@ -10,7 +10,10 @@
 * PostgreSQL stopped and started during logins: no callback breaks, every failure is loud,
   and what was recorded is delivered once.
 
-Uses the session's private server (``tests/conftest.py``), or its own for the restart.
+The same new user on two processes, the ``kill -9`` and the restart also run through
+PgBouncer in ``transaction`` and in ``session`` mode (issue 17), with no store or outbox
+error logged when nothing is wrong. Uses the session's private server and PgBouncers
+(``tests/conftest.py``), or its own for the restart.
 """
 
 from __future__ import annotations
@@ -30,8 +33,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
+from _postgres import PgBouncer
 from _postgres import PostgresServer
 from _postgres import fresh_schema
+from _postgres import store_errors
 from test_multiprocess import Browser
 from test_multiprocess import app_env
 from test_multiprocess import gunicorn
@@ -71,12 +76,14 @@ def signup(n: int) -> QueuedEvent:
     return QueuedEvent("signups", user_id, token, body)
 
 
-def parts(url: str, schema: str) -> tuple[t.Any, t.Any, t.Any]:
+def parts(
+    url: str, schema: str, listen_url: str | None = None
+) -> tuple[t.Any, t.Any, t.Any]:
     from flask_keen_signup.delivery.postgres_outbox import PostgresOutbox
     from flask_keen_signup.postgres import PostgresDatabase
     from flask_keen_signup.stores.postgres import PostgresStore
 
-    database = PostgresDatabase(url, schema=schema, timeout=5)
+    database = PostgresDatabase(url, schema=schema, timeout=5, listen_url=listen_url)
     return database, PostgresStore(database, "signups"), PostgresOutbox(database)
 
 
@@ -84,6 +91,17 @@ def keen_client(keen: KeenEmulator) -> t.Any:
     from flask_keen_signup.keen import KeenClient
 
     return KeenClient(keen.project_id, keen.write_key, api_url=keen.url, timeout=(2.0, 60.0))
+
+
+#: How the app reaches PostgreSQL: directly, or through PgBouncer in either mode.
+VIA = ["direct", "pgbouncer-transaction", "pgbouncer-session"]
+
+
+@pytest.fixture(params=VIA)
+def via_url(request: pytest.FixtureRequest, postgres_url: str) -> str:
+    if request.param == "direct":
+        return postgres_url
+    return str(request.getfixturevalue(request.param.replace("-", "_")).url)
 
 
 @pytest.fixture
@@ -179,10 +197,12 @@ def test_hosts_draining_one_outbox_never_claim_the_same_row(
 
 
 def test_a_host_killed_with_leased_events_is_taken_over_once_its_leases_expire(
-    postgres_url: str, keen: KeenEmulator, tmp_path: t.Any
+    via_url: str, keen: KeenEmulator, tmp_path: t.Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     from flask_keen_signup.delivery.sender import Sender
 
+    caplog.set_level(logging.WARNING)
+    postgres_url = via_url
     schema = fresh_schema()
     database, _, box = parts(postgres_url, schema)
     go = tmp_path / "go"
@@ -208,6 +228,7 @@ def test_a_host_killed_with_leased_events_is_taken_over_once_its_leases_expire(
         stats = box.stats()
         assert stats.resends == 10, "each taken-over row counts as a probable resend"
         assert (stats.pending, stats.dead) == (0, 0)
+        assert store_errors(caplog.records, port_of(postgres_url)) == []
     finally:
         keen.clear_faults()
         if proc.poll() is None:
@@ -266,7 +287,7 @@ def test_notify_wakes_another_processes_sender_at_once(
     from flask_keen_signup.delivery.sender import Sender
 
     schema = fresh_schema()
-    database, _, box = parts(postgres_url, schema)
+    database, _, box = parts(postgres_url, schema, listen_url=postgres_url)
     other, _, other_box = parts(postgres_url, schema)
     slow = {**FAST, "flush_interval": 60.0}
     sender = Sender(box, keen_client(keen), **slow)
@@ -303,8 +324,9 @@ def pg_env(
 
 
 def test_the_same_new_user_on_two_app_processes_at_once_is_one_event(
-    postgres_url: str, auth0: Auth0Emulator, keen: KeenEmulator, tmp_path: t.Any
+    via_url: str, auth0: Auth0Emulator, keen: KeenEmulator, tmp_path: t.Any
 ) -> None:
+    postgres_url = via_url
     install_app(tmp_path)
     schema = fresh_schema()
     env = pg_env(auth0, keen, postgres_url, schema, tmp_path)
@@ -340,6 +362,11 @@ def test_the_same_new_user_on_two_app_processes_at_once_is_one_event(
         for server in servers:
             server.kill()
         database.close()
+    for i in range(2):  # the apps log WARNING and above to their stderr
+        with open(tmp_path / f"app{i}.log", encoding="utf-8", errors="replace") as f:
+            log = f.read()
+        for sign in ("PostgreSQL", "Traceback", "psycopg", "spool"):
+            assert sign not in log, log[-3000:]
 
 
 def test_gunicorn_preload_two_workers_share_postgres_without_sharing_connections(
@@ -383,7 +410,26 @@ def test_gunicorn_preload_two_workers_share_postgres_without_sharing_connections
 # --------------------------------------------------------------------------- outage
 
 
+def port_of(url: str) -> int:
+    from psycopg.conninfo import conninfo_to_dict
+
+    return int(conninfo_to_dict(url)["port"])
+
+
+def delivered(state: t.Any) -> int:
+    """The outbox's delivered count, or -1 while the store still fails: PgBouncer answers
+    "server login has been failing" for ``server_login_retry`` after PostgreSQL is back."""
+    from flask_keen_signup.exceptions import StoreError
+
+    try:
+        return int(state.outbox.stats().delivered)
+    except StoreError:
+        return -1
+
+
+@pytest.mark.parametrize("via", VIA)
 def test_postgres_stopped_and_started_during_logins(
+    via: str,
     auth0: Auth0Emulator,
     keen: KeenEmulator,
     tmp_path: t.Any,
@@ -393,20 +439,28 @@ def test_postgres_stopped_and_started_during_logins(
     and its candidate signup waits in the local spool; once PostgreSQL is back the sender
     decides the spool (one statement claims and queues) and every signup, before, during
     and after the outage, reaches Keen exactly once. A returning user this process knows
-    costs no query at all, so not even a spooled candidate."""
+    costs no query at all, so not even a spooled candidate.
+
+    Through PgBouncer, which stays up: it keeps a client whose server is gone waiting
+    (``query_wait_timeout``, 120 s); the login's deadline closes that connection instead."""
     from _flow import login
     from _flow import quickstart_app
 
     server = PostgresServer().start()
+    bouncer = None
     failed: list[str] = []
     app = None
     try:
+        url = server.url
+        if via != "direct":
+            bouncer = PgBouncer(server, via.split("-")[1]).start()
+            url = bouncer.url
         app, _ = quickstart_app(
             auth0,
             keen,
             str(tmp_path / "app.sqlite3"),
             KEEN_SIGNUP_STORE="postgres",
-            KEEN_SIGNUP_DATABASE_URL=server.url,
+            KEEN_SIGNUP_DATABASE_URL=url,
             KEEN_SIGNUP_DATABASE_SCHEMA=fresh_schema(),
             KEEN_SIGNUP_STORE_TIMEOUT=1.0,
             KEEN_SIGNUP_PROPAGATE_ERRORS=False,
@@ -427,6 +481,8 @@ def test_postgres_stopped_and_started_during_logins(
 
         logins("before", 3)
         wait_for(lambda: state.outbox.stats().delivered == 3, 30, "3 deliveries")
+        healthy = store_errors(caplog.records, port_of(url))
+        assert healthy == [], "a healthy run logs no store or outbox error"
         server.stop("fast")
         started = time.monotonic()
         logins("during", 4)
@@ -437,7 +493,7 @@ def test_postgres_stopped_and_started_during_logins(
         restarted = time.monotonic()
         logins("after", 3)
         assert statuses == [302] * 11, "no callback breaks"
-        wait_for(lambda: state.outbox.stats().delivered == 10, 60, "10 deliveries")
+        wait_for(lambda: delivered(state) == 10, 60, "10 deliveries")
         recovered = time.monotonic() - restarted
         ids = {u["email"]: u["user_id"] for u in auth0.users()}
         time.sleep(0.3)
@@ -446,10 +502,13 @@ def test_postgres_stopped_and_started_during_logins(
         assert keen_counts(keen) == dict.fromkeys(everyone, 1)
         assert state.spool.stats()[0] == 0
         assert failed == []
+        assert during < 20, f"4 logins took {during:.1f} s while PostgreSQL was down"
         print(f"\n4 logins while PostgreSQL was down took {during:.2f}s in all; ", end="")
         print(f"all 10 signups delivered {recovered:.2f}s after the restart")
     finally:
         if app is not None:
             signup_state(app).sender.stop(5)
             signup_state(app).outbox.close()
+        if bouncer is not None:
+            bouncer.remove()
         server.remove()

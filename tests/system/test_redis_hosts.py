@@ -1,8 +1,9 @@
 """``KEEN_SIGNUP_STORE = "redis"`` through the extension: several hosts, one Redis.
 
 Each "host" is an app with its own SQLite file and its own sender, sharing one real
-redis-server (started by the fixture in ``test_redis.py``). Two hosts never both report
-one user, and what one host queued is delivered by another if the first one is lost.
+redis-server, or a real 3-master Redis Cluster (the session fixtures of ``tests/_redis.py``).
+Two hosts never both report one user, and what one host queued is delivered by another if
+the first one is lost.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import re
 import threading
 import typing as t
+import uuid
 
 import pytest
 from _flow import login
@@ -18,6 +20,7 @@ from _flow import quickstart_app
 from flask import Flask
 
 from flask_keen_signup import signup_state
+from flask_keen_signup.exceptions import ConfigurationError
 from flask_keen_signup.testing import Auth0Emulator
 from flask_keen_signup.testing import KeenEmulator
 
@@ -27,15 +30,22 @@ else:
     redis = pytest.importorskip("redis")
 
 
-@pytest.fixture
+@pytest.fixture(params=["server", "cluster"])
 def hosts(
-    redis_server: t.Any,  # noqa: F811 - the imported fixture
+    request: pytest.FixtureRequest,
     keen_signup_auth0: Auth0Emulator,
     keen_signup_keen: KeenEmulator,
     tmp_path: t.Any,
 ) -> t.Iterator[t.Callable[[], Flask]]:
-    url = redis_server.url.rstrip("/") + "/1"
-    redis.Redis.from_url(url).flushdb()
+    """Hosts sharing one redis-server (database 1, emptied), or a 3-master Redis Cluster
+    (database 0 only: a fresh hash-tagged ``KEEN_SIGNUP_REDIS_PREFIX`` instead)."""
+    if request.param == "cluster":
+        url = request.getfixturevalue("redis_cluster").url
+        settings = {"KEEN_SIGNUP_REDIS_PREFIX": f"{{hosts-{uuid.uuid4().hex[:8]}}}"}
+    else:
+        url = request.getfixturevalue("redis_server").url.rstrip("/") + "/1"
+        redis.Redis.from_url(url).flushdb()
+        settings = {}
     built: list[Flask] = []
 
     def host() -> Flask:
@@ -45,6 +55,7 @@ def hosts(
             str(tmp_path / f"host{len(built)}.sqlite3"),
             KEEN_SIGNUP_STORE="redis",
             KEEN_SIGNUP_REDIS_URL=url,
+            **settings,
         )
         built.append(app)
         return app
@@ -94,15 +105,21 @@ def test_a_lost_host_queue_is_delivered_by_another(
     assert len(keen_signup_keen.events("signups")) == 1, "returning on another host"
 
 
+@pytest.mark.parametrize(
+    "url", ["redis://127.0.0.1:9/0", "redis+cluster://127.0.0.1:9,127.0.0.1:11/0"]
+)
 def test_redis_down_at_login_does_not_break_it(
-    hosts: t.Any, keen_signup_auth0: Auth0Emulator, tmp_path: t.Any, caplog: t.Any
+    url: str, keen_signup_auth0: Auth0Emulator, tmp_path: t.Any, caplog: t.Any
 ) -> None:
+    # init_app connects to neither (a cluster client would read the slot map as it is
+    # built: that waits for the first claim).
     app, _ = quickstart_app(
         keen_signup_auth0,
         None,
         str(tmp_path / "down.sqlite3"),
         KEEN_SIGNUP_STORE="redis",
-        KEEN_SIGNUP_REDIS_URL="redis://127.0.0.1:9/0",
+        KEEN_SIGNUP_REDIS_URL=url,
+        KEEN_SIGNUP_REDIS_PREFIX="{keen_signup}",
     )
     from flask_keen_signup import signup_failed
 
@@ -126,14 +143,21 @@ def test_redis_down_at_login_does_not_break_it(
         signup_state(app).sender.shutdown(timeout=2)
 
 
+@pytest.mark.parametrize("deployment", ["server", "cluster"])
 def test_migrate_with_redis_reports_the_gap_once(
-    redis_server: t.Any,  # noqa: F811 - the imported fixture
+    deployment: str,
+    request: pytest.FixtureRequest,
     keen_signup_auth0: Auth0Emulator,
     keen_signup_keen: KeenEmulator,
     tmp_path: t.Any,
 ) -> None:
-    url = redis_server.url.rstrip("/") + "/2"
-    redis.Redis.from_url(url).flushdb()
+    if deployment == "cluster":
+        url = request.getfixturevalue("redis_cluster").url
+        settings = {"KEEN_SIGNUP_REDIS_PREFIX": f"{{migrate-{uuid.uuid4().hex[:8]}}}"}
+    else:
+        url = request.getfixturevalue("redis_server").url.rstrip("/") + "/2"
+        redis.Redis.from_url(url).flushdb()
+        settings = {}
     keen_signup_auth0.add_user(email="old@x.io", name="Old", created_at="2020-01-01T00:00:00Z")
     keen_signup_auth0.add_user(email="new@x.io", name="New", created_at="2026-11-25T00:00:00Z")
     app, _ = quickstart_app(
@@ -145,6 +169,7 @@ def test_migrate_with_redis_reports_the_gap_once(
         KEEN_SIGNUP_AUTH0_DOMAIN=keen_signup_auth0.url,
         KEEN_SIGNUP_AUTH0_CLIENT_ID=keen_signup_auth0.m2m_client_id,
         KEEN_SIGNUP_AUTH0_CLIENT_SECRET=keen_signup_auth0.m2m_client_secret,
+        **settings,
     )
     runner = app.test_cli_runner()
     args = ["keen-signup", "migrate", "--reported-until", "2026-11-18T00:00:00Z"]
@@ -165,3 +190,40 @@ def test_migrate_with_redis_reports_the_gap_once(
     finally:
         signup_state(app).sender.shutdown(timeout=5)
         signup_state(app).store.close()
+
+
+@pytest.mark.parametrize("prefix", [None, "keen_signup", "{}keen_signup", "{keen_signup"])
+def test_a_cluster_without_a_hash_tag_in_the_prefix_is_refused_at_init_app(
+    prefix: str | None, keen_signup_auth0: Auth0Emulator, tmp_path: t.Any
+) -> None:
+    settings = {} if prefix is None else {"KEEN_SIGNUP_REDIS_PREFIX": prefix}
+    with pytest.raises(ConfigurationError) as refused:
+        quickstart_app(
+            keen_signup_auth0,
+            None,
+            str(tmp_path / "refused.sqlite3"),
+            KEEN_SIGNUP_STORE="redis",
+            KEEN_SIGNUP_REDIS_URL="redis+cluster://:s3cret@127.0.0.1:9/0",
+            **settings,
+        )
+    message = str(refused.value)
+    assert "KEEN_SIGNUP_REDIS_PREFIX" in message and "hash tag" in message
+    assert "'{keen_signup" in message, "the message shows a prefix that works"
+    assert "s3cret" not in message
+
+
+@pytest.mark.parametrize(
+    "url", ["redis+cluster://127.0.0.1:9/1", "redis+cluster://127.0.0.1:x/0", "redis+cluster:///0"]
+)
+def test_an_unusable_cluster_url_is_refused_at_init_app(
+    url: str, keen_signup_auth0: Auth0Emulator, tmp_path: t.Any
+) -> None:
+    with pytest.raises(ConfigurationError, match="KEEN_SIGNUP_REDIS_URL (is not usable|has an)"):
+        quickstart_app(
+            keen_signup_auth0,
+            None,
+            str(tmp_path / "bad.sqlite3"),
+            KEEN_SIGNUP_STORE="redis",
+            KEEN_SIGNUP_REDIS_URL=url,
+            KEEN_SIGNUP_REDIS_PREFIX="{keen_signup}",
+        )

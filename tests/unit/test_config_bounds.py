@@ -141,6 +141,10 @@ def test_numeric_keys_refuse_inf_nan_and_overflow(key: str, value: t.Any) -> Non
         ("KEEN_SIGNUP_RETENTION", "-1"),
         ("KEEN_SIGNUP_RETENTION", "soon"),
         ("KEEN_SIGNUP_RETENTION", "3 fortnights"),
+        ("KEEN_SIGNUP_RETRY_FOR", "31 days"),
+        ("KEEN_SIGNUP_RETRY_FOR", "-1"),
+        ("KEEN_SIGNUP_RETRY_FOR", "forever"),
+        ("KEEN_SIGNUP_RETRY_FOR", float("inf")),
     ],
 )
 def test_out_of_bounds_values_name_the_key(key: str, value: t.Any) -> None:
@@ -180,6 +184,23 @@ def test_bounds_accept_sane_values() -> None:
 def test_retention_accepts_seconds_and_durations(value: t.Any, seconds: float) -> None:
     s = load() if value is None else load(KEEN_SIGNUP_RETENTION=value)
     assert s.retention == seconds
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        (None, 3 * 86400),
+        ("3 days", 3 * 86400),
+        ("12h", 12 * 3600),
+        (90, 90),
+        ("30 days", 30 * 86400),
+    ],
+)
+def test_retry_for_is_a_duration_of_at_most_30_days(value: t.Any, seconds: float) -> None:
+    """KEEN_SIGNUP_RETRY_FOR (issue 16): parsed like KEEN_SIGNUP_RETENTION; default 3 days,
+    at most 30 (inside Keen's 31-day uniqueness window)."""
+    s = load() if value is None else load(KEEN_SIGNUP_RETRY_FOR=value)
+    assert s.retry_for == seconds
 
 
 def test_master_key_is_optional_and_never_in_repr() -> None:

@@ -28,6 +28,7 @@ from flask_keen_signup.events import anonymize_ip
 from flask_keen_signup.events import build_signup_event
 from flask_keen_signup.events import connection_of
 from flask_keen_signup.events import format_timestamp
+from flask_keen_signup.events import keen_text
 from flask_keen_signup.events import parse_created_at
 from flask_keen_signup.events import sanitize_properties
 from flask_keen_signup.events import uniqueness_token
@@ -45,6 +46,11 @@ SECRET = "SECRET-VALUE-7f3a"  # planted in values; must never reach a log line
 
 _TIMESTAMP_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
 _HEX64_RE = re.compile(r"[0-9a-f]{64}")
+
+
+#: What DESIGN §3 keeps out of every string sent to Keen (people read it in terminals and
+#: spreadsheets): C0 controls but tab, DEL, C1, bidi overrides and isolates.
+UNSAFE_TEXT = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 def keen_problems(event: object, *, strict: bool = True) -> list[str]:
@@ -76,12 +82,16 @@ def keen_problems(event: object, *, strict: bool = True) -> list[str]:
             problems.append(f"{path}: '.' in property name")
         if name.startswith("$"):
             problems.append(f"{path}: property name starts with '$'")
+        if UNSAFE_TEXT.search(name):
+            problems.append(f"{path}: control or bidi character in a property name")
 
     def check_value(value: object, path: str) -> None:
         if isinstance(value, str):
             units = len(value.encode("utf-16-le")) // 2 if strict else len(value)
             if units >= 10_000:
                 problems.append(f"{path}: string of {units} chars")
+            if UNSAFE_TEXT.search(value):
+                problems.append(f"{path}: control or bidi character in a string")
         elif isinstance(value, bool) or value is None:
             pass
         elif isinstance(value, int):
@@ -959,7 +969,7 @@ def check_random_event(
         extra=extra,
     )
     assert keen_problems(event) == [], (claims, extra)
-    assert event["userId"] == claims["sub"]
+    assert event["userId"] == keen_text(claims["sub"])
     assert event["keen"]["uniqueness_token"] == uniqueness_token("signups", claims["sub"])
     if ip_mode == "none":
         assert "ip" not in event
@@ -1124,3 +1134,26 @@ else:
         finally:
             events._valid_as_is = original
         assert fast == slow
+
+
+def test_keen_text_replaces_control_and_bidi_characters_visibly() -> None:
+    """DESIGN §3: line breaks become a space, the other controls and the bidi overrides
+    and isolates U+FFFD; tab and every printable character (any script) are kept."""
+    assert keen_text("a\r\nb\nc\rd\x0be\x0cf\x85g") == "a b c d e f g"
+    assert keen_text("\x1b]52;c;eA==\x07") == "\ufffd]52;c;eA==\ufffd"
+    assert keen_text("\x00\x7f\x9b\u202a\u202e\u2066\u2069") == "\ufffd" * 7
+    kept = "tab\there, Zoë, 漢字, 😀, \u200f\u2028"  # marks and separators: not in the rule
+    assert keen_text(kept) is kept
+    event = build_signup_event(
+        {"sub": "auth0|x\x1b", "name": "A\nB", "k\u202e": {"v": ["\x07"]}},
+        collection="signups",
+        ip=None,
+        user_agent="UA\x1b[0m",
+        claim_names=["name", "k\u202e"],
+        now=NOW,
+        extra={"e\n": "\u2066"},
+    )
+    assert event["userId"] == "auth0|x\ufffd"
+    assert event["name"] == "A B" and event["k\ufffd"] == {"v": ["\ufffd"]}
+    assert event["user_agent"] == "UA\ufffd[0m" and event["e "] == "\ufffd"
+    assert keen_problems(event) == []

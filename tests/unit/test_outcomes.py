@@ -8,11 +8,13 @@ are in ``test_sender.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 import typing as t
 
 import pytest
+from _clock import FakeClock
 
 from flask_keen_signup.delivery import DeliveryHooks
 from flask_keen_signup.delivery import OutboxRow
@@ -85,41 +87,57 @@ def test_read_results_pairs_rows_with_their_own_result() -> None:
     box = MemoryOutbox()
     enqueue(box, 4)
     rows = claim(box)
-    verdicts = read_results(
-        rows,
-        [
-            EventResult(Outcome.DELIVERED),
-            EventResult(Outcome.PERMANENT, "InvalidPropertyNameError", "bad name"),
-            EventResult(Outcome.RETRYABLE, None, "timeout"),
-        ],
-    )
-    assert [r.id for r in verdicts.delivered] == [rows[0].id]
+    results = [
+        EventResult(Outcome.DELIVERED),
+        EventResult(Outcome.PERMANENT, "InvalidPropertyNameError", "bad name"),
+        EventResult(Outcome.RETRYABLE, None, "timeout"),
+        EventResult(Outcome.DELIVERED),
+    ]
+    verdicts = read_results(rows, results)
+    assert [r.id for r in verdicts.delivered] == [rows[0].id, rows[3].id]
     name = "InvalidPropertyNameError"
     assert verdicts.dead == [(rows[1], f"{name}: bad name", name)]
-    # The fourth row has no result: never guess it arrived.
-    assert verdicts.retry == [(rows[2], "timeout"), (rows[3], NO_RESULT)]
+    assert verdicts.retry == [(rows[2], "timeout")]
+    # A short answer pairs nothing (by position only): every row again, none guessed.
+    short = read_results(rows, results[:3])
+    assert (short.delivered, short.dead) == ([], [])
+    assert short.retry == [(row, NO_RESULT) for row in rows]
 
 
 # ---------------------------------------------------------------- per-row outcomes
 
 
-def test_retry_never_sooner_than_retry_after_and_dead_when_out_of_attempts() -> None:
+def test_retry_never_sooner_than_retry_after_and_dead_only_after_retry_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Attempts alone never dead-letter a retryable failure (issue 16): only time does,
+    ``retry_for`` seconds after the row's first failure."""
     box = MemoryOutbox()
     enqueue(box, 1)
+    clock = FakeClock().install(monkeypatch, ["flask_keen_signup.delivery.outcomes"])
     notes = Recorder()
     record = outcomes(box, max_attempts=2, notify=notes)
-    now = time.time()
-    first = claim(box, now=now)  # attempt 1 of 2
+    record.retry_for = 3600.0
+    first = claim(box, now=clock.now)  # attempt 1
     record.retry([(first[0], "503", KeenConnectionError("down"))], retry_after=30.0)
-    assert claim(box, now=now + 29.0) == []  # the backoff ceiling is 1 s: Retry-After wins
-    again = claim(box, now=now + 31.0)
+    assert claim(box, now=clock.now + 29.0) == []  # the backoff ceiling is 1 s: Retry-After wins
+    clock.advance(31.0)
+    again = claim(box, now=clock.now)
     assert [(r.id, r.attempts) for r in again] == [(first[0].id, 2)]
-    record.retry_all(again, "503 again", None)  # attempt 2 of 2: a dead letter now
+    assert again[0].first_failed_at == clock.now - 31.0  # counted from the first failure
+    for _ in range(50):  # far past max_attempts, well inside retry_for: still queued
+        record.retry_all(again, "503 again", None)
+        clock.advance(60.0)
+        again = claim(box, now=clock.now + 10.0)
+    assert box.dead_letters() == []
+    assert [r.attempts for r in again] == [52]
+    clock.advance(3600.0)  # the first failure is now more than retry_for ago
+    record.retry_all(again, "503 again", None)
     dead = box.dead_letters()
     assert [(d.id, d.error_code) for d in dead] == [(first[0].id, None)]
-    assert dead[0].reason == "gave up after 2 attempts: 503 again"
+    assert dead[0].reason == "gave up after failing for 1.8 h (52 attempts): 503 again"
     assert box.stats().pending == 0
-    assert notes.kinds() == ["failed", "dead"]
+    assert notes.kinds() == ["failed"] * 51 + ["dead"]
 
 
 def test_apply_records_dead_retry_and_delivered_and_notifies_each() -> None:
@@ -210,6 +228,25 @@ def test_before_send_skips_rows_the_store_already_knows() -> None:
     left = record.before_send(rows)
     assert [r.user_id for r in left] == ["auth0|u0", "auth0|u2"]
     assert box.stats().skipped == 1
+
+
+def test_before_send_may_revise_the_rows_it_lets_through() -> None:
+    """A hook replaces a row in the sender's list (e.g. keen.timestamp from a lookup): the
+    revised copy is what goes on; the skipped rows are gone either way."""
+
+    class Revising(Hooks):
+        def before_send(self, rows: t.Sequence[OutboxRow]) -> dict[int, str]:
+            assert isinstance(rows, list)
+            rows[-1] = dataclasses.replace(rows[-1], body_json='{"revised": true}')
+            return super().before_send(rows)
+
+    box = MemoryOutbox()
+    enqueue(box, 3)
+    rows = claim(box)
+    left = outcomes(box, hooks=Revising(skip={"auth0|u0"})).before_send(rows)
+    assert [r.user_id for r in left] == ["auth0|u1", "auth0|u2"]
+    assert left[-1].body == {"revised": True} and left[-1].id == rows[-1].id
+    assert rows[-1].body != {"revised": True}, "the caller's list is not changed"
 
 
 def test_no_before_send_hook_passes_rows_through_untouched() -> None:

@@ -223,17 +223,116 @@ def test_field_value_reads_nested_and_flat_shapes() -> None:
 
 
 def test_progress_moves_while_reading(tmp_path: Path) -> None:
-    path = write(tmp_path / "users.json.gz", ndjson_text(USERS * 20_000), gz=True)
+    """Python 3.12+ reads gzip input 128 KiB at a time: the reader hands it less, so the
+    position still moves through a file of a few hundred KiB (issue 17)."""
+    users = [
+        {"user_id": f"auth0|{number * 7919 % 1_000_003:07d}{number}", "n": number}
+        for number in range(60_000)
+    ]
+    path = write(tmp_path / "users.json.gz", ndjson_text(users), gz=True)
+    assert path.stat().st_size > 256 * 1024
     positions = []
-    with iter_users_file(path) as users:
-        assert isinstance(users, UsersFile)
-        for number, _ in enumerate(users):
+    with iter_users_file(path) as source:
+        assert isinstance(source, UsersFile)
+        for number, _ in enumerate(source):
             if number % 10_000 == 0:
-                positions.append(users.position)
-        assert users.position == users.size
+                positions.append(source.position)
+        assert source.position == source.size
     assert positions == sorted(positions)
-    assert positions[-1] > positions[0]
-    assert "users.json.gz" in repr(users)
+    assert len(set(positions)) == len(positions), positions  # it moved every time
+    assert positions[-1] < source.size
+    assert "users.json.gz" in repr(source)
+
+
+def test_numbered_gives_the_physical_line_where_each_record_starts(tmp_path: Path) -> None:
+    text = 'user_id,name\n"\'a","one"\n\n"\'b","two\nlines\nhere"\n"\'c","three"\n'
+    with iter_users_file(write(tmp_path / "users.csv", text, gz=False)) as source:
+        assert [(line, user["user_id"]) for line, user in source.numbered()] == [
+            (2, "a"),
+            (4, "b"),
+            (7, "c"),
+        ]
+    ndjson = '{"user_id": "a"}\n\n{"user_id": "b"}\n'
+    with iter_users_file(write(tmp_path / "users.json", ndjson, gz=True)) as source:
+        assert [line for line, _ in source.numbered()] == [1, 3]
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_a_bad_byte_in_a_csv_names_its_physical_line(tmp_path: Path, gz: bool) -> None:
+    """Before: the text decoder read ahead in chunks and the error named line 115 or 101."""
+    rows = ["user_id,created_at,name"]
+    for number in range(1, 400):
+        # Every 50th name spans two physical lines.
+        name = f"User\n{number}" if number % 50 == 0 else f"User {number}"
+        rows.append(f'"\'auth0|{number}",2026-11-20T00:00:00.000Z,"\'{name}"')
+    data = ("\n".join(rows) + "\n").encode()
+    lines = data.split(b"\n")
+    lines[200] = lines[200].replace(b"User", b"Us\xffer")  # physical line 201
+    assert b"\xff" in lines[200]
+    path = tmp_path / "users.csv"
+    path.write_bytes(gzip.compress(b"\n".join(lines)) if gz else b"\n".join(lines))
+    with pytest.raises(UsersFileError) as info:
+        list(iter_users_file(path))
+    assert info.value.line == 201
+    assert str(info.value) == "line 201 of the users export is not valid UTF-8"
+
+
+@pytest.mark.parametrize("ending", ["\n", "\r\n", "\r"])
+def test_csv_line_endings_and_line_numbers(tmp_path: Path, ending: str) -> None:
+    """LF, CRLF, and the lone CR of an old spreadsheet's CSV: all read, lines counted."""
+    rows = ['user_id,name', '"\'a","x"', '"\'b","two' + ending + 'lines"', '"\'c","y"']
+    path = write(tmp_path / "users.csv", ending.join(rows) + ending, gz=False)
+    with iter_users_file(path) as source:
+        read = [(line, user["user_id"], user["name"]) for line, user in source.numbered()]
+    assert read == [(2, "a", "x"), (3, "b", "two" + ending + "lines"), (5, "c", "y")]
+    bad = (ending.join(rows) + ending + '"\'d","z"' + ending).encode()
+    bad = bad.replace(b'"z"', b'"\xff"')
+    with pytest.raises(UsersFileError) as info:
+        list(iter_users_file(write_bytes(tmp_path / "bad.csv", bad)))
+    assert info.value.line == 6
+
+
+def test_a_bad_byte_in_ndjson_names_its_line(tmp_path: Path) -> None:
+    data = b'{"user_id": "a"}\n{"user_id": "b\xc3"}\n'
+    with pytest.raises(UsersFileError, match="^line 2 .* not valid UTF-8") as info:
+        list(iter_users_file(write_bytes(tmp_path / "users.json", data)))
+    assert info.value.line == 2
+
+
+def test_a_lone_surrogate_escape_is_refused_with_its_line(tmp_path: Path) -> None:
+    """JSON can spell half a surrogate pair; SQLite and HTTP cannot encode it. Before:
+    an uncaught UnicodeEncodeError deep in migrate. A real pair is fine."""
+    text = (
+        '{"user_id": "auth0|1", "name": "\\ud83d\\ude00 pair"}\n'
+        '{"user_id": "auth0|2", "app_metadata": {"x": ["\\ud800"]}}\n'
+    )
+    path = write(tmp_path / "users.json", text, gz=False)
+    users = iter(iter_users_file(path))
+    assert next(users)["name"] == "\U0001f600 pair"
+    with pytest.raises(UsersFileError, match="^line 2 .* surrogate") as info:
+        next(users)
+    assert info.value.line == 2
+
+
+def test_a_csv_record_left_open_names_the_line_it_starts_on(tmp_path: Path) -> None:
+    text = 'user_id,name\n"\'a","x"\n"\'b","never closed\nmore\n'
+    with pytest.raises(UsersFileError, match="^line 3 .* not valid CSV"):
+        list(iter_users_file(write(tmp_path / "users.csv", text, gz=False)))
+
+
+def test_a_flipped_checksum_byte_fails_at_the_end(tmp_path: Path) -> None:
+    data = bytearray(gzip.compress(ndjson_text(USERS).encode()))
+    data[-6] ^= 0x01  # in the CRC32 of the trailer: every line decodes fine
+    path = write_bytes(tmp_path / "users.json.gz", bytes(data))
+    users = iter(iter_users_file(path))
+    assert [next(users) for _ in USERS] == USERS
+    with pytest.raises(UsersFileError, match="truncated or not valid gzip"):
+        next(users)
+
+
+def write_bytes(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
 
 
 @pytest.mark.parametrize("fmt", ["json", "csv"])
