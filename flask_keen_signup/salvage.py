@@ -43,10 +43,10 @@ _COUNTS = {
 }
 _READS = {
     "markers": f"SELECT collection, user_id, state, claimed_at, confirmed_at FROM {_MARKERS}",
-    "events": "SELECT collection, user_id, uniqueness_token, body, created_at "
+    "events": "SELECT id, collection, user_id, uniqueness_token, body, created_at "
     f"FROM {_OUTBOX} WHERE state IN ('pending', 'confirming') ORDER BY id",
-    "dead_letters": "SELECT collection, user_id, uniqueness_token, body, attempts, created_at, "
-    f"reason, error_code, died_at FROM {_DEAD} ORDER BY id",
+    "dead_letters": "SELECT id, collection, user_id, uniqueness_token, body, attempts, "
+    f"created_at, reason, error_code, died_at FROM {_DEAD} ORDER BY id",
 }
 _TABLES = {"markers": _MARKERS, "events": _OUTBOX, "dead_letters": _DEAD}
 _WORDS = {"events": "queued event(s)", "dead_letters": "dead letter(s)", "markers": "marker(s)"}
@@ -176,43 +176,64 @@ def _known(new: sqlite3.Connection, token: str) -> bool:
     )
 
 
+def _top_id(new: sqlite3.Connection, table: str) -> int:
+    ((top,),) = new.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table}").fetchall()
+    return int(top)
+
+
+def _id_for(new: sqlite3.Connection, wanted: int) -> int:
+    """``wanted`` (the row's id in the old file) if no row of the new file has it, else the
+    next id above every row of both tables.
+
+    Keeping the id matters: the sender may have the row in flight when the file changes,
+    and records the outcome by id (``mark_delivered``): under its own id the outcome lands
+    on this row, never on another signup's that took the id in the new file.
+    """
+    taken = new.execute(
+        f"SELECT 1 FROM {_OUTBOX} WHERE id = ? UNION ALL SELECT 1 FROM {_DEAD} WHERE id = ?",
+        (wanted, wanted),
+    ).fetchone()
+    if not taken:
+        return wanted
+    return max(_top_id(new, _OUTBOX), _top_id(new, _DEAD)) + 1
+
+
 def _write_events(new: sqlite3.Connection, events: t.Sequence[tuple[t.Any, ...]]) -> int:
     added = 0
-    for collection, user_id, token, body, created_at in events:
+    for old_id, collection, user_id, token, body, created_at in events:
         if _known(new, token):
             continue
         new.execute(
-            f"INSERT INTO {_OUTBOX} (collection, user_id, uniqueness_token, body, "
-            "created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?)",
-            (collection, user_id, token, body, created_at, created_at),
+            f"INSERT INTO {_OUTBOX} (id, collection, user_id, uniqueness_token, body, "
+            "created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (_id_for(new, old_id), collection, user_id, token, body, created_at, created_at),
         )
         added += 1
     return added
 
 
 def _write_dead_letters(new: sqlite3.Connection, dead: t.Sequence[tuple[t.Any, ...]]) -> int:
-    """Copy dead letters under new ids above every id of the new file.
+    """Copy dead letters, under their own ids where the new file has no row with it.
 
     A dead letter keeps an outbox row's id (``retry-dead`` puts it back under that id), and
     the outbox never reuses one because its newest row is never deleted (see
-    :mod:`.delivery.sqlite_outbox`). The old file's ids mean nothing here: each copy gets
-    the next id, and a blank placeholder row in the outbox keeps that id taken.
+    :mod:`.delivery.sqlite_outbox`): a copy whose id is above every outbox row gets a blank
+    placeholder row in the outbox that keeps the id taken.
     """
     added = 0
     now = time.time()
-    for collection, user_id, token, body, attempts, created_at, reason, code, died in dead:
+    for old_id, collection, user_id, token, body, attempts, created_at, reason, code, died in dead:
         if _known(new, token):
             continue
-        ((top,),) = new.execute(
-            f"SELECT MAX(COALESCE((SELECT MAX(id) FROM {_OUTBOX}), 0), "
-            f"COALESCE((SELECT MAX(id) FROM {_DEAD}), 0))"
-        ).fetchall()
-        row_id = int(top) + 1
+        row_id = _id_for(new, old_id)
         new.execute(
             f"INSERT INTO {_DEAD} (id, collection, user_id, uniqueness_token, body, attempts, "
             "created_at, reason, error_code, died_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (row_id, collection, user_id, token, body, attempts, created_at, reason, code, died),
         )
+        if row_id <= _top_id(new, _OUTBOX):
+            added += 1
+            continue
         new.execute(
             f"INSERT INTO {_OUTBOX} (id, collection, user_id, uniqueness_token, body, state, "
             "created_at, next_attempt_at, done_at, last_error) "

@@ -165,19 +165,21 @@ def test_a_file_truncated_under_a_running_sender_loses_nothing_unsaid(
     run: int,
 ) -> None:
     """The issue's case (a queued event lost in 1 run of 2): the sender keeps running
-    (checkpointing every 0.2 s) while Keen is down and the file is truncated."""
+    (checkpointing every 0.2 s) and has the events in flight (Keen is slow to answer)
+    when the file is truncated."""
     monkeypatch.setattr(salvage, "INVENTORY_INTERVAL", 0.0)
     keen = keen_signup_keen
     app, _ = quickstart_app(keen_signup_auth0, keen, str(tmp_path / f"run{run}.sqlite3"))
     state = signup_state(app)
     try:
-        keen.set_down(True)
+        _queue(app, "auth0|running-first")
+        assert state.sender.flush(timeout=30) == 0  # rounds ran: checkpoints, an inventory
+        keen.add_latency(1.5, count=1)
         users = [f"auth0|running-{run}-{n}" for n in range(5)]
         _queue(app, *users)
-        time.sleep(0.5)  # a few sender rounds: checkpoints, an inventory
+        time.sleep(0.5)  # the sender's batch is waiting for Keen's answer
         os.truncate(state.database.path, 0)
         time.sleep(FILE_CHECK_INTERVAL + 0.3)
-        keen.set_down(False)
         _queue(app, f"auth0|running-{run}-after")
         assert state.sender.flush(timeout=30) == 0
         delivered = set(_userids(keen))
