@@ -15,7 +15,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): setup.cfg pyproject.toml
 	@test -n "$(VENV)" -a "$(VENV)" != ".venv-" || { echo "PYTHON=$(PYTHON) does not run"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools  # not in a 3.12+ venv: the packaging test builds with it
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
