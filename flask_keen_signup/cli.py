@@ -79,6 +79,9 @@ def status_command(acknowledge: bool) -> None:
     replaced = status.get("database_replaced")
     if replaced:
         click.echo(f"database file:     {replaced['how']} under the app; {replaced['salvaged']}")
+    lost = status.get("database_unrecovered")
+    if lost:
+        click.echo(f"NOT RECOVERED:     {lost['summary']}")
     click.echo(f"ok:                {'yes' if status.get('ok', True) else 'no'}")
     from .health import with_verdict
 

@@ -16,8 +16,8 @@ lets both processes reopen lazily afterwards.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
-import dataclasses
 import logging
 import os
 import sqlite3
@@ -39,6 +39,10 @@ FORK_WAIT_SECONDS = 15.0
 WAL_AUTOCHECKPOINT_PAGES = 8_000
 #: How often (at most) :meth:`Database.checkpoint` runs, in seconds.
 CHECKPOINT_INTERVAL = 0.2
+#: How often (at most) the sender closes the connections of threads that ended, in seconds.
+REAP_INTERVAL = 5.0
+#: How long :meth:`Database.scrub` waits at most for readers to leave the WAL, in seconds.
+SCRUB_WAIT = 5.0
 #: How often (at most) a :class:`Database` checks that its path still names the file its
 #: connections have open, in seconds (one ``os.stat``; see :meth:`Database._check_file`).
 FILE_CHECK_INTERVAL = 0.5
@@ -108,147 +112,46 @@ class _ForkGate:
 
 _gate = _ForkGate()
 
-#: ``salvager(old_conn)`` reads what must survive a replaced file and returns
-#: ``write(new_conn) -> summary`` (see :mod:`flask_keen_signup.salvage`).
-Salvager = t.Callable[[sqlite3.Connection], t.Callable[[sqlite3.Connection], str]]
+#: ``salvager(old_conns)`` reads what must survive a replaced file through this process's
+#: connections to it and returns ``write(new_conn) -> summary`` (see
+#: :mod:`flask_keen_signup.salvage`).
+Salvager = t.Callable[[t.Sequence[sqlite3.Connection]], t.Callable[[sqlite3.Connection], str]]
+
+# The file deleted, replaced or truncated under the app (after _gate: it uses it).
+from . import _file_watch  # noqa: E402
+from ._file_watch import FileReplacement as FileReplacement  # noqa: E402 - re-exported
+from ._file_watch import replacements as replacements  # noqa: E402 - re-exported
 
 
-@dataclasses.dataclass(frozen=True)
-class FileReplacement:
-    """The file at a :class:`Database`'s path changed under the running process.
-
-    :param how: ``"deleted"`` (nothing at the path any more: a new file was created) or
-        ``"replaced"`` (another file is there now).
-    :param salvaged: what was copied from the old file into the new one, in words.
-    """
-
-    path: str
-    how: str
-    at: float
-    salvaged: str
-
-
-#: Every replacement this process noticed, oldest first (``health()`` and ``status``).
-replacements: list[FileReplacement] = []
-_replace_lock = threading.RLock()
-
-
-def _identity_of(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino)
-
-
-def _file_replaced(database: Database, current: tuple[int, int] | None) -> None:
-    """Close every connection of this process to the old file, copy over what the old
-    file still held that the new one needs, and log it once. See :meth:`Database._check_file`.
-
-    Runs with the fork gate closed (no thread inside SQLite), so no connection is closed
-    under a thread using it, and no connection to the new file is opened while one to the
-    old file is still open in this process (both would use the same ``-wal`` and ``-shm``).
-    """
-    global _generation
-    with _replace_lock:
-        if database._identity is None or database._identity == _identity_of(database.path):
-            return  # another thread handled it meanwhile
-        path = os.path.abspath(database.path)
-        same = [db for db in list(_databases) if os.path.abspath(db.path) == path]
-        how = "deleted" if current is None else "replaced"
-        write: t.Callable[[sqlite3.Connection], str] | None = None
-        _gate.close_for_fork()
+def _close_connections(
+    connections: list[tuple[weakref.ref[threading.Thread], sqlite3.Connection]],
+    lock: threading.Lock,
+) -> None:
+    with lock:
+        closing = [conn for _, conn in connections]
+        connections.clear()
+    for conn in closing:
         try:
-            old = _any_connection(same)
-            salvager = next((db.on_replaced for db in same if db.on_replaced), None)
-            if old is not None and salvager is not None:
-                try:
-                    write = salvager(old)
-                except Exception:  # noqa: BLE001 - reopening matters more than salvaging
-                    logger.exception("flask-keen-signup: could not read the old SQLite file")
-            for db in same:
-                db._close_all()
-                db._identity = None
-            _generation += 1
-        finally:
-            _gate.reopen()
-        summary = "nothing copied"
-        if write is not None:
-            copied = _copy(database, write)
-            if copied is None:
-                # Another process may still hold the old -wal/-shm: try again shortly.
-                _unsalvaged.append((database, write, 0))
-                summary = "copy failed; retrying (see the warning above)"
-            else:
-                summary = copied
-        replacements.append(FileReplacement(path, how, time.time(), summary))
-        logger.error(
-            "flask-keen-signup: the SQLite file %s was %s under the running app; every "
-            "connection of this process (pid %d) now uses the file at that path (%s)",
-            path,
-            how,
-            os.getpid(),
-            summary,
-        )
+            conn.close()
+        except sqlite3.Error:
+            logger.debug("could not close a SQLite connection", exc_info=True)
 
 
-#: Copies from a replaced file that failed (``(database, write, attempts)``), retried by
-#: :meth:`Database._check_file` at most once per check interval.
-_unsalvaged: list[tuple[Database, t.Callable[[sqlite3.Connection], str], int]] = []
-#: How many times a failed copy is retried (about a minute) before it is given up, loudly.
-SALVAGE_ATTEMPTS = 120
+def _close_at_exit() -> None:
+    """Close the connections of ended threads and of this one (after the senders' exit
+    flush: this hook is registered first, so it runs after theirs)."""
+    for database in list(_databases):
+        database.close_finished()
+        database.close()
 
 
-def _copy(database: Database, write: t.Callable[[sqlite3.Connection], str]) -> str | None:
-    """Run ``write`` in one transaction on ``database``; its summary, or None if it failed."""
-    try:
-        # The copy is rare and must not fail on the login path's short timeout (only BEGIN
-        # waits for the lock; see _begin_immediate).
-        with _Transaction(database, BUSY_TIMEOUT_MS / 1000) as conn:
-            return write(conn)
-    except Exception:  # noqa: BLE001 - reported by the caller; retried
-        logger.warning("flask-keen-signup: could not copy the old file's rows", exc_info=True)
-        return None
+atexit.register(_close_at_exit)
 
-
-def _retry_copies() -> None:
-    with _replace_lock:
-        pending = list(_unsalvaged)
-        _unsalvaged.clear()
-    for database, write, attempts in pending:
-        summary = _copy(database, write)
-        if summary is not None:
-            with _replace_lock:
-                for index in range(len(replacements) - 1, -1, -1):
-                    if replacements[index].path == os.path.abspath(database.path):
-                        replacements[index] = dataclasses.replace(
-                            replacements[index], salvaged=summary
-                        )
-                        break
-            logger.warning(
-                "flask-keen-signup: the rows of the replaced SQLite file %s are copied now (%s)",
-                database.path,
-                summary,
-            )
-        elif attempts + 1 >= SALVAGE_ATTEMPTS:
-            logger.error(
-                "flask-keen-signup: gave up copying the rows of the replaced SQLite file %s; "
-                "signups queued in it and not delivered must be backfilled",
-                database.path,
-            )
-        else:
-            with _replace_lock:
-                _unsalvaged.append((database, write, attempts + 1))
-
-
-def _any_connection(databases: t.Sequence[Database]) -> sqlite3.Connection | None:
-    for db in databases:
-        with db._connections_lock:
-            for _, conn in db._connections:
-                return conn
-    return None
 
 _databases: weakref.WeakSet[Database] = weakref.WeakSet()
+#: Files whose WAL must still be truncated (a :meth:`Database.scrub` that could not finish);
+#: any instance's next :meth:`Database.checkpoint` on that file tries again.
+_scrub_pending: set[str] = set()
 #: What this process created for its databases, in order: missing directories (outermost
 #: first), then each file. ``migrate --dry-run`` removes them again if it wrote nothing.
 created_paths: list[str] = []
@@ -292,8 +195,8 @@ class Database:
         failing with "database is locked". Long for the sender; the login path opens the
         same file through a second instance whose timeout is ``KEEN_SIGNUP_STORE_TIMEOUT``
         (see :mod:`flask_keen_signup.spool`).
-    :param on_replaced: called as ``on_replaced(old_conn)`` when the file at ``path`` turns
-        out to be another file than the one open (deleted, or replaced by a copy): it reads
+    :param on_replaced: called as ``on_replaced(old_conns)`` when the file at ``path`` turns
+        out to be another file than the one open (deleted, replaced by a copy, truncated): it reads
         what must survive from the old file and returns a function that writes it into the
         new one (see :mod:`flask_keen_signup.salvage`).
     """
@@ -316,8 +219,11 @@ class Database:
         self.on_replaced = on_replaced
         #: (st_dev, st_ino) of the file the connections have open, once one is open.
         self._identity: tuple[int, int] | None = None
+        #: The largest size seen of that file: SQLite never shrinks it here (no VACUUM).
+        self._size = 0
         self._check_at = 0.0
         self._checkpoint_at = 0.0
+        self._reap_at = 0.0
         self._local = threading.local()
         self._schema_lock = threading.Lock()
         self._schemas: list[str] = []
@@ -326,6 +232,11 @@ class Database:
         self._connections: list[tuple[weakref.ref[threading.Thread], sqlite3.Connection]] = []
         self._connections_lock = threading.Lock()
         _databases.add(self)
+        # An instance dropped with connections still open (an app torn down, a one-off
+        # tool) closes them: Python 3.13 warns about every connection left to the GC.
+        weakref.finalize(
+            self, _close_connections, self._connections, self._connections_lock
+        ).atexit = False  # at exit: _close_at_exit, after the senders' flush
 
     def __repr__(self) -> str:
         return f"<Database {self.path!r} synchronous={self.synchronous}>"
@@ -385,28 +296,39 @@ class Database:
         self._local.zero = False  # busy_timeout is the instance's (see _begin_immediate)
         self._track(conn)
         if self._identity is None:
-            self._identity = _identity_of(self.path)
+            self._identity, self._size = _file_watch.stat_of(self.path)
             self._check_at = time.monotonic() + FILE_CHECK_INTERVAL
         return conn
 
-    def _check_file(self) -> None:
-        """Reopen everything if ``path`` no longer names the file that is open.
+    def _check_file(self, *, force: bool = False) -> None:
+        """Reopen everything if ``path`` no longer names the file that is open, or the file
+        was truncated in place.
 
         Called on the way into :meth:`reading` and :meth:`transaction` when the thread is
         not already inside SQLite: at most one ``os.stat`` per :data:`FILE_CHECK_INTERVAL`
-        per instance. A file deleted or replaced under a running app would otherwise leave
-        some connections on the old inode (the sender's) and others on the new file (new
-        request threads): nothing delivered, nothing said.
+        per instance, and before a thread opens its connection (``force``): a new
+        connection to a truncated file would delete its WAL. A file deleted or replaced
+        under a running app would otherwise leave some connections on the old inode (the
+        sender's) and others on the new file (new request threads): nothing delivered,
+        nothing said.
         """
         now = time.monotonic()
-        if now < self._check_at or self._identity is None:
+        if (now < self._check_at and not force) or self._identity is None:
             return
         self._check_at = now + FILE_CHECK_INTERVAL
-        if _unsalvaged:
-            _retry_copies()
-        current = _identity_of(self.path)
+        if _file_watch.unsalvaged:
+            _file_watch.retry_copies(_HOST)
+        current, size = _file_watch.stat_of(self.path)
         if current != self._identity:
-            _file_replaced(self, current)
+            how = "deleted" if current is None else "replaced"
+            _file_watch.file_replaced(_HOST, self, current, how)
+        elif size < self._size:
+            # Never its header read to tell a VACUUM from a cut: opening and closing the
+            # file would drop this process's SQLite locks (see _create_file). No VACUUM on
+            # a live file, then (docs/degraded-store.md).
+            _file_watch.file_replaced(_HOST, self, current, "truncated")
+        else:
+            self._size = size
 
     def _track(self, conn: sqlite3.Connection) -> None:
         main_thread = threading.main_thread()
@@ -422,7 +344,30 @@ class Database:
                     with contextlib.suppress(sqlite3.Error):
                         other.close()
             alive.append((weakref.ref(threading.current_thread()), conn))
-            self._connections = alive
+            self._connections[:] = alive  # in place: the finalizer holds this list
+
+    def close_finished(self) -> int:
+        """Close the connections of threads that have ended; return how many.
+
+        A thread's connection is otherwise closed only when another thread opens one
+        (:meth:`_track`); the sender calls this now and then (:meth:`checkpoint`), and
+        the exit hook at the end.
+        """
+        main_thread = threading.main_thread()
+        closed = []
+        with self._connections_lock:
+            alive = []
+            for thread_ref, conn in self._connections:
+                thread = thread_ref()
+                if thread is not None and (thread.is_alive() or thread is main_thread):
+                    alive.append((thread_ref, conn))
+                else:
+                    closed.append(conn)
+            self._connections[:] = alive
+        for conn in closed:
+            with _gate, contextlib.suppress(sqlite3.Error):
+                conn.close()
+        return len(closed)
 
     def reading(self) -> _Reading:
         """This thread's connection, for reads outside a transaction (fork-gated).
@@ -445,6 +390,9 @@ class Database:
                 conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
             conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
+            # Deleted or overwritten content is zeroed, in the page and in freed pages: an
+            # erased user or a dropped body leaves no bytes behind (see scrub()).
+            conn.execute("PRAGMA secure_delete = ON")
             with self._schema_lock:
                 for script in self._schemas:
                     conn.executescript(script)
@@ -468,9 +416,64 @@ class Database:
         if now < self._checkpoint_at:
             return False
         self._checkpoint_at = now + CHECKPOINT_INTERVAL
+        if not getattr(_gate._depth, "n", 0):
+            # Before copying WAL pages into the file: a checkpoint into a truncated file
+            # would grow it back (hiding the cut) and let the WAL be reset after it.
+            self._check_file(force=True)
+        if now >= self._reap_at:
+            self._reap_at = now + REAP_INTERVAL
+            for database in list(_databases):
+                database.close_finished()
+        if _scrub_pending and os.path.abspath(self.path) in _scrub_pending:
+            self.scrub(wait=0.0)
+            return True
         with self.reading() as conn:
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         return True
+
+    def scrub(self, *, wait: float = SCRUB_WAIT) -> bool:
+        """Copy the WAL into the file and truncate it to zero bytes; True once done.
+
+        Called after personal data was deleted (``forget``, retention): the WAL still holds
+        the pages as they were before, and :meth:`checkpoint` (``PASSIVE``) only ever
+        overwrites it. With ``secure_delete`` (every connection) the file itself keeps no
+        freed bytes, so once this returns True nothing deleted is left in any of the
+        file's bytes. A ``TRUNCATE`` checkpoint cannot finish while another connection
+        (any process) reads an older snapshot: this retries for ``wait`` seconds, then
+        leaves it to the next :meth:`checkpoint` of any instance on the same file (the
+        sender's, every :data:`CHECKPOINT_INTERVAL`), which tries again until it is done.
+        """
+        deadline = time.monotonic() + wait
+        key = os.path.abspath(self.path)
+        while True:
+            try:
+                with self.reading() as conn:
+                    # Short waits for the lock here; the loop does the waiting.
+                    conn.execute("PRAGMA busy_timeout = 20")
+                    try:
+                        busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                    finally:
+                        ms = max(1, round(self.busy_timeout * 1000))
+                        conn.execute(f"PRAGMA busy_timeout = {ms}")
+            except (sqlite3.OperationalError, StoreError):
+                busy = 1  # "database is locked" (a writer holds the lock), or cannot open
+            if not busy:
+                if key in _scrub_pending:
+                    logger.info("flask-keen-signup: the WAL of %s is truncated now", self.path)
+                    _scrub_pending.discard(key)
+                return True
+            if time.monotonic() >= deadline:
+                if key not in _scrub_pending and wait > 0:
+                    logger.warning(
+                        "flask-keen-signup: could not truncate the WAL of %s within %.1fs "
+                        "(another connection is reading); deleted data may stay in it until "
+                        "the sender's next checkpoint succeeds",
+                        self.path,
+                        wait,
+                    )
+                _scrub_pending.add(key)
+                return False
+            time.sleep(0.02)
 
     def add_schema(self, script: str) -> None:
         """Register ``CREATE ... IF NOT EXISTS`` statements, run on every new connection.
@@ -504,13 +507,7 @@ class Database:
     def _close_all(self) -> None:
         """Close every connection of this instance, from the forking thread (see the
         module doc). Their threads reopen on next use: the generation has moved on."""
-        with self._connections_lock:
-            connections, self._connections = self._connections, []
-        for _, conn in connections:
-            try:
-                conn.close()
-            except sqlite3.Error:
-                logger.debug("could not close a connection before fork", exc_info=True)
+        _close_connections(self._connections, self._connections_lock)
 
 
 #: The first pause between two tries at the write lock, and the longest, in seconds.
@@ -614,7 +611,7 @@ class _Reading:
     def __enter__(self) -> sqlite3.Connection:
         database = self._database
         if not getattr(_gate._depth, "n", 0):
-            database._check_file()
+            database._check_file(force=getattr(database._local, "conn", None) is None)
         _gate.__enter__()
         try:
             conn = database.connection()
@@ -643,7 +640,7 @@ class _Transaction:
     def __enter__(self) -> sqlite3.Connection:
         database = self._database
         if not getattr(_gate._depth, "n", 0):
-            database._check_file()
+            database._check_file(force=getattr(database._local, "conn", None) is None)
         _gate.__enter__()
         try:
             conn = self._conn = database.connection()
@@ -674,3 +671,28 @@ class _Transaction:
                 raise StoreError(f"cannot commit to {path!r}: {error}") from error
         finally:
             _gate.__exit__()
+
+
+class _Host:
+    """What :mod:`._file_watch` needs of this module (see :class:`._file_watch.Host`)."""
+
+    def close_gate(self) -> None:
+        _gate.close_for_fork()
+
+    def open_gate(self) -> None:
+        _gate.reopen()
+
+    def instances(self) -> list[Database]:
+        return list(_databases)
+
+    def new_generation(self) -> None:
+        global _generation
+        _generation += 1
+
+    def transaction(self, database: Database) -> _Transaction:
+        # The copy is rare and must not fail on the login path's short timeout (only BEGIN
+        # waits for the lock; see _begin_immediate).
+        return _Transaction(database, BUSY_TIMEOUT_MS / 1000)
+
+
+_HOST = _Host()

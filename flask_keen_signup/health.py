@@ -119,6 +119,9 @@ def verdict(
     rounds = health.get("round_errors")
     if isinstance(rounds, int) and rounds > 0:
         degraded.append(f"the sender's last {rounds} round(s) failed: {health.get('last_error')}")
+    damaged = health.get("database_unrecovered")
+    if damaged:
+        degraded.append(str(damaged.get("summary", "rows lost with a damaged database file")))
     age = health.get("oldest_pending_age")
     if isinstance(age, (int, float)):
         if age > thresholds.failing_pending_age:

@@ -79,8 +79,10 @@ def forget(state: SignupState, user_id: str, *, keen: bool = True) -> ForgetRepo
     hashed = state.tracker.claimer.forget(user_id)
     if state.tracker.claimer is not state.store:
         hashed = state.store.forget(user_id) or hashed
-    # A signup of theirs still in the local spool is dropped when drained: the marker
-    # above exists now (created if it did not), so the drain's claim loses.
+    # A signup of theirs still in the local spool would be dropped when drained (the
+    # marker above exists now, so the drain's claim loses); its bytes go now.
+    if state.spool is not None:
+        state.spool.erase(user_id)
     if not keen or not settings.master_key:
         return ForgetReport(erased, hashed, outbox, "not asked")
     from .keen_admin import KeenAdminClient

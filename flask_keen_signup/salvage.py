@@ -1,68 +1,284 @@
-"""What survives when the SQLite file is deleted or replaced under a running app.
+"""What survives when the SQLite file is deleted, replaced or truncated under a running app.
 
-:class:`~flask_keen_signup.database.Database` notices the swap (the inode at its path
-changed) and, before it closes its connections to the old file, hands one of them to
-:func:`salvage`. That reads what the new file needs so that nothing is lost and nobody is
-reported twice: every marker (a user already reported stays reported) and every event still
-waiting to be sent. The returned function writes them into the new file in one
-transaction, with the same rules as a login: a marker is added only where the new file
-has none, and an event only where the new file has no open or finished row for its user.
+:class:`~flask_keen_signup.database.Database` notices it (the inode at its path changed, or
+the file shrank: SQLite never shrinks it here) and, before it closes its connections to the
+old file, hands them to :func:`salvage`. That reads what the new file needs so that nothing
+is lost and nobody is reported twice: every marker (a user already reported stays reported),
+every event still waiting to be sent and every dead letter (the marker of its user survives,
+so the dead letter is the only way its signup can still reach Keen). The returned function
+writes them into the new file in one transaction, with the same rules as a login: a marker
+is added only where the new file has none, an event or a dead letter only where the new file
+has no row with its uniqueness token.
+
+A file truncated in place has lost the pages that were only in it: what the open
+connections still read (the WAL, their page caches) is copied, table by table, trying each
+connection. A table that none of them can read any more is counted against the last
+:func:`take_inventory` (the sender takes one at most every :data:`INVENTORY_INTERVAL`), and
+the count is written into the new file (:func:`unrecovered`): the log, ``health()`` and
+``flask keen-signup status`` say how many queued events, dead letters and markers are gone.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import sqlite3
+import threading
+import time
 import typing as t
 
 _MARKERS = "keen_signup_markers"
 _OUTBOX = "keen_signup_outbox"
+_DEAD = "keen_signup_dead_letters"
+_META = "keen_signup_outbox_meta"
+#: The meta key under which the new file keeps what a salvage could not recover.
+UNRECOVERED_KEY = "unrecovered"
+#: How often (at most) the sender counts the rows a damaged file could lose, in seconds.
+INVENTORY_INTERVAL = 30.0
+
+_COUNTS = {
+    "events": f"SELECT COUNT(*) FROM {_OUTBOX} WHERE state IN ('pending', 'confirming')",
+    "dead_letters": f"SELECT COUNT(*) FROM {_DEAD}",
+    "markers": f"SELECT COUNT(*) FROM {_MARKERS}",
+}
+_READS = {
+    "markers": f"SELECT collection, user_id, state, claimed_at, confirmed_at FROM {_MARKERS}",
+    "events": "SELECT id, collection, user_id, uniqueness_token, body, created_at "
+    f"FROM {_OUTBOX} WHERE state IN ('pending', 'confirming') ORDER BY id",
+    "dead_letters": "SELECT id, collection, user_id, uniqueness_token, body, attempts, "
+    f"created_at, reason, error_code, died_at FROM {_DEAD} ORDER BY id",
+}
+_TABLES = {"markers": _MARKERS, "events": _OUTBOX, "dead_letters": _DEAD}
+_WORDS = {"events": "queued event(s)", "dead_letters": "dead letter(s)", "markers": "marker(s)"}
+
+#: ``{absolute path: (counts, wall-clock time)}`` from the last :func:`take_inventory`.
+_inventory: dict[str, tuple[dict[str, int], float]] = {}
+_inventory_due: dict[str, float] = {}
+_inventory_lock = threading.Lock()
 
 
-def salvage(old: sqlite3.Connection) -> t.Callable[[sqlite3.Connection], str]:
-    """Read the old file's markers and open events; return the writer for the new file."""
-    tables = {
-        name for (name,) in old.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-    }
-    markers: list[tuple[t.Any, ...]] = []
-    events: list[tuple[t.Any, ...]] = []
-    if _MARKERS in tables:
-        markers = old.execute(
-            f"SELECT collection, user_id, state, claimed_at, confirmed_at FROM {_MARKERS}"
-        ).fetchall()
-    if _OUTBOX in tables:
-        events = old.execute(
-            "SELECT collection, user_id, uniqueness_token, body, created_at "
-            f"FROM {_OUTBOX} WHERE state IN ('pending', 'confirming') ORDER BY id"
-        ).fetchall()
+def _path_of(conn: sqlite3.Connection) -> str:
+    for _, name, path in conn.execute("PRAGMA database_list"):
+        if name == "main":
+            return os.path.realpath(str(path))
+    return ""
+
+
+def inventory_due(path: str, *, now: float | None = None) -> bool:
+    """Whether :func:`take_inventory` should count ``path``'s rows now (at most every
+    :data:`INVENTORY_INTERVAL`); if so, the next one is due an interval later."""
+    now = time.monotonic() if now is None else now
+    path = os.path.realpath(path)
+    with _inventory_lock:
+        if now < _inventory_due.get(path, 0.0):
+            return False
+        _inventory_due[path] = now + INVENTORY_INTERVAL
+    return True
+
+
+def take_inventory(conn: sqlite3.Connection) -> None:
+    """Count the rows of ``conn``'s file a salvage would copy. Sender-side only, when
+    :func:`inventory_due` says so (three ``COUNT(*)`` reads, no lock): the login path
+    never pays for it."""
+    path = _path_of(conn)
+    counts: dict[str, int] = {}
+    for key, sql in _COUNTS.items():
+        try:
+            counts[key] = int(conn.execute(sql).fetchone()[0])
+        except sqlite3.Error:  # a table not created yet (the outbox of another backend)
+            counts[key] = 0
+    with _inventory_lock:
+        _inventory[path] = (counts, time.time())
+
+
+def _read(
+    conns: t.Sequence[sqlite3.Connection], key: str
+) -> tuple[list[tuple[t.Any, ...]] | None, str]:
+    """Rows of one table from the first connection that reads all of them, or (None, why)."""
+    why = "no connection"
+    for conn in conns:
+        try:
+            tables = {
+                name
+                for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
+            if _TABLES[key] not in tables:
+                why = "the table is gone"
+                continue
+            return conn.execute(_READS[key]).fetchall(), ""
+        except sqlite3.Error as exc:  # pages cut off by a truncation: try another connection
+            why = str(exc)
+    return None, why
+
+
+def salvage(old: t.Sequence[sqlite3.Connection]) -> t.Callable[[sqlite3.Connection], str]:
+    """Read the old file's markers, open events and dead letters through ``old`` (this
+    process's connections to it); return the writer for the new file."""
+    path = _path_of(old[0]) if old else ""
+    with _inventory_lock:
+        counts, counted_at = _inventory.get(path, ({}, 0.0))
+    rows: dict[str, list[tuple[t.Any, ...]]] = {}
+    lost: dict[str, int] = {}
+    lost_why = ""
+    for key in _READS:
+        got, why = _read(old, key)
+        if got is None:
+            rows[key] = []
+            # Unknown if never counted: at least one row is assumed, never a silent zero.
+            lost[key] = counts.get(key, 1) if counted_at else -1
+            lost_why = why
+        else:
+            rows[key] = got
+    summary_lost = ""
+    if lost:
+        parts = [
+            f"{'an unknown number of' if n < 0 else n} {_WORDS[key]}" for key, n in lost.items()
+        ]
+        age = f"counted {time.time() - counted_at:.0f}s before" if counted_at else "never counted"
+        summary_lost = (
+            f"; NOT RECOVERED (the old file cannot be read: {lost_why}): "
+            f"{', '.join(parts)} ({age})"
+        )
 
     def write(new: sqlite3.Connection) -> str:
-        added_markers = 0
-        for row in markers:
-            cursor = new.execute(
-                f"INSERT INTO {_MARKERS} (collection, user_id, state, claimed_at, confirmed_at) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (collection, user_id) DO NOTHING",
-                row,
-            )
-            added_markers += cursor.rowcount
-        added_events = 0
-        for collection, user_id, token, body, created_at in events:
-            known = new.execute(
-                f"SELECT 1 FROM {_OUTBOX} WHERE uniqueness_token = ? LIMIT 1", (token,)
-            ).fetchone()
-            if known:
-                continue
-            new.execute(
-                f"INSERT INTO {_OUTBOX} (collection, user_id, uniqueness_token, body, "
-                "created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (collection, user_id, token, body, created_at, created_at),
-            )
-            added_events += 1
+        added_markers = _write_markers(new, rows["markers"])
+        added_events = _write_events(new, rows["events"])
+        added_dead = _write_dead_letters(new, rows["dead_letters"])
+        if lost:
+            _record_unrecovered(new, lost)
         return (
-            f"{added_events} of {len(events)} queued event(s) and {added_markers} of "
-            f"{len(markers)} marker(s) copied from the old file"
+            f"{added_events} of {len(rows['events'])} queued event(s), {added_dead} of "
+            f"{len(rows['dead_letters'])} dead letter(s) and {added_markers} of "
+            f"{len(rows['markers'])} marker(s) copied from the old file{summary_lost}"
         )
 
     return write
 
 
-__all__ = ["salvage"]
+def _write_markers(new: sqlite3.Connection, markers: t.Sequence[tuple[t.Any, ...]]) -> int:
+    added = 0
+    for row in markers:
+        cursor = new.execute(
+            f"INSERT INTO {_MARKERS} (collection, user_id, state, claimed_at, confirmed_at) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (collection, user_id) DO NOTHING",
+            row,
+        )
+        added += cursor.rowcount
+    return added
+
+
+def _known(new: sqlite3.Connection, token: str) -> bool:
+    return bool(
+        new.execute(f"SELECT 1 FROM {_OUTBOX} WHERE uniqueness_token = ? LIMIT 1", (token,))
+        .fetchone()
+        or new.execute(f"SELECT 1 FROM {_DEAD} WHERE uniqueness_token = ? LIMIT 1", (token,))
+        .fetchone()
+    )
+
+
+def _top_id(new: sqlite3.Connection, table: str) -> int:
+    ((top,),) = new.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table}").fetchall()
+    return int(top)
+
+
+def _id_for(new: sqlite3.Connection, wanted: int) -> int:
+    """``wanted`` (the row's id in the old file) if no row of the new file has it, else the
+    next id above every row of both tables.
+
+    Keeping the id matters: the sender may have the row in flight when the file changes,
+    and records the outcome by id (``mark_delivered``): under its own id the outcome lands
+    on this row, never on another signup's that took the id in the new file.
+    """
+    taken = new.execute(
+        f"SELECT 1 FROM {_OUTBOX} WHERE id = ? UNION ALL SELECT 1 FROM {_DEAD} WHERE id = ?",
+        (wanted, wanted),
+    ).fetchone()
+    if not taken:
+        return wanted
+    return max(_top_id(new, _OUTBOX), _top_id(new, _DEAD)) + 1
+
+
+def _write_events(new: sqlite3.Connection, events: t.Sequence[tuple[t.Any, ...]]) -> int:
+    added = 0
+    for old_id, collection, user_id, token, body, created_at in events:
+        if _known(new, token):
+            continue
+        new.execute(
+            f"INSERT INTO {_OUTBOX} (id, collection, user_id, uniqueness_token, body, "
+            "created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (_id_for(new, old_id), collection, user_id, token, body, created_at, created_at),
+        )
+        added += 1
+    return added
+
+
+def _write_dead_letters(new: sqlite3.Connection, dead: t.Sequence[tuple[t.Any, ...]]) -> int:
+    """Copy dead letters, under their own ids where the new file has no row with it.
+
+    A dead letter keeps an outbox row's id (``retry-dead`` puts it back under that id), and
+    the outbox never reuses one because its newest row is never deleted (see
+    :mod:`.delivery.sqlite_outbox`): a copy whose id is above every outbox row gets a blank
+    placeholder row in the outbox that keeps the id taken.
+    """
+    added = 0
+    now = time.time()
+    for old_id, collection, user_id, token, body, attempts, created_at, reason, code, died in dead:
+        if _known(new, token):
+            continue
+        row_id = _id_for(new, old_id)
+        new.execute(
+            f"INSERT INTO {_DEAD} (id, collection, user_id, uniqueness_token, body, attempts, "
+            "created_at, reason, error_code, died_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (row_id, collection, user_id, token, body, attempts, created_at, reason, code, died),
+        )
+        if row_id <= _top_id(new, _OUTBOX):
+            added += 1
+            continue
+        new.execute(
+            f"INSERT INTO {_OUTBOX} (id, collection, user_id, uniqueness_token, body, state, "
+            "created_at, next_attempt_at, done_at, last_error) "
+            "VALUES (?, ?, '', '', '', 'skipped', ?, ?, ?, "
+            "'placeholder keeping the id of a dead letter')",
+            (row_id, collection, now, now, now),
+        )
+        added += 1
+    return added
+
+
+def _record_unrecovered(new: sqlite3.Connection, lost: t.Mapping[str, int]) -> None:
+    found = new.execute(f"SELECT value FROM {_META} WHERE key = ?", (UNRECOVERED_KEY,)).fetchone()
+    record: dict[str, t.Any] = json.loads(found[0]) if found else {}
+    for key, count in lost.items():
+        before = int(record.get(key, 0))
+        record[key] = -1 if count < 0 or before < 0 else before + count
+    record["at"] = time.time()
+    new.execute(
+        f"INSERT INTO {_META} (key, value) VALUES (?, ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (UNRECOVERED_KEY, json.dumps(record)),
+    )
+
+
+def unrecovered(conn: sqlite3.Connection) -> dict[str, t.Any] | None:
+    """What salvages of this file could not recover (``{"events": n, "dead_letters": n,
+    "markers": n, "at": time}``, -1 for an unknown count), or None: nothing was lost."""
+    try:
+        found = conn.execute(
+            f"SELECT value FROM {_META} WHERE key = ?", (UNRECOVERED_KEY,)
+        ).fetchone()
+    except sqlite3.Error:
+        return None
+    return t.cast("dict[str, t.Any]", json.loads(found[0])) if found else None
+
+
+def describe_unrecovered(record: t.Mapping[str, t.Any]) -> str:
+    """``record`` (see :func:`unrecovered`) in words, for ``status`` and health."""
+    parts = [
+        f"{'an unknown number of' if int(record[key]) < 0 else int(record[key])} {word}"
+        for key, word in _WORDS.items()
+        if record.get(key)
+    ]
+    return ", ".join(parts) + " lost with a damaged database file"
+
+
+__all__ = ["describe_unrecovered", "inventory_due", "salvage", "take_inventory", "unrecovered"]

@@ -314,7 +314,7 @@ class Spool:
             # Everything up to the last newline is decided: never read again.
             held.offset += len(pending) - len(rest)
             pending = rest
-        if pending:
+        if pending.strip():  # spaces only: an erased last record (see erase())
             report.ignored += 1
             logger.warning(
                 "flask-keen-signup: ignored a torn record (%d bytes) at the end of the spool "
@@ -366,6 +366,61 @@ class Spool:
             decided[0],
             decided[1],
         )
+
+    # -- erasure -------------------------------------------------------------------
+
+    def erase(self, user_id: str) -> int:
+        """Overwrite ``user_id``'s records in every spool file of this app (every
+        process's) with spaces, in place; return how many were erased.
+
+        In place, so the file's other records keep their offsets: a drain in progress (its
+        own process's, or a taker-over's) reads on from where it was, and an appending
+        owner appends after them. The blanked bytes include the record's newline, so the
+        spaces become leading white space of the next record (JSON allows it) and the
+        record count (``stats()``) stays right. Only complete lines are touched.
+        """
+        try:
+            names = sorted(os.listdir(self.directory))
+        except FileNotFoundError:
+            return 0
+        erased = 0
+        for name in names:
+            if name.startswith(self.prefix) and name.endswith(_SUFFIX):
+                erased += self._erase_in(os.path.join(self.directory, name), user_id)
+        return erased
+
+    def _erase_in(self, path: str, user_id: str) -> int:
+        try:
+            fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            return 0
+        erased = 0
+        try:
+            offset, pending = 0, b""
+            while block := os.pread(fd, _READ_BLOCK, offset + len(pending)):
+                pending += block
+                *lines, rest = pending.split(b"\n")
+                for line in lines:
+                    if line.strip() and self._user_of(line) == user_id:
+                        os.pwrite(fd, b" " * (len(line) + 1), offset)
+                        erased += 1
+                    offset += len(line) + 1
+                pending = rest
+            if erased and self.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        return erased
+
+    def _user_of(self, line: bytes) -> str | None:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return None
+        if not isinstance(record, dict) or record.get("c") != self.collection:
+            return None
+        user = record.get("u")
+        return user if isinstance(user, str) else None
 
     # -- status --------------------------------------------------------------------
 

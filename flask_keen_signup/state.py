@@ -139,12 +139,30 @@ def degraded_health(state: SignupState, health: t.Mapping[str, t.Any]) -> dict[s
         else {"how": last.how, "at": last.at, "salvaged": last.salvaged, "count": len(replaced)},
         "not_recorded": 0 if lost is None else lost.count,
         "not_recorded_since": None if lost is None else lost.first_at,
+        "database_unrecovered": _unrecovered(state),
         "ok": spooled == 0
         and (lost is None or lost.count == 0)
         and not health.get("round_errors")
         and health.get("circuit") != "open"
         and (state.sender is None or bool(health.get("running")) or not state.settings.enabled),
     }
+
+
+def _unrecovered(state: SignupState) -> dict[str, t.Any] | None:
+    """What a damaged SQLite file lost for good (see :mod:`.salvage`), or None."""
+    from .database import Database
+    from .salvage import describe_unrecovered
+    from .salvage import unrecovered
+
+    database = getattr(state.outbox, "database", None)
+    if not isinstance(database, Database):  # the outbox is not in the SQLite file
+        return None
+    try:
+        with database.reading() as conn:
+            record = unrecovered(conn)
+    except Exception:  # noqa: BLE001 - the store error is reported by the caller
+        return None
+    return None if record is None else {**record, "summary": describe_unrecovered(record)}
 
 
 def _unhealthy(state: SignupState, exc: Exception) -> dict[str, t.Any]:

@@ -21,6 +21,8 @@ from ..database import SENDER_CHUNK_ROWS
 from ..database import Database
 from ..database import yield_to_writers
 from ..exceptions import StoreError
+from ..salvage import inventory_due
+from ..salvage import take_inventory
 from . import DELIVERED
 from . import SKIPPED
 from . import DeadLetter
@@ -534,11 +536,13 @@ class SQLiteOutbox(Outbox):
         if not self._read(_ANY_BODY, (cutoff,)):
             return 0
         with self._write() as conn:
-            return conn.execute(
+            dropped: int = conn.execute(
                 "UPDATE keen_signup_outbox SET body = '' WHERE state IN ('delivered', "
                 "'skipped') AND body <> '' AND done_at < ?",
                 (cutoff,),
             ).rowcount
+        self.database.scrub()  # the old bodies are still in the WAL (privacy.md)
+        return dropped
 
     def forget_user(
         self, collection: str, user_id: str, *, erased_id: str, now: float | None = None
@@ -564,6 +568,7 @@ class SQLiteOutbox(Outbox):
             ).rowcount
             # The last error may quote the user's event (a dead letter's reason).
             conn.execute("DELETE FROM keen_signup_outbox_meta WHERE key = 'last_error'")
+        self.database.scrub()  # their rows as they were are still in the WAL (privacy.md)
         return ErasedRows(skipped=skipped, erased=erased, dead_letters=dead)
 
     def close(self) -> None:
@@ -580,6 +585,10 @@ class SQLiteOutbox(Outbox):
         """
         try:
             self.database.checkpoint()
+            if inventory_due(self.database.path):
+                # What a damaged file would lose, counted now and then (see salvage).
+                with self.database.reading() as conn:
+                    take_inventory(conn)
         except (sqlite3.Error, StoreError):
             pass
 

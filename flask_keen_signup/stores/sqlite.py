@@ -176,9 +176,10 @@ class SQLiteStore(MarkerStore):
                     # No marker yet (a signup still in the local spool, or none at all):
                     # create the erased one, so a spooled signup is dropped, never sent.
                     conn.execute(_CONFIRM_IF_ABSENT, (self.collection, erased, now, now))
-                return hashed
         except sqlite3.Error as exc:
             raise StoreError(f"cannot forget in the marker ledger: {exc}") from exc
+        self.database.scrub()  # the marker under the raw id is still in the WAL (privacy.md)
+        return hashed
 
     def recent_user_ids(self, states: t.Sequence[str], *, limit: int) -> list[str]:
         """Up to ``limit`` user ids whose marker is in one of ``states``, newest claim first."""

@@ -245,17 +245,33 @@ def _email_key(email: t.Any, connection: str) -> tuple[str, str]:
 
 
 class _UserDatabase:
-    """Write-through persistence of the users in one SQLite file (``database=``)."""
+    """Write-through persistence of the users in one SQLite file (``database=``).
+
+    The connection is closed when the emulator stops (Python 3.13 warns about a connection
+    left to the garbage collector) and opened again on the next use (a restart).
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS users (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
-            "user_id TEXT NOT NULL UNIQUE, data TEXT NOT NULL, password_hash TEXT)"
-        )
+        self._conn: sqlite3.Connection | None = None
+        self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        conn = self._conn
+        if conn is None:
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS users (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+                "user_id TEXT NOT NULL UNIQUE, data TEXT NOT NULL, password_hash TEXT)"
+            )
+            self._conn = conn
+        return conn
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        return self._open()
 
     def load(self) -> list[_Record]:
         rows = self._db.execute("SELECT data, password_hash FROM users ORDER BY seq")
@@ -280,7 +296,12 @@ class _UserDatabase:
         self._db.execute("DELETE FROM users")
 
     def close(self) -> None:
-        self._db.close()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def __del__(self) -> None:
+        self.close()  # never left to the garbage collector (Python 3.13 warns about it)
 
 
 class UserStore:

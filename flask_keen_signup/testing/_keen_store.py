@@ -232,3 +232,10 @@ class SQLiteStore(EventStore):
             if self._db is not None:
                 self._db.close()
                 self._db = None
+
+    def __del__(self) -> None:
+        # Reopened by a read after stop() (events() stays readable): closed with the
+        # emulator, not left to the garbage collector (Python 3.13 warns about that).
+        db, self._db = getattr(self, "_db", None), None
+        if db is not None:
+            db.close()

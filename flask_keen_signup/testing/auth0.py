@@ -158,6 +158,7 @@ class Auth0Emulator:
     def stop(self) -> None:
         """Stop serving. Users and settings are kept; a restart may get another port."""
         self._server.stop()
+        self._tenant.users.close()  # its SQLite file (database=), reopened on next use
 
     def __enter__(self) -> Auth0Emulator:
         return self.start()

@@ -9,7 +9,6 @@ against the Keen emulator, whose fault injection sends these bodies as is.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 import typing as t
 
@@ -17,6 +16,7 @@ import pytest
 import requests
 from _flow import login
 from _flow import quickstart_app
+from _sqlite import open_sqlite
 
 from flask_keen_signup import signup_state
 from flask_keen_signup.delivery._circuit import CircuitBreaker
@@ -134,7 +134,7 @@ def test_an_html_400_storm_then_recovery_delivers_every_signup_once(
         assert len(delivered) == len(users) == len(set(delivered))
         assert set(delivered) == {user["user_id"] for user in auth0.users()}
         sender.shutdown(2)
-    with sqlite3.connect(database) as conn:
+    with open_sqlite(database) as conn:
         assert conn.execute("SELECT COUNT(*) FROM keen_signup_dead_letters").fetchone() == (0,)
 
 

@@ -6,19 +6,18 @@ Authlib flow, the command through Flask's CLI runner.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import datetime as dt
 import gzip
 import io
 import json
 import re
-import sqlite3
 import typing as t
 
 import pytest
 from _flow import login
 from _flow import quickstart_app
+from _sqlite import open_sqlite
 from flask import Flask
 
 from flask_keen_signup import signup_state
@@ -76,7 +75,7 @@ def migrate(app: Flask, *args: str) -> t.Any:
 def ledger_rows(app: Flask) -> tuple[int, int]:
     """(markers, outbox rows) in the app's SQLite file, read with a separate connection."""
     path = app.config["KEEN_SIGNUP_DATABASE"]
-    with contextlib.closing(sqlite3.connect(path)) as conn:
+    with open_sqlite(path) as conn:
         markers = conn.execute("SELECT COUNT(*) FROM keen_signup_markers").fetchone()[0]
         outbox = conn.execute("SELECT COUNT(*) FROM keen_signup_outbox").fetchone()[0]
     return markers, outbox

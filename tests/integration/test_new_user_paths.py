@@ -13,11 +13,11 @@ import contextlib
 import datetime as dt
 import logging
 import os
-import sqlite3
 import threading
 import typing as t
 
 import pytest
+from _sqlite import open_sqlite
 from flask import Flask
 
 from flask_keen_signup import KeenSignup
@@ -74,13 +74,13 @@ def wait_for_known_users_load() -> None:
 def rows(app: Flask) -> list[tuple[str, str]]:
     """(user_id, body) of every outbox row, read through a connection of our own."""
     path = signup_state(app).database.path
-    with sqlite3.connect(path) as conn:
+    with open_sqlite(path) as conn:
         return conn.execute("SELECT user_id, body FROM keen_signup_outbox ORDER BY id").fetchall()
 
 
 def markers(app: Flask) -> list[tuple[str, str]]:
     path = signup_state(app).database.path
-    with sqlite3.connect(path) as conn:
+    with open_sqlite(path) as conn:
         return conn.execute("SELECT user_id, state FROM keen_signup_markers").fetchall()
 
 
@@ -205,7 +205,7 @@ def test_an_event_properties_callback_runs_outside_the_write_lock(
     def plan(claims: t.Mapping[str, t.Any], request: t.Any) -> dict[str, t.Any]:
         # The app's code runs outside the write transaction: the file is not locked.
         database = signup_state(app).database.path
-        with sqlite3.connect(database, timeout=0) as other:
+        with open_sqlite(database, timeout=0) as other:
             other.execute("BEGIN IMMEDIATE")
             other.execute("ROLLBACK")
         seen.append(True)
@@ -254,7 +254,7 @@ def test_since_is_honoured_on_the_new_user_path(
 
 def _claim_at(app: Flask, user_id: str, claimed_at: float, state: str = "pending") -> None:
     path = signup_state(app).database.path
-    with sqlite3.connect(path) as conn:
+    with open_sqlite(path) as conn:
         conn.execute(
             "INSERT INTO keen_signup_markers (collection, user_id, state, claimed_at) "
             "VALUES ('signups', ?, ?, ?)",
@@ -319,8 +319,9 @@ def test_a_ledger_that_cannot_be_read_at_start_is_a_warning(
     for suffix in ("-wal", "-shm"):  # else SQLite may find page 1 in the WAL
         if os.path.exists(state.database.path + suffix):
             os.remove(state.database.path + suffix)
-    with open(state.database.path, "wb") as broken:
-        broken.write(b"not a database" * 100)
+    size = os.path.getsize(state.database.path)
+    with open(state.database.path, "wb") as broken:  # no smaller: not a truncation
+        broken.write(b"not a database" * (size // 14 + 100))
     with caplog.at_level(logging.WARNING, logger="flask_keen_signup"):
         loader = threading.Thread(target=_load_known_users, args=(state.tracker,))
         loader.start()

@@ -14,6 +14,7 @@ import typing as t
 
 import pytest
 from _postgres import POSTGRES_VARIANTS
+from _sqlite import open_sqlite
 
 from flask_keen_signup.database import Database
 from flask_keen_signup.delivery import MemoryOutbox
@@ -443,7 +444,8 @@ def test_a_file_made_with_autoincrement_keeps_working(tmp_path: t.Any) -> None:
         1,
     )
     assert old_schema != sqlite_outbox.SCHEMA
-    Database(path).connection().executescript(old_schema)
+    with open_sqlite(path) as conn:
+        conn.executescript(old_schema)
     box = SQLiteOutbox(Database(path), keep_delivered=False)
     ids = [box.enqueue(event(n)) for n in range(3)]
     rows = box.claim_due(10, now=time.time() + 1, lease_seconds=LEASE, owner="b")
@@ -514,10 +516,8 @@ VALUES ('signups', 'auth0|old', 'tok-old', '{"userId":"auth0|old"}', 7, 1.0, 50.
 
 
 def test_an_sqlite_file_from_an_earlier_release_gains_first_failed_at(tmp_path: t.Any) -> None:
-    import sqlite3
-
     path = str(tmp_path / "old.sqlite3")
-    with sqlite3.connect(path) as conn:
+    with open_sqlite(path) as conn:
         conn.executescript(_OLD_OUTBOX)
     box = SQLiteOutbox(Database(path))
     try:

@@ -12,7 +12,6 @@ their next login is still a returning user.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 import typing as t
 import uuid
@@ -21,6 +20,7 @@ import pytest
 import requests
 from _flow import login
 from _flow import quickstart_app
+from _sqlite import open_sqlite
 from flask import Flask
 
 from flask_keen_signup import signup_state
@@ -74,7 +74,7 @@ def _sqlite(tmp_path: t.Any, request: pytest.FixtureRequest) -> tuple[Outbox, t.
     box = SQLiteOutbox(Database(path))
 
     def rows() -> dict[int, tuple[str, str, str]]:
-        with sqlite3.connect(path) as conn:
+        with open_sqlite(path) as conn:
             found = conn.execute("SELECT id, state, user_id, body FROM keen_signup_outbox")
             return {i: (s, u, b) for i, s, u, b in found}
 
@@ -221,14 +221,14 @@ def test_the_sender_drops_bodies_by_itself(tmp_path: t.Any, keen_signup_keen: Ke
         deadline = time.monotonic() + 30
         bodies: list[str] = []
         while time.monotonic() < deadline:
-            with sqlite3.connect(path) as conn:
+            with open_sqlite(path) as conn:
                 bodies = [b for (b,) in conn.execute("SELECT body FROM keen_signup_outbox")]
             if len(bodies) == 3 and all(b == "" for b in bodies):
                 break
             time.sleep(0.05)
         assert bodies == ["", "", ""]
         assert len(keen_signup_keen.events(COLLECTION)) == 3
-        with sqlite3.connect(path) as conn:
+        with open_sqlite(path) as conn:
             kept = conn.execute(
                 "SELECT id, user_id, state, done_at FROM keen_signup_outbox ORDER BY id"
             ).fetchall()
@@ -263,7 +263,7 @@ def _extract(keen: KeenEmulator) -> list[dict[str, t.Any]]:
 
 def _file_text(path: str) -> str:
     """Every value of every table of the SQLite file, as text."""
-    with sqlite3.connect(path) as conn:
+    with open_sqlite(path) as conn:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         tables = [
             name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
@@ -474,7 +474,7 @@ def test_an_erased_marker_is_found_and_never_claimed_again(
     else:
 
         def user_ids() -> list[str]:
-            with sqlite3.connect(path) as conn:
+            with open_sqlite(path) as conn:
                 return sorted(u for (u,) in conn.execute("SELECT user_id FROM keen_signup_markers"))
 
     assert store.claim("auth0|ada") and store.claim("auth0|bob")

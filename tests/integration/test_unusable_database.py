@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import logging
 import os
-import sqlite3
 import subprocess
 import time
 import typing as t
 
 import pytest
+from _sqlite import open_sqlite
 from flask import Flask
 from hypothesis import HealthCheck
 from hypothesis import example
@@ -27,7 +27,6 @@ from hypothesis import strategies as st
 
 from flask_keen_signup import KeenSignup
 from flask_keen_signup import signup_state
-from flask_keen_signup.database import Database
 from flask_keen_signup.delivery.sqlite_outbox import SCHEMA as OUTBOX_SCHEMA
 from flask_keen_signup.exceptions import ConfigurationError
 from flask_keen_signup.testing import KeenEmulator
@@ -160,7 +159,7 @@ def test_breaking_later_is_one_loud_line_per_episode_and_health_reports_it(
             # Someone's bad restore script replaces the outbox table with another one under
             # the running app. (A plain DROP would heal itself: every new connection runs
             # the CREATE ... IF NOT EXISTS schema.)
-            with sqlite3.connect(path) as conn:
+            with open_sqlite(path) as conn:
                 conn.execute("DROP TABLE keen_signup_outbox")
                 conn.execute("CREATE TABLE keen_signup_outbox (restored_by_mistake INTEGER)")
 
@@ -189,7 +188,7 @@ def test_breaking_later_is_one_loud_line_per_episode_and_health_reports_it(
             assert "pending:           -" in result.output
 
             # Repaired: the next round works, one recovery line, and delivery resumes.
-            with sqlite3.connect(path) as conn:
+            with open_sqlite(path) as conn:
                 conn.execute("DROP TABLE keen_signup_outbox")
                 conn.executescript(OUTBOX_SCHEMA)
             deadline = time.monotonic() + 10
@@ -216,7 +215,8 @@ def test_health_of_a_database_gone_bad_without_a_sender_thread(tmp_path: t.Any) 
     state = signup_state(app)
     state.sender.stop(timeout=2)
     try:
-        Database(path).connection().execute("DROP TABLE keen_signup_dead_letters")
+        with open_sqlite(path) as conn:
+            conn.execute("DROP TABLE keen_signup_dead_letters")
         health = signup.health(app)
         assert health["store_error"] and health["dead"] is None
     finally:

@@ -26,6 +26,7 @@ import typing as t
 
 import pytest
 from _paths import sibling
+from _sqlite import open_sqlite
 from _waits import wait_for
 
 from flask_keen_signup import signup_state
@@ -283,7 +284,7 @@ def test_the_database_file_swapped_under_the_app_is_noticed_reopened_and_deliver
     assert set(counts) == set(ids.values()) and set(counts.values()) == {1}
     assert len(messages(caplog, f"was {how} under the running app")) == 1
     assert os.path.exists(database)
-    with sqlite3.connect(database) as conn:  # everything now lives in the file at the path
+    with open_sqlite(database) as conn:  # everything now lives in the file at the path
         users = {r[0] for r in conn.execute("SELECT user_id FROM keen_signup_markers")}
     assert users == set(ids.values())
 
