@@ -50,6 +50,7 @@ if t.TYPE_CHECKING:  # pragma: no cover
 
     from .auth0 import ManagementClient
     from .backends import Parts
+    from .delivery.outcomes import Notify
     from .delivery.sender import Sender
     from .keen import KeenClient
 
@@ -552,7 +553,7 @@ def _status_of(rv: t.Any) -> int:
     return 200
 
 
-def _notifier(app: Flask) -> t.Callable[[str, dict[str, t.Any]], None]:
+def _notifier(app: Flask) -> Notify:
     """``notify(kind, payload)``: the metrics' counter (:mod:`.metrics`), then the signal."""
     counter_for = metrics.counter_for
 
@@ -661,7 +662,7 @@ def _build_sender(
     settings: Settings,
     parts: Parts,
     client: KeenClient,
-    notify: t.Callable[[str, dict[str, t.Any]], None],
+    notify: Notify,
     management: ManagementClient | None = None,
 ) -> Sender:
     from .delivery.sender import Sender
