@@ -41,8 +41,7 @@ def remove_created_database(state: SignupState) -> bool:
     created = database_module.created_paths
     if path not in created:
         return False  # it was there before: the dry run only read it
-    if state.sender is not None:
-        state.sender.shutdown(timeout=1.0)
+    state.sender.shutdown(timeout=1.0)
     for thread in threading.enumerate():
         if thread.name in _STARTUP_THREADS:
             thread.join(timeout=5.0)

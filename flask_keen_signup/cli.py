@@ -161,8 +161,6 @@ def flush_command(timeout: float) -> None:
 
     state = _state()
     sender = state.sender
-    if sender is None:
-        raise click.ClickException("no sender is configured")
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     counts = {"delivered": 0, "dead": 0}
 
@@ -210,8 +208,7 @@ def retry_dead_command(ids: tuple[int, ...]) -> None:
     """Move dead letters back to the outbox (after fixing what made Keen refuse them)."""
     state = _state()
     moved = state.outbox.retry_dead(list(ids) or None)
-    if state.sender is not None:
-        state.sender.wake()
+    state.sender.wake()
     click.echo(f"moved {moved} dead letter(s) back to the outbox")
     if ids and moved < len(ids):
         raise click.ClickException(f"{len(ids) - moved} id(s) were not dead letters")
@@ -355,7 +352,7 @@ def migrate_command(
     if dry_run:
         _leave_no_file(state)
     queued = migration.report.reported
-    if queued and not dry_run and state.sender is not None:
+    if queued and not dry_run:
         left = state.sender.flush(timeout=flush_timeout)
         click.echo(
             f"sent {queued - min(left, queued)} of {queued} reported signup(s) now"

@@ -215,6 +215,25 @@ def _as_number(
     return number
 
 
+#: The sender's numeric keys: (key, default, minimum, maximum, integer). Each sets the
+#: :class:`Settings` field named after it (``KEEN_SIGNUP_BATCH_SIZE``: ``batch_size``).
+_SENDER_NUMBERS: tuple[tuple[str, float, float, float, bool], ...] = (
+    ("KEEN_SIGNUP_BATCH_SIZE", DEFAULT_BATCH_SIZE, 1, MAX_BATCH_SIZE, True),
+    ("KEEN_SIGNUP_FLUSH_INTERVAL", DEFAULT_FLUSH_INTERVAL, 0.01, MAX_FLUSH_INTERVAL, False),
+    ("KEEN_SIGNUP_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, 1, MAX_ATTEMPTS, True),
+    ("KEEN_SIGNUP_SHUTDOWN_TIMEOUT", DEFAULT_SHUTDOWN_TIMEOUT, 0, MAX_SHUTDOWN_TIMEOUT, False),
+)
+
+
+def _sender_numbers(c: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
+    """:data:`_SENDER_NUMBERS` read and checked in order; integers come back as ``int``."""
+    numbers: dict[str, t.Any] = {}
+    for key, default, low, high, integer in _SENDER_NUMBERS:
+        number = _as_number(key, c.get(key, default), minimum=low, maximum=high, integer=integer)
+        numbers[key.removeprefix("KEEN_SIGNUP_").lower()] = int(number) if integer else number
+    return numbers
+
+
 def as_store_timeout(value: object, key: str = "KEEN_SIGNUP_STORE_TIMEOUT") -> float:
     """``KEEN_SIGNUP_STORE_TIMEOUT``: finite seconds in (0, :data:`MAX_STORE_TIMEOUT`]."""
     number = _as_number(key, value, minimum=0.0, maximum=MAX_STORE_TIMEOUT)
@@ -508,36 +527,7 @@ def load_settings(app: Flask) -> Settings:
             for a in _as_list("KEEN_SIGNUP_ADDONS", c.get("KEEN_SIGNUP_ADDONS", []))
         ),
         timeout=_as_timeout("KEEN_SIGNUP_TIMEOUT", c.get("KEEN_SIGNUP_TIMEOUT", DEFAULT_TIMEOUT)),
-        batch_size=int(
-            _as_number(
-                "KEEN_SIGNUP_BATCH_SIZE",
-                c.get("KEEN_SIGNUP_BATCH_SIZE", DEFAULT_BATCH_SIZE),
-                minimum=1,
-                maximum=MAX_BATCH_SIZE,
-                integer=True,
-            )
-        ),
-        flush_interval=_as_number(
-            "KEEN_SIGNUP_FLUSH_INTERVAL",
-            c.get("KEEN_SIGNUP_FLUSH_INTERVAL", DEFAULT_FLUSH_INTERVAL),
-            minimum=0.01,
-            maximum=MAX_FLUSH_INTERVAL,
-        ),
-        max_attempts=int(
-            _as_number(
-                "KEEN_SIGNUP_MAX_ATTEMPTS",
-                c.get("KEEN_SIGNUP_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS),
-                minimum=1,
-                maximum=MAX_ATTEMPTS,
-                integer=True,
-            )
-        ),
-        shutdown_timeout=_as_number(
-            "KEEN_SIGNUP_SHUTDOWN_TIMEOUT",
-            c.get("KEEN_SIGNUP_SHUTDOWN_TIMEOUT", DEFAULT_SHUTDOWN_TIMEOUT),
-            minimum=0,
-            maximum=MAX_SHUTDOWN_TIMEOUT,
-        ),
+        **_sender_numbers(c),  # batch_size, flush_interval, max_attempts, shutdown_timeout
         keep_delivered=_as_bool(
             "KEEN_SIGNUP_KEEP_DELIVERED", c.get("KEEN_SIGNUP_KEEP_DELIVERED", True)
         ),

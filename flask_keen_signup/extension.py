@@ -50,6 +50,7 @@ if t.TYPE_CHECKING:  # pragma: no cover
 
     from .auth0 import ManagementClient
     from .backends import Parts
+    from .delivery.outcomes import Notify
     from .delivery.sender import Sender
     from .keen import KeenClient
 
@@ -140,7 +141,7 @@ class KeenSignup:
             # Before the sender starts: its first pass may deliver what the outbox holds
             # (another process's signups, a recycled worker's) and must count it.
             metrics.start_counting(app)
-        if state.sender is not None and settings.enabled:
+        if settings.enabled:
             state.sender.start()
         if settings.enabled and state.tracker.known is not None and shutdown.forks_from_c():
             _load_known_users(state.tracker)  # a uWSGI master: no thread here (see shutdown)
@@ -277,10 +278,7 @@ class KeenSignup:
         wait): no deadline; NaN or negative: 0. ``app`` is needed only for an instance on
         several apps, outside an app context (as for every method).
         """
-        sender = signup_state(self._app_for(app, "flush(app=app)")).sender
-        if sender is None:
-            raise RuntimeError("no sender is configured for this app")
-        return sender.flush(timeout=timeout)
+        return signup_state(self._app_for(app, "flush(app=app)")).sender.flush(timeout=timeout)
 
     def health(self, app: Flask | None = None) -> dict[str, t.Any]:
         """The delivery state, for an app's ``/healthz`` and ``flask keen-signup status``.
@@ -555,7 +553,7 @@ def _status_of(rv: t.Any) -> int:
     return 200
 
 
-def _notifier(app: Flask) -> t.Callable[[str, dict[str, t.Any]], None]:
+def _notifier(app: Flask) -> Notify:
     """``notify(kind, payload)``: the metrics' counter (:mod:`.metrics`), then the signal."""
     counter_for = metrics.counter_for
 
@@ -617,14 +615,13 @@ def _build_state(app: Flask, settings: Settings) -> SignupState:
     # The remote store looks created_at up itself; otherwise the Management API may.
     resolver = _since_resolver(settings) if parts.remote is None else None
     sender = _build_sender(settings, parts, client, notify, resolver)
-    if sender is not None:
-        sender.drain = SpoolDrainer(
-            spool,
-            parts.drain_claimer,
-            parts.outbox,
-            notify,
-            claim_and_enqueue_many=parts.claim_and_enqueue_many,
-        )
+    sender.drain = SpoolDrainer(
+        spool,
+        parts.drain_claimer,
+        parts.outbox,
+        notify,
+        claim_and_enqueue_many=parts.claim_and_enqueue_many,
+    )
     tracker = Tracker(
         settings,
         parts=parts,
@@ -633,7 +630,7 @@ def _build_state(app: Flask, settings: Settings) -> SignupState:
         notify=notify,
         spool=spool,
     )
-    if sender is not None and parts.wake_on_notify is not None:  # postgres: LISTEN/NOTIFY
+    if parts.wake_on_notify is not None:  # postgres: LISTEN/NOTIFY
         parts.wake_on_notify(sender.wake)
     return SignupState(
         settings=settings,
@@ -665,9 +662,9 @@ def _build_sender(
     settings: Settings,
     parts: Parts,
     client: KeenClient,
-    notify: t.Callable[[str, dict[str, t.Any]], None],
+    notify: Notify,
     management: ManagementClient | None = None,
-) -> Sender | None:
+) -> Sender:
     from .delivery.sender import Sender
     from .hooks import MarkerHooks
 

@@ -23,10 +23,9 @@ from .stores import MarkerStore
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from .backends import ClaimAndEnqueueMany
+    from .delivery.outcomes import Notify
 
 logger = logging.getLogger(__name__)
-
-Notify = t.Callable[[str, dict[str, t.Any]], None]
 
 
 def decider(

@@ -47,7 +47,7 @@ class SignupState:
     client: KeenClient
     outbox: Outbox
     database: Database
-    sender: Sender | None
+    sender: Sender
     store: MarkerStore
     #: The backend's parts (:mod:`.backends`): what the store and outbox can do.
     parts: Parts
@@ -89,25 +89,17 @@ def health_of(state: SignupState) -> dict[str, t.Any]:
     says what is wrong (``None`` when the store answers).
     """
     try:
-        if state.sender is None:
-            health = {
-                **dataclasses.asdict(state.outbox.stats()),
-                "circuit": "-",
-                "running": False,
-                "store_error": None,
-            }
-        else:
-            status = state.sender.status()
-            health = {
-                **dataclasses.asdict(status.outbox),
-                "circuit": status.circuit,
-                "circuit_until": status.circuit_until,
-                "circuit_since": status.circuit_since,
-                "last_error": status.last_error,
-                "round_errors": status.round_errors,
-                "running": status.running,
-                "store_error": None,
-            }
+        status = state.sender.status()
+        health = {
+            **dataclasses.asdict(status.outbox),
+            "circuit": status.circuit,
+            "circuit_until": status.circuit_until,
+            "circuit_since": status.circuit_since,
+            "last_error": status.last_error,
+            "round_errors": status.round_errors,
+            "running": status.running,
+            "store_error": None,
+        }
     except Exception as exc:  # noqa: BLE001 - a health check reports, it does not raise
         health = _unhealthy(state, exc)
     degraded = degraded_health(state, health)
@@ -144,7 +136,7 @@ def degraded_health(state: SignupState, health: t.Mapping[str, t.Any]) -> dict[s
         and (lost is None or lost.count == 0)
         and not health.get("round_errors")
         and health.get("circuit") != "open"
-        and (state.sender is None or bool(health.get("running")) or not state.settings.enabled),
+        and (bool(health.get("running")) or not state.settings.enabled),
     }
 
 
@@ -168,12 +160,11 @@ def _unrecovered(state: SignupState) -> dict[str, t.Any] | None:
 def _unhealthy(state: SignupState, exc: Exception) -> dict[str, t.Any]:
     from .delivery import OutboxStats
 
-    sender = state.sender
     return {
         **{field.name: None for field in dataclasses.fields(OutboxStats)},
         "circuit": "-",
         "circuit_until": None,
         "last_error": printable(str(exc), limit=500),
-        "running": bool(sender is not None and sender.running),
+        "running": bool(state.sender.running),
         "store_error": f"{type(exc).__name__}: {printable(str(exc), limit=500)}",
     }

@@ -38,14 +38,13 @@ from .stores import MarkerStore
 if t.TYPE_CHECKING:  # pragma: no cover
     from .backends import Parts
     from .config import Settings
+    from .delivery.outcomes import Notify
     from .delivery.sender import Sender
     from .keen import KeenClient
     from .spool import Spool
 
 logger = logging.getLogger(__name__)
 
-#: ``notify(kind, payload)``: the extension turns these into blinker signals.
-Notify = t.Callable[[str, dict[str, t.Any]], None]
 #: Returns ``(ip, user_agent)`` of the current request. Called only for a new user, so a
 #: returning user pays nothing for reading request headers.
 RequestFacts = t.Callable[[], tuple[str | None, str | None]]

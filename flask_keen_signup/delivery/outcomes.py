@@ -35,7 +35,9 @@ from ._circuit import CircuitBreaker
 
 logger = logging.getLogger(__name__)
 
-#: ``notify(kind, payload)`` for ``delivered``, ``failed`` and ``dead``.
+#: ``notify(kind, payload)``: what happened to a signup (``recorded``, ``delivered``,
+#: ``failed``, ``dead``...); the extension turns these into blinker signals. The one
+#: definition: the tracker, the spool drainer and the sender all take one.
 Notify = t.Callable[[str, dict[str, t.Any]], None]
 
 #: The reason recorded when Keen's answer has no result for an event.

@@ -34,6 +34,11 @@ import threading
 import time
 import typing as t
 
+from ..config import DEFAULT_BATCH_SIZE
+from ..config import DEFAULT_FLUSH_INTERVAL
+from ..config import DEFAULT_MAX_ATTEMPTS
+from ..config import DEFAULT_RETRY_FOR
+from ..config import DEFAULT_SHUTDOWN_TIMEOUT
 from ..exceptions import StoreError
 from ..keen import MAX_REQUEST_BYTES
 from ..keen import KeenClient
@@ -70,8 +75,6 @@ DEFAULT_PROBE_SIZE = 10
 DEFAULT_LINGER = 0.1
 #: Seconds between two retention passes (dropping delivered bodies, see ``retention``).
 RETENTION_CHECK_INTERVAL = 60.0
-#: Seconds a retryable failure is retried, from its first failure: 3 days.
-DEFAULT_RETRY_FOR = 3 * 24 * 3600.0
 #: A flush with no deadline (``timeout=None`` or ``inf``) still waits at most this long at
 #: once (``Event.wait`` cannot take ``inf``); it loops until the flush is done.
 _LONGEST_WAIT = 3600.0
@@ -79,13 +82,17 @@ _LONGEST_WAIT = 3600.0
 
 @dataclasses.dataclass(frozen=True)
 class Tuning:
-    """The sender's numbers, checked once (see :class:`Sender` for each one's meaning)."""
+    """The sender's numbers, checked once (see :class:`Sender` for each one's meaning).
 
-    batch_size: int = 500
-    flush_interval: float = 0.5
-    max_attempts: int = 30
+    Each default is written once: here, or in :mod:`flask_keen_signup.config` for those
+    an app sets (``KEEN_SIGNUP_*``); :class:`Sender`'s keyword arguments default to these.
+    """
+
+    batch_size: int = DEFAULT_BATCH_SIZE
+    flush_interval: float = DEFAULT_FLUSH_INTERVAL
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
     retry_for: float = DEFAULT_RETRY_FOR
-    shutdown_timeout: float = 5.0
+    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
     max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
     backoff_base: float = 1.0
     backoff_cap: float = 300.0
@@ -192,28 +199,28 @@ class Sender:
         outbox: Outbox,
         client: KeenClient,
         *,
-        collection_batch_size: int = 500,
-        flush_interval: float = 0.5,
-        max_attempts: int = 30,
-        retry_for: float = DEFAULT_RETRY_FOR,
-        shutdown_timeout: float = 5.0,
-        max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+        collection_batch_size: int = Tuning.batch_size,
+        flush_interval: float = Tuning.flush_interval,
+        max_attempts: int = Tuning.max_attempts,
+        retry_for: float = Tuning.retry_for,
+        shutdown_timeout: float = Tuning.shutdown_timeout,
+        max_batch_bytes: int = Tuning.max_batch_bytes,
         hooks: DeliveryHooks | None = None,
         notify: Notify | None = None,
         name: str = "flask-keen-signup-sender",
-        backoff_base: float = 1.0,
-        backoff_cap: float = 300.0,
-        lease_seconds: float = 120.0,
-        circuit_threshold: int = 3,
-        circuit_cooldown: float = 5.0,
-        circuit_cap: float = 60.0,
-        probe_size: int = DEFAULT_PROBE_SIZE,
+        backoff_base: float = Tuning.backoff_base,
+        backoff_cap: float = Tuning.backoff_cap,
+        lease_seconds: float = Tuning.lease_seconds,
+        circuit_threshold: int = Tuning.circuit_threshold,
+        circuit_cooldown: float = Tuning.circuit_cooldown,
+        circuit_cap: float = Tuning.circuit_cap,
+        probe_size: int = Tuning.probe_size,
         handle_signals: bool = True,
         rng: random.Random | None = None,
-        linger: float = DEFAULT_LINGER,
+        linger: float = Tuning.linger,
         drain: t.Callable[[], int] | None = None,
-        retention: float | None = None,
-        retention_check_interval: float = RETENTION_CHECK_INTERVAL,
+        retention: float | None = Tuning.retention,
+        retention_check_interval: float = Tuning.retention_check_interval,
     ) -> None:
         self.tuning = Tuning(
             batch_size=collection_batch_size,

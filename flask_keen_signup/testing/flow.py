@@ -50,9 +50,6 @@ def deliver(app: Flask, timeout: float = 30.0) -> None:
     """Send everything the app's outbox holds now; fail if anything is left."""
     from ..state import signup_state
 
-    sender = signup_state(app).sender
-    if sender is None:
-        raise AssertionError("the app has no sender to flush")
-    left = sender.flush(timeout=timeout)
+    left = signup_state(app).sender.flush(timeout=timeout)
     if left:
         raise AssertionError(f"{left} signup(s) still queued after {timeout} s")

@@ -153,6 +153,4 @@ def keen_signup_import(
         if app is not None and "keen_signup" in getattr(app, "extensions", {}):
             from ..state import signup_state
 
-            sender = signup_state(app).sender
-            if sender is not None:
-                sender.stop()
+            signup_state(app).sender.stop()
