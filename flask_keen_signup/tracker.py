@@ -160,7 +160,7 @@ class Tracker:
         *,
         parts: Parts,
         client: KeenClient,
-        sender: Sender | None,
+        sender: Sender,
         notify: Notify,
         clock: t.Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
         spool: Spool | None = None,
@@ -382,8 +382,7 @@ class Tracker:
             self._remember(user_id)
             return TrackOutcome.RETURNING
         self._remember(user_id)
-        if self.sender is not None:
-            self.sender.wake()
+        self.sender.wake()
         self.notify("recorded", {"user_id": user_id, "event": event})
         return TrackOutcome.QUEUED
 
@@ -500,5 +499,4 @@ class Tracker:
         logger.log(level, "signup not delivered in the request (%s); queued for retry", exc)
         self.notify("failed", {"user_id": user_id, "event": event, "error": exc, "attempts": 1})
         self.outbox.enqueue(self._queued(user_id, event))
-        if self.sender is not None:
-            self.sender.wake()
+        self.sender.wake()
