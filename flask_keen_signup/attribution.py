@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-import re
 import time
 import typing as t
 from urllib.parse import parse_qs
@@ -41,9 +40,11 @@ from urllib.parse import urlsplit
 from flask import request
 from flask import session
 
-from .events import keen_text
-from .events import sanitize_properties
+from ._text import keen_text
+from ._text import spaced
+from ._text import valid_unicode
 from .exceptions import ConfigurationError
+from .sanitize import sanitize_properties
 
 try:  # The request context's ContextVar: ~15x cheaper than the ``request`` proxy, and the
     # hook runs on every request. Private to Flask; without it the proxy is used.
@@ -80,9 +81,6 @@ MAX_PATH_LENGTH = 256
 #: the usual 30 days of analytics tools); ``KEEN_SIGNUP_ATTRIBUTION_MAX_AGE`` changes it.
 DEFAULT_MAX_AGE = 30 * 24 * 3600.0
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
-#: Lone surrogates cannot be encoded to UTF-8: the session cookie (or the event) would fail.
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,13 +133,12 @@ def load_attribution_settings(app: Flask, addons: t.Sequence[str] = ()) -> Attri
 def clean(value: object, limit: int) -> str | None:
     """``value`` without control characters or lone surrogates, stripped and cut to
     ``limit``; ``None`` if nothing usable is left. Controls become a space, bidi
-    overrides and isolates U+FFFD (:func:`.events.keen_text`)."""
+    overrides and isolates U+FFFD (:mod:`._text`); lone surrogates, which the session
+    cookie could not encode, U+FFFD too."""
     if not isinstance(value, str):
         return None
-    text = keen_text(_CONTROL.sub(" ", value)).strip()[:limit].strip()
-    if not text.isascii():
-        text = _SURROGATE.sub("\ufffd", text)
-    return text or None
+    text = keen_text(spaced(value)).strip()[:limit].strip()
+    return valid_unicode(text)[0] or None
 
 
 def host_of(url: str) -> str | None:

@@ -20,9 +20,9 @@ from urllib.parse import quote
 from ._http import SessionClient
 from ._http import check_timeout
 from ._http import new_session
+from ._text import keen_text
 from .config import DEFAULT_API_URL
 from .config import DEFAULT_TIMEOUT
-from .events import keen_text
 from .keen import KEEN_SDK
 from .keen import USER_AGENT
 from .keen import _KeyAuth
@@ -65,7 +65,7 @@ class KeenAdminClient(SessionClient):
     def delete_user_events(self, collection: str, user_id: str, *, property_name: str) -> None:
         """Delete every event of ``collection`` whose ``property_name`` equals ``user_id``.
 
-        ``user_id`` is looked for as the event builder sent it (:func:`.events.keen_text`:
+        ``user_id`` is looked for as the event builder sent it (:func:`._text.keen_text`:
         a ``sub`` with control or bidi characters reached Keen with them replaced).
         """
         value = keen_text(user_id)
