@@ -43,7 +43,6 @@ from flask import session
 from ._text import keen_text
 from ._text import spaced
 from ._text import valid_unicode
-from .exceptions import ConfigurationError
 from .sanitize import sanitize_properties
 
 try:  # The request context's ContextVar: ~15x cheaper than the ``request`` proxy, and the
@@ -80,6 +79,7 @@ MAX_PATH_LENGTH = 256
 #: A first touch older than this when the signup comes is dropped (an attribution window,
 #: the usual 30 days of analytics tools); ``KEEN_SIGNUP_ATTRIBUTION_MAX_AGE`` changes it.
 DEFAULT_MAX_AGE = 30 * 24 * 3600.0
+_LIMITS = {"referrer": MAX_URL_LENGTH, "landing": MAX_PATH_LENGTH}
 
 
 
@@ -117,8 +117,6 @@ def load_attribution_settings(app: Flask, addons: t.Sequence[str] = ()) -> Attri
     seconds = _as_number(
         "KEEN_SIGNUP_ATTRIBUTION_MAX_AGE", max_age, minimum=1, maximum=MAX_RETENTION
     )
-    if seconds == float("inf"):
-        raise ConfigurationError("KEEN_SIGNUP_ATTRIBUTION_MAX_AGE must be finite")
     return AttributionSettings(
         enabled=enabled,
         ignore_hosts=tuple(h.strip().lower() for h in hosts if h.strip()),
@@ -227,13 +225,7 @@ def event_attribution(
         return None
     out: dict[str, t.Any] = {}
     for field in FIELDS:
-        if field == "referrer":
-            limit = MAX_URL_LENGTH
-        elif field == "landing":
-            limit = MAX_PATH_LENGTH
-        else:
-            limit = MAX_VALUE_LENGTH
-        value = clean(stored.get(field), limit)
+        value = clean(stored.get(field), _LIMITS.get(field, MAX_VALUE_LENGTH))
         if value is not None:
             out[field] = value
     if not out:
@@ -277,20 +269,15 @@ class AttributionCapture:
             self._ignored = self.settings.ignore_hosts + identity_provider_hosts(self.app)
         return self._ignored
 
-    def before_request(self) -> None:
-        """Keep the first touch of this browser. Never raises into the request."""
-        environ = _current_environ()
-        if is_candidate(environ):
-            self.capture(environ)
-
     def hook(self) -> t.Callable[[], None]:
-        """:meth:`before_request` as a plain function, for ``app.before_request``: Flask's
-        per-hook dispatch (``ensure_sync``) costs about a third for a function of what it
-        costs for a bound method, and it runs on every request."""
+        """The ``before_request`` hook that keeps the first touch of this browser (never
+        raises into the request). A plain function: Flask's per-hook dispatch
+        (``ensure_sync``) costs about a third for a function of what it costs for a bound
+        method, and it runs on every request."""
         capture = self.capture
 
         def keen_signup_attribution() -> None:
-            environ = _current_environ()
+            environ = request_context().request.environ
             if is_candidate(environ):
                 capture(environ)
 
@@ -299,23 +286,19 @@ class AttributionCapture:
     def capture(self, environ: dict[str, t.Any]) -> None:
         """The slow path, for requests with ``utm_`` or a Referer from another host."""
         try:
-            self._capture(request, environ.get("QUERY_STRING", ""), environ.get("HTTP_REFERER"))
+            if SESSION_KEY in session:
+                return  # first touch wins
+            view = self.app.view_functions.get(request.endpoint) if request.endpoint else None
+            if getattr(view, "_keen_signup_tracked", False):
+                return  # the login callback: its Referer is the identity provider
+            own_host = host_of(f"http://{request.host}/") or ""
+            query = environ.get("QUERY_STRING", "")
+            referer = environ.get("HTTP_REFERER")
+            touch = parse_touch(query, referer, request.path, own_host, self.ignored_hosts())
+            if touch is not None:
+                session[SESSION_KEY] = {**touch, "at": int(time.time())}
         except Exception:  # noqa: BLE001 - analytics must never break a page
             logger.warning("signup attribution not captured", exc_info=True)
-
-    def _capture(self, request: t.Any, query: str, referer: str | None) -> None:
-        if SESSION_KEY in session:
-            return  # first touch wins
-        view = self.app.view_functions.get(request.endpoint) if request.endpoint else None
-        if getattr(view, "_keen_signup_tracked", False):
-            return  # the login callback: its Referer is the identity provider
-        touch = parse_touch(
-            query, referer, request.path, host_of(f"http://{request.host}/") or "",
-            self.ignored_hosts(),
-        )
-        if touch is None:
-            return
-        session[SESSION_KEY] = {**touch, "at": int(time.time())}
 
     def event_properties(self) -> dict[str, t.Any] | None:
         """``attribution`` and ``signup_intent`` for the current request's signup, or
@@ -421,14 +404,6 @@ def is_candidate(environ: t.Mapping[str, t.Any]) -> bool:
     return True
 
 
-def _current_environ() -> dict[str, t.Any]:
-    var: t.Any = _request_var
-    if var is not None:
-        environ: dict[str, t.Any] = var.get().request.environ
-        return environ
-    return request.environ
-
-
 def identity_provider_hosts(app: Flask) -> tuple[str, ...]:
     """The hosts of the app's Authlib clients (their metadata, authorize and token URLs),
     plus ``AUTH0_DOMAIN`` and ``KEEN_SIGNUP_AUTH0_DOMAIN`` when set.
@@ -436,16 +411,13 @@ def identity_provider_hosts(app: Flask) -> tuple[str, ...]:
     Authlib keeps its registry in private attributes; when they change this finds fewer
     hosts, and ``KEEN_SIGNUP_ATTRIBUTION_IGNORE_HOSTS`` still applies.
     """
-    hosts: set[str] = set()
+    urls: list[object] = []
     for key in ("AUTH0_DOMAIN", "KEEN_SIGNUP_AUTH0_DOMAIN"):
         domain = app.config.get(key)
-        if isinstance(domain, str) and domain.strip():
+        if isinstance(domain, str):
             text = domain.strip()  # a bare host, or a URL (the emulator's http://...)
-            host = host_of(text if "://" in text else f"https://{text}")
-            if host:
-                hosts.add(host)
+            urls.append(text if "://" in text else f"https://{text}")
     oauth = app.extensions.get("authlib.integrations.flask_client")
-    urls: list[object] = []
     try:
         for _, kwargs in getattr(oauth, "_registry", {}).values():
             for name in ("server_metadata_url", "authorize_url", "access_token_url"):
@@ -458,9 +430,5 @@ def identity_provider_hosts(app: Flask) -> tuple[str, ...]:
             urls.append(metadata.get("issuer"))
     except Exception:  # noqa: BLE001 - Authlib's internals changed: fall back to config
         logger.debug("cannot read the Authlib client registry", exc_info=True)
-    for url in urls:
-        if isinstance(url, str):
-            host = host_of(url)
-            if host:
-                hosts.add(host)
-    return tuple(sorted(hosts))
+    hosts = {host_of(url) for url in urls if isinstance(url, str)}
+    return tuple(sorted(host for host in hosts if host))
