@@ -1,30 +1,22 @@
 """Signup attribution: where the browser that signed up came from (first touch).
 
-Growth teams ask one question of a signup first: which campaign, page or referrer brought
-it. The Rule could not answer (it ran inside Auth0, after the browser had left the app);
-the app can. A ``before_request`` hook looks at every request for UTM parameters
-(``utm_source`` -> ``source``, ...) and an external ``Referer``; the *first* request of a
-browser that carries either is kept in that browser's Flask session, with its path (the
-landing page), until the browser's signup event carries it as ``attribution`` (DESIGN §3).
+A ``before_request`` hook looks at every request for UTM parameters (``utm_source`` ->
+``source``, ...) and an external ``Referer``; the *first* request of a browser that carries
+either is kept in that browser's Flask session, with its path (the landing page), until the
+browser's signup event carries it as ``attribution`` (DESIGN §3, docs/attribution.md).
 
-The hook costs nothing measurable on ordinary requests: it returns after two ``environ``
-lookups and a substring test when the query string has no ``utm_`` and there is no
-``Referer`` from another host (``bench/attribution.py`` measures it). It never counts as
-external a ``Referer`` from the app's own host, from the identity provider (the callback
-request's ``Referer`` is the IdP's login page: the hosts of the app's Authlib clients are
-learnt from their registration, plus ``KEEN_SIGNUP_ATTRIBUTION_IGNORE_HOSTS``), nor any
-request to a ``@signup.track`` view. What is kept is what the browser sent: values are
-cleaned of control characters and capped (:data:`MAX_VALUE_LENGTH`, :data:`MAX_URL_LENGTH`,
-:data:`MAX_PATH_LENGTH`) so the session cookie stays small, and sanitised again by the event
-builder's rules when the event is built. The query string of the landing page is not kept
-(it may carry tokens or personal data); its UTM parameters are.
+The hook returns after two ``environ`` lookups and a substring test on ordinary requests
+(``bench/attribution_metrics.py``). A ``Referer`` from the app's own host or from the
+identity provider (the hosts of the app's Authlib clients, plus
+``KEEN_SIGNUP_ATTRIBUTION_IGNORE_HOSTS``) is not external, and a request to a
+``@signup.track`` view is never a touch. Values are cleaned of control characters and capped
+so the session cookie stays small, and sanitised again when the event is built; the landing
+page's query string is not kept (it may carry tokens), its UTM parameters are.
 
-The Auth0 signup intent: when the app passed ``screen_hint=signup`` to
-``authorize_redirect``, Authlib keeps the authorize URL in the session under its state key
-until the callback; ``@signup.track`` reads it there before the view runs (one session
-lookup, on the callback only) and the event says ``signup_intent: true`` (``false`` when
-the authorize URL had no such hint; absent when it cannot be seen, e.g. with an Authlib
-cache, or with ``track_claims`` called without ``@track``).
+The signup intent: with ``authorize_redirect(..., screen_hint="signup")``, Authlib keeps the
+authorize URL in the session under its state key until the callback; ``@signup.track`` reads
+it there before the view runs, and the event says ``signup_intent: true`` (``false`` without
+the hint; absent when it cannot be seen).
 """
 
 from __future__ import annotations
@@ -60,16 +52,10 @@ logger = logging.getLogger(__name__)
 SESSION_KEY = "_keen_signup_attribution"
 #: Request environ key where ``@signup.track`` leaves the signup intent it observed.
 INTENT_KEY = "flask_keen_signup.signup_intent"
-#: UTM query parameter -> attribution field.
-UTM_FIELDS: tuple[tuple[str, str], ...] = (
-    ("utm_source", "source"),
-    ("utm_medium", "medium"),
-    ("utm_campaign", "campaign"),
-    ("utm_term", "term"),
-    ("utm_content", "content"),
-)
 #: Every field an ``attribution`` object may have, in order.
 FIELDS = ("source", "medium", "campaign", "term", "content", "referrer", "landing")
+#: UTM query parameter -> attribution field (``utm_source`` -> ``source``, ...).
+UTM_FIELDS = tuple((f"utm_{field}", field) for field in FIELDS[:5])
 #: Longest UTM value kept (real campaign tags are a few dozen characters).
 MAX_VALUE_LENGTH = 128
 #: Longest ``referrer`` kept.
@@ -80,7 +66,6 @@ MAX_PATH_LENGTH = 256
 #: the usual 30 days of analytics tools); ``KEEN_SIGNUP_ATTRIBUTION_MAX_AGE`` changes it.
 DEFAULT_MAX_AGE = 30 * 24 * 3600.0
 _LIMITS = {"referrer": MAX_URL_LENGTH, "landing": MAX_PATH_LENGTH}
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,13 +138,9 @@ def host_of(url: str) -> str | None:
 
 def host_matches(host: str, patterns: t.Iterable[str]) -> bool:
     """Whether ``host`` is one of ``patterns`` (``.example.com`` matches its subdomains)."""
-    for pattern in patterns:
-        if pattern.startswith("."):
-            if host == pattern[1:] or host.endswith(pattern):
-                return True
-        elif host == pattern:
-            return True
-    return False
+    return any(
+        host == p or (p.startswith(".") and (host == p[1:] or host.endswith(p))) for p in patterns
+    )
 
 
 def parse_touch(
@@ -169,14 +150,9 @@ def parse_touch(
     own_host: str,
     ignored_hosts: t.Iterable[str] = (),
 ) -> dict[str, str] | None:
-    """The attribution one request carries, or ``None`` when it carries none.
-
-    :param query_string: the raw query string (``QUERY_STRING``).
-    :param referer: the ``Referer`` header, if any.
-    :param path: the request path (the landing page).
-    :param own_host: the app's host name as the browser addressed it (no port).
-    :param ignored_hosts: hosts never counted as external (the IdP's, configured ones).
-    """
+    """The attribution one request carries, or ``None`` when it carries none: from the raw
+    ``QUERY_STRING``, the ``Referer`` and the path (the landing page); ``own_host`` (as
+    the browser addressed it, no port) and ``ignored_hosts`` are not external referrers."""
     touch: dict[str, str] = {}
     if "utm_" in query_string:
         try:
@@ -188,16 +164,11 @@ def parse_touch(
             value = clean(values[0], MAX_VALUE_LENGTH) if values else None
             if value is not None:
                 touch[field] = value
-    if referer:
-        host = host_of(referer.strip())
-        if (
-            host is not None
-            and host != own_host.lower()
-            and not host_matches(host, ignored_hosts)
-        ):
-            url = clean(referer, MAX_URL_LENGTH)
-            if url is not None:
-                touch["referrer"] = url
+    host = host_of(referer.strip()) if referer else None
+    if host and host != own_host.lower() and not host_matches(host, ignored_hosts):
+        url = clean(referer, MAX_URL_LENGTH)
+        if url is not None:
+            touch["referrer"] = url
     if not touch:
         return None
     touch["landing"] = clean(path, MAX_PATH_LENGTH) or "/"
@@ -406,11 +377,8 @@ def is_candidate(environ: t.Mapping[str, t.Any]) -> bool:
 
 def identity_provider_hosts(app: Flask) -> tuple[str, ...]:
     """The hosts of the app's Authlib clients (their metadata, authorize and token URLs),
-    plus ``AUTH0_DOMAIN`` and ``KEEN_SIGNUP_AUTH0_DOMAIN`` when set.
-
-    Authlib keeps its registry in private attributes; when they change this finds fewer
-    hosts, and ``KEEN_SIGNUP_ATTRIBUTION_IGNORE_HOSTS`` still applies.
-    """
+    plus ``AUTH0_DOMAIN`` and ``KEEN_SIGNUP_AUTH0_DOMAIN`` when set. (Authlib's registry is
+    private: should it change, ``KEEN_SIGNUP_ATTRIBUTION_IGNORE_HOSTS`` still applies.)"""
     urls: list[object] = []
     for key in ("AUTH0_DOMAIN", "KEEN_SIGNUP_AUTH0_DOMAIN"):
         domain = app.config.get(key)
@@ -419,15 +387,13 @@ def identity_provider_hosts(app: Flask) -> tuple[str, ...]:
             urls.append(text if "://" in text else f"https://{text}")
     oauth = app.extensions.get("authlib.integrations.flask_client")
     try:
+        names = ("server_metadata_url", "authorize_url", "access_token_url")
         for _, kwargs in getattr(oauth, "_registry", {}).values():
-            for name in ("server_metadata_url", "authorize_url", "access_token_url"):
-                urls.append(kwargs.get(name))
+            urls.extend(kwargs.get(name) for name in names)
         for client in getattr(oauth, "_clients", {}).values():
-            for name in ("server_metadata_url", "authorize_url", "access_token_url"):
-                urls.append(getattr(client, name, None))
+            urls.extend(getattr(client, name, None) for name in names)
             metadata = getattr(client, "server_metadata", None) or {}
-            urls.append(metadata.get("authorization_endpoint"))
-            urls.append(metadata.get("issuer"))
+            urls += [metadata.get("authorization_endpoint"), metadata.get("issuer")]
     except Exception:  # noqa: BLE001 - Authlib's internals changed: fall back to config
         logger.debug("cannot read the Authlib client registry", exc_info=True)
     hosts = {host_of(url) for url in urls if isinstance(url, str)}
