@@ -35,7 +35,6 @@ from flask import session
 from ._text import keen_text
 from ._text import spaced
 from ._text import valid_unicode
-from .sanitize import sanitize_properties
 
 try:  # The request context's ContextVar: ~15x cheaper than the ``request`` proxy, and the
     # hook runs on every request. Private to Flask; without it the proxy is used.
@@ -185,8 +184,9 @@ def event_attribution(
     """The ``attribution`` property for a signup from what the session holds, or ``None``.
 
     The session is signed, but what it holds came from a URL: only the known fields with
-    string values are kept, re-capped, and passed through the event sanitiser's rules.
-    ``url_root`` (``request.url_root``) adds ``landing_url`` for Keen's URL add-ons.
+    string values are kept and cleaned again (:func:`clean`); the event builder sanitises
+    them once more with the rest of the event. ``url_root`` (``request.url_root``) adds
+    ``landing_url`` for Keen's URL add-ons.
     """
     if not isinstance(stored, dict):
         return None
@@ -204,7 +204,7 @@ def event_attribution(
     if url_root and "landing" in out:
         landing = out["landing"]
         out["landing_url"] = url_root.rstrip("/") + (landing if landing.startswith("/") else "/")
-    return sanitize_properties(out, log=logger) or None
+    return out
 
 
 def intent_of_authorize_url(url: object) -> bool | None:

@@ -2,16 +2,14 @@
 
 Nothing here touches Flask, the network or the clock (``now`` is passed in), so the same
 function builds the event for a live signup, a retry and a backfill, and tests need no app.
+It runs on the login request path, so it is cheap: one pass over the allow-listed claims,
+and properties Keen accepts as they are skip the per-property sanitiser.
 
-The builder runs on the login request path, so it is cheap: one pass over the allow-listed
-claims, no deep copies beyond the sanitised output, regular expressions compiled once.
-
-Whatever the input, the event it returns passes Keen's validation (the rules the Keen
-emulator enforces too, docs/keen-emulator.md): Keen rejects an invalid event *permanently*
-(400), and a rejected signup is a lost signup, so the builder repairs or drops what Keen
-would refuse (:mod:`.sanitize`) and says so in the log, naming the property but never its
-value (claim values are personal data). Timestamps are :mod:`.timestamps`' and the text
-rule (no control or bidi characters) is :func:`._text.keen_text`; all are public here.
+Whatever the input, the event passes Keen's validation: Keen rejects an invalid event
+*permanently* (400), and a rejected signup is a lost signup, so what Keen would refuse is
+repaired or dropped (:mod:`.sanitize`) and logged by property name, never value (claims are
+personal data). Timestamps are :mod:`.timestamps`'; the text rule (no control or bidi
+characters) is :func:`._text.keen_text`. All their public names are importable from here.
 """
 
 from __future__ import annotations
@@ -111,10 +109,9 @@ def uniqueness_token(collection: str, user_id: str) -> str:
 def connection_of(user_id: str) -> str | None:
     """Return the identity-provider prefix of an Auth0 ``sub``, or ``None`` if it has none.
 
-    ``"google-oauth2|123"`` -> ``"google-oauth2"``, ``"auth0|abc"`` -> ``"auth0"``. The Rule
-    reported ``context.connection``; the ID token has no such claim, but Auth0's user ids
-    start with the provider (strategy), which answers the same question ("how did they sign
-    up?") without a Management API call on the login path.
+    ``"google-oauth2|123"`` -> ``"google-oauth2"``. The Rule reported ``context.connection``;
+    the ID token has no such claim, but Auth0's user ids start with the provider (strategy),
+    which answers the same question without a Management API call on the login path.
     """
     head, sep, _ = user_id.partition("|")
     return head if sep and head else None
@@ -123,12 +120,9 @@ def connection_of(user_id: str) -> str | None:
 def anonymize_ip(ip: str) -> str | None:
     """Return ``ip`` with its host part zeroed, or ``None`` if it is not an IP address.
 
-    IPv4 loses its last octet (``203.0.113.7`` -> ``203.0.113.0``), IPv6 its last 80 bits
-    (``2001:db8:1:2:3:4:5:6`` -> ``2001:db8:1::``), the usual analytics convention: enough
-    for a country or city, not for a household. An IPv4-mapped IPv6 address
-    (``::ffff:203.0.113.7``) is the IPv4 client behind a dual-stack socket: it is anonymised
-    as IPv4 and returned in IPv4 form (zeroing 80 bits of it would erase the whole address).
-    A zone id (``fe80::1%eth0``) is host-local and dropped.
+    IPv4 loses its last octet, IPv6 its last 80 bits: enough for a country or city, not for
+    a household. An IPv4-mapped IPv6 address (``::ffff:203.0.113.7``) is anonymised and
+    returned as the IPv4 it is (80 zero bits would erase it); a zone id is dropped.
     """
     text: object = ip  # checked at run time: callers pass request data
     if not isinstance(text, str):
@@ -149,9 +143,8 @@ def anonymize_ip(ip: str) -> str | None:
 def user_id_of(claims: Mapping[str, t.Any]) -> str:
     """The user id (``sub``) of validated ID-token ``claims``, checked to be usable.
 
-    Checked before anything is stored or built: the id is the marker's key and the event's
-    ``userId``, so it must be a non-empty string, valid Unicode (SQLite and JSON need
-    UTF-8) and within Keen's string limit.
+    The id is the marker's key and the event's ``userId``: a non-empty string, valid
+    Unicode (SQLite and JSON need UTF-8) and within Keen's string limit.
 
     :raises InvalidClaimsError: naming the problem, never the value.
     """
@@ -188,26 +181,14 @@ def build_signup_event(
 ) -> dict[str, t.Any]:
     """Build the Keen ``signup`` event for the user the validated ID-token ``claims`` describe.
 
-    :param claims: the validated ID-token claims (``token["userinfo"]``); ``sub`` is required.
-    :param collection: the Keen collection; part of the uniqueness token.
-    :param ip: the client address (``request.remote_addr``), or ``None``.
-    :param user_agent: the ``User-Agent`` header, or ``None``.
-    :param claim_names: the allow-list (``KEEN_SIGNUP_CLAIMS``). Only these claims leave
-        the app, and only when present: a missing claim is omitted, never sent as null.
-        ``email`` is sent only if listed.
-    :param ip_mode: ``full`` sends ``ip`` as given, ``anonymize`` zeroes its host part,
-        ``none`` sends no IP at all. An invalid address is never sent.
-    :param addons: ``ip_to_geo``, ``ua_parser``, ``referrer_parser``, ``url_parser``; each
-        is added only when its input properties are in the event, since Keen fails an event
-        whose add-on input is missing (the URL parsers read ``attribution``).
-    :param created_at: the user's creation time when known; else ``now`` is the timestamp.
-    :param now: the callback time, injected so the builder stays pure.
-    :param extra: the app's ``@signup.event_properties`` result, sanitised, then merged over
-        the claims. The builder's own fields (``userId``, ``ip``, ``connection``,
-        ``user_agent``, ``keen`` and active add-on outputs) always win: a colliding claim or
-        extra key is dropped with a log line.
-    :param user_id: ``claims["sub"]`` already checked by :func:`user_id_of` (the tracker
-        checks it before anything else); checked here when not given.
+    Every argument and property is described in docs/events.md. In short: only the claims
+    of ``claim_names`` (``KEEN_SIGNUP_CLAIMS``) that are present leave the app; ``ip_mode``
+    is ``full``, ``anonymize`` or ``none`` (an invalid address is never sent); an add-on is
+    added only when its input is in the event; ``created_at``, when known, is the timestamp,
+    else ``now`` (injected: the builder stays pure); ``extra`` (``@signup.event_properties``)
+    is sanitised and merged over the claims, and the builder's own fields always win.
+    ``user_id`` is ``claims["sub"]`` already checked by :func:`user_id_of`.
+
     :raises InvalidClaimsError: ``claims`` is not a mapping, or ``sub`` is missing, empty,
         not a string, or too long for Keen. The message names keys, never values.
     """
