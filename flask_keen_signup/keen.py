@@ -306,7 +306,8 @@ class KeenClient(_KeenProject):
         :raises ValueError, TypeError: the event cannot be encoded (:func:`encode_event`).
         """
         try:
-            self._post(self.event_url(collection), encode_event(event))
+            body = encode_event(event)
+            self._request("POST", self.event_url(collection), request_bytes=len(body), data=body)
         except KeenAPIError as exc:
             if exc.status_code == 409 and exc.error_code in DUPLICATE_EVENT_ERRORS:
                 logger.debug(
@@ -340,58 +341,45 @@ class KeenClient(_KeenProject):
         """
         if body is None:
             body = encode_batch(batch)
-        response = self._post(self._events_url, body)
+        response = self._request("POST", self._events_url, request_bytes=len(body), data=body)
         results = batch_results(batch, response, self._auth._key)
         return BatchResult(results=results, request_bytes=len(body))
 
-    def _post(self, url: str, body: bytes) -> requests.Response:
-        return self._request("POST", url, request_bytes=len(body), data=body)
-
 
 def _api_error(response: requests.Response, key: str, request_bytes: int) -> KeenAPIError:
-    status = response.status_code
-    error_code, message, from_keen = _read_error_body(response, key)
-    if status == 413:
-        return KeenRequestTooLargeError(error_code, message, request_bytes=request_bytes)
-    retryable = (
-        status in RETRYABLE_STATUSES
-        or 500 <= status < 600
-        # Not Keen's verdict (see the module doc): transient, whatever the status.
-        or not from_keen
-    )
-    retry_after = parse_retry_after(response.headers.get("Retry-After")) if retryable else None
-    return KeenAPIError(status, error_code, message, retryable=retryable, retry_after=retry_after)
-
-
-def _read_error_body(response: requests.Response, key: str) -> tuple[str, str, bool]:
-    """Keen's ``(error_code, message, True)``, or ``(str(status), excerpt, False)``.
-
-    Every text is an :func:`._http.excerpt` with ``key`` masked, should a server or proxy
-    ever echo it back.
-
-    The fallback mirrors Keen's Python client, which uses the status as the code when an
-    nginx or load-balancer page comes back instead of Keen's JSON. The flag says whether
-    the body was Keen's own error shape (a JSON object with a string ``error_code``).
+    """The exception for a non-2xx answer, with Keen's error code and message when the body
+    is Keen's own error shape (a JSON object with a string ``error_code``), else the status
+    as the code (as Keen's Python client does for an nginx or load-balancer page) and an
+    excerpt of what came back. Every text is an :func:`._http.excerpt` with ``key`` masked,
+    should a server or proxy ever echo it back.
     """
+    status = response.status_code
     secrets = (key,)
     text = response.content.decode("utf-8", errors="replace")
     try:
-        data = json.loads(text)
+        data: t.Any = json.loads(text)
     except ValueError:
         data = None
-    if isinstance(data, dict) and isinstance(data.get("error_code"), str) and data["error_code"]:
+    from_keen = isinstance(data, dict) and isinstance(data.get("error_code"), str)
+    if from_keen and data["error_code"]:
         message = data.get("message")
-        return (
-            excerpt(data["error_code"], 100, secrets=secrets),
-            excerpt(message if isinstance(message, str) else "", secrets=secrets),
-            True,
-        )
-    reason = response.reason if isinstance(response.reason, str) else ""
-    reason = excerpt(reason, 100, secrets=secrets)
-    body = excerpt(text, secrets=secrets)
-    if data is None:
-        kind = response.headers.get("Content-Type", "no content type").split(";")[0]
-        what = f"(not a Keen error body, {kind})" + (f": {body}" if body else " (empty body)")
+        error_code = excerpt(data["error_code"], 100, secrets=secrets)
+        message = excerpt(message if isinstance(message, str) else "", secrets=secrets)
     else:
-        what = f"(unexpected JSON error body): {body}"
-    return str(response.status_code), excerpt(f"{reason} {what}".strip(), secrets=secrets), False
+        from_keen = False
+        reason = response.reason if isinstance(response.reason, str) else ""
+        reason = excerpt(reason, 100, secrets=secrets)
+        body = excerpt(text, secrets=secrets)
+        if data is None:
+            kind = response.headers.get("Content-Type", "no content type").split(";")[0]
+            what = f"(not a Keen error body, {kind})" + (f": {body}" if body else " (empty body)")
+        else:
+            what = f"(unexpected JSON error body): {body}"
+        error_code = str(status)
+        message = excerpt(f"{reason} {what}".strip(), secrets=secrets)
+    if status == 413:
+        return KeenRequestTooLargeError(error_code, message, request_bytes=request_bytes)
+    # Not Keen's verdict (see the module doc): transient, whatever the status.
+    retryable = status in RETRYABLE_STATUSES or 500 <= status < 600 or not from_keen
+    retry_after = parse_retry_after(response.headers.get("Retry-After")) if retryable else None
+    return KeenAPIError(status, error_code, message, retryable=retryable, retry_after=retry_after)
