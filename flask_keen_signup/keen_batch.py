@@ -222,7 +222,6 @@ def split_by_size(
     return chunks
 
 
-
 def batch_results(
     batch: t.Mapping[str, t.Sequence[t.Mapping[str, t.Any]]],
     response: requests.Response,
