@@ -14,9 +14,10 @@ behave on the wire, and that lives here, once:
 * :func:`describe_network_error`, a secret-free description of why no answer came;
 * :func:`server_wait` and :func:`parse_retry_after`, the wait a server asked for, capped
   at :data:`MAX_RETRY_AFTER`;
-* :func:`redact` and :func:`excerpt`, which turn remote error text into one short, safe
-  line with every secret masked: the caller's, and every one the process registered
-  (:func:`._text.register_secret`: the configured keys, passwords and tokens);
+* :func:`excerpt`, which turns remote error text into one short, safe line with every
+  secret masked (:func:`._text.mask_secrets`): the caller's, and every one the process
+  registered, since a server may echo *any* key the app holds (a 401 to the master key
+  quoting the write key);
 * :func:`header_value_problem`, why a key cannot travel in a header (checked at
   ``init_app``, so that no ``http.client`` error ever quotes it).
 """
@@ -38,6 +39,7 @@ from requests.adapters import HTTPAdapter
 from ._text import MASK as MASK  # re-exported: what a secret is replaced with
 from ._text import mask_secrets
 from ._text import printable
+from ._text import spaced
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Iterable
@@ -66,7 +68,6 @@ EXCERPT_CHARS = 300
 
 _TAG_RE = re.compile(r"<(script|style)\b.*?</\1\s*>|<[^>]*>", re.IGNORECASE | re.DOTALL)
 _SPACE_RE = re.compile(r"\s+")
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 # --------------------------------------------------------------------------- sessions
@@ -212,9 +213,7 @@ def parse_retry_after(
     :returns: seconds to wait, clamped to ``[0, MAX_RETRY_AFTER]``, or ``None`` when the
         header is absent or unreadable (the caller then uses its own backoff).
     """
-    if value is None:
-        return None
-    text = value.strip()
+    text = (value or "").strip()
     if not text:
         return None
     seconds: float
@@ -268,18 +267,6 @@ def _epoch(now: dt.datetime | float | None) -> float:
 # --------------------------------------------------------------------------- remote text
 
 
-def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
-    """``text`` with every non-empty secret of ``secrets`` and every registered one
-    (:func:`._text.register_secret`) replaced by :data:`MASK`.
-
-    For remote text that may echo a key or token back (a proxy's error page, a misbehaving
-    server): it is masked before it reaches a message, a log or a dead-letter reason. A
-    server may echo *any* key the app holds (a 401 to the master key quoting the write
-    key), hence the registry, not only the key of the request.
-    """
-    return mask_secrets(text, secrets)
-
-
 def header_value_problem(value: str) -> str | None:
     """Why ``value`` cannot be sent as an HTTP header value (``Authorization``), or ``None``.
 
@@ -309,12 +296,8 @@ def excerpt(text: str, limit: int = EXCERPT_CHARS, *, secrets: Iterable[str | No
     masked before the cut (so no half of one survives it) and again after decoding.
     """
     secrets = tuple(secrets)
-    text = redact(text, secrets)
-    text = _TAG_RE.sub(" ", text)
-    text = html.unescape(text)
-    text = _CONTROL_RE.sub(" ", text)
-    text = _SPACE_RE.sub(" ", text).strip()
-    text = redact(text, secrets)
+    text = html.unescape(_TAG_RE.sub(" ", mask_secrets(text, secrets)))
+    text = mask_secrets(_SPACE_RE.sub(" ", spaced(text)).strip(), secrets)
     if len(text) > limit:
         text = text[: limit - 1].rstrip() + "…"
     return printable(text, limit=None)

@@ -12,6 +12,10 @@ Keen keys, the Auth0 client secret, database and Redis passwords, Management API
 text from outside (an error page, a driver's message, a URL) may echo one back, and this
 module is where such text becomes a line of a log, a CLI answer or an exception message
 (directly, or through :func:`._http.excerpt`).
+
+What is *sent to Keen* is not escaped but replaced (:func:`keen_text`, DESIGN §3): the one
+place where control and bidi characters are taken out of event text, used by the event
+builder's sanitiser, the attribution hook and ``forget``.
 """
 
 from __future__ import annotations
@@ -33,6 +37,17 @@ _UNSAFE_RE = re.compile("[\\x00-\\x1f\\x7f-\\x9f\\\\\u2028\u2029]")
 #: the fast test below finds a non-ASCII character).
 _UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
+
+#: What no string sent to Keen carries (DESIGN §3): C0 controls but tab, DEL, C1 controls,
+#: the bidi embeddings and overrides (U+202A-U+202E) and isolates (U+2066-U+2069). People
+#: read this data in terminals, where ESC sequences recolour, retitle or write the
+#: clipboard (OSC 52), and in spreadsheets, where U+202E shows text backwards. CRLF is one
+#: match so that it becomes one space.
+KEEN_UNSAFE_RE = re.compile("\r\n|[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+#: These become a space (a name on two lines is still a name); the others U+FFFD.
+_LINE_BREAKS = frozenset({"\r\n", "\n", "\r", "\x0b", "\x0c", "\x85"})
+#: Runs of C0 and C1 controls (tab included), for :func:`spaced`.
+_CONTROLS_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 
 #: Default maximum length, in characters, of what :func:`printable` returns.
 DEFAULT_LIMIT = 200
@@ -144,3 +159,47 @@ def printable(text: object, *, limit: int | None = DEFAULT_LIMIT) -> str:
         suffix = f"…({original} chars)"
         text = text[: max(0, limit - len(suffix))] + suffix
     return text
+
+
+def _replacement(match: re.Match[str]) -> str:
+    return " " if match.group() in _LINE_BREAKS else "\ufffd"
+
+
+def keen_text(text: str) -> str:
+    """``text`` as it is sent to Keen: control and bidi characters replaced, visibly.
+
+    Line breaks (CR, LF, CRLF, VT, FF, NEL) become a space; every other C0 control (tab
+    is kept), DEL, C1 control and bidi embedding, override or isolate character becomes
+    U+FFFD, as invalid Unicode already does. Replaced rather than removed: removing ESC
+    from ``ESC ] 52 ; c ; …`` would leave the rest looking like data, and a reader
+    should see that something was there. The event builder applies it to every string
+    and property name; ``forget`` applies it to the ``userId`` it looks for. Returns
+    ``text`` itself when nothing is replaced.
+    """
+    if KEEN_UNSAFE_RE.search(text) is None:
+        return text
+    return KEEN_UNSAFE_RE.sub(_replacement, text)
+
+
+def spaced(text: str) -> str:
+    """``text`` with each run of C0 or C1 control characters (tab too) made one space: for
+    text kept on one line (the attribution hook, :func:`._http.excerpt`)."""
+    return _CONTROLS_RE.sub(" ", text)
+
+
+def valid_unicode(text: str) -> tuple[str, bool]:
+    """``text`` as valid Unicode (lone surrogates -> U+FFFD) and whether it changed.
+
+    A JSON ID token may carry ``"\\ud800"``; Python decodes it to a lone surrogate, which
+    cannot be encoded as UTF-8 and would make the outbox, the session cookie or the HTTP
+    client raise.
+    """
+    if text.isascii():
+        return text, False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # Pairs stored as two lone halves are joined back by the UTF-16 round trip; what
+        # remains unpaired becomes U+FFFD.
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace"), True
+    return text, False

@@ -1,30 +1,22 @@
 """Signup attribution: where the browser that signed up came from (first touch).
 
-Growth teams ask one question of a signup first: which campaign, page or referrer brought
-it. The Rule could not answer (it ran inside Auth0, after the browser had left the app);
-the app can. A ``before_request`` hook looks at every request for UTM parameters
-(``utm_source`` -> ``source``, ...) and an external ``Referer``; the *first* request of a
-browser that carries either is kept in that browser's Flask session, with its path (the
-landing page), until the browser's signup event carries it as ``attribution`` (DESIGN §3).
+A ``before_request`` hook looks at every request for UTM parameters (``utm_source`` ->
+``source``, ...) and an external ``Referer``; the *first* request of a browser that carries
+either is kept in that browser's Flask session, with its path (the landing page), until the
+browser's signup event carries it as ``attribution`` (DESIGN §3, docs/attribution.md).
 
-The hook costs nothing measurable on ordinary requests: it returns after two ``environ``
-lookups and a substring test when the query string has no ``utm_`` and there is no
-``Referer`` from another host (``bench/attribution.py`` measures it). It never counts as
-external a ``Referer`` from the app's own host, from the identity provider (the callback
-request's ``Referer`` is the IdP's login page: the hosts of the app's Authlib clients are
-learnt from their registration, plus ``KEEN_SIGNUP_ATTRIBUTION_IGNORE_HOSTS``), nor any
-request to a ``@signup.track`` view. What is kept is what the browser sent: values are
-cleaned of control characters and capped (:data:`MAX_VALUE_LENGTH`, :data:`MAX_URL_LENGTH`,
-:data:`MAX_PATH_LENGTH`) so the session cookie stays small, and sanitised again by the event
-builder's rules when the event is built. The query string of the landing page is not kept
-(it may carry tokens or personal data); its UTM parameters are.
+The hook returns after two ``environ`` lookups and a substring test on ordinary requests
+(``bench/attribution_metrics.py``). A ``Referer`` from the app's own host or from the
+identity provider (the hosts of the app's Authlib clients, plus
+``KEEN_SIGNUP_ATTRIBUTION_IGNORE_HOSTS``) is not external, and a request to a
+``@signup.track`` view is never a touch. Values are cleaned of control characters and capped
+so the session cookie stays small, and sanitised again when the event is built; the landing
+page's query string is not kept (it may carry tokens), its UTM parameters are.
 
-The Auth0 signup intent: when the app passed ``screen_hint=signup`` to
-``authorize_redirect``, Authlib keeps the authorize URL in the session under its state key
-until the callback; ``@signup.track`` reads it there before the view runs (one session
-lookup, on the callback only) and the event says ``signup_intent: true`` (``false`` when
-the authorize URL had no such hint; absent when it cannot be seen, e.g. with an Authlib
-cache, or with ``track_claims`` called without ``@track``).
+The signup intent: with ``authorize_redirect(..., screen_hint="signup")``, Authlib keeps the
+authorize URL in the session under its state key until the callback; ``@signup.track`` reads
+it there before the view runs, and the event says ``signup_intent: true`` (``false`` without
+the hint; absent when it cannot be seen).
 """
 
 from __future__ import annotations
@@ -32,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-import re
 import time
 import typing as t
 from urllib.parse import parse_qs
@@ -41,9 +32,9 @@ from urllib.parse import urlsplit
 from flask import request
 from flask import session
 
-from .events import keen_text
-from .events import sanitize_properties
-from .exceptions import ConfigurationError
+from ._text import keen_text
+from ._text import spaced
+from ._text import valid_unicode
 
 try:  # The request context's ContextVar: ~15x cheaper than the ``request`` proxy, and the
     # hook runs on every request. Private to Flask; without it the proxy is used.
@@ -60,16 +51,10 @@ logger = logging.getLogger(__name__)
 SESSION_KEY = "_keen_signup_attribution"
 #: Request environ key where ``@signup.track`` leaves the signup intent it observed.
 INTENT_KEY = "flask_keen_signup.signup_intent"
-#: UTM query parameter -> attribution field.
-UTM_FIELDS: tuple[tuple[str, str], ...] = (
-    ("utm_source", "source"),
-    ("utm_medium", "medium"),
-    ("utm_campaign", "campaign"),
-    ("utm_term", "term"),
-    ("utm_content", "content"),
-)
 #: Every field an ``attribution`` object may have, in order.
 FIELDS = ("source", "medium", "campaign", "term", "content", "referrer", "landing")
+#: UTM query parameter -> attribution field (``utm_source`` -> ``source``, ...).
+UTM_FIELDS = tuple((f"utm_{field}", field) for field in FIELDS[:5])
 #: Longest UTM value kept (real campaign tags are a few dozen characters).
 MAX_VALUE_LENGTH = 128
 #: Longest ``referrer`` kept.
@@ -79,10 +64,7 @@ MAX_PATH_LENGTH = 256
 #: A first touch older than this when the signup comes is dropped (an attribution window,
 #: the usual 30 days of analytics tools); ``KEEN_SIGNUP_ATTRIBUTION_MAX_AGE`` changes it.
 DEFAULT_MAX_AGE = 30 * 24 * 3600.0
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
-#: Lone surrogates cannot be encoded to UTF-8: the session cookie (or the event) would fail.
-_SURROGATE = re.compile("[\ud800-\udfff]")
+_LIMITS = {"referrer": MAX_URL_LENGTH, "landing": MAX_PATH_LENGTH}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,8 +101,6 @@ def load_attribution_settings(app: Flask, addons: t.Sequence[str] = ()) -> Attri
     seconds = _as_number(
         "KEEN_SIGNUP_ATTRIBUTION_MAX_AGE", max_age, minimum=1, maximum=MAX_RETENTION
     )
-    if seconds == float("inf"):
-        raise ConfigurationError("KEEN_SIGNUP_ATTRIBUTION_MAX_AGE must be finite")
     return AttributionSettings(
         enabled=enabled,
         ignore_hosts=tuple(h.strip().lower() for h in hosts if h.strip()),
@@ -135,13 +115,12 @@ def load_attribution_settings(app: Flask, addons: t.Sequence[str] = ()) -> Attri
 def clean(value: object, limit: int) -> str | None:
     """``value`` without control characters or lone surrogates, stripped and cut to
     ``limit``; ``None`` if nothing usable is left. Controls become a space, bidi
-    overrides and isolates U+FFFD (:func:`.events.keen_text`)."""
+    overrides and isolates U+FFFD (:mod:`._text`); lone surrogates, which the session
+    cookie could not encode, U+FFFD too."""
     if not isinstance(value, str):
         return None
-    text = keen_text(_CONTROL.sub(" ", value)).strip()[:limit].strip()
-    if not text.isascii():
-        text = _SURROGATE.sub("\ufffd", text)
-    return text or None
+    text = keen_text(spaced(value)).strip()[:limit].strip()
+    return valid_unicode(text)[0] or None
 
 
 def host_of(url: str) -> str | None:
@@ -158,13 +137,9 @@ def host_of(url: str) -> str | None:
 
 def host_matches(host: str, patterns: t.Iterable[str]) -> bool:
     """Whether ``host`` is one of ``patterns`` (``.example.com`` matches its subdomains)."""
-    for pattern in patterns:
-        if pattern.startswith("."):
-            if host == pattern[1:] or host.endswith(pattern):
-                return True
-        elif host == pattern:
-            return True
-    return False
+    return any(
+        host == p or (p.startswith(".") and (host == p[1:] or host.endswith(p))) for p in patterns
+    )
 
 
 def parse_touch(
@@ -174,14 +149,9 @@ def parse_touch(
     own_host: str,
     ignored_hosts: t.Iterable[str] = (),
 ) -> dict[str, str] | None:
-    """The attribution one request carries, or ``None`` when it carries none.
-
-    :param query_string: the raw query string (``QUERY_STRING``).
-    :param referer: the ``Referer`` header, if any.
-    :param path: the request path (the landing page).
-    :param own_host: the app's host name as the browser addressed it (no port).
-    :param ignored_hosts: hosts never counted as external (the IdP's, configured ones).
-    """
+    """The attribution one request carries, or ``None`` when it carries none: from the raw
+    ``QUERY_STRING``, the ``Referer`` and the path (the landing page); ``own_host`` (as
+    the browser addressed it, no port) and ``ignored_hosts`` are not external referrers."""
     touch: dict[str, str] = {}
     if "utm_" in query_string:
         try:
@@ -193,16 +163,11 @@ def parse_touch(
             value = clean(values[0], MAX_VALUE_LENGTH) if values else None
             if value is not None:
                 touch[field] = value
-    if referer:
-        host = host_of(referer.strip())
-        if (
-            host is not None
-            and host != own_host.lower()
-            and not host_matches(host, ignored_hosts)
-        ):
-            url = clean(referer, MAX_URL_LENGTH)
-            if url is not None:
-                touch["referrer"] = url
+    host = host_of(referer.strip()) if referer else None
+    if host and host != own_host.lower() and not host_matches(host, ignored_hosts):
+        url = clean(referer, MAX_URL_LENGTH)
+        if url is not None:
+            touch["referrer"] = url
     if not touch:
         return None
     touch["landing"] = clean(path, MAX_PATH_LENGTH) or "/"
@@ -219,8 +184,9 @@ def event_attribution(
     """The ``attribution`` property for a signup from what the session holds, or ``None``.
 
     The session is signed, but what it holds came from a URL: only the known fields with
-    string values are kept, re-capped, and passed through the event sanitiser's rules.
-    ``url_root`` (``request.url_root``) adds ``landing_url`` for Keen's URL add-ons.
+    string values are kept and cleaned again (:func:`clean`); the event builder sanitises
+    them once more with the rest of the event. ``url_root`` (``request.url_root``) adds
+    ``landing_url`` for Keen's URL add-ons.
     """
     if not isinstance(stored, dict):
         return None
@@ -230,13 +196,7 @@ def event_attribution(
         return None
     out: dict[str, t.Any] = {}
     for field in FIELDS:
-        if field == "referrer":
-            limit = MAX_URL_LENGTH
-        elif field == "landing":
-            limit = MAX_PATH_LENGTH
-        else:
-            limit = MAX_VALUE_LENGTH
-        value = clean(stored.get(field), limit)
+        value = clean(stored.get(field), _LIMITS.get(field, MAX_VALUE_LENGTH))
         if value is not None:
             out[field] = value
     if not out:
@@ -244,7 +204,7 @@ def event_attribution(
     if url_root and "landing" in out:
         landing = out["landing"]
         out["landing_url"] = url_root.rstrip("/") + (landing if landing.startswith("/") else "/")
-    return sanitize_properties(out, log=logger) or None
+    return out
 
 
 def intent_of_authorize_url(url: object) -> bool | None:
@@ -280,20 +240,15 @@ class AttributionCapture:
             self._ignored = self.settings.ignore_hosts + identity_provider_hosts(self.app)
         return self._ignored
 
-    def before_request(self) -> None:
-        """Keep the first touch of this browser. Never raises into the request."""
-        environ = _current_environ()
-        if is_candidate(environ):
-            self.capture(environ)
-
     def hook(self) -> t.Callable[[], None]:
-        """:meth:`before_request` as a plain function, for ``app.before_request``: Flask's
-        per-hook dispatch (``ensure_sync``) costs about a third for a function of what it
-        costs for a bound method, and it runs on every request."""
+        """The ``before_request`` hook that keeps the first touch of this browser (never
+        raises into the request). A plain function: Flask's per-hook dispatch
+        (``ensure_sync``) costs about a third for a function of what it costs for a bound
+        method, and it runs on every request."""
         capture = self.capture
 
         def keen_signup_attribution() -> None:
-            environ = _current_environ()
+            environ = request_context().request.environ
             if is_candidate(environ):
                 capture(environ)
 
@@ -302,23 +257,19 @@ class AttributionCapture:
     def capture(self, environ: dict[str, t.Any]) -> None:
         """The slow path, for requests with ``utm_`` or a Referer from another host."""
         try:
-            self._capture(request, environ.get("QUERY_STRING", ""), environ.get("HTTP_REFERER"))
+            if SESSION_KEY in session:
+                return  # first touch wins
+            view = self.app.view_functions.get(request.endpoint) if request.endpoint else None
+            if getattr(view, "_keen_signup_tracked", False):
+                return  # the login callback: its Referer is the identity provider
+            own_host = host_of(f"http://{request.host}/") or ""
+            query = environ.get("QUERY_STRING", "")
+            referer = environ.get("HTTP_REFERER")
+            touch = parse_touch(query, referer, request.path, own_host, self.ignored_hosts())
+            if touch is not None:
+                session[SESSION_KEY] = {**touch, "at": int(time.time())}
         except Exception:  # noqa: BLE001 - analytics must never break a page
             logger.warning("signup attribution not captured", exc_info=True)
-
-    def _capture(self, request: t.Any, query: str, referer: str | None) -> None:
-        if SESSION_KEY in session:
-            return  # first touch wins
-        view = self.app.view_functions.get(request.endpoint) if request.endpoint else None
-        if getattr(view, "_keen_signup_tracked", False):
-            return  # the login callback: its Referer is the identity provider
-        touch = parse_touch(
-            query, referer, request.path, host_of(f"http://{request.host}/") or "",
-            self.ignored_hosts(),
-        )
-        if touch is None:
-            return
-        session[SESSION_KEY] = {**touch, "at": int(time.time())}
 
     def event_properties(self) -> dict[str, t.Any] | None:
         """``attribution`` and ``signup_intent`` for the current request's signup, or
@@ -424,46 +375,26 @@ def is_candidate(environ: t.Mapping[str, t.Any]) -> bool:
     return True
 
 
-def _current_environ() -> dict[str, t.Any]:
-    var: t.Any = _request_var
-    if var is not None:
-        environ: dict[str, t.Any] = var.get().request.environ
-        return environ
-    return request.environ
-
-
 def identity_provider_hosts(app: Flask) -> tuple[str, ...]:
     """The hosts of the app's Authlib clients (their metadata, authorize and token URLs),
-    plus ``AUTH0_DOMAIN`` and ``KEEN_SIGNUP_AUTH0_DOMAIN`` when set.
-
-    Authlib keeps its registry in private attributes; when they change this finds fewer
-    hosts, and ``KEEN_SIGNUP_ATTRIBUTION_IGNORE_HOSTS`` still applies.
-    """
-    hosts: set[str] = set()
+    plus ``AUTH0_DOMAIN`` and ``KEEN_SIGNUP_AUTH0_DOMAIN`` when set. (Authlib's registry is
+    private: should it change, ``KEEN_SIGNUP_ATTRIBUTION_IGNORE_HOSTS`` still applies.)"""
+    urls: list[object] = []
     for key in ("AUTH0_DOMAIN", "KEEN_SIGNUP_AUTH0_DOMAIN"):
         domain = app.config.get(key)
-        if isinstance(domain, str) and domain.strip():
+        if isinstance(domain, str):
             text = domain.strip()  # a bare host, or a URL (the emulator's http://...)
-            host = host_of(text if "://" in text else f"https://{text}")
-            if host:
-                hosts.add(host)
+            urls.append(text if "://" in text else f"https://{text}")
     oauth = app.extensions.get("authlib.integrations.flask_client")
-    urls: list[object] = []
     try:
+        names = ("server_metadata_url", "authorize_url", "access_token_url")
         for _, kwargs in getattr(oauth, "_registry", {}).values():
-            for name in ("server_metadata_url", "authorize_url", "access_token_url"):
-                urls.append(kwargs.get(name))
+            urls.extend(kwargs.get(name) for name in names)
         for client in getattr(oauth, "_clients", {}).values():
-            for name in ("server_metadata_url", "authorize_url", "access_token_url"):
-                urls.append(getattr(client, name, None))
+            urls.extend(getattr(client, name, None) for name in names)
             metadata = getattr(client, "server_metadata", None) or {}
-            urls.append(metadata.get("authorization_endpoint"))
-            urls.append(metadata.get("issuer"))
+            urls += [metadata.get("authorization_endpoint"), metadata.get("issuer")]
     except Exception:  # noqa: BLE001 - Authlib's internals changed: fall back to config
         logger.debug("cannot read the Authlib client registry", exc_info=True)
-    for url in urls:
-        if isinstance(url, str):
-            host = host_of(url)
-            if host:
-                hosts.add(host)
-    return tuple(sorted(hosts))
+    hosts = {host_of(url) for url in urls if isinstance(url, str)}
+    return tuple(sorted(host for host in hosts if host))

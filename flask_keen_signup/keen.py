@@ -39,8 +39,6 @@ Keen's own (redacted, truncated) error text, and exceptions from ``requests`` (w
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import json
 import logging
 import re
@@ -57,12 +55,12 @@ from ._http import VERSION
 from ._http import NoResponse
 from ._http import SessionClient
 from ._http import check_timeout
-from ._http import excerpt as _excerpt
+from ._http import excerpt
 from ._http import header_value_problem
 from ._http import new_session
 from ._http import parse_retry_after
-from ._http import redact
 from ._http import send
+from ._text import mask_secrets
 from ._text import register_secret
 from .config import DEFAULT_API_URL
 from .config import DEFAULT_TIMEOUT
@@ -70,51 +68,20 @@ from .events import MAX_EVENT_BYTES
 from .exceptions import KeenAPIError
 from .exceptions import KeenConnectionError
 from .exceptions import KeenRequestTooLargeError
-
-if t.TYPE_CHECKING:  # pragma: no cover
-    pass
+from .keen_batch import BATCH_ENVELOPE_BYTES
+from .keen_batch import DUPLICATE_EVENT_ERRORS
+from .keen_batch import MAX_REQUEST_BYTES
+from .keen_batch import PERMANENT_EVENT_ERRORS
+from .keen_batch import BatchResult
+from .keen_batch import EventResult
+from .keen_batch import Outcome
+from .keen_batch import assemble_batch
+from .keen_batch import batch_results
+from .keen_batch import encode_batch
+from .keen_batch import encode_event
+from .keen_batch import split_by_size
 
 logger = logging.getLogger(__name__)
-
-#: Keen's cap on a batch request body, in bytes (413 above it). Third-party figure that
-#: Keen's own docs do not contradict; the sender stays at or under it.
-MAX_REQUEST_BYTES = 10_000_000
-#: Bytes :func:`split_by_size` reserves for a one-collection batch envelope,
-#: ``{"<collection>":[`` ... ``]}``: a valid collection name is at most 64 ASCII characters,
-#: which JSON escapes to at most 6 bytes each.
-BATCH_ENVELOPE_BYTES = 2 + (2 + 64 * 6) + 1 + 2
-
-#: Per-event error names after which resending the *same* event can only fail again.
-#:
-#: The first three are the ones Keen's Java and iOS SDKs drop queued events for. The
-#: others are also verdicts on the event's own content, so they are
-#: deterministic too: ``NamespaceTypeError`` (``keen`` is not an object),
-#: ``InvalidKeenNamespaceProperty`` (bad property inside ``keen``, e.g. a uniqueness token
-#: over 64 characters), ``ListsOfNonPrimitivesNotAllowedError`` (arrays of objects under the
-#: older rules), ``InvalidEventError`` (not a JSON object) and ``EventTooLargeError`` (the
-#: emulator's name for an oversize event; Keen's own name is undocumented). Any other name,
-#: including ones Keen may add later and ``InternalServerError``, is treated as retryable:
-#: retrying an unknown error costs an attempt, dead-lettering it could cost the event.
-#: Permanent failures are not lost either: the sender dead-letters them with the reason.
-PERMANENT_EVENT_ERRORS: frozenset[str] = frozenset(
-    {
-        "InvalidCollectionNameError",
-        "InvalidPropertyNameError",
-        "InvalidPropertyValueError",
-        "NamespaceTypeError",
-        "InvalidKeenNamespaceProperty",
-        "ListsOfNonPrimitivesNotAllowedError",
-        "InvalidEventError",
-        "EventTooLargeError",
-    }
-)
-
-#: Error names that mean "this event's ``keen.uniqueness_token`` was already stored": the
-#: event *is* in Keen (its first copy), so it counts as delivered. Keen's real answer to a
-#: duplicate is undocumented (a plain success is the default guess); this is the name the
-#: bundled emulator uses when configured to report duplicates as errors (409 for a single
-#: write, a failed item in a batch). Retrying such an event could never succeed.
-DUPLICATE_EVENT_ERRORS: frozenset[str] = frozenset({"DuplicateEventError"})
 
 #: Whole-request statuses worth retrying: the server or something in front of it is
 #: overloaded or briefly broken. Every other non-2xx is a verdict on the request itself.
@@ -144,175 +111,6 @@ __all__ = [
     "parse_retry_after",
     "split_by_size",
 ]
-
-
-class Outcome(enum.Enum):
-    """What became of one event of a batch."""
-
-    #: Keen stored it (or, with a uniqueness token already seen, kept the first copy).
-    DELIVERED = "delivered"
-    #: Not stored, for a reason that may go away: send it again later.
-    RETRYABLE = "retryable"
-    #: Not stored, and the same event would be refused again: dead-letter it.
-    PERMANENT = "permanent"
-
-
-@dataclasses.dataclass(frozen=True)
-class EventResult:
-    """Keen's verdict on one event of a batch.
-
-    :param outcome: delivered, retryable or permanent.
-    :param error_name: Keen's ``error.name`` (e.g. ``InvalidPropertyNameError``), if any.
-    :param description: Keen's ``error.description``, or why this client could not read a
-        result for the event.
-    """
-
-    outcome: Outcome
-    error_name: str | None = None
-    description: str | None = None
-
-    @property
-    def delivered(self) -> bool:
-        return self.outcome is Outcome.DELIVERED
-
-
-_DELIVERED = EventResult(Outcome.DELIVERED)
-
-
-@dataclasses.dataclass(frozen=True)
-class BatchResult:
-    """The per-event results of one batch request.
-
-    :param results: for each collection of the request, one :class:`EventResult` per
-        event, in the order the events were given.
-    :param request_bytes: the size of the request body that was sent.
-    """
-
-    results: dict[str, list[EventResult]]
-    request_bytes: int
-
-    def __len__(self) -> int:
-        return sum(len(items) for items in self.results.values())
-
-    @property
-    def delivered_count(self) -> int:
-        return self.count(Outcome.DELIVERED)
-
-    @property
-    def all_delivered(self) -> bool:
-        return all(r.delivered for items in self.results.values() for r in items)
-
-    def count(self, outcome: Outcome) -> int:
-        """How many events ended with ``outcome``."""
-        return sum(r.outcome is outcome for items in self.results.values() for r in items)
-
-    def indices(self, outcome: Outcome) -> dict[str, list[int]]:
-        """Input positions of the events that ended with ``outcome``, per collection.
-
-        Collections with none are left out, so ``result.indices(Outcome.RETRYABLE)`` is
-        exactly what to send again.
-        """
-        found: dict[str, list[int]] = {}
-        for collection, items in self.results.items():
-            positions = [i for i, r in enumerate(items) if r.outcome is outcome]
-            if positions:
-                found[collection] = positions
-        return found
-
-    @property
-    def failed(self) -> list[tuple[str, int, EventResult]]:
-        """``(collection, index, result)`` of every event that was not delivered."""
-        return [
-            (collection, i, r)
-            for collection, items in self.results.items()
-            for i, r in enumerate(items)
-            if not r.delivered
-        ]
-
-
-# --------------------------------------------------------------------------- encoding
-
-
-def encode_event(event: t.Mapping[str, t.Any]) -> bytes:
-    """Encode one event the way it goes on the wire: compact UTF-8 JSON.
-
-    The sender measures and stores these bytes, so sizes are exact and a batch can be
-    assembled from them (:func:`assemble_batch`) without encoding twice.
-
-    :raises ValueError: for NaN or infinite floats (not JSON; Keen would refuse the whole
-        request) and for strings that are not valid Unicode (lone surrogates).
-    :raises TypeError: for values JSON cannot represent.
-    """
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
-        "utf-8"
-    )
-
-
-def _encode_collection(collection: str) -> bytes:
-    return json.dumps(collection, ensure_ascii=False).encode("utf-8")
-
-
-def assemble_batch(encoded: t.Mapping[str, t.Sequence[bytes]]) -> bytes:
-    """Build a batch body from events already encoded with :func:`encode_event`."""
-    parts = [
-        _encode_collection(collection) + b":[" + b",".join(events) + b"]"
-        for collection, events in encoded.items()
-    ]
-    return b"{" + b",".join(parts) + b"}"
-
-
-def encode_batch(batch: t.Mapping[str, t.Sequence[t.Mapping[str, t.Any]]]) -> bytes:
-    """Encode a batch body, ``{"collection": [event, ...], ...}``, compact UTF-8 JSON.
-
-    :raises ValueError, TypeError: as :func:`encode_event`.
-    """
-    return assemble_batch(
-        {collection: [encode_event(e) for e in events] for collection, events in batch.items()}
-    )
-
-
-def split_by_size(
-    encoded_events: t.Sequence[bytes],
-    max_bytes: int = MAX_REQUEST_BYTES,
-    *,
-    max_events: int | None = None,
-    envelope_bytes: int = BATCH_ENVELOPE_BYTES,
-) -> list[range]:
-    """Cut a run of encoded events into consecutive chunks that each fit in one request.
-
-    Each chunk, sent as a one-collection batch (``{"c":[e1,e2,...]}``), makes a body of at
-    most ``max_bytes``: the events, one comma between each two, and ``envelope_bytes`` for
-    the rest. The sender uses it to cap batches before sending, and after a 413 with
-    ``max_bytes=error.request_bytes // 2`` (Keen's real limit is then lower than assumed).
-
-    An event that alone does not fit gets a chunk of its own: it cannot be sent at this
-    size, and it must not hold up the others. A 413 on a one-event request is therefore
-    final for that event.
-
-    :param max_events: also cap the number of events per chunk (the batch size).
-    :returns: index ranges into ``encoded_events``, in order, covering every index once.
-    """
-    if max_bytes <= 0:
-        raise ValueError("max_bytes must be positive")
-    if max_events is not None and max_events < 1:
-        raise ValueError("max_events must be at least 1")
-    budget = max_bytes - envelope_bytes
-    chunks: list[range] = []
-    start = 0
-    size = 0
-    for i, event in enumerate(encoded_events):
-        cost = len(event) + (1 if i > start else 0)  # the comma before it
-        full = max_events is not None and i - start >= max_events
-        if i > start and (size + cost > budget or full):
-            chunks.append(range(start, i))
-            start, size, cost = i, 0, len(event)
-        size += cost
-    if start < len(encoded_events):
-        chunks.append(range(start, len(encoded_events)))
-    return chunks
-
-
-# --------------------------------------------------------------------------- responses
 
 
 def check_key(name: str, key: str) -> None:
@@ -358,10 +156,94 @@ class _KeyAuth(AuthBase):
         return "<KeyAuth ***>"
 
 
+class _KeenProject(SessionClient):
+    """What the write and the delete clients share: one project, one key (checked, kept in
+    :class:`_KeyAuth` only), the base URL, the timeout, the pooled session, and
+    :meth:`_request`, which sends and classifies. ``key_name`` names the key in messages."""
+
+    def __init__(
+        self,
+        project_id: str,
+        key: str,
+        key_name: str,
+        api_url: str,
+        timeout: tuple[float, float],
+        session: requests.Session | None = None,
+        pool_maxsize: int = 10,
+        user_agent: str | None = None,
+    ) -> None:
+        if not project_id:
+            raise ValueError("project_id is required")
+        check_key(key_name, key)
+        check_api_url(api_url)
+        self.project_id = project_id
+        self.api_url = api_url.rstrip("/")
+        self.timeout: tuple[float, float] = check_timeout(timeout)
+        self._auth = _KeyAuth(key)
+        self._headers = {"Keen-Sdk": KEEN_SDK, "User-Agent": user_agent or USER_AGENT}
+        self._owns_session = session is None
+        self._pool_maxsize = pool_maxsize
+        self._session = session if session is not None else new_session(pool_maxsize)
+        self._events_url = f"{self.api_url}/3.0/projects/{quote(project_id, safe='')}/events"
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} project_id={self.project_id!r} api_url={self.api_url!r}>"
+
+    def event_url(self, collection: str) -> str:
+        """The single-write (and delete) URL of ``collection``, percent-encoded (``a/b`` ->
+        ``a%2Fb``)."""
+        return f"{self._events_url}/{quote(collection, safe='')}"
+
+    def _request(
+        self, method: str, url: str, *, request_bytes: int = 0, **kwargs: t.Any
+    ) -> requests.Response:
+        """Send one request to Keen and return its 2xx response; raise for anything else.
+
+        Exceptions are raised here, outside any ``except`` block (:func:`._http.send`), and
+        the response, whose ``.request`` carries the key, is dropped before: nothing chains
+        a ``requests`` exception or keeps the key in the traceback's frames.
+
+        :raises KeenConnectionError: no answer.
+        :raises KeenAPIError: a non-2xx answer (see the module doc for which are retryable).
+        """
+        started = time.monotonic()
+        answer = send(
+            self._session,
+            method,
+            url,
+            timeout=self.timeout,
+            auth=self._auth,
+            allow_redirects=False,
+            headers=self._headers,
+            **kwargs,
+        )
+        shown = mask_secrets(url)
+        if isinstance(answer, NoResponse):
+            logger.debug(
+                "%s %s: no answer from Keen: %s (%d bytes)",
+                method,
+                shown,
+                answer.reason,
+                request_bytes,
+            )
+            where = mask_secrets(self.api_url)
+            raise KeenConnectionError(f"No answer from Keen ({where}): {answer.reason}")
+        elapsed_ms = (time.monotonic() - started) * 1000
+        status = answer.status_code
+        logger.debug(
+            "%s %s -> %d (%d bytes, %.0f ms)", method, shown, status, request_bytes, elapsed_ms
+        )
+        if 200 <= status < 300:
+            return answer
+        error = _api_error(answer, self._auth._key, request_bytes)
+        del answer
+        raise error
+
+
 # --------------------------------------------------------------------------- the client
 
 
-class KeenClient(SessionClient):
+class KeenClient(_KeenProject):
     """Write events to one Keen project.
 
     Thread-safety: one client may be shared by the sender thread and request threads
@@ -395,32 +277,9 @@ class KeenClient(SessionClient):
         pool_maxsize: int = 10,
         user_agent: str | None = None,
     ) -> None:
-        if not project_id:
-            raise ValueError("project_id is required")
-        check_key("write_key", write_key)
-        check_api_url(api_url)
-        self.project_id = project_id
-        self.api_url = api_url.rstrip("/")
-        self.timeout: tuple[float, float] = check_timeout(timeout)
-        self._auth = _KeyAuth(write_key)
-        self._headers = {
-            "Content-Type": "application/json",
-            "Keen-Sdk": KEEN_SDK,
-            "User-Agent": user_agent or USER_AGENT,
-        }
-        self._owns_session = session is None
-        self._pool_maxsize = pool_maxsize
-        self._session = session if session is not None else self._new_session()
-        base = f"{self.api_url}/3.0/projects/{quote(project_id, safe='')}/events"
-        self._batch_url = base
-        self._event_url_prefix = base + "/"
-
-    def __repr__(self) -> str:
-        return f"<KeenClient project_id={self.project_id!r} api_url={self.api_url!r}>"
-
-    def _new_session(self) -> requests.Session:
-        # No urllib3 retries: the sender owns retrying, with backoff and Retry-After.
-        return new_session(self._pool_maxsize)
+        args = (api_url, timeout, session, pool_maxsize, user_agent)
+        super().__init__(project_id, write_key, "write_key", *args)
+        self._headers["Content-Type"] = "application/json"
 
     def reset_after_fork(self) -> None:
         """Give a forked child its own connection pool (pooled sockets must not be shared).
@@ -430,11 +289,7 @@ class KeenClient(SessionClient):
         the caller's to manage and is left alone.
         """
         if self._owns_session:
-            self._session = self._new_session()
-
-    def event_url(self, collection: str) -> str:
-        """The single-write URL of ``collection``, percent-encoded (``a/b`` -> ``a%2Fb``)."""
-        return self._event_url_prefix + quote(collection, safe="")
+            self._session = new_session(self._pool_maxsize)
 
     # ----------------------------------------------------------------------- writes
 
@@ -451,7 +306,8 @@ class KeenClient(SessionClient):
         :raises ValueError, TypeError: the event cannot be encoded (:func:`encode_event`).
         """
         try:
-            self._post(self.event_url(collection), encode_event(event))
+            body = encode_event(event)
+            self._request("POST", self.event_url(collection), request_bytes=len(body), data=body)
         except KeenAPIError as exc:
             if exc.status_code == 409 and exc.error_code in DUPLICATE_EVENT_ERRORS:
                 logger.debug(
@@ -485,186 +341,45 @@ class KeenClient(SessionClient):
         """
         if body is None:
             body = encode_batch(batch)
-        response = self._post(self._batch_url, body)
-        return BatchResult(
-            results=_parse_batch_results(batch, response, self._auth._key), request_bytes=len(body)
-        )
-
-    def _post(self, url: str, body: bytes) -> requests.Response:
-        return request(
-            self._session,
-            "POST",
-            url,
-            auth=self._auth,
-            timeout=self.timeout,
-            api_url=self.api_url,
-            request_bytes=len(body),
-            data=body,
-            headers=self._headers,
-        )
-
-
-def request(
-    session: requests.Session,
-    method: str,
-    url: str,
-    *,
-    auth: _KeyAuth,
-    timeout: tuple[float, float],
-    api_url: str,
-    request_bytes: int = 0,
-    **kwargs: t.Any,
-) -> requests.Response:
-    """Send one request to Keen and return its 2xx response; raise for anything else.
-
-    Shared by :class:`KeenClient` and :class:`~.keen_admin.KeenAdminClient`. Exceptions
-    are raised here, outside any ``except`` block (:func:`._http.send`), and the response,
-    whose ``.request`` carries the key, is dropped before: nothing chains a ``requests``
-    exception or keeps the key in the traceback's frames.
-
-    :raises KeenConnectionError: no answer.
-    :raises KeenAPIError: a non-2xx answer (see the module doc for which are retryable).
-    """
-    started = time.monotonic()
-    answer = send(session, method, url, timeout=timeout, auth=auth, allow_redirects=False, **kwargs)
-    if isinstance(answer, NoResponse):
-        logger.debug(
-            "%s %s: no answer from Keen: %s (%d bytes)",
-            method,
-            redact(url),
-            answer.reason,
-            request_bytes,
-        )
-        raise KeenConnectionError(f"No answer from Keen ({redact(api_url)}): {answer.reason}")
-    elapsed_ms = (time.monotonic() - started) * 1000
-    status = answer.status_code
-    logger.debug(
-        "%s %s -> %d (%d bytes, %.0f ms)", method, redact(url), status, request_bytes, elapsed_ms
-    )
-    if 200 <= status < 300:
-        return answer
-    error = _api_error(answer, auth._key, request_bytes)
-    del answer
-    raise error
+        response = self._request("POST", self._events_url, request_bytes=len(body), data=body)
+        results = batch_results(batch, response, self._auth._key)
+        return BatchResult(results=results, request_bytes=len(body))
 
 
 def _api_error(response: requests.Response, key: str, request_bytes: int) -> KeenAPIError:
-    status = response.status_code
-    error_code, message, from_keen = _read_error_body(response, key)
-    if status == 413:
-        return KeenRequestTooLargeError(error_code, message, request_bytes=request_bytes)
-    retryable = (
-        status in RETRYABLE_STATUSES
-        or 500 <= status < 600
-        # Not Keen's verdict (see the module doc): transient, whatever the status.
-        or not from_keen
-    )
-    retry_after = parse_retry_after(response.headers.get("Retry-After")) if retryable else None
-    return KeenAPIError(status, error_code, message, retryable=retryable, retry_after=retry_after)
-
-
-def _read_error_body(response: requests.Response, key: str) -> tuple[str, str, bool]:
-    """Keen's ``(error_code, message, True)``, or ``(str(status), excerpt, False)``.
-
-    Every text is an :func:`._http.excerpt` with ``key`` masked, should a server or proxy
-    ever echo it back.
-
-    The fallback mirrors Keen's Python client, which uses the status as the code when an
-    nginx or load-balancer page comes back instead of Keen's JSON. The flag says whether
-    the body was Keen's own error shape (a JSON object with a string ``error_code``).
+    """The exception for a non-2xx answer, with Keen's error code and message when the body
+    is Keen's own error shape (a JSON object with a string ``error_code``), else the status
+    as the code (as Keen's Python client does for an nginx or load-balancer page) and an
+    excerpt of what came back. Every text is an :func:`._http.excerpt` with ``key`` masked,
+    should a server or proxy ever echo it back.
     """
+    status = response.status_code
     secrets = (key,)
     text = response.content.decode("utf-8", errors="replace")
     try:
-        data = json.loads(text)
+        data: t.Any = json.loads(text)
     except ValueError:
         data = None
-    if isinstance(data, dict) and isinstance(data.get("error_code"), str) and data["error_code"]:
+    from_keen = isinstance(data, dict) and isinstance(data.get("error_code"), str)
+    if from_keen and data["error_code"]:
         message = data.get("message")
-        return (
-            _excerpt(data["error_code"], 100, secrets=secrets),
-            _excerpt(message if isinstance(message, str) else "", secrets=secrets),
-            True,
-        )
-    status = str(response.status_code)
-    reason = response.reason if isinstance(response.reason, str) else ""
-    reason = _excerpt(reason, 100, secrets=secrets)
-    excerpt = _excerpt(text, secrets=secrets)
-    if data is None:
-        kind = response.headers.get("Content-Type", "no content type").split(";")[0]
-        shown = f": {excerpt}" if excerpt else " (empty body)"
-        text = f"{reason} (not a Keen error body, {kind}){shown}".strip()
-        return status, _excerpt(text, secrets=secrets), False
-    text = f"{reason} (unexpected JSON error body): {excerpt}".strip()
-    return status, _excerpt(text, secrets=secrets), False
-
-
-def _parse_batch_results(
-    batch: t.Mapping[str, t.Sequence[t.Mapping[str, t.Any]]],
-    response: requests.Response,
-    key: str,
-) -> dict[str, list[EventResult]]:
-    """Match a 2xx batch answer to the input, event by event, without ever guessing success."""
-    try:
-        data: t.Any = json.loads(response.content.decode("utf-8"))
-    except ValueError:
-        data = None
-    if not isinstance(data, dict):
-        unclear = EventResult(
-            Outcome.RETRYABLE,
-            description=f"Keen answered {response.status_code} without a JSON object of results",
-        )
-        logger.debug("batch answer is not a JSON object: %s", _excerpt(response.text, 120))
-        return {collection: [unclear] * len(events) for collection, events in batch.items()}
-
-    results: dict[str, list[EventResult]] = {}
-    for collection, events in batch.items():
-        items = data.get(collection)
-        if not isinstance(items, list):
-            missing = EventResult(
-                Outcome.RETRYABLE, description="Keen's answer has no results for this collection"
-            )
-            results[collection] = [missing] * len(events)
-            continue
-        if len(items) != len(events):
-            # Results pair with events by position only: with a count that differs, no
-            # result can be paired with its event. Every event of the collection is sent
-            # again (its uniqueness token keeps one copy), never assumed delivered.
-            logger.debug(
-                "batch answer for %r has %d results for %d events",
-                collection,
-                len(items),
-                len(events),
-            )
-            unpaired = EventResult(
-                Outcome.RETRYABLE,
-                description=f"Keen's answer has {len(items)} results for {len(events)} events",
-            )
-            results[collection] = [unpaired] * len(events)
-            continue
-        results[collection] = [_event_result(item, key) for item in items]
-    return results
-
-
-def _event_result(item: t.Any, key: str) -> EventResult:
-    if not isinstance(item, dict) or not isinstance(item.get("success"), bool):
-        return EventResult(
-            Outcome.RETRYABLE, description="Keen's result for this event is not understood"
-        )
-    if item["success"]:
-        return _DELIVERED
-    error = item.get("error")
-    name = error.get("name") if isinstance(error, dict) else None
-    description = error.get("description") if isinstance(error, dict) else None
-    name = _excerpt(name, 100, secrets=(key,)) if isinstance(name, str) else None
-    description = _excerpt(description, secrets=(key,)) if isinstance(description, str) else None
-    if name in DUPLICATE_EVENT_ERRORS:
-        return EventResult(
-            Outcome.DELIVERED,
-            error_name=name,
-            description=description or "already stored: its uniqueness token was seen before",
-        )
-    if not name and not description:
-        description = "Keen reported a failure without saying why"
-    outcome = Outcome.PERMANENT if name in PERMANENT_EVENT_ERRORS else Outcome.RETRYABLE
-    return EventResult(outcome, error_name=name, description=description)
+        error_code = excerpt(data["error_code"], 100, secrets=secrets)
+        message = excerpt(message if isinstance(message, str) else "", secrets=secrets)
+    else:
+        from_keen = False
+        reason = response.reason if isinstance(response.reason, str) else ""
+        reason = excerpt(reason, 100, secrets=secrets)
+        body = excerpt(text, secrets=secrets)
+        if data is None:
+            kind = response.headers.get("Content-Type", "no content type").split(";")[0]
+            what = f"(not a Keen error body, {kind})" + (f": {body}" if body else " (empty body)")
+        else:
+            what = f"(unexpected JSON error body): {body}"
+        error_code = str(status)
+        message = excerpt(f"{reason} {what}".strip(), secrets=secrets)
+    if status == 413:
+        return KeenRequestTooLargeError(error_code, message, request_bytes=request_bytes)
+    # Not Keen's verdict (see the module doc): transient, whatever the status.
+    retryable = status in RETRYABLE_STATUSES or 500 <= status < 600 or not from_keen
+    retry_after = parse_retry_after(response.headers.get("Retry-After")) if retryable else None
+    return KeenAPIError(status, error_code, message, retryable=retryable, retry_after=retry_after)

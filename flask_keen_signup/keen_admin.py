@@ -7,7 +7,7 @@ different, far more powerful key (``KEEN_MASTER_KEY``), is used only by
 ``DELETE /3.0/projects/{project}/events/{collection}?filters=[...]`` with the master key in
 ``Authorization`` deletes every event matching the filters and answers ``204``
 (Keen's API reference, "Delete Events"). The same care as the write client, through the
-same code (:func:`.keen.request`): the key travels in the header only, and no exception
+same code (the write client's ``_request``): the key travels in the header only, and no exception
 raised here chains a ``requests`` exception (whose ``.request`` holds the headers) or
 quotes the key.
 """
@@ -15,23 +15,14 @@ quotes the key.
 from __future__ import annotations
 
 import json
-from urllib.parse import quote
 
-from ._http import SessionClient
-from ._http import check_timeout
-from ._http import new_session
+from ._text import keen_text
 from .config import DEFAULT_API_URL
 from .config import DEFAULT_TIMEOUT
-from .events import keen_text
-from .keen import KEEN_SDK
-from .keen import USER_AGENT
-from .keen import _KeyAuth
-from .keen import check_api_url
-from .keen import check_key
-from .keen import request
+from .keen import _KeenProject
 
 
-class KeenAdminClient(SessionClient):
+class KeenAdminClient(_KeenProject):
     """Delete events from one Keen project with its master key.
 
     :param project_id: the Keen project id.
@@ -48,24 +39,12 @@ class KeenAdminClient(SessionClient):
         api_url: str = DEFAULT_API_URL,
         timeout: tuple[float, float] = DEFAULT_TIMEOUT,
     ) -> None:
-        if not project_id:
-            raise ValueError("project_id is required")
-        check_key("master_key", master_key)
-        check_api_url(api_url)
-        self.project_id = project_id
-        self.api_url = api_url.rstrip("/")
-        self.timeout = check_timeout(timeout)
-        self._auth = _KeyAuth(master_key)
-        self._owns_session = True
-        self._session = new_session()
-
-    def __repr__(self) -> str:
-        return f"<KeenAdminClient project_id={self.project_id!r} api_url={self.api_url!r}>"
+        super().__init__(project_id, master_key, "master_key", api_url, timeout)
 
     def delete_user_events(self, collection: str, user_id: str, *, property_name: str) -> None:
         """Delete every event of ``collection`` whose ``property_name`` equals ``user_id``.
 
-        ``user_id`` is looked for as the event builder sent it (:func:`.events.keen_text`:
+        ``user_id`` is looked for as the event builder sent it (:func:`._text.keen_text`:
         a ``sub`` with control or bidi characters reached Keen with them replaced).
         """
         value = keen_text(user_id)
@@ -83,17 +62,5 @@ class KeenAdminClient(SessionClient):
         """
         if not filters:
             raise ValueError("refusing to delete a whole collection: give filters")
-        url = (
-            f"{self.api_url}/3.0/projects/{quote(self.project_id, safe='')}"
-            f"/events/{quote(collection, safe='')}"
-        )
-        request(
-            self._session,
-            "DELETE",
-            url,
-            auth=self._auth,
-            timeout=self.timeout,
-            api_url=self.api_url,
-            params={"filters": json.dumps(filters, separators=(",", ":"))},
-            headers={"Keen-Sdk": KEEN_SDK, "User-Agent": USER_AGENT},
-        )
+        params = {"filters": json.dumps(filters, separators=(",", ":"))}
+        self._request("DELETE", self.event_url(collection), params=params)

@@ -35,9 +35,9 @@ from .._http import NoResponse
 from .._http import SessionClient
 from .._http import excerpt
 from .._http import new_session
-from .._http import redact
 from .._http import send
 from .._http import server_wait
+from .._text import mask_secrets as redact
 from .._text import register_secret
 from ..config import DEFAULT_TIMEOUT
 from ..exceptions import Auth0APIError
