@@ -28,12 +28,12 @@ Names and labels are DESIGN §9's; ``docs/metrics.md`` has the dashboard and ale
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import typing as t
 import weakref
 
+from . import lifecycle
 from .exceptions import ConfigurationError
 
 if t.TYPE_CHECKING:  # pragma: no cover
@@ -116,12 +116,12 @@ def _after_fork_in_child() -> None:
     _count_lock = threading.Lock()
 
 
-if hasattr(os, "register_at_fork"):  # not on Windows
-    os.register_at_fork(
-        before=_before_fork,
-        after_in_parent=_after_fork_in_parent,
-        after_in_child=_after_fork_in_child,
-    )
+lifecycle.register(
+    "metrics",
+    before=_before_fork,
+    after_in_parent=_after_fork_in_parent,
+    after_in_child=_after_fork_in_child,
+)
 _registered: weakref.WeakKeyDictionary[t.Any, set[int]] = weakref.WeakKeyDictionary()
 
 

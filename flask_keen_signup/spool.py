@@ -48,6 +48,7 @@ import typing as t
 import uuid
 import weakref
 
+from . import lifecycle
 from .delivery import QueuedEvent
 from .exceptions import StoreError
 
@@ -489,8 +490,7 @@ def _after_fork_in_child() -> None:
         spool._after_fork_in_child()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+lifecycle.register("spool", after_in_child=_after_fork_in_child)
 
 
 def _record(event: QueuedEvent) -> bytes:

@@ -139,7 +139,7 @@ def test_a_write_lock_held_elsewhere_is_a_clear_store_error(
 def test_failed_transactions_leave_nothing_that_blocks_a_fork(tmp_path: t.Any) -> None:
     """Every way out of ``transaction()`` and ``reading()`` releases the fork gate: a
     fork afterwards neither waits for it nor warns."""
-    import flask_keen_signup.database as database_module
+    import flask_keen_signup.database_fork_gate as database_fork_gate
 
     database = _with_table(tmp_path)
     with pytest.raises(RuntimeError):
@@ -150,12 +150,12 @@ def test_failed_transactions_leave_nothing_that_blocks_a_fork(tmp_path: t.Any) -
             raise RuntimeError
     with database.reading():
         pass
-    assert database_module._gate._active == 0
+    assert database_fork_gate.gate._active == 0
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child
         os._exit(0)
     os.waitpid(pid, 0)
-    assert database_module._gate._active == 0
+    assert database_fork_gate.gate._active == 0
     assert _count(database) == 0  # the parent reopened its connection after the fork
 
 
