@@ -6,10 +6,11 @@ queue instead of failing; ``BEGIN IMMEDIATE`` takes the write lock up front so a
 atomic across threads and processes. Each thread of each process gets its own connection
 (sqlite3 connections must not cross threads, and must never cross a ``fork``).
 
-Three neighbours do one job each: :mod:`.database_fork_gate` (every use of SQLite passes
-its gate, so a fork never happens while a thread is inside), :mod:`.database_write_lock`
-(a login waits for the write lock in steps of microseconds, and the sender yields to it)
-and :mod:`.database_file_watch` (the file deleted, replaced or truncated under the app).
+Three neighbours do one job each: :mod:`.database_transaction` (:meth:`Database.reading`
+and :meth:`Database.transaction`; a login waits for the write lock in steps of
+microseconds, and the sender yields to it), :mod:`.database_fork_gate` (every use of SQLite
+passes its gate, so a fork never happens while a thread is inside) and
+:mod:`.database_file_watch` (the file deleted, replaced or truncated under the app).
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ from . import database_file_watch as file_watch
 from . import database_fork_gate as fork_gate
 from .database_file_watch import replacements as replacements  # for health()
 from .database_fork_gate import gate
-from .database_write_lock import SENDER_CHUNK_ROWS as SENDER_CHUNK_ROWS
-from .database_write_lock import begin_immediate
-from .database_write_lock import writers_waiting as writers_waiting
-from .database_write_lock import yield_to_writers as yield_to_writers
+from .database_transaction import SENDER_CHUNK_ROWS as SENDER_CHUNK_ROWS
+from .database_transaction import Scope
+from .database_transaction import writers_waiting as writers_waiting
+from .database_transaction import yield_to_writers as yield_to_writers
 from .exceptions import StoreError
 
 #: How long a writer waits for the lock before giving up, in milliseconds.
@@ -89,10 +90,8 @@ class Database:
         failing with "database is locked". Long for the sender; the login path opens the
         same file through a second instance whose timeout is ``KEEN_SIGNUP_STORE_TIMEOUT``
         (see :mod:`flask_keen_signup.spool`).
-    :param on_replaced: called as ``on_replaced(old_conns)`` when the file at ``path`` turns
-        out to be another file than the one open (deleted, replaced by a copy, truncated): it reads
-        what must survive from the old file and returns a function that writes it into the
-        new one (see :mod:`flask_keen_signup.salvage`).
+    :param on_replaced: a :data:`Salvager`, called when the file at ``path`` turns out to be
+        another file than the one open (deleted, replaced by a copy, truncated).
     """
 
     def __init__(
@@ -255,20 +254,20 @@ class Database:
                 conn.close()
         return len(finished)
 
-    def reading(self) -> _Use:
+    def reading(self) -> Scope:
         """This thread's connection, for reads outside a transaction (fork-gated).
 
         ``with database.reading() as conn: ...``
         """
-        return _Use(self, None)
+        return Scope(self, None)
 
-    def transaction(self, timeout: float | None = None) -> _Use:
+    def transaction(self, timeout: float | None = None) -> Scope:
         """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back if the block raises.
 
         ``with database.transaction() as conn: ...``; ``timeout``: how long ``BEGIN``
         waits for the write lock, default ``busy_timeout``.
         """
-        return _Use(self, self.busy_timeout if timeout is None else timeout)
+        return Scope(self, self.busy_timeout if timeout is None else timeout)
 
     def _open(self) -> sqlite3.Connection:
         self._create_file()
@@ -398,58 +397,3 @@ class Database:
         :mod:`.database_fork_gate`). Their threads reopen on next use: the generation
         moves on."""
         _close_connections(self._connections, self._connections_lock)
-
-
-class _Use:
-    """See :meth:`Database.reading` (``timeout`` None) and :meth:`Database.transaction`.
-
-    A small class rather than a ``@contextlib.contextmanager`` generator: the claim and
-    the enqueue of a new user's login run through it, and a generator-based manager costs
-    several times more per use on that path (see bench/callback.py --profile).
-    """
-
-    __slots__ = ("_database", "_conn", "_timeout")
-
-    def __init__(self, database: Database, timeout: float | None) -> None:
-        self._database = database
-        self._timeout = timeout
-
-    def __enter__(self) -> sqlite3.Connection:
-        database = self._database
-        if not gate.inside():
-            database._check_file(force=getattr(database._local, "conn", None) is None)
-        gate.__enter__()
-        try:
-            conn = self._conn = database.connection()
-            local = database._local
-            if self._timeout is not None:
-                begin_immediate(conn, local, self._timeout)
-            elif local.zero and not conn.in_transaction:  # left at 0 by a transaction
-                conn.execute(f"PRAGMA busy_timeout = {database._busy_ms()}")
-                local.zero = False
-            return conn
-        except BaseException as exc:
-            gate.__exit__()
-            if self._timeout is not None and isinstance(exc, sqlite3.Error):
-                path = database.path
-                raise StoreError(f"cannot start a transaction on {path!r}: {exc}") from exc
-            raise
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
-    ) -> None:
-        try:
-            if self._timeout is None:
-                return
-            if exc_type is not None:
-                self._conn.execute("ROLLBACK")
-                return  # the block's exception propagates
-            try:
-                self._conn.execute("COMMIT")
-            except sqlite3.Error as error:
-                with contextlib.suppress(sqlite3.Error):
-                    self._conn.execute("ROLLBACK")
-                path = self._database.path
-                raise StoreError(f"cannot commit to {path!r}: {error}") from error
-        finally:
-            gate.__exit__()

@@ -1,4 +1,8 @@
-"""Taking SQLite's write lock fairly: a login never waits behind the sender for long.
+"""A thread's use of its SQLite connection: a read, or a transaction that takes the write
+lock fairly, so that a login never waits behind the sender for long.
+
+Every use passes the fork gate (:mod:`.database_fork_gate`) and, on the way in, the
+file check (:meth:`.database.Database._check_file`).
 
 SQLite's own busy handler sleeps 1 ms, then 2, 5, 10 ms... between tries, so a login that
 finds the sender's short bookkeeping transaction (a fraction of a millisecond) holding the
@@ -10,10 +14,17 @@ does not win the lock again and again while a login of this process sleeps betwe
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
 import typing as t
+
+from .database_fork_gate import gate
+from .exceptions import StoreError
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    from .database import Database
 
 #: The first pause between two tries at the write lock, and the longest, in seconds.
 LOCK_RETRY_FIRST = 0.00005
@@ -90,3 +101,58 @@ def begin_immediate(conn: sqlite3.Connection, local: t.Any, timeout: float) -> N
     finally:
         with _waiting_lock:
             _waiting -= 1
+
+
+class Scope:
+    """See :meth:`Database.reading` (``timeout`` None) and :meth:`Database.transaction`.
+
+    A small class rather than a ``@contextlib.contextmanager`` generator: the claim and
+    the enqueue of a new user's login run through it, and a generator-based manager costs
+    several times more per use on that path (see bench/callback.py --profile).
+    """
+
+    __slots__ = ("_database", "_conn", "_timeout")
+
+    def __init__(self, database: Database, timeout: float | None) -> None:
+        self._database = database
+        self._timeout = timeout
+
+    def __enter__(self) -> sqlite3.Connection:
+        database = self._database
+        if not gate.inside():
+            database._check_file(force=getattr(database._local, "conn", None) is None)
+        gate.__enter__()
+        try:
+            conn = self._conn = database.connection()
+            local = database._local
+            if self._timeout is not None:
+                begin_immediate(conn, local, self._timeout)
+            elif local.zero and not conn.in_transaction:  # left at 0 by a transaction
+                conn.execute(f"PRAGMA busy_timeout = {database._busy_ms()}")
+                local.zero = False
+            return conn
+        except BaseException as exc:
+            gate.__exit__()
+            if self._timeout is not None and isinstance(exc, sqlite3.Error):
+                path = database.path
+                raise StoreError(f"cannot start a transaction on {path!r}: {exc}") from exc
+            raise
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        try:
+            if self._timeout is None:
+                return
+            if exc_type is not None:
+                self._conn.execute("ROLLBACK")
+                return  # the block's exception propagates
+            try:
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as error:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+                path = self._database.path
+                raise StoreError(f"cannot commit to {path!r}: {error}") from error
+        finally:
+            gate.__exit__()
