@@ -57,22 +57,13 @@ Step = t.Callable[[], None]
 _steps: dict[str, dict[str, Step]] = {name: {} for name in ORDER}
 
 
-def register(
-    name: str,
-    *,
-    before: Step | None = None,
-    after_in_parent: Step | None = None,
-    after_in_child: Step | None = None,
-    at_exit: Step | None = None,
-) -> None:
-    """Set the step ``name`` (one of :data:`ORDER`); each phase left ``None`` does nothing."""
-    phases = {
-        "before": before,
-        "after_in_parent": after_in_parent,
-        "after_in_child": after_in_child,
-        "at_exit": at_exit,
-    }
-    _steps[name] = {phase: step for phase, step in phases.items() if step is not None}
+def register(name: str, **phases: Step) -> None:
+    """Set the step ``name`` (one of :data:`ORDER`): a function for any of the phases
+    ``before``, ``after_in_parent``, ``after_in_child`` and ``at_exit``."""
+    unknown = set(phases) - {"before", "after_in_parent", "after_in_child", "at_exit"}
+    if name not in _steps or unknown:
+        raise ValueError(f"unknown step {name!r} or phase(s) {sorted(unknown)}")
+    _steps[name] = phases
 
 
 def _run(phase: str, names: t.Iterable[str]) -> None:
