@@ -86,7 +86,12 @@ def file_replaced(database: Database, how: str) -> None:
         write: t.Callable[[sqlite3.Connection], str] | None = None
         fork_gate.gate.close()
         try:
-            old = _all_connections(same)
+            # Every one of them: their page caches differ, and after a truncation one may
+            # still read a table another cannot.
+            old: list[sqlite3.Connection] = []
+            for db in same:
+                with db._connections_lock:
+                    old += [conn for _, conn in db._connections]
             salvager = next((db.on_replaced for db in same if db.on_replaced), None)
             if old and salvager is not None:
                 try:
@@ -167,14 +172,3 @@ def retry_copies() -> None:
         else:
             with _replace_lock:
                 unsalvaged.append((database, write, attempts + 1))
-
-
-def _all_connections(databases: t.Sequence[Database]) -> list[sqlite3.Connection]:
-    """This process's open connections to the file (their page caches differ: after a
-    truncation, one may still read a table another cannot)."""
-    found: list[sqlite3.Connection] = []
-    for db in databases:
-        with db._connections_lock:
-            found.extend(conn for _, conn in db._connections)
-    return found
-
