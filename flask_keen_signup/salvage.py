@@ -37,6 +37,11 @@ INVENTORY_INTERVAL = 30.0
 
 #: What is copied: ``{key: (table, columns, which rows)}``; inserted with the same columns.
 _TABLES = {
+    "markers": (
+        "keen_signup_markers",
+        "collection, user_id, state, claimed_at, confirmed_at",
+        "",
+    ),
     "events": (
         _OUTBOX,
         "id, collection, user_id, uniqueness_token, body, created_at",
@@ -47,11 +52,6 @@ _TABLES = {
         "id, collection, user_id, uniqueness_token, body, attempts, created_at, reason, "
         "error_code, died_at",
         "ORDER BY id",
-    ),
-    "markers": (
-        "keen_signup_markers",
-        "collection, user_id, state, claimed_at, confirmed_at",
-        "",
     ),
 }
 _WORDS = {"events": "queued event(s)", "dead_letters": "dead letter(s)", "markers": "marker(s)"}
@@ -138,13 +138,10 @@ def salvage(old: t.Sequence[sqlite3.Connection]) -> t.Callable[[sqlite3.Connecti
             rows[key] = got
     summary_lost = ""
     if lost:
-        parts = [
-            f"{'an unknown number of' if n < 0 else n} {_WORDS[key]}" for key, n in lost.items()
-        ]
         age = f"counted {time.time() - counted_at:.0f}s before" if counted_at else "never counted"
         summary_lost = (
             f"; NOT RECOVERED (the old file cannot be read: {lost_why}): "
-            f"{', '.join(parts)} ({age})"
+            f"{_in_words(lost)} ({age})"
         )
 
     def write(new: sqlite3.Connection) -> str:
@@ -253,12 +250,16 @@ def unrecovered(conn: sqlite3.Connection) -> dict[str, t.Any] | None:
 
 def describe_unrecovered(record: t.Mapping[str, t.Any]) -> str:
     """``record`` (see :func:`unrecovered`) in words, for ``status`` and health."""
-    parts = [
-        f"{'an unknown number of' if int(record[key]) < 0 else int(record[key])} {word}"
-        for key, word in _WORDS.items()
-        if record.get(key)
-    ]
-    return ", ".join(parts) + " lost with a damaged database file"
+    counts = {key: int(record[key]) for key in _WORDS if record.get(key)}
+    return _in_words(counts) + " lost with a damaged database file"
+
+
+def _in_words(counts: t.Mapping[str, int]) -> str:
+    """``{"markers": 41, "events": -1}`` as "41 marker(s), an unknown number of queued
+    event(s)" (-1: not known)."""
+    return ", ".join(
+        f"{'an unknown number of' if n < 0 else n} {_WORDS[key]}" for key, n in counts.items()
+    )
 
 
 __all__ = ["describe_unrecovered", "inventory_due", "salvage", "take_inventory", "unrecovered"]
