@@ -111,6 +111,15 @@ if hasattr(os, "register_at_fork"):  # not on Windows
     )
 atexit.register(_at_exit)
 
+
+def exit_first() -> None:
+    """Run the exit steps before every ``atexit`` hook registered so far (``atexit`` runs
+    the last registered first). A sender calls it as it starts: its flush then runs before
+    the exit hooks of whatever the app set up before it (a logging or error-reporting
+    client it may still need), and after those set up later."""
+    atexit.unregister(_at_exit)
+    atexit.register(_at_exit)
+
 #: Set in a forked child that gevent has not patched yet (see :func:`threads_on_hold`).
 _gevent_patch_pending = False
 _uwsgi_hooked = False

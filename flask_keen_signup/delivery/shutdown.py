@@ -79,6 +79,7 @@ def register(sender: Managed, *, signals: bool = True) -> None:
     """Track ``sender`` for exit, SIGTERM and fork; install the SIGTERM handler on first use."""
     with _lock:
         _senders.add(sender)
+    lifecycle.exit_first()
     if signals:
         install_signal_handler()
 

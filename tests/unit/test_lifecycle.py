@@ -7,7 +7,9 @@ their name and phase down, in the parent and through a pipe from the child.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import textwrap
 import typing as t
 
 import pytest
@@ -96,3 +98,25 @@ def test_the_package_registers_every_step() -> None:
     assert all(lifecycle._steps[name] for name in lifecycle.ORDER)
     assert "after_in_child" in lifecycle._steps["senders"]
     assert "at_exit" in lifecycle._steps["sqlite"]
+
+
+def test_a_starting_sender_moves_the_exit_steps_before_the_hooks_registered_earlier() -> None:
+    script = textwrap.dedent(
+        """
+        import atexit
+        from flask_keen_signup import lifecycle
+
+        lifecycle.register("spool", at_exit=lambda: print("flush", flush=True))
+        atexit.register(lambda: print("set up before the sender", flush=True))
+        lifecycle.exit_first()  # what a sender does as it starts
+        atexit.register(lambda: print("set up after the sender", flush=True))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.split("\n")[:3] == [
+        "set up after the sender",
+        "flush",
+        "set up before the sender",
+    ]
