@@ -151,13 +151,10 @@ def retry_copies() -> None:
     for database, write, attempts in pending:
         summary = _copy(database, write)
         if summary is not None:
-            with _replace_lock:
-                for index in range(len(replacements) - 1, -1, -1):
-                    if replacements[index].path == os.path.abspath(database.path):
-                        replacements[index] = dataclasses.replace(
-                            replacements[index], salvaged=summary
-                        )
-                        break
+            path = os.path.abspath(database.path)
+            with _replace_lock:  # the file's last replacement says what was copied now
+                last = max(i for i, r in enumerate(replacements) if r.path == path)
+                replacements[last] = dataclasses.replace(replacements[last], salvaged=summary)
             logger.warning(
                 "flask-keen-signup: the rows of the replaced SQLite file %s are copied now (%s)",
                 database.path,

@@ -129,13 +129,11 @@ def salvage(old: t.Sequence[sqlite3.Connection]) -> t.Callable[[sqlite3.Connecti
     lost_why = ""
     for key in _TABLES:
         got, why = _read(old, key)
+        rows[key] = got or []
         if got is None:
-            rows[key] = []
             # Unknown if never counted: at least one row is assumed, never a silent zero.
             lost[key] = counts.get(key, 1) if counted_at else -1
             lost_why = why
-        else:
-            rows[key] = got
     summary_lost = ""
     if lost:
         age = f"counted {time.time() - counted_at:.0f}s before" if counted_at else "never counted"
