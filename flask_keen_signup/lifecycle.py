@@ -55,6 +55,10 @@ ORDER = ("sqlite", "metrics", "spool", "senders")
 
 Step = t.Callable[[], None]
 _steps: dict[str, dict[str, Step]] = {name: {} for name in ORDER}
+#: Set in a forked child that gevent has not patched yet (see :func:`threads_on_hold`).
+_gevent_patch_pending = False
+_uwsgi_hooked = False
+_uwsgi_lock = threading.Lock()
 
 
 def register(name: str, **phases: Step) -> None:
@@ -119,11 +123,6 @@ def exit_first() -> None:
     client it may still need), and after those set up later."""
     atexit.unregister(_at_exit)
     atexit.register(_at_exit)
-
-#: Set in a forked child that gevent has not patched yet (see :func:`threads_on_hold`).
-_gevent_patch_pending = False
-_uwsgi_hooked = False
-_uwsgi_lock = threading.Lock()
 
 
 def _on_gevent_event(event: object) -> None:
