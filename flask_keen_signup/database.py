@@ -1,4 +1,4 @@
-"""The SQLite file shared by the marker ledger and the outbox.
+"""The SQLite file shared by the marker ledger and the outbox: its connections.
 
 One file per app (``KEEN_SIGNUP_DATABASE``), shared by every worker process of a host.
 WAL lets readers run beside the one writer; ``busy_timeout`` makes concurrent writers
@@ -6,17 +6,15 @@ queue instead of failing; ``BEGIN IMMEDIATE`` takes the write lock up front so a
 atomic across threads and processes. Each thread of each process gets its own connection
 (sqlite3 connections must not cross threads, and must never cross a ``fork``).
 
-Fork safety (gunicorn ``--preload``, uWSGI): SQLite keeps per-process lock bookkeeping and
-mutexes in library memory, and a child forked while *any* connection to the file is open
-inherits them; its own new connections then see locks nobody holds ("database is locked"
-forever) or deadlock. So every use of SQLite here passes a gate, and an at-fork hook waits
-until no thread is inside SQLite, closes every connection of every :class:`Database`, and
-lets both processes reopen lazily afterwards.
+Three neighbours do one job each: :mod:`.database_transaction` (:meth:`Database.reading`
+and :meth:`Database.transaction`; a login waits for the write lock in steps of
+microseconds, and the sender yields to it), :mod:`.database_fork_gate` (every use of SQLite
+passes its gate, so a fork never happens while a thread is inside) and
+:mod:`.database_file_watch` (the file deleted, replaced or truncated under the app).
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import logging
 import os
@@ -26,12 +24,19 @@ import time
 import typing as t
 import weakref
 
+from . import database_file_watch as file_watch
+from . import database_fork_gate as fork_gate
+from .database_file_watch import replacements as replacements  # for health()
+from .database_fork_gate import gate
+from .database_transaction import SENDER_CHUNK_ROWS as SENDER_CHUNK_ROWS
+from .database_transaction import Scope
+from .database_transaction import writers_waiting as writers_waiting
+from .database_transaction import yield_to_writers as yield_to_writers
 from .exceptions import StoreError
 
 #: How long a writer waits for the lock before giving up, in milliseconds.
 BUSY_TIMEOUT_MS = 10_000
-#: How long a fork waits for threads to leave SQLite before going ahead anyway, in seconds.
-FORK_WAIT_SECONDS = 15.0
+
 #: WAL pages past which a committing connection checkpoints the file itself. SQLite's
 #: default (1,000) makes every few hundredth login's COMMIT copy the WAL into the file and
 #: fsync it (milliseconds: the tail of the login path). Here it is only a backstop: the
@@ -49,78 +54,16 @@ FILE_CHECK_INTERVAL = 0.5
 
 logger = logging.getLogger(__name__)
 
-
-class _ForkGate:
-    """Any number of threads may use SQLite at once; a fork waits until none does.
-
-    Use as ``with _gate:``. Re-entrant per thread (a read inside a transaction), and
-    cheap: one uncontended lock round trip on the way in and out.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
-        self._active = 0
-        self._forking = False
-        self._depth = threading.local()
-
-    def __enter__(self) -> None:
-        local = self._depth
-        depth: int = getattr(local, "n", 0)
-        if depth == 0:
-            with self._lock:
-                while self._forking:
-                    self._idle.wait()
-                self._active += 1
-        local.n = depth + 1
-
-    def __exit__(self, *exc_info: object) -> None:
-        local = self._depth
-        depth: int = getattr(local, "n", 1) - 1  # a fork in between reset the depth
-        if depth > 0:
-            local.n = depth
-            return
-        local.n = 0
-        with self._lock:
-            active = self._active = max(0, self._active - 1)
-            # Only a fork waits for the gate to empty: don't pay for a notify otherwise
-            # (a Condition's notify is slow, and this runs in every login's transaction).
-            if active == 0 and self._forking:
-                self._idle.notify_all()
-
-    def close_for_fork(self) -> None:
-        own: int = 1 if getattr(self._depth, "n", 0) else 0
-        with self._lock:
-            self._forking = True
-            deadline = time.monotonic() + FORK_WAIT_SECONDS
-            while self._active > own:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    logger.warning("forking while %d thread(s) still use SQLite", self._active)
-                    break
-                self._idle.wait(left)
-
-    def reopen(self) -> None:
-        with self._lock:
-            self._forking = False
-            self._idle.notify_all()
-
-    def reset_in_child(self) -> None:
-        # Other threads did not survive the fork: fresh primitives, nobody inside.
-        self.__init__()  # type: ignore[misc]
-
-
-_gate = _ForkGate()
-
 #: ``salvager(old_conns)`` reads what must survive a replaced file through this process's
 #: connections to it and returns ``write(new_conn) -> summary`` (see
 #: :mod:`flask_keen_signup.salvage`).
 Salvager = t.Callable[[t.Sequence[sqlite3.Connection]], t.Callable[[sqlite3.Connection], str]]
-
-# The file deleted, replaced or truncated under the app (after _gate: it uses it).
-from . import _file_watch  # noqa: E402
-from ._file_watch import FileReplacement as FileReplacement  # noqa: E402 - re-exported
-from ._file_watch import replacements as replacements  # noqa: E402 - re-exported
+#: Files whose WAL must still be truncated (a :meth:`Database.scrub` that could not finish);
+#: any instance's next :meth:`Database.checkpoint` on that file tries again.
+_scrub_pending: set[str] = set()
+#: What this process created for its databases, in order: missing directories (outermost
+#: first), then each file. ``migrate --dry-run`` removes them again if it wrote nothing.
+created_paths: list[str] = []
 
 
 def _close_connections(
@@ -131,56 +74,8 @@ def _close_connections(
         closing = [conn for _, conn in connections]
         connections.clear()
     for conn in closing:
-        try:
+        with contextlib.suppress(sqlite3.Error):
             conn.close()
-        except sqlite3.Error:
-            logger.debug("could not close a SQLite connection", exc_info=True)
-
-
-def _close_at_exit() -> None:
-    """Close the connections of ended threads and of this one (after the senders' exit
-    flush: this hook is registered first, so it runs after theirs)."""
-    for database in list(_databases):
-        database.close_finished()
-        database.close()
-
-
-atexit.register(_close_at_exit)
-
-
-_databases: weakref.WeakSet[Database] = weakref.WeakSet()
-#: Files whose WAL must still be truncated (a :meth:`Database.scrub` that could not finish);
-#: any instance's next :meth:`Database.checkpoint` on that file tries again.
-_scrub_pending: set[str] = set()
-#: What this process created for its databases, in order: missing directories (outermost
-#: first), then each file. ``migrate --dry-run`` removes them again if it wrote nothing.
-created_paths: list[str] = []
-#: Bumped at every fork: a thread's connection from an older generation is reopened.
-_generation = 0
-
-
-def _before_fork() -> None:
-    global _generation
-    _gate.close_for_fork()
-    for database in list(_databases):
-        database._close_all()
-    _generation += 1
-
-
-def _after_fork_in_parent() -> None:
-    _gate.reopen()
-
-
-def _after_fork_in_child() -> None:
-    _gate.reset_in_child()
-
-
-if hasattr(os, "register_at_fork"):  # not on Windows
-    os.register_at_fork(
-        before=_before_fork,
-        after_in_parent=_after_fork_in_parent,
-        after_in_child=_after_fork_in_child,
-    )
 
 
 class Database:
@@ -195,10 +90,8 @@ class Database:
         failing with "database is locked". Long for the sender; the login path opens the
         same file through a second instance whose timeout is ``KEEN_SIGNUP_STORE_TIMEOUT``
         (see :mod:`flask_keen_signup.spool`).
-    :param on_replaced: called as ``on_replaced(old_conns)`` when the file at ``path`` turns
-        out to be another file than the one open (deleted, replaced by a copy, truncated): it reads
-        what must survive from the old file and returns a function that writes it into the
-        new one (see :mod:`flask_keen_signup.salvage`).
+    :param on_replaced: a :data:`Salvager`, called when the file at ``path`` turns out to be
+        another file than the one open (deleted, replaced by a copy, truncated).
     """
 
     def __init__(
@@ -231,12 +124,12 @@ class Database:
         # can close them all. Connections of finished threads are closed at the next open.
         self._connections: list[tuple[weakref.ref[threading.Thread], sqlite3.Connection]] = []
         self._connections_lock = threading.Lock()
-        _databases.add(self)
+        fork_gate.databases.add(self)
         # An instance dropped with connections still open (an app torn down, a one-off
         # tool) closes them: Python 3.13 warns about every connection left to the GC.
         weakref.finalize(
             self, _close_connections, self._connections, self._connections_lock
-        ).atexit = False  # at exit: _close_at_exit, after the senders' flush
+        ).atexit = False  # at exit: the "sqlite" step of .lifecycle, after the senders'
 
     def __repr__(self) -> str:
         return f"<Database {self.path!r} synchronous={self.synchronous}>"
@@ -266,37 +159,45 @@ class Database:
             os.close(fd)
             created_paths.append(os.path.abspath(self.path))
 
+    def _current(self) -> sqlite3.Connection | None:
+        """This thread's connection if it is open and not from before a fork."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and self._local.generation == fork_gate.generation:
+            return conn
+        return None
+
     def connection(self) -> sqlite3.Connection:
         """This thread's connection, opened on first use (and again after a fork).
 
         Product code uses it inside :meth:`reading` or :meth:`transaction`, which let a
         fork wait for it; calling it bare is for tests and one-off tools.
         """
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None and self._local.generation == _generation:
+        conn = self._current()
+        if conn is not None:
             return conn
         deadline = time.monotonic() + self.busy_timeout
         while True:
             try:
                 conn = self._open()
                 break
-            except sqlite3.OperationalError as exc:
+            except (sqlite3.Error, OSError) as exc:
                 # Switching a new file to WAL takes an exclusive lock and SQLite may answer
                 # "locked" at once, without its busy handler, when another connection (the
                 # sender thread, another worker) opens the same new file at that moment.
-                if "locked" not in str(exc) or time.monotonic() > deadline:
+                locked = isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+                if not locked or time.monotonic() > deadline:
                     raise StoreError(
                         f"cannot open the SQLite database {self.path!r}: {exc}"
                     ) from exc
                 time.sleep(0.01)
-            except (sqlite3.Error, OSError) as exc:
-                raise StoreError(f"cannot open the SQLite database {self.path!r}: {exc}") from exc
         self._local.conn = conn
-        self._local.generation = _generation
-        self._local.zero = False  # busy_timeout is the instance's (see _begin_immediate)
-        self._track(conn)
+        self._local.generation = fork_gate.generation
+        self._local.zero = False  # busy_timeout is the instance's (see begin_immediate)
+        self.close_finished()
+        with self._connections_lock:
+            self._connections.append((weakref.ref(threading.current_thread()), conn))
         if self._identity is None:
-            self._identity, self._size = _file_watch.stat_of(self.path)
+            self._identity, self._size = file_watch.stat_of(self.path)
             self._check_at = time.monotonic() + FILE_CHECK_INTERVAL
         return conn
 
@@ -316,65 +217,57 @@ class Database:
         if (now < self._check_at and not force) or self._identity is None:
             return
         self._check_at = now + FILE_CHECK_INTERVAL
-        if _file_watch.unsalvaged:
-            _file_watch.retry_copies(_HOST)
-        current, size = _file_watch.stat_of(self.path)
+        if file_watch.unsalvaged:
+            file_watch.retry_copies()
+        current, size = file_watch.stat_of(self.path)
         if current != self._identity:
-            how = "deleted" if current is None else "replaced"
-            _file_watch.file_replaced(_HOST, self, current, how)
+            file_watch.file_replaced(self, "deleted" if current is None else "replaced")
         elif size < self._size:
             # Never its header read to tell a VACUUM from a cut: opening and closing the
             # file would drop this process's SQLite locks (see _create_file). No VACUUM on
             # a live file, then (docs/degraded-store.md).
-            _file_watch.file_replaced(_HOST, self, current, "truncated")
+            file_watch.file_replaced(self, "truncated")
         else:
             self._size = size
-
-    def _track(self, conn: sqlite3.Connection) -> None:
-        main_thread = threading.main_thread()
-        with self._connections_lock:
-            alive = []
-            for thread_ref, other in self._connections:
-                thread = thread_ref()
-                # The main thread counts as finished once the interpreter starts exiting,
-                # yet it still runs the atexit flush with its connection: keep that one.
-                if thread is not None and (thread.is_alive() or thread is main_thread):
-                    alive.append((thread_ref, other))
-                else:  # its thread is gone (e.g. a prefetch helper): nobody will use it
-                    with contextlib.suppress(sqlite3.Error):
-                        other.close()
-            alive.append((weakref.ref(threading.current_thread()), conn))
-            self._connections[:] = alive  # in place: the finalizer holds this list
 
     def close_finished(self) -> int:
         """Close the connections of threads that have ended; return how many.
 
-        A thread's connection is otherwise closed only when another thread opens one
-        (:meth:`_track`); the sender calls this now and then (:meth:`checkpoint`), and
-        the exit hook at the end.
+        Called when a thread opens its connection, by the sender now and then
+        (:meth:`checkpoint`), and at exit.
         """
         main_thread = threading.main_thread()
-        closed = []
+        finished = []
         with self._connections_lock:
             alive = []
             for thread_ref, conn in self._connections:
                 thread = thread_ref()
+                # The main thread counts as finished once the interpreter starts exiting,
+                # yet it still runs the atexit flush with its connection: keep that one.
                 if thread is not None and (thread.is_alive() or thread is main_thread):
                     alive.append((thread_ref, conn))
-                else:
-                    closed.append(conn)
-            self._connections[:] = alive
-        for conn in closed:
-            with _gate, contextlib.suppress(sqlite3.Error):
+                else:  # its thread is gone (e.g. a prefetch helper): nobody will use it
+                    finished.append(conn)
+            self._connections[:] = alive  # in place: the finalizer holds this list
+        for conn in finished:
+            with gate, contextlib.suppress(sqlite3.Error):
                 conn.close()
-        return len(closed)
+        return len(finished)
 
-    def reading(self) -> _Reading:
+    def reading(self) -> Scope:
         """This thread's connection, for reads outside a transaction (fork-gated).
 
         ``with database.reading() as conn: ...``
         """
-        return _Reading(self)
+        return Scope(self, None)
+
+    def transaction(self, timeout: float | None = None) -> Scope:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back if the block raises.
+
+        ``with database.transaction() as conn: ...``; ``timeout``: how long ``BEGIN``
+        waits for the write lock, default ``busy_timeout``.
+        """
+        return Scope(self, self.busy_timeout if timeout is None else timeout)
 
     def _open(self) -> sqlite3.Connection:
         self._create_file()
@@ -385,7 +278,7 @@ class Database:
             check_same_thread=False,
         )
         try:
-            conn.execute(f"PRAGMA busy_timeout = {max(1, round(self.busy_timeout * 1000))}")
+            conn.execute(f"PRAGMA busy_timeout = {self._busy_ms()}")
             if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
@@ -400,6 +293,9 @@ class Database:
             conn.close()
             raise
         return conn
+
+    def _busy_ms(self) -> int:
+        return max(1, round(self.busy_timeout * 1000))
 
     def checkpoint(self, *, now: float | None = None) -> bool:
         """Copy the WAL's committed pages into the file, at most every
@@ -416,13 +312,13 @@ class Database:
         if now < self._checkpoint_at:
             return False
         self._checkpoint_at = now + CHECKPOINT_INTERVAL
-        if not getattr(_gate._depth, "n", 0):
+        if not gate.inside():
             # Before copying WAL pages into the file: a checkpoint into a truncated file
             # would grow it back (hiding the cut) and let the WAL be reset after it.
             self._check_file(force=True)
         if now >= self._reap_at:
             self._reap_at = now + REAP_INTERVAL
-            for database in list(_databases):
+            for database in list(fork_gate.databases):
                 database.close_finished()
         if _scrub_pending and os.path.abspath(self.path) in _scrub_pending:
             self.scrub(wait=0.0)
@@ -453,8 +349,7 @@ class Database:
                     try:
                         busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
                     finally:
-                        ms = max(1, round(self.busy_timeout * 1000))
-                        conn.execute(f"PRAGMA busy_timeout = {ms}")
+                        conn.execute(f"PRAGMA busy_timeout = {self._busy_ms()}")
             except (sqlite3.OperationalError, StoreError):
                 busy = 1  # "database is locked" (a writer holds the lock), or cannot open
             if not busy:
@@ -484,215 +379,21 @@ class Database:
         with self._schema_lock:
             if script not in self._schemas:
                 self._schemas.append(script)
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None and self._local.generation == _generation:
-            with _gate:
+        conn = self._current()
+        if conn is not None:
+            with gate:
                 conn.executescript(script)
-
-    def transaction(self) -> _Transaction:
-        """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back if the block raises.
-
-        ``with database.transaction() as conn: ...``
-        """
-        return _Transaction(self)
 
     def close(self) -> None:
         """Close this thread's connection (others close when their thread ends)."""
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None and self._local.generation == _generation:
-            with _gate:
+        conn = self._current()
+        if conn is not None:
+            with gate:
                 conn.close()
         self._local.conn = None
 
     def _close_all(self) -> None:
-        """Close every connection of this instance, from the forking thread (see the
-        module doc). Their threads reopen on next use: the generation has moved on."""
+        """Close every connection of this instance (a fork, a replaced file: see
+        :mod:`.database_fork_gate`). Their threads reopen on next use: the generation
+        moves on."""
         _close_connections(self._connections, self._connections_lock)
-
-
-#: The first pause between two tries at the write lock, and the longest, in seconds.
-LOCK_RETRY_FIRST = 0.00005
-LOCK_RETRY_MAX = 0.001
-#: Rows the sender's bookkeeping writes per transaction (see :func:`yield_to_writers`).
-#: SQLite rewrites a row and its index entries in ~5-10 µs here, so a transaction of this
-#: many rows holds the write lock for about 0.1-0.2 ms.
-SENDER_CHUNK_ROWS = 16
-#: How long the sender's bookkeeping waits at most, between two of its transactions, for
-#: a thread of this process that is waiting for the write lock (a login), in seconds.
-YIELD_MAX = 0.002
-
-# Threads of this process waiting for the write lock right now (see _begin_immediate).
-_waiting = 0
-_waiting_lock = threading.Lock()
-
-
-def writers_waiting() -> int:
-    """How many threads of this process wait for a SQLite write lock right now."""
-    return _waiting
-
-
-def yield_to_writers() -> None:
-    """Let a waiting login take the write lock before the sender's next transaction.
-
-    Called by the sender's bookkeeping between its short transactions: without it the
-    sender, which begins its next transaction microseconds after committing the last,
-    would win the lock again and again while the login sleeps between its tries. Waits
-    until nobody of this process is waiting, at most :data:`YIELD_MAX`. Logins of other
-    processes are not seen here; they get the gaps between the transactions.
-    """
-    if not _waiting:
-        return
-    deadline = time.monotonic() + YIELD_MAX
-    while _waiting and time.monotonic() < deadline:
-        time.sleep(LOCK_RETRY_FIRST)
-
-
-def _begin_immediate(conn: sqlite3.Connection, local: t.Any, timeout: float) -> None:
-    """``BEGIN IMMEDIATE``, waiting for the write lock in steps of tens of microseconds.
-
-    SQLite's own busy handler sleeps 1 ms, then 2, 5, 10 ms... between tries, so a login
-    that finds the sender's short bookkeeping transaction (a fraction of a millisecond)
-    holding the lock would wait at least a millisecond. Here the first try fails at once
-    (``busy_timeout`` 0) and the retries start at :data:`LOCK_RETRY_FIRST`, doubling up
-    to :data:`LOCK_RETRY_MAX`, until ``timeout``. Only ``BEGIN`` waits for a lock: once
-    it holds the write lock, the transaction's statements do not (WAL). The connection
-    stays at 0 until the thread's next read outside a transaction restores its timeout
-    (:class:`_Reading`), so a login that only writes pays for no ``PRAGMA``.
-    """
-    if not local.zero:
-        conn.execute("PRAGMA busy_timeout = 0")
-        local.zero = True
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-    except sqlite3.OperationalError as exc:
-        if "locked" not in str(exc) and "busy" not in str(exc):
-            raise
-        _wait(timeout, conn)
-
-
-def _wait(timeout: float, conn: sqlite3.Connection) -> None:
-    """Retry ``BEGIN IMMEDIATE`` until it succeeds or ``timeout`` passes (counted as a
-    waiter meanwhile, see :func:`yield_to_writers`)."""
-    global _waiting
-    with _waiting_lock:
-        _waiting += 1
-    try:
-        deadline = time.monotonic() + timeout
-        pause = LOCK_RETRY_FIRST
-        while True:
-            time.sleep(pause)
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                if ("locked" not in str(exc) and "busy" not in str(exc)) or (
-                    time.monotonic() >= deadline
-                ):
-                    raise
-            pause = min(pause * 2, LOCK_RETRY_MAX)
-    finally:
-        with _waiting_lock:
-            _waiting -= 1
-
-
-# Context managers as small classes rather than ``@contextlib.contextmanager`` generators:
-# the claim and the enqueue of a new user's login run through them, and a generator-based
-# manager costs several times more per use on that path (see bench/callback.py --profile).
-
-
-class _Reading:
-    """See :meth:`Database.reading`."""
-
-    __slots__ = ("_database",)
-
-    def __init__(self, database: Database) -> None:
-        self._database = database
-
-    def __enter__(self) -> sqlite3.Connection:
-        database = self._database
-        if not getattr(_gate._depth, "n", 0):
-            database._check_file(force=getattr(database._local, "conn", None) is None)
-        _gate.__enter__()
-        try:
-            conn = database.connection()
-            local = database._local
-            if local.zero and not conn.in_transaction:  # left at 0 by a transaction
-                conn.execute(f"PRAGMA busy_timeout = {max(1, round(database.busy_timeout * 1000))}")
-                local.zero = False
-            return conn
-        except BaseException:
-            _gate.__exit__()
-            raise
-
-    def __exit__(self, *exc_info: object) -> None:
-        _gate.__exit__()
-
-
-class _Transaction:
-    """See :meth:`Database.transaction`."""
-
-    __slots__ = ("_database", "_conn", "_timeout")
-
-    def __init__(self, database: Database, timeout: float | None = None) -> None:
-        self._database = database
-        self._timeout = database.busy_timeout if timeout is None else timeout
-
-    def __enter__(self) -> sqlite3.Connection:
-        database = self._database
-        if not getattr(_gate._depth, "n", 0):
-            database._check_file(force=getattr(database._local, "conn", None) is None)
-        _gate.__enter__()
-        try:
-            conn = self._conn = database.connection()
-            _begin_immediate(conn, database._local, self._timeout)
-        except sqlite3.Error as exc:
-            _gate.__exit__()
-            path = self._database.path
-            raise StoreError(f"cannot start a transaction on {path!r}: {exc}") from exc
-        except BaseException:
-            _gate.__exit__()
-            raise
-        return conn
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
-    ) -> None:
-        conn = self._conn
-        try:
-            if exc_type is not None:
-                conn.execute("ROLLBACK")
-                return  # the block's exception propagates
-            try:
-                conn.execute("COMMIT")
-            except sqlite3.Error as error:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                path = self._database.path
-                raise StoreError(f"cannot commit to {path!r}: {error}") from error
-        finally:
-            _gate.__exit__()
-
-
-class _Host:
-    """What :mod:`._file_watch` needs of this module (see :class:`._file_watch.Host`)."""
-
-    def close_gate(self) -> None:
-        _gate.close_for_fork()
-
-    def open_gate(self) -> None:
-        _gate.reopen()
-
-    def instances(self) -> list[Database]:
-        return list(_databases)
-
-    def new_generation(self) -> None:
-        global _generation
-        _generation += 1
-
-    def transaction(self, database: Database) -> _Transaction:
-        # The copy is rare and must not fail on the login path's short timeout (only BEGIN
-        # waits for the lock; see _begin_immediate).
-        return _Transaction(database, BUSY_TIMEOUT_MS / 1000)
-
-
-_HOST = _Host()

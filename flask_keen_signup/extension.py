@@ -123,7 +123,7 @@ class KeenSignup:
         if settings.enabled and state.parts.uses_database:
             # A directory, a non-SQLite file, a read-only or forbidden path: refuse to
             # start, naming the key, rather than fail in every login and flush.
-            from ._database_check import check_database
+            from .database_check import check_database
 
             check_database(state.database)
         state.health_thresholds = thresholds

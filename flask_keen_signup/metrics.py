@@ -28,12 +28,12 @@ Names and labels are DESIGN §9's; ``docs/metrics.md`` has the dashboard and ale
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import typing as t
 import weakref
 
+from . import lifecycle
 from .exceptions import ConfigurationError
 
 if t.TYPE_CHECKING:  # pragma: no cover
@@ -61,36 +61,9 @@ OUTBOX_STATES = ("pending", "in_flight", "dead")
 #: an outage stretches it to hours.
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400)
 
-_INSTALL_HINT = (
-    "Prometheus metrics need prometheus_client: pip install 'flask-keen-signup[metrics]'"
-)
-
-
-class _Metrics:
-    """The process's counter and histogram (one set per process, in the default registry)."""
-
-    def __init__(self) -> None:
-        from prometheus_client import Counter
-        from prometheus_client import Histogram
-
-        self.signups = Counter(
-            SIGNUPS,
-            "Signups by outcome: recorded (claimed and queued), delivered (Keen accepted), "
-            "dead (dead-lettered), failed (a failed attempt, retried), spooled, "
-            "not_recorded (neither the store nor the spool could take it: lost).",
-            ["outcome"],
-        )
-        for outcome in OUTCOMES:
-            self.signups.labels(outcome)  # every series exists from the start, at 0
-        self.latency = Histogram(
-            DELIVERY_LATENCY,
-            "Seconds from a signup being recorded in the outbox to Keen accepting it.",
-            buckets=LATENCY_BUCKETS,
-        )
-
-
 _lock = threading.Lock()
-_metrics: _Metrics | None = None
+#: The process's counter and histogram (one pair per process, in the default registry).
+_metrics: tuple[t.Any, t.Any] | None = None
 #: Held around every increment, and by a fork while it happens (see :func:`_before_fork`).
 _count_lock = threading.Lock()
 
@@ -116,12 +89,12 @@ def _after_fork_in_child() -> None:
     _count_lock = threading.Lock()
 
 
-if hasattr(os, "register_at_fork"):  # not on Windows
-    os.register_at_fork(
-        before=_before_fork,
-        after_in_parent=_after_fork_in_parent,
-        after_in_child=_after_fork_in_child,
-    )
+lifecycle.register(
+    "metrics",
+    before=_before_fork,
+    after_in_parent=_after_fork_in_parent,
+    after_in_child=_after_fork_in_child,
+)
 _registered: weakref.WeakKeyDictionary[t.Any, set[int]] = weakref.WeakKeyDictionary()
 
 
@@ -134,11 +107,28 @@ def available() -> bool:
     return True
 
 
-def _get_metrics() -> _Metrics:
+def _get_metrics() -> tuple[t.Any, t.Any]:
     global _metrics
     with _lock:
         if _metrics is None:
-            _metrics = _Metrics()
+            from prometheus_client import Counter
+            from prometheus_client import Histogram
+
+            signups = Counter(
+                SIGNUPS,
+                "Signups by outcome: recorded (claimed and queued), delivered (Keen "
+                "accepted), dead (dead-lettered), failed (a failed attempt, retried), "
+                "spooled, not_recorded (neither the store nor the spool could take it: lost).",
+                ["outcome"],
+            )
+            for outcome in OUTCOMES:
+                signups.labels(outcome)  # every series exists from the start, at 0
+            latency = Histogram(
+                DELIVERY_LATENCY,
+                "Seconds from a signup being recorded in the outbox to Keen accepting it.",
+                buckets=LATENCY_BUCKETS,
+            )
+            _metrics = (signups, latency)
         return _metrics
 
 
@@ -166,9 +156,8 @@ def start_counting(app: Flask) -> Count | None:
         return existing
     if not enabled(app) or not available():
         return None
-    metrics = _get_metrics()
-    children = {outcome: metrics.signups.labels(outcome) for outcome in OUTCOMES}
-    latency = metrics.latency
+    signups, latency = _get_metrics()
+    children = {outcome: signups.labels(outcome) for outcome in OUTCOMES}
 
     def count(kind: str, payload: t.Mapping[str, t.Any]) -> None:
         child = children.get(kind)
@@ -249,7 +238,9 @@ def register(app: Flask, state: SignupState, registry: t.Any = None) -> None:
     if not enabled(app):
         raise ConfigurationError("KEEN_SIGNUP_METRICS is False: metrics are switched off")
     if not available():
-        raise ConfigurationError(_INSTALL_HINT)
+        raise ConfigurationError(
+            "Prometheus metrics need prometheus_client: pip install 'flask-keen-signup[metrics]'"
+        )
     from prometheus_client import REGISTRY
 
     start_counting(app)

@@ -27,7 +27,6 @@ import threading
 import time
 import typing as t
 
-_MARKERS = "keen_signup_markers"
 _OUTBOX = "keen_signup_outbox"
 _DEAD = "keen_signup_dead_letters"
 _META = "keen_signup_outbox_meta"
@@ -36,19 +35,25 @@ UNRECOVERED_KEY = "unrecovered"
 #: How often (at most) the sender counts the rows a damaged file could lose, in seconds.
 INVENTORY_INTERVAL = 30.0
 
-_COUNTS = {
-    "events": f"SELECT COUNT(*) FROM {_OUTBOX} WHERE state IN ('pending', 'confirming')",
-    "dead_letters": f"SELECT COUNT(*) FROM {_DEAD}",
-    "markers": f"SELECT COUNT(*) FROM {_MARKERS}",
+#: What is copied: ``{key: (table, columns, which rows)}``; inserted with the same columns.
+_TABLES = {
+    "markers": (
+        "keen_signup_markers",
+        "collection, user_id, state, claimed_at, confirmed_at",
+        "",
+    ),
+    "events": (
+        _OUTBOX,
+        "id, collection, user_id, uniqueness_token, body, created_at",
+        "WHERE state IN ('pending', 'confirming') ORDER BY id",
+    ),
+    "dead_letters": (
+        _DEAD,
+        "id, collection, user_id, uniqueness_token, body, attempts, created_at, reason, "
+        "error_code, died_at",
+        "ORDER BY id",
+    ),
 }
-_READS = {
-    "markers": f"SELECT collection, user_id, state, claimed_at, confirmed_at FROM {_MARKERS}",
-    "events": "SELECT id, collection, user_id, uniqueness_token, body, created_at "
-    f"FROM {_OUTBOX} WHERE state IN ('pending', 'confirming') ORDER BY id",
-    "dead_letters": "SELECT id, collection, user_id, uniqueness_token, body, attempts, "
-    f"created_at, reason, error_code, died_at FROM {_DEAD} ORDER BY id",
-}
-_TABLES = {"markers": _MARKERS, "events": _OUTBOX, "dead_letters": _DEAD}
 _WORDS = {"events": "queued event(s)", "dead_letters": "dead letter(s)", "markers": "marker(s)"}
 
 #: ``{absolute path: (counts, wall-clock time)}`` from the last :func:`take_inventory`.
@@ -82,8 +87,9 @@ def take_inventory(conn: sqlite3.Connection) -> None:
     never pays for it."""
     path = _path_of(conn)
     counts: dict[str, int] = {}
-    for key, sql in _COUNTS.items():
+    for key, (table, _, rows) in _TABLES.items():
         try:
+            sql = f"SELECT COUNT(*) FROM {table} {rows.replace(' ORDER BY id', '')}"
             counts[key] = int(conn.execute(sql).fetchone()[0])
         except sqlite3.Error:  # a table not created yet (the outbox of another backend)
             counts[key] = 0
@@ -96,16 +102,17 @@ def _read(
 ) -> tuple[list[tuple[t.Any, ...]] | None, str]:
     """Rows of one table from the first connection that reads all of them, or (None, why)."""
     why = "no connection"
+    table, columns, rows = _TABLES[key]
     for conn in conns:
         try:
             tables = {
                 name
                 for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
             }
-            if _TABLES[key] not in tables:
+            if table not in tables:
                 why = "the table is gone"
                 continue
-            return conn.execute(_READS[key]).fetchall(), ""
+            return conn.execute(f"SELECT {columns} FROM {table} {rows}").fetchall(), ""
         except sqlite3.Error as exc:  # pages cut off by a truncation: try another connection
             why = str(exc)
     return None, why
@@ -120,30 +127,25 @@ def salvage(old: t.Sequence[sqlite3.Connection]) -> t.Callable[[sqlite3.Connecti
     rows: dict[str, list[tuple[t.Any, ...]]] = {}
     lost: dict[str, int] = {}
     lost_why = ""
-    for key in _READS:
+    for key in _TABLES:
         got, why = _read(old, key)
+        rows[key] = got or []
         if got is None:
-            rows[key] = []
             # Unknown if never counted: at least one row is assumed, never a silent zero.
             lost[key] = counts.get(key, 1) if counted_at else -1
             lost_why = why
-        else:
-            rows[key] = got
     summary_lost = ""
     if lost:
-        parts = [
-            f"{'an unknown number of' if n < 0 else n} {_WORDS[key]}" for key, n in lost.items()
-        ]
         age = f"counted {time.time() - counted_at:.0f}s before" if counted_at else "never counted"
         summary_lost = (
             f"; NOT RECOVERED (the old file cannot be read: {lost_why}): "
-            f"{', '.join(parts)} ({age})"
+            f"{_in_words(lost)} ({age})"
         )
 
     def write(new: sqlite3.Connection) -> str:
-        added_markers = _write_markers(new, rows["markers"])
-        added_events = _write_events(new, rows["events"])
-        added_dead = _write_dead_letters(new, rows["dead_letters"])
+        added_markers = _insert(new, "markers", rows["markers"], "ON CONFLICT DO NOTHING")
+        added_events = _write_queued(new, "events", rows["events"])
+        added_dead = _write_queued(new, "dead_letters", rows["dead_letters"])
         if lost:
             _record_unrecovered(new, lost)
         return (
@@ -155,25 +157,22 @@ def salvage(old: t.Sequence[sqlite3.Connection]) -> t.Callable[[sqlite3.Connecti
     return write
 
 
-def _write_markers(new: sqlite3.Connection, markers: t.Sequence[tuple[t.Any, ...]]) -> int:
-    added = 0
-    for row in markers:
-        cursor = new.execute(
-            f"INSERT INTO {_MARKERS} (collection, user_id, state, claimed_at, confirmed_at) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (collection, user_id) DO NOTHING",
-            row,
-        )
-        added += cursor.rowcount
-    return added
+def _insert(new: sqlite3.Connection, key: str, rows: t.Any, tail: str = "") -> int:
+    """Insert ``rows`` (of :data:`_TABLES`'s columns) into ``key``'s table; how many."""
+    table, columns, _ = _TABLES[key]
+    marks = ", ".join("?" * (columns.count(",") + 1))
+    sql = f"INSERT INTO {table} ({columns}) VALUES ({marks}) {tail}"
+    return sum(new.execute(sql, row).rowcount for row in rows)
 
 
-def _known(new: sqlite3.Connection, token: str) -> bool:
-    return bool(
-        new.execute(f"SELECT 1 FROM {_OUTBOX} WHERE uniqueness_token = ? LIMIT 1", (token,))
-        .fetchone()
-        or new.execute(f"SELECT 1 FROM {_DEAD} WHERE uniqueness_token = ? LIMIT 1", (token,))
-        .fetchone()
+def _in_either(new: sqlite3.Connection, column: str, value: t.Any) -> bool:
+    """Whether a row of the new file's outbox or dead letters has ``value`` in ``column``."""
+    found = new.execute(
+        f"SELECT 1 FROM {_OUTBOX} WHERE {column} = ? UNION ALL "
+        f"SELECT 1 FROM {_DEAD} WHERE {column} = ?",
+        (value, value),
     )
+    return found.fetchone() is not None
 
 
 def _top_id(new: sqlite3.Connection, table: str) -> int:
@@ -181,73 +180,49 @@ def _top_id(new: sqlite3.Connection, table: str) -> int:
     return int(top)
 
 
-def _id_for(new: sqlite3.Connection, wanted: int) -> int:
-    """``wanted`` (the row's id in the old file) if no row of the new file has it, else the
-    next id above every row of both tables.
+def _write_queued(new: sqlite3.Connection, key: str, rows: t.Sequence[t.Any]) -> int:
+    """Copy queued events or dead letters (``key``) the new file has no row of (by
+    uniqueness token), under their own ids where the new file has no row with it, else
+    above every row of both tables; return how many.
 
     Keeping the id matters: the sender may have the row in flight when the file changes,
     and records the outcome by id (``mark_delivered``): under its own id the outcome lands
-    on this row, never on another signup's that took the id in the new file.
-    """
-    taken = new.execute(
-        f"SELECT 1 FROM {_OUTBOX} WHERE id = ? UNION ALL SELECT 1 FROM {_DEAD} WHERE id = ?",
-        (wanted, wanted),
-    ).fetchone()
-    if not taken:
-        return wanted
-    return max(_top_id(new, _OUTBOX), _top_id(new, _DEAD)) + 1
-
-
-def _write_events(new: sqlite3.Connection, events: t.Sequence[tuple[t.Any, ...]]) -> int:
-    added = 0
-    for old_id, collection, user_id, token, body, created_at in events:
-        if _known(new, token):
-            continue
-        new.execute(
-            f"INSERT INTO {_OUTBOX} (id, collection, user_id, uniqueness_token, body, "
-            "created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (_id_for(new, old_id), collection, user_id, token, body, created_at, created_at),
-        )
-        added += 1
-    return added
-
-
-def _write_dead_letters(new: sqlite3.Connection, dead: t.Sequence[tuple[t.Any, ...]]) -> int:
-    """Copy dead letters, under their own ids where the new file has no row with it.
-
-    A dead letter keeps an outbox row's id (``retry-dead`` puts it back under that id), and
-    the outbox never reuses one because its newest row is never deleted (see
-    :mod:`.delivery.sqlite_outbox`): a copy whose id is above every outbox row gets a blank
-    placeholder row in the outbox that keeps the id taken.
+    on this row, never on another signup's that took the id in the new file. A dead letter
+    keeps an outbox row's id too (``retry-dead`` puts it back under that id), and the
+    outbox never reuses one because its newest row is never deleted (see
+    :mod:`.delivery.sqlite_outbox`): a dead letter whose id is above every outbox row gets
+    a blank placeholder row in the outbox that keeps the id taken.
     """
     added = 0
     now = time.time()
-    for old_id, collection, user_id, token, body, attempts, created_at, reason, code, died in dead:
-        if _known(new, token):
+    for row in rows:
+        if _in_either(new, "uniqueness_token", row[3]):
             continue
-        row_id = _id_for(new, old_id)
-        new.execute(
-            f"INSERT INTO {_DEAD} (id, collection, user_id, uniqueness_token, body, attempts, "
-            "created_at, reason, error_code, died_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (row_id, collection, user_id, token, body, attempts, created_at, reason, code, died),
-        )
-        if row_id <= _top_id(new, _OUTBOX):
-            added += 1
-            continue
-        new.execute(
-            f"INSERT INTO {_OUTBOX} (id, collection, user_id, uniqueness_token, body, state, "
-            "created_at, next_attempt_at, done_at, last_error) "
-            "VALUES (?, ?, '', '', '', 'skipped', ?, ?, ?, "
-            "'placeholder keeping the id of a dead letter')",
-            (row_id, collection, now, now, now),
-        )
+        row_id = row[0]
+        if _in_either(new, "id", row_id):
+            row_id = max(_top_id(new, _OUTBOX), _top_id(new, _DEAD)) + 1
+        if key == "events":  # due at once, as it was
+            new.execute(
+                f"INSERT INTO {_OUTBOX} (id, collection, user_id, uniqueness_token, body, "
+                "created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (row_id, *row[1:], row[5]),
+            )
+        else:
+            _insert(new, key, [(row_id, *row[1:])])
+        if key != "events" and row_id > _top_id(new, _OUTBOX):
+            new.execute(
+                f"INSERT INTO {_OUTBOX} (id, collection, user_id, uniqueness_token, body, "
+                "state, created_at, next_attempt_at, done_at, last_error) "
+                "VALUES (?, ?, '', '', '', 'skipped', ?, ?, ?, "
+                "'placeholder keeping the id of a dead letter')",
+                (row_id, row[1], now, now, now),
+            )
         added += 1
     return added
 
 
 def _record_unrecovered(new: sqlite3.Connection, lost: t.Mapping[str, int]) -> None:
-    found = new.execute(f"SELECT value FROM {_META} WHERE key = ?", (UNRECOVERED_KEY,)).fetchone()
-    record: dict[str, t.Any] = json.loads(found[0]) if found else {}
+    record = unrecovered(new) or {}
     for key, count in lost.items():
         before = int(record.get(key, 0))
         record[key] = -1 if count < 0 or before < 0 else before + count
@@ -273,12 +248,16 @@ def unrecovered(conn: sqlite3.Connection) -> dict[str, t.Any] | None:
 
 def describe_unrecovered(record: t.Mapping[str, t.Any]) -> str:
     """``record`` (see :func:`unrecovered`) in words, for ``status`` and health."""
-    parts = [
-        f"{'an unknown number of' if int(record[key]) < 0 else int(record[key])} {word}"
-        for key, word in _WORDS.items()
-        if record.get(key)
-    ]
-    return ", ".join(parts) + " lost with a damaged database file"
+    counts = {key: int(record[key]) for key in _WORDS if record.get(key)}
+    return _in_words(counts) + " lost with a damaged database file"
+
+
+def _in_words(counts: t.Mapping[str, int]) -> str:
+    """``{"markers": 41, "events": -1}`` as "41 marker(s), an unknown number of queued
+    event(s)" (-1: not known)."""
+    return ", ".join(
+        f"{'an unknown number of' if n < 0 else n} {_WORDS[key]}" for key, n in counts.items()
+    )
 
 
 __all__ = ["describe_unrecovered", "inventory_due", "salvage", "take_inventory", "unrecovered"]

@@ -8,24 +8,7 @@ later, once the store answers again (:mod:`flask_keen_signup.spool_drain`): it c
 marker, and queues the event only if the claim is won, so exactly-once holds and a
 spooled returning user is simply dropped.
 
-Files. One directory per app, ``<KEEN_SIGNUP_DATABASE>.spool/``, mode 0700. Each process
-appends to its own file, ``<collection hash>-<host>-<pid>-<nonce>.jsonl`` (mode 0600),
-and holds an exclusive ``flock`` on it for as long as the process lives; nobody else
-writes to it, so no request ever waits for another process here. A file whose lock is
-free belongs to a process that died (``kill -9``, a crash): any sender of the same app
-takes it over by locking it, drains it and deletes it. A fork gives the child its own
-file (the parent's descriptors are closed in the child; the parent keeps its lock).
-
-Records. One JSON object per line (``{"v": 1, "at": ..., "c": collection, "u": user,
-"t": uniqueness token, "b": body}``), written with a single ``write(2)`` of the whole
-line on an ``O_APPEND`` descriptor. A line cut short by a crash in the middle of a write
-has no newline: it is ignored (and logged), never fatal; so is a line that is not JSON.
-
-Durability. ``write(2)`` hands the record to the kernel before the login returns: it
-survives the process being killed, like a committed SQLite transaction with
-``synchronous=NORMAL``. With ``KEEN_SIGNUP_SQLITE_SYNCHRONOUS = "full"`` each record is
-also ``fsync``-ed (and the directory when a file is created), so it survives a power
-loss too, at the cost of one disk flush per spooled login.
+The files, their records and their durability: :mod:`.spool_files`.
 
 Bounds and visibility. A process's file stops growing at :data:`MAX_FILE_BYTES` (the
 signup is then logged as not recorded, as before the spool existed); the number of
@@ -34,20 +17,18 @@ spooled signups is ``spooled`` in ``health()`` and ``flask keen-signup status``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import errno
-import fcntl
 import hashlib
-import json
 import logging
 import os
-import socket
 import threading
 import time
 import typing as t
-import uuid
 import weakref
 
+from . import lifecycle
+from . import spool_files as files
 from .delivery import QueuedEvent
 from .exceptions import StoreError
 
@@ -57,8 +38,6 @@ logger = logging.getLogger(__name__)
 MAX_FILE_BYTES = 256 * 1024 * 1024
 #: Records decided per store transaction (or per round of Redis scripts) when draining.
 DRAIN_CHUNK = 500
-_SUFFIX = ".jsonl"
-_READ_BLOCK = 1 << 20
 
 
 class SpoolFullError(StoreError):
@@ -92,16 +71,13 @@ class DrainReport:
 Decide = t.Callable[[t.Sequence[QueuedEvent]], t.Sequence[bool]]
 
 
+@dataclasses.dataclass
 class _Held:
     """A spool file this process is draining: locked, read from ``offset`` on."""
 
-    __slots__ = ("fd", "path", "offset", "own")
-
-    def __init__(self, fd: int, path: str, *, own: bool) -> None:
-        self.fd = fd
-        self.path = path
-        self.offset = 0
-        self.own = own
+    fd: int
+    path: str
+    offset: int = 0
 
 
 class Spool:
@@ -156,7 +132,7 @@ class Spool:
 
         :raises StoreError: the spool cannot take it either (disk full, spool full).
         """
-        data = _record(event)
+        data = files.encode(event)
         with self._lock:
             if self._pid != os.getpid():  # pragma: no cover - the at-fork hook does this
                 self._init_process_state()
@@ -166,7 +142,9 @@ class Spool:
                     raise SpoolFullError(
                         f"the spool file {self._path} reached {self.max_file_bytes} bytes"
                     )
-                _write_all(fd, data)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
                 if self.fsync:
                     os.fsync(fd)
             except OSError as exc:
@@ -188,18 +166,7 @@ class Spool:
             )
 
     def _open_own(self) -> int:
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
-        name = f"{self.prefix}{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}{_SUFFIX}"
-        path = os.path.join(self.directory, name)
-        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
-        fd = os.open(path, flags, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: nobody else has it
-            if self.fsync:
-                _fsync_directory(self.directory)
-        except BaseException:
-            os.close(fd)
-            raise
+        fd, path = files.create_own(self.directory, self.prefix, fsync=self.fsync)
         self._fd, self._path, self._bytes = fd, path, 0
         return fd
 
@@ -223,20 +190,25 @@ class Spool:
         with self._lock:
             if self._fd is not None and self._bytes > 0 and self._path is not None:
                 # New records go to a new file from now on; this one is read to the end.
-                self._held.append(_Held(self._fd, self._path, own=True))
+                self._held.append(_Held(self._fd, self._path))
                 self._fd, self._path, self._bytes = None, None, 0
             own_path = self._path
         report = DrainReport()
         self._take_orphans(own_path, report)
-        if not self._held:
+        if not self._held:  # nothing of its own, nothing taken over
             self._end_episode(report)
-            return None if report.taken_over == 0 else report
+            return None
         started = time.monotonic()
         try:
             for held in list(self._held):
                 self._drain_file(held, decide, report)
                 self._held.remove(held)
-                _unlink_and_close(held)
+                try:
+                    os.unlink(held.path)
+                except FileNotFoundError:
+                    pass
+                finally:
+                    os.close(held.fd)
         except Exception:
             report.complete = False
             self._end_episode(report)  # counts what was decided; the episode goes on
@@ -258,68 +230,42 @@ class Spool:
         return report
 
     def _take_orphans(self, own_path: str | None, report: DrainReport) -> None:
-        try:
-            names = os.listdir(self.directory)
-        except FileNotFoundError:
-            return
         held_paths = {h.path for h in self._held}
-        for name in sorted(names):
-            if not (name.startswith(self.prefix) and name.endswith(_SUFFIX)):
-                continue
-            path = os.path.join(self.directory, name)
+        for path in files.list_files(self.directory, self.prefix):
             if path == own_path or path in held_paths:
                 continue
-            try:
-                fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
-            except FileNotFoundError:
-                continue  # drained and deleted meanwhile by another process
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                os.close(fd)
-                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    continue  # a live process's own file, or being drained
-                raise
-            if os.fstat(fd).st_nlink == 0:  # drained and deleted while we were locking it
-                os.close(fd)
+            fd = files.take_over(path)
+            if fd is None:
                 continue
-            self._held.append(_Held(fd, path, own=False))
+            self._held.append(_Held(fd, path))
             report.taken_over += 1
             logger.warning(
                 "flask-keen-signup: taking over the spool file %s of a process that exited",
-                name,
+                os.path.basename(path),
             )
 
     def _drain_file(self, held: _Held, decide: Decide, report: DrainReport) -> None:
-        pending = b""
-        while True:
-            block = os.pread(held.fd, _READ_BLOCK, held.offset + len(pending))
-            if not block:
-                break
-            pending += block
-            *lines, rest = pending.split(b"\n")
-            events: list[QueuedEvent] = []
-            for line in lines:
-                event = self._parse(line, held.path)
-                if event is None:
-                    report.ignored += line.strip() != b""
-                else:
-                    events.append(event)
-            for start in range(0, len(events), DRAIN_CHUNK):
-                chunk = events[start : start + DRAIN_CHUNK]
-                won = decide(chunk)
-                queued = sum(1 for w in won if w)
-                report.queued += queued
-                report.dropped += len(chunk) - queued
-            # Everything up to the last newline is decided: never read again.
-            held.offset += len(pending) - len(rest)
-            pending = rest
-        if pending.strip():  # spaces only: an erased last record (see erase())
+        events: list[QueuedEvent] = []
+        end = held.offset
+        for end, line in files.lines(held.fd, held.offset):
+            event = self._parse(line, held.path)
+            if event is None:
+                report.ignored += line.strip() != b""
+            else:
+                events.append(event)
+            if len(events) == DRAIN_CHUNK:
+                _decide(decide, events, report)
+                held.offset, events = end, []  # decided: never read again
+        if events:
+            _decide(decide, events, report)
+        held.offset = end
+        torn = os.fstat(held.fd).st_size - end
+        if os.pread(held.fd, files.READ_BLOCK, end).strip():  # spaces: an erased last record
             report.ignored += 1
             logger.warning(
                 "flask-keen-signup: ignored a torn record (%d bytes) at the end of the spool "
                 "file %s (a crash in the middle of a write)",
-                len(pending),
+                torn,
                 os.path.basename(held.path),
             )
 
@@ -327,13 +273,7 @@ class Spool:
         if not line.strip():
             return None
         try:
-            record = json.loads(line)
-            event = QueuedEvent(
-                collection=str(record["c"]),
-                user_id=str(record["u"]),
-                uniqueness_token=str(record["t"]),
-                body=record["b"],
-            )
+            event = files.decode(line)
         except (ValueError, KeyError, TypeError) as exc:
             logger.warning(
                 "flask-keen-signup: ignored an unreadable record in the spool file %s: %s",
@@ -341,9 +281,7 @@ class Spool:
                 type(exc).__name__,
             )
             return None
-        if event.collection != self.collection:
-            return None
-        return event
+        return event if event.collection == self.collection else None
 
     def _end_episode(self, report: DrainReport) -> None:
         with self._lock:
@@ -379,48 +317,22 @@ class Spool:
         spaces become leading white space of the next record (JSON allows it) and the
         record count (``stats()``) stays right. Only complete lines are touched.
         """
-        try:
-            names = sorted(os.listdir(self.directory))
-        except FileNotFoundError:
-            return 0
         erased = 0
-        for name in names:
-            if name.startswith(self.prefix) and name.endswith(_SUFFIX):
-                erased += self._erase_in(os.path.join(self.directory, name), user_id)
-        return erased
-
-    def _erase_in(self, path: str, user_id: str) -> int:
-        try:
-            fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
-        except FileNotFoundError:
-            return 0
-        erased = 0
-        try:
-            offset, pending = 0, b""
-            while block := os.pread(fd, _READ_BLOCK, offset + len(pending)):
-                pending += block
-                *lines, rest = pending.split(b"\n")
-                for line in lines:
-                    if line.strip() and self._user_of(line) == user_id:
-                        os.pwrite(fd, b" " * (len(line) + 1), offset)
+        for path in files.list_files(self.directory, self.prefix):
+            try:
+                fd = os.open(path, os.O_RDWR | files.CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                for end, line in files.lines(fd, 0):
+                    if files.field(line, self.collection, "u") == user_id:
+                        os.pwrite(fd, b" " * (len(line) + 1), end - len(line) - 1)
                         erased += 1
-                    offset += len(line) + 1
-                pending = rest
-            if erased and self.fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
+                if erased and self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
         return erased
-
-    def _user_of(self, line: bytes) -> str | None:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            return None
-        if not isinstance(record, dict) or record.get("c") != self.collection:
-            return None
-        user = record.get("u")
-        return user if isinstance(user, str) else None
 
     # -- status --------------------------------------------------------------------
 
@@ -432,107 +344,57 @@ class Spool:
         """``(records still to decide, wall-clock time of the oldest or None)``, over every
         file of this app's spool (every process's: ``flask keen-signup status`` runs in its
         own). Reads the files: cheap while the spool is empty, which is the usual case."""
-        try:
-            names = os.listdir(self.directory)
-        except FileNotFoundError:
-            return 0, None
         offsets = {h.path: h.offset for h in list(self._held)}
         total, oldest = 0, None
-        for name in names:
-            if not (name.startswith(self.prefix) and name.endswith(_SUFFIX)):
-                continue
-            path = os.path.join(self.directory, name)
+        for path in files.list_files(self.directory, self.prefix):
             try:
                 with open(path, "rb") as f:
                     f.seek(offsets.get(path, 0))
                     first = True
-                    while block := f.read(_READ_BLOCK):
+                    while block := f.read(files.READ_BLOCK):
                         if first:
                             first = False
-                            at = _time_of(block.split(b"\n", 1)[0])
-                            if at is not None and (oldest is None or at < oldest):
-                                oldest = at
+                            at = files.field(block.split(b"\n", 1)[0], self.collection, "at")
+                            if isinstance(at, (int, float)) and (oldest is None or at < oldest):
+                                oldest = float(at)
                         total += block.count(b"\n")
             except FileNotFoundError:
                 continue
         return total, oldest
 
     def close(self) -> None:
-        """Close this process's descriptors (their files stay, to be drained later)."""
+        """Close this process's descriptors (their files stay, to be drained later).
+
+        In a forked child (the at-fork hook), the parent keeps its files and their locks:
+        closing our copies of the descriptors does not release them (``flock`` belongs to
+        the open file description).
+        """
         with self._lock:
             fds = [h.fd for h in self._held] + ([self._fd] if self._fd is not None else [])
             self._held, self._fd, self._path, self._bytes = [], None, None, 0
         for fd in fds:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
-
-    def _after_fork_in_child(self) -> None:
-        # The parent keeps its files and their locks; closing our copies of the
-        # descriptors does not release them (flock belongs to the open file description).
-        fds = [h.fd for h in self._held] + ([self._fd] if self._fd is not None else [])
-        for fd in fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self._init_process_state()
 
 
-_HOST = socket.gethostname().replace("-", "_").replace("/", "_") or "host"
 _spools: weakref.WeakSet[Spool] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
     for spool in list(_spools):
-        spool._after_fork_in_child()
+        spool._lock = threading.Lock()  # the parent's may have been held
+        spool.close()
+        spool._init_process_state()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+lifecycle.register("spool", after_in_child=_after_fork_in_child)
 
 
-def _record(event: QueuedEvent) -> bytes:
-    head = json.dumps(
-        {"v": 1, "at": time.time(), "c": event.collection, "u": event.user_id},
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
-    token = json.dumps(event.uniqueness_token)
-    return f'{head[:-1]},"t":{token},"b":{event.body_json}}}\n'.encode()
-
-
-def _time_of(line: bytes) -> float | None:
-    try:
-        at = json.loads(line).get("at")
-    except (ValueError, AttributeError):
-        return None
-    return float(at) if isinstance(at, (int, float)) else None
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
-def _fsync_directory(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _unlink_and_close(held: _Held) -> None:
-    try:
-        os.unlink(held.path)
-    except FileNotFoundError:
-        pass
-    finally:
-        os.close(held.fd)
+def _decide(decide: Decide, events: list[QueuedEvent], report: DrainReport) -> None:
+    won = decide(events)
+    queued = sum(1 for w in won if w)
+    report.queued += queued
+    report.dropped += len(events) - queued
 
 
 __all__ = ["DrainReport", "MAX_FILE_BYTES", "Spool", "SpoolFullError"]

@@ -98,21 +98,15 @@ class Unrecorded:
     def acknowledge(self) -> Tally:
         """Someone has looked: start counting from zero. Returns what was counted."""
         with self._lock:
-            seen = self._unsaved
-            self._unsaved = Tally()
+            seen, self._unsaved = self._unsaved, Tally()
             if self.path is None:
                 return seen
-            box: list[Tally] = []
-
-            def reset(tally: Tally) -> Tally:
-                box.append(tally)
-                return Tally()
-
             try:
-                self._update(reset)
+                saved = self._update(lambda tally: Tally())
             except (OSError, ValueError) as exc:
                 logger.warning("cannot reset the count of signups not recorded: %s", exc)
-            return _merge(box[0] if box else Tally(), seen)
+                saved = Tally()
+            return _merge(saved, seen)
 
     def _save(self) -> None:
         if self.path is None:
@@ -125,17 +119,18 @@ class Unrecorded:
             return
         self._unsaved = Tally()
 
-    def _update(self, change: t.Callable[[Tally], Tally]) -> None:
+    def _update(self, change: t.Callable[[Tally], Tally]) -> Tally:
+        """Replace the file's tally with ``change(tally)``, under the lock; return the old."""
         assert self.path is not None
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            data = os.pread(fd, _SIZE, 0)
-            record = _encode(change(_parse(data) if data else Tally()))
-            if os.pwrite(fd, record, 0) != _SIZE:
+            old = _parse(os.pread(fd, _SIZE, 0))  # empty (new): no count yet
+            if os.pwrite(fd, _encode(change(old)), 0) != _SIZE:
                 raise OSError("short write")
         finally:
             os.close(fd)
+        return old
 
 
 def _merge(a: Tally, b: Tally) -> Tally:

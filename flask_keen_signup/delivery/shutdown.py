@@ -1,30 +1,21 @@
-"""Process life cycle of the senders: exit, SIGTERM and fork, in one place.
+"""The process's senders: their registry, and their part of exit, SIGTERM and fork.
 
-* **Exit.** One ``atexit`` hook flushes every live sender within its ``shutdown_timeout``
-  and stops it. What is not sent by then stays in the outbox for the next run: never
-  dropped, never a hang.
+* **Exit.** The ``"senders"`` step of :mod:`..lifecycle` flushes every live sender within
+  its ``shutdown_timeout`` and stops it. What is not sent by then stays in the outbox for
+  the next run: never dropped, never a hang.
 * **SIGTERM.** Python's default action for SIGTERM skips ``atexit``, and SIGTERM is how
   gunicorn, systemd and Kubernetes stop a process. The handler does the same bounded flush,
   then chains: it calls the previous Python handler, or, if the previous action was the
   default, restores it and re-sends SIGTERM so the process still dies of it. A handler can
-  only be installed from the main thread; elsewhere this is skipped (``atexit`` still runs).
+  only be installed from the main thread; elsewhere this is skipped (exit still flushes).
   The flush runs on a helper thread that the handler waits for with a deadline, so a lock
   held by the interrupted main thread can delay it but never hang the process. Under gevent
   the handler runs in the event loop, where nothing may block: it flushes in a greenlet.
-* **Fork.** ``os.register_at_fork(after_in_child=...)`` calls every sender's public
-  :meth:`Managed.after_fork_in_child` in the child (fresh thread, locks, lease owner and
-  HTTP connections; the ones that were running restart: gunicorn ``--preload``,
-  ``multiprocessing`` with fork). A server that forks without running Python's at-fork
-  hooks is caught by the sender's own pid check on first use.
-* **uWSGI.** Without ``--lazy-apps`` uWSGI loads the app in its master and forks the
-  workers from C, without the GIL and without Python's at-fork hooks: a Python thread busy
-  at that moment leaves the new worker waiting for a GIL nobody will release (uWSGI issues
-  1149 and 1369). So in a process uWSGI will fork, :func:`forks_from_c` says so, no
-  thread is started there, and uWSGI's ``post_fork_hook`` (chained the way
-  ``uwsgidecorators.postfork`` does) does in each worker what Python's fork hooks would
-  have done (new SQLite connections, then the senders restarted) as soon as it is forked.
-  A uWSGI older than 2.0.27 started without ``--enable-threads`` lets no Python thread
-  run while idle: :func:`starved_by_uwsgi` tells ``init_app``, which refuses it.
+* **Fork.** In the child, the same step calls every sender's public
+  :meth:`Managed.after_fork_in_child` (fresh thread, locks, lease owner and HTTP
+  connections; the ones that were running restart: gunicorn ``--preload``,
+  ``multiprocessing`` with fork, uWSGI's workers). A server that forks without running
+  Python's at-fork hooks is caught by the sender's own pid check on first use.
 
 This is the one registry of the process's senders (held weakly, so it never keeps one
 alive); the senders also read it to tell their own live leases from a dead one's. It
@@ -34,7 +25,6 @@ from :mod:`.sender`, which imports it.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import signal
@@ -44,9 +34,10 @@ import time
 import typing as t
 import weakref
 
-# The database's at-fork hooks must be registered before ours: in a child, they must reset
-# its SQLite gate before the senders we restart there touch SQLite.
-from .. import database
+from .. import lifecycle
+from ..lifecycle import forks_from_c as forks_from_c
+from ..lifecycle import starved_by_uwsgi as starved_by_uwsgi
+from ..lifecycle import threads_on_hold as threads_on_hold
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from types import FrameType
@@ -78,7 +69,6 @@ class Managed(t.Protocol):
 
 _senders: weakref.WeakSet[Managed] = weakref.WeakSet()
 _lock = threading.Lock()
-_atexit_installed = False
 _signal_installed = False
 _previous_handler: t.Any = None
 #: Extra seconds the signal handler waits beyond the longest shutdown_timeout.
@@ -86,13 +76,10 @@ _SIGNAL_GRACE = 1.0
 
 
 def register(sender: Managed, *, signals: bool = True) -> None:
-    """Track ``sender`` for exit, SIGTERM and fork; install the hooks on first use."""
-    global _atexit_installed
+    """Track ``sender`` for exit, SIGTERM and fork; install the SIGTERM handler on first use."""
     with _lock:
         _senders.add(sender)
-        if not _atexit_installed:
-            atexit.register(_at_exit)
-            _atexit_installed = True
+    lifecycle.exit_first()
     if signals:
         install_signal_handler()
 
@@ -196,107 +183,9 @@ def _flush_then_chain(signum: int, frame: FrameType | None) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def starved_by_uwsgi() -> bool:
-    """Whether this is a uWSGI process whose Python threads cannot run while it is idle.
-
-    uWSGI before 2.0.27 started without ``--enable-threads`` never releases the GIL from
-    its C loop: an app's thread runs only in the slices of a request being served, so a
-    signup would wait for the next visitor. From 2.0.27 threads are always enabled.
-    """
-    uwsgi: t.Any = sys.modules.get("uwsgi")
-    return uwsgi is not None and not getattr(uwsgi, "has_threads", True)
-
-
-def forks_from_c() -> bool:
-    """Whether uWSGI will fork workers from this process without Python's fork hooks.
-
-    True in a uWSGI master (or first process) that loaded the app without ``--lazy-apps``
-    and spawns workers. Then the worker hook is installed (once) and the caller must not
-    start a thread here: every worker starts its own right after the fork.
-    """
-    global _uwsgi_hooked
-    uwsgi: t.Any = sys.modules.get("uwsgi")  # only ever present inside a uWSGI process
-    if uwsgi is None or getattr(uwsgi, "worker_id", lambda: 1)() != 0:
-        return False
-    opt = getattr(uwsgi, "opt", {})
-    if opt.get("lazy-apps") or opt.get("lazy"):
-        return False
-    if not (opt.get("master") or int(getattr(uwsgi, "numproc", 1)) > 1):
-        return False
-    with _lock:
-        if not _uwsgi_hooked:
-            previous = getattr(uwsgi, "post_fork_hook", None)
-            master = os.getpid()
-
-            def post_fork_hook() -> None:
-                if callable(previous):
-                    previous()
-                if os.getpid() != master:  # what Python's own fork hooks would have done
-                    database._before_fork()  # the copies in this child, not the master's
-                    database._after_fork_in_child()
-                _after_fork_in_child()
-
-            uwsgi.post_fork_hook = post_fork_hook
-            _uwsgi_hooked = True
-    return True
-
-
-_uwsgi_hooked = False
-
-
-#: Set in a forked child that gevent has not patched yet (see :func:`threads_on_hold`).
-_gevent_patch_pending = False
-
-
-def threads_on_hold() -> bool:
-    """Whether a sender must not start its thread in this process yet.
-
-    * A uWSGI master that forks from C (:func:`forks_from_c`): each worker starts its own.
-    * A forked child of a process that imported ``gevent.monkey`` without patching yet:
-      gunicorn's gevent worker with ``--preload`` patches right after the fork, and a
-      thread started before that is a native thread in a patched process (its exit then
-      fails in ``threading``'s own bookkeeping), its locks and events native ones that
-      block the whole worker when a greenlet waits on them. So the senders are rebuilt
-      and restarted once gevent announces ``GeventDidPatchAllEvent``. Should no patch
-      ever come, the master's sender still delivers every worker's signups from the
-      shared outbox.
-    """
-    return _gevent_patch_pending or forks_from_c()
-
-
-def _on_gevent_event(event: object) -> None:
-    global _gevent_patch_pending
-    if not _gevent_patch_pending or type(event).__name__ != "GeventDidPatchAllEvent":
-        return
-    _gevent_patch_pending = False
-    gevent: t.Any = sys.modules["gevent"]
-    gevent.spawn(_start_held)  # once the worker runs its loop, not inside patch_all
-
-
-def _start_held() -> None:
-    for sender in list(_senders):
-        try:
-            sender.after_fork_in_child()  # rebuilt with gevent's primitives, then restarted
-        except Exception:  # noqa: BLE001 - never break the worker over analytics
-            logger.exception("flask-keen-signup: could not start a sender after gevent patched")
-
-
 def _after_fork_in_child() -> None:
-    global _lock, _gevent_patch_pending
+    global _lock
     _lock = threading.Lock()  # the parent's may have been held by another thread
-    monkey: t.Any = sys.modules.get("gevent.monkey")
-    if monkey is not None and not monkey.is_module_patched("threading"):
-        try:
-            from gevent import events  # type: ignore[import-untyped,unused-ignore]
-        except ImportError:  # pragma: no cover - part of gevent
-            pass
-        else:
-            # Rebuilt after the patch: locks and events made now would be native ones,
-            # and a greenlet waiting on one would block the whole worker.
-            _gevent_patch_pending = True
-            if _on_gevent_event not in events.subscribers:
-                events.subscribers.append(_on_gevent_event)
-            return
     for sender in list(_senders):
         try:
             sender.after_fork_in_child()
@@ -304,5 +193,4 @@ def _after_fork_in_child() -> None:
             logger.exception("flask-keen-signup: could not restart a sender after fork")
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+lifecycle.register("senders", after_in_child=_after_fork_in_child, at_exit=_at_exit)

@@ -139,7 +139,7 @@ def test_a_write_lock_held_elsewhere_is_a_clear_store_error(
 def test_failed_transactions_leave_nothing_that_blocks_a_fork(tmp_path: t.Any) -> None:
     """Every way out of ``transaction()`` and ``reading()`` releases the fork gate: a
     fork afterwards neither waits for it nor warns."""
-    import flask_keen_signup.database as database_module
+    import flask_keen_signup.database_fork_gate as database_fork_gate
 
     database = _with_table(tmp_path)
     with pytest.raises(RuntimeError):
@@ -150,12 +150,12 @@ def test_failed_transactions_leave_nothing_that_blocks_a_fork(tmp_path: t.Any) -
             raise RuntimeError
     with database.reading():
         pass
-    assert database_module._gate._active == 0
+    assert database_fork_gate.gate._active == 0
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child
         os._exit(0)
     os.waitpid(pid, 0)
-    assert database_module._gate._active == 0
+    assert database_fork_gate.gate._active == 0
     assert _count(database) == 0  # the parent reopened its connection after the fork
 
 
@@ -263,3 +263,38 @@ def test_a_scrub_blocked_by_a_reader_is_finished_by_the_next_checkpoint(
     assert database.checkpoint(now=2e12) is True
     assert os.path.getsize(wal) == 0
     assert "is truncated now" in caplog.text
+
+
+def test_a_failed_copy_from_a_replaced_file_is_retried_and_then_reported(
+    tmp_path: t.Any,
+) -> None:
+    import sqlite3
+
+    from flask_keen_signup.database_file_watch import replacements
+
+    tries: list[int] = []
+
+    def write(conn: sqlite3.Connection) -> str:
+        tries.append(1)
+        if len(tries) == 1:
+            raise sqlite3.OperationalError("database is locked")
+        return "copied on the second try"
+
+    path = str(tmp_path / "app.sqlite3")
+    database = Database(path, on_replaced=lambda old: write)
+    with database.transaction() as conn:
+        conn.execute("CREATE TABLE items (id INTEGER)")
+    other = sqlite3.connect(str(tmp_path / "copy.sqlite3"))
+    other.execute("CREATE TABLE items (id INTEGER)")
+    other.close()
+    os.replace(str(tmp_path / "copy.sqlite3"), path)
+    database._check_file(force=True)  # notices the new file; the copy fails
+    assert replacements[-1].how == "replaced"
+    assert replacements[-1].salvaged.startswith("copy failed; retrying")
+    with database.reading():  # reopened on the new file
+        pass
+    database._check_file(force=True)  # the next check retries the copy
+    assert len(tries) == 2
+    assert replacements[-1].salvaged == "copied on the second try"
+    database.close()
+    database._close_all()

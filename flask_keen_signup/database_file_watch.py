@@ -5,7 +5,7 @@ its connections have open; when they differ, :func:`file_replaced` closes every 
 of this process to the old file (with the fork gate closed), lets the salvager
 (:mod:`.salvage`) read what must survive through them, copies it into the file now at the
 path, and says so once: in the log, and in :data:`replacements` for ``health()`` and
-``status``. Split from :mod:`.database`, which calls it only when the file changed.
+``status``.
 """
 
 from __future__ import annotations
@@ -19,27 +19,14 @@ import threading
 import time
 import typing as t
 
+from . import database_fork_gate as fork_gate
+
 if t.TYPE_CHECKING:  # pragma: no cover
     from .database import Database
 
-
-class Host(t.Protocol):
-    """What this module needs of :mod:`.database` (which imports it: no cycle)."""
-
-    def close_gate(self) -> None:
-        """Wait until no thread is inside SQLite; keep them out until :meth:`open_gate`."""
-
-    def open_gate(self) -> None:
-        """Let threads into SQLite again."""
-
-    def instances(self) -> list[Database]:
-        """Every live :class:`~.database.Database` of this process."""
-
-    def new_generation(self) -> None:
-        """Make every thread's cached connection stale (they reopen on next use)."""
-
-    def transaction(self, database: Database) -> t.ContextManager[sqlite3.Connection]:
-        """A write transaction on ``database`` with the long (sender's) lock timeout."""
+#: How long the copy into the new file waits for the write lock, in seconds: it is rare
+#: and must not fail on the login path's short timeout (only ``BEGIN`` waits for it).
+COPY_TIMEOUT = 10.0
 
 logger = logging.getLogger("flask_keen_signup.database")  # where operators look for it
 
@@ -66,10 +53,6 @@ replacements: list[FileReplacement] = []
 _replace_lock = threading.RLock()
 
 
-def identity_of(path: str) -> tuple[int, int] | None:
-    return stat_of(path)[0]
-
-
 def stat_of(path: str) -> tuple[tuple[int, int] | None, int]:
     """``((st_dev, st_ino), st_size)`` of ``path``, or ``(None, 0)`` if nothing is there."""
     try:
@@ -79,9 +62,7 @@ def stat_of(path: str) -> tuple[tuple[int, int] | None, int]:
     return (st.st_dev, st.st_ino), st.st_size
 
 
-def file_replaced(
-    host: Host, database: Database, current: tuple[int, int] | None, how: str
-) -> None:
+def file_replaced(database: Database, how: str) -> None:
     """Close every connection of this process to the old file, copy over what the old
     file still held that the new one needs, and log it once. See
     :meth:`~.database.Database._check_file`.
@@ -97,35 +78,38 @@ def file_replaced(
     """
     with _replace_lock:
         if database._identity is None or (
-            how != "truncated" and database._identity == identity_of(database.path)
+            how != "truncated" and database._identity == stat_of(database.path)[0]
         ):
             return  # another thread handled it meanwhile
         path = os.path.abspath(database.path)
-        same = [db for db in host.instances() if os.path.abspath(db.path) == path]
+        same = [db for db in fork_gate.databases if os.path.abspath(db.path) == path]
         write: t.Callable[[sqlite3.Connection], str] | None = None
-        host.close_gate()
+        fork_gate.gate.close()
         try:
-            old = _all_connections(same)
+            # Every one of them: their page caches differ, and after a truncation one may
+            # still read a table another cannot.
+            old: list[sqlite3.Connection] = []
+            for db in same:
+                with db._connections_lock:
+                    old += [conn for _, conn in db._connections]
             salvager = next((db.on_replaced for db in same if db.on_replaced), None)
             if old and salvager is not None:
                 try:
                     write = salvager(old)
                 except Exception:  # noqa: BLE001 - reopening matters more than salvaging
                     logger.exception("flask-keen-signup: could not read the old SQLite file")
-            for db in same:
-                db._close_all()
-            if how == "truncated" and identity_of(path) == database._identity:
+            fork_gate.close_connections(same)
+            if how == "truncated" and stat_of(path)[0] == database._identity:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(path)
             for db in same:
                 db._identity = None
                 db._size = 0
-            host.new_generation()
         finally:
-            host.open_gate()
+            fork_gate.gate.open()
         summary = "nothing copied"
         if write is not None:
-            copied = _copy(host, database, write)
+            copied = _copy(database, write)
             if copied is None:
                 # Another process may still hold the old -wal/-shm: try again shortly.
                 unsalvaged.append((database, write, 0))
@@ -150,32 +134,27 @@ unsalvaged: list[tuple[Database, t.Callable[[sqlite3.Connection], str], int]] = 
 SALVAGE_ATTEMPTS = 120
 
 
-def _copy(
-    host: Host, database: Database, write: t.Callable[[sqlite3.Connection], str]
-) -> str | None:
+def _copy(database: Database, write: t.Callable[[sqlite3.Connection], str]) -> str | None:
     """Run ``write`` in one transaction on ``database``; its summary, or None if it failed."""
     try:
-        with host.transaction(database) as conn:
+        with database.transaction(COPY_TIMEOUT) as conn:
             return write(conn)
     except Exception:  # noqa: BLE001 - reported by the caller; retried
         logger.warning("flask-keen-signup: could not copy the old file's rows", exc_info=True)
         return None
 
 
-def retry_copies(host: Host) -> None:
+def retry_copies() -> None:
     with _replace_lock:
         pending = list(unsalvaged)
         unsalvaged.clear()
     for database, write, attempts in pending:
-        summary = _copy(host, database, write)
+        summary = _copy(database, write)
         if summary is not None:
-            with _replace_lock:
-                for index in range(len(replacements) - 1, -1, -1):
-                    if replacements[index].path == os.path.abspath(database.path):
-                        replacements[index] = dataclasses.replace(
-                            replacements[index], salvaged=summary
-                        )
-                        break
+            path = os.path.abspath(database.path)
+            with _replace_lock:  # the file's last replacement says what was copied now
+                last = max(i for i, r in enumerate(replacements) if r.path == path)
+                replacements[last] = dataclasses.replace(replacements[last], salvaged=summary)
             logger.warning(
                 "flask-keen-signup: the rows of the replaced SQLite file %s are copied now (%s)",
                 database.path,
@@ -190,15 +169,3 @@ def retry_copies(host: Host) -> None:
         else:
             with _replace_lock:
                 unsalvaged.append((database, write, attempts + 1))
-
-
-
-def _all_connections(databases: t.Sequence[Database]) -> list[sqlite3.Connection]:
-    """This process's open connections to the file (their page caches differ: after a
-    truncation, one may still read a table another cannot)."""
-    found: list[sqlite3.Connection] = []
-    for db in databases:
-        with db._connections_lock:
-            found.extend(conn for _, conn in db._connections)
-    return found
-
