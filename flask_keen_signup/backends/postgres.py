@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import typing as t
 
+from ..exceptions import ConfigurationError
 from .parts import Parts
 from .parts import Wiring
 
 if t.TYPE_CHECKING:  # pragma: no cover
+    from ..config import Settings
     from ..delivery import QueuedEvent
     from ..delivery.postgres_outbox import PostgresOutbox
     from ..migrate import MigrationLedger
@@ -46,6 +48,16 @@ class AppTransaction:
 
     def confirm(self, user_id: str) -> None:
         self.store.confirm(user_id)
+
+
+def validate(settings: Settings) -> None:
+    """``KEEN_SIGNUP_DATABASE_URL`` is required (its form is checked with the key's)."""
+    if settings.enabled and not settings.database_url:
+        raise ConfigurationError(
+            "KEEN_SIGNUP_DATABASE_URL is required with KEEN_SIGNUP_STORE = 'postgres' "
+            "(e.g. postgresql://user@db.example.com/app; FLASK_KEEN_SIGNUP_DATABASE_URL in the "
+            "environment with app.config.from_prefixed_env())"
+        )
 
 
 def build(wiring: Wiring) -> Parts:

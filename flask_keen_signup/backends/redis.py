@@ -9,15 +9,37 @@ Every key starts with ``KEEN_SIGNUP_REDIS_PREFIX``; a Redis Cluster
 
 from __future__ import annotations
 
+import re
 import typing as t
 
+from .._credentials import check_url_port
 from ..exceptions import ConfigurationError
 from .parts import Parts
 from .parts import Wiring
 
 if t.TYPE_CHECKING:  # pragma: no cover
+    from ..config import Settings
     from ..delivery import QueuedEvent
     from ..migrate import MigrationLedger
+
+
+def validate(settings: Settings) -> None:
+    """``KEEN_SIGNUP_REDIS_URL`` is required: a ``redis://``, ``rediss://`` or ``unix://``
+    URL, or ``redis+cluster://`` / ``rediss+cluster://`` for a Redis Cluster. The message
+    never repeats it: it usually carries a password."""
+    url = settings.redis_url
+    if url is not None and not re.match(r"^(rediss?(\+cluster)?|unix)://", url, re.IGNORECASE):
+        raise ConfigurationError(
+            "KEEN_SIGNUP_REDIS_URL must be a redis://, rediss://, unix:// URL, or "
+            "redis+cluster:// (rediss+cluster://) for a Redis Cluster "
+            "(the value is not shown: it may contain a password)"
+        )
+    if url is not None:
+        check_url_port("KEEN_SIGNUP_REDIS_URL", url)
+    if settings.enabled and not url:
+        raise ConfigurationError(
+            "KEEN_SIGNUP_REDIS_URL is required with KEEN_SIGNUP_STORE = 'redis'"
+        )
 
 
 def build(wiring: Wiring) -> Parts:

@@ -23,8 +23,8 @@ import flask_keen_signup
 from flask_keen_signup import signals
 from flask_keen_signup import signup_state
 from flask_keen_signup.backends import REGISTRY
+from flask_keen_signup.backends import STORE_NAMES
 from flask_keen_signup.backends import Backend
-from flask_keen_signup.config import STORE_NAMES
 from flask_keen_signup.delivery import Outbox
 from flask_keen_signup.exceptions import ConfigurationError
 from flask_keen_signup.stores import MarkerStore
