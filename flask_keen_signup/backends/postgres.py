@@ -9,6 +9,7 @@ signup inside the app's own transaction (:class:`AppTransaction`).
 
 from __future__ import annotations
 
+import functools
 import typing as t
 
 from ..exceptions import ConfigurationError
@@ -19,7 +20,6 @@ if t.TYPE_CHECKING:  # pragma: no cover
     from ..config import Settings
     from ..delivery import QueuedEvent
     from ..delivery.postgres_outbox import PostgresOutbox
-    from ..migrate import MigrationLedger
     from ..stores.postgres import PostgresStore
 
 T = t.TypeVar("T")
@@ -48,6 +48,15 @@ class AppTransaction:
 
     def confirm(self, user_id: str) -> None:
         self.store.confirm(user_id)
+
+
+class MigrationLedger:
+    """``flask keen-signup migrate``'s marks: each call one statement (a chunk at a time)."""
+
+    def __init__(self, store: PostgresStore, outbox: PostgresOutbox) -> None:
+        self.known = store.known
+        self.mark = store.mark
+        self.report = functools.partial(outbox.report_confirmed, store)
 
 
 def validate(settings: Settings) -> None:
@@ -101,11 +110,6 @@ def build(wiring: Wiring) -> Parts:
     def many_in_one_statement(events: t.Sequence[QueuedEvent]) -> list[bool]:
         return outbox.claim_and_enqueue_many(store, events)
 
-    def migration_ledger() -> MigrationLedger:
-        from ..migrate import PostgresMigrationLedger
-
-        return PostgresMigrationLedger(store, outbox)
-
     return Parts(
         store=store,
         claimer=store,
@@ -117,7 +121,7 @@ def build(wiring: Wiring) -> Parts:
         claim_and_enqueue_many=many_in_one_statement,
         in_transaction=AppTransaction(store, outbox),
         recent_user_ids=lambda states, limit: store.recent_user_ids(states, limit=limit),
-        migration_ledger=migration_ledger,
+        migration_ledger=lambda: MigrationLedger(store, outbox),
         wake_on_notify=outbox.wake_on_notify,
         uses_database=False,
     )

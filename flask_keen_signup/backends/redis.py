@@ -10,6 +10,7 @@ Every key starts with ``KEEN_SIGNUP_REDIS_PREFIX``; a Redis Cluster
 from __future__ import annotations
 
 import re
+import time
 import typing as t
 
 from .._credentials import check_url_port
@@ -20,7 +21,8 @@ from .parts import Wiring
 if t.TYPE_CHECKING:  # pragma: no cover
     from ..config import Settings
     from ..delivery import QueuedEvent
-    from ..migrate import MigrationLedger
+    from ..delivery.redis_outbox import RedisOutbox
+    from ..stores.redis import RedisStore
 
 
 def validate(settings: Settings) -> None:
@@ -40,6 +42,50 @@ def validate(settings: Settings) -> None:
         raise ConfigurationError(
             "KEEN_SIGNUP_REDIS_URL is required with KEEN_SIGNUP_STORE = 'redis'"
         )
+
+
+class MigrationLedger:
+    """``flask keen-signup migrate``'s marks: pipelined reads and marks, a Lua script per
+    report."""
+
+    def __init__(self, store: RedisStore, outbox: RedisOutbox) -> None:
+        self.store = store
+        self.outbox = outbox
+
+    def known(self, user_ids: t.Sequence[str]) -> set[str]:
+        from ..stores.redis import store_errors
+
+        found: set[str] = set()
+        with store_errors("read markers"):
+            for start in range(0, len(user_ids), 1000):
+                part = user_ids[start : start + 1000]
+                values = self.store.client.mget([self.store.key(u) for u in part])
+                found.update(u for u, v in zip(part, values, strict=True) if v is not None)
+        return found
+
+    def mark(self, user_ids: t.Sequence[str]) -> set[str]:
+        from ..stores.redis import store_errors
+
+        stamp = f"confirmed:{time.time():.6f}"
+        marked: set[str] = set()
+        with store_errors("write markers"):
+            for start in range(0, len(user_ids), 1000):
+                part = user_ids[start : start + 1000]
+                pipe = self.store.client.pipeline(transaction=False)
+                for user_id in part:
+                    pipe.set(self.store.key(user_id), stamp, nx=True)
+                marked.update(u for u, ok in zip(part, pipe.execute(), strict=True) if ok)
+        return marked
+
+    def report(self, events: t.Sequence[QueuedEvent]) -> int:
+        queued = 0
+        for event in events:
+            # Claim and enqueue in one script, then confirm: a crash in between leaves a
+            # pending marker, which in background mode means "queued" and is never reclaimed.
+            if self.outbox.claim_and_enqueue(self.store, event.user_id, event):
+                self.store.confirm(event.user_id)
+                queued += 1
+        return queued
 
 
 def build(wiring: Wiring) -> Parts:
@@ -88,11 +134,6 @@ def build(wiring: Wiring) -> Parts:
     def in_scripts(events: t.Sequence[QueuedEvent]) -> list[bool]:
         return outbox.claim_and_enqueue_many(store, events)
 
-    def migration_ledger() -> MigrationLedger:
-        from ..migrate import RedisMigrationLedger
-
-        return RedisMigrationLedger(store, outbox)
-
     return Parts(
         store=store,
         claimer=request_store,
@@ -102,6 +143,6 @@ def build(wiring: Wiring) -> Parts:
         drain_claimer=store,
         claim_and_enqueue=in_one_script,
         claim_and_enqueue_many=in_scripts,
-        migration_ledger=migration_ledger,
+        migration_ledger=lambda: MigrationLedger(store, outbox),
         uses_database=False,
     )

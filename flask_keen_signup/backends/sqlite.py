@@ -7,9 +7,11 @@ custom backends, whose outbox (and, for ``auth0``, local ledger) is this same fi
 
 from __future__ import annotations
 
+import sqlite3
 import time
 import typing as t
 
+from ..exceptions import StoreError
 from .parts import ClaimAndEnqueue
 from .parts import ClaimAndEnqueueMany
 from .parts import Parts
@@ -18,7 +20,6 @@ from .parts import Wiring
 if t.TYPE_CHECKING:  # pragma: no cover
     from ..delivery import QueuedEvent
     from ..delivery.sqlite_outbox import SQLiteOutbox
-    from ..migrate import MigrationLedger
     from ..stores.sqlite import SQLiteStore
 
 
@@ -66,16 +67,80 @@ def claim_and_enqueue_many(ledger: SQLiteStore, outbox: SQLiteOutbox) -> ClaimAn
     return in_one_transaction
 
 
-def migration_ledger(wiring: Wiring, outbox: SQLiteOutbox) -> t.Callable[[], MigrationLedger]:
+class SQLiteMigrationLedger:
+    """``flask keen-signup migrate``'s marks in the file's ledger and outbox, one
+    transaction per chunk (for ``session`` and custom stores the file's ledger only records
+    who was migrated; for ``auth0`` it fronts ``app_metadata`` on this host)."""
+
+    def __init__(self, ledger: SQLiteStore, outbox: SQLiteOutbox) -> None:
+        self.ledger = ledger
+        self.outbox = outbox
+
+    def known(self, user_ids: t.Sequence[str]) -> set[str]:
+        from ..stores import erased_user_id
+
+        collection = self.ledger.collection
+        # An erased user's marker is kept under a hash of the id (``forget``): known too.
+        names = {user_id: user_id for user_id in user_ids}
+        names.update((erased_user_id(collection, user_id), user_id) for user_id in user_ids)
+        listed = list(names)
+        found: set[str] = set()
+        try:
+            with self.ledger.database.reading() as conn:
+                for start in range(0, len(listed), 500):
+                    part = listed[start : start + 500]
+                    rows = conn.execute(
+                        "SELECT user_id FROM keen_signup_markers WHERE collection = ? "
+                        f"AND user_id IN ({','.join('?' * len(part))})",
+                        (collection, *part),
+                    )
+                    found.update(names[name] for (name,) in rows)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the marker ledger: {exc}") from exc
+        return found
+
+    def mark(self, user_ids: t.Sequence[str]) -> set[str]:
+        try:
+            return set(self._write(user_ids, None))
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write the marker ledger: {exc}") from exc
+
+    def report(self, events: t.Sequence[QueuedEvent]) -> int:
+        try:
+            return len(self._write([event.user_id for event in events], events))
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write the marker ledger and outbox: {exc}") from exc
+
+    def _write(
+        self, user_ids: t.Sequence[str], events: t.Sequence[QueuedEvent] | None
+    ) -> list[str]:
+        """Confirmed markers for ``user_ids`` where none exist, each with its event queued
+        (when ``events`` are given), in one transaction; the users marked."""
+        now = time.time()
+        marked = []
+        with self.ledger.database.transaction() as conn:
+            for number, user_id in enumerate(user_ids):
+                cursor = conn.execute(
+                    "INSERT INTO keen_signup_markers (collection, user_id, state, claimed_at, "
+                    "confirmed_at) VALUES (?, ?, 'confirmed', ?, ?) "
+                    "ON CONFLICT (collection, user_id) DO NOTHING",
+                    (self.ledger.collection, user_id, now, now),
+                )
+                if cursor.rowcount == 1:
+                    marked.append(user_id)
+                    if events is not None:
+                        self.outbox.enqueue_in(conn, events[number], now=now)
+        return marked
+
+
+def migration_ledger(wiring: Wiring, outbox: SQLiteOutbox) -> t.Callable[[], SQLiteMigrationLedger]:
     """``flask keen-signup migrate`` records users in the file's ledger, beside ``outbox``."""
 
-    def build() -> MigrationLedger:
-        from ..migrate import SQLiteMigrationLedger
+    def build() -> SQLiteMigrationLedger:
         from ..stores.sqlite import SQLiteStore
 
-        return SQLiteMigrationLedger(
-            SQLiteStore(wiring.database, wiring.settings.collection), outbox
-        )
+        store = SQLiteStore(wiring.database, wiring.settings.collection)
+        return SQLiteMigrationLedger(store, outbox)
 
     return build
 
