@@ -15,19 +15,25 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import decimal
 import functools
-import json
-import math
-import numbers
 import os
 import re
 import typing as t
-from urllib.parse import urlsplit
 
+from ._config_values import _as_bool
+from ._config_values import _as_choice
+from ._config_values import _as_database_url
+from ._config_values import _as_datetime
+from ._config_values import _as_duration
+from ._config_values import _as_list
+from ._config_values import _as_number
+from ._config_values import _as_optional_bool
+from ._config_values import _as_optional_str
+from ._config_values import _as_schema
+from ._config_values import _as_timeout
+from ._config_values import _check_api_url
 from ._credentials import auth0_base_url
 from ._credentials import check_credential
-from ._credentials import check_url_port
 from ._credentials import register_authlib_secrets
 from ._credentials import register_config_secrets
 from ._text import safe_repr
@@ -84,16 +90,6 @@ MAX_TIMEOUT = 600.0
 MAX_RETENTION = 10 * 366 * 24 * 3600.0
 #: Bound of a numeric key that sets none of its own.
 MAX_NUMBER = 1_000_000.0
-
-#: Units of ``KEEN_SIGNUP_RETENTION`` strings (``"7 days"``, ``"12h"``, ``"30m"``).
-_DURATION_UNITS = {
-    "s": 1.0, "sec": 1.0, "secs": 1.0, "second": 1.0, "seconds": 1.0,
-    "m": 60.0, "min": 60.0, "mins": 60.0, "minute": 60.0, "minutes": 60.0,
-    "h": 3600.0, "hr": 3600.0, "hrs": 3600.0, "hour": 3600.0, "hours": 3600.0,
-    "d": 86400.0, "day": 86400.0, "days": 86400.0,
-    "w": 604800.0, "week": 604800.0, "weeks": 604800.0,
-}  # fmt: skip
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$")
 
 DELIVERY_MODES = ("background", "sync")
 IP_MODES = ("full", "anonymize", "none")
@@ -153,66 +149,6 @@ class Settings:
         return bool(self.auth0_domain and self.auth0_client_id and self.auth0_client_secret)
 
 
-def _as_bool(key: str, value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
-        return True
-    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
-        return False
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    raise ConfigurationError(f"{key} must be a boolean, got {safe_repr(value)}")
-
-
-def _as_choice(key: str, value: object, choices: tuple[str, ...]) -> str:
-    if isinstance(value, str) and value.strip().lower() in choices:
-        return value.strip().lower()
-    raise ConfigurationError(f"{key} must be one of {', '.join(choices)}; got {safe_repr(value)}")
-
-
-def _as_list(key: str, value: object) -> tuple[str, ...]:
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            try:
-                value = json.loads(text)
-            except (ValueError, RecursionError) as exc:
-                raise ConfigurationError(
-                    f"{key} is not a valid JSON list: {type(exc).__name__}"
-                ) from None
-        else:
-            return tuple(part.strip() for part in text.split(",") if part.strip())
-    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        return tuple(value)
-    raise ConfigurationError(f"{key} must be a list of strings, got {safe_repr(value)}")
-
-
-def _as_number(
-    key: str,
-    value: object,
-    *,
-    minimum: float,
-    maximum: float = MAX_NUMBER,
-    integer: bool = False,
-) -> float:
-    """A finite number in ``[minimum, maximum]``: ``inf``, ``NaN``, ``"1e400"`` and
-    ``10**400`` are refused with the key's name, never an ``OverflowError``."""
-    kind = "an integer" if integer else "a number"
-    bounds = f"{kind} from {minimum:g} to {maximum:g}"
-    if isinstance(value, bool) or not isinstance(value, (numbers.Real, decimal.Decimal, str)):
-        raise ConfigurationError(f"{key} must be {bounds}, got {safe_repr(value)}")
-    try:
-        number = float(value)
-    except (ValueError, OverflowError, TypeError):
-        raise ConfigurationError(f"{key} must be {bounds}, got {safe_repr(value)}") from None
-    if not math.isfinite(number) or not minimum <= number <= maximum:
-        raise ConfigurationError(f"{key} must be {bounds}, got {safe_repr(value)}")
-    if integer and not number.is_integer():
-        raise ConfigurationError(f"{key} must be {bounds}, got {safe_repr(value)}")
-    return number
-
-
 def as_store_timeout(value: object, key: str = "KEEN_SIGNUP_STORE_TIMEOUT") -> float:
     """``KEEN_SIGNUP_STORE_TIMEOUT``: finite seconds in (0, :data:`MAX_STORE_TIMEOUT`]."""
     number = _as_number(key, value, minimum=0.0, maximum=MAX_STORE_TIMEOUT)
@@ -222,108 +158,6 @@ def as_store_timeout(value: object, key: str = "KEEN_SIGNUP_STORE_TIMEOUT") -> f
             f"got {safe_repr(value)}"
         )
     return number
-
-
-def _as_timeout(key: str, value: object) -> tuple[float, float]:
-    if isinstance(value, str) and value.strip().startswith("["):
-        try:
-            value = json.loads(value)
-        except (ValueError, RecursionError):
-            raise ConfigurationError(
-                f"{key} is not a valid JSON pair: {safe_repr(value)}"
-            ) from None
-    if isinstance(value, (list, tuple)):
-        if len(value) != 2:
-            raise ConfigurationError(f"{key} must be a number or a (connect, read) pair")
-        connect, read = (_as_number(key, v, minimum=0.001, maximum=MAX_TIMEOUT) for v in value)
-        return (connect, read)
-    seconds = _as_number(key, value, minimum=0.001, maximum=MAX_TIMEOUT)
-    return (seconds, seconds)
-
-
-def _as_duration(key: str, value: object, *, maximum: float) -> float:
-    """Seconds, from a number of seconds or a string such as ``"7 days"``, ``"12h"``,
-    ``"30m"``, ``"90"`` or ``"0"``."""
-    if isinstance(value, dt.timedelta):
-        value = value.total_seconds()
-    if isinstance(value, str):
-        match = _DURATION_RE.match(value.lower())
-        unit = _DURATION_UNITS.get(match.group(2) or "s") if match else None
-        if match is None or unit is None:
-            raise ConfigurationError(
-                f"{key} must be seconds or a duration such as '7 days', '12h', '30m' or '0'; "
-                f"got {safe_repr(value)}"
-            )
-        try:
-            value = float(match.group(1)) * unit
-        except OverflowError:  # pragma: no cover - float() of digits gives inf instead
-            value = math.inf
-    return _as_number(key, value, minimum=0, maximum=maximum)
-
-
-def _check_api_url(url: str) -> str:
-    """An http(s) base URL without credentials, query or fragment.
-
-    The message never repeats what it refuses: a URL with ``?api_key=``, ``user:pass@`` or
-    a key pasted where the port goes carries a secret, and config errors end up in logs
-    and CI output.
-    """
-    if "@" in url:
-        raise ConfigurationError(
-            "KEEN_API_URL must not carry credentials (user:password@): Keen's key goes in "
-            "the Authorization header, from KEEN_WRITE_KEY"
-        )
-    if any(c in url for c in "?#"):
-        raise ConfigurationError(
-            "KEEN_API_URL must not have a query or a fragment (such as ?api_key=...): Keen's "
-            "key goes in the Authorization header, from KEEN_WRITE_KEY"
-        )
-    if not re.match(r"^https?://[^/\s?#]+(/[^\s?#]*)?$", url):
-        raise ConfigurationError(
-            "KEEN_API_URL must be an http(s) base URL such as https://api.keen.io, without "
-            "spaces (the value is not shown: it may hold a key)"
-        )
-    try:
-        urlsplit(url).port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError:
-        raise ConfigurationError(
-            "KEEN_API_URL has an invalid port: after the host's ':' only digits from 0 to "
-            "65535 may follow (the value is not shown: it may hold a key)"
-        ) from None
-    return url
-
-
-def _as_datetime(key: str, value: object) -> dt.datetime | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, dt.datetime):
-        moment = value
-    elif isinstance(value, dt.date):
-        moment = dt.datetime(value.year, value.month, value.day)
-    elif isinstance(value, str):
-        try:
-            moment = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        except ValueError:
-            raise ConfigurationError(
-                f"{key} must be an ISO-8601 instant such as 2026-11-18T00:00:00Z, "
-                f"got {safe_repr(value)}"
-            ) from None
-    else:
-        raise ConfigurationError(f"{key} must be a datetime or an ISO-8601 string")
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.timezone.utc)
-    try:
-        return moment.astimezone(dt.timezone.utc)
-    except (OverflowError, ValueError):
-        raise ConfigurationError(f"{key} is out of range: {safe_repr(value)}") from None
-
-
-def _as_optional_str(key: str, value: object) -> str | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):
-        return value.strip()
-    raise ConfigurationError(f"{key} must be a string, got {type(value).__name__}")
 
 
 def validate_collection_name(name: str) -> str | None:
@@ -341,34 +175,8 @@ def validate_collection_name(name: str) -> str | None:
 
 
 
-def _as_database_url(key: str, value: object) -> str | None:
-    """``KEEN_SIGNUP_DATABASE_URL``, never quoted in an error (it may hold a password); its
-    full parsing happens where psycopg is imported (``init_app``)."""
-    url = _as_optional_str(key, value)
-    if url and "://" in url and not url.startswith(("postgresql://", "postgres://")):
-        raise ConfigurationError(
-            f"{key} must start with postgresql:// (or be a key=value conninfo string)"
-        )
-    if url:
-        check_url_port(key, url)
-    return url
-
-
-def _as_schema(key: str, value: object) -> str:
-    if not isinstance(value, str) or not re.match(r"^[a-z_][a-z0-9_]{0,62}$", value):
-        raise ConfigurationError(
-            f"{key} must be a plain lower-case SQL identifier "
-            f"(letters, digits and _, at most 63), got {safe_repr(value)}"
-        )
-    return value
-
-
 def _as_addons(key: str, value: object) -> tuple[str, ...]:
     return tuple(_as_choice(key, addon, ADDONS) for addon in _as_list(key, value))
-
-
-def _as_optional_bool(key: str, value: object) -> bool | None:
-    return None if value is None else _as_bool(key, value)
 
 
 #: How a key's value is read: ``reader(key, value)`` returns it checked, or raises
@@ -420,7 +228,7 @@ _KEYS: tuple[tuple[str, t.Any, _Reader], ...] = (
     ("KEEN_SIGNUP_KEEP_DELIVERED", True, _as_bool),
     ("KEEN_SIGNUP_PROPAGATE_ERRORS", None, _as_optional_bool),
     ("KEEN_SIGNUP_AUTH0_REQUESTS_PER_SECOND", DEFAULT_AUTH0_REQUESTS_PER_SECOND, _number(0.01)),
-    ("KEEN_SIGNUP_TIMEOUT", DEFAULT_TIMEOUT, _as_timeout),
+    ("KEEN_SIGNUP_TIMEOUT", DEFAULT_TIMEOUT, functools.partial(_as_timeout, maximum=MAX_TIMEOUT)),
     ("KEEN_SIGNUP_BATCH_SIZE", DEFAULT_BATCH_SIZE, _integer(1, MAX_BATCH_SIZE)),
     ("KEEN_SIGNUP_FLUSH_INTERVAL", DEFAULT_FLUSH_INTERVAL, _number(0.01, MAX_FLUSH_INTERVAL)),
     ("KEEN_SIGNUP_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, _integer(1, MAX_ATTEMPTS)),
