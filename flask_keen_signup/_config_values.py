@@ -9,6 +9,7 @@ never quoted. :mod:`.config` applies them to its table of keys.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import decimal
 import json
@@ -76,18 +77,17 @@ def _as_number(
 ) -> float:
     """A finite number in ``[minimum, maximum]``: ``inf``, ``NaN``, ``"1e400"`` and
     ``10**400`` are refused with the key's name, never an ``OverflowError``."""
-    kind = "an integer" if integer else "a number"
-    bounds = f"{kind} from {minimum:g} to {maximum:g}"
-    if isinstance(value, bool) or not isinstance(value, (numbers.Real, decimal.Decimal, str)):
-        raise ConfigurationError(f"{key} must be {bounds}, got {safe_repr(value)}")
-    try:
-        number = float(value)
-    except (ValueError, OverflowError, TypeError):
-        raise ConfigurationError(f"{key} must be {bounds}, got {safe_repr(value)}") from None
-    if not math.isfinite(number) or not minimum <= number <= maximum:
-        raise ConfigurationError(f"{key} must be {bounds}, got {safe_repr(value)}")
-    if integer and not number.is_integer():
-        raise ConfigurationError(f"{key} must be {bounds}, got {safe_repr(value)}")
+    number = math.nan
+    if not isinstance(value, bool) and isinstance(value, (numbers.Real, decimal.Decimal, str)):
+        with contextlib.suppress(ValueError, OverflowError, TypeError):
+            number = float(value)
+    if not (math.isfinite(number) and minimum <= number <= maximum) or (
+        integer and not number.is_integer()
+    ):
+        kind = "an integer" if integer else "a number"
+        raise ConfigurationError(
+            f"{key} must be {kind} from {minimum:g} to {maximum:g}, got {safe_repr(value)}"
+        )
     return number
 
 

@@ -65,6 +65,7 @@ USER_FIELDS = ("user_id", "created_at", "name", "email", "nickname", "app_metada
 #: Users decided and written per atomic step.
 CHUNK_SIZE = 2000
 
+
 @dataclasses.dataclass
 class MigrationReport:
     """What a run did (or, dry, would do). The CLI prints it as a table."""

@@ -109,24 +109,18 @@ def build(wiring: Wiring) -> Parts:
         check_prefix(client, prefix, name="KEEN_SIGNUP_REDIS_PREFIX")
     except ValueError as exc:
         raise ConfigurationError(f"{exc} (KEEN_SIGNUP_REDIS_URL is a Redis Cluster)") from None
-    store = RedisStore(
-        client,
-        settings.collection,
-        prefix=prefix,
-        reclaim_after=wiring.reclaim_after,
-        close_client=True,
-    )
-    outbox = RedisOutbox(client, prefix=prefix, keep_delivered=settings.keep_delivered)
-    request_store = RedisStore(
-        request_client,
-        settings.collection,
-        prefix=prefix,
-        reclaim_after=wiring.reclaim_after,
-        close_client=True,
-    )
-    request_outbox = RedisOutbox(
-        request_client, prefix=prefix, keep_delivered=settings.keep_delivered
-    )
+
+    def store_and_outbox(client: t.Any) -> tuple[RedisStore, RedisOutbox]:
+        return RedisStore(
+            client,
+            settings.collection,
+            prefix=prefix,
+            reclaim_after=wiring.reclaim_after,
+            close_client=True,
+        ), RedisOutbox(client, prefix=prefix, keep_delivered=settings.keep_delivered)
+
+    store, outbox = store_and_outbox(client)
+    request_store, request_outbox = store_and_outbox(request_client)
 
     def in_one_script(user_id: str, queued: QueuedEvent) -> bool:
         return request_outbox.claim_and_enqueue(request_store, user_id, queued)
