@@ -173,8 +173,6 @@ def validate_collection_name(name: str) -> str | None:
     return None
 
 
-
-
 def _as_addons(key: str, value: object) -> tuple[str, ...]:
     return tuple(_as_choice(key, addon, ADDONS) for addon in _as_list(key, value))
 
