@@ -100,36 +100,34 @@ class SQLiteMigrationLedger:
         return found
 
     def mark(self, user_ids: t.Sequence[str]) -> set[str]:
-        try:
-            return set(self._write(user_ids, None))
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot write the marker ledger: {exc}") from exc
+        return set(self._write(user_ids, None, "the marker ledger"))
 
     def report(self, events: t.Sequence[QueuedEvent]) -> int:
-        try:
-            return len(self._write([event.user_id for event in events], events))
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot write the marker ledger and outbox: {exc}") from exc
+        user_ids = [event.user_id for event in events]
+        return len(self._write(user_ids, events, "the marker ledger and outbox"))
 
     def _write(
-        self, user_ids: t.Sequence[str], events: t.Sequence[QueuedEvent] | None
+        self, user_ids: t.Sequence[str], events: t.Sequence[QueuedEvent] | None, what: str
     ) -> list[str]:
         """Confirmed markers for ``user_ids`` where none exist, each with its event queued
         (when ``events`` are given), in one transaction; the users marked."""
         now = time.time()
         marked = []
-        with self.ledger.database.transaction() as conn:
-            for number, user_id in enumerate(user_ids):
-                cursor = conn.execute(
-                    "INSERT INTO keen_signup_markers (collection, user_id, state, claimed_at, "
-                    "confirmed_at) VALUES (?, ?, 'confirmed', ?, ?) "
-                    "ON CONFLICT (collection, user_id) DO NOTHING",
-                    (self.ledger.collection, user_id, now, now),
-                )
-                if cursor.rowcount == 1:
-                    marked.append(user_id)
-                    if events is not None:
-                        self.outbox.enqueue_in(conn, events[number], now=now)
+        try:
+            with self.ledger.database.transaction() as conn:
+                for number, user_id in enumerate(user_ids):
+                    cursor = conn.execute(
+                        "INSERT INTO keen_signup_markers (collection, user_id, state, "
+                        "claimed_at, confirmed_at) VALUES (?, ?, 'confirmed', ?, ?) "
+                        "ON CONFLICT (collection, user_id) DO NOTHING",
+                        (self.ledger.collection, user_id, now, now),
+                    )
+                    if cursor.rowcount == 1:
+                        marked.append(user_id)
+                        if events is not None:
+                            self.outbox.enqueue_in(conn, events[number], now=now)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write {what}: {exc}") from exc
         return marked
 
 
