@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import typing as t
 
+from .._credentials import url_error  # the message masks the URL's pieces
 from ..exceptions import ConfigurationError
 from .parts import Parts
 from .parts import Wiring
@@ -77,25 +78,21 @@ def build(wiring: Wiring) -> Parts:
     from ..stores.postgres import PostgresStore
 
     settings = wiring.settings
+    url = t.cast(str, settings.database_url)
     listen_url = settings.database_listen_url
     if listen_url:
         try:
             parse_url(listen_url)
         except ValueError as exc:
-            from .._credentials import url_error  # the message masks the URL's pieces
-
             raise url_error("KEEN_SIGNUP_DATABASE_LISTEN_URL", exc, listen_url) from None
     try:
         database = PostgresDatabase(
-            t.cast(str, settings.database_url),
+            url,
             schema=settings.database_schema,
             timeout=settings.store_timeout,
             listen_url=listen_url,
         )
     except ValueError as exc:
-        from .._credentials import url_error  # the message masks the URL's pieces
-
-        url = t.cast(str, settings.database_url)
         raise url_error("KEEN_SIGNUP_DATABASE_URL", exc, url) from None
     store = PostgresStore(
         database, settings.collection, reclaim_after=wiring.reclaim_after, close_database=True

@@ -14,6 +14,7 @@ import time
 import typing as t
 
 from .._credentials import check_url_port
+from .._credentials import url_error  # the message masks the URL's pieces
 from ..exceptions import ConfigurationError
 from .parts import Parts
 from .parts import Wiring
@@ -102,8 +103,6 @@ def build(wiring: Wiring) -> Parts:
         # The budget wins over timeouts in the URL's query string (those are the sender's).
         request_client = connect(url, budget=settings.store_timeout)
     except ValueError as exc:
-        from .._credentials import url_error  # the message masks the URL's pieces
-
         raise url_error("KEEN_SIGNUP_REDIS_URL", exc, url) from None
     try:
         check_prefix(client, prefix, name="KEEN_SIGNUP_REDIS_PREFIX")
