@@ -131,18 +131,6 @@ class SQLiteMigrationLedger:
         return marked
 
 
-def migration_ledger(wiring: Wiring, outbox: SQLiteOutbox) -> t.Callable[[], SQLiteMigrationLedger]:
-    """``flask keen-signup migrate`` records users in the file's ledger, beside ``outbox``."""
-
-    def build() -> SQLiteMigrationLedger:
-        from ..stores.sqlite import SQLiteStore
-
-        store = SQLiteStore(wiring.database, wiring.settings.collection)
-        return SQLiteMigrationLedger(store, outbox)
-
-    return build
-
-
 def build(wiring: Wiring) -> Parts:
     ledger, outbox = ledger_and_outbox(wiring, request=False)
     request_ledger, request_outbox = ledger_and_outbox(wiring, request=True)
@@ -156,5 +144,5 @@ def build(wiring: Wiring) -> Parts:
         claim_and_enqueue=claim_and_enqueue(request_ledger, request_outbox),
         claim_and_enqueue_many=claim_and_enqueue_many(ledger, outbox),
         recent_user_ids=lambda states, limit: request_ledger.recent_user_ids(states, limit=limit),
-        migration_ledger=migration_ledger(wiring, outbox),
+        migration_ledger=lambda: SQLiteMigrationLedger(ledger, outbox),
     )
