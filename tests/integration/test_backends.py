@@ -125,6 +125,19 @@ def test_no_module_outside_a_backend_tests_a_backends_type() -> None:
     assert offenders == {}, "ask the backend's Parts what it can do instead"
 
 
+def test_no_module_outside_a_backend_compares_a_store_name() -> None:
+    """``KEEN_SIGNUP_STORE``'s names are the registry's business (issue 19): config, migrate
+    and the rest ask the backend (``Backend.validate``, ``Parts``) instead."""
+    offenders = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE).as_posix()
+        if not relative.startswith((*BACKEND_MODULES, "delivery/")):
+            hits = type_tests(path.read_text(encoding="utf-8"), set(STORE_NAMES))
+            if hits:
+                offenders[relative] = hits
+    assert offenders == {}
+
+
 def test_the_store_names_come_from_the_registry() -> None:
     assert STORE_NAMES == ("sqlite", "session", "auth0", "redis", "postgres")
     assert tuple(REGISTRY)[: len(STORE_NAMES)] == STORE_NAMES
