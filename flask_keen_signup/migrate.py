@@ -126,6 +126,7 @@ class CheckedSource:
     users: int
 
 
+@dataclasses.dataclass
 class Migration:
     """Decides and records every user of a tenant. See the module doc.
 
@@ -136,25 +137,16 @@ class Migration:
     :param source: how a record's place is named in errors (``"the users file"``).
     """
 
-    def __init__(
-        self,
-        settings: Settings,
-        ledger: MigrationLedger,
-        *,
-        reported_until: dt.datetime,
-        dry_run: bool = False,
-        on_marked: t.Callable[[Sequence[str]], None] | None = None,
-        clock: t.Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
-        source: str = "the users export",
-    ) -> None:
-        self.settings = settings
-        self.ledger = ledger
-        self.reported_until = reported_until
-        self.dry_run = dry_run
-        self.on_marked = on_marked
-        self.clock = clock
-        self.source = source
-        self.report = MigrationReport()
+    settings: Settings
+    ledger: MigrationLedger
+    _: dataclasses.KW_ONLY
+    reported_until: dt.datetime
+    dry_run: bool = False
+    on_marked: t.Callable[[Sequence[str]], None] | None = None
+    clock: t.Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)
+    source: str = "the users export"
+    #: The totals so far.
+    report: MigrationReport = dataclasses.field(default_factory=MigrationReport, init=False)
 
     def check(self, records: NumberedRecords, *, chunk_size: int = CHUNK_SIZE) -> CheckedSource:
         """Read every record to the end, writing nothing; raise on the first bad one.
