@@ -26,7 +26,7 @@ import dataclasses
 import importlib
 import typing as t
 
-from .._text import safe_repr
+from .._config_values import _as_choice
 from ..exceptions import ConfigurationError
 from .parts import ClaimAndEnqueue as ClaimAndEnqueue
 from .parts import ClaimAndEnqueueMany as ClaimAndEnqueueMany
@@ -86,12 +86,8 @@ DEFAULT_STORE = "sqlite"
 
 def check_store(value: object) -> str | MarkerStore:
     """``KEEN_SIGNUP_STORE``: a registered name (any case), or a store instance."""
-    if isinstance(value, str) and value.strip().lower() in REGISTRY:
-        return value.strip().lower()
     if isinstance(value, str):
-        raise ConfigurationError(
-            f"KEEN_SIGNUP_STORE must be one of {', '.join(REGISTRY)}; got {safe_repr(value)}"
-        )
+        return _as_choice("KEEN_SIGNUP_STORE", value, tuple(REGISTRY))
     from ..stores import MarkerStore
 
     if not isinstance(value, MarkerStore):
