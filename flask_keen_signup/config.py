@@ -1,4 +1,6 @@
-"""Configuration: the defaults of every config key, and their validation.
+"""Configuration: the defaults of every config key, the table that reads them, and
+:class:`Settings`. How one value is read and checked is :mod:`._config_values`; what a
+store needs of the settings, its backend's ``validate`` (:mod:`.backends`).
 
 Config is read once, at ``init_app``; a bad value raises :class:`ConfigurationError`
 naming the key, so a broken deployment fails at start-up and never in a login.
