@@ -33,8 +33,8 @@ def _duration(seconds: float) -> str:
 )
 def prune_command(older_than: str | None) -> None:
     """Drop the bodies (personal data) of delivered events now; keep id, user, outcome."""
+    from ._config_values import _as_duration
     from .config import MAX_RETENTION
-    from .config import _as_duration
     from .privacy import prune
 
     state = signup_state()

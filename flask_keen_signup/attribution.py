@@ -85,10 +85,10 @@ def load_attribution_settings(app: Flask, addons: t.Sequence[str] = ()) -> Attri
 
     :raises ConfigurationError: naming the bad key.
     """
+    from ._config_values import _as_bool
+    from ._config_values import _as_list
+    from ._config_values import _as_number
     from .config import MAX_RETENTION
-    from .config import _as_bool
-    from .config import _as_list
-    from .config import _as_number
 
     c = app.config
     enabled = _as_bool("KEEN_SIGNUP_ATTRIBUTION", c.get("KEEN_SIGNUP_ATTRIBUTION", True))

@@ -273,7 +273,7 @@ def migrate_command(
     Safe to run twice, or again after an interruption: nobody is reported twice. May run
     while the app serves on the same store. See docs/migrating-from-the-rule.md.
     """
-    from .config import _as_datetime
+    from ._config_values import _as_datetime
     from .exceptions import ConfigurationError
     from .exceptions import KeenSignupError
     from .migrate import USER_FIELDS

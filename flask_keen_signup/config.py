@@ -1,4 +1,6 @@
-"""Configuration: the defaults of every config key, and their validation.
+"""Configuration: the defaults of every config key, the table that reads them, and
+:class:`Settings`. How one value is read and checked is :mod:`._config_values`; what a
+store needs of the settings, its backend's ``validate`` (:mod:`.backends`).
 
 Config is read once, at ``init_app``; a bad value raises :class:`ConfigurationError`
 naming the key, so a broken deployment fails at start-up and never in a login.
@@ -15,22 +17,28 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import decimal
-import json
-import math
-import numbers
+import functools
 import os
 import re
 import typing as t
-from urllib.parse import urlsplit
 
+from ._config_values import _as_bool
+from ._config_values import _as_choice
+from ._config_values import _as_database_url
+from ._config_values import _as_datetime
+from ._config_values import _as_duration
+from ._config_values import _as_list
+from ._config_values import _as_number
+from ._config_values import _as_optional_bool
+from ._config_values import _as_optional_str
+from ._config_values import _as_schema
+from ._config_values import _as_timeout
+from ._config_values import _check_api_url
 from ._credentials import auth0_base_url
 from ._credentials import check_credential
-from ._credentials import check_url_port
 from ._credentials import register_authlib_secrets
 from ._credentials import register_config_secrets
 from ._text import safe_repr
-from .backends import REGISTRY
 from .exceptions import ConfigurationError
 
 if t.TYPE_CHECKING:  # pragma: no cover
@@ -85,19 +93,7 @@ MAX_RETENTION = 10 * 366 * 24 * 3600.0
 #: Bound of a numeric key that sets none of its own.
 MAX_NUMBER = 1_000_000.0
 
-#: Units of ``KEEN_SIGNUP_RETENTION`` strings (``"7 days"``, ``"12h"``, ``"30m"``).
-_DURATION_UNITS = {
-    "s": 1.0, "sec": 1.0, "secs": 1.0, "second": 1.0, "seconds": 1.0,
-    "m": 60.0, "min": 60.0, "mins": 60.0, "minute": 60.0, "minutes": 60.0,
-    "h": 3600.0, "hr": 3600.0, "hrs": 3600.0, "hour": 3600.0, "hours": 3600.0,
-    "d": 86400.0, "day": 86400.0, "days": 86400.0,
-    "w": 604800.0, "week": 604800.0, "weeks": 604800.0,
-}  # fmt: skip
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$")
-
 DELIVERY_MODES = ("background", "sync")
-#: The built-in ``KEEN_SIGNUP_STORE`` names (the backend registry's, :mod:`.backends`).
-STORE_NAMES = tuple(REGISTRY)
 IP_MODES = ("full", "anonymize", "none")
 ADDONS = ("ip_to_geo", "ua_parser", "referrer_parser", "url_parser")
 SQLITE_SYNCHRONOUS = ("normal", "full")
@@ -155,85 +151,6 @@ class Settings:
         return bool(self.auth0_domain and self.auth0_client_id and self.auth0_client_secret)
 
 
-def _as_bool(key: str, value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
-        return True
-    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
-        return False
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    raise ConfigurationError(f"{key} must be a boolean, got {safe_repr(value)}")
-
-
-def _as_choice(key: str, value: object, choices: tuple[str, ...]) -> str:
-    if isinstance(value, str) and value.strip().lower() in choices:
-        return value.strip().lower()
-    raise ConfigurationError(f"{key} must be one of {', '.join(choices)}; got {safe_repr(value)}")
-
-
-def _as_list(key: str, value: object) -> tuple[str, ...]:
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            try:
-                value = json.loads(text)
-            except (ValueError, RecursionError) as exc:
-                raise ConfigurationError(
-                    f"{key} is not a valid JSON list: {type(exc).__name__}"
-                ) from None
-        else:
-            return tuple(part.strip() for part in text.split(",") if part.strip())
-    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        return tuple(value)
-    raise ConfigurationError(f"{key} must be a list of strings, got {safe_repr(value)}")
-
-
-def _as_number(
-    key: str,
-    value: object,
-    *,
-    minimum: float,
-    maximum: float = MAX_NUMBER,
-    integer: bool = False,
-) -> float:
-    """A finite number in ``[minimum, maximum]``: ``inf``, ``NaN``, ``"1e400"`` and
-    ``10**400`` are refused with the key's name, never an ``OverflowError``."""
-    kind = "an integer" if integer else "a number"
-    bounds = f"{kind} from {minimum:g} to {maximum:g}"
-    if isinstance(value, bool) or not isinstance(value, (numbers.Real, decimal.Decimal, str)):
-        raise ConfigurationError(f"{key} must be {bounds}, got {safe_repr(value)}")
-    try:
-        number = float(value)
-    except (ValueError, OverflowError, TypeError):
-        raise ConfigurationError(f"{key} must be {bounds}, got {safe_repr(value)}") from None
-    if not math.isfinite(number) or not minimum <= number <= maximum:
-        raise ConfigurationError(f"{key} must be {bounds}, got {safe_repr(value)}")
-    if integer and not number.is_integer():
-        raise ConfigurationError(f"{key} must be {bounds}, got {safe_repr(value)}")
-    return number
-
-
-#: The sender's numeric keys: (key, default, minimum, maximum, integer). Each sets the
-#: :class:`Settings` field named after it (``KEEN_SIGNUP_BATCH_SIZE``: ``batch_size``).
-_SENDER_NUMBERS: tuple[tuple[str, float, float, float, bool], ...] = (
-    ("KEEN_SIGNUP_BATCH_SIZE", DEFAULT_BATCH_SIZE, 1, MAX_BATCH_SIZE, True),
-    ("KEEN_SIGNUP_FLUSH_INTERVAL", DEFAULT_FLUSH_INTERVAL, 0.01, MAX_FLUSH_INTERVAL, False),
-    ("KEEN_SIGNUP_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, 1, MAX_ATTEMPTS, True),
-    ("KEEN_SIGNUP_SHUTDOWN_TIMEOUT", DEFAULT_SHUTDOWN_TIMEOUT, 0, MAX_SHUTDOWN_TIMEOUT, False),
-)
-
-
-def _sender_numbers(c: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
-    """:data:`_SENDER_NUMBERS` read and checked in order; integers come back as ``int``."""
-    numbers: dict[str, t.Any] = {}
-    for key, default, low, high, integer in _SENDER_NUMBERS:
-        number = _as_number(key, c.get(key, default), minimum=low, maximum=high, integer=integer)
-        numbers[key.removeprefix("KEEN_SIGNUP_").lower()] = int(number) if integer else number
-    return numbers
-
-
 def as_store_timeout(value: object, key: str = "KEEN_SIGNUP_STORE_TIMEOUT") -> float:
     """``KEEN_SIGNUP_STORE_TIMEOUT``: finite seconds in (0, :data:`MAX_STORE_TIMEOUT`]."""
     number = _as_number(key, value, minimum=0.0, maximum=MAX_STORE_TIMEOUT)
@@ -243,123 +160,6 @@ def as_store_timeout(value: object, key: str = "KEEN_SIGNUP_STORE_TIMEOUT") -> f
             f"got {safe_repr(value)}"
         )
     return number
-
-
-def _as_timeout(key: str, value: object) -> tuple[float, float]:
-    if isinstance(value, str) and value.strip().startswith("["):
-        try:
-            value = json.loads(value)
-        except (ValueError, RecursionError):
-            raise ConfigurationError(
-                f"{key} is not a valid JSON pair: {safe_repr(value)}"
-            ) from None
-    if isinstance(value, (list, tuple)):
-        if len(value) != 2:
-            raise ConfigurationError(f"{key} must be a number or a (connect, read) pair")
-        connect, read = (_as_number(key, v, minimum=0.001, maximum=MAX_TIMEOUT) for v in value)
-        return (connect, read)
-    seconds = _as_number(key, value, minimum=0.001, maximum=MAX_TIMEOUT)
-    return (seconds, seconds)
-
-
-def _as_duration(key: str, value: object, *, maximum: float) -> float:
-    """Seconds, from a number of seconds or a string such as ``"7 days"``, ``"12h"``,
-    ``"30m"``, ``"90"`` or ``"0"``."""
-    if isinstance(value, dt.timedelta):
-        value = value.total_seconds()
-    if isinstance(value, str):
-        match = _DURATION_RE.match(value.lower())
-        unit = _DURATION_UNITS.get(match.group(2) or "s") if match else None
-        if match is None or unit is None:
-            raise ConfigurationError(
-                f"{key} must be seconds or a duration such as '7 days', '12h', '30m' or '0'; "
-                f"got {safe_repr(value)}"
-            )
-        try:
-            value = float(match.group(1)) * unit
-        except OverflowError:  # pragma: no cover - float() of digits gives inf instead
-            value = math.inf
-    return _as_number(key, value, minimum=0, maximum=maximum)
-
-
-def _check_api_url(url: str) -> str:
-    """An http(s) base URL without credentials, query or fragment.
-
-    The message never repeats what it refuses: a URL with ``?api_key=``, ``user:pass@`` or
-    a key pasted where the port goes carries a secret, and config errors end up in logs
-    and CI output.
-    """
-    if "@" in url:
-        raise ConfigurationError(
-            "KEEN_API_URL must not carry credentials (user:password@): Keen's key goes in "
-            "the Authorization header, from KEEN_WRITE_KEY"
-        )
-    if any(c in url for c in "?#"):
-        raise ConfigurationError(
-            "KEEN_API_URL must not have a query or a fragment (such as ?api_key=...): Keen's "
-            "key goes in the Authorization header, from KEEN_WRITE_KEY"
-        )
-    if not re.match(r"^https?://[^/\s?#]+(/[^\s?#]*)?$", url):
-        raise ConfigurationError(
-            "KEEN_API_URL must be an http(s) base URL such as https://api.keen.io, without "
-            "spaces (the value is not shown: it may hold a key)"
-        )
-    try:
-        urlsplit(url).port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError:
-        raise ConfigurationError(
-            "KEEN_API_URL has an invalid port: after the host's ':' only digits from 0 to "
-            "65535 may follow (the value is not shown: it may hold a key)"
-        ) from None
-    return url
-
-
-def _check_redis_url(url: str | None) -> str | None:
-    """A ``redis://``, ``rediss://`` or ``unix://`` URL, or ``redis+cluster://`` /
-    ``rediss+cluster://`` for a Redis Cluster. The message never repeats it: it usually
-    carries a password."""
-    if url is not None and not re.match(r"^(rediss?(\+cluster)?|unix)://", url, re.IGNORECASE):
-        raise ConfigurationError(
-            "KEEN_SIGNUP_REDIS_URL must be a redis://, rediss://, unix:// URL, or "
-            "redis+cluster:// (rediss+cluster://) for a Redis Cluster "
-            "(the value is not shown: it may contain a password)"
-        )
-    if url is not None:
-        check_url_port("KEEN_SIGNUP_REDIS_URL", url)
-    return url
-
-
-def _as_datetime(key: str, value: object) -> dt.datetime | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, dt.datetime):
-        moment = value
-    elif isinstance(value, dt.date):
-        moment = dt.datetime(value.year, value.month, value.day)
-    elif isinstance(value, str):
-        try:
-            moment = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        except ValueError:
-            raise ConfigurationError(
-                f"{key} must be an ISO-8601 instant such as 2026-11-18T00:00:00Z, "
-                f"got {safe_repr(value)}"
-            ) from None
-    else:
-        raise ConfigurationError(f"{key} must be a datetime or an ISO-8601 string")
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.timezone.utc)
-    try:
-        return moment.astimezone(dt.timezone.utc)
-    except (OverflowError, ValueError):
-        raise ConfigurationError(f"{key} is out of range: {safe_repr(value)}") from None
-
-
-def _as_optional_str(key: str, value: object) -> str | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):
-        return value.strip()
-    raise ConfigurationError(f"{key} must be a string, got {type(value).__name__}")
 
 
 def validate_collection_name(name: str) -> str | None:
@@ -375,35 +175,105 @@ def validate_collection_name(name: str) -> str | None:
     return None
 
 
+def _as_addons(key: str, value: object) -> tuple[str, ...]:
+    return tuple(_as_choice(key, addon, ADDONS) for addon in _as_list(key, value))
+
+
+#: How a key's value is read: ``reader(key, value)`` returns it checked, or raises
+#: :class:`ConfigurationError` naming ``key``.
+_Reader = t.Callable[[str, t.Any], t.Any]
+
+
+def _choice(choices: tuple[str, ...]) -> _Reader:
+    return functools.partial(_as_choice, choices=choices)
+
+
+def _text_or(default: str) -> _Reader:
+    return lambda key, value: _as_optional_str(key, value) or default
+
+
+def _number(minimum: float, maximum: float = MAX_NUMBER) -> _Reader:
+    return functools.partial(_as_number, minimum=minimum, maximum=maximum)
+
+
+def _integer(minimum: int, maximum: int) -> _Reader:
+    def read(key: str, value: object) -> int:
+        return int(_as_number(key, value, minimum=minimum, maximum=maximum, integer=True))
+
+    return read
+
+
+def _duration(maximum: float) -> _Reader:
+    return functools.partial(_as_duration, maximum=maximum)
+
+
+#: The keys read on their own, in this order: ``(key, default, reader)``. Each sets the
+#: :class:`Settings` field named after it (``KEEN_SIGNUP_BATCH_SIZE``: ``batch_size``).
+#: Every numeric key is here, with its bounds.
+_KEYS: tuple[tuple[str, t.Any, _Reader], ...] = (
+    ("KEEN_SIGNUP_DELIVERY", "background", _choice(DELIVERY_MODES)),
+    ("KEEN_SIGNUP_SQLITE_SYNCHRONOUS", "normal", _choice(SQLITE_SYNCHRONOUS)),
+    ("KEEN_SIGNUP_REDIS_URL", None, _as_optional_str),
+    ("KEEN_SIGNUP_REDIS_PREFIX", None, _text_or("keen_signup")),
+    ("KEEN_SIGNUP_DATABASE_URL", None, _as_database_url),
+    ("KEEN_SIGNUP_DATABASE_SCHEMA", DEFAULT_DATABASE_SCHEMA, _as_schema),
+    ("KEEN_SIGNUP_DATABASE_LISTEN_URL", None, _as_optional_str),
+    ("KEEN_SIGNUP_MARKER", None, _text_or(DEFAULT_MARKER)),
+    ("KEEN_SIGNUP_SINCE", None, _as_datetime),
+    ("KEEN_SIGNUP_CREATED_AT_CLAIM", None, _as_optional_str),
+    ("KEEN_SIGNUP_MARKER_CLAIM", None, _as_optional_str),
+    ("KEEN_SIGNUP_CLAIMS", DEFAULT_CLAIMS, _as_list),
+    ("KEEN_SIGNUP_IP", "full", _choice(IP_MODES)),
+    ("KEEN_SIGNUP_ADDONS", (), _as_addons),
+    ("KEEN_SIGNUP_KEEP_DELIVERED", True, _as_bool),
+    ("KEEN_SIGNUP_PROPAGATE_ERRORS", None, _as_optional_bool),
+    ("KEEN_SIGNUP_AUTH0_REQUESTS_PER_SECOND", DEFAULT_AUTH0_REQUESTS_PER_SECOND, _number(0.01)),
+    ("KEEN_SIGNUP_TIMEOUT", DEFAULT_TIMEOUT, functools.partial(_as_timeout, maximum=MAX_TIMEOUT)),
+    ("KEEN_SIGNUP_BATCH_SIZE", DEFAULT_BATCH_SIZE, _integer(1, MAX_BATCH_SIZE)),
+    ("KEEN_SIGNUP_FLUSH_INTERVAL", DEFAULT_FLUSH_INTERVAL, _number(0.01, MAX_FLUSH_INTERVAL)),
+    ("KEEN_SIGNUP_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, _integer(1, MAX_ATTEMPTS)),
+    ("KEEN_SIGNUP_SHUTDOWN_TIMEOUT", DEFAULT_SHUTDOWN_TIMEOUT, _number(0, MAX_SHUTDOWN_TIMEOUT)),
+    ("KEEN_SIGNUP_RETENTION", DEFAULT_RETENTION, _duration(MAX_RETENTION)),
+    ("KEEN_SIGNUP_STORE_TIMEOUT", DEFAULT_STORE_TIMEOUT, lambda k, v: as_store_timeout(v, k)),
+    ("KEEN_SIGNUP_RETRY_FOR", DEFAULT_RETRY_FOR, _duration(MAX_RETRY_FOR)),
+)
+
+
+def _field(key: str) -> str:
+    """The :class:`Settings` field of ``key``."""
+    return "ip_mode" if key == "KEEN_SIGNUP_IP" else key.removeprefix("KEEN_SIGNUP_").lower()
+
+
+def _text(c: t.Mapping[str, t.Any], key: str) -> str | None:
+    return _as_optional_str(key, c.get(key))
+
+
 def load_settings(app: Flask) -> Settings:
     """Read and validate the ``KEEN_*`` keys of ``app.config``.
 
+    The store's backend checks what it needs of the settings last
+    (:func:`.backends.check_settings`): no store is named here.
+
     :raises ConfigurationError: naming the first bad key.
     """
+    from .backends import DEFAULT_STORE
+    from .backends import check_settings
+    from .backends import check_store
+
     c = app.config
     register_config_secrets(c)
     register_authlib_secrets(app)
     enabled = _as_bool("KEEN_SIGNUP_ENABLED", c.get("KEEN_SIGNUP_ENABLED", True))
-    project_id = _as_optional_str("KEEN_PROJECT_ID", c.get("KEEN_PROJECT_ID")) or ""
-    write_key = check_credential(
-        "KEEN_WRITE_KEY", _as_optional_str("KEEN_WRITE_KEY", c.get("KEEN_WRITE_KEY"))
-    ) or ""
-    if enabled and not project_id:
-        raise ConfigurationError(
-            "KEEN_PROJECT_ID is not set: set it (e.g. FLASK_KEEN_PROJECT_ID in the environment "
-            "with app.config.from_prefixed_env()) or set KEEN_SIGNUP_ENABLED = False"
-        )
-    if enabled and not write_key:
-        raise ConfigurationError(
-            "KEEN_WRITE_KEY is not set: set it (e.g. FLASK_KEEN_WRITE_KEY in the environment "
-            "with app.config.from_prefixed_env()) or set KEEN_SIGNUP_ENABLED = False"
-        )
-    master_key = check_credential(
-        "KEEN_MASTER_KEY", _as_optional_str("KEEN_MASTER_KEY", c.get("KEEN_MASTER_KEY"))
-    )
-    api_url = _check_api_url(
-        _as_optional_str("KEEN_API_URL", c.get("KEEN_API_URL")) or DEFAULT_API_URL
-    )
+    project_id = _text(c, "KEEN_PROJECT_ID") or ""
+    write_key = check_credential("KEEN_WRITE_KEY", _text(c, "KEEN_WRITE_KEY")) or ""
+    for key, value in (("KEEN_PROJECT_ID", project_id), ("KEEN_WRITE_KEY", write_key)):
+        if enabled and not value:
+            raise ConfigurationError(
+                f"{key} is not set: set it (e.g. FLASK_{key} in the environment "
+                "with app.config.from_prefixed_env()) or set KEEN_SIGNUP_ENABLED = False"
+            )
+    master_key = check_credential("KEEN_MASTER_KEY", _text(c, "KEEN_MASTER_KEY"))
+    api_url = _check_api_url(_text(c, "KEEN_API_URL") or DEFAULT_API_URL)
     collection = c.get("KEEN_SIGNUP_COLLECTION", DEFAULT_COLLECTION)
     if not isinstance(collection, str) or (problem := validate_collection_name(collection)):
         raise ConfigurationError(
@@ -411,176 +281,39 @@ def load_settings(app: Flask) -> Settings:
             "collection name: "
             f"{problem if isinstance(collection, str) else 'must be a string'}"
         )
-
-    store = c.get("KEEN_SIGNUP_STORE", "sqlite")
-    if isinstance(store, str):
-        store = _as_choice("KEEN_SIGNUP_STORE", store, tuple(REGISTRY))
-    else:
-        from .stores import MarkerStore
-
-        if not isinstance(store, MarkerStore):
-            raise ConfigurationError(
-                "KEEN_SIGNUP_STORE must be one of "
-                f"{', '.join(REGISTRY)} or a flask_keen_signup.stores.MarkerStore instance; "
-                f"got {type(store).__name__}"
-            )
-
-    database = _as_optional_str("KEEN_SIGNUP_DATABASE", c.get("KEEN_SIGNUP_DATABASE"))
+    store = check_store(c.get("KEEN_SIGNUP_STORE", DEFAULT_STORE))
+    database = _text(c, "KEEN_SIGNUP_DATABASE")
     if database is None:
         database = os.path.join(app.instance_path, DEFAULT_DATABASE_NAME)
-
-    auth0_domain = _as_optional_str("KEEN_SIGNUP_AUTH0_DOMAIN", c.get("KEEN_SIGNUP_AUTH0_DOMAIN"))
-    auth0_client_id = _as_optional_str(
-        "KEEN_SIGNUP_AUTH0_CLIENT_ID", c.get("KEEN_SIGNUP_AUTH0_CLIENT_ID")
-    )
+    auth0_domain = _text(c, "KEEN_SIGNUP_AUTH0_DOMAIN")
     if auth0_domain is not None:
         auth0_base_url(auth0_domain)  # fails now, not at the first Management API call
-    auth0_client_secret = check_credential(
-        "KEEN_SIGNUP_AUTH0_CLIENT_SECRET",
-        _as_optional_str(
-            "KEEN_SIGNUP_AUTH0_CLIENT_SECRET", c.get("KEEN_SIGNUP_AUTH0_CLIENT_SECRET")
-        ),
-    )
-    if enabled and store == "auth0":
-        for key, value in (
-            ("KEEN_SIGNUP_AUTH0_DOMAIN", auth0_domain),
-            ("KEEN_SIGNUP_AUTH0_CLIENT_ID", auth0_client_id),
-            ("KEEN_SIGNUP_AUTH0_CLIENT_SECRET", auth0_client_secret),
-        ):
-            if not value:
-                raise ConfigurationError(
-                    f"{key} is required with KEEN_SIGNUP_STORE = 'auth0' "
-                    "(Management API machine-to-machine credentials)"
-                )
-    redis_url = _as_optional_str("KEEN_SIGNUP_REDIS_URL", c.get("KEEN_SIGNUP_REDIS_URL"))
-    if store == "redis":
-        _check_redis_url(redis_url)
-    redis_prefix = (
-        _as_optional_str("KEEN_SIGNUP_REDIS_PREFIX", c.get("KEEN_SIGNUP_REDIS_PREFIX"))
-        or "keen_signup"
-    )
-    if enabled and store == "redis" and not redis_url:
-        raise ConfigurationError(
-            "KEEN_SIGNUP_REDIS_URL is required with KEEN_SIGNUP_STORE = 'redis'"
-        )
-
-    database_url, database_schema = _postgres_settings(c, enabled=enabled, store=store)
-
-    marker = _as_optional_str("KEEN_SIGNUP_MARKER", c.get("KEEN_SIGNUP_MARKER")) or DEFAULT_MARKER
-    since = _as_datetime("KEEN_SIGNUP_SINCE", c.get("KEEN_SIGNUP_SINCE"))
-    created_at_claim = _as_optional_str(
-        "KEEN_SIGNUP_CREATED_AT_CLAIM", c.get("KEEN_SIGNUP_CREATED_AT_CLAIM")
-    )
-    has_management_api = bool(auth0_domain and auth0_client_id and auth0_client_secret)
-    if enabled and since is not None and not (created_at_claim or has_management_api):
-        raise ConfigurationError(
-            "KEEN_SIGNUP_SINCE needs each user's creation time, and Auth0's ID tokens do not "
-            "carry it by default. Either deploy the post-login Action of "
-            "docs/migrating-from-the-rule.md and set KEEN_SIGNUP_CREATED_AT_CLAIM to its claim "
-            "(e.g. 'https://example.com/created_at'), or set KEEN_SIGNUP_AUTH0_DOMAIN, "
-            "KEEN_SIGNUP_AUTH0_CLIENT_ID and KEEN_SIGNUP_AUTH0_CLIENT_SECRET (a machine-to-machine "
-            "app with read:users) so that it is looked up off the request path"
-        )
-    propagate = c.get("KEEN_SIGNUP_PROPAGATE_ERRORS")
-    return Settings(
+    settings = Settings(
         enabled=enabled,
         project_id=project_id,
         write_key=write_key,
         master_key=master_key,
         api_url=api_url.rstrip("/"),
         collection=collection,
-        delivery=_as_choice(
-            "KEEN_SIGNUP_DELIVERY", c.get("KEEN_SIGNUP_DELIVERY", "background"), DELIVERY_MODES
-        ),
         store=store,
         database=database,
-        sqlite_synchronous=_as_choice(
-            "KEEN_SIGNUP_SQLITE_SYNCHRONOUS",
-            c.get("KEEN_SIGNUP_SQLITE_SYNCHRONOUS", "normal"),
-            SQLITE_SYNCHRONOUS,
-        ),
-        redis_url=redis_url,
-        redis_prefix=redis_prefix,
-        database_url=database_url,
-        database_schema=database_schema,
-        database_listen_url=_as_optional_str(
-            "KEEN_SIGNUP_DATABASE_LISTEN_URL", c.get("KEEN_SIGNUP_DATABASE_LISTEN_URL")
-        ),
         auth0_domain=auth0_domain,
-        auth0_client_id=auth0_client_id,
-        auth0_client_secret=auth0_client_secret,
-        auth0_requests_per_second=_as_number(
-            "KEEN_SIGNUP_AUTH0_REQUESTS_PER_SECOND",
-            c.get("KEEN_SIGNUP_AUTH0_REQUESTS_PER_SECOND", DEFAULT_AUTH0_REQUESTS_PER_SECOND),
-            minimum=0.01,
+        auth0_client_id=_text(c, "KEEN_SIGNUP_AUTH0_CLIENT_ID"),
+        auth0_client_secret=check_credential(
+            "KEEN_SIGNUP_AUTH0_CLIENT_SECRET", _text(c, "KEEN_SIGNUP_AUTH0_CLIENT_SECRET")
         ),
-        marker=marker,
-        marker_claim=_as_optional_str(
-            "KEEN_SIGNUP_MARKER_CLAIM", c.get("KEEN_SIGNUP_MARKER_CLAIM")
-        ),
-        created_at_claim=created_at_claim,
-        since=since,
-        claims=_as_list("KEEN_SIGNUP_CLAIMS", c.get("KEEN_SIGNUP_CLAIMS", list(DEFAULT_CLAIMS))),
-        ip_mode=_as_choice("KEEN_SIGNUP_IP", c.get("KEEN_SIGNUP_IP", "full"), IP_MODES),
-        addons=tuple(
-            _as_choice("KEEN_SIGNUP_ADDONS", a, ADDONS)
-            for a in _as_list("KEEN_SIGNUP_ADDONS", c.get("KEEN_SIGNUP_ADDONS", []))
-        ),
-        timeout=_as_timeout("KEEN_SIGNUP_TIMEOUT", c.get("KEEN_SIGNUP_TIMEOUT", DEFAULT_TIMEOUT)),
-        **_sender_numbers(c),  # batch_size, flush_interval, max_attempts, shutdown_timeout
-        keep_delivered=_as_bool(
-            "KEEN_SIGNUP_KEEP_DELIVERED", c.get("KEEN_SIGNUP_KEEP_DELIVERED", True)
-        ),
-        propagate_errors=None
-        if propagate is None
-        else _as_bool("KEEN_SIGNUP_PROPAGATE_ERRORS", propagate),
-        retention=_as_duration(
-            "KEEN_SIGNUP_RETENTION",
-            c.get("KEEN_SIGNUP_RETENTION", DEFAULT_RETENTION),
-            maximum=MAX_RETENTION,
-        ),
-        store_timeout=as_store_timeout(
-            c.get("KEEN_SIGNUP_STORE_TIMEOUT", DEFAULT_STORE_TIMEOUT)
-        ),
-        retry_for=_as_duration(
-            "KEEN_SIGNUP_RETRY_FOR",
-            c.get("KEEN_SIGNUP_RETRY_FOR", DEFAULT_RETRY_FOR),
-            maximum=MAX_RETRY_FOR,
-        ),
+        **{_field(key): read(key, c.get(key, default)) for key, default, read in _KEYS},
     )
-
-
-def _postgres_settings(
-    c: t.Mapping[str, t.Any], *, enabled: bool, store: object
-) -> tuple[str | None, str]:
-    """``KEEN_SIGNUP_DATABASE_URL`` and ``KEEN_SIGNUP_DATABASE_SCHEMA``, checked.
-
-    The URL is required with the ``postgres`` store and never quoted in an error (it may
-    hold a password); its full parsing happens where psycopg is imported (``init_app``).
-    """
-    url = c.get("KEEN_SIGNUP_DATABASE_URL")
-    if url is not None and not isinstance(url, str):
-        raise ConfigurationError(
-            f"KEEN_SIGNUP_DATABASE_URL must be a string, got {type(url).__name__}"
-        )
-    url = url.strip() if url else None
-    if enabled and store == "postgres" and not url:
-        raise ConfigurationError(
-            "KEEN_SIGNUP_DATABASE_URL is required with KEEN_SIGNUP_STORE = 'postgres' "
-            "(e.g. postgresql://user@db.example.com/app; FLASK_KEEN_SIGNUP_DATABASE_URL in the "
-            "environment with app.config.from_prefixed_env())"
-        )
-    if url and "://" in url and not url.startswith(("postgresql://", "postgres://")):
-        raise ConfigurationError(
-            "KEEN_SIGNUP_DATABASE_URL must start with postgresql:// "
-            "(or be a key=value conninfo string)"
-        )
-    if url:
-        check_url_port("KEEN_SIGNUP_DATABASE_URL", url)
-    schema = c.get("KEEN_SIGNUP_DATABASE_SCHEMA", DEFAULT_DATABASE_SCHEMA)
-    if not isinstance(schema, str) or not re.match(r"^[a-z_][a-z0-9_]{0,62}$", schema):
-        raise ConfigurationError(
-            "KEEN_SIGNUP_DATABASE_SCHEMA must be a plain lower-case SQL identifier "
-            f"(letters, digits and _, at most 63), got {safe_repr(schema)}"
-        )
-    return url, schema
+    if enabled and settings.since is not None:
+        if not (settings.created_at_claim or settings.has_management_api):
+            raise ConfigurationError(
+                "KEEN_SIGNUP_SINCE needs each user's creation time, and Auth0's ID tokens do "
+                "not carry it by default. Either deploy the post-login Action of "
+                "docs/migrating-from-the-rule.md and set KEEN_SIGNUP_CREATED_AT_CLAIM to its "
+                "claim (e.g. 'https://example.com/created_at'), or set "
+                "KEEN_SIGNUP_AUTH0_DOMAIN, KEEN_SIGNUP_AUTH0_CLIENT_ID and "
+                "KEEN_SIGNUP_AUTH0_CLIENT_SECRET (a machine-to-machine app with read:users) so "
+                "that it is looked up off the request path"
+            )
+    check_settings(settings)
+    return settings

@@ -56,8 +56,8 @@ def load_health_thresholds(app: Flask) -> HealthThresholds:
 
     :raises ConfigurationError: naming the bad key.
     """
+    from ._config_values import _as_number
     from .config import MAX_RETENTION
-    from .config import _as_number
     from .exceptions import ConfigurationError
 
     default = HealthThresholds()

@@ -134,7 +134,7 @@ def _get_metrics() -> tuple[t.Any, t.Any]:
 
 def enabled(app: Flask) -> bool:
     """``KEEN_SIGNUP_METRICS`` (default ``True``): ``False`` keeps no metrics at all."""
-    from .config import _as_bool
+    from ._config_values import _as_bool
 
     return _as_bool("KEEN_SIGNUP_METRICS", app.config.get("KEEN_SIGNUP_METRICS", True))
 

@@ -30,10 +30,8 @@ A flipped byte, a bad date or an undecodable line therefore stops the run with i
 number and nothing marked, and a file changed between the two readings stops it before the
 first chunk that differs.
 
-Where marks go (:class:`MigrationLedger`): the SQLite ledger beside the outbox (stores
-``sqlite``, ``auth0`` — whose ledger fronts ``app_metadata`` on this host — and ``session``
-or a custom store, for which the file's ledger only records who was migrated), Redis, or
-PostgreSQL.
+Where marks go (:class:`MigrationLedger`) is the store backend's business: each builds its
+own (``Parts.migration_ledger``, in :mod:`.backends`).
 """
 
 from __future__ import annotations
@@ -42,11 +40,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import itertools
-import sqlite3
-import time
 import typing as t
-from abc import ABC
-from abc import abstractmethod
 from collections.abc import Iterable
 from collections.abc import Iterator
 from collections.abc import Mapping
@@ -55,22 +49,14 @@ from collections.abc import Sequence
 from .delivery import QueuedEvent
 from .events import build_signup_event
 from .events import uniqueness_token
-from .exceptions import StoreError
 from .migrate_users import PROFILE_CLAIMS
 from .migrate_users import InvalidUserRecord
 from .migrate_users import TenantUser
 from .migrate_users import user_from_record
-from .stores import erased_user_id
 from .users_export import UsersFileError
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from .config import Settings
-    from .delivery.postgres_outbox import PostgresOutbox
-    from .delivery.redis_outbox import RedisOutbox
-    from .delivery.sqlite_outbox import SQLiteOutbox
-    from .stores.postgres import PostgresStore
-    from .stores.redis import RedisStore
-    from .stores.sqlite import SQLiteStore
 
 T = t.TypeVar("T")
 
@@ -78,6 +64,7 @@ T = t.TypeVar("T")
 USER_FIELDS = ("user_id", "created_at", "name", "email", "nickname", "app_metadata")
 #: Users decided and written per atomic step.
 CHUNK_SIZE = 2000
+
 
 @dataclasses.dataclass
 class MigrationReport:
@@ -100,144 +87,24 @@ class MigrationReport:
         return rows
 
 
-class MigrationLedger(ABC):
-    """Where migrate reads and writes markers: beside the outbox, atomically with it."""
+class MigrationLedger(t.Protocol):
+    """Where migrate reads and writes markers: beside the outbox, atomically with it.
 
-    @abstractmethod
+    Each backend builds its own (``Parts.migration_ledger``): the SQLite file's ledger and
+    outbox in one transaction per chunk, Redis's pipelines and scripts, one PostgreSQL
+    statement per call.
+    """
+
     def known(self, user_ids: Sequence[str]) -> set[str]:
         """The users among ``user_ids`` whose marker exists (any state)."""
 
-    @abstractmethod
     def mark(self, user_ids: Sequence[str]) -> set[str]:
         """Create confirmed markers where none exist; return the users actually marked."""
 
-    @abstractmethod
     def report(self, events: Sequence[QueuedEvent]) -> int:
         """For each event: create its user's confirmed marker and queue the event, both
         or neither; users whose marker appeared meanwhile are left alone. Returns how
         many were queued."""
-
-
-class SQLiteMigrationLedger(MigrationLedger):
-    """The ledger table and the outbox of one SQLite file: one transaction per chunk."""
-
-    def __init__(self, ledger: SQLiteStore, outbox: SQLiteOutbox) -> None:
-        self.ledger = ledger
-        self.outbox = outbox
-
-    def known(self, user_ids: Sequence[str]) -> set[str]:
-        collection = self.ledger.collection
-        # An erased user's marker is kept under a hash of the id (``forget``): known too.
-        names = {user_id: user_id for user_id in user_ids}
-        names.update((erased_user_id(collection, user_id), user_id) for user_id in user_ids)
-        found: set[str] = set()
-        try:
-            with self.ledger.database.reading() as conn:
-                for part in _chunks(names, 500):
-                    marks = ",".join("?" * len(part))
-                    found.update(
-                        names[name]
-                        for (name,) in conn.execute(
-                            "SELECT user_id FROM keen_signup_markers WHERE collection = ? "
-                            f"AND user_id IN ({marks})",
-                            (collection, *part),
-                        )
-                    )
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot read the marker ledger: {exc}") from exc
-        return found
-
-    def mark(self, user_ids: Sequence[str]) -> set[str]:
-        marked: set[str] = set()
-        now = time.time()
-        try:
-            with self.ledger.database.transaction() as conn:
-                for user_id in user_ids:
-                    if self._insert_confirmed(conn, user_id, now):
-                        marked.add(user_id)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot write the marker ledger: {exc}") from exc
-        return marked
-
-    def report(self, events: Sequence[QueuedEvent]) -> int:
-        queued = 0
-        now = time.time()
-        try:
-            with self.ledger.database.transaction() as conn:
-                for event in events:
-                    if self._insert_confirmed(conn, event.user_id, now):
-                        self.outbox.enqueue_in(conn, event, now=now)
-                        queued += 1
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot write the marker ledger and outbox: {exc}") from exc
-        return queued
-
-    def _insert_confirmed(self, conn: sqlite3.Connection, user_id: str, now: float) -> bool:
-        cursor = conn.execute(
-            "INSERT INTO keen_signup_markers (collection, user_id, state, claimed_at, "
-            "confirmed_at) VALUES (?, ?, 'confirmed', ?, ?) "
-            "ON CONFLICT (collection, user_id) DO NOTHING",
-            (self.ledger.collection, user_id, now, now),
-        )
-        return cursor.rowcount == 1
-
-
-class RedisMigrationLedger(MigrationLedger):
-    """Markers and outbox in one Redis: pipelined reads and marks, a Lua script per report."""
-
-    def __init__(self, store: RedisStore, outbox: RedisOutbox) -> None:
-        self.store = store
-        self.outbox = outbox
-
-    def known(self, user_ids: Sequence[str]) -> set[str]:
-        from .stores.redis import store_errors
-
-        found: set[str] = set()
-        with store_errors("read markers"):
-            for part in _chunks(user_ids, 1000):
-                values = self.store.client.mget([self.store.key(u) for u in part])
-                found.update(u for u, v in zip(part, values, strict=True) if v is not None)
-        return found
-
-    def mark(self, user_ids: Sequence[str]) -> set[str]:
-        from .stores.redis import store_errors
-
-        stamp = f"confirmed:{time.time():.6f}"
-        marked: set[str] = set()
-        with store_errors("write markers"):
-            for part in _chunks(user_ids, 1000):
-                pipe = self.store.client.pipeline(transaction=False)
-                for user_id in part:
-                    pipe.set(self.store.key(user_id), stamp, nx=True)
-                marked.update(u for u, ok in zip(part, pipe.execute(), strict=True) if ok)
-        return marked
-
-    def report(self, events: Sequence[QueuedEvent]) -> int:
-        queued = 0
-        for event in events:
-            # Claim and enqueue in one script, then confirm: a crash in between leaves a
-            # pending marker, which in background mode means "queued" and is never reclaimed.
-            if self.outbox.claim_and_enqueue(self.store, event.user_id, event):
-                self.store.confirm(event.user_id)
-                queued += 1
-        return queued
-
-
-class PostgresMigrationLedger(MigrationLedger):
-    """Markers and outbox in one PostgreSQL: each call one statement (a chunk at a time)."""
-
-    def __init__(self, store: PostgresStore, outbox: PostgresOutbox) -> None:
-        self.store = store
-        self.outbox = outbox
-
-    def known(self, user_ids: Sequence[str]) -> set[str]:
-        return self.store.known(user_ids)
-
-    def mark(self, user_ids: Sequence[str]) -> set[str]:
-        return self.store.mark(user_ids)
-
-    def report(self, events: Sequence[QueuedEvent]) -> int:
-        return self.outbox.report_confirmed(self.store, events)
 
 
 def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
@@ -259,6 +126,7 @@ class CheckedSource:
     users: int
 
 
+@dataclasses.dataclass
 class Migration:
     """Decides and records every user of a tenant. See the module doc.
 
@@ -269,25 +137,16 @@ class Migration:
     :param source: how a record's place is named in errors (``"the users file"``).
     """
 
-    def __init__(
-        self,
-        settings: Settings,
-        ledger: MigrationLedger,
-        *,
-        reported_until: dt.datetime,
-        dry_run: bool = False,
-        on_marked: t.Callable[[Sequence[str]], None] | None = None,
-        clock: t.Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
-        source: str = "the users export",
-    ) -> None:
-        self.settings = settings
-        self.ledger = ledger
-        self.reported_until = reported_until
-        self.dry_run = dry_run
-        self.on_marked = on_marked
-        self.clock = clock
-        self.source = source
-        self.report = MigrationReport()
+    settings: Settings
+    ledger: MigrationLedger
+    _: dataclasses.KW_ONLY
+    reported_until: dt.datetime
+    dry_run: bool = False
+    on_marked: t.Callable[[Sequence[str]], None] | None = None
+    clock: t.Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)
+    source: str = "the users export"
+    #: The totals so far.
+    report: MigrationReport = dataclasses.field(default_factory=MigrationReport, init=False)
 
     def check(self, records: NumberedRecords, *, chunk_size: int = CHUNK_SIZE) -> CheckedSource:
         """Read every record to the end, writing nothing; raise on the first bad one.

@@ -77,9 +77,9 @@ class UsersFileError(KeenSignupError, ValueError):
         self.line = line
 
 
-def _normalise_format(format: str) -> str:
+def _normalise_format(format: str | None) -> str | None:
     try:
-        return FORMATS[format.strip().lower()]
+        return None if format is None else FORMATS[format.strip().lower()]
     except (KeyError, AttributeError):
         raise UsersFileError(
             f"unknown users export format {format!r}: expected 'json' or 'csv'"
@@ -94,44 +94,32 @@ Numbered = tuple[int, dict[str, t.Any]]
 
 
 def _iter_ndjson(stream: t.BinaryIO) -> Iterator[Numbered]:
-    for number, raw in enumerate(stream, start=1):
-        if not raw.strip():
+    for number, text in enumerate(_text_lines(stream, lone_cr=False), start=1):
+        if not text.strip():
             continue
         error: str | None = None
-        user: object = None
         try:
-            # Strict UTF-8, one physical line at a time: a bad byte is named by its line.
-            text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-        except UnicodeDecodeError:
-            error = "is not valid UTF-8"
+            user = json.loads(text)
+        except ValueError:
+            error = "is not valid JSON"
         else:
-            try:
-                user = json.loads(text)
-            except ValueError:
-                error = "is not valid JSON"
-        if error is None and not isinstance(user, dict):
-            error = "is not a JSON object"
-        if error is None and "\\u" in text and _has_lone_surrogate(user):
-            # JSON may escape half of a surrogate pair (\ud800): not text SQLite, Keen or a
-            # terminal can take, so refused here rather than deep in a write.
-            error = "holds half of a UTF-16 surrogate pair (a lone U+D800-U+DFFF escape)"
+            if not isinstance(user, dict):
+                error = "is not a JSON object"
+            elif "\\u" in text and _has_lone_surrogate(user):
+                # JSON may escape half of a surrogate pair (\ud800): not text SQLite, Keen
+                # or a terminal can take, so refused here rather than deep in a write.
+                error = "holds half of a UTF-16 surrogate pair (a lone U+D800-U+DFFF escape)"
         if error is not None:
             # Raised outside the except block: the decoder's error quotes the line.
             raise UsersFileError(f"line {number} of the users export {error}", line=number)
-        yield number, t.cast("dict[str, t.Any]", user)
+        yield number, user
 
 
-def _has_lone_surrogate(value: object) -> bool:
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return True
-        return False
-    if isinstance(value, dict):
-        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_lone_surrogate(item) for item in value)
+def _has_lone_surrogate(user: dict[str, t.Any]) -> bool:
+    try:
+        json.dumps(user, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
     return False
 
 
@@ -144,10 +132,11 @@ def unescape_csv_value(value: str) -> str:
     return value[1:] if value.startswith("'") else value
 
 
-def _text_lines(stream: t.BinaryIO) -> Iterator[str]:
-    """The physical lines of ``stream``, endings kept (``\\r\\n``, ``\\n`` or a lone
-    ``\\r``, as ``newline=""`` gives them to the csv module), each decoded on its own so
-    that a bad byte names its own line."""
+def _text_lines(stream: t.BinaryIO, *, lone_cr: bool) -> Iterator[str]:
+    """The physical lines of ``stream``, endings kept, each decoded on its own (strict
+    UTF-8) so that a bad byte names its own line. With ``lone_cr``, a CR not followed by
+    LF ends a line too (an old spreadsheet's CSV), as ``newline=""`` gives it to the csv
+    module."""
     number = 0
     for raw in stream:
         bad_at: int | None = None
@@ -156,12 +145,13 @@ def _text_lines(stream: t.BinaryIO) -> Iterator[str]:
         except UnicodeDecodeError as exc:
             bad_at = exc.start
         if bad_at is not None:
-            before = raw[:bad_at]  # a lone CR ends a line too (an old spreadsheet's CSV)
-            number += before.count(b"\r") - before.count(b"\r\n") + 1
+            before = raw[:bad_at]
+            if lone_cr:
+                number += before.count(b"\r") - before.count(b"\r\n")
+            number += 1
             message = f"line {number} of the users export is not valid UTF-8"
             raise UsersFileError(message, line=number)
-        parts = _LONE_CR.split(text) if "\r" in text else (text,)
-        for part in parts:
+        for part in _LONE_CR.split(text) if lone_cr and "\r" in text else (text,):
             if part:
                 number += 1
                 yield part
@@ -170,10 +160,7 @@ def _text_lines(stream: t.BinaryIO) -> Iterator[str]:
 def _iter_csv(stream: t.BinaryIO) -> Iterator[Numbered]:
     # Exported values can be long (a JSON object as text): lift the csv module's cap.
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    yield from _iter_csv_rows(csv.reader(_text_lines(stream), strict=True))
-
-
-def _iter_csv_rows(reader: t.Any) -> Iterator[Numbered]:
+    reader = csv.reader(_text_lines(stream, lone_cr=True), strict=True)
     header: list[str] | None = None
     failure: str | None = None
     line = 0
@@ -269,8 +256,7 @@ def iter_export_stream(stream: t.Any, format: str | None = None) -> Iterator[dic
     :raises UsersFileError: a bad line (its number, not its content), a bad header, data
         that is not gzip although it says so.
     """
-    wanted = _normalise_format(format) if format is not None else None
-    return (user for _, user in _iter_stream(stream, wanted))
+    return (user for _, user in _iter_stream(stream, _normalise_format(format)))
 
 
 def _iter_stream(stream: t.Any, wanted: str | None) -> Iterator[Numbered]:
@@ -299,7 +285,7 @@ class UsersFile:
 
     def __init__(self, path: str | os.PathLike[str], format: str | None = None) -> None:
         self.path = os.fspath(path)
-        forced = _normalise_format(format) if format is not None else None
+        forced = _normalise_format(format)
         reason: str | None = None
         try:
             self._raw = open(self.path, "rb")  # noqa: SIM115 - closed by close()/__exit__
@@ -366,11 +352,8 @@ class UsersFile:
 
 
 def _format_from_name(path: str) -> str | None:
-    name = path.lower().removesuffix(".gz")
-    for suffix in (".csv", ".json", ".ndjson", ".jsonl"):
-        if name.endswith(suffix):
-            return FORMATS[suffix[1:]]
-    return None
+    extension = os.path.splitext(path.lower().removesuffix(".gz"))[1]
+    return FORMATS.get(extension[1:]) if extension else None
 
 
 def iter_users_file(path: str | os.PathLike[str], format: str | None = None) -> UsersFile:

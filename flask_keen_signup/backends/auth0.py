@@ -9,10 +9,29 @@ in sync mode, by the tracker in the request).
 from __future__ import annotations
 
 import dataclasses
+import typing as t
 
+from ..exceptions import ConfigurationError
 from . import sqlite
 from .parts import Parts
 from .parts import Wiring
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    from ..config import Settings
+
+
+def validate(settings: Settings) -> None:
+    """The Management API's machine-to-machine credentials are required."""
+    for key, value in (
+        ("KEEN_SIGNUP_AUTH0_DOMAIN", settings.auth0_domain),
+        ("KEEN_SIGNUP_AUTH0_CLIENT_ID", settings.auth0_client_id),
+        ("KEEN_SIGNUP_AUTH0_CLIENT_SECRET", settings.auth0_client_secret),
+    ):
+        if settings.enabled and not value:
+            raise ConfigurationError(
+                f"{key} is required with KEEN_SIGNUP_STORE = 'auth0' "
+                "(Management API machine-to-machine credentials)"
+            )
 
 
 def build(wiring: Wiring) -> Parts:

@@ -10,15 +10,15 @@ import typing as t
 
 from .parts import Parts
 from .parts import Wiring
+from .sqlite import SQLiteMigrationLedger
 from .sqlite import ledger_and_outbox
-from .sqlite import migration_ledger
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from ..stores import MarkerStore
 
 
 def build_for_instance(store: MarkerStore, wiring: Wiring) -> Parts:
-    _, outbox = ledger_and_outbox(wiring, request=False)
+    ledger, outbox = ledger_and_outbox(wiring, request=False)
     _, request_outbox = ledger_and_outbox(wiring, request=True)
     # A store of the app's own may offer what the SQLite ledger does (its newest users).
     recent = getattr(store, "recent_user_ids", None)
@@ -32,5 +32,5 @@ def build_for_instance(store: MarkerStore, wiring: Wiring) -> Parts:
         recent_user_ids=(
             (lambda states, limit: list(recent(states, limit=limit))) if callable(recent) else None
         ),
-        migration_ledger=migration_ledger(wiring, outbox),
+        migration_ledger=lambda: SQLiteMigrationLedger(ledger, outbox),
     )

@@ -9,15 +9,18 @@ signup inside the app's own transaction (:class:`AppTransaction`).
 
 from __future__ import annotations
 
+import functools
 import typing as t
 
+from .._credentials import url_error  # the message masks the URL's pieces
+from ..exceptions import ConfigurationError
 from .parts import Parts
 from .parts import Wiring
 
 if t.TYPE_CHECKING:  # pragma: no cover
+    from ..config import Settings
     from ..delivery import QueuedEvent
     from ..delivery.postgres_outbox import PostgresOutbox
-    from ..migrate import MigrationLedger
     from ..stores.postgres import PostgresStore
 
 T = t.TypeVar("T")
@@ -48,6 +51,25 @@ class AppTransaction:
         self.store.confirm(user_id)
 
 
+class MigrationLedger:
+    """``flask keen-signup migrate``'s marks: each call one statement (a chunk at a time)."""
+
+    def __init__(self, store: PostgresStore, outbox: PostgresOutbox) -> None:
+        self.known = store.known
+        self.mark = store.mark
+        self.report = functools.partial(outbox.report_confirmed, store)
+
+
+def validate(settings: Settings) -> None:
+    """``KEEN_SIGNUP_DATABASE_URL`` is required (its form is checked with the key's)."""
+    if settings.enabled and not settings.database_url:
+        raise ConfigurationError(
+            "KEEN_SIGNUP_DATABASE_URL is required with KEEN_SIGNUP_STORE = 'postgres' "
+            "(e.g. postgresql://user@db.example.com/app; FLASK_KEEN_SIGNUP_DATABASE_URL in the "
+            "environment with app.config.from_prefixed_env())"
+        )
+
+
 def build(wiring: Wiring) -> Parts:
     from ..delivery.postgres_outbox import PostgresOutbox
     from ..postgres import PostgresDatabase
@@ -56,25 +78,21 @@ def build(wiring: Wiring) -> Parts:
     from ..stores.postgres import PostgresStore
 
     settings = wiring.settings
+    url = t.cast(str, settings.database_url)
     listen_url = settings.database_listen_url
     if listen_url:
         try:
             parse_url(listen_url)
         except ValueError as exc:
-            from .._credentials import url_error  # the message masks the URL's pieces
-
             raise url_error("KEEN_SIGNUP_DATABASE_LISTEN_URL", exc, listen_url) from None
     try:
         database = PostgresDatabase(
-            t.cast(str, settings.database_url),
+            url,
             schema=settings.database_schema,
             timeout=settings.store_timeout,
             listen_url=listen_url,
         )
     except ValueError as exc:
-        from .._credentials import url_error  # the message masks the URL's pieces
-
-        url = t.cast(str, settings.database_url)
         raise url_error("KEEN_SIGNUP_DATABASE_URL", exc, url) from None
     store = PostgresStore(
         database, settings.collection, reclaim_after=wiring.reclaim_after, close_database=True
@@ -89,11 +107,6 @@ def build(wiring: Wiring) -> Parts:
     def many_in_one_statement(events: t.Sequence[QueuedEvent]) -> list[bool]:
         return outbox.claim_and_enqueue_many(store, events)
 
-    def migration_ledger() -> MigrationLedger:
-        from ..migrate import PostgresMigrationLedger
-
-        return PostgresMigrationLedger(store, outbox)
-
     return Parts(
         store=store,
         claimer=store,
@@ -105,7 +118,7 @@ def build(wiring: Wiring) -> Parts:
         claim_and_enqueue_many=many_in_one_statement,
         in_transaction=AppTransaction(store, outbox),
         recent_user_ids=lambda states, limit: store.recent_user_ids(states, limit=limit),
-        migration_ledger=migration_ledger,
+        migration_ledger=lambda: MigrationLedger(store, outbox),
         wake_on_notify=outbox.wake_on_notify,
         uses_database=False,
     )

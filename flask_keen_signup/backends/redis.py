@@ -9,15 +9,84 @@ Every key starts with ``KEEN_SIGNUP_REDIS_PREFIX``; a Redis Cluster
 
 from __future__ import annotations
 
+import re
+import time
 import typing as t
 
+from .._credentials import check_url_port
+from .._credentials import url_error  # the message masks the URL's pieces
 from ..exceptions import ConfigurationError
 from .parts import Parts
 from .parts import Wiring
 
 if t.TYPE_CHECKING:  # pragma: no cover
+    from ..config import Settings
     from ..delivery import QueuedEvent
-    from ..migrate import MigrationLedger
+    from ..delivery.redis_outbox import RedisOutbox
+    from ..stores.redis import RedisStore
+
+
+def validate(settings: Settings) -> None:
+    """``KEEN_SIGNUP_REDIS_URL`` is required: a ``redis://``, ``rediss://`` or ``unix://``
+    URL, or ``redis+cluster://`` / ``rediss+cluster://`` for a Redis Cluster. The message
+    never repeats it: it usually carries a password."""
+    url = settings.redis_url
+    if url is not None and not re.match(r"^(rediss?(\+cluster)?|unix)://", url, re.IGNORECASE):
+        raise ConfigurationError(
+            "KEEN_SIGNUP_REDIS_URL must be a redis://, rediss://, unix:// URL, or "
+            "redis+cluster:// (rediss+cluster://) for a Redis Cluster "
+            "(the value is not shown: it may contain a password)"
+        )
+    if url is not None:
+        check_url_port("KEEN_SIGNUP_REDIS_URL", url)
+    if settings.enabled and not url:
+        raise ConfigurationError(
+            "KEEN_SIGNUP_REDIS_URL is required with KEEN_SIGNUP_STORE = 'redis'"
+        )
+
+
+class MigrationLedger:
+    """``flask keen-signup migrate``'s marks: pipelined reads and marks, a Lua script per
+    report."""
+
+    def __init__(self, store: RedisStore, outbox: RedisOutbox) -> None:
+        self.store = store
+        self.outbox = outbox
+
+    def known(self, user_ids: t.Sequence[str]) -> set[str]:
+        from ..stores.redis import store_errors
+
+        found: set[str] = set()
+        with store_errors("read markers"):
+            for start in range(0, len(user_ids), 1000):
+                part = user_ids[start : start + 1000]
+                values = self.store.client.mget([self.store.key(u) for u in part])
+                found.update(u for u, v in zip(part, values, strict=True) if v is not None)
+        return found
+
+    def mark(self, user_ids: t.Sequence[str]) -> set[str]:
+        from ..stores.redis import store_errors
+
+        stamp = f"confirmed:{time.time():.6f}"
+        marked: set[str] = set()
+        with store_errors("write markers"):
+            for start in range(0, len(user_ids), 1000):
+                part = user_ids[start : start + 1000]
+                pipe = self.store.client.pipeline(transaction=False)
+                for user_id in part:
+                    pipe.set(self.store.key(user_id), stamp, nx=True)
+                marked.update(u for u, ok in zip(part, pipe.execute(), strict=True) if ok)
+        return marked
+
+    def report(self, events: t.Sequence[QueuedEvent]) -> int:
+        queued = 0
+        for event in events:
+            # Claim and enqueue in one script, then confirm: a crash in between leaves a
+            # pending marker, which in background mode means "queued" and is never reclaimed.
+            if self.outbox.claim_and_enqueue(self.store, event.user_id, event):
+                self.store.confirm(event.user_id)
+                queued += 1
+        return queued
 
 
 def build(wiring: Wiring) -> Parts:
@@ -34,42 +103,29 @@ def build(wiring: Wiring) -> Parts:
         # The budget wins over timeouts in the URL's query string (those are the sender's).
         request_client = connect(url, budget=settings.store_timeout)
     except ValueError as exc:
-        from .._credentials import url_error  # the message masks the URL's pieces
-
         raise url_error("KEEN_SIGNUP_REDIS_URL", exc, url) from None
     try:
         check_prefix(client, prefix, name="KEEN_SIGNUP_REDIS_PREFIX")
     except ValueError as exc:
         raise ConfigurationError(f"{exc} (KEEN_SIGNUP_REDIS_URL is a Redis Cluster)") from None
-    store = RedisStore(
-        client,
-        settings.collection,
-        prefix=prefix,
-        reclaim_after=wiring.reclaim_after,
-        close_client=True,
-    )
-    outbox = RedisOutbox(client, prefix=prefix, keep_delivered=settings.keep_delivered)
-    request_store = RedisStore(
-        request_client,
-        settings.collection,
-        prefix=prefix,
-        reclaim_after=wiring.reclaim_after,
-        close_client=True,
-    )
-    request_outbox = RedisOutbox(
-        request_client, prefix=prefix, keep_delivered=settings.keep_delivered
-    )
+
+    def store_and_outbox(client: t.Any) -> tuple[RedisStore, RedisOutbox]:
+        return RedisStore(
+            client,
+            settings.collection,
+            prefix=prefix,
+            reclaim_after=wiring.reclaim_after,
+            close_client=True,
+        ), RedisOutbox(client, prefix=prefix, keep_delivered=settings.keep_delivered)
+
+    store, outbox = store_and_outbox(client)
+    request_store, request_outbox = store_and_outbox(request_client)
 
     def in_one_script(user_id: str, queued: QueuedEvent) -> bool:
         return request_outbox.claim_and_enqueue(request_store, user_id, queued)
 
     def in_scripts(events: t.Sequence[QueuedEvent]) -> list[bool]:
         return outbox.claim_and_enqueue_many(store, events)
-
-    def migration_ledger() -> MigrationLedger:
-        from ..migrate import RedisMigrationLedger
-
-        return RedisMigrationLedger(store, outbox)
 
     return Parts(
         store=store,
@@ -80,6 +136,6 @@ def build(wiring: Wiring) -> Parts:
         drain_claimer=store,
         claim_and_enqueue=in_one_script,
         claim_and_enqueue_many=in_scripts,
-        migration_ledger=migration_ledger,
+        migration_ledger=lambda: MigrationLedger(store, outbox),
         uses_database=False,
     )

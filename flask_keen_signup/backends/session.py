@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from .parts import Parts
 from .parts import Wiring
+from .sqlite import SQLiteMigrationLedger
 from .sqlite import ledger_and_outbox
-from .sqlite import migration_ledger
 
 
 def build(wiring: Wiring) -> Parts:
@@ -26,5 +26,5 @@ def build(wiring: Wiring) -> Parts:
         request_outbox=request_outbox,
         confirm_in=ledger,
         drain_claimer=None,
-        migration_ledger=migration_ledger(wiring, outbox),
+        migration_ledger=lambda: SQLiteMigrationLedger(ledger, outbox),
     )

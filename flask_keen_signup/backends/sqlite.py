@@ -7,9 +7,11 @@ custom backends, whose outbox (and, for ``auth0``, local ledger) is this same fi
 
 from __future__ import annotations
 
+import sqlite3
 import time
 import typing as t
 
+from ..exceptions import StoreError
 from .parts import ClaimAndEnqueue
 from .parts import ClaimAndEnqueueMany
 from .parts import Parts
@@ -18,7 +20,6 @@ from .parts import Wiring
 if t.TYPE_CHECKING:  # pragma: no cover
     from ..delivery import QueuedEvent
     from ..delivery.sqlite_outbox import SQLiteOutbox
-    from ..migrate import MigrationLedger
     from ..stores.sqlite import SQLiteStore
 
 
@@ -66,18 +67,68 @@ def claim_and_enqueue_many(ledger: SQLiteStore, outbox: SQLiteOutbox) -> ClaimAn
     return in_one_transaction
 
 
-def migration_ledger(wiring: Wiring, outbox: SQLiteOutbox) -> t.Callable[[], MigrationLedger]:
-    """``flask keen-signup migrate`` records users in the file's ledger, beside ``outbox``."""
+class SQLiteMigrationLedger:
+    """``flask keen-signup migrate``'s marks in the file's ledger and outbox, one
+    transaction per chunk (for ``session`` and custom stores the file's ledger only records
+    who was migrated; for ``auth0`` it fronts ``app_metadata`` on this host)."""
 
-    def build() -> MigrationLedger:
-        from ..migrate import SQLiteMigrationLedger
-        from ..stores.sqlite import SQLiteStore
+    def __init__(self, ledger: SQLiteStore, outbox: SQLiteOutbox) -> None:
+        self.ledger = ledger
+        self.outbox = outbox
 
-        return SQLiteMigrationLedger(
-            SQLiteStore(wiring.database, wiring.settings.collection), outbox
-        )
+    def known(self, user_ids: t.Sequence[str]) -> set[str]:
+        from ..stores import erased_user_id
 
-    return build
+        collection = self.ledger.collection
+        # An erased user's marker is kept under a hash of the id (``forget``): known too.
+        names = {user_id: user_id for user_id in user_ids}
+        names.update((erased_user_id(collection, user_id), user_id) for user_id in user_ids)
+        listed = list(names)
+        found: set[str] = set()
+        try:
+            with self.ledger.database.reading() as conn:
+                for start in range(0, len(listed), 500):
+                    part = listed[start : start + 500]
+                    rows = conn.execute(
+                        "SELECT user_id FROM keen_signup_markers WHERE collection = ? "
+                        f"AND user_id IN ({','.join('?' * len(part))})",
+                        (collection, *part),
+                    )
+                    found.update(names[name] for (name,) in rows)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the marker ledger: {exc}") from exc
+        return found
+
+    def mark(self, user_ids: t.Sequence[str]) -> set[str]:
+        return set(self._write(user_ids, None, "the marker ledger"))
+
+    def report(self, events: t.Sequence[QueuedEvent]) -> int:
+        user_ids = [event.user_id for event in events]
+        return len(self._write(user_ids, events, "the marker ledger and outbox"))
+
+    def _write(
+        self, user_ids: t.Sequence[str], events: t.Sequence[QueuedEvent] | None, what: str
+    ) -> list[str]:
+        """Confirmed markers for ``user_ids`` where none exist, each with its event queued
+        (when ``events`` are given), in one transaction; the users marked."""
+        now = time.time()
+        marked = []
+        try:
+            with self.ledger.database.transaction() as conn:
+                for number, user_id in enumerate(user_ids):
+                    cursor = conn.execute(
+                        "INSERT INTO keen_signup_markers (collection, user_id, state, "
+                        "claimed_at, confirmed_at) VALUES (?, ?, 'confirmed', ?, ?) "
+                        "ON CONFLICT (collection, user_id) DO NOTHING",
+                        (self.ledger.collection, user_id, now, now),
+                    )
+                    if cursor.rowcount == 1:
+                        marked.append(user_id)
+                        if events is not None:
+                            self.outbox.enqueue_in(conn, events[number], now=now)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write {what}: {exc}") from exc
+        return marked
 
 
 def build(wiring: Wiring) -> Parts:
@@ -93,5 +144,5 @@ def build(wiring: Wiring) -> Parts:
         claim_and_enqueue=claim_and_enqueue(request_ledger, request_outbox),
         claim_and_enqueue_many=claim_and_enqueue_many(ledger, outbox),
         recent_user_ids=lambda states, limit: request_ledger.recent_user_ids(states, limit=limit),
-        migration_ledger=migration_ledger(wiring, outbox),
+        migration_ledger=lambda: SQLiteMigrationLedger(ledger, outbox),
     )

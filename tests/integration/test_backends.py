@@ -23,8 +23,8 @@ import flask_keen_signup
 from flask_keen_signup import signals
 from flask_keen_signup import signup_state
 from flask_keen_signup.backends import REGISTRY
+from flask_keen_signup.backends import STORE_NAMES
 from flask_keen_signup.backends import Backend
-from flask_keen_signup.config import STORE_NAMES
 from flask_keen_signup.delivery import Outbox
 from flask_keen_signup.exceptions import ConfigurationError
 from flask_keen_signup.stores import MarkerStore
@@ -123,6 +123,19 @@ def test_no_module_outside_a_backend_tests_a_backends_type() -> None:
         if hits:
             offenders[relative] = hits
     assert offenders == {}, "ask the backend's Parts what it can do instead"
+
+
+def test_no_module_outside_a_backend_compares_a_store_name() -> None:
+    """``KEEN_SIGNUP_STORE``'s names are the registry's business (issue 19): config, migrate
+    and the rest ask the backend (``Backend.validate``, ``Parts``) instead."""
+    offenders = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE).as_posix()
+        if not relative.startswith((*BACKEND_MODULES, "delivery/")):
+            hits = type_tests(path.read_text(encoding="utf-8"), set(STORE_NAMES))
+            if hits:
+                offenders[relative] = hits
+    assert offenders == {}
 
 
 def test_the_store_names_come_from_the_registry() -> None:

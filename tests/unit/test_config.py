@@ -128,3 +128,48 @@ def test_custom_store_instance_is_accepted() -> None:
 
     store = MemoryStore()
     assert settings_for(KEEN_SIGNUP_STORE=store).store is store
+
+
+@pytest.mark.parametrize(
+    ("config", "error"),
+    [
+        ({"KEEN_SIGNUP_STORE": "redis"}, "KEEN_SIGNUP_REDIS_URL is required"),
+        ({"KEEN_SIGNUP_STORE": "redis", "KEEN_SIGNUP_REDIS_URL": "http://h"}, "redis://, rediss://"),
+        ({"KEEN_SIGNUP_STORE": "postgres"}, "KEEN_SIGNUP_DATABASE_URL is required"),
+        ({"KEEN_SIGNUP_STORE": "auth0"}, "KEEN_SIGNUP_AUTH0_DOMAIN is required"),
+        (
+            {"KEEN_SIGNUP_STORE": "auth0", "KEEN_SIGNUP_AUTH0_DOMAIN": "t.example.com"},
+            "KEEN_SIGNUP_AUTH0_CLIENT_ID is required",
+        ),
+        ({"KEEN_SIGNUP_STORE": " Redis ", "KEEN_SIGNUP_ENABLED": False}, None),
+        ({"KEEN_SIGNUP_STORE": "postgres", "KEEN_SIGNUP_ENABLED": False}, None),
+        ({"KEEN_SIGNUP_STORE": "sqlite"}, None),
+    ],
+)
+def test_each_backend_checks_the_settings_it_needs(
+    config: dict[str, t.Any], error: str | None
+) -> None:
+    """``Backend.validate`` of the store, called by ``load_settings`` (``init_app``)."""
+    if error is None:
+        assert settings_for(**config).store == config["KEEN_SIGNUP_STORE"].strip().lower()
+    else:
+        with pytest.raises(ConfigurationError, match=error):
+            settings_for(**config)
+
+
+def test_a_registered_backend_checks_its_settings_at_load(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from flask_keen_signup.backends import REGISTRY
+    from flask_keen_signup.backends import Backend
+
+    def validate(settings: t.Any) -> None:
+        if settings.redis_prefix != "mine":
+            raise ConfigurationError("KEEN_SIGNUP_REDIS_PREFIX must be 'mine' for mystore")
+
+    monkeypatch.setitem(REGISTRY, "mystore", Backend("mystore", REGISTRY["sqlite"].build, validate))
+    with pytest.raises(ConfigurationError, match="must be 'mine' for mystore"):
+        settings_for(KEEN_SIGNUP_STORE="mystore")
+    assert settings_for(KEEN_SIGNUP_STORE="MyStore", KEEN_SIGNUP_REDIS_PREFIX="mine").store == (
+        "mystore"
+    )
