@@ -14,24 +14,22 @@ import time
 import typing as t
 
 import click
-from flask import current_app
 from flask.cli import AppGroup
 
 from ._cli_privacy import forget_command
 from ._cli_privacy import prune_command
 from ._text import printable
+from .health import health_of
+from .state import app_for
 from .state import signup_state
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from .migrate import Migration
-    from .migrate import MigrationLedger
-    from .state import SignupState
 
 cli = AppGroup("keen-signup", help="Inspect and drive the Keen signup outbox.")
 
 
-def _state() -> SignupState:
-    return signup_state(current_app._get_current_object())  # type: ignore[attr-defined]
+_COUNTS = ("pending", "due", "in_flight", "delivered", "skipped", "dead", "resends")
 
 
 def _format_age(seconds: float | None) -> str:
@@ -49,46 +47,32 @@ def _format_age(seconds: float | None) -> str:
 )
 def status_command(acknowledge: bool) -> None:
     """Print pending, due, in-flight, delivered and dead counts, and the circuit state."""
-    from .state import health_of
-
-    state = _state()
+    state = signup_state()
     status = health_of(state)
-    click.echo(f"collection:        {state.settings.collection}")
-    click.echo(f"delivery:          {state.settings.delivery}")
-    for key in ("pending", "due", "in_flight", "delivered", "skipped", "dead", "resends"):
-        value = status.get(key, 0)
-        click.echo(f"{key + ':':<19}{'-' if value is None else value}")
-    click.echo(f"oldest pending:    {_format_age(status.get('oldest_pending_age'))}")
-    click.echo(f"last error:        {printable(status.get('last_error') or '-')}")
-    click.echo(f"circuit:           {status.get('circuit', '-')}")
-    # Store trouble (issue 10): signups the login path could not hand to the store in time.
-    click.echo(
-        f"spooled:           {status.get('spooled', 0)} "
-        f"(oldest {_format_age(status.get('oldest_spooled_age'))})"
-    )
-    lost = status.get("not_recorded") or 0
-    since = status.get("not_recorded_since")
-    click.echo(
-        f"not recorded:      {lost}"
-        + (
-            f" (since {_format_age(time.time() - since)} ago; see the log)"
-            if lost and since
-            else ""
-        )
-    )
-    replaced = status.get("database_replaced")
-    if replaced:
-        click.echo(f"database file:     {replaced['how']} under the app; {replaced['salvaged']}")
-    lost = status.get("database_unrecovered")
-    if lost:
-        click.echo(f"NOT RECOVERED:     {lost['summary']}")
-    click.echo(f"ok:                {'yes' if status.get('ok', True) else 'no'}")
-    from .health import with_verdict
-
-    judged = with_verdict(status, state.health_thresholds)
-    reasons = "; ".join(judged["reasons"])
-    click.echo(f"verdict:           {judged['verdict']}" + (f" ({reasons})" if reasons else ""))
-    if acknowledge and state.unrecorded is not None:
+    lost, since = status["not_recorded"], status["not_recorded_since"]
+    if lost and since:
+        lost = f"{lost} (since {_format_age(time.time() - since)} ago; see the log)"
+    replaced, unrecovered = status["database_replaced"], status["database_unrecovered"]
+    reasons = "; ".join(status["reasons"])
+    rows = [
+        ("collection", state.settings.collection),
+        ("delivery", state.settings.delivery),
+        *((key, "-" if status[key] is None else status[key]) for key in _COUNTS),
+        ("oldest pending", _format_age(status["oldest_pending_age"])),
+        ("last error", printable(status["last_error"] or "-")),
+        ("circuit", status["circuit"]),
+        # Store trouble (issue 10): signups the login path could not hand to the store.
+        ("spooled", f"{status['spooled']} (oldest {_format_age(status['oldest_spooled_age'])})"),
+        ("not recorded", lost),
+        ("database file", replaced and f"{replaced['how']} under the app; {replaced['salvaged']}"),
+        ("NOT RECOVERED", unrecovered and unrecovered["summary"]),
+        ("ok", "yes" if status["ok"] else "no"),
+        ("verdict", status["verdict"] + (f" ({reasons})" if reasons else "")),
+    ]
+    for label, value in rows:
+        if value is not None:  # the two lines of a damaged file only when it happened
+            click.echo(f"{label + ':':<19}{value}")
+    if acknowledge:
         seen = state.unrecorded.acknowledge()
         click.echo(f"acknowledged:      {seen.count} signup(s) not recorded; counting from 0")
     store_error = status.get("store_error")
@@ -111,7 +95,7 @@ def schema_command(schema: str | None) -> None:
     """Print the SQL that creates the postgres store's tables (for DBAs; idempotent)."""
     from .postgres import schema_sql
 
-    name = schema or _state().settings.database_schema
+    name = schema or signup_state().settings.database_schema
     try:
         click.echo(schema_sql(name), nl=False)
     except ValueError as exc:
@@ -159,9 +143,9 @@ def flush_command(timeout: float) -> None:
     """
     from . import signals
 
-    state = _state()
+    state = signup_state()
     sender = state.sender
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    app = app_for()
     counts = {"delivered": 0, "dead": 0}
 
     def on_delivered(_: object, **__: object) -> None:
@@ -206,7 +190,7 @@ def flush_command(timeout: float) -> None:
 )
 def retry_dead_command(ids: tuple[int, ...]) -> None:
     """Move dead letters back to the outbox (after fixing what made Keen refuse them)."""
-    state = _state()
+    state = signup_state()
     moved = state.outbox.retry_dead(list(ids) or None)
     state.sender.wake()
     click.echo(f"moved {moved} dead letter(s) back to the outbox")
@@ -223,7 +207,7 @@ def dead_command(limit: int) -> None:
     texts come from outside, so they are escaped (a newline cannot forge a row, an escape
     sequence cannot reach the terminal) and cut to a readable length.
     """
-    for letter in _state().outbox.dead_letters(limit=limit):
+    for letter in signup_state().outbox.dead_letters(limit=limit):
         click.echo(
             f"{letter.id}\t{printable(letter.user_id, limit=120)}\t"
             f"{printable(letter.error_code or '-', limit=60)}\t{printable(letter.reason)}"
@@ -273,13 +257,14 @@ def migrate_command(
     Safe to run twice, or again after an interruption: nobody is reported twice. May run
     while the app serves on the same store. See docs/migrating-from-the-rule.md.
     """
+    from ._dry_run import remove_created_database
     from .config import _as_datetime
     from .exceptions import ConfigurationError
     from .exceptions import KeenSignupError
     from .migrate import USER_FIELDS
     from .migrate import Migration
 
-    state = _state()
+    state = signup_state()
     settings = state.settings
     try:
         cutoff = _as_datetime("--reported-until", reported_until)
@@ -295,7 +280,11 @@ def migrate_command(
             + (", update:users_app_metadata" if set_app_metadata else "")
             + "), or pass --users-file with a file from Auth0's user export"
         )
-    ledger = _migration_ledger(state)
+    build_ledger = state.parts.migration_ledger  # beside the outbox: the backend says how
+    if build_ledger is None:
+        raise click.ClickException("migrate needs the SQLite, Redis or PostgreSQL outbox")
+    ledger = build_ledger()
+    stopped = None
     with contextlib.ExitStack() as stack:
         management = None
         if needs_api:
@@ -337,20 +326,20 @@ def migrate_command(
                     migration.run,
                 )
         except KeenSignupError as exc:
-            written = not dry_run and any(count for _, count in migration.report.rows())
-            _print_report(
-                migration,
-                cutoff,
-                "stopped early: what was done so far" if written or dry_run
-                else "stopped: nothing written",
-                dry_run,
-            )
-            if dry_run:
-                _leave_no_file(state)
-            raise click.ClickException(f"migrate stopped: {printable(str(exc))}") from None
-    _print_report(migration, cutoff, where, dry_run)
-    if dry_run:
-        _leave_no_file(state)
+            stopped = exc
+            early = dry_run or any(count for _, count in migration.report.rows())
+            where = "stopped early: what was done so far" if early else "stopped: nothing written"
+    title = "dry run, nothing written" if dry_run else "migrate"
+    click.echo(f"{title} ({where}; reported until {cutoff.isoformat()})")
+    rows = migration.report.rows()
+    width = max(len(name) for name, _ in rows)
+    click.echo(f"{'':<{width}}  users")
+    for name, count in rows:
+        click.echo(f"{name:<{width}}  {count:>5}")
+    if dry_run:  # a dry run writes nothing: remove the SQLite file init_app created for it
+        remove_created_database(state)
+    if stopped is not None:
+        raise click.ClickException(f"migrate stopped: {printable(str(stopped))}")
     queued = migration.report.reported
     if queued and not dry_run:
         left = state.sender.flush(timeout=flush_timeout)
@@ -415,31 +404,6 @@ def _with_progress(
         result = work(advancing())
         bar.update(length - done)
     return result
-
-
-def _leave_no_file(state: SignupState) -> None:
-    """A dry run writes nothing: remove the SQLite file ``init_app`` created for it."""
-    from ._dry_run import remove_created_database
-
-    remove_created_database(state)
-
-
-def _print_report(migration: Migration, cutoff: dt.datetime, where: str, dry_run: bool) -> None:
-    title = "dry run, nothing written" if dry_run else "migrate"
-    click.echo(f"{title} ({where}; reported until {cutoff.isoformat()})")
-    rows = migration.report.rows()
-    width = max(len(name) for name, _ in rows)
-    click.echo(f"{'':<{width}}  users")
-    for name, count in rows:
-        click.echo(f"{name:<{width}}  {count:>5}")
-
-
-def _migration_ledger(state: SignupState) -> MigrationLedger:
-    """Where migrate records users: beside the app's outbox (the backend says how)."""
-    build = state.parts.migration_ledger
-    if build is None:
-        raise click.ClickException("migrate needs the SQLite, Redis or PostgreSQL outbox")
-    return build()
 
 
 # Retention and erasure: their own module, plain commands added here.
