@@ -1,7 +1,6 @@
-"""``flask keen-signup status | flush | dead | retry-dead | migrate``.
-
-Operators' view of the outbox: what is waiting, what died and why; and the two repairs:
-send now, and replay dead letters after fixing their cause.
+"""``flask keen-signup``: operators' view of the outbox (what is waiting, what died and
+why), its two repairs (send now; replay dead letters after fixing their cause), ``schema``
+and ``migrate``. ``prune`` and ``forget`` are in :mod:`.privacy`.
 """
 
 from __future__ import annotations
@@ -16,26 +15,28 @@ import typing as t
 import click
 from flask.cli import AppGroup
 
-from ._cli_privacy import forget_command
-from ._cli_privacy import prune_command
 from ._text import printable
 from .health import health_of
+from .privacy import forget_command
+from .privacy import prune_command
 from .state import app_for
 from .state import signup_state
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from .migrate import Migration
 
-cli = AppGroup("keen-signup", help="Inspect and drive the Keen signup outbox.")
+cli = AppGroup(
+    "keen-signup",
+    help="Inspect and drive the Keen signup outbox.",
+    commands=[prune_command, forget_command],
+)
 
 
 _COUNTS = ("pending", "due", "in_flight", "delivered", "skipped", "dead", "resends")
 
 
 def _format_age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    return str(dt.timedelta(seconds=round(seconds)))
+    return "-" if seconds is None else str(dt.timedelta(seconds=round(seconds)))
 
 
 @cli.command("status")
@@ -75,19 +76,17 @@ def status_command(acknowledge: bool) -> None:
     if acknowledge:
         seen = state.unrecorded.acknowledge()
         click.echo(f"acknowledged:      {seen.count} signup(s) not recorded; counting from 0")
-    store_error = status.get("store_error")
-    if store_error:
+    if status["store_error"]:
         # Exit non-zero: a monitoring check running `status` must see the trouble.
         raise click.ClickException(
             f"the outbox cannot be read ({printable(state.database.path, limit=200)}): "
-            f"{printable(store_error)}"
+            f"{printable(status['store_error'])}"
         )
 
 
 @cli.command("schema")
 @click.option(
     "--schema",
-    "schema",
     default=None,
     help="Schema name (default: KEEN_SIGNUP_DATABASE_SCHEMA).",
 )
@@ -107,9 +106,6 @@ class _Seconds(click.FloatRange):
 
     name = "seconds"
 
-    def __init__(self) -> None:
-        super().__init__(0, 7 * 86400)
-
     def convert(
         self, value: t.Any, param: click.Parameter | None, ctx: click.Context | None
     ) -> t.Any:
@@ -120,7 +116,7 @@ class _Seconds(click.FloatRange):
 
 
 #: Bounds of the numeric options: out of range is a usage error, never an OverflowError.
-_SECONDS = _Seconds()
+_SECONDS = _Seconds(0, 7 * 86400)
 _COUNT = click.IntRange(1, 1_000_000)
 _ROW_ID = click.IntRange(1, 2**63 - 1)  # SQLite's and PostgreSQL's bigint
 
@@ -154,9 +150,8 @@ def flush_command(timeout: float) -> None:
     def on_dead(_: object, **__: object) -> None:
         counts["dead"] += 1
 
-    total = state.outbox.pending_count()
+    left = total = state.outbox.pending_count()
     deadline = time.monotonic() + timeout
-    left = total
     with contextlib.ExitStack() as stack:
         stack.enter_context(signals.signup_delivered.connected_to(on_delivered, sender=app))
         stack.enter_context(signals.signup_dead.connected_to(on_dead, sender=app))
@@ -171,10 +166,9 @@ def flush_command(timeout: float) -> None:
                 pause = max(1.0, sender.next_due_in())
                 time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
             left = remaining
-    delivered, dead = counts["delivered"], counts["dead"]
-    summary = f"delivered {delivered} signup(s)"
-    if dead:
-        summary += f"; {dead} moved to dead letters (see `flask keen-signup dead`)"
+    summary = f"delivered {counts['delivered']} signup(s)"
+    if counts["dead"]:
+        summary += f"; {counts['dead']} moved to dead letters (see `flask keen-signup dead`)"
     if left:
         last_error = sender.status().last_error
         raise click.ClickException(
@@ -284,24 +278,23 @@ def migrate_command(
     if build_ledger is None:
         raise click.ClickException("migrate needs the SQLite, Redis or PostgreSQL outbox")
     ledger = build_ledger()
+    management = None
+    if needs_api:
+        from .auth0 import management_client_for
+
+        try:
+            management = management_client_for(settings)
+        except ConfigurationError as exc:
+            raise click.ClickException(str(exc)) from None
+    on_marked = None
+    if set_app_metadata and not dry_run and management is not None:
+
+        def on_marked(user_ids: t.Sequence[str]) -> None:
+            for user_id in user_ids:
+                management.update_app_metadata(user_id, {settings.marker: True})
+
     stopped = None
-    with contextlib.ExitStack() as stack:
-        management = None
-        if needs_api:
-            from .auth0 import management_client_for
-
-            try:
-                management = stack.enter_context(management_client_for(settings))
-            except ConfigurationError as exc:
-                raise click.ClickException(str(exc)) from None
-        on_marked = None
-        if set_app_metadata and not dry_run and management is not None:
-            api = management
-
-            def on_marked(user_ids: t.Sequence[str]) -> None:
-                for user_id in user_ids:
-                    api.update_app_metadata(user_id, {settings.marker: True})
-
+    with contextlib.nullcontext() if management is None else management:
         migration = Migration(
             settings,
             ledger,
@@ -329,8 +322,8 @@ def migrate_command(
             stopped = exc
             early = dry_run or any(count for _, count in migration.report.rows())
             where = "stopped early: what was done so far" if early else "stopped: nothing written"
-    title = "dry run, nothing written" if dry_run else "migrate"
-    click.echo(f"{title} ({where}; reported until {cutoff.isoformat()})")
+    where += f"; reported until {cutoff.isoformat()}"
+    click.echo(f"dry run, nothing written ({where})" if dry_run else f"migrate ({where})")
     rows = migration.report.rows()
     width = max(len(name) for name, _ in rows)
     click.echo(f"{'':<{width}}  users")
@@ -404,8 +397,3 @@ def _with_progress(
         result = work(advancing())
         bar.update(length - done)
     return result
-
-
-# Retention and erasure: their own module, plain commands added here.
-cli.add_command(forget_command)
-cli.add_command(prune_command)
