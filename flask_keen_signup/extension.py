@@ -61,14 +61,6 @@ EventPropertiesCallback = t.Callable[[t.Mapping[str, t.Any], t.Any], t.Mapping[s
 #: real Authlib flow (``tests/integration/test_extension.py`` and others) fail if it changes.
 _AUTHLIB_TOKEN_PREFIX = "_oauth_token_"
 
-_SIGNALS = {
-    "detected": signals.signup_detected,
-    "recorded": signals.signup_recorded,
-    "delivered": signals.signup_delivered,
-    "failed": signals.signup_failed,
-    "dead": signals.signup_dead,
-}
-
 
 class KeenSignup:
     """Report each user's signup to Keen IO, once.
@@ -490,7 +482,7 @@ def _notifier(app: Flask) -> Notify:
                 count(kind, payload)
             except Exception:  # noqa: BLE001 - metrics must not break a login or delivery
                 logger.debug("counting a %s notification failed", kind, exc_info=True)
-        signal = _SIGNALS.get(kind)  # "spooled" is counted, and has no signal
+        signal = signals.BY_KIND.get(kind)  # "spooled" is counted, and has no signal
         if signal is None or not signal.receivers:
             return
         try:

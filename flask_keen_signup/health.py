@@ -144,15 +144,13 @@ def _store_trouble(state: SignupState, health: t.Mapping[str, t.Any]) -> dict[st
 
 def _unrecovered(state: SignupState) -> dict[str, t.Any] | None:
     """What a damaged SQLite file lost for good (see :mod:`.salvage`), or None."""
-    from .database import Database
     from .salvage import describe_unrecovered
     from .salvage import unrecovered
 
-    database = getattr(state.outbox, "database", None)
-    if not isinstance(database, Database):  # the outbox is not in the SQLite file
+    if not state.parts.uses_database:  # the outbox is not in the SQLite file
         return None
     try:
-        with database.reading() as conn:
+        with state.database.reading() as conn:
             record = unrecovered(conn)
     except Exception:  # noqa: BLE001 - the store error is reported by the caller
         return None
