@@ -228,7 +228,9 @@ class KeenSignup:
                 touch = _quietly(
                     capture.event_properties, "signup attribution ignored", logging.WARNING
                 )
-            extra = self._extra(claims, touch)
+            extra: t.Any = touch or None  # a mapping, or a callable run for a new user only
+            if self._event_properties is not None:
+                extra = _with_event_properties(self._event_properties, claims, touch)
             if connection is not None:  # postgres: inside the app's own transaction
                 outcome = state.tracker.track_in_transaction(
                     claims, connection, facts=_request_facts, extra=extra
@@ -319,37 +321,6 @@ class KeenSignup:
                     raise RuntimeError(message)
                 logger.error(message)
 
-    def _extra(self, claims: t.Mapping[str, t.Any], touch: dict[str, t.Any] | None) -> t.Any:
-        """The extra event properties: ``None``, the attribution ``touch``, or a callable
-        that runs the ``@event_properties`` callback (for a new user only)."""
-        callback = self._event_properties
-        if callback is None:
-            return touch or None
-
-        def extra() -> t.Mapping[str, t.Any] | None:
-            try:
-                props: object = callback(claims, request if has_request_context() else None)
-            except Exception as exc:  # noqa: BLE001 - a bad callback must not lose the signup
-                if _propagate():
-                    raise
-                logger.error(
-                    "the @event_properties callback failed; recording the signup without "
-                    "its properties: %s",
-                    type(exc).__name__,
-                    exc_info=True,
-                )
-                props = None
-            if props is not None and not isinstance(props, Mapping):
-                logger.error("the @event_properties callback returned a non-mapping; ignored")
-                props = None
-            if not touch:
-                return props
-            if props and any(name in props for name in touch):
-                logger.debug("@event_properties keys replaced by the signup's attribution")
-            return {**(props or {}), **touch}
-
-        return extra
-
     def _after_view(self, rv: t.Any, before: dict[str, int]) -> None:
         try:
             if _status_of(rv) >= 400:
@@ -383,6 +354,38 @@ def _handle_error(exc: Exception, claims: t.Mapping[str, t.Any] | None = None) -
     if user_id is not None:
         failure = {"user_id": user_id, "event": None, "error": exc, "attempts": 0}
         state.tracker.notify("failed", failure)
+
+
+def _with_event_properties(
+    callback: EventPropertiesCallback,
+    claims: t.Mapping[str, t.Any],
+    touch: dict[str, t.Any] | None,
+) -> t.Callable[[], t.Mapping[str, t.Any] | None]:
+    """The ``@event_properties`` callback's result, beside the attribution ``touch``."""
+
+    def extra() -> t.Mapping[str, t.Any] | None:
+        try:
+            props: object = callback(claims, request if has_request_context() else None)
+        except Exception as exc:  # noqa: BLE001 - a bad callback must not lose the signup
+            if _propagate():
+                raise
+            logger.error(
+                "the @event_properties callback failed; recording the signup without "
+                "its properties: %s",
+                type(exc).__name__,
+                exc_info=True,
+            )
+            props = None
+        if props is not None and not isinstance(props, Mapping):
+            logger.error("the @event_properties callback returned a non-mapping; ignored")
+            props = None
+        if not touch:
+            return props
+        if props and any(name in props for name in touch):
+            logger.debug("@event_properties keys replaced by the signup's attribution")
+        return {**(props or {}), **touch}
+
+    return extra
 
 
 def _propagate() -> bool:
@@ -446,14 +449,12 @@ def _authlib_tokens() -> dict[str, int]:
 
 
 def _authlib_tokens_changed(before: dict[str, int]) -> list[tuple[str, t.Mapping[str, t.Any]]]:
-    namespace: dict[str, t.Any] = vars(g._get_current_object())
-    return [
-        (name[len(_AUTHLIB_TOKEN_PREFIX) :], token)
-        for name, token in list(namespace.items())
-        if name.startswith(_AUTHLIB_TOKEN_PREFIX)
-        and before.get(name) != id(token)
-        and isinstance(token, Mapping)
-    ]
+    changed = []
+    for name, token in list(vars(g._get_current_object()).items()):
+        if name.startswith(_AUTHLIB_TOKEN_PREFIX) and before.get(name) != id(token):
+            if isinstance(token, Mapping):
+                changed.append((name[len(_AUTHLIB_TOKEN_PREFIX) :], token))
+    return changed
 
 
 def _status_of(rv: t.Any) -> int:

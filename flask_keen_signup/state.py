@@ -86,9 +86,12 @@ def signup_state(app: Flask | None = None) -> SignupState:
     ``signup_state(app).outbox.stats()``. Raises ``RuntimeError`` if ``init_app`` was
     not called on ``app``, or, without ``app``, outside an app context.
     """
-    extensions = app_for(app, call="signup_state(app)").extensions
+    if app is None and has_app_context():  # every login asks: the current app, directly
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+    elif app is None:
+        app = app_for(call="signup_state(app)")  # raises: it names what to pass
     try:
-        return t.cast(SignupState, extensions["keen_signup"])
+        return t.cast(SignupState, app.extensions["keen_signup"])
     except KeyError:
         raise RuntimeError(
             "KeenSignup is not initialised on this app: call KeenSignup(app) or init_app(app)"
