@@ -13,53 +13,40 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import threading
 import typing as t
 import weakref
 from collections.abc import Mapping
 
-from flask import g
 from flask import has_request_context
 from flask import request
-from werkzeug.wrappers import Response as BaseResponse
 
 from . import attribution
 from . import metrics
-from . import signals
+from ._authlib_hook import _authlib_tokens
+from ._authlib_hook import _authlib_tokens_changed
+from ._authlib_hook import _status_of
 from ._text import printable
+from .assembly import build_state
+from .assembly import start
 from .attribution import AttributionCapture
 from .attribution import load_attribution_settings
-from .config import Settings
 from .config import load_settings
-from .database import Database
-from .delivery import shutdown
-from .exceptions import ConfigurationError
 from .exceptions import InvalidClaimsError
-from .health import HealthThresholds
 from .health import health_of as health_of  # re-exported: tests and tools import it
 from .health import load_health_thresholds
-from .state import SignupState
 from .state import app_for
 from .state import signup_state
-from .stores import MarkerStore
-from .tracker import Tracker
 from .tracker import TrackOutcome
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from flask import Flask
 
-    from .delivery.outcomes import Notify
 
 logger = logging.getLogger(__name__)
 
 F = t.TypeVar("F", bound=t.Callable[..., t.Any])
 R = t.TypeVar("R")
 EventPropertiesCallback = t.Callable[[t.Mapping[str, t.Any], t.Any], t.Mapping[str, t.Any]]
-
-#: Where Authlib's Flask client keeps the token of the current request
-#: (``FlaskAppMixin.token`` setter). Private to Authlib: the tests that log in through the
-#: real Authlib flow (``tests/integration/test_extension.py`` and others) fail if it changes.
-_AUTHLIB_TOKEN_PREFIX = "_oauth_token_"
 
 
 class KeenSignup:
@@ -102,23 +89,8 @@ class KeenSignup:
         attribution_settings = load_attribution_settings(app, settings.addons)
         thresholds = load_health_thresholds(app)
         metrics_on = metrics.enabled(app)  # validated now, before anything starts
-        enabled = settings.enabled
-        if enabled and settings.delivery == "background" and shutdown.starved_by_uwsgi():
-            raise ConfigurationError(
-                "uWSGI runs without Python threads (a uWSGI older than 2.0.27 started "
-                "without --enable-threads): the background sender would only run while a "
-                "request is served, and a signup would wait for the next visitor. Add "
-                "`enable-threads = true` to the uWSGI configuration, upgrade uWSGI to "
-                '2.0.27 or later, or set KEEN_SIGNUP_DELIVERY = "sync".'
-            )
-        state = _build_state(app, settings, thresholds)
-        if enabled and state.parts.uses_database:
-            # A directory, a non-SQLite file, a read-only or forbidden path: refuse to
-            # start, naming the key, rather than fail in every login and flush.
-            from ._database_check import check_database
-
-            check_database(state.database)
-        if enabled and attribution_settings.enabled:
+        state = build_state(app, settings, thresholds)  # refuses a start bound to fail
+        if settings.enabled and attribution_settings.enabled:
             state.attribution = AttributionCapture(app, attribution_settings)
             app.before_request(state.attribution.hook())
         app.extensions["keen_signup"] = state
@@ -137,24 +109,8 @@ class KeenSignup:
                 checked.append(True)
                 self._check_view_order(app)
 
-        if not enabled:
-            return
-        if metrics_on:
-            # Before the sender starts: its first pass may deliver what the outbox holds
-            # (another process's signups, a recycled worker's) and must count it.
-            metrics.start_counting(app)
-        state.sender.start()
-        if state.tracker.known is None:
-            return
-        if shutdown.forks_from_c():
-            _load_known_users(state.tracker)  # a uWSGI master: no thread here (see shutdown)
-        else:
-            threading.Thread(
-                target=_load_known_users,
-                args=(state.tracker,),
-                name="flask-keen-signup-known-users",
-                daemon=True,
-            ).start()
+        if settings.enabled:
+            start(app, state, count=metrics_on)
 
     # -- public API ----------------------------------------------------------------------
 
@@ -404,176 +360,9 @@ def _quietly(call: t.Callable[[], R], failure: str, level: int = logging.DEBUG) 
         return None
 
 
-def _load_known_users(tracker: Tracker) -> None:
-    """Runs on its own daemon thread at ``init_app`` (see :meth:`Tracker.load_known_users`)."""
-    try:
-        count = tracker.load_known_users()
-    except Exception:  # noqa: BLE001 - only a cache: logins read the ledger instead
-        logger.warning("could not load the known users from the ledger", exc_info=True)
-    else:
-        logger.debug("remembered %d known user(s) from the ledger", count)
-        if tracker.settings.since is None and tracker.ledger_is_empty():
-            # The day-one mistake: every existing user's next login would be a "signup".
-            logger.warning(
-                "no user is marked as signed up yet and KEEN_SIGNUP_SINCE is not set: "
-                "every existing user's next login will be reported as a signup. Leaving the "
-                "Auth0 Rule? Run `flask keen-signup migrate` first "
-                "(docs/migrating-from-the-rule.md)."
-            )
-
-
 def _request_facts() -> tuple[str | None, str | None]:
     """The client IP (``remote_addr``: correct behind ``ProxyFix``) and the User-Agent."""
     if not has_request_context():
         return None, None
     current = request._get_current_object()  # type: ignore[attr-defined]
     return current.remote_addr, current.environ.get("HTTP_USER_AGENT")
-
-
-def _authlib_tokens() -> dict[str, int]:
-    """The ids of the Authlib tokens on ``g`` now, to spot the ones the view fetched.
-
-    Runs before the view: it must never raise into it.
-    """
-    try:
-        # One proxy resolution instead of one per attribute: this runs on every callback.
-        namespace: dict[str, t.Any] = vars(g._get_current_object())
-        return {
-            name: id(value)
-            for name, value in namespace.items()
-            if name.startswith(_AUTHLIB_TOKEN_PREFIX)
-        }
-    except Exception:  # noqa: BLE001 - no app context, an exotic g: track nothing
-        logger.debug("cannot read flask.g before the view", exc_info=True)
-        return {}
-
-
-def _authlib_tokens_changed(before: dict[str, int]) -> list[tuple[str, t.Mapping[str, t.Any]]]:
-    changed = []
-    for name, token in list(vars(g._get_current_object()).items()):
-        if name.startswith(_AUTHLIB_TOKEN_PREFIX) and before.get(name) != id(token):
-            if isinstance(token, Mapping):
-                changed.append((name[len(_AUTHLIB_TOKEN_PREFIX) :], token))
-    return changed
-
-
-def _status_of(rv: t.Any) -> int:
-    """The status Flask will send for a view's return value, without converting it."""
-    if isinstance(rv, tuple) and len(rv) in (2, 3):
-        status = rv[1]
-        if isinstance(status, int):
-            return status
-        if isinstance(status, str):
-            try:
-                return int(status.split(maxsplit=1)[0])
-            except ValueError:
-                return 200
-        rv = rv[0]
-    return rv.status_code if isinstance(rv, BaseResponse) else 200
-
-
-def _notifier(app: Flask) -> Notify:
-    """``notify(kind, payload)``: the metrics' counter (:mod:`.metrics`), then the signal."""
-    counter_for = metrics.counter_for
-
-    def notify(kind: str, payload: dict[str, t.Any]) -> None:
-        count = counter_for(app)
-        if count is not None:
-            try:
-                count(kind, payload)
-            except Exception:  # noqa: BLE001 - metrics must not break a login or delivery
-                logger.debug("counting a %s notification failed", kind, exc_info=True)
-        signal = signals.BY_KIND.get(kind)  # "spooled" is counted, and has no signal
-        if signal is None or not signal.receivers:
-            return
-        try:
-            signal.send(app, **payload)
-        except Exception:  # noqa: BLE001 - a broken subscriber must not break delivery
-            logger.error("a %s receiver raised; ignored", signal.name, exc_info=True)
-
-    return notify
-
-
-def _build_state(app: Flask, settings: Settings, thresholds: HealthThresholds) -> SignupState:
-    """Build one app's parts: the backend's (:mod:`.backends`), then the sender, the spool
-    and the tracker around them."""
-    from .backends import Wiring
-    from .backends import parts_for
-    from .delivery.sender import Sender
-    from .hooks import MarkerHooks
-    from .keen import KeenClient
-    from .salvage import salvage
-    from .spool import Spool
-    from .spool_drain import SpoolDrainer
-    from .unrecorded import Unrecorded
-
-    database = functools.partial(
-        Database, settings.database, synchronous=settings.sqlite_synchronous, on_replaced=salvage
-    )
-    shared = database()
-    spool = Spool(
-        settings.database + ".spool",
-        settings.collection,
-        fsync=settings.sqlite_synchronous == "full",
-    )
-    client = KeenClient(
-        settings.project_id or "disabled",
-        settings.write_key or "disabled",
-        api_url=settings.api_url,
-        timeout=settings.timeout,
-    )
-    # In sync mode a pending marker older than a full Keen call belongs to a dead request.
-    reclaim_after = sum(settings.timeout) + 5 if settings.delivery == "sync" else None
-    # The login path has its own view of the same file: its lock waits are bounded.
-    request_database = database(busy_timeout=settings.store_timeout)
-    wiring = Wiring(settings, shared, request_database, reclaim_after)
-    parts = parts_for(t.cast("str | MarkerStore", settings.store), wiring)
-    notify = _notifier(app)
-    # Who looks created_at up for KEEN_SIGNUP_SINCE: the remote store itself; otherwise the
-    # Management API when credentials are configured (on the sender thread).
-    management = None
-    if parts.remote is None and settings.since is not None and settings.has_management_api:
-        from .auth0 import management_client_for
-
-        management = management_client_for(settings)
-    hooks = MarkerHooks(
-        settings, ledger=parts.confirm_in, remote=parts.remote, management=management
-    )
-    drain = SpoolDrainer(
-        spool,
-        parts.drain_claimer,
-        parts.outbox,
-        notify,
-        claim_and_enqueue_many=parts.claim_and_enqueue_many,
-    )
-    sender = Sender(
-        parts.outbox,
-        client,
-        collection_batch_size=settings.batch_size,
-        flush_interval=settings.flush_interval,
-        max_attempts=settings.max_attempts,
-        retry_for=settings.retry_for,
-        shutdown_timeout=settings.shutdown_timeout,
-        hooks=hooks,
-        notify=notify,
-        retention=settings.retention,
-        drain=drain,
-    )
-    tracker = Tracker(
-        settings, parts=parts, client=client, sender=sender, notify=notify, spool=spool
-    )
-    if parts.wake_on_notify is not None:  # postgres: LISTEN/NOTIFY
-        parts.wake_on_notify(sender.wake)
-    return SignupState(
-        settings=settings,
-        tracker=tracker,
-        client=client,
-        outbox=parts.outbox,
-        database=shared,
-        sender=sender,
-        store=parts.store,
-        parts=parts,
-        spool=spool,
-        unrecorded=Unrecorded(settings.database + ".unrecorded"),
-        health_thresholds=thresholds,
-    )
