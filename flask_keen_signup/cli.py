@@ -1,7 +1,6 @@
-"""``flask keen-signup status | flush | dead | retry-dead | migrate``.
-
-Operators' view of the outbox: what is waiting, what died and why; and the two repairs:
-send now, and replay dead letters after fixing their cause.
+"""``flask keen-signup``: operators' view of the outbox (what is waiting, what died and
+why), its two repairs (send now; replay dead letters after fixing their cause), ``schema``
+and ``migrate``. ``prune`` and ``forget`` are in :mod:`.privacy`.
 """
 
 from __future__ import annotations
@@ -14,30 +13,30 @@ import time
 import typing as t
 
 import click
-from flask import current_app
 from flask.cli import AppGroup
 
-from ._cli_privacy import forget_command
-from ._cli_privacy import prune_command
 from ._text import printable
+from .health import health_of
+from .privacy import forget_command
+from .privacy import prune_command
+from .state import app_for
 from .state import signup_state
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from .migrate import Migration
-    from .migrate import MigrationLedger
-    from .state import SignupState
 
-cli = AppGroup("keen-signup", help="Inspect and drive the Keen signup outbox.")
+cli = AppGroup(
+    "keen-signup",
+    help="Inspect and drive the Keen signup outbox.",
+    commands=[prune_command, forget_command],
+)
 
 
-def _state() -> SignupState:
-    return signup_state(current_app._get_current_object())  # type: ignore[attr-defined]
+_COUNTS = ("pending", "due", "in_flight", "delivered", "skipped", "dead", "resends")
 
 
 def _format_age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    return str(dt.timedelta(seconds=round(seconds)))
+    return "-" if seconds is None else str(dt.timedelta(seconds=round(seconds)))
 
 
 @cli.command("status")
@@ -49,61 +48,45 @@ def _format_age(seconds: float | None) -> str:
 )
 def status_command(acknowledge: bool) -> None:
     """Print pending, due, in-flight, delivered and dead counts, and the circuit state."""
-    from .state import health_of
-
-    state = _state()
+    state = signup_state()
     status = health_of(state)
-    click.echo(f"collection:        {state.settings.collection}")
-    click.echo(f"delivery:          {state.settings.delivery}")
-    for key in ("pending", "due", "in_flight", "delivered", "skipped", "dead", "resends"):
-        value = status.get(key, 0)
-        click.echo(f"{key + ':':<19}{'-' if value is None else value}")
-    click.echo(f"oldest pending:    {_format_age(status.get('oldest_pending_age'))}")
-    click.echo(f"last error:        {printable(status.get('last_error') or '-')}")
-    click.echo(f"circuit:           {status.get('circuit', '-')}")
-    # Store trouble (issue 10): signups the login path could not hand to the store in time.
-    click.echo(
-        f"spooled:           {status.get('spooled', 0)} "
-        f"(oldest {_format_age(status.get('oldest_spooled_age'))})"
-    )
-    lost = status.get("not_recorded") or 0
-    since = status.get("not_recorded_since")
-    click.echo(
-        f"not recorded:      {lost}"
-        + (
-            f" (since {_format_age(time.time() - since)} ago; see the log)"
-            if lost and since
-            else ""
-        )
-    )
-    replaced = status.get("database_replaced")
-    if replaced:
-        click.echo(f"database file:     {replaced['how']} under the app; {replaced['salvaged']}")
-    lost = status.get("database_unrecovered")
-    if lost:
-        click.echo(f"NOT RECOVERED:     {lost['summary']}")
-    click.echo(f"ok:                {'yes' if status.get('ok', True) else 'no'}")
-    from .health import with_verdict
-
-    judged = with_verdict(status, state.health_thresholds)
-    reasons = "; ".join(judged["reasons"])
-    click.echo(f"verdict:           {judged['verdict']}" + (f" ({reasons})" if reasons else ""))
-    if acknowledge and state.unrecorded is not None:
+    lost, since = status["not_recorded"], status["not_recorded_since"]
+    if lost and since:
+        lost = f"{lost} (since {_format_age(time.time() - since)} ago; see the log)"
+    replaced, unrecovered = status["database_replaced"], status["database_unrecovered"]
+    reasons = "; ".join(status["reasons"])
+    rows = [
+        ("collection", state.settings.collection),
+        ("delivery", state.settings.delivery),
+        *((key, "-" if status[key] is None else status[key]) for key in _COUNTS),
+        ("oldest pending", _format_age(status["oldest_pending_age"])),
+        ("last error", printable(status["last_error"] or "-")),
+        ("circuit", status["circuit"]),
+        # Store trouble (issue 10): signups the login path could not hand to the store.
+        ("spooled", f"{status['spooled']} (oldest {_format_age(status['oldest_spooled_age'])})"),
+        ("not recorded", lost),
+        ("database file", replaced and f"{replaced['how']} under the app; {replaced['salvaged']}"),
+        ("NOT RECOVERED", unrecovered and unrecovered["summary"]),
+        ("ok", "yes" if status["ok"] else "no"),
+        ("verdict", status["verdict"] + (f" ({reasons})" if reasons else "")),
+    ]
+    for label, value in rows:
+        if value is not None:  # the two lines of a damaged file only when it happened
+            click.echo(f"{label + ':':<19}{value}")
+    if acknowledge:
         seen = state.unrecorded.acknowledge()
         click.echo(f"acknowledged:      {seen.count} signup(s) not recorded; counting from 0")
-    store_error = status.get("store_error")
-    if store_error:
+    if status["store_error"]:
         # Exit non-zero: a monitoring check running `status` must see the trouble.
         raise click.ClickException(
             f"the outbox cannot be read ({printable(state.database.path, limit=200)}): "
-            f"{printable(store_error)}"
+            f"{printable(status['store_error'])}"
         )
 
 
 @cli.command("schema")
 @click.option(
     "--schema",
-    "schema",
     default=None,
     help="Schema name (default: KEEN_SIGNUP_DATABASE_SCHEMA).",
 )
@@ -111,7 +94,7 @@ def schema_command(schema: str | None) -> None:
     """Print the SQL that creates the postgres store's tables (for DBAs; idempotent)."""
     from .postgres import schema_sql
 
-    name = schema or _state().settings.database_schema
+    name = schema or signup_state().settings.database_schema
     try:
         click.echo(schema_sql(name), nl=False)
     except ValueError as exc:
@@ -123,9 +106,6 @@ class _Seconds(click.FloatRange):
 
     name = "seconds"
 
-    def __init__(self) -> None:
-        super().__init__(0, 7 * 86400)
-
     def convert(
         self, value: t.Any, param: click.Parameter | None, ctx: click.Context | None
     ) -> t.Any:
@@ -136,7 +116,7 @@ class _Seconds(click.FloatRange):
 
 
 #: Bounds of the numeric options: out of range is a usage error, never an OverflowError.
-_SECONDS = _Seconds()
+_SECONDS = _Seconds(0, 7 * 86400)
 _COUNT = click.IntRange(1, 1_000_000)
 _ROW_ID = click.IntRange(1, 2**63 - 1)  # SQLite's and PostgreSQL's bigint
 
@@ -159,9 +139,9 @@ def flush_command(timeout: float) -> None:
     """
     from . import signals
 
-    state = _state()
+    state = signup_state()
     sender = state.sender
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    app = app_for()
     counts = {"delivered": 0, "dead": 0}
 
     def on_delivered(_: object, **__: object) -> None:
@@ -170,9 +150,8 @@ def flush_command(timeout: float) -> None:
     def on_dead(_: object, **__: object) -> None:
         counts["dead"] += 1
 
-    total = state.outbox.pending_count()
+    left = total = state.outbox.pending_count()
     deadline = time.monotonic() + timeout
-    left = total
     with contextlib.ExitStack() as stack:
         stack.enter_context(signals.signup_delivered.connected_to(on_delivered, sender=app))
         stack.enter_context(signals.signup_dead.connected_to(on_dead, sender=app))
@@ -187,10 +166,9 @@ def flush_command(timeout: float) -> None:
                 pause = max(1.0, sender.next_due_in())
                 time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
             left = remaining
-    delivered, dead = counts["delivered"], counts["dead"]
-    summary = f"delivered {delivered} signup(s)"
-    if dead:
-        summary += f"; {dead} moved to dead letters (see `flask keen-signup dead`)"
+    summary = f"delivered {counts['delivered']} signup(s)"
+    if counts["dead"]:
+        summary += f"; {counts['dead']} moved to dead letters (see `flask keen-signup dead`)"
     if left:
         last_error = sender.status().last_error
         raise click.ClickException(
@@ -206,7 +184,7 @@ def flush_command(timeout: float) -> None:
 )
 def retry_dead_command(ids: tuple[int, ...]) -> None:
     """Move dead letters back to the outbox (after fixing what made Keen refuse them)."""
-    state = _state()
+    state = signup_state()
     moved = state.outbox.retry_dead(list(ids) or None)
     state.sender.wake()
     click.echo(f"moved {moved} dead letter(s) back to the outbox")
@@ -223,7 +201,7 @@ def dead_command(limit: int) -> None:
     texts come from outside, so they are escaped (a newline cannot forge a row, an escape
     sequence cannot reach the terminal) and cut to a readable length.
     """
-    for letter in _state().outbox.dead_letters(limit=limit):
+    for letter in signup_state().outbox.dead_letters(limit=limit):
         click.echo(
             f"{letter.id}\t{printable(letter.user_id, limit=120)}\t"
             f"{printable(letter.error_code or '-', limit=60)}\t{printable(letter.reason)}"
@@ -274,12 +252,13 @@ def migrate_command(
     while the app serves on the same store. See docs/migrating-from-the-rule.md.
     """
     from ._config_values import _as_datetime
+    from ._dry_run import remove_created_database
     from .exceptions import ConfigurationError
     from .exceptions import KeenSignupError
     from .migrate import USER_FIELDS
     from .migrate import Migration
 
-    state = _state()
+    state = signup_state()
     settings = state.settings
     try:
         cutoff = _as_datetime("--reported-until", reported_until)
@@ -295,24 +274,27 @@ def migrate_command(
             + (", update:users_app_metadata" if set_app_metadata else "")
             + "), or pass --users-file with a file from Auth0's user export"
         )
-    ledger = _migration_ledger(state)
-    with contextlib.ExitStack() as stack:
-        management = None
-        if needs_api:
-            from .auth0 import management_client_for
+    build_ledger = state.parts.migration_ledger  # beside the outbox: the backend says how
+    if build_ledger is None:
+        raise click.ClickException("migrate needs the SQLite, Redis or PostgreSQL outbox")
+    ledger = build_ledger()
+    management = None
+    if needs_api:
+        from .auth0 import management_client_for
 
-            try:
-                management = stack.enter_context(management_client_for(settings))
-            except ConfigurationError as exc:
-                raise click.ClickException(str(exc)) from None
-        on_marked = None
-        if set_app_metadata and not dry_run and management is not None:
-            api = management
+        try:
+            management = management_client_for(settings)
+        except ConfigurationError as exc:
+            raise click.ClickException(str(exc)) from None
+    on_marked = None
+    if set_app_metadata and not dry_run and management is not None:
 
-            def on_marked(user_ids: t.Sequence[str]) -> None:
-                for user_id in user_ids:
-                    api.update_app_metadata(user_id, {settings.marker: True})
+        def on_marked(user_ids: t.Sequence[str]) -> None:
+            for user_id in user_ids:
+                management.update_app_metadata(user_id, {settings.marker: True})
 
+    stopped = None
+    with contextlib.nullcontext() if management is None else management:
         migration = Migration(
             settings,
             ledger,
@@ -337,20 +319,20 @@ def migrate_command(
                     migration.run,
                 )
         except KeenSignupError as exc:
-            written = not dry_run and any(count for _, count in migration.report.rows())
-            _print_report(
-                migration,
-                cutoff,
-                "stopped early: what was done so far" if written or dry_run
-                else "stopped: nothing written",
-                dry_run,
-            )
-            if dry_run:
-                _leave_no_file(state)
-            raise click.ClickException(f"migrate stopped: {printable(str(exc))}") from None
-    _print_report(migration, cutoff, where, dry_run)
-    if dry_run:
-        _leave_no_file(state)
+            stopped = exc
+            early = dry_run or any(count for _, count in migration.report.rows())
+            where = "stopped early: what was done so far" if early else "stopped: nothing written"
+    where += f"; reported until {cutoff.isoformat()}"
+    click.echo(f"dry run, nothing written ({where})" if dry_run else f"migrate ({where})")
+    rows = migration.report.rows()
+    width = max(len(name) for name, _ in rows)
+    click.echo(f"{'':<{width}}  users")
+    for name, count in rows:
+        click.echo(f"{name:<{width}}  {count:>5}")
+    if dry_run:  # a dry run writes nothing: remove the SQLite file init_app created for it
+        remove_created_database(state)
+    if stopped is not None:
+        raise click.ClickException(f"migrate stopped: {printable(str(stopped))}")
     queued = migration.report.reported
     if queued and not dry_run:
         left = state.sender.flush(timeout=flush_timeout)
@@ -415,33 +397,3 @@ def _with_progress(
         result = work(advancing())
         bar.update(length - done)
     return result
-
-
-def _leave_no_file(state: SignupState) -> None:
-    """A dry run writes nothing: remove the SQLite file ``init_app`` created for it."""
-    from ._dry_run import remove_created_database
-
-    remove_created_database(state)
-
-
-def _print_report(migration: Migration, cutoff: dt.datetime, where: str, dry_run: bool) -> None:
-    title = "dry run, nothing written" if dry_run else "migrate"
-    click.echo(f"{title} ({where}; reported until {cutoff.isoformat()})")
-    rows = migration.report.rows()
-    width = max(len(name) for name, _ in rows)
-    click.echo(f"{'':<{width}}  users")
-    for name, count in rows:
-        click.echo(f"{name:<{width}}  {count:>5}")
-
-
-def _migration_ledger(state: SignupState) -> MigrationLedger:
-    """Where migrate records users: beside the app's outbox (the backend says how)."""
-    build = state.parts.migration_ledger
-    if build is None:
-        raise click.ClickException("migrate needs the SQLite, Redis or PostgreSQL outbox")
-    return build()
-
-
-# Retention and erasure: their own module, plain commands added here.
-cli.add_command(forget_command)
-cli.add_command(prune_command)

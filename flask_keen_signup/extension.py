@@ -13,64 +13,40 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import threading
 import typing as t
 import weakref
 from collections.abc import Mapping
 
-from flask import current_app
-from flask import g
-from flask import has_app_context
 from flask import has_request_context
 from flask import request
-from werkzeug.wrappers import Response as BaseResponse
 
 from . import attribution
 from . import metrics
-from . import signals
+from ._authlib_hook import _authlib_tokens
+from ._authlib_hook import _authlib_tokens_changed
+from ._authlib_hook import _status_of
 from ._text import printable
+from .assembly import build_state
+from .assembly import start
 from .attribution import AttributionCapture
 from .attribution import load_attribution_settings
-from .config import Settings
 from .config import load_settings
-from .database import Database
-from .delivery import shutdown
-from .exceptions import ConfigurationError
 from .exceptions import InvalidClaimsError
+from .health import health_of as health_of  # re-exported: tests and tools import it
 from .health import load_health_thresholds
-from .state import SignupState
-from .state import health_of as health_of  # re-exported: tests and tools import it
+from .state import app_for
 from .state import signup_state
-from .stores import MarkerStore
-from .tracker import Tracker
 from .tracker import TrackOutcome
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from flask import Flask
 
-    from .auth0 import ManagementClient
-    from .backends import Parts
-    from .delivery.outcomes import Notify
-    from .delivery.sender import Sender
-    from .keen import KeenClient
 
 logger = logging.getLogger(__name__)
 
 F = t.TypeVar("F", bound=t.Callable[..., t.Any])
+R = t.TypeVar("R")
 EventPropertiesCallback = t.Callable[[t.Mapping[str, t.Any], t.Any], t.Mapping[str, t.Any]]
-
-#: Where Authlib's Flask client keeps the token of the current request
-#: (``FlaskAppMixin.token`` setter). Private to Authlib: the tests that log in through the
-#: real Authlib flow (``tests/integration/test_extension.py`` and others) fail if it changes.
-_AUTHLIB_TOKEN_PREFIX = "_oauth_token_"
-
-_SIGNALS = {
-    "detected": signals.signup_detected,
-    "recorded": signals.signup_recorded,
-    "delivered": signals.signup_delivered,
-    "failed": signals.signup_failed,
-    "dead": signals.signup_dead,
-}
 
 
 class KeenSignup:
@@ -87,6 +63,8 @@ class KeenSignup:
             ...
 
     Config keys are documented in ``docs/configuration.md``; they are read once, here.
+    A method that takes ``app=`` needs it only for an instance on several apps, called
+    outside an app context; otherwise it is the current app, or the only one.
     """
 
     def __init__(self, app: Flask | None = None) -> None:
@@ -111,22 +89,7 @@ class KeenSignup:
         attribution_settings = load_attribution_settings(app, settings.addons)
         thresholds = load_health_thresholds(app)
         metrics_on = metrics.enabled(app)  # validated now, before anything starts
-        if settings.enabled and settings.delivery == "background" and shutdown.starved_by_uwsgi():
-            raise ConfigurationError(
-                "uWSGI runs without Python threads (a uWSGI older than 2.0.27 started "
-                "without --enable-threads): the background sender would only run while a "
-                "request is served, and a signup would wait for the next visitor. Add "
-                "`enable-threads = true` to the uWSGI configuration, upgrade uWSGI to "
-                '2.0.27 or later, or set KEEN_SIGNUP_DELIVERY = "sync".'
-            )
-        state = _build_state(app, settings)
-        if settings.enabled and state.parts.uses_database:
-            # A directory, a non-SQLite file, a read-only or forbidden path: refuse to
-            # start, naming the key, rather than fail in every login and flush.
-            from .database_check import check_database
-
-            check_database(state.database)
-        state.health_thresholds = thresholds
+        state = build_state(app, settings, thresholds)  # refuses a start bound to fail
         if settings.enabled and attribution_settings.enabled:
             state.attribution = AttributionCapture(app, attribution_settings)
             app.before_request(state.attribution.hook())
@@ -136,22 +99,18 @@ class KeenSignup:
         app.cli.add_command(cli)
         self._apps.add(app)
         self._check_view_order(app)
-        self._check_view_order_at_first_request(app)
-        if settings.enabled and metrics_on:
-            # Before the sender starts: its first pass may deliver what the outbox holds
-            # (another process's signups, a recycled worker's) and must count it.
-            metrics.start_counting(app)
+        # Once more at the first request: blueprints may be registered after init_app
+        # and views decorated before it.
+        checked: list[bool] = []
+
+        @app.before_request
+        def check_once() -> None:
+            if not checked:
+                checked.append(True)
+                self._check_view_order(app)
+
         if settings.enabled:
-            state.sender.start()
-        if settings.enabled and state.tracker.known is not None and shutdown.forks_from_c():
-            _load_known_users(state.tracker)  # a uWSGI master: no thread here (see shutdown)
-        elif settings.enabled and state.tracker.known is not None:
-            threading.Thread(
-                target=_load_known_users,
-                args=(state.tracker,),
-                name="flask-keen-signup-known-users",
-                daemon=True,
-            ).start()
+            start(app, state, count=metrics_on)
 
     # -- public API ----------------------------------------------------------------------
 
@@ -163,32 +122,30 @@ class KeenSignup:
         validated ``userinfo``. The response is returned untouched; an exception from the
         view propagates untouched.
         """
-        if inspect.iscoroutinefunction(view):
-
-            @functools.wraps(view)
-            async def async_wrapper(*args: t.Any, **kwargs: t.Any) -> t.Any:
-                before = _authlib_tokens()
-                _observe_intent()
-                rv = await view(*args, **kwargs)
-                self._after_view(rv, before)
-                return rv
-
-            async_wrapper._keen_signup_tracked = True  # type: ignore[attr-defined]
-            self._remember_tracked(view)
-            return t.cast(F, async_wrapper)
 
         @functools.wraps(view)
         def wrapper(*args: t.Any, **kwargs: t.Any) -> t.Any:
             before = _authlib_tokens()
-            _observe_intent()
+            _quietly(attribution.observe_intent, "cannot observe the signup intent")
             rv = view(*args, **kwargs)
             self._after_view(rv, before)
             return rv
 
+        @functools.wraps(view)
+        async def async_wrapper(*args: t.Any, **kwargs: t.Any) -> t.Any:
+            before = _authlib_tokens()
+            _quietly(attribution.observe_intent, "cannot observe the signup intent")
+            rv = await view(*args, **kwargs)
+            self._after_view(rv, before)
+            return rv
+
+        tracked: t.Any = async_wrapper if inspect.iscoroutinefunction(view) else wrapper
         # The attribution hook never takes this view's request as a first touch.
-        wrapper._keen_signup_tracked = True  # type: ignore[attr-defined]
-        self._remember_tracked(view)
-        return t.cast(F, wrapper)
+        tracked._keen_signup_tracked = True
+        self._tracked_views.append(view)
+        for app in list(self._apps):
+            self._check_view_order(app)
+        return t.cast(F, tracked)
 
     def track_token(self, token: t.Mapping[str, t.Any]) -> TrackOutcome | None:
         """Track the token ``authorize_access_token()`` returned. Uses ``token["userinfo"]``.
@@ -197,7 +154,7 @@ class KeenSignup:
         """
         userinfo = token.get("userinfo") if isinstance(token, Mapping) else None
         if not isinstance(userinfo, Mapping):
-            self._handle_error(
+            _handle_error(
                 InvalidClaimsError(
                     "the token has no 'userinfo' (validated ID-token claims): request the "
                     "'openid' scope, e.g. client_kwargs={'scope': 'openid profile email'}"
@@ -220,12 +177,16 @@ class KeenSignup:
         """
         state = signup_state()
         try:
-            touch = _attribution_properties(state)
-            extra: t.Any = None  # None, a mapping, or a callable run for a new user only
+            # ``attribution`` and ``signup_intent`` of the current browser's signup.
+            capture = state.attribution
+            touch = None
+            if capture is not None:
+                touch = _quietly(
+                    capture.event_properties, "signup attribution ignored", logging.WARNING
+                )
+            extra: t.Any = touch or None  # a mapping, or a callable run for a new user only
             if self._event_properties is not None:
-                extra = self._extra_with(claims, touch)
-            elif touch:
-                extra = touch
+                extra = _with_event_properties(self._event_properties, claims, touch)
             if connection is not None:  # postgres: inside the app's own transaction
                 outcome = state.tracker.track_in_transaction(
                     claims, connection, facts=_request_facts, extra=extra
@@ -233,12 +194,12 @@ class KeenSignup:
             else:
                 outcome = state.tracker.track_claims(claims, facts=_request_facts, extra=extra)
         except Exception as exc:  # noqa: BLE001 - the login must not break
-            self._handle_error(exc, claims)
+            _handle_error(exc, claims)
             return None
         if touch is not None and outcome is not TrackOutcome.FAILED:
             # Decided (recorded, returning or marked): the first touch has served. A sync
             # failure keeps it for the retry at the next login.
-            _forget_attribution()
+            _quietly(attribution.clear, "cannot clear the signup attribution")
         return outcome
 
     def register_metrics(self, registry: t.Any = None, app: Flask | None = None) -> None:
@@ -249,15 +210,11 @@ class KeenSignup:
         ``REGISTRY``), and makes sure this app's signups are counted. Safe to call again,
         e.g. with a fresh registry per scrape in multiprocess mode.
 
-        :param app: which app, needed only when this instance serves several apps and
-            there is no app context (see :meth:`_app_for`).
         :raises ConfigurationError: ``prometheus_client`` is not installed, or
             ``KEEN_SIGNUP_METRICS`` is ``False``.
         """
-        from .metrics import register
-
-        app = self._app_for(app, "register_metrics(registry, app=app)")
-        register(app, signup_state(app), registry)
+        app = app_for(app, self._apps, "signup.register_metrics(registry, app=app)")
+        metrics.register(app, signup_state(app), registry)
 
     def event_properties(self, callback: EventPropertiesCallback) -> EventPropertiesCallback:
         """Register ``callback(claims, request) -> dict`` adding properties to each event.
@@ -275,10 +232,10 @@ class KeenSignup:
         itself. ``flask keen-signup flush`` is the command-line form. Paced like the
         sender: nothing is sent while its circuit is open (Keen kept failing), so asking
         often never spends retries faster. ``timeout`` ``inf`` (or beyond what a thread can
-        wait): no deadline; NaN or negative: 0. ``app`` is needed only for an instance on
-        several apps, outside an app context (as for every method).
+        wait): no deadline; NaN or negative: 0.
         """
-        return signup_state(self._app_for(app, "flush(app=app)")).sender.flush(timeout=timeout)
+        app = app_for(app, self._apps, "signup.flush(app=app)")
+        return signup_state(app).sender.flush(timeout=timeout)
 
     def health(self, app: Flask | None = None) -> dict[str, t.Any]:
         """The delivery state, for an app's ``/healthz`` and ``flask keen-signup status``.
@@ -296,43 +253,9 @@ class KeenSignup:
         ``degraded``, ``failing``) with ``reasons``: see :mod:`.health` and
         ``docs/metrics.md`` for the thresholds and a ``/healthz`` recipe.
         """
-        from .health import with_verdict
-
-        state = signup_state(self._app_for(app, "health(app=app)"))
-        return with_verdict(health_of(state), state.health_thresholds)
+        return health_of(signup_state(app_for(app, self._apps, "signup.health(app=app)")))
 
     # -- internals -----------------------------------------------------------------------
-
-    def _app_for(self, app: Flask | None, call: str) -> Flask:
-        """The app a method without ``app=`` is about, as Flask extensions do.
-
-        ``app`` when given; else the current app (in a request, a CLI command, a test's
-        ``app_context()``); else, outside any context (module level, at start-up), the one
-        app this instance was initialised on. Several apps and no context: a
-        ``RuntimeError`` that names the argument to pass (``call``).
-        """
-        if app is not None:
-            return app
-        if has_app_context():
-            return t.cast("Flask", current_app._get_current_object())  # type: ignore[attr-defined]
-        apps = list(self._apps)
-        if len(apps) == 1:
-            return apps[0]
-        if not apps:
-            raise RuntimeError(
-                "this KeenSignup is not initialised on any app: call KeenSignup(app) or "
-                "init_app(app) first"
-            )
-        names = ", ".join(sorted(repr(each.name) for each in apps))
-        raise RuntimeError(
-            f"this KeenSignup serves {len(apps)} apps ({names}) and there is no app "
-            f"context: say which, e.g. signup.{call}"
-        )
-
-    def _remember_tracked(self, view: t.Callable[..., t.Any]) -> None:
-        self._tracked_views.append(view)
-        for app in list(self._apps):
-            self._check_view_order(app)
 
     def _check_view_order(self, app: Flask) -> None:
         """Catch ``@signup.track`` written above ``@app.route``.
@@ -354,32 +277,6 @@ class KeenSignup:
                     raise RuntimeError(message)
                 logger.error(message)
 
-    def _check_view_order_at_first_request(self, app: Flask) -> None:
-        """Check once more at the app's first request: blueprints may be registered
-        after ``init_app`` and views decorated before it."""
-        checked = False
-
-        def check_once() -> None:
-            nonlocal checked
-            if not checked:
-                checked = True
-                self._check_view_order(app)
-
-        app.before_request(check_once)
-
-    def _extra_with(
-        self, claims: t.Mapping[str, t.Any], touch: dict[str, t.Any] | None
-    ) -> t.Callable[[], t.Mapping[str, t.Any] | None]:
-        def extra() -> t.Mapping[str, t.Any] | None:
-            props = self._extra_properties(claims)
-            if not touch:
-                return props
-            if props and any(name in props for name in touch):
-                logger.debug("@event_properties keys replaced by the signup's attribution")
-            return {**(props or {}), **touch}
-
-        return extra
-
     def _after_view(self, rv: t.Any, before: dict[str, int]) -> None:
         try:
             if _status_of(rv) >= 400:
@@ -388,15 +285,43 @@ class KeenSignup:
                 logger.debug("tracking the token of Authlib client %r", name)
                 self.track_token(token)
         except Exception as exc:  # noqa: BLE001 - the login must not break
-            self._handle_error(exc)
+            _handle_error(exc)
 
-    def _extra_properties(self, claims: t.Mapping[str, t.Any]) -> t.Mapping[str, t.Any] | None:
-        if self._event_properties is None:
-            return None
+
+def _handle_error(exc: Exception, claims: t.Mapping[str, t.Any] | None = None) -> None:
+    if _propagate():
+        raise exc
+    if isinstance(exc, InvalidClaimsError):
+        logger.error("signup not tracked: %s", exc)
+        return
+    # Not recorded (the store or the outbox failed): say who, so that nothing is lost
+    # silently — the log line and signup_failed carry the user id for a later backfill.
+    sub = claims.get("sub") if isinstance(claims, Mapping) else None
+    user_id = sub if isinstance(sub, str) else None
+    logger.error(
+        "signup of %s not recorded; the login is not affected: %s",
+        printable(user_id, limit=120) if user_id is not None else "an unknown user",
+        printable(str(exc), limit=500),
+        exc_info=True,
+    )
+    state = signup_state()
+    state.unrecorded.add()  # counted until someone looks (issue 16)
+    state.tracker.notify("not_recorded", {"user_id": user_id})
+    if user_id is not None:
+        failure = {"user_id": user_id, "event": None, "error": exc, "attempts": 0}
+        state.tracker.notify("failed", failure)
+
+
+def _with_event_properties(
+    callback: EventPropertiesCallback,
+    claims: t.Mapping[str, t.Any],
+    touch: dict[str, t.Any] | None,
+) -> t.Callable[[], t.Mapping[str, t.Any] | None]:
+    """The ``@event_properties`` callback's result, beside the attribution ``touch``."""
+
+    def extra() -> t.Mapping[str, t.Any] | None:
         try:
-            extra: object = self._event_properties(
-                claims, request if has_request_context() else None
-            )
+            props: object = callback(claims, request if has_request_context() else None)
         except Exception as exc:  # noqa: BLE001 - a bad callback must not lose the signup
             if _propagate():
                 raise
@@ -406,93 +331,33 @@ class KeenSignup:
                 type(exc).__name__,
                 exc_info=True,
             )
-            return None
-        if extra is not None and not isinstance(extra, Mapping):
+            props = None
+        if props is not None and not isinstance(props, Mapping):
             logger.error("the @event_properties callback returned a non-mapping; ignored")
-            return None
-        return extra
+            props = None
+        if not touch:
+            return props
+        if props and any(name in props for name in touch):
+            logger.debug("@event_properties keys replaced by the signup's attribution")
+        return {**(props or {}), **touch}
 
-    def _handle_error(self, exc: Exception, claims: t.Mapping[str, t.Any] | None = None) -> None:
-        if _propagate():
-            raise exc
-        if isinstance(exc, InvalidClaimsError):
-            logger.error("signup not tracked: %s", exc)
-            return
-        # Not recorded (the store or the outbox failed): say who, so that nothing is lost
-        # silently — the log line and signup_failed carry the user id for a later backfill.
-        sub = claims.get("sub") if isinstance(claims, Mapping) else None
-        user_id = sub if isinstance(sub, str) else None
-        logger.error(
-            "signup of %s not recorded; the login is not affected: %s",
-            printable(user_id, limit=120) if user_id is not None else "an unknown user",
-            printable(str(exc), limit=500),
-            exc_info=True,
-        )
-        if has_app_context():
-            app = current_app._get_current_object()  # type: ignore[attr-defined]
-            unrecorded = signup_state(app).unrecorded
-            if unrecorded is not None:  # counted until someone looks (issue 16)
-                unrecorded.add()
-            notify = _notifier(app)
-            notify("not_recorded", {"user_id": user_id})
-            if user_id is not None:
-                notify(
-                    "failed", {"user_id": user_id, "event": None, "error": exc, "attempts": 0}
-                )
+    return extra
 
 
 def _propagate() -> bool:
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    app = app_for()
     setting = signup_state(app).settings.propagate_errors
-    if setting is None:
-        return bool(app.testing or app.debug)
-    return setting
+    return bool(app.testing or app.debug) if setting is None else setting
 
 
-def _observe_intent() -> None:
-    """Before the callback view: note the login's ``screen_hint=signup`` (see
-    :mod:`.attribution`). Never raises into the view."""
+def _quietly(call: t.Callable[[], R], failure: str, level: int = logging.DEBUG) -> R | None:
+    """``call()``, or ``None`` with ``failure`` logged: analytics never break the login
+    (a bad session value, a read-only session interface)."""
     try:
-        attribution.observe_intent()
+        return call()
     except Exception:  # noqa: BLE001 - analytics must never break the login
-        logger.debug("cannot observe the signup intent", exc_info=True)
-
-
-def _attribution_properties(state: SignupState) -> dict[str, t.Any] | None:
-    """``attribution`` and ``signup_intent`` of the current browser's signup, or ``None``."""
-    capture = state.attribution
-    if capture is None:
+        logger.log(level, failure, exc_info=True)
         return None
-    try:
-        return capture.event_properties()
-    except Exception:  # noqa: BLE001 - a bad session value must not lose the signup
-        logger.warning("signup attribution ignored", exc_info=True)
-        return None
-
-
-def _forget_attribution() -> None:
-    try:
-        attribution.clear()
-    except Exception:  # noqa: BLE001 - e.g. a read-only session interface
-        logger.debug("cannot clear the signup attribution", exc_info=True)
-
-
-def _load_known_users(tracker: Tracker) -> None:
-    """Runs on its own daemon thread at ``init_app`` (see :meth:`Tracker.load_known_users`)."""
-    try:
-        count = tracker.load_known_users()
-    except Exception:  # noqa: BLE001 - only a cache: logins read the ledger instead
-        logger.warning("could not load the known users from the ledger", exc_info=True)
-    else:
-        logger.debug("remembered %d known user(s) from the ledger", count)
-        if tracker.settings.since is None and tracker.ledger_is_empty():
-            # The day-one mistake: every existing user's next login would be a "signup".
-            logger.warning(
-                "no user is marked as signed up yet and KEEN_SIGNUP_SINCE is not set: "
-                "every existing user's next login will be reported as a signup. Leaving the "
-                "Auth0 Rule? Run `flask keen-signup migrate` first "
-                "(docs/migrating-from-the-rule.md)."
-            )
 
 
 def _request_facts() -> tuple[str | None, str | None]:
@@ -501,184 +366,3 @@ def _request_facts() -> tuple[str | None, str | None]:
         return None, None
     current = request._get_current_object()  # type: ignore[attr-defined]
     return current.remote_addr, current.environ.get("HTTP_USER_AGENT")
-
-
-def _g_namespace() -> dict[str, t.Any]:
-    # One proxy resolution instead of one per attribute: this runs on every callback.
-    namespace: dict[str, t.Any] = vars(g._get_current_object())
-    return namespace
-
-
-def _authlib_tokens() -> dict[str, int]:
-    """The ids of the Authlib tokens on ``g`` now, to spot the ones the view fetched.
-
-    Runs before the view: it must never raise into it.
-    """
-    try:
-        return {
-            name: id(value)
-            for name, value in _g_namespace().items()
-            if name.startswith(_AUTHLIB_TOKEN_PREFIX)
-        }
-    except Exception:  # noqa: BLE001 - no app context, an exotic g: track nothing
-        logger.debug("cannot read flask.g before the view", exc_info=True)
-        return {}
-
-
-def _authlib_tokens_changed(before: dict[str, int]) -> list[tuple[str, t.Mapping[str, t.Any]]]:
-    changed = []
-    for name, token in list(_g_namespace().items()):
-        if not name.startswith(_AUTHLIB_TOKEN_PREFIX):
-            continue
-        if before.get(name) != id(token) and isinstance(token, Mapping):
-            changed.append((name[len(_AUTHLIB_TOKEN_PREFIX) :], token))
-    return changed
-
-
-def _status_of(rv: t.Any) -> int:
-    """The status Flask will send for a view's return value, without converting it."""
-    if isinstance(rv, BaseResponse):
-        return rv.status_code
-    if isinstance(rv, tuple) and len(rv) in (2, 3):
-        status = rv[1]
-        if isinstance(status, int):
-            return status
-        if isinstance(status, str):
-            try:
-                return int(status.split(maxsplit=1)[0])
-            except ValueError:
-                return 200
-        if isinstance(rv[0], BaseResponse):
-            return rv[0].status_code
-    return 200
-
-
-def _notifier(app: Flask) -> Notify:
-    """``notify(kind, payload)``: the metrics' counter (:mod:`.metrics`), then the signal."""
-    counter_for = metrics.counter_for
-
-    def notify(kind: str, payload: dict[str, t.Any]) -> None:
-        count = counter_for(app)
-        if count is not None:
-            try:
-                count(kind, payload)
-            except Exception:  # noqa: BLE001 - metrics must not break a login or delivery
-                logger.debug("counting a %s notification failed", kind, exc_info=True)
-        signal = _SIGNALS.get(kind)  # "spooled" is counted, and has no signal
-        if signal is None or not signal.receivers:
-            return
-        try:
-            signal.send(app, **payload)
-        except Exception:  # noqa: BLE001 - a broken subscriber must not break delivery
-            logger.error("a %s receiver raised; ignored", signal.name, exc_info=True)
-
-    return notify
-
-
-def _build_state(app: Flask, settings: Settings) -> SignupState:
-    """Build one app's parts: the backend's (:mod:`.backends`), then the sender, the spool
-    and the tracker around them."""
-    from .backends import Wiring
-    from .backends import parts_for
-    from .keen import KeenClient
-    from .salvage import salvage
-    from .spool import Spool
-    from .spool_drain import SpoolDrainer
-    from .unrecorded import Unrecorded
-
-    database = Database(
-        settings.database, synchronous=settings.sqlite_synchronous, on_replaced=salvage
-    )
-    # The login path's own view of the same file: its lock waits are bounded by the budget.
-    request_database = Database(
-        settings.database,
-        synchronous=settings.sqlite_synchronous,
-        busy_timeout=settings.store_timeout,
-        on_replaced=salvage,
-    )
-    spool = Spool(
-        settings.database + ".spool",
-        settings.collection,
-        fsync=settings.sqlite_synchronous == "full",
-    )
-    client = KeenClient(
-        settings.project_id or "disabled",
-        settings.write_key or "disabled",
-        api_url=settings.api_url,
-        timeout=settings.timeout,
-    )
-    # In sync mode a pending marker older than a full Keen call belongs to a dead request.
-    reclaim_after = sum(settings.timeout) + 5 if settings.delivery == "sync" else None
-    wiring = Wiring(settings, database, request_database, reclaim_after)
-    parts = parts_for(t.cast("str | MarkerStore", settings.store), wiring)
-    notify = _notifier(app)
-    # The remote store looks created_at up itself; otherwise the Management API may.
-    resolver = _since_resolver(settings) if parts.remote is None else None
-    sender = _build_sender(settings, parts, client, notify, resolver)
-    sender.drain = SpoolDrainer(
-        spool,
-        parts.drain_claimer,
-        parts.outbox,
-        notify,
-        claim_and_enqueue_many=parts.claim_and_enqueue_many,
-    )
-    tracker = Tracker(
-        settings,
-        parts=parts,
-        client=client,
-        sender=sender,
-        notify=notify,
-        spool=spool,
-    )
-    if parts.wake_on_notify is not None:  # postgres: LISTEN/NOTIFY
-        parts.wake_on_notify(sender.wake)
-    return SignupState(
-        settings=settings,
-        tracker=tracker,
-        client=client,
-        outbox=parts.outbox,
-        database=database,
-        sender=sender,
-        store=parts.store,
-        parts=parts,
-        spool=spool,
-        unrecorded=Unrecorded(settings.database + ".unrecorded"),
-    )
-
-
-def _since_resolver(settings: Settings) -> ManagementClient | None:
-    """The Management API client that looks up created_at for ``KEEN_SIGNUP_SINCE``.
-
-    Only when SINCE is set and credentials are configured; it runs on the sender thread.
-    """
-    if settings.since is None or not settings.has_management_api:
-        return None
-    from .auth0 import management_client_for
-
-    return management_client_for(settings)
-
-
-def _build_sender(
-    settings: Settings,
-    parts: Parts,
-    client: KeenClient,
-    notify: Notify,
-    management: ManagementClient | None = None,
-) -> Sender:
-    from .delivery.sender import Sender
-    from .hooks import MarkerHooks
-
-    return Sender(
-        parts.outbox,
-        client,
-        collection_batch_size=settings.batch_size,
-        flush_interval=settings.flush_interval,
-        max_attempts=settings.max_attempts,
-        retry_for=settings.retry_for,
-        shutdown_timeout=settings.shutdown_timeout,
-        hooks=MarkerHooks(
-            settings, ledger=parts.confirm_in, remote=parts.remote, management=management
-        ),
-        notify=notify,
-        retention=settings.retention,
-    )

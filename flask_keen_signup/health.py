@@ -1,4 +1,5 @@
-"""The health verdict: ``ok``, ``degraded`` or ``failing``, for load balancers and uptime checks.
+"""An app's delivery state (:func:`health_of`) and its verdict: ``ok``, ``degraded`` or
+``failing``, for load balancers and uptime checks.
 
 :meth:`KeenSignup.health` returns the delivery state (pending, dead, circuit...); a check
 needs one word it can act on. The rules, each from a config key (seconds):
@@ -28,12 +29,19 @@ shows a ``/healthz`` that answers 503 on ``failing`` only).
 from __future__ import annotations
 
 import dataclasses
-import math
+import logging
+import os
 import time
 import typing as t
 
+from ._text import printable
+
 if t.TYPE_CHECKING:  # pragma: no cover
     from flask import Flask
+
+    from .state import SignupState
+
+logger = logging.getLogger(__name__)
 
 OK = "ok"
 DEGRADED = "degraded"
@@ -43,7 +51,8 @@ VERDICTS = (OK, DEGRADED, FAILING)
 
 @dataclasses.dataclass(frozen=True)
 class HealthThresholds:
-    """The ``KEEN_SIGNUP_HEALTH_*`` keys, in seconds (``max_dead`` is a count)."""
+    """The ``KEEN_SIGNUP_HEALTH_*`` keys (a field's key is its name in capitals), in
+    seconds; ``max_dead`` is a count."""
 
     max_pending_age: float = 300.0
     failing_pending_age: float = 3600.0
@@ -60,35 +69,92 @@ def load_health_thresholds(app: Flask) -> HealthThresholds:
     from .config import MAX_RETENTION
     from .exceptions import ConfigurationError
 
-    default = HealthThresholds()
-    values: dict[str, float] = {}
-    for field, key in (
-        ("max_pending_age", "KEEN_SIGNUP_HEALTH_MAX_PENDING_AGE"),
-        ("failing_pending_age", "KEEN_SIGNUP_HEALTH_FAILING_PENDING_AGE"),
-        ("max_dead", "KEEN_SIGNUP_HEALTH_MAX_DEAD"),
-        ("max_circuit_open", "KEEN_SIGNUP_HEALTH_MAX_CIRCUIT_OPEN"),
-    ):
-        raw = app.config.get(key, getattr(default, field))
-        try:
-            finite = math.isfinite(float(raw))
-        except (TypeError, ValueError, OverflowError):
-            finite = True  # not a number at all: _as_number says so
-        if not finite:
-            raise ConfigurationError(f"{key} must be a finite number, got {raw!r}")
-        values[field] = _as_number(
-            key, raw, minimum=0, maximum=MAX_RETENTION, integer=field == "max_dead"
-        )
-    if values["failing_pending_age"] < values["max_pending_age"]:
+    values: dict[str, t.Any] = {}
+    for field in dataclasses.fields(HealthThresholds):
+        key = f"KEEN_SIGNUP_HEALTH_{field.name.upper()}"
+        integer = isinstance(field.default, int)
+        raw = app.config.get(key, field.default)
+        number = _as_number(key, raw, minimum=0, maximum=MAX_RETENTION, integer=integer)
+        values[field.name] = int(number) if integer else number
+    thresholds = HealthThresholds(**values)
+    if thresholds.failing_pending_age < thresholds.max_pending_age:
         raise ConfigurationError(
-            "KEEN_SIGNUP_HEALTH_FAILING_PENDING_AGE must be >= "
-            "KEEN_SIGNUP_HEALTH_MAX_PENDING_AGE"
+            "KEEN_SIGNUP_HEALTH_FAILING_PENDING_AGE must be >= KEEN_SIGNUP_HEALTH_MAX_PENDING_AGE"
         )
-    return HealthThresholds(
-        max_pending_age=values["max_pending_age"],
-        failing_pending_age=values["failing_pending_age"],
-        max_dead=int(values["max_dead"]),
-        max_circuit_open=values["max_circuit_open"],
-    )
+    return thresholds
+
+
+def health_of(state: SignupState) -> dict[str, t.Any]:
+    """One app's delivery state and its verdict (see :meth:`KeenSignup.health`).
+
+    Never raises for a broken store: the counts are then ``None`` and ``store_error``
+    says what is wrong (``None`` when the store answers).
+    """
+    try:
+        status = dataclasses.asdict(state.sender.status())
+        health = {**status.pop("outbox"), **status, "store_error": None}
+    except Exception as exc:  # noqa: BLE001 - a health check reports, it does not raise
+        from .delivery import OutboxStats
+
+        error = printable(str(exc), limit=500)
+        health = {
+            **dict.fromkeys(field.name for field in dataclasses.fields(OutboxStats)),
+            "circuit": "-",
+            "circuit_until": None,
+            "last_error": error,
+            "running": bool(state.sender.running),
+            "store_error": f"{type(exc).__name__}: {error}",
+        }
+    health.update(_store_trouble(state, health))
+    health["verdict"], health["reasons"] = verdict(health, state.health_thresholds)
+    return health
+
+
+def _store_trouble(state: SignupState, health: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
+    """The store-trouble part of :func:`health_of`: spool, replaced file, ``ok``."""
+    from . import database as database_module
+
+    lost = state.unrecorded.read()
+    try:
+        spooled, oldest = state.spool.stats()
+    except OSError as exc:  # an unreadable spool directory: say so, never raise
+        logger.error("cannot read the spool directory: %s", exc)
+        spooled, oldest = -1, None
+    path = os.path.abspath(state.database.path)
+    replaced = [r for r in database_module.replacements if r.path == path]
+    last = replaced[-1] if replaced else None
+    return {
+        "spooled": spooled,
+        "oldest_spooled_age": None if oldest is None else max(0.0, time.time() - oldest),
+        "store_degraded_since": state.spool.degraded_since,
+        "database_replaced": None
+        if last is None
+        else {"how": last.how, "at": last.at, "salvaged": last.salvaged, "count": len(replaced)},
+        "not_recorded": 0 if lost is None else lost.count,
+        "not_recorded_since": None if lost is None else lost.first_at,
+        "database_unrecovered": _unrecovered(state),
+        "ok": health["store_error"] is None
+        and spooled == 0
+        and (lost is None or lost.count == 0)
+        and not health.get("round_errors")
+        and health.get("circuit") != "open"
+        and (bool(health.get("running")) or not state.settings.enabled),
+    }
+
+
+def _unrecovered(state: SignupState) -> dict[str, t.Any] | None:
+    """What a damaged SQLite file lost for good (see :mod:`.salvage`), or None."""
+    from .salvage import describe_unrecovered
+    from .salvage import unrecovered
+
+    if not state.parts.uses_database:  # the outbox is not in the SQLite file
+        return None
+    try:
+        with state.database.reading() as conn:
+            record = unrecovered(conn)
+    except Exception:  # noqa: BLE001 - the store error is reported by the caller
+        return None
+    return None if record is None else {**record, "summary": describe_unrecovered(record)}
 
 
 def verdict(
@@ -144,13 +210,3 @@ def verdict(
     if degraded:
         return DEGRADED, degraded
     return OK, []
-
-
-def with_verdict(
-    health: dict[str, t.Any], thresholds: HealthThresholds, *, now: float | None = None
-) -> dict[str, t.Any]:
-    """``health`` plus ``verdict`` and ``reasons``."""
-    result, reasons = verdict(health, thresholds, now=now)
-    health["verdict"] = result
-    health["reasons"] = reasons
-    return health

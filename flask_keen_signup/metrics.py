@@ -195,7 +195,7 @@ class OutboxCollector:
         state = self._state()
         if state is None:
             return []
-        from .state import health_of
+        from .health import health_of
 
         try:
             health = health_of(state)

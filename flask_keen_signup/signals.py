@@ -36,3 +36,6 @@ signup_failed = _signals.signal("signup-failed")
 #: failing for longer than ``KEEN_SIGNUP_RETRY_FOR``).
 #: Payload: ``user_id``, ``event``, ``reason``. Fires on the sender's thread.
 signup_dead = _signals.signal("signup-dead")
+
+#: The signals by the kind the tracker and the sender ``notify`` (``"detected"``...).
+BY_KIND = {name.removeprefix("signup-"): signal for name, signal in _signals.items()}

@@ -254,7 +254,7 @@ def test_a_missing_write_key_names_the_flask_prefix() -> None:
 def test_a_first_deploy_warns_that_existing_users_need_migrate(
     make_app: t.Callable[..., Flask], caplog: pytest.LogCaptureFixture
 ) -> None:
-    from flask_keen_signup.extension import _load_known_users
+    from flask_keen_signup.assembly import load_known_users as _load_known_users
 
     app = make_app()
     with caplog.at_level(logging.WARNING, logger="flask_keen_signup"):

@@ -311,7 +311,7 @@ def test_the_load_takes_the_newest_permanent_markers_up_to_the_bound(make_app: t
 def test_a_ledger_that_cannot_be_read_at_start_is_a_warning(
     make_app: t.Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from flask_keen_signup.extension import _load_known_users
+    from flask_keen_signup.assembly import load_known_users as _load_known_users
 
     app, _ = make_app()
     state = signup_state(app)

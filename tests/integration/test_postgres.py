@@ -908,7 +908,7 @@ def test_a_first_deploy_on_an_empty_postgres_ledger_warns_to_migrate(
     tmp_path: t.Any,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="flask_keen_signup.extension")
+    caplog.set_level(logging.WARNING, logger="flask_keen_signup.assembly")
     app, _ = _pg_app(auth0, keen, postgres_url, tmp_path)
     try:
         assert wait_until(lambda: "flask keen-signup migrate" in caplog.text, 20)

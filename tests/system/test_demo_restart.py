@@ -87,7 +87,7 @@ def test_a_fresh_demo_does_not_ask_to_migrate_and_reports_the_real_created_at(
         app, auth0, keen = start_offline_app(app_port=_free_port(), instance_path=str(instance))
         try:
             since = app.config["KEEN_SIGNUP_SINCE"]
-            from flask_keen_signup.extension import _load_known_users
+            from flask_keen_signup.assembly import load_known_users as _load_known_users
 
             _load_known_users(signup_state(app).tracker)
         finally:
