@@ -199,164 +199,84 @@ class Sender:
         outbox: Outbox,
         client: KeenClient,
         *,
-        collection_batch_size: int = Tuning.batch_size,
-        flush_interval: float = Tuning.flush_interval,
-        max_attempts: int = Tuning.max_attempts,
-        retry_for: float = Tuning.retry_for,
-        shutdown_timeout: float = Tuning.shutdown_timeout,
-        max_batch_bytes: int = Tuning.max_batch_bytes,
         hooks: DeliveryHooks | None = None,
         notify: Notify | None = None,
         name: str = "flask-keen-signup-sender",
-        backoff_base: float = Tuning.backoff_base,
-        backoff_cap: float = Tuning.backoff_cap,
-        lease_seconds: float = Tuning.lease_seconds,
-        circuit_threshold: int = Tuning.circuit_threshold,
-        circuit_cooldown: float = Tuning.circuit_cooldown,
-        circuit_cap: float = Tuning.circuit_cap,
-        probe_size: int = Tuning.probe_size,
         handle_signals: bool = True,
         rng: random.Random | None = None,
-        linger: float = Tuning.linger,
         drain: t.Callable[[], int] | None = None,
-        retention: float | None = Tuning.retention,
-        retention_check_interval: float = Tuning.retention_check_interval,
+        collection_batch_size: int = Tuning.batch_size,
+        **numbers: t.Any,
     ) -> None:
-        self.tuning = Tuning(
-            batch_size=collection_batch_size,
-            flush_interval=flush_interval,
-            max_attempts=max_attempts,
-            retry_for=retry_for,
-            shutdown_timeout=shutdown_timeout,
-            max_batch_bytes=max_batch_bytes,
-            backoff_base=backoff_base,
-            backoff_cap=backoff_cap,
-            lease_seconds=lease_seconds,
-            circuit_threshold=circuit_threshold,
-            circuit_cooldown=circuit_cooldown,
-            circuit_cap=circuit_cap,
-            probe_size=probe_size,
-            linger=linger,
-            retention=retention,
-            retention_check_interval=retention_check_interval,
-        )
+        #: The numbers, checked once; ``numbers`` are :class:`Tuning`'s other fields.
+        self.tuning = Tuning(batch_size=collection_batch_size, **numbers)
+        tuning = self.tuning
         self.outbox = outbox
         self.client = client
-        self._hooks = hooks
-        self._notify = notify
         self.name = name
         self.handle_signals = handle_signals
         self.upkeep = Upkeep(
             outbox,
             drain=drain,
-            retention=retention,
-            check_interval=retention_check_interval,
+            retention=tuning.retention,
+            check_interval=tuning.retention_check_interval,
             name=name,
         )
         self._rng = rng or random.Random()
-        self._backoff = Backoff(backoff_base, backoff_cap, self._rng)
         self.leases = Leases(
-            outbox, lease_seconds=lease_seconds, live_owners=shutdown.live_owners, name=name
+            outbox, lease_seconds=tuning.lease_seconds, live_owners=shutdown.live_owners, name=name
         )
-        self.worker = Worker(name, self, flush_interval=flush_interval, linger=self.tuning.linger)
+        self.worker = Worker(name, self, flush_interval=tuning.flush_interval, linger=tuning.linger)
         self._store = StoreEpisode(name)
         #: Consecutive rounds that ended in an unexpected error (see SenderStatus).
         self.round_errors = 0
         self._shut_down = False
         self._shutdown_lock = threading.Lock()
-        self._new_process_state()
+        self.outcomes = Outcomes(
+            outbox,
+            max_attempts=tuning.max_attempts,
+            retry_for=tuning.retry_for,
+            backoff=Backoff(tuning.backoff_base, tuning.backoff_cap, self._rng),
+            circuit=self._new_circuit(),
+            hooks=hooks,
+            notify=notify,
+            name=name,
+        )
+        self.transport = Transport(
+            client,
+            self.outcomes,
+            self.leases,
+            batch_size=tuning.batch_size,
+            max_batch_bytes=tuning.max_batch_bytes,
+            name=name,
+        )
+        self._prefetch: Prefetch | None = None
 
-    def _new_process_state(self) -> None:
-        """What a round keeps between rounds; fresh in each process."""
+    def _new_circuit(self) -> CircuitBreaker:
         tuning = self.tuning
-        circuit = CircuitBreaker(
+        return CircuitBreaker(
             threshold=tuning.circuit_threshold,
             cooldown=tuning.circuit_cooldown,
             cap=tuning.circuit_cap,
             rng=self._rng,
         )
-        self.outcomes = Outcomes(
-            self.outbox,
-            max_attempts=tuning.max_attempts,
-            retry_for=tuning.retry_for,
-            backoff=self._backoff,
-            circuit=circuit,
-            hooks=self._hooks,
-            notify=self._notify,
-            name=self.name,
-        )
-        self.transport = Transport(
-            self.client,
-            self.outcomes,
-            self.leases,
-            batch_size=tuning.batch_size,
-            max_batch_bytes=tuning.max_batch_bytes,
-            name=self.name,
-        )
-        self._prefetch: Prefetch | None = None
 
     def __repr__(self) -> str:
         return f"<Sender {self.name!r} {self.outbox!r} running={self.running}>"
 
-    # ------------------------------------------------------------ the tuning, as before
-
-    @property
-    def batch_size(self) -> int:
-        return self.tuning.batch_size
-
-    @property
-    def flush_interval(self) -> float:
-        return self.tuning.flush_interval
-
-    @property
-    def max_attempts(self) -> int:
-        return self.tuning.max_attempts
-
-    @property
-    def retry_for(self) -> float:
-        return self.tuning.retry_for
-
     @property
     def shutdown_timeout(self) -> float:
+        """Seconds exit and SIGTERM may spend flushing (read by :mod:`.shutdown`)."""
         return self.tuning.shutdown_timeout
-
-    @property
-    def max_batch_bytes(self) -> int:
-        return self.tuning.max_batch_bytes
-
-    @property
-    def lease_seconds(self) -> float:
-        return self.tuning.lease_seconds
-
-    @property
-    def probe_size(self) -> int:
-        return self.tuning.probe_size
-
-    @property
-    def linger(self) -> float:
-        return self.tuning.linger
-
-    @property
-    def retention(self) -> float | None:
-        return self.tuning.retention
 
     @property
     def hooks(self) -> DeliveryHooks | None:
         """The marker store's hooks; may be replaced while the sender runs."""
-        return self._hooks
+        return self.outcomes.hooks
 
     @hooks.setter
     def hooks(self, hooks: DeliveryHooks | None) -> None:
-        self._hooks = self.outcomes.hooks = hooks
-
-    @property
-    def notify(self) -> Notify | None:
-        """Called on the sender thread for every outcome; may be replaced."""
-        return self._notify
-
-    @notify.setter
-    def notify(self, notify: Notify | None) -> None:
-        self._notify = self.outcomes.notify = notify
+        self.outcomes.hooks = hooks
 
     @property
     def drain(self) -> t.Callable[[], int] | None:
@@ -425,7 +345,7 @@ class Sender:
             if self._shut_down:
                 return 0
             self._shut_down = True
-        timeout = _seconds(self.shutdown_timeout if timeout is None else timeout)
+        timeout = _seconds(self.tuning.shutdown_timeout if timeout is None else timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         left = self.flush(timeout)
         self.stop(None if deadline is None else max(0.0, deadline - time.monotonic()))
@@ -514,7 +434,10 @@ class Sender:
         self._shutdown_lock = threading.Lock()  # the parent's may have been held
         self.worker.reset()
         self.leases.reset()
-        self._new_process_state()
+        # What a round keeps between rounds is this process's own.
+        self.outcomes.circuit = self._new_circuit()
+        self.outcomes.last_error = self.outcomes.catch_up_since = None
+        self._prefetch = None
         reset = getattr(self.client, "reset_after_fork", None)
         if callable(reset):  # pooled sockets must not be shared with the parent
             reset()
@@ -531,11 +454,11 @@ class Sender:
             wait = self._round()
             self._store.check(self.outbox)
         except StoreError as exc:  # the outbox itself is in trouble: one line per episode
-            self._store.failing(exc, self.flush_interval)
-            wait = self.flush_interval
+            self._store.failing(exc, self.tuning.flush_interval)
+            wait = self.tuning.flush_interval
         except Exception as exc:  # noqa: BLE001 - the thread must go on, and say so
             self._round_failed(exc, "round")
-            wait = self.flush_interval
+            wait = self.tuning.flush_interval
         else:
             self.round_errors = 0
         return wait
@@ -552,7 +475,7 @@ class Sender:
                 self.name,
                 what,
                 type(exc).__name__,
-                self.flush_interval,
+                self.tuning.flush_interval,
                 exc_info=True,
             )
         else:
@@ -577,11 +500,11 @@ class Sender:
                 state = circuit.state()
                 if state == OPEN:
                     break
-                limit = self.probe_size if state == HALF_OPEN else self.batch_size
+                limit = self.tuning.probe_size if state == HALF_OPEN else self.tuning.batch_size
                 rows = self.leases.claim(limit, request.since if answered else None)
                 if not rows and not answered:
                     # Nothing due, rows backing off: probe with the oldest few.
-                    rows = self.leases.claim(self.probe_size, request.since)
+                    rows = self.leases.claim(self.tuning.probe_size, request.since)
                 if not rows:
                     break
                 try:
@@ -590,7 +513,7 @@ class Sender:
                     break
                 answered = True
         except StoreError as exc:
-            self._store.failing(exc, self.flush_interval)
+            self._store.failing(exc, self.tuning.flush_interval)
         except Exception as exc:  # noqa: BLE001
             self._round_failed(exc, "flush")
         finally:
@@ -606,13 +529,13 @@ class Sender:
         state = outcomes.circuit.state()
         if state == OPEN:
             return outcomes.circuit.remaining() or 0.01
-        limit = self.probe_size if state == HALF_OPEN else self.batch_size
+        limit = self.tuning.probe_size if state == HALF_OPEN else self.tuning.batch_size
         rows = self._take_prefetch()
         if rows is None:
             rows = self.leases.claim(limit, outcomes.catch_up_since)
         if not rows:
             outcomes.catch_up_since = None
-            return self.flush_interval
+            return self.tuning.flush_interval
         full = len(rows) >= limit
         if state == CLOSED and full:
             # A full batch: more is probably due. Lease the next batch on a helper thread
@@ -626,7 +549,7 @@ class Sender:
         # steady trickle of signups, going again at once would send a batch of two or
         # three events per round, and each round's write transactions compete with the
         # login requests for SQLite's write lock (and with their thread for the GIL).
-        return 0.0 if full else self.linger
+        return 0.0 if full else self.tuning.linger
 
     def next_due_in(self) -> float:
         """Seconds until this process may send again: the circuit's cool-down, else 0."""
