@@ -27,6 +27,7 @@ MODULES = [
     "leases",
     "transport",
     "upkeep",
+    "tuning",
 ]
 PACKAGE = "flask_keen_signup.delivery"
 
