@@ -101,7 +101,7 @@ class Sender:
         self.leases = Leases(
             outbox, lease_seconds=tuning.lease_seconds, live_owners=shutdown.live_owners, name=name
         )
-        self.worker = Worker(name, self, flush_interval=tuning.flush_interval, linger=tuning.linger)
+        self.worker = Worker(name, self, linger=tuning.linger)
         self._store = StoreEpisode(name)
         #: Consecutive rounds that ended in an unexpected error (see SenderStatus).
         self.round_errors = 0

@@ -80,14 +80,12 @@ class Worker:
 
     :param name: the thread's name.
     :param job: what each round does.
-    :param flush_interval: the longest wait between rounds.
-    :param linger: after a wake, wait this long (at most ``flush_interval``) for more.
+    :param linger: after a wake, wait this long for more (at most ``flush_interval``).
     """
 
-    def __init__(self, name: str, job: Job, *, flush_interval: float, linger: float) -> None:
+    def __init__(self, name: str, job: Job, *, linger: float) -> None:
         self.name = name
-        self.flush_interval = flush_interval
-        self.linger = max(0.0, min(linger, flush_interval))
+        self.linger = linger
         self._job = job
         self.reset()
 
@@ -181,17 +179,14 @@ class Worker:
         logger.debug("%s started", self.name)
         job = self._job
         while not self.stopping:
-            try:
-                self._control.clear()
-                request = self._next_flush()
-                if request is not None:
-                    job.flush_now(request)
-                    continue
-                self._wake.clear()
-                wait = job.step()
-            except Exception:  # noqa: BLE001 - the thread must never die
-                logger.exception("%s: unexpected error; retrying shortly", self.name)
-                wait = self.flush_interval
+            # Neither raises: a round's or a flush's errors are the job's to report.
+            self._control.clear()
+            request = self._next_flush()
+            if request is not None:
+                job.flush_now(request)
+                continue
+            self._wake.clear()
+            wait = job.step()
             if wait > 0 and not self.stopping:
                 if job.paused():
                     self._control.wait(wait)  # new events can wait for the cool-down
