@@ -44,7 +44,6 @@ from ..exceptions import Auth0APIError
 from ..exceptions import Auth0ConnectionError
 from .token import FALLBACK_EXPIRES_IN
 from .token import TokenCache
-from .token import _Token
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Callable
@@ -160,19 +159,6 @@ class Transport(SessionClient):
     def token_leeway(self, seconds: float) -> None:
         self._tokens.leeway = seconds
 
-    @property
-    def _token(self) -> _Token | None:
-        """The cached token, if any (tests read it)."""
-        return self._tokens.current
-
-    def _get_token(self) -> tuple[str, bool]:
-        """``(access_token, fetched_by_this_call)`` from the cache (:meth:`TokenCache.get`)."""
-        return self._tokens.get()
-
-    def _drop_token(self, value: str) -> None:
-        """Forget ``value`` if it is still the cached token (:meth:`TokenCache.drop`)."""
-        self._tokens.drop(value)
-
     def close(self) -> None:
         """Forget the token and close the HTTP session if this client created it."""
         self._tokens.clear()
@@ -215,7 +201,7 @@ class Transport(SessionClient):
         json_body: Mapping[str, t.Any] | None = None,
     ) -> t.Any:
         """A Management API call with a bearer token; one token renewal on a 401."""
-        token, fetched_now = self._get_token()
+        token, fetched_now = self._tokens.get()
         try:
             return self._send(method, path, token=token, params=params, json_body=json_body)
         except Auth0APIError as exc:
@@ -223,8 +209,8 @@ class Transport(SessionClient):
                 raise
         # The cached token was refused (revoked, signing key rotated, ...): renew it once.
         logger.warning("Auth0 refused the cached Management API token; fetching a new one")
-        self._drop_token(token)
-        token, _ = self._get_token()
+        self._tokens.drop(token)
+        token, _ = self._tokens.get()
         return self._send(method, path, token=token, params=params, json_body=json_body)
 
     def _send(
@@ -244,8 +230,8 @@ class Transport(SessionClient):
             headers["Authorization"] = f"Bearer {token}"
         retry = 0
         while True:
-            if token is not None:
-                self._pace()
+            if token is not None and self._pacer is not None:
+                self._pacer.wait()
             # ``send`` never raises: the requests exception would become the new one's
             # ``__context__``, and it carries the prepared request (the token request's
             # body holds the client secret).
@@ -309,10 +295,6 @@ class Transport(SessionClient):
             wait,
         )
         self._sleep(wait)
-
-    def _pace(self) -> None:
-        if self._pacer is not None:
-            self._pacer.wait()
 
     def _json(self, response: requests.Response, method: str, path: str) -> t.Any:
         if response.status_code == 204 or not response.content:
