@@ -741,7 +741,7 @@ def test_no_error_chain_reaches_a_secret(
 
     live = make_client()
     live.count_users()
-    tokens.append(live._token.value)  # type: ignore[union-attr]
+    tokens.append(live._tokens.current.value)  # type: ignore[union-attr]
     emulator.rate_limit_next(100)
     capture("429 exhausted", lambda: live.count_users())
     emulator.rate_limit_next(0)
