@@ -246,55 +246,49 @@ class Transport(SessionClient):
                 timeout=self.timeout,
                 allow_redirects=False,
             )
+            last = retry >= self.max_retries
             if isinstance(response, NoResponse):
-                if response.transient and retry < self.max_retries:
-                    self._wait_to_retry(method, path, response.reason, retry, self._backoff(retry))
-                    retry += 1
-                    continue
-                where = redact(self.base_url)
-                if response.transient:
-                    failure = f"no response from Auth0 at {where} for {method} {path}"
-                else:
-                    failure = f"could not send {method} {path} to Auth0 at {where}"
-                raise Auth0ConnectionError(f"{failure}: {response.reason}")
-
-            status = response.status_code
-            logger.debug("Auth0 %s %s -> %d", method, path, status)
-            if 200 <= status < 300:
-                return self._json(response, method, path)
-            error = self._error(response, token)
-            if status in RETRYABLE_STATUSES and retry < self.max_retries:
+                if not response.transient or last:
+                    raise self._no_response(response, method, path)
+                why, wait = response.reason, self._backoff(retry)
+            else:
+                status = response.status_code
+                logger.debug("Auth0 %s %s -> %d", method, path, status)
+                if 200 <= status < 300:
+                    return self._json(response, method, path)
+                error = self._error(response, token)
+                if status not in RETRYABLE_STATUSES or last:
+                    if status == 429 and error.retry_after is None:
+                        # Tell the caller how long to back off even without Auth0's hint.
+                        error.retry_after = self._backoff(retry)
+                    level = logging.WARNING if error.retryable else logging.DEBUG
+                    code = error.error_code
+                    logger.log(level, "Auth0 %s %s failed: %d %s", method, path, status, code)
+                    raise error
                 hint = error.retry_after
                 wait = min(self._backoff(retry) if hint is None else hint, self.max_retry_wait)
                 if status == 429 and self._pacer is not None:
                     self._pacer.defer(wait)
-                self._wait_to_retry(method, path, f"{status} {error.error_code}", retry, wait)
-                retry += 1
-                continue
-            if status == 429 and error.retry_after is None:
-                # Tell the caller how long to back off even when Auth0 gave no hint.
-                error.retry_after = self._backoff(retry)
-            logger.log(
-                logging.WARNING if error.retryable else logging.DEBUG,
-                "Auth0 %s %s failed: %d %s",
+                why = f"{status} {error.error_code}"
+            retry += 1
+            logger.warning(
+                "Auth0 %s %s failed (%s); retry %d of %d in %.2fs",
                 method,
                 path,
-                status,
-                error.error_code,
+                why,
+                retry,
+                self.max_retries,
+                wait,
             )
-            raise error
+            self._sleep(wait)
 
-    def _wait_to_retry(self, method: str, path: str, why: str, retry: int, wait: float) -> None:
-        logger.warning(
-            "Auth0 %s %s failed (%s); retry %d of %d in %.2fs",
-            method,
-            path,
-            why,
-            retry + 1,
-            self.max_retries,
-            wait,
-        )
-        self._sleep(wait)
+    def _no_response(self, response: NoResponse, method: str, path: str) -> Auth0ConnectionError:
+        where = redact(self.base_url)
+        if response.transient:
+            failure = f"no response from Auth0 at {where} for {method} {path}"
+        else:
+            failure = f"could not send {method} {path} to Auth0 at {where}"
+        return Auth0ConnectionError(f"{failure}: {response.reason}")
 
     def _json(self, response: requests.Response, method: str, path: str) -> t.Any:
         if response.status_code == 204 or not response.content:
