@@ -13,6 +13,7 @@ off all its rows and the rest of the batch, and ends the round (:class:`RequestF
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import types
@@ -40,6 +41,7 @@ logger = logging.getLogger(__name__)
 _EMPTY: t.Mapping[str, t.Any] = types.MappingProxyType({})
 
 
+@dataclasses.dataclass(eq=False)
 class Transport:
     """Posts leased rows to Keen and records every row's outcome.
 
@@ -51,22 +53,12 @@ class Transport:
     :param name: the sender's name, for log lines.
     """
 
-    def __init__(
-        self,
-        client: KeenClient,
-        outcomes: Outcomes,
-        leases: Leases,
-        *,
-        batch_size: int,
-        max_batch_bytes: int,
-        name: str = "flask-keen-signup-sender",
-    ) -> None:
-        self.client = client
-        self.outcomes = outcomes
-        self.leases = leases
-        self.batch_size = batch_size
-        self.max_batch_bytes = max_batch_bytes
-        self.name = name
+    client: KeenClient
+    outcomes: Outcomes
+    leases: Leases
+    batch_size: int
+    max_batch_bytes: int
+    name: str = "flask-keen-signup-sender"
 
     def deliver(
         self,
