@@ -88,7 +88,7 @@ class Pools:
         with self._lock:
             pool = self._pools.get(role)
             if pool is None:
-                pool = self._pools[role] = ConnectionPool(
+                pool = ConnectionPool(
                     self._conninfo,
                     min_size=1,
                     max_size=max(1, self.sizes[role]),
@@ -98,6 +98,7 @@ class Pools:
                     kwargs=connect_options(role),
                 )
                 pool.open(wait=False)
+                self._pools[role] = pool
                 self._opened_at[role] = time.monotonic()
         return pool
 
