@@ -1,32 +1,19 @@
 """PostgreSQL plumbing shared by the ``postgres`` marker store and outbox.
 
-Why a module of its own: the store (:mod:`.stores.postgres`) and the outbox
-(:mod:`.delivery.postgres_outbox`) share one :class:`PostgresDatabase`: its connection
-pools, its schema (created on first use, versioned), its error handling (a password never
-appears in a message) and its fork safety. Neither of them opens connections itself.
-
-Pools. Two small psycopg pools per process, opened lazily by the first query of that
-process: ``request`` (login requests: waiting for a connection and each statement are
-bounded by ``KEEN_SIGNUP_STORE_TIMEOUT``) and ``worker`` (the sender, the CLI, the
-start-up load of known users: generous timeouts).
+The store (:mod:`.stores.postgres`) and the outbox (:mod:`.delivery.postgres_outbox`)
+share one :class:`PostgresDatabase`: its pools (:mod:`.postgres_pools`, fork-safe), its
+schema (:mod:`.postgres_schema`, created on first use, versioned) and its error handling
+(a password never appears in a message). Neither of them opens connections itself.
 
 Poolers (PgBouncer in ``transaction`` or ``session`` mode, the hosted poolers that behave
 like it). A server connection may serve another client between two transactions, so
-nothing here outlives a transaction: no server-side prepared statements
-(``prepare_threshold=None`` on every connection), no ``SET`` and no startup ``options``
-(PgBouncer refuses them): each statement runs as ``BEGIN; SET LOCAL statement_timeout;
-<statement>; COMMIT`` sent in one pipeline, still one round trip. Schema creation takes a
-transaction-scoped advisory lock. ``LISTEN`` needs a session of its own: it uses
+nothing here outlives a transaction: no prepared statements, no ``SET``: each statement
+runs as ``BEGIN; SET LOCAL statement_timeout; <statement>; COMMIT`` sent in one pipeline,
+still one round trip. ``LISTEN`` needs a session of its own: it uses
 ``KEEN_SIGNUP_DATABASE_LISTEN_URL`` (a direct URL) when given (:mod:`.postgres_wake`).
 A pooler that has lost its server keeps a client waiting (PgBouncer's
 ``query_wait_timeout``: 120 s): a statement that outlives its budget by far has its
-connection closed from this side (:mod:`.postgres_deadlines`), so a login never waits for it.
-
-Fork safety (gunicorn ``--preload``). A pooled connection must never be used by two
-processes: its socket would carry two conversations. Every pool belongs to the pid that
-opened it; a child (detected by pid and by an at-fork hook) forgets the parent's pools
-*without closing them* (closing would send a Terminate message on the parent's socket;
-psycopg itself never finishes a connection from another pid) and opens its own.
+connection closed from this side (:mod:`.postgres_deadlines`), so a login never waits.
 
 This module imports psycopg at the top on purpose: it is only imported with
 ``KEEN_SIGNUP_STORE = "postgres"``, and a missing package then fails at ``init_app`` with
@@ -38,17 +25,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
-import re
-import threading
-import time
 import typing as t
-import weakref
 
+from ._text import mask_secrets
 from .exceptions import MissingDependencyError
 from .exceptions import StoreError
 from .postgres_deadlines import Guard
 from .postgres_deadlines import deadlines
+from .postgres_schema import DEFAULT_SCHEMA as DEFAULT_SCHEMA
+from .postgres_schema import MIGRATIONS as MIGRATIONS
+from .postgres_schema import SCHEMA_VERSION as SCHEMA_VERSION
+from .postgres_schema import apply_migrations
+from .postgres_schema import check_schema_name as check_schema_name
+from .postgres_schema import schema_sql as schema_sql
+from .postgres_schema import schema_version
 
 try:
     import psycopg
@@ -62,140 +52,22 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         "pip install flask-keen-signup[postgres]"
     ) from exc
 
+# Only now: it imports psycopg_pool, whose absence the block above reports.
+from .postgres_pools import REQUEST as REQUEST
+from .postgres_pools import REQUEST_POOL_SIZE
+from .postgres_pools import WORKER as WORKER
+from .postgres_pools import WORKER_POOL_SIZE
+from .postgres_pools import Pools
+
 logger = logging.getLogger(__name__)
 
-#: The schema the tables live in unless ``KEEN_SIGNUP_DATABASE_SCHEMA`` says otherwise: a
-#: schema of their own keeps them apart from the app's tables (and easy to grant or drop).
-DEFAULT_SCHEMA = "keen_signup"
-#: A schema name this package accepts: a plain lower-case SQL identifier, never quoted.
-SCHEMA_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 #: Default request-path budget when the config gives none (``KEEN_SIGNUP_STORE_TIMEOUT``).
 DEFAULT_STORE_TIMEOUT = 0.1
-#: Connections per process: login requests, and the sender/CLI.
-REQUEST_POOL_SIZE = 4
-WORKER_POOL_SIZE = 2
-#: libpq counts ``connect_timeout`` in whole seconds and treats anything below 2 as 2.
-#: Pool workers connect off the request path, so this bounds their attempts, not a login.
-CONNECT_TIMEOUT = 3
 #: Statement limit of the ``worker`` pool (the sender, the CLI), in seconds.
 WORKER_TIMEOUT = 30.0
-#: How long the sender or the CLI waits for a ``worker`` connection, in seconds: short, so
-#: that an exit flush with PostgreSQL down stays near ``KEEN_SIGNUP_SHUTDOWN_TIMEOUT``.
-WORKER_POOL_WAIT = 3.0
-#: A pool that could not give a connection in time is replaced, at most this often (s).
-REFRESH_AFTER = 1.0
 #: A statement still unanswered this long after its ``statement_timeout`` (as a share of
 #: it, plus a constant) is abandoned: its connection is closed from this side.
 DEADLINE_GRACE = (0.5, 0.05)
-
-REQUEST = "request"
-WORKER = "worker"
-
-# -- the schema ------------------------------------------------------------------------
-
-_BOOTSTRAP = """
-CREATE SCHEMA IF NOT EXISTS {s};
-CREATE TABLE IF NOT EXISTS {s}.schema_version (
-    version    integer PRIMARY KEY,
-    applied_at timestamptz NOT NULL DEFAULT now()
-);
-"""
-
-#: One script per schema version, applied in order; each ends by recording its version.
-#: Never edit a released one: add the next.
-MIGRATIONS: tuple[str, ...] = (
-    """
--- version 1: the marker ledger, the outbox, its dead letters and counters.
-CREATE TABLE IF NOT EXISTS {s}.markers (
-    collection   text NOT NULL,
-    user_id      text NOT NULL,
-    state        text NOT NULL CHECK (state IN ('pending', 'confirmed')),
-    claimed_at   double precision NOT NULL,
-    confirmed_at double precision,
-    PRIMARY KEY (collection, user_id)
-);
-CREATE TABLE IF NOT EXISTS {s}.outbox (
-    id               bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
-    collection       text NOT NULL,
-    user_id          text NOT NULL,
-    uniqueness_token text NOT NULL,
-    body             text NOT NULL,
-    state            text NOT NULL DEFAULT 'pending'
-                     CHECK (state IN ('pending', 'confirming', 'delivered', 'skipped')),
-    attempts         integer NOT NULL DEFAULT 0,
-    created_at       double precision NOT NULL,
-    next_attempt_at  double precision NOT NULL,
-    lease_owner      text,
-    last_attempt_at  double precision,
-    last_error       text,
-    done_at          double precision
-);
-CREATE INDEX IF NOT EXISTS outbox_due
-    ON {s}.outbox (next_attempt_at, id) WHERE state IN ('pending', 'confirming');
-CREATE INDEX IF NOT EXISTS outbox_done
-    ON {s}.outbox (done_at) WHERE state IN ('delivered', 'skipped');
-CREATE TABLE IF NOT EXISTS {s}.dead_letters (
-    id               bigint PRIMARY KEY,
-    collection       text NOT NULL,
-    user_id          text NOT NULL,
-    uniqueness_token text NOT NULL,
-    body             text NOT NULL,
-    attempts         integer NOT NULL,
-    created_at       double precision NOT NULL,
-    reason           text NOT NULL,
-    error_code       text,
-    died_at          double precision NOT NULL
-);
-CREATE TABLE IF NOT EXISTS {s}.outbox_meta (
-    key   text PRIMARY KEY,
-    count bigint NOT NULL DEFAULT 0,
-    note  text
-);
-INSERT INTO {s}.outbox_meta (key)
-    VALUES ('delivered'), ('skipped'), ('resends'), ('last_error') ON CONFLICT DO NOTHING;
-INSERT INTO {s}.schema_version (version) VALUES (1) ON CONFLICT DO NOTHING;
-""",
-    """
--- version 2: retention finds delivered rows that still hold a body without a scan.
-CREATE INDEX IF NOT EXISTS outbox_bodies
-    ON {s}.outbox (done_at) WHERE state IN ('delivered', 'skipped') AND body <> '';
-INSERT INTO {s}.schema_version (version) VALUES (2) ON CONFLICT DO NOTHING;
-""",
-    """
--- version 3: when each row first failed (KEEN_SIGNUP_RETRY_FOR is counted from it).
-ALTER TABLE {s}.outbox ADD COLUMN IF NOT EXISTS first_failed_at double precision;
-INSERT INTO {s}.schema_version (version) VALUES (3) ON CONFLICT DO NOTHING;
-""",
-)
-
-#: The schema version this code needs.
-SCHEMA_VERSION = len(MIGRATIONS)
-
-
-def check_schema_name(schema: str) -> str:
-    """``schema`` if it is a plain lower-case identifier, else :class:`ValueError`."""
-    if not isinstance(schema, str) or not SCHEMA_NAME_RE.match(schema):
-        raise ValueError(
-            "must be a plain lower-case SQL identifier (letters, digits, _; at most 63)"
-        )
-    return schema
-
-
-def schema_sql(schema: str = DEFAULT_SCHEMA) -> str:
-    """Every statement that creates the current schema, for DBAs who create it themselves.
-
-    Idempotent (``IF NOT EXISTS``): running it on a database that has the tables changes
-    nothing. ``flask keen-signup schema`` prints it.
-    """
-    check_schema_name(schema)
-    parts = [_BOOTSTRAP.format(s=schema).strip()]
-    parts += [script.format(s=schema).strip() for script in MIGRATIONS]
-    return (
-        f"-- flask-keen-signup schema version {SCHEMA_VERSION}, in schema {schema}\n"
-        + "\n\n".join(parts)
-        + "\n"
-    )
-
 
 # -- connection strings ------------------------------------------------------------------
 
@@ -257,7 +129,8 @@ class PostgresDatabase:
         self.schema = check_schema_name(schema)
         self.timeout = float(timeout)
         self.create_schema = create_schema
-        self._conninfo = psycopg.conninfo.make_conninfo(url.strip())
+        sizes = {REQUEST: request_pool_size, WORKER: worker_pool_size}
+        self.pools = Pools(psycopg.conninfo.make_conninfo(url.strip()), sizes, self.timeout)
         secret_params = [params]
         #: ``KEEN_SIGNUP_DATABASE_LISTEN_URL``: a direct connection for ``LISTEN`` (a
         #: transaction pooler cannot keep one), or ``None``: the senders poll.
@@ -269,13 +142,9 @@ class PostgresDatabase:
             str(p[key]) for p in secret_params for key in ("password", "sslpassword") if p.get(key)
         )
         self._where = describe(params)
-        self._sizes = {REQUEST: request_pool_size, WORKER: worker_pool_size}
         #: The NOTIFY channel that wakes every host's sender.
         self.channel = f"{self.schema}_outbox"
         self._schema_ready = False
-        self._closed = False
-        self._reset_process_state()
-        _databases.add(self)
 
     def __repr__(self) -> str:
         return f"<PostgresDatabase {self._where} schema={self.schema!r}>"
@@ -285,95 +154,19 @@ class PostgresDatabase:
         return f"{self.schema}.{name}"
 
     def redact(self, text: str) -> str:
-        """``text`` with the connection's password(s) replaced by ``***``."""
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
-
-    # -- pools, per process ----------------------------------------------------------
-
-    def _reset_process_state(self) -> None:
-        """Forget this process's pools without closing them (see the module doc)."""
-        self._pid = os.getpid()
-        self._lock = threading.Lock()
-        self._pools: dict[str, ConnectionPool[t.Any]] = {}
-        self._opened_at: dict[str, float] = {}
+        """``text`` with the connection's password(s) masked."""
+        return mask_secrets(text, self._secrets)
 
     def pool(self, role: str = REQUEST) -> ConnectionPool[t.Any]:
         """This process's pool for ``role`` (``request`` or ``worker``), opened lazily."""
-        if self._pid != os.getpid():
-            self._reset_process_state()
-        pool = self._pools.get(role)
-        if pool is not None:
-            return pool
-        if self._closed:
-            raise StoreError("the PostgreSQL store is closed")
-        with self._lock:
-            pool = self._pools.get(role)
-            if pool is None:
-                pool = self._open_pool(role)
-                self._pools[role] = pool
-                self._opened_at[role] = time.monotonic()
-        return pool
+        return self.pools.get(role)
 
     def _budget(self, role: str) -> float:
         return self.timeout if role == REQUEST else max(WORKER_TIMEOUT, self.timeout)
 
-    def _open_pool(self, role: str) -> ConnectionPool[t.Any]:
-        # The URL's own options (``?options=-c%20search_path%3Dapp``) are the URL's: none of
-        # ours, since a pooler refuses them and would not keep them per client anyway.
-        pool: ConnectionPool[t.Any] = ConnectionPool(
-            self._conninfo,
-            min_size=1,
-            max_size=max(1, self._sizes[role]),
-            open=False,
-            timeout=self.timeout if role == REQUEST else max(WORKER_POOL_WAIT, self.timeout),
-            name=f"keen-signup-{role}-{os.getpid()}",
-            kwargs={
-                "autocommit": True,
-                "prepare_threshold": None,  # no server-side prepared statements: poolers
-                "connect_timeout": CONNECT_TIMEOUT,
-                "application_name": f"flask-keen-signup {role}",
-            },
-        )
-        pool.open(wait=False)
-        return pool
-
-    def _refresh(self, role: str) -> None:
-        """Replace a pool that timed out by a new one, at most once per ``REFRESH_AFTER`` s.
-
-        psycopg's pool retries a failed connection with an exponential backoff that grows
-        to minutes during a long outage, so after PostgreSQL comes back logins could keep
-        failing for that long. A fresh pool connects at once; the old one is closed a little
-        later on a helper thread (never on the request's time).
-        """
-        if self._pid != os.getpid():
-            return
-        with self._lock:
-            opened = self._opened_at.get(role, 0.0)
-            if time.monotonic() - opened < REFRESH_AFTER or self._closed:
-                return
-            old = self._pools.pop(role, None)
-            self._opened_at[role] = time.monotonic()
-        if old is not None:
-            # Later, so that threads already waiting on it time out instead of failing.
-            closer = threading.Timer(
-                max(WORKER_POOL_WAIT, self.timeout) + 1.0, old.close, kwargs={"timeout": 1.0}
-            )
-            closer.daemon = True
-            closer.start()
-
     def close(self) -> None:
         """Close this process's pools (the extension's teardown, tests). Idempotent."""
-        self._closed = True
-        if self._pid != os.getpid():
-            self._reset_process_state()
-            return
-        with self._lock:
-            pools, self._pools = list(self._pools.values()), {}
-        for pool in pools:
-            with contextlib.suppress(Exception):
-                pool.close(timeout=1.0)
+        self.pools.close()
 
     # -- running statements ----------------------------------------------------------
 
@@ -409,41 +202,51 @@ class PostgresDatabase:
         enqueue queues a second row with the same uniqueness token, which Keen drops.
         """
         # A restart leaves every idle pooled connection broken: each fails once, at most.
-        for attempt in range(1, self._sizes.get(role, 1) + 2):
-            failure: BaseException | None = None
+        failure: BaseException | None = None
+        for attempt in range(self.pools.sizes[role] + 1):
             conn: psycopg.Connection[t.Any] | None = None
-            guard: Guard | None = None
             try:
                 self.ensure_schema(role)
-                with self.pool(role).connection() as conn:
-                    with deadlines.guard(conn, self._deadline(role)) as guard:
-                        cursor = self._in_transaction(conn, role, query, params)
+                with self._connection(role, what) as (conn, _):
+                    cursor = self._in_transaction(conn, role, query, params)
                     if fetch == "one":
                         return cursor.fetchone()
                     if fetch == "all":
                         return cursor.fetchall()
                     return cursor.rowcount
             except PoolTimeout as exc:
-                self._refresh(role)
+                self.pools.refresh(role)
                 failure = exc
             except PoolClosed:
                 continue  # replaced by _refresh meanwhile: take the new one
             except psycopg.OperationalError as exc:
-                if guard is not None and guard.fired:
-                    raise StoreError(
-                        f"cannot {what} in PostgreSQL: no answer from {self._where} within "
-                        f"{self._deadline(role):.2f} s (connection closed)"
-                    ) from None
                 lost = conn is not None and (conn.broken or conn.closed)
-                if lost and attempt <= self._sizes.get(role, 1):
+                if lost and attempt < self.pools.sizes[role]:
                     logger.debug("PostgreSQL dropped a pooled connection; trying another")
                     continue
                 failure = exc
             except psycopg.Error as exc:
                 failure = exc
-            if failure is not None:
-                break
+            break
         raise self._wrap(what, t.cast(BaseException, failure))
+
+    @contextlib.contextmanager
+    def _connection(
+        self, role: str, what: str
+    ) -> t.Iterator[tuple[psycopg.Connection[t.Any], Guard]]:
+        """A pooled connection whose statements run under a client-side deadline
+        (:mod:`.postgres_deadlines`); one cut off by it fails as a :class:`StoreError`."""
+        with self.pool(role).connection() as conn:
+            with deadlines.guard(conn, self._deadline(role)) as guard:
+                try:
+                    yield conn, guard
+                except psycopg.OperationalError:
+                    if guard.fired:
+                        raise StoreError(
+                            f"cannot {what} in PostgreSQL: no answer from {self._where} "
+                            f"within {self._deadline(role):.2f} s (connection closed)"
+                        ) from None
+                    raise
 
     def _deadline(self, role: str) -> float:
         share, constant = DEADLINE_GRACE
@@ -489,29 +292,19 @@ class PostgresDatabase:
         """
         if self._schema_ready or not self.create_schema:
             return
-        with self.pool(role).connection() as conn:
-            with deadlines.guard(conn, self._deadline(role)) as guard:
-                try:
-                    self._migrate(conn, role, guard)
-                except psycopg.OperationalError:
-                    if guard.fired:
-                        raise StoreError(
-                            f"cannot read the schema version in PostgreSQL: no answer from "
-                            f"{self._where} in time (connection closed)"
-                        ) from None
-                    raise
+        with self._connection(role, "read the schema version") as (conn, guard):
+            with conn.transaction():
+                conn.execute(self._set_timeout(role))
+                version = schema_version(conn, self.schema)
+            if version < SCHEMA_VERSION:
+                guard.extend(self._deadline(WORKER))
+                self._migrate(conn)
         self._schema_ready = True
 
-    def _migrate(self, conn: psycopg.Connection[t.Any], role: str, guard: Guard) -> None:
-        with conn.transaction():
-            conn.execute(self._set_timeout(role))
-            version = self._version(conn)
-        if version >= SCHEMA_VERSION:
-            return
-        guard.extend(self._deadline(WORKER))
+    def _migrate(self, conn: psycopg.Connection[t.Any]) -> None:
         for attempt in range(3):
             try:
-                version = self._apply_migrations(conn)
+                version = apply_migrations(conn, self.schema, self._set_timeout(WORKER))
                 break
             except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateObject):
                 # Another host created an object while this one waited for the lock, and
@@ -523,35 +316,11 @@ class PostgresDatabase:
             "PostgreSQL schema %s is at version %d (was %d)", self.schema, SCHEMA_VERSION, version
         )
 
-    def _apply_migrations(self, conn: psycopg.Connection[t.Any]) -> int:
-        """Bootstrap and the missing migrations, in one transaction under the lock; returns
-        the version found under the lock."""
-        with conn.transaction():
-            conn.execute(self._set_timeout(WORKER))
-            lock = f"keen_signup:{self.schema}"
-            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (lock,))
-            conn.execute(_BOOTSTRAP.format(s=self.schema))
-            version = self._version(conn)
-            for number, script in enumerate(MIGRATIONS, start=1):
-                if number > version:
-                    conn.execute(script.format(s=self.schema))
-        return version
-
-    def _version(self, conn: psycopg.Connection[t.Any]) -> int:
-        row = conn.execute(
-            "SELECT to_regclass(%s) IS NOT NULL", (self.table("schema_version"),)
-        ).fetchone()
-        if not row or not row[0]:
-            return 0
-        row = conn.execute(f"SELECT coalesce(max(version), 0) FROM {self.table('schema_version')}")
-        found = row.fetchone()
-        return int(found[0]) if found else 0
-
     def schema_version(self) -> int:
         """The version the database is at (0: no tables yet)."""
         try:
             with self.pool(WORKER).connection() as conn:
-                return self._version(conn)
+                return schema_version(conn, self.schema)
         except psycopg.Error as exc:
             raise self._wrap("read the schema version", exc) from None
 
@@ -567,21 +336,6 @@ def driver_error(exc: BaseException) -> BaseException | None:
     if type(exc).__module__.split(".")[0] in ("sqlalchemy", "psycopg2"):
         return exc
     return None
-
-
-_databases: weakref.WeakSet[PostgresDatabase] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    pid = os.getpid()
-    for database in list(_databases):
-        # A sender restarted by an earlier hook may have opened this child's pool already.
-        if database._pid != pid:
-            database._reset_process_state()
-
-
-if hasattr(os, "register_at_fork"):  # not on Windows
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 __all__ = [

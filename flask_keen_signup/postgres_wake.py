@@ -28,7 +28,7 @@ import typing as t
 import psycopg
 
 from .exceptions import StoreError
-from .postgres import CONNECT_TIMEOUT
+from .postgres_pools import connect_options
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from .postgres import PostgresDatabase
@@ -91,13 +91,7 @@ class Listener(_Waker):
         pid = os.getpid()
         while not self._stopped.is_set() and os.getpid() == pid:
             try:
-                with psycopg.connect(
-                    self.conninfo,
-                    autocommit=True,
-                    prepare_threshold=None,
-                    connect_timeout=CONNECT_TIMEOUT,
-                    application_name="flask-keen-signup listen",
-                ) as conn:
+                with psycopg.connect(self.conninfo, **connect_options("listen")) as conn:
                     conn.execute(f"LISTEN {database.channel}")
                     self.connected.set()
                     delay = 0.5

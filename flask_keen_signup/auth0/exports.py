@@ -178,10 +178,7 @@ class Exports(Transport):
     ) -> Iterator[dict[str, t.Any]]:
         """Stream the export file. A refused or failed download asks the job for a fresh
         link (Auth0's links live 60 seconds) and tries again, up to ``max_retries``."""
-        attempt = 0
-        while True:
-            failure: str | None = None
-            response: requests.Response | None = None
+        for attempt in range(self.max_retries + 1):
             answer = send(
                 self._session,
                 "GET",
@@ -196,30 +193,27 @@ class Exports(Transport):
             )
             if isinstance(answer, NoResponse):
                 failure = f"no response ({answer.reason})"
+            elif answer.status_code != 200:
+                failure = f"HTTP {answer.status_code}"
+                answer.close()
             else:
-                response = answer
-            if response is not None and response.status_code != 200:
-                failure = f"HTTP {response.status_code}"
-                response.close()
-                response = None
-            if response is not None:
+                yield from self._read_download(job_id, answer, format)
+                return
+            if attempt == self.max_retries:
                 break
-            if attempt >= self.max_retries:
-                raise Auth0ExportError(
-                    f"could not download the file of user export job {job_id}: {failure}",
-                    retryable=True,
-                )
-            attempt += 1
             logger.warning(
                 "Downloading the file of Auth0 user export job %s failed (%s); retry %d of %d",
                 job_id,
                 failure,
-                attempt,
+                attempt + 1,
                 self.max_retries,
             )
-            self._sleep(min(self._backoff(attempt - 1), self.max_retry_wait))
+            self._sleep(min(self._backoff(attempt), self.max_retry_wait))
             location = self._wait_for_job(job_id, poll_interval, deadline)
-        yield from self._read_download(job_id, response, format)
+        raise Auth0ExportError(
+            f"could not download the file of user export job {job_id}: {failure}",
+            retryable=True,
+        )
 
     def _read_download(
         self, job_id: str, response: requests.Response, format: str

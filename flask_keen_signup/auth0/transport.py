@@ -44,7 +44,6 @@ from ..exceptions import Auth0APIError
 from ..exceptions import Auth0ConnectionError
 from .token import FALLBACK_EXPIRES_IN
 from .token import TokenCache
-from .token import _Token
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Callable
@@ -160,19 +159,6 @@ class Transport(SessionClient):
     def token_leeway(self, seconds: float) -> None:
         self._tokens.leeway = seconds
 
-    @property
-    def _token(self) -> _Token | None:
-        """The cached token, if any (tests read it)."""
-        return self._tokens.current
-
-    def _get_token(self) -> tuple[str, bool]:
-        """``(access_token, fetched_by_this_call)`` from the cache (:meth:`TokenCache.get`)."""
-        return self._tokens.get()
-
-    def _drop_token(self, value: str) -> None:
-        """Forget ``value`` if it is still the cached token (:meth:`TokenCache.drop`)."""
-        self._tokens.drop(value)
-
     def close(self) -> None:
         """Forget the token and close the HTTP session if this client created it."""
         self._tokens.clear()
@@ -215,7 +201,7 @@ class Transport(SessionClient):
         json_body: Mapping[str, t.Any] | None = None,
     ) -> t.Any:
         """A Management API call with a bearer token; one token renewal on a 401."""
-        token, fetched_now = self._get_token()
+        token, fetched_now = self._tokens.get()
         try:
             return self._send(method, path, token=token, params=params, json_body=json_body)
         except Auth0APIError as exc:
@@ -223,8 +209,8 @@ class Transport(SessionClient):
                 raise
         # The cached token was refused (revoked, signing key rotated, ...): renew it once.
         logger.warning("Auth0 refused the cached Management API token; fetching a new one")
-        self._drop_token(token)
-        token, _ = self._get_token()
+        self._tokens.drop(token)
+        token, _ = self._tokens.get()
         return self._send(method, path, token=token, params=params, json_body=json_body)
 
     def _send(
@@ -244,8 +230,8 @@ class Transport(SessionClient):
             headers["Authorization"] = f"Bearer {token}"
         retry = 0
         while True:
-            if token is not None:
-                self._pace()
+            if token is not None and self._pacer is not None:
+                self._pacer.wait()
             # ``send`` never raises: the requests exception would become the new one's
             # ``__context__``, and it carries the prepared request (the token request's
             # body holds the client secret).
@@ -260,59 +246,49 @@ class Transport(SessionClient):
                 timeout=self.timeout,
                 allow_redirects=False,
             )
+            last = retry >= self.max_retries
             if isinstance(response, NoResponse):
-                if response.transient and retry < self.max_retries:
-                    self._wait_to_retry(method, path, response.reason, retry, self._backoff(retry))
-                    retry += 1
-                    continue
-                where = redact(self.base_url)
-                if response.transient:
-                    failure = f"no response from Auth0 at {where} for {method} {path}"
-                else:
-                    failure = f"could not send {method} {path} to Auth0 at {where}"
-                raise Auth0ConnectionError(f"{failure}: {response.reason}")
-
-            status = response.status_code
-            logger.debug("Auth0 %s %s -> %d", method, path, status)
-            if 200 <= status < 300:
-                return self._json(response, method, path)
-            error = self._error(response, token)
-            if status in RETRYABLE_STATUSES and retry < self.max_retries:
+                if not response.transient or last:
+                    raise self._no_response(response, method, path)
+                why, wait = response.reason, self._backoff(retry)
+            else:
+                status = response.status_code
+                logger.debug("Auth0 %s %s -> %d", method, path, status)
+                if 200 <= status < 300:
+                    return self._json(response, method, path)
+                error = self._error(response, token)
+                if status not in RETRYABLE_STATUSES or last:
+                    if status == 429 and error.retry_after is None:
+                        # Tell the caller how long to back off even without Auth0's hint.
+                        error.retry_after = self._backoff(retry)
+                    level = logging.WARNING if error.retryable else logging.DEBUG
+                    code = error.error_code
+                    logger.log(level, "Auth0 %s %s failed: %d %s", method, path, status, code)
+                    raise error
                 hint = error.retry_after
                 wait = min(self._backoff(retry) if hint is None else hint, self.max_retry_wait)
                 if status == 429 and self._pacer is not None:
                     self._pacer.defer(wait)
-                self._wait_to_retry(method, path, f"{status} {error.error_code}", retry, wait)
-                retry += 1
-                continue
-            if status == 429 and error.retry_after is None:
-                # Tell the caller how long to back off even when Auth0 gave no hint.
-                error.retry_after = self._backoff(retry)
-            logger.log(
-                logging.WARNING if error.retryable else logging.DEBUG,
-                "Auth0 %s %s failed: %d %s",
+                why = f"{status} {error.error_code}"
+            retry += 1
+            logger.warning(
+                "Auth0 %s %s failed (%s); retry %d of %d in %.2fs",
                 method,
                 path,
-                status,
-                error.error_code,
+                why,
+                retry,
+                self.max_retries,
+                wait,
             )
-            raise error
+            self._sleep(wait)
 
-    def _wait_to_retry(self, method: str, path: str, why: str, retry: int, wait: float) -> None:
-        logger.warning(
-            "Auth0 %s %s failed (%s); retry %d of %d in %.2fs",
-            method,
-            path,
-            why,
-            retry + 1,
-            self.max_retries,
-            wait,
-        )
-        self._sleep(wait)
-
-    def _pace(self) -> None:
-        if self._pacer is not None:
-            self._pacer.wait()
+    def _no_response(self, response: NoResponse, method: str, path: str) -> Auth0ConnectionError:
+        where = redact(self.base_url)
+        if response.transient:
+            failure = f"no response from Auth0 at {where} for {method} {path}"
+        else:
+            failure = f"could not send {method} {path} to Auth0 at {where}"
+        return Auth0ConnectionError(f"{failure}: {response.reason}")
 
     def _json(self, response: requests.Response, method: str, path: str) -> t.Any:
         if response.status_code == 204 or not response.content:

@@ -298,15 +298,11 @@ class Users(Exports):
         seen = 0
         while True:
             body = self._call("GET", "/api/v2/users", params={**params, "page": str(page)})
-            if isinstance(body, list):  # include_totals ignored: a bare list of users
-                users: t.Any = body
-                total = None
-            elif isinstance(body, dict):
-                users = body.get("users")
-                total = body.get("total")
-            else:
-                users = None
-                total = None
+            # A bare list of users when include_totals was ignored.
+            users: t.Any = body if isinstance(body, list) else None
+            total = None
+            if isinstance(body, dict):
+                users, total = body.get("users"), body.get("total")
             if not isinstance(users, list):
                 raise _invalid_response("GET /api/v2/users did not return a list of users")
             if page == 0 and isinstance(total, int) and total > PAGINATION_LIMIT:

@@ -26,14 +26,8 @@ class Backoff:
         self.cap = cap
         self._rng = rng or random.Random()
 
-    def ceiling(self, attempt: int) -> float:
-        """The largest delay after ``attempt`` failed attempts (no jitter)."""
-        exponent = min(max(attempt, 1) - 1, 64)  # 2 ** 64 is past any cap; avoids overflow
-        return min(self.cap, self.base * 2.0**exponent)
-
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         """Seconds to wait after ``attempt`` failed attempts, at least ``retry_after``."""
-        delay = self._rng.uniform(0.0, self.ceiling(attempt))
-        if retry_after is not None and retry_after > delay:
-            return retry_after
-        return delay
+        exponent = min(max(attempt, 1) - 1, 64)  # 2 ** 64 is past any cap; avoids overflow
+        delay = self._rng.uniform(0.0, min(self.cap, self.base * 2.0**exponent))
+        return delay if retry_after is None else max(delay, retry_after)

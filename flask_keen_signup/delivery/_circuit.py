@@ -51,11 +51,6 @@ class CircuitBreaker:
         #: Wall-clock time the circuit first opened in this run of failures, else None.
         self.opened_at: float | None = None
 
-    @property
-    def failures(self) -> int:
-        """Consecutive whole-request failures so far."""
-        return self._failures
-
     def state(self) -> str:
         """``closed``, ``open`` (cooling down) or ``half-open`` (next send is a probe)."""
         if self._open_until is None:

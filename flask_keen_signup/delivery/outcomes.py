@@ -214,24 +214,21 @@ class Outcomes:
         for row, error, _ in items:
             first = row.first_failed_at
             if first is not None and now - first >= self.retry_for:
-                dead.append((row, _gave_up(now - first, row.attempts, error), None))
+                hours = (now - first) / 3600
+                why = f"gave up after failing for {hours:.1f} h ({row.attempts} attempts): {error}"
+                dead.append((row, why, None))
             else:
                 delay = self.backoff.delay(row.attempts, retry_after)
                 again.append((row.id, now + delay, error))
         self.outbox.mark_retry_many(again, now=now)
         if dead:
             self.dead(dead)
-        if self.notify is not None:
-            dead_ids = {row.id for row, _, _ in dead}
-            for row, _, exc in items:
-                if row.id not in dead_ids:
-                    self._notify(
-                        "failed",
-                        user_id=row.user_id,
-                        event=row.body,
-                        error=exc,
-                        attempts=row.attempts,
-                    )
+        dead_ids = {row.id for row, _, _ in dead}
+        for row, _, exc in items:
+            if row.id not in dead_ids:
+                self._notify(
+                    "failed", user_id=row.user_id, event=row.body, error=exc, attempts=row.attempts
+                )
 
     def dead(self, items: t.Sequence[tuple[OutboxRow, str, str | None]]) -> None:
         """Move rows to dead letters: ``(row, reason, Keen's error name or None)``."""
@@ -247,8 +244,7 @@ class Outcomes:
         )
         for row, reason, _ in items:
             logger.debug("dead letter %d: %s", row.id, printable(reason, limit=500))
-            if self.notify is not None:
-                self._notify("dead", user_id=row.user_id, event=row.body, reason=reason)
+            self._notify("dead", user_id=row.user_id, event=row.body, reason=reason)
 
     def delivered(self, rows: list[OutboxRow]) -> None:
         """Keen has these rows: confirm them with the store (if it cares), then done."""
@@ -256,15 +252,14 @@ class Outcomes:
             self.confirm(rows)
         else:
             self.outbox.mark_delivered([row.id for row in rows])
-        if self.notify is not None:
-            for row in rows:
-                self._notify(
-                    "delivered",
-                    user_id=row.user_id,
-                    event=row.body,
-                    attempts=row.attempts,
-                    enqueued_at=row.created_at,
-                )
+        for row in rows:
+            self._notify(
+                "delivered",
+                user_id=row.user_id,
+                event=row.body,
+                attempts=row.attempts,
+                enqueued_at=row.created_at,
+            )
 
     # ------------------------------------------------------------ the store's hooks
 
@@ -335,16 +330,12 @@ class Outcomes:
         return [row for row in rows if row.id not in skips]
 
     def _notify(self, kind: str, **payload: t.Any) -> None:
-        assert self.notify is not None
+        if self.notify is None:
+            return
         try:
             self.notify(kind, payload)
         except Exception:  # noqa: BLE001 - a broken subscriber must not break delivery
             logger.exception("flask-keen-signup: notify(%r) raised; ignored", kind)
-
-
-def _gave_up(failing_for: float, attempts: int, error: str) -> str:
-    hours = failing_for / 3600
-    return f"gave up after failing for {hours:.1f} h ({attempts} attempts): {error}"
 
 
 class StoreEpisode:

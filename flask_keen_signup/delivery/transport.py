@@ -13,6 +13,7 @@ off all its rows and the rest of the batch, and ends the round (:class:`RequestF
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import types
@@ -40,6 +41,7 @@ logger = logging.getLogger(__name__)
 _EMPTY: t.Mapping[str, t.Any] = types.MappingProxyType({})
 
 
+@dataclasses.dataclass(eq=False)
 class Transport:
     """Posts leased rows to Keen and records every row's outcome.
 
@@ -51,22 +53,12 @@ class Transport:
     :param name: the sender's name, for log lines.
     """
 
-    def __init__(
-        self,
-        client: KeenClient,
-        outcomes: Outcomes,
-        leases: Leases,
-        *,
-        batch_size: int,
-        max_batch_bytes: int,
-        name: str = "flask-keen-signup-sender",
-    ) -> None:
-        self.client = client
-        self.outcomes = outcomes
-        self.leases = leases
-        self.batch_size = batch_size
-        self.max_batch_bytes = max_batch_bytes
-        self.name = name
+    client: KeenClient
+    outcomes: Outcomes
+    leases: Leases
+    batch_size: int
+    max_batch_bytes: int
+    name: str = "flask-keen-signup-sender"
 
     def deliver(
         self,
@@ -114,6 +106,15 @@ class Transport:
                 outcomes.retry_all(rest, "not sent: an earlier request of the batch failed", None)
                 raise
 
+    def _split(self, chunk: list[Item], reason: str, code: str | None) -> None:
+        """Keen refused ``chunk`` as a whole: one event is dead, more are sent in halves."""
+        if len(chunk) == 1:
+            self.outcomes.dead([(chunk[0][0], reason, code)])
+            return
+        logger.debug("%s: %s for %d events; splitting", self.name, code, len(chunk))
+        for half in halves(chunk):
+            self.send(half)
+
     def send(self, chunk: list[Item]) -> None:
         """One request for one collection's chunk; splits it on 413 and on a whole-batch 400.
 
@@ -125,26 +126,15 @@ class Transport:
         try:
             result = self.client.add_events({collection: [_EMPTY] * len(chunk)}, body=body)
         except KeenRequestTooLargeError as exc:
-            if len(chunk) == 1:
-                outcomes.dead([(rows[0], f"Keen refused the event as too large: {exc}", "413")])
-                return
-            logger.debug("%s: 413 for %d events; splitting", self.name, len(chunk))
-            for half in halves(chunk):
-                self.send(half)
+            self._split(chunk, f"Keen refused the event as too large: {exc}", "413")
             return
         except KeenAPIError as exc:
-            if exc.retryable:
-                outcomes.request_failed(rows, exc)
-            if exc.status_code == 400:
+            if exc.status_code == 400 and not exc.retryable:
                 # Keen refused the request as a whole: isolate the poison event(s).
-                if len(chunk) == 1:
-                    outcomes.dead([(rows[0], str(exc), exc.error_code)])
-                    return
-                for half in halves(chunk):
-                    self.send(half)
+                self._split(chunk, str(exc), exc.error_code)
                 return
-            # 401/402/403/404...: the project, key or account, not the events. Nothing
-            # gets through until someone fixes it; keep the events and back off.
+            # 5xx, 429; or 401/402/403/404...: the project, key or account, not the events.
+            # Nothing gets through until someone fixes it; keep the events and back off.
             outcomes.request_failed(rows, exc)
         except KeenError as exc:  # connection refused/reset, timeouts
             outcomes.request_failed(rows, exc)

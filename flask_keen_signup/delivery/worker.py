@@ -21,12 +21,30 @@ via :meth:`Worker.forked`.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
 import typing as t
 
 logger = logging.getLogger(__name__)
+
+#: A flush with no deadline (``timeout=None`` or ``inf``) still waits at most this long at
+#: once (``Event.wait`` cannot take ``inf``); it loops until the flush is done.
+_LONGEST_WAIT = 3600.0
+
+
+def seconds(timeout: float | None) -> float | None:
+    """A flush or shutdown timeout: ``None`` for no deadline (``None``, ``inf``, or past
+    what ``threading`` can wait for), 0 for NaN and negative values."""
+    if timeout is None:
+        return None
+    timeout = float(timeout)
+    if math.isnan(timeout) or timeout <= 0:
+        return 0.0
+    if timeout >= threading.TIMEOUT_MAX or math.isinf(timeout):
+        return None
+    return timeout
 
 
 class FlushRequest:
@@ -62,14 +80,12 @@ class Worker:
 
     :param name: the thread's name.
     :param job: what each round does.
-    :param flush_interval: the longest wait between rounds.
-    :param linger: after a wake, wait this long (at most ``flush_interval``) for more.
+    :param linger: after a wake, wait this long for more (at most ``flush_interval``).
     """
 
-    def __init__(self, name: str, job: Job, *, flush_interval: float, linger: float) -> None:
+    def __init__(self, name: str, job: Job, *, linger: float) -> None:
         self.name = name
-        self.flush_interval = flush_interval
-        self.linger = max(0.0, min(linger, flush_interval))
+        self.linger = linger
         self._job = job
         self.reset()
 
@@ -139,23 +155,38 @@ class Worker:
         self._wake.set()
         return True
 
+    def flush(self, timeout: float | None) -> None:
+        """Hand a flush to the thread (or, with none here, to a one-shot helper thread we
+        can stop waiting for) and wait for it at most ``timeout`` (:func:`seconds`)."""
+        timeout = seconds(timeout)
+        request = FlushRequest(None if timeout is None else time.monotonic() + timeout)
+        if not self.request_flush(request):
+            name = f"{self.name}-flush"
+            helper = threading.Thread(
+                target=self._job.flush_now, args=(request,), name=name, daemon=True
+            )
+            helper.start()
+        deadline = request.deadline
+        while not request.done.is_set():
+            left = _LONGEST_WAIT if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                break
+            request.done.wait(min(left, _LONGEST_WAIT))
+
     # ------------------------------------------------------------ the loop
 
     def _run(self) -> None:
         logger.debug("%s started", self.name)
         job = self._job
         while not self.stopping:
-            try:
-                self._control.clear()
-                request = self._next_flush()
-                if request is not None:
-                    job.flush_now(request)
-                    continue
-                self._wake.clear()
-                wait = job.step()
-            except Exception:  # noqa: BLE001 - the thread must never die
-                logger.exception("%s: unexpected error; retrying shortly", self.name)
-                wait = self.flush_interval
+            # Neither raises: a round's or a flush's errors are the job's to report.
+            self._control.clear()
+            request = self._next_flush()
+            if request is not None:
+                job.flush_now(request)
+                continue
+            self._wake.clear()
+            wait = job.step()
             if wait > 0 and not self.stopping:
                 if job.paused():
                     self._control.wait(wait)  # new events can wait for the cool-down

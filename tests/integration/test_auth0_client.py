@@ -588,10 +588,10 @@ def test_secrets_never_leak(
     user = emulator.add_user(email="ada@example.com")
     client.get_user(user["user_id"], fields=["app_metadata"])
     client.update_app_metadata(user["user_id"], {"signedUp": True})
-    first_token = client._token.value  # type: ignore[union-attr]
+    first_token = client._tokens.current.value  # type: ignore[union-attr]
     emulator.revoke_m2m_tokens()
     client.get_user(user["user_id"])
-    second_token = client._token.value  # type: ignore[union-attr]
+    second_token = client._tokens.current.value  # type: ignore[union-attr]
     assert first_token != second_token
     emulator.rate_limit_next(5, retry_after=1)
     for call in (
@@ -741,7 +741,7 @@ def test_no_error_chain_reaches_a_secret(
 
     live = make_client()
     live.count_users()
-    tokens.append(live._token.value)  # type: ignore[union-attr]
+    tokens.append(live._tokens.current.value)  # type: ignore[union-attr]
     emulator.rate_limit_next(100)
     capture("429 exhausted", lambda: live.count_users())
     emulator.rate_limit_next(0)

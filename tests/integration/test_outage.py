@@ -66,7 +66,7 @@ def run(sender: Sender, clock: FakeClock, seconds: float, *, flush_every: float 
         if flush_every and clock.now >= next_flush:
             sender.flush(30.0)
             next_flush = clock.now + flush_every
-        clock.advance(max(wait, sender.flush_interval))
+        clock.advance(max(wait, sender.tuning.flush_interval))
 
 
 def test_a_three_hour_outage_dead_letters_nothing_and_attempts_are_paced(
@@ -88,7 +88,7 @@ def test_a_three_hour_outage_dead_letters_nothing_and_attempts_are_paced(
         assert 3 * HOUR / 60 <= tries <= 3 * HOUR / 30 + 10, tries
         with outbox.database.reading() as conn:
             attempts = [r[0] for r in conn.execute("SELECT attempts FROM keen_signup_outbox")]
-        assert max(attempts) > sender.max_attempts  # attempts alone killed nothing
+        assert max(attempts) > sender.tuning.max_attempts  # attempts alone killed nothing
         emulator.set_down(False)
         run(sender, clock, 10 * 60.0)
         assert outbox.pending_count() == 0

@@ -339,10 +339,10 @@ def test_an_older_schema_is_upgraded_with_only_the_missing_migrations(
 ) -> None:
     """A database left at version 1 (an earlier release) gets version 2 on first use;
     its rows stay."""
-    from flask_keen_signup.postgres import _BOOTSTRAP
     from flask_keen_signup.postgres import MIGRATIONS
     from flask_keen_signup.postgres import SCHEMA_VERSION
     from flask_keen_signup.postgres import PostgresDatabase
+    from flask_keen_signup.postgres_schema import _BOOTSTRAP
     from flask_keen_signup.stores.postgres import PostgresStore
 
     assert SCHEMA_VERSION >= 2

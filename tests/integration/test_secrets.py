@@ -206,7 +206,7 @@ def test_forget_masks_every_configured_secret_a_keen_401_echoes(
     # The Management API token the app holds (its cached one: the emulator logs none)
     # is a secret too.
     store = signup_state(erasing_app).store
-    tokens = [store.client._get_token()[0]]  # type: ignore[attr-defined]
+    tokens = [store.client._tokens.get()[0]]  # type: ignore[attr-defined]
     secrets = (WRITE_KEY, MASTER_KEY, READ_KEY, M2M_SECRET, CLIENT_SECRET, REDIS_PASSWORD)
     echoed = " ".join((*secrets, tokens[-1]))
     runner = erasing_app.test_cli_runner()

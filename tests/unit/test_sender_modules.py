@@ -27,6 +27,7 @@ MODULES = [
     "leases",
     "transport",
     "upkeep",
+    "tuning",
 ]
 PACKAGE = "flask_keen_signup.delivery"
 
@@ -138,7 +139,8 @@ def test_the_public_constructor_still_takes_every_setting() -> None:
         retention=60.0,
         handle_signals=False,
     )
-    assert (sender.batch_size, sender.probe_size, sender.lease_seconds) == (7, 3, 9.0)
-    assert sender.retention == 60.0 and sender.tuning.batch_size == 7
+    tuning = sender.tuning
+    assert (tuning.batch_size, tuning.probe_size, tuning.lease_seconds) == (7, 3, 9.0)
+    assert tuning.retention == 60.0 and tuning.batch_size == 7
     assert not sender.running and sender.owner.endswith(sender.leases.nonce)
     sender.client.close()

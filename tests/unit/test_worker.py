@@ -65,7 +65,7 @@ def job() -> Job:
 
 @pytest.fixture
 def worker(job: Job) -> t.Iterator[Worker]:
-    w = Worker("test-worker", job, flush_interval=LONG, linger=0.0)
+    w = Worker("test-worker", job, linger=0.0)
     yield w
     w.stop(timeout=10)
 
