@@ -1,6 +1,6 @@
 """What this process does at a fork and at exit: every step, in one explicit order.
 
-Four parts keep per-process state that a fork or the interpreter's exit must deal with.
+Five parts keep per-process state that a fork or the interpreter's exit must deal with.
 Each registers its step here under its name in :data:`ORDER`; this module installs one
 ``os.register_at_fork`` hook and one ``atexit`` hook (when it is first imported) and runs
 the steps in that order, whatever the order their modules happened to be imported in:
@@ -12,7 +12,9 @@ the steps in that order, whatever the order their modules happened to be importe
    (after the SQLite gate: a thread inside SQLite may still be counting a delivery).
 3. ``"spool"`` (:mod:`.spool`): in the child, close the parent's spool files; the child
    appends to a file of its own.
-4. ``"senders"`` (:mod:`.delivery.shutdown`): in the child, restart the senders that ran
+4. ``"postgres"`` (:mod:`.postgres_pools`): in the child, drop the parent's connection
+   pools unused (their sockets are the parent's); the child opens its own.
+5. ``"senders"`` (:mod:`.delivery.shutdown`): in the child, restart the senders that ran
    in the parent (last: they use all of the above); at exit, flush and stop them.
 
 Before a fork and in the child after it the steps run top to bottom; in the parent after
@@ -51,7 +53,7 @@ import typing as t
 logger = logging.getLogger(__name__)
 
 #: The steps, from the lowest layer to the highest (see the module doc).
-ORDER = ("sqlite", "metrics", "spool", "senders")
+ORDER = ("sqlite", "metrics", "spool", "postgres", "senders")
 
 Step = t.Callable[[], None]
 _steps: dict[str, dict[str, Step]] = {name: {} for name in ORDER}

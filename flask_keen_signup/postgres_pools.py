@@ -25,6 +25,7 @@ import weakref
 
 from psycopg_pool import ConnectionPool
 
+from . import lifecycle
 from .exceptions import StoreError
 
 REQUEST = "request"
@@ -146,13 +147,11 @@ _all: weakref.WeakSet[Pools] = weakref.WeakSet()
 def _after_fork_in_child() -> None:
     pid = os.getpid()
     for pools in list(_all):
-        # A sender restarted by an earlier hook may have opened this child's pool already.
         if pools._pid != pid:
             pools.reset()
 
 
-if hasattr(os, "register_at_fork"):  # not on Windows
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+lifecycle.register("postgres", after_in_child=_after_fork_in_child)
 
 
 __all__ = ["CONNECT_TIMEOUT", "REQUEST", "WORKER", "Pools", "connect_options"]

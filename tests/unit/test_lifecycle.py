@@ -31,10 +31,10 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 # (phase, the steps in the order they run)
 CASES = [
-    ("before", ["sqlite", "metrics", "spool", "senders"]),
-    ("after_in_parent", ["senders", "spool", "metrics", "sqlite"]),
-    ("after_in_child", ["sqlite", "metrics", "spool", "senders"]),
-    ("at_exit", ["senders", "spool", "metrics", "sqlite"]),
+    ("before", ["sqlite", "metrics", "spool", "postgres", "senders"]),
+    ("after_in_parent", ["senders", "postgres", "spool", "metrics", "sqlite"]),
+    ("after_in_child", ["sqlite", "metrics", "spool", "postgres", "senders"]),
+    ("at_exit", ["senders", "postgres", "spool", "metrics", "sqlite"]),
 ]
 
 
@@ -77,13 +77,13 @@ def test_a_failing_step_is_logged_and_the_others_still_run(
 
     monkeypatch.setitem(lifecycle._steps, "metrics", {"at_exit": broken})
     lifecycle._at_exit()
-    assert calls == ["at_exit:senders", "at_exit:spool", "at_exit:sqlite"]
+    assert calls == ["at_exit:senders", "at_exit:postgres", "at_exit:spool", "at_exit:sqlite"]
     assert "'metrics' step failed" in caplog.text
 
 
 @pytest.mark.parametrize(
     ("name", "phases"),
-    [("postgres", {"before": print}), ("sqlite", {"after_fork": print})],
+    [("redis", {"before": print}), ("sqlite", {"after_fork": print})],
     ids=["unknown-step", "unknown-phase"],
 )
 def test_an_unknown_step_or_phase_is_refused(name: str, phases: dict[str, t.Any]) -> None:
@@ -93,6 +93,7 @@ def test_an_unknown_step_or_phase_is_refused(name: str, phases: dict[str, t.Any]
 
 def test_the_package_registers_every_step() -> None:
     import flask_keen_signup.extension  # noqa: F401 - imports every part
+    import flask_keen_signup.postgres_pools  # noqa: F401
     import flask_keen_signup.spool  # noqa: F401
 
     assert all(lifecycle._steps[name] for name in lifecycle.ORDER)
