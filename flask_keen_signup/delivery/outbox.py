@@ -146,8 +146,8 @@ class Outbox(ABC):
     def stats(self, now: float | None = None) -> OutboxStats:
         """Counts for status pages (see :class:`OutboxStats`)."""
         now = _clock(now)
-        pending, due, in_flight, oldest, dead, delivered, skipped, resends, error = (
-            self._counts(now)
+        pending, due, in_flight, oldest, dead, delivered, skipped, resends, error = self._counts(
+            now
         )
         return OutboxStats(
             pending=int(pending),
@@ -174,9 +174,7 @@ class Outbox(ABC):
         """Delete delivered and skipped rows finished more than ``older_than_seconds`` ago."""
         return self._delete_done(_clock(now) - older_than_seconds)
 
-    def drop_delivered_bodies(
-        self, older_than_seconds: float, *, now: float | None = None
-    ) -> int:
+    def drop_delivered_bodies(self, older_than_seconds: float, *, now: float | None = None) -> int:
         """Retention: erase the body (personal data) of delivered and skipped rows finished
         more than ``older_than_seconds`` ago, keeping their id, collection, user id, state
         and times. Pending, confirming and dead rows are never touched. Cheap when there is
