@@ -1,5 +1,6 @@
-"""The outbox's value types and interfaces: :class:`QueuedEvent`, :class:`OutboxRow`,
-:class:`Outbox`, :class:`DeliveryHooks` and the row states.
+"""The outbox's value types: :class:`QueuedEvent`, :class:`OutboxRow` and the others,
+the row states, and the :class:`DeliveryHooks` interface (:class:`.outbox.Outbox` is
+beside it).
 
 Re-exported by :mod:`flask_keen_signup.delivery` (see its docstring for the row life
 cycle); a module of its own so that the outbox implementations, the in-memory one
@@ -13,7 +14,6 @@ import dataclasses
 import json
 import typing as t
 from abc import ABC
-from abc import abstractmethod
 
 #: Row states in the outbox table.
 PENDING = "pending"
@@ -76,11 +76,31 @@ class QueuedEvent:
 
 
 @dataclasses.dataclass(frozen=True)
-class OutboxRow:
-    """A row handed to the sender by :meth:`Outbox.claim_due`.
+class _StoredEvent:
+    """What an outbox row and a dead letter both hold: the event as stored at enqueue.
 
     The body is kept as the JSON text stored at enqueue (``body_json``) so the sender can
     build a request without re-encoding; :attr:`body` parses it on demand.
+    """
+
+    id: int
+    collection: str
+    user_id: str
+    uniqueness_token: str
+    body_json: str
+    attempts: int
+    created_at: float
+
+    @property
+    def body(self) -> dict[str, t.Any]:
+        """The event as a dict (parsed from :attr:`body_json`)."""
+        value: dict[str, t.Any] = json.loads(self.body_json)
+        return value
+
+
+@dataclasses.dataclass(frozen=True)
+class OutboxRow(_StoredEvent):
+    """A row handed to the sender by :meth:`Outbox.claim_due`.
 
     :param attempts: how many times the row has been claimed for its current stage,
         counting this claim (a claim is an attempt even if the process dies before the
@@ -92,44 +112,19 @@ class OutboxRow:
         a retryable failure becomes a dead letter by elapsed time, never by attempts.
     """
 
-    id: int
-    collection: str
-    user_id: str
-    uniqueness_token: str
-    body_json: str
-    attempts: int
-    created_at: float
     next_attempt_at: float
     last_error: str | None
     state: str = PENDING
     first_failed_at: float | None = None
 
-    @property
-    def body(self) -> dict[str, t.Any]:
-        """The event as a dict (parsed from :attr:`body_json`)."""
-        value: dict[str, t.Any] = json.loads(self.body_json)
-        return value
-
 
 @dataclasses.dataclass(frozen=True)
-class DeadLetter:
+class DeadLetter(_StoredEvent):
     """An event that cannot be delivered without a human: see :meth:`Outbox.retry_dead`."""
 
-    id: int
-    collection: str
-    user_id: str
-    uniqueness_token: str
-    body_json: str
-    attempts: int
-    created_at: float
     reason: str
     error_code: str | None
     died_at: float
-
-    @property
-    def body(self) -> dict[str, t.Any]:
-        value: dict[str, t.Any] = json.loads(self.body_json)
-        return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,156 +154,6 @@ class OutboxStats:
     oldest_pending_age: float | None
     last_error: str | None
     resends: int
-
-
-class Outbox(ABC):
-    """Durable queue of events with leases. Implementations must be thread-safe.
-
-    Every method that takes ``now`` uses wall-clock seconds (``time.time()``), because
-    several processes share one outbox and must agree on time.
-    """
-
-    @abstractmethod
-    def enqueue(self, event: QueuedEvent, *, now: float | None = None) -> int:
-        """Store ``event`` as due now; return its row id."""
-
-    @abstractmethod
-    def claim_due(
-        self,
-        limit: int,
-        *,
-        now: float,
-        lease_seconds: float,
-        owner: str,
-        flush_since: float | None = None,
-    ) -> list[OutboxRow]:
-        """Lease up to ``limit`` due rows to ``owner`` for ``lease_seconds``; oldest first.
-
-        Each claimed row's ``attempts`` grows by one. A row leased by someone else is not
-        returned until its lease expires.
-
-        :param flush_since: also claim rows waiting out a backoff, but only those not
-            attempted since this instant (so a flush tries each row once and ends).
-        """
-
-    @abstractmethod
-    def mark_delivered(self, ids: t.Collection[int], *, now: float | None = None) -> None:
-        """Keen accepted these rows: they are done."""
-
-    @abstractmethod
-    def mark_skipped(self, reasons: t.Mapping[int, str], *, now: float | None = None) -> None:
-        """A hook decided these rows must not be sent (``{id: reason}``): they are done."""
-
-    @abstractmethod
-    def mark_confirming(
-        self, ids: t.Collection[int], *, next_attempt_at: float, error: str
-    ) -> None:
-        """Keen has these rows, but the ``after_delivered`` hook must be retried later.
-
-        Attempts restart from zero: confirming has its own budget.
-        """
-
-    def mark_retry(
-        self, id: int, *, next_attempt_at: float, error: str, now: float | None = None
-    ) -> None:
-        """Drop the lease and make the row due again at ``next_attempt_at``.
-
-        The row's ``first_failed_at`` is set to ``now`` unless it failed before (it is
-        only cleared when a dead letter is replayed: :meth:`retry_dead`).
-        """
-        self.mark_retry_many([(id, next_attempt_at, error)], now=now)
-
-    @abstractmethod
-    def mark_retry_many(
-        self, items: t.Sequence[tuple[int, float, str]], *, now: float | None = None
-    ) -> None:
-        """:meth:`mark_retry` for ``(id, next_attempt_at, error)`` items, atomically."""
-
-    def mark_dead(
-        self, id: int, *, reason: str, error_code: str | None, now: float | None = None
-    ) -> None:
-        """Move the row to the dead-letter table."""
-        self.mark_dead_many([(id, reason, error_code)], now=now)
-
-    @abstractmethod
-    def mark_dead_many(
-        self, items: t.Sequence[tuple[int, str, str | None]], *, now: float | None = None
-    ) -> None:
-        """:meth:`mark_dead` for ``(id, reason, error_code)`` items, atomically."""
-
-    @abstractmethod
-    def release(self, ids: t.Collection[int], *, now: float | None = None) -> None:
-        """Give back leased rows that were not sent (shutdown): due now, attempt undone."""
-
-    def renew_leases(
-        self, ids: t.Collection[int], *, owner: str, now: float, lease_seconds: float
-    ) -> int:
-        """Extend ``owner``'s leases on ``ids`` to ``now + lease_seconds``; return how many.
-
-        The sender calls it while a batch is on the wire, so a request slower than the
-        lease does not let another process claim (and resend) the same rows. Rows that
-        are done, or leased by someone else by now, are left alone. The default does
-        nothing (an outbox without leases).
-        """
-        return 0
-
-    @abstractmethod
-    def expire_leases(self, is_orphan: t.Callable[[str], bool]) -> int:
-        """Expire every lease whose owner ``is_orphan`` says is dead; return how many rows.
-
-        Lets a restarted process pick up what a killed one had leased without waiting for
-        the leases to run out.
-        """
-
-    @abstractmethod
-    def pending_count(self) -> int:
-        """Rows still to send or confirm."""
-
-    @abstractmethod
-    def stats(self, now: float | None = None) -> OutboxStats:
-        """Counts for status pages (see :class:`OutboxStats`)."""
-
-    @abstractmethod
-    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        """The oldest dead letters first."""
-
-    @abstractmethod
-    def retry_dead(self, ids: t.Collection[int] | None = None, *, now: float | None = None) -> int:
-        """Move dead letters (all, or ``ids``) back to pending with attempts reset."""
-
-    @abstractmethod
-    def prune_delivered(self, older_than_seconds: float, *, now: float | None = None) -> int:
-        """Delete delivered and skipped rows finished more than ``older_than_seconds`` ago."""
-
-    def drop_delivered_bodies(
-        self, older_than_seconds: float, *, now: float | None = None
-    ) -> int:
-        """Retention: erase the body (personal data) of delivered and skipped rows finished
-        more than ``older_than_seconds`` ago, keeping their id, collection, user id, state
-        and times. Pending, confirming and dead rows are never touched. Cheap when there is
-        nothing to drop (the sender calls it periodically). Returns how many bodies went.
-
-        The default deletes those rows outright (:meth:`prune_delivered`): stricter, and
-        right for a backend that does not implement this.
-        """
-        return self.prune_delivered(older_than_seconds, now=now)
-
-    def forget_user(
-        self, collection: str, user_id: str, *, erased_id: str, now: float | None = None
-    ) -> ErasedRows:
-        """Erasure: remove ``user_id``'s personal data from the outbox and dead letters.
-
-        Rows still to send are *skipped* (never sent), finished rows keep only their id,
-        state and times with ``user_id`` replaced by ``erased_id`` (a hash) and no body,
-        and dead letters are deleted.
-
-        :raises NotImplementedError: the backend cannot erase (the CLI says so).
-        """
-        raise NotImplementedError(f"{type(self).__name__} cannot forget a user")
-
-    def close(self) -> None:
-        """Release resources (this thread's connection). Optional."""
-        return None
 
 
 @dataclasses.dataclass(frozen=True)
