@@ -25,6 +25,8 @@ import logging
 import typing as t
 
 from ._text import printable
+from .decision import Verdict
+from .decision import decide
 from .delivery import DeliveryHooks
 from .delivery import OutboxRow
 from .delivery.base import dumps_body
@@ -38,6 +40,12 @@ if t.TYPE_CHECKING:  # pragma: no cover
     from .config import Settings
 
 logger = logging.getLogger(__name__)
+
+#: Why a queued candidate is not sent (the sender logs it with the row).
+_SKIPPED = {
+    Verdict.RETURNING: "already marked in Auth0 app_metadata",
+    Verdict.MARKED_ONLY: "user created before KEEN_SIGNUP_SINCE: marked, not reported",
+}
 
 
 class MarkerHooks(DeliveryHooks):
@@ -64,10 +72,6 @@ class MarkerHooks(DeliveryHooks):
         # Resolves created_at for KEEN_SIGNUP_SINCE when the auth0 store does not.
         self.management = management if self.remote is None else None
 
-    def _confirm_locally(self, user_ids: t.Sequence[str]) -> None:
-        """Mark delivered (or skipped) users confirmed in the claiming store, in one go."""
-        self.ledger.confirm_many(user_ids)
-
     def before_send(self, rows: list[OutboxRow]) -> dict[int, str]:
         if self.remote is None:
             return self._skip_created_before_since(rows)
@@ -84,18 +88,19 @@ class MarkerHooks(DeliveryHooks):
                     printable(str(exc), limit=300),
                 )
                 continue
-            since = self.settings.since
-            if facts.marked:
-                skip[row.id] = "already marked in Auth0 app_metadata"
-            elif since is not None and facts.created_at is not None and facts.created_at < since:
+            verdict = decide(
+                since=self.settings.since, created_at=facts.created_at, known=facts.marked
+            )
+            if verdict is Verdict.MARKED_ONLY:
                 self.remote.confirm(row.user_id)
-                skip[row.id] = "user created before KEEN_SIGNUP_SINCE: marked, not reported"
+            if verdict is not Verdict.SIGNUP:
+                skip[row.id] = _SKIPPED[verdict]
         if skip:
-            self._confirm_locally([row.user_id for row in rows if row.id in skip])
+            self.ledger.confirm_many([row.user_id for row in rows if row.id in skip])
         return skip
 
     def after_delivered(self, rows: t.Sequence[OutboxRow]) -> None:
-        self._confirm_locally([row.user_id for row in rows])
+        self.ledger.confirm_many([row.user_id for row in rows])
         if self.remote is None:
             return
         for row in rows:
@@ -135,18 +140,18 @@ class MarkerHooks(DeliveryHooks):
                 printable(str(exc), limit=300),
             )
             return {}
-        skip = {
-            row.id: "user created before KEEN_SIGNUP_SINCE: marked, not reported"
-            for row in live
-            if (moment := created.get(row.user_id)) is not None and moment < since
-        }
+        skip: dict[int, str] = {}
         live_ids = {row.id for row in live}
         for index, row in enumerate(rows):
-            moment = created.get(row.user_id)
-            if moment is not None and row.id in live_ids and row.id not in skip:
+            moment = created.get(row.user_id) if row.id in live_ids else None
+            if moment is None:
+                continue
+            if decide(since=since, created_at=moment) is Verdict.MARKED_ONLY:
+                skip[row.id] = _SKIPPED[Verdict.MARKED_ONLY]
+            else:
                 rows[index] = _with_timestamp(row, moment)
         if skip:
-            self._confirm_locally([row.user_id for row in rows if row.id in skip])
+            self.ledger.confirm_many([row.user_id for row in rows if row.id in skip])
             logger.info(
                 "%d user(s) created before KEEN_SIGNUP_SINCE marked, not reported", len(skip)
             )
