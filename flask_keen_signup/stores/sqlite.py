@@ -33,16 +33,13 @@ CREATE TABLE IF NOT EXISTS keen_signup_markers (
 """
 
 
+_LOOKUP = "SELECT state FROM keen_signup_markers WHERE collection = ? AND user_id = ?"
 # Under the id, or under its hash once the user was erased (forget()): both probes of the
-# primary key in one statement; "confirmed" sorts first, should both be there.
-_LOOKUP = (
-    "SELECT min(state) FROM keen_signup_markers WHERE collection = ? AND user_id IN (?, ?)"
-)
-# A new marker, unless the user was erased (their marker is under the hash then).
+# primary key in one statement; the second runs only when the first finds nothing.
+_LOOKUP_EITHER = f"{_LOOKUP} UNION ALL {_LOOKUP} LIMIT 1"
 _CLAIM = (
     "INSERT INTO keen_signup_markers (collection, user_id, state, claimed_at) "
-    "SELECT ?1, ?2, 'pending', ?3 WHERE NOT EXISTS (SELECT 1 FROM keen_signup_markers "
-    "WHERE collection = ?1 AND user_id = ?4) ON CONFLICT (collection, user_id) DO NOTHING"
+    "VALUES (?, ?, 'pending', ?) ON CONFLICT (collection, user_id) DO NOTHING"
 )
 
 _CONFIRM = (
@@ -83,20 +80,29 @@ class SQLiteStore(MarkerStore):
 
     def lookup(self, user_id: str) -> MarkerState | None:
         collection = self.collection
-        erased = erased_user_id(collection, user_id)
+        params = (collection, user_id, collection, erased_user_id(collection, user_id))
         try:
             with self.database.reading() as conn:
-                (state,) = conn.execute(_LOOKUP, (collection, user_id, erased)).fetchone()
+                row = conn.execute(_LOOKUP_EITHER, params).fetchone()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read the marker ledger: {exc}") from exc
-        return MarkerState(state) if state else None
+        return MarkerState(row[0]) if row else None
 
     def claim_in(self, conn: sqlite3.Connection, user_id: str, *, now: float | None = None) -> bool:
         """Claim inside the caller's open transaction (see :meth:`Database.transaction`)."""
         now = time.time() if now is None else now
-        erased = erased_user_id(self.collection, user_id)
-        if conn.execute(_CLAIM, (self.collection, user_id, now, erased)).rowcount == 1:
-            return True
+        cursor = conn.execute(_CLAIM, (self.collection, user_id, now))
+        if cursor.rowcount == 1:
+            # New under its id; but an erased user's marker is under its hash (forget()):
+            # then the claim is lost, and undone in this same transaction.
+            erased = (self.collection, erased_user_id(self.collection, user_id))
+            if conn.execute(_LOOKUP, erased).fetchone() is None:
+                return True
+            conn.execute(
+                "DELETE FROM keen_signup_markers WHERE collection = ? AND user_id = ?",
+                (self.collection, user_id),
+            )
+            return False
         if self.reclaim_after is None:
             return False
         cursor = conn.execute(
