@@ -21,9 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import logging
-import os
 import typing as t
-from hashlib import blake2b
 
 from .decision import Verdict
 from .decision import decide
@@ -36,6 +34,7 @@ from .events import user_id_of
 from .exceptions import KeenError
 from .exceptions import RemoteError
 from .exceptions import StoreError
+from .known_users import KnownUsers as KnownUsers
 from .stores import MarkerState
 from .stores import MarkerStore
 
@@ -55,74 +54,6 @@ RequestFacts = t.Callable[[], tuple[str | None, str | None]]
 
 #: Extra event properties, or a callable producing them for a new user only.
 ExtraProperties = t.Mapping[str, t.Any] | t.Callable[[], t.Mapping[str, t.Any] | None] | None
-
-#: How many signed-up users each process remembers (see :class:`KnownUsers`).
-KNOWN_USERS_MAX = 100_000
-
-
-class KnownUsers:
-    """A bounded, process-local set of users whose marker can never go away again.
-
-    A returning user then costs one hash and a dict lookup instead of a SQLite read. Only
-    markers that are permanent are remembered: *confirmed* ones, and *pending* ones in
-    background mode (pending there means durably queued). Used only with stores that
-    declare their markers shared and permanent (:attr:`MarkerStore.remembered`: the SQLite
-    ledger, which also fronts ``auth0``, and Redis); never with the per-browser session
-    store, nor with custom stores unless they say so. A marker deleted by hand takes effect
-    at restart. When full, the oldest entries are forgotten (they cost a SQLite read
-    again). At start the most recent markers of the ledger are loaded on a background
-    thread (:meth:`Tracker.load_known_users`), so a restart does not make every returning
-    user's next login pay the read.
-
-    Users are held as 128-bit BLAKE2b digests (an int each, keyed per instance), not their
-    ids: about half the memory at the 100,000 cap (``bench/README.md``). A digest hit is
-    taken as known without reading the ledger, so two ids sharing a digest would lose a
-    signup: the chance a new user meets one of the 100,000 is 100,000 / 2**128, about
-    3e-34 a login; the ``redis`` store's own marker keys are 128-bit digests of the id,
-    so this adds no risk the package does not take already. The random key keeps a
-    collision from being chosen on purpose.
-    """
-
-    def __init__(self, maximum: int = KNOWN_USERS_MAX) -> None:
-        self.maximum = maximum
-        self._users: dict[int, None] = {}
-        self._key = os.urandom(16)
-
-    def _digest(self, user_id: str) -> int:
-        digest = blake2b(user_id.encode("utf-8", "surrogatepass"), digest_size=16, key=self._key)
-        return int.from_bytes(digest.digest(), "little")
-
-    def __contains__(self, user_id: object) -> bool:
-        return isinstance(user_id, str) and self._digest(user_id) in self._users
-
-    def __len__(self) -> int:
-        return len(self._users)
-
-    def add_many(self, user_ids: t.Iterable[str]) -> int:
-        """Remember ``user_ids`` while there is room; never forgets anyone for them.
-
-        For the start-up load (:meth:`Tracker.load_known_users`): users a request remembered
-        in the meantime stay. Returns how many were added.
-        """
-        users, added = self._users, 0
-        for user_id in user_ids:
-            if len(users) >= self.maximum:
-                break
-            digest = self._digest(user_id)
-            if digest not in users:
-                users[digest] = None
-                added += 1
-        return added
-
-    def add(self, user_id: str) -> None:
-        users = self._users
-        users[self._digest(user_id)] = None
-        if len(users) > self.maximum:
-            try:  # insertion order: the first key is the oldest; a racing thread may win
-                del users[next(iter(users))]
-            except (KeyError, StopIteration, RuntimeError):
-                pass
-
 
 class TrackOutcome(enum.Enum):
     """What :meth:`Tracker.track_claims` did with a login."""

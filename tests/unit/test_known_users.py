@@ -1,0 +1,51 @@
+"""The known-users table (``flask_keen_signup.known_users``): digests in flat arrays that
+must answer exactly as a bounded first-in-first-out set of the ids would."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from flask_keen_signup.known_users import KnownUsers
+
+
+def _check_against_a_fifo_set(known: KnownUsers, names: list[str], steps: int) -> None:
+    rng = random.Random(19)
+    reference: dict[str, None] = {}
+    for _ in range(steps):
+        name = rng.choice(names)
+        known.add(name)
+        if name not in reference:
+            reference[name] = None
+            if len(reference) > known.maximum:
+                del reference[next(iter(reference))]
+        assert len(known) == len(reference)
+        assert [n for n in names if n in known] == [n for n in names if n in reference]
+
+
+@pytest.mark.parametrize("maximum", [1, 2, 3, 7, 50])
+def test_answers_as_a_bounded_fifo_set(maximum: int) -> None:
+    names = [f"auth0|u{n}" for n in range(3 * maximum + 5)]
+    _check_against_a_fifo_set(KnownUsers(maximum), names, 2_000)
+
+
+def test_entries_probed_past_a_forgotten_one_stay_found() -> None:
+    """Digests crowded onto three home slots: forgetting one moves the others back."""
+    known = KnownUsers(20)
+    known._digest = (
+        lambda user_id: (  # type: ignore[method-assign]
+            int(user_id[1:]) % 3,
+            2 * int(user_id[1:]) + 1,
+        )
+    )
+    _check_against_a_fifo_set(known, [f"x{n}" for n in range(60)], 3_000)
+
+
+def test_the_load_fills_the_room_left_and_forgets_no_one() -> None:
+    known = KnownUsers(maximum=3)
+    known.add("auth0|seen-by-a-request")
+    assert known.add_many(["auth0|a", "auth0|seen-by-a-request", "auth0|b", "auth0|c"]) == 2
+    assert len(known) == 3
+    assert all(u in known for u in ("auth0|seen-by-a-request", "auth0|a", "auth0|b"))
+    assert "auth0|c" not in known and 42 not in known
