@@ -55,6 +55,7 @@ RequestFacts = t.Callable[[], tuple[str | None, str | None]]
 #: Extra event properties, or a callable producing them for a new user only.
 ExtraProperties = t.Mapping[str, t.Any] | t.Callable[[], t.Mapping[str, t.Any] | None] | None
 
+
 class TrackOutcome(enum.Enum):
     """What :meth:`Tracker.track_claims` did with a login."""
 
@@ -131,9 +132,7 @@ class Tracker:
         # KEEN_SIGNUP_SINCE without a created_at claim: the sender asks the Management API
         # (:class:`~.hooks.MarkerHooks`), so such a candidate always waits in the outbox.
         self._resolved_later = (
-            settings.since is not None
-            and self.remote is None
-            and settings.has_management_api
+            settings.since is not None and self.remote is None and settings.has_management_api
         )
         self._warned_no_created_at = False
 
@@ -182,7 +181,9 @@ class Tracker:
             # Background: pending means durably queued. Sync: it may belong to a request
             # that died mid-send; the claim decides below whether it is stale.
             verdict = decide(
-                since=since, created_at=created_at, marker=marker,
+                since=since,
+                created_at=created_at,
+                marker=marker,
                 pending_is_final=self._background,
             )
             if verdict is Verdict.MARKED_ONLY:
