@@ -41,6 +41,9 @@ if t.TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
+#: What is known of a queued candidate's user: (marked remotely, created at).
+Facts = tuple[bool, "dt.datetime | None"]
+
 #: Why a queued candidate is not sent (the sender logs it with the row).
 _SKIPPED = {
     Verdict.RETURNING: "already marked in Auth0 app_metadata",
@@ -73,30 +76,30 @@ class MarkerHooks(DeliveryHooks):
         self.management = management if self.remote is None else None
 
     def before_send(self, rows: list[OutboxRow]) -> dict[int, str]:
-        if self.remote is None:
-            return self._skip_created_before_since(rows)
+        """Skip the users :func:`~.decision.decide` says are not signups (marked, never
+        sent); give the others their creation time as ``keen.timestamp`` when it was
+        looked up here (in ``rows``)."""
+        remote = self.remote
+        facts = _remote_facts(remote, rows) if remote is not None else self._created_at(rows)
         skip: dict[int, str] = {}
-        for row in rows:
-            try:
-                facts = self.remote.user_facts(row.user_id)
-            except RemoteError as exc:
-                if exc.retryable:
-                    raise
-                # A user deleted since the signup still signed up: send the event.
-                logger.warning(
-                    "cannot check app_metadata before sending (%s); sending",
-                    printable(str(exc), limit=300),
-                )
+        for index, row in enumerate(rows):
+            if row.id not in facts:
                 continue
-            verdict = decide(
-                since=self.settings.since, created_at=facts.created_at, known=facts.marked
-            )
-            if verdict is Verdict.MARKED_ONLY:
-                self.remote.confirm(row.user_id)
-            if verdict is not Verdict.SIGNUP:
-                skip[row.id] = _SKIPPED[verdict]
+            marked, created_at = facts[row.id]
+            verdict = decide(since=self.settings.since, created_at=created_at, known=marked)
+            if verdict is Verdict.SIGNUP:
+                if remote is None and created_at is not None:
+                    rows[index] = _with_timestamp(row, created_at)
+                continue
+            if verdict is Verdict.MARKED_ONLY and remote is not None:
+                remote.confirm(row.user_id)
+            skip[row.id] = _SKIPPED[verdict]
         if skip:
             self.ledger.confirm_many([row.user_id for row in rows if row.id in skip])
+            if remote is None:
+                logger.info(
+                    "%d user(s) created before KEEN_SIGNUP_SINCE marked, not reported", len(skip)
+                )
         return skip
 
     def after_delivered(self, rows: t.Sequence[OutboxRow]) -> None:
@@ -114,15 +117,15 @@ class MarkerHooks(DeliveryHooks):
                     printable(str(exc), limit=300),
                 )
 
-    def _skip_created_before_since(self, rows: list[OutboxRow]) -> dict[int, str]:
-        """Look up the creation time of the batch's live signups; skip the old users, and
-        give the others their creation time as ``keen.timestamp`` (in ``rows``).
+    def _created_at(self, rows: list[OutboxRow]) -> dict[int, Facts]:
+        """The creation time of the batch's live signups, from one Management API search
+        (``KEEN_SIGNUP_SINCE`` without a remote store). Backfilled rows are not checked:
+        ``migrate`` decided them.
 
         A retryable Management API error (429 after the client's own waits, 5xx, network)
         propagates: the sender postpones the whole batch with a backoff, nothing is sent.
         """
-        since = self.settings.since
-        if self.management is None or since is None:
+        if self.management is None or self.settings.since is None:
             return {}
         live = [row for row in rows if row.body.get("backfilled") is not True]
         if not live:
@@ -140,22 +143,28 @@ class MarkerHooks(DeliveryHooks):
                 printable(str(exc), limit=300),
             )
             return {}
-        skip: dict[int, str] = {}
-        live_ids = {row.id for row in live}
-        for index, row in enumerate(rows):
-            moment = created.get(row.user_id) if row.id in live_ids else None
-            if moment is None:
-                continue
-            if decide(since=since, created_at=moment) is Verdict.MARKED_ONLY:
-                skip[row.id] = _SKIPPED[Verdict.MARKED_ONLY]
-            else:
-                rows[index] = _with_timestamp(row, moment)
-        if skip:
-            self.ledger.confirm_many([row.user_id for row in rows if row.id in skip])
-            logger.info(
-                "%d user(s) created before KEEN_SIGNUP_SINCE marked, not reported", len(skip)
+        return {
+            row.id: (False, moment)
+            for row in live
+            if (moment := created.get(row.user_id)) is not None
+        }
+
+
+def _remote_facts(remote: RemoteMarkers, rows: list[OutboxRow]) -> dict[int, Facts]:
+    """The remote marker and creation time of each row's user, one GET each."""
+    facts: dict[int, Facts] = {}
+    for row in rows:
+        try:
+            facts[row.id] = remote.user_facts(row.user_id)
+        except RemoteError as exc:
+            if exc.retryable:
+                raise
+            # A user deleted since the signup still signed up: send the event.
+            logger.warning(
+                "cannot check app_metadata before sending (%s); sending",
+                printable(str(exc), limit=300),
             )
-        return skip
+    return facts
 
 
 def _with_timestamp(row: OutboxRow, created_at: dt.datetime) -> OutboxRow:
