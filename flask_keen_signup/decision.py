@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import typing as t
 
+from .events import parse_created_at
 from .stores import MarkerState
 
 
@@ -57,4 +59,23 @@ def decide(
     return Verdict.SIGNUP
 
 
-__all__ = ["Verdict", "decide"]
+def created_at_from_claims(
+    claims: t.Mapping[str, t.Any], name: str | None = None
+) -> dt.datetime | None:
+    """A creation time carried in the ID token, if an Auth0 Action put one there.
+
+    The claim ``name`` (``KEEN_SIGNUP_CREATED_AT_CLAIM``) when given, else ``created_at``
+    or any namespaced claim ending in ``/created_at``.
+    """
+    value = claims.get(name) if name else None
+    if value is None:
+        value = claims.get("created_at")
+    if value is None:
+        for claim, candidate in claims.items():
+            if claim.endswith("/created_at"):
+                value = candidate
+                break
+    return parse_created_at(value) if value is not None else None
+
+
+__all__ = ["Verdict", "created_at_from_claims", "decide"]

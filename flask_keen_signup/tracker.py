@@ -1,19 +1,15 @@
-"""The signup decision: is this login a signup, and how is it recorded?
+"""Is this login a signup, and how is it recorded? One :class:`Tracker` per app.
 
 Pure of Flask request globals: the extension hands in the claims and the request facts.
-One :class:`Tracker` per app, built at ``init_app`` from the settings.
-
-Background mode (the default) does local work only: a returning user this process has
-seen costs a dict lookup (:class:`KnownUsers`), any other login one ledger read; a new user
-costs one SQLite transaction that claims the marker and queues the event together, so the
-signup can neither be lost nor queued twice. Every new user takes the same path: read the
-ledger, build the event (the app's code runs here, outside any write lock), then claim and
-queue in one atomic step when the backend has one (:attr:`.backends.Parts.claim_and_enqueue`).
-A second, claim-first path was measured to save less than a fifth of the callback's added
-cost and was removed (``bench/README.md``). Sync mode is the
-Rule's semantics: the POST happens in the request, the marker is confirmed only after
-Keen accepted the event, and released on failure so the next login retries (the event is
-also queued in the outbox, which retries it durably; Keen's uniqueness token keeps one).
+The rule itself is :func:`.decision.decide`; each path here feeds it what it knows and does
+what the verdict asks. Background mode (the default) does local work only: a user this
+process knows (:class:`~.known_users.KnownUsers`) costs a hash, any other login one ledger
+read; a new user's event is built (the app's code runs here, outside any write lock), then
+claimed and queued in one atomic step (:attr:`.backends.Parts.claim_and_enqueue`), so the
+signup can neither be lost nor queued twice. Sync mode is the Rule's semantics: the POST
+happens in the request, the marker is confirmed only after Keen accepted the event, and
+released on failure so the next login retries (the event is also queued in the outbox,
+which retries it durably; Keen's uniqueness token keeps one).
 """
 
 from __future__ import annotations
@@ -24,11 +20,11 @@ import logging
 import typing as t
 
 from .decision import Verdict
+from .decision import created_at_from_claims
 from .decision import decide
 from .delivery import QueuedEvent
 from .events import build_signup_event
 from .events import format_timestamp
-from .events import parse_created_at
 from .events import uniqueness_token
 from .events import user_id_of
 from .exceptions import KeenError
@@ -76,25 +72,6 @@ class TrackOutcome(enum.Enum):
     SPOOLED = "spooled"
 
 
-def created_at_from_claims(
-    claims: t.Mapping[str, t.Any], name: str | None = None
-) -> dt.datetime | None:
-    """A creation time carried in the ID token, if an Auth0 Action put one there.
-
-    The claim ``name`` (``KEEN_SIGNUP_CREATED_AT_CLAIM``) when given, else ``created_at``
-    or any namespaced claim ending in ``/created_at``.
-    """
-    value = claims.get(name) if name else None
-    if value is None:
-        value = claims.get("created_at")
-    if value is None:
-        for claim, candidate in claims.items():
-            if claim.endswith("/created_at"):
-                value = candidate
-                break
-    return parse_created_at(value) if value is not None else None
-
-
 class Tracker:
     """Records signups for one app. Thread-safe: one instance serves every request.
 
@@ -136,10 +113,6 @@ class Tracker:
         )
         self._warned_no_created_at = False
 
-    def already_marked_by_claim(self, claims: t.Mapping[str, t.Any]) -> bool:
-        name = self.settings.marker_claim
-        return bool(name and claims.get(name))
-
     def _unknown(
         self, claims: t.Mapping[str, t.Any]
     ) -> tuple[str, dt.datetime | None] | TrackOutcome:
@@ -150,8 +123,8 @@ class Tracker:
         # The claims are read once, here; everything below decides on these values and
         # hands them to the event builder (one trip down: tracker, then events).
         user_id = user_id_of(claims)
-        known = self.known
-        if (known is not None and user_id in known) or self.already_marked_by_claim(claims):
+        known, marker_claim = self.known, self.settings.marker_claim
+        if (known is not None and user_id in known) or (marker_claim and claims.get(marker_claim)):
             return TrackOutcome.RETURNING
         return user_id, self._created_at(claims)
 

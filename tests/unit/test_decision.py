@@ -73,3 +73,24 @@ def test_verdicts_name_the_login_outcomes_they_become() -> None:
 
     assert TrackOutcome(RETURNING.value) is TrackOutcome.RETURNING
     assert TrackOutcome(MARKED_ONLY.value) is TrackOutcome.MARKED_ONLY
+
+
+CLAIMS_CASES: list[tuple[str, dict[str, t.Any], str | None, dt.datetime | None]] = [
+    ("the named claim", {"c": "2025-12-31T23:59:59Z", "created_at": 0}, "c", BEFORE),
+    ("the named claim absent: created_at", {"created_at": "2026-01-04T00:00:00Z"}, "c", AFTER),
+    ("a namespaced claim", {"https://x.io/created_at": "2026-01-01T00:00:00Z"}, None, SINCE),
+    ("none", {"sub": "auth0|u"}, None, None),
+]
+
+
+@pytest.mark.parametrize(
+    ("claims", "name", "expected"),
+    [c[1:] for c in CLAIMS_CASES],
+    ids=[c[0] for c in CLAIMS_CASES],
+)
+def test_created_at_from_claims(
+    claims: dict[str, t.Any], name: str | None, expected: dt.datetime | None
+) -> None:
+    from flask_keen_signup.decision import created_at_from_claims
+
+    assert created_at_from_claims(claims, name) == expected
