@@ -110,12 +110,8 @@ class MarkerHooks(DeliveryHooks):
             try:
                 self.remote.confirm(row.user_id)
             except RemoteError as exc:
-                if exc.retryable:
-                    raise
-                logger.warning(
-                    "delivered, but app_metadata could not be set: %s",
-                    printable(str(exc), limit=300),
-                )
+                message = "delivered, but app_metadata could not be set: %s"
+                _unless_retryable(exc, logging.WARNING, message)
 
     def _created_at(self, rows: list[OutboxRow]) -> dict[int, Facts]:
         """The creation time of the batch's live signups, from one Management API search
@@ -133,15 +129,10 @@ class MarkerHooks(DeliveryHooks):
         try:
             created = self.management.created_at_of(sorted({row.user_id for row in live}))
         except RemoteError as exc:
-            if exc.retryable:
-                raise
             # A permanent error (bad credentials, missing scope) must not hold signups
             # forever: send them, and say so loudly.
-            logger.error(
-                "cannot look up users' created_at for KEEN_SIGNUP_SINCE (%s); sending the "
-                "batch unchecked",
-                printable(str(exc), limit=300),
-            )
+            message = "cannot look up users' created_at for KEEN_SIGNUP_SINCE (%s); sending"
+            _unless_retryable(exc, logging.ERROR, message + " the batch unchecked")
             return {}
         return {
             row.id: (False, moment)
@@ -157,14 +148,17 @@ def _remote_facts(remote: RemoteMarkers, rows: list[OutboxRow]) -> dict[int, Fac
         try:
             facts[row.id] = remote.user_facts(row.user_id)
         except RemoteError as exc:
-            if exc.retryable:
-                raise
             # A user deleted since the signup still signed up: send the event.
-            logger.warning(
-                "cannot check app_metadata before sending (%s); sending",
-                printable(str(exc), limit=300),
-            )
+            message = "cannot check app_metadata before sending (%s); sending"
+            _unless_retryable(exc, logging.WARNING, message)
     return facts
+
+
+def _unless_retryable(exc: RemoteError, level: int, message: str) -> None:
+    """Raise ``exc`` if retryable (the sender retries the batch later); else log it."""
+    if exc.retryable:
+        raise exc
+    logger.log(level, message, printable(str(exc), limit=300))
 
 
 def _with_timestamp(row: OutboxRow, created_at: dt.datetime) -> OutboxRow:
