@@ -60,7 +60,7 @@ class KnownUsers:
         self._table = array("I", [0]) * self._slots
         self._next = 0  # the ring's next position: the oldest entry once full
         self._count = 0
-        self._lock = threading.Lock()
+        self._lock, self._pid = threading.Lock(), os.getpid()
 
     def _check(self, user_id: str) -> int:
         return hash(user_id + self._salt)
@@ -126,8 +126,16 @@ class KnownUsers:
             hole = slot
         table[hole] = 0
 
+    def _writing(self) -> threading.Lock:
+        """The writers' lock. A process forked while a thread held it (the start-up load
+        runs while servers fork their workers) gets a new one: that thread is not here to
+        release it."""
+        if self._pid != os.getpid():
+            self._lock, self._pid = threading.Lock(), os.getpid()
+        return self._lock
+
     def add(self, user_id: str) -> None:
-        with self._lock:
+        with self._writing():
             self._insert(user_id)
 
     def add_many(self, user_ids: t.Iterable[str]) -> int:
@@ -138,7 +146,7 @@ class KnownUsers:
         """
         added = 0
         for user_id in user_ids:
-            with self._lock:
+            with self._writing():
                 if self._count >= self.maximum:
                     break
                 if self._insert(user_id):

@@ -55,3 +55,28 @@ def test_the_load_fills_the_room_left_and_forgets_no_one() -> None:
     assert len(known) == 3
     assert all(u in known for u in ("auth0|seen-by-a-request", "auth0|a", "auth0|b"))
     assert "auth0|c" not in known and 42 not in known
+
+
+FORK_WHILE_LOCKED = """
+import os
+from flask_keen_signup.known_users import KnownUsers
+
+known = KnownUsers(maximum=5)
+known._lock.acquire()  # the start-up load's thread, mid-insert, when the server forks
+pid = os.fork()
+if pid == 0:  # the child: that thread is not here, its lock stays held
+    known.add("auth0|after-the-fork")
+    os._exit(0 if "auth0|after-the-fork" in known else 1)
+known._lock.release()
+_, status = os.waitpid(pid, 0)
+raise SystemExit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_process_forked_while_the_lock_was_held_still_remembers() -> None:
+    """In a process of its own: forking a process that runs threads warns from 3.12 on."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", FORK_WHILE_LOCKED], timeout=30, check=False)
+    assert done.returncode == 0
