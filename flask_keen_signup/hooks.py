@@ -25,6 +25,8 @@ import logging
 import typing as t
 
 from ._text import printable
+from .decision import Verdict
+from .decision import decide
 from .delivery import DeliveryHooks
 from .delivery import OutboxRow
 from .delivery.base import dumps_body
@@ -38,6 +40,15 @@ if t.TYPE_CHECKING:  # pragma: no cover
     from .config import Settings
 
 logger = logging.getLogger(__name__)
+
+#: What is known of a queued candidate's user: (marked remotely, created at).
+Facts = tuple[bool, "dt.datetime | None"]
+
+#: Why a queued candidate is not sent (the sender logs it with the row).
+_SKIPPED = {
+    Verdict.RETURNING: "already marked in Auth0 app_metadata",
+    Verdict.MARKED_ONLY: "user created before KEEN_SIGNUP_SINCE: marked, not reported",
+}
 
 
 class MarkerHooks(DeliveryHooks):
@@ -64,60 +75,53 @@ class MarkerHooks(DeliveryHooks):
         # Resolves created_at for KEEN_SIGNUP_SINCE when the auth0 store does not.
         self.management = management if self.remote is None else None
 
-    def _confirm_locally(self, user_ids: t.Sequence[str]) -> None:
-        """Mark delivered (or skipped) users confirmed in the claiming store, in one go."""
-        self.ledger.confirm_many(user_ids)
-
     def before_send(self, rows: list[OutboxRow]) -> dict[int, str]:
-        if self.remote is None:
-            return self._skip_created_before_since(rows)
+        """Skip the users :func:`~.decision.decide` says are not signups (marked, never
+        sent); give the others their creation time as ``keen.timestamp`` when it was
+        looked up here (in ``rows``)."""
+        remote = self.remote
+        facts = _remote_facts(remote, rows) if remote is not None else self._created_at(rows)
         skip: dict[int, str] = {}
-        for row in rows:
-            try:
-                facts = self.remote.user_facts(row.user_id)
-            except RemoteError as exc:
-                if exc.retryable:
-                    raise
-                # A user deleted since the signup still signed up: send the event.
-                logger.warning(
-                    "cannot check app_metadata before sending (%s); sending",
-                    printable(str(exc), limit=300),
-                )
+        for index, row in enumerate(rows):
+            if row.id not in facts:
                 continue
-            since = self.settings.since
-            if facts.marked:
-                skip[row.id] = "already marked in Auth0 app_metadata"
-            elif since is not None and facts.created_at is not None and facts.created_at < since:
-                self.remote.confirm(row.user_id)
-                skip[row.id] = "user created before KEEN_SIGNUP_SINCE: marked, not reported"
+            marked, created_at = facts[row.id]
+            verdict = decide(since=self.settings.since, created_at=created_at, known=marked)
+            if verdict is Verdict.SIGNUP:
+                if remote is None and created_at is not None:
+                    rows[index] = _with_timestamp(row, created_at)
+                continue
+            if verdict is Verdict.MARKED_ONLY and remote is not None:
+                remote.confirm(row.user_id)
+            skip[row.id] = _SKIPPED[verdict]
         if skip:
-            self._confirm_locally([row.user_id for row in rows if row.id in skip])
+            self.ledger.confirm_many([row.user_id for row in rows if row.id in skip])
+            if remote is None:
+                logger.info(
+                    "%d user(s) created before KEEN_SIGNUP_SINCE marked, not reported", len(skip)
+                )
         return skip
 
     def after_delivered(self, rows: t.Sequence[OutboxRow]) -> None:
-        self._confirm_locally([row.user_id for row in rows])
+        self.ledger.confirm_many([row.user_id for row in rows])
         if self.remote is None:
             return
         for row in rows:
             try:
                 self.remote.confirm(row.user_id)
             except RemoteError as exc:
-                if exc.retryable:
-                    raise
-                logger.warning(
-                    "delivered, but app_metadata could not be set: %s",
-                    printable(str(exc), limit=300),
-                )
+                message = "delivered, but app_metadata could not be set: %s"
+                _unless_retryable(exc, logging.WARNING, message)
 
-    def _skip_created_before_since(self, rows: list[OutboxRow]) -> dict[int, str]:
-        """Look up the creation time of the batch's live signups; skip the old users, and
-        give the others their creation time as ``keen.timestamp`` (in ``rows``).
+    def _created_at(self, rows: list[OutboxRow]) -> dict[int, Facts]:
+        """The creation time of the batch's live signups, from one Management API search
+        (``KEEN_SIGNUP_SINCE`` without a remote store). Backfilled rows are not checked:
+        ``migrate`` decided them.
 
         A retryable Management API error (429 after the client's own waits, 5xx, network)
         propagates: the sender postpones the whole batch with a backoff, nothing is sent.
         """
-        since = self.settings.since
-        if self.management is None or since is None:
+        if self.management is None or self.settings.since is None:
             return {}
         live = [row for row in rows if row.body.get("backfilled") is not True]
         if not live:
@@ -125,32 +129,36 @@ class MarkerHooks(DeliveryHooks):
         try:
             created = self.management.created_at_of(sorted({row.user_id for row in live}))
         except RemoteError as exc:
-            if exc.retryable:
-                raise
             # A permanent error (bad credentials, missing scope) must not hold signups
             # forever: send them, and say so loudly.
-            logger.error(
-                "cannot look up users' created_at for KEEN_SIGNUP_SINCE (%s); sending the "
-                "batch unchecked",
-                printable(str(exc), limit=300),
-            )
+            message = "cannot look up users' created_at for KEEN_SIGNUP_SINCE (%s); sending"
+            _unless_retryable(exc, logging.ERROR, message + " the batch unchecked")
             return {}
-        skip = {
-            row.id: "user created before KEEN_SIGNUP_SINCE: marked, not reported"
+        return {
+            row.id: (False, moment)
             for row in live
-            if (moment := created.get(row.user_id)) is not None and moment < since
+            if (moment := created.get(row.user_id)) is not None
         }
-        live_ids = {row.id for row in live}
-        for index, row in enumerate(rows):
-            moment = created.get(row.user_id)
-            if moment is not None and row.id in live_ids and row.id not in skip:
-                rows[index] = _with_timestamp(row, moment)
-        if skip:
-            self._confirm_locally([row.user_id for row in rows if row.id in skip])
-            logger.info(
-                "%d user(s) created before KEEN_SIGNUP_SINCE marked, not reported", len(skip)
-            )
-        return skip
+
+
+def _remote_facts(remote: RemoteMarkers, rows: list[OutboxRow]) -> dict[int, Facts]:
+    """The remote marker and creation time of each row's user, one GET each."""
+    facts: dict[int, Facts] = {}
+    for row in rows:
+        try:
+            facts[row.id] = remote.user_facts(row.user_id)
+        except RemoteError as exc:
+            # A user deleted since the signup still signed up: send the event.
+            message = "cannot check app_metadata before sending (%s); sending"
+            _unless_retryable(exc, logging.WARNING, message)
+    return facts
+
+
+def _unless_retryable(exc: RemoteError, level: int, message: str) -> None:
+    """Raise ``exc`` if retryable (the sender retries the batch later); else log it."""
+    if exc.retryable:
+        raise exc
+    logger.log(level, message, printable(str(exc), limit=300))
 
 
 def _with_timestamp(row: OutboxRow, created_at: dt.datetime) -> OutboxRow:

@@ -2,22 +2,23 @@
 
 The login path spooled a *candidate* (:mod:`flask_keen_signup.spool`) because the store did
 not answer in time; whether it is a signup is decided here, with the sender's own store
-objects (their long timeouts: the sender may wait, a login may not). The same atomic step
-as a login, given by the backend (:attr:`.backends.Parts.claim_and_enqueue_many`): one
-SQLite transaction claims and enqueues, one Redis script (one PostgreSQL statement) does
-both; any other pair claims, then enqueues, and releases the claim if the enqueue fails. A claim
-that is lost means the user is known already (a returning user, or the same signup
+objects (their long timeouts: the sender may wait, a login may not). The step is the
+backend's :attr:`.backends.Parts.claim_and_enqueue_many`, the one a login uses too: one
+SQLite transaction, one Redis script, one PostgreSQL statement, or
+:func:`~.backends.parts.claim_then_enqueue` for a claimer and an outbox that live apart. A
+claim that is lost means the user is known already (a returning user, or the same signup
 queued meanwhile by a later login or another process): the candidate is dropped.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import typing as t
 
+from .backends.parts import claim_then_enqueue
 from .delivery import Outbox
 from .delivery import QueuedEvent
-from .spool import Decide
 from .spool import Spool
 from .stores import MarkerStore
 
@@ -28,50 +29,11 @@ if t.TYPE_CHECKING:  # pragma: no cover
 logger = logging.getLogger(__name__)
 
 
-def decider(
-    claimer: MarkerStore | None,
-    outbox: Outbox,
-    claim_and_enqueue_many: ClaimAndEnqueueMany | None = None,
-) -> Decide:
-    """The claim-then-enqueue step for ``claimer`` and ``outbox`` (see the module doc).
-
-    ``claimer`` is ``None`` for the per-browser session store: its claim was made in the
-    login request already, so a spooled event is only queued. ``claim_and_enqueue_many``
-    is the backend's atomic step when the two live in one place
-    (:attr:`.backends.Parts.claim_and_enqueue_many`); without it each candidate is
-    claimed, then queued, and the claim released if queueing fails.
-    """
-    if claimer is None:
-
-        def enqueue_only(events: t.Sequence[QueuedEvent]) -> list[bool]:
-            for event in events:
-                outbox.enqueue(event)
-            return [True] * len(events)
-
-        return enqueue_only
-    if claim_and_enqueue_many is not None:
-        return claim_and_enqueue_many
-
-    def claim_then_enqueue(events: t.Sequence[QueuedEvent]) -> list[bool]:
-        won: list[bool] = []
-        for event in events:
-            if not claimer.claim(event.user_id):
-                won.append(False)
-                continue
-            try:
-                outbox.enqueue(event)
-            except BaseException:
-                claimer.release(event.user_id)
-                raise
-            won.append(True)
-        return won
-
-    return claim_then_enqueue
-
-
 class SpoolDrainer:
     """``drainer()`` on each sender round: decide what the spool holds, if anything.
 
+    :param claimer: the sender's claimer, ``None`` when the login request claimed already
+        (the per-browser session): used only without ``claim_and_enqueue_many``.
     :param notify: ``recorded`` fires (on the sender thread) for each candidate whose claim
         was won: only then is it known to be a signup.
     """
@@ -87,7 +49,9 @@ class SpoolDrainer:
     ) -> None:
         self.spool = spool
         self.notify = notify
-        self._decide = decider(claimer, outbox, claim_and_enqueue_many)
+        self._decide = claim_and_enqueue_many or functools.partial(
+            claim_then_enqueue, claimer, outbox
+        )
 
     def _decide_and_notify(self, events: t.Sequence[QueuedEvent]) -> t.Sequence[bool]:
         won = self._decide(events)
@@ -108,4 +72,4 @@ class SpoolDrainer:
         return 0 if report is None else report.queued
 
 
-__all__ = ["SpoolDrainer", "decider"]
+__all__ = ["SpoolDrainer"]

@@ -1,19 +1,15 @@
-"""The signup decision: is this login a signup, and how is it recorded?
+"""Is this login a signup, and how is it recorded? One :class:`Tracker` per app.
 
 Pure of Flask request globals: the extension hands in the claims and the request facts.
-One :class:`Tracker` per app, built at ``init_app`` from the settings.
-
-Background mode (the default) does local work only: a returning user this process has
-seen costs a dict lookup (:class:`KnownUsers`), any other login one ledger read; a new user
-costs one SQLite transaction that claims the marker and queues the event together, so the
-signup can neither be lost nor queued twice. Every new user takes the same path: read the
-ledger, build the event (the app's code runs here, outside any write lock), then claim and
-queue in one atomic step when the backend has one (:attr:`.backends.Parts.claim_and_enqueue`).
-A second, claim-first path was measured to save less than a fifth of the callback's added
-cost and was removed (``bench/README.md``). Sync mode is the
-Rule's semantics: the POST happens in the request, the marker is confirmed only after
-Keen accepted the event, and released on failure so the next login retries (the event is
-also queued in the outbox, which retries it durably; Keen's uniqueness token keeps one).
+The rule itself is :func:`.decision.decide`; each path here feeds it what it knows and does
+what the verdict asks. Background mode (the default) does local work only: a user this
+process knows (:class:`~.known_users.KnownUsers`) costs a hash, any other login one ledger
+read; a new user's event is built (the app's code runs here, outside any write lock), then
+claimed and queued in one atomic step (:attr:`.backends.Parts.claim_and_enqueue`), so the
+signup can neither be lost nor queued twice. Sync mode is the Rule's semantics: the POST
+happens in the request, the marker is confirmed only after Keen accepted the event, and
+released on failure so the next login retries (the event is also queued in the outbox,
+which retries it durably; Keen's uniqueness token keeps one).
 """
 
 from __future__ import annotations
@@ -23,15 +19,18 @@ import enum
 import logging
 import typing as t
 
+from .decision import Verdict
+from .decision import created_at_from_claims
+from .decision import decide
 from .delivery import QueuedEvent
 from .events import build_signup_event
 from .events import format_timestamp
-from .events import parse_created_at
 from .events import uniqueness_token
 from .events import user_id_of
 from .exceptions import KeenError
 from .exceptions import RemoteError
 from .exceptions import StoreError
+from .known_users import KnownUsers as KnownUsers
 from .stores import MarkerState
 from .stores import MarkerStore
 
@@ -52,59 +51,6 @@ RequestFacts = t.Callable[[], tuple[str | None, str | None]]
 #: Extra event properties, or a callable producing them for a new user only.
 ExtraProperties = t.Mapping[str, t.Any] | t.Callable[[], t.Mapping[str, t.Any] | None] | None
 
-#: How many signed-up users each process remembers (see :class:`KnownUsers`).
-KNOWN_USERS_MAX = 100_000
-
-
-class KnownUsers:
-    """A bounded, process-local set of users whose marker can never go away again.
-
-    A returning user then costs one dict lookup instead of a SQLite read. Only markers
-    that are permanent are remembered: *confirmed* ones, and *pending* ones in background
-    mode (pending there means durably queued). Used only with stores that declare their
-    markers shared and permanent (:attr:`MarkerStore.remembered`: the SQLite ledger, which
-    also fronts ``auth0``, and Redis); never with the per-browser session store, nor with
-    custom stores unless they say so. A marker deleted by hand takes effect at restart.
-    When full, the oldest entries are forgotten (they cost a SQLite read again). At start the
-    most recent markers of the SQLite ledger are loaded on a background thread
-    (:meth:`Tracker.load_known_users`), so a restart does not make every returning user's
-    next login pay the read.
-    """
-
-    def __init__(self, maximum: int = KNOWN_USERS_MAX) -> None:
-        self.maximum = maximum
-        self._users: dict[str, None] = {}
-
-    def __contains__(self, user_id: object) -> bool:
-        return user_id in self._users
-
-    def __len__(self) -> int:
-        return len(self._users)
-
-    def add_many(self, user_ids: t.Iterable[str]) -> int:
-        """Remember ``user_ids`` while there is room; never forgets anyone for them.
-
-        For the start-up load (:meth:`Tracker.load_known_users`): users a request remembered
-        in the meantime stay. Returns how many were added.
-        """
-        users, added = self._users, 0
-        for user_id in user_ids:
-            if len(users) >= self.maximum:
-                break
-            if user_id not in users:
-                users[user_id] = None
-                added += 1
-        return added
-
-    def add(self, user_id: str) -> None:
-        users = self._users
-        users[user_id] = None
-        if len(users) > self.maximum:
-            try:  # insertion order: the first key is the oldest; a racing thread may win
-                del users[next(iter(users))]
-            except (KeyError, StopIteration, RuntimeError):
-                pass
-
 
 class TrackOutcome(enum.Enum):
     """What :meth:`Tracker.track_claims` did with a login."""
@@ -124,25 +70,6 @@ class TrackOutcome(enum.Enum):
     #: The store did not answer within ``KEEN_SIGNUP_STORE_TIMEOUT``: the candidate signup
     #: is in the local spool; the sender decides it later (see :mod:`.spool`).
     SPOOLED = "spooled"
-
-
-def created_at_from_claims(
-    claims: t.Mapping[str, t.Any], name: str | None = None
-) -> dt.datetime | None:
-    """A creation time carried in the ID token, if an Auth0 Action put one there.
-
-    The claim ``name`` (``KEEN_SIGNUP_CREATED_AT_CLAIM``) when given, else ``created_at``
-    or any namespaced claim ending in ``/created_at``.
-    """
-    value = claims.get(name) if name else None
-    if value is None:
-        value = claims.get("created_at")
-    if value is None:
-        for claim, candidate in claims.items():
-            if claim.endswith("/created_at"):
-                value = candidate
-                break
-    return parse_created_at(value) if value is not None else None
 
 
 class Tracker:
@@ -182,16 +109,24 @@ class Tracker:
         # KEEN_SIGNUP_SINCE without a created_at claim: the sender asks the Management API
         # (:class:`~.hooks.MarkerHooks`), so such a candidate always waits in the outbox.
         self._resolved_later = (
-            settings.since is not None
-            and self.remote is None
-            and settings.has_management_api
+            settings.since is not None and self.remote is None and settings.has_management_api
         )
         self._warned_no_created_at = False
-        self._atomic = parts.claim_and_enqueue
 
-    def already_marked_by_claim(self, claims: t.Mapping[str, t.Any]) -> bool:
-        name = self.settings.marker_claim
-        return bool(name and claims.get(name))
+    def _unknown(
+        self, claims: t.Mapping[str, t.Any]
+    ) -> tuple[str, dt.datetime | None] | TrackOutcome:
+        """The user id and creation time of a login that memory and the ID token do not
+        answer already; else the outcome (disabled, or returning)."""
+        if not self.settings.enabled:
+            return TrackOutcome.DISABLED
+        # The claims are read once, here; everything below decides on these values and
+        # hands them to the event builder (one trip down: tracker, then events).
+        user_id = user_id_of(claims)
+        known, marker_claim = self.known, self.settings.marker_claim
+        if (known is not None and user_id in known) or (marker_claim and claims.get(marker_claim)):
+            return TrackOutcome.RETURNING
+        return user_id, self._created_at(claims)
 
     def track_claims(
         self,
@@ -209,42 +144,52 @@ class Tracker:
         :param extra: extra event properties, or a callable returning them, called only for
             a new user (the app's ``@event_properties`` callback).
         """
-        if not self.settings.enabled:
-            return TrackOutcome.DISABLED
-        # The claims are read once, here; everything below decides on these values and
-        # hands them to the event builder (one trip down: tracker, then events).
-        user_id = user_id_of(claims)
-        known = self.known
-        if (known is not None and user_id in known) or self.already_marked_by_claim(claims):
-            return TrackOutcome.RETURNING
-        created_at = self._created_at(claims)
-
-        def new_event() -> dict[str, t.Any]:
-            """The event, built only once this login is known to be a candidate signup:
-            the request facts and the app's properties are read then, for it only."""
-            request_ip, request_user_agent = facts() if facts is not None else (ip, user_agent)
-            return self._build(
-                user_id,
-                claims,
-                created_at,
-                request_ip,
-                request_user_agent,
-                extra() if callable(extra) else extra,
-            )
-
+        unknown = self._unknown(claims)
+        if isinstance(unknown, TrackOutcome):
+            return unknown
+        user_id, created_at = unknown
+        since = self.settings.since
         try:
-            return self._decide(user_id, claims, created_at, new_event)
+            marker = self.claimer.lookup(user_id)
+            # Background: pending means durably queued. Sync: it may belong to a request
+            # that died mid-send; the claim decides below whether it is stale.
+            verdict = decide(
+                since=since,
+                created_at=created_at,
+                marker=marker,
+                pending_is_final=self._background,
+            )
+            if verdict is Verdict.MARKED_ONLY:
+                self.claimer.confirm(user_id)
+                logger.info("user created before KEEN_SIGNUP_SINCE: marked, not reported")
         except StoreError as exc:
             if self.spool is None:
                 raise
-            if self._created_before_since(created_at):
+            if decide(since=since, created_at=created_at) is Verdict.MARKED_ONLY:
                 return TrackOutcome.MARKED_ONLY  # not reported; marked at a later login
             # The store did not answer in time: keep the candidate for the sender to
             # decide. The event is built now, from this request (its IP, User-Agent, the
             # app's properties); whether it is a signup is decided later (claim, then
             # queue if won). No signal fires here: ``recorded`` fires on the sender thread
             # once the claim is won, and a spooled returning user produces none.
-            return self._spool_event(user_id, new_event(), exc)
+            request_ip, request_user_agent = facts() if facts is not None else (ip, user_agent)
+            event = self._build(user_id, claims, created_at, request_ip, request_user_agent, extra)
+            return self._spool_event(user_id, event, exc)
+        if verdict is not Verdict.SIGNUP:
+            self._remember(user_id)
+            return TrackOutcome(verdict.value)  # RETURNING or MARKED_ONLY
+        self.notify("detected", {"user_id": user_id, "claims": claims})
+        # Built only now that this login is a candidate signup: the request facts and
+        # the app's properties are read for it only.
+        request_ip, request_user_agent = facts() if facts is not None else (ip, user_agent)
+        event = self._build(user_id, claims, created_at, request_ip, request_user_agent, extra)
+        try:
+            if self._background or (created_at is None and self._resolved_later):
+                return self._track_background(user_id, event)
+            return self._track_sync(user_id, event)
+        except StoreError as exc:
+            # Not in time: keep the event this login built (the app's callback ran once).
+            return self._spool_event(user_id, event, exc)
 
     def _spool_event(
         self, user_id: str, event: dict[str, t.Any], error: StoreError
@@ -261,36 +206,6 @@ class Tracker:
         # Counted (metrics), not signalled: it may yet prove a returning user.
         self.notify("spooled", {"user_id": user_id, "event": event})
         return TrackOutcome.SPOOLED
-
-    def _decide(
-        self,
-        user_id: str,
-        claims: t.Mapping[str, t.Any],
-        created_at: dt.datetime | None,
-        new_event: t.Callable[[], dict[str, t.Any]],
-    ) -> TrackOutcome:
-        marker = self.claimer.lookup(user_id)
-        if marker is MarkerState.CONFIRMED or (marker is MarkerState.PENDING and self._background):
-            # Background: pending means durably queued. Sync: it may belong to a request
-            # that died mid-send; claim() decides below whether it is stale.
-            self._remember(user_id)
-            return TrackOutcome.RETURNING
-
-        if self._created_before_since(created_at):
-            self.claimer.confirm(user_id)
-            self._remember(user_id)
-            logger.info("user created before KEEN_SIGNUP_SINCE: marked, not reported")
-            return TrackOutcome.MARKED_ONLY
-
-        self.notify("detected", {"user_id": user_id, "claims": claims})
-        event = new_event()
-        try:
-            if self._background or (created_at is None and self._resolved_later):
-                return self._track_background(user_id, event)
-            return self._track_sync(user_id, event)
-        except StoreError as exc:
-            # Not in time: keep the event this login built (the app's callback ran once).
-            return self._spool_event(user_id, event, exc)
 
     def _created_at(self, claims: t.Mapping[str, t.Any]) -> dt.datetime | None:
         """The ID token's creation time; says once per process when SINCE cannot use it."""
@@ -320,7 +235,7 @@ class Tracker:
         created_at: dt.datetime | None,
         ip: str | None,
         user_agent: str | None,
-        extra: t.Mapping[str, t.Any] | None,
+        extra: ExtraProperties,
     ) -> dict[str, t.Any]:
         settings = self.settings
         return build_signup_event(
@@ -333,7 +248,7 @@ class Tracker:
             addons=settings.addons,
             created_at=created_at,
             now=self.clock(),
-            extra=extra,
+            extra=extra() if callable(extra) else extra,
             user_id=user_id,  # checked by user_id_of already: not again
         )
 
@@ -362,10 +277,6 @@ class Tracker:
         if self.known is not None:
             self.known.add(user_id)
 
-    def _created_before_since(self, created_at: dt.datetime | None) -> bool:
-        since = self.settings.since
-        return since is not None and created_at is not None and created_at < since
-
     def _queued(self, user_id: str, event: dict[str, t.Any]) -> QueuedEvent:
         return QueuedEvent(
             collection=self.settings.collection,
@@ -377,11 +288,11 @@ class Tracker:
         )
 
     def _track_background(self, user_id: str, event: dict[str, t.Any]) -> TrackOutcome:
-        queued = self._queued(user_id, event)
-        if not self._claim_and_enqueue(user_id, queued):
-            self._remember(user_id)
-            return TrackOutcome.RETURNING
+        # The claim and the queued event are written together or not at all.
+        won = self.parts.claim_and_enqueue(user_id, self._queued(user_id, event))
         self._remember(user_id)
+        if not won:
+            return TrackOutcome.RETURNING
         self.sender.wake()
         self.notify("recorded", {"user_id": user_id, "event": event})
         return TrackOutcome.QUEUED
@@ -411,27 +322,24 @@ class Tracker:
             raise ConfigurationError(
                 "track_claims(connection=...) needs KEEN_SIGNUP_STORE = 'postgres'"
             )
-        if not self.settings.enabled:
-            return TrackOutcome.DISABLED
-        user_id = user_id_of(claims)
-        known = self.known
-        if (known is not None and user_id in known) or self.already_marked_by_claim(claims):
-            return TrackOutcome.RETURNING
-        created_at = self._created_at(claims)  # KEEN_SIGNUP_CREATED_AT_CLAIM too
-        if self._created_before_since(created_at):
+        unknown = self._unknown(claims)
+        if isinstance(unknown, TrackOutcome):
+            return unknown
+        user_id, created_at = unknown
+        if decide(since=self.settings.since, created_at=created_at) is Verdict.MARKED_ONLY:
             transaction.confirm(user_id)  # outside the app's transaction: true whatever it does
             self._remember(user_id)
             return TrackOutcome.MARKED_ONLY
 
         def in_savepoint() -> TrackOutcome:
-            # The read and the claim share one savepoint of the app's transaction.
-            if transaction.lookup(connection, user_id) is not None:
+            # The read and the claim share one savepoint of the app's transaction; any
+            # marker there is final (the app's transaction queued it, or it is confirmed).
+            marker = t.cast("MarkerState | None", transaction.lookup(connection, user_id))
+            if decide(since=None, marker=marker) is Verdict.RETURNING:
                 return TrackOutcome.RETURNING
             self.notify("detected", {"user_id": user_id, "claims": claims})
             ip, user_agent = facts() if facts is not None else (None, None)
-            event = self._build(
-                user_id, claims, created_at, ip, user_agent, extra() if callable(extra) else extra
-            )
+            event = self._build(user_id, claims, created_at, ip, user_agent, extra)
             if not transaction.claim_and_enqueue(connection, user_id, self._queued(user_id, event)):
                 return TrackOutcome.RETURNING
             self.notify("recorded", {"user_id": user_id, "event": event})
@@ -439,52 +347,38 @@ class Tracker:
 
         return transaction.run(connection, in_savepoint)
 
-    def _claim_and_enqueue(self, user_id: str, queued: QueuedEvent) -> bool:
-        if self._atomic is not None:
-            # The claim and the queued event are written together or not at all.
-            return self._atomic(user_id, queued)
+    def _track_sync(self, user_id: str, event: dict[str, t.Any]) -> TrackOutcome:
         claimer = self.claimer
         if not claimer.claim(user_id):
-            return False
-        try:
-            self.outbox.enqueue(queued)
-        except BaseException:
-            claimer.release(user_id)
-            raise
-        return True
-
-    def _track_sync(self, user_id: str, event: dict[str, t.Any]) -> TrackOutcome:
-        if not self.claimer.claim(user_id):
             return TrackOutcome.RETURNING
         try:
             if self.remote is not None:
                 facts = self.remote.user_facts(user_id)
-                if facts.marked:
-                    self.claimer.confirm(user_id)
+                verdict = decide(
+                    since=self.settings.since, created_at=facts.created_at, known=facts.marked
+                )
+                if verdict is not Verdict.SIGNUP:
+                    if verdict is Verdict.MARKED_ONLY:
+                        self.remote.confirm(user_id)
+                    claimer.confirm(user_id)
                     self._remember(user_id)
-                    return TrackOutcome.RETURNING
-                if self._created_before_since(facts.created_at):
-                    self.remote.confirm(user_id)
-                    self.claimer.confirm(user_id)
-                    self._remember(user_id)
-                    return TrackOutcome.MARKED_ONLY
+                    return TrackOutcome(verdict.value)
                 if facts.created_at is not None:
                     event["keen"]["timestamp"] = format_timestamp(facts.created_at)
             self.notify("recorded", {"user_id": user_id, "event": event})
             self.client.add_event(self.settings.collection, event)
         except RemoteError as exc:
-            self._sync_failed(user_id, event, exc)
+            claimer.release(user_id)
+            level = logging.WARNING if isinstance(exc, KeenError) else logging.ERROR
+            logger.log(level, "signup not delivered in the request (%s); queued for retry", exc)
+            self.notify("failed", {"user_id": user_id, "event": event, "error": exc, "attempts": 1})
+            self.outbox.enqueue(self._queued(user_id, event))
+            self.sender.wake()
             return TrackOutcome.FAILED
         except BaseException:
-            self.claimer.release(user_id)
+            claimer.release(user_id)
             raise
-        self._confirm_after_delivery(user_id)
-        self._remember(user_id)
-        self.notify("delivered", {"user_id": user_id, "event": event, "attempts": 1})
-        return TrackOutcome.DELIVERED
-
-    def _confirm_after_delivery(self, user_id: str) -> None:
-        self.claimer.confirm(user_id)
+        claimer.confirm(user_id)
         if self.remote is not None:
             try:
                 self.remote.confirm(user_id)
@@ -492,11 +386,6 @@ class Tracker:
                 # Keen has the event; the local ledger is confirmed; the next login on
                 # another host may re-send, which Keen's uniqueness token absorbs.
                 logger.warning("signup delivered but app_metadata not updated: %s", exc)
-
-    def _sync_failed(self, user_id: str, event: dict[str, t.Any], exc: RemoteError) -> None:
-        self.claimer.release(user_id)
-        level = logging.WARNING if isinstance(exc, KeenError) else logging.ERROR
-        logger.log(level, "signup not delivered in the request (%s); queued for retry", exc)
-        self.notify("failed", {"user_id": user_id, "event": event, "error": exc, "attempts": 1})
-        self.outbox.enqueue(self._queued(user_id, event))
-        self.sender.wake()
+        self._remember(user_id)
+        self.notify("delivered", {"user_id": user_id, "event": event, "attempts": 1})
+        return TrackOutcome.DELIVERED

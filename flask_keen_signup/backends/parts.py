@@ -2,11 +2,15 @@
 
 Their own module so that each backend module can import them without importing the
 registry in :mod:`flask_keen_signup.backends` (which imports the backends: no cycle).
+:attr:`Parts.claim_and_enqueue` and :attr:`Parts.claim_and_enqueue_many` are the one
+"claim the marker and queue the event" step every caller uses: the backend's atomic one,
+else :func:`claim_then_enqueue`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing as t
 
 if t.TYPE_CHECKING:  # pragma: no cover
@@ -28,6 +32,29 @@ ClaimAndEnqueueMany = t.Callable[[t.Sequence["QueuedEvent"]], list[bool]]
 RecentUserIds = t.Callable[[t.Sequence[str], int], list[str]]
 
 T = t.TypeVar("T")
+
+
+def claim_then_enqueue(
+    claimer: MarkerStore | None, outbox: Outbox, events: t.Sequence[QueuedEvent]
+) -> list[bool]:
+    """Claim each user, queue the event if won, release the claim if queueing failed.
+
+    For a claimer and an outbox that live apart. ``claimer`` ``None``: the claim was made
+    in the login request already (the per-browser session), so the events are only queued.
+    """
+    won: list[bool] = []
+    for event in events:
+        if claimer is not None and not claimer.claim(event.user_id):
+            won.append(False)
+            continue
+        try:
+            outbox.enqueue(event)
+        except BaseException:
+            if claimer is not None:
+                claimer.release(event.user_id)
+            raise
+        won.append(True)
+    return won
 
 
 class RemoteMarkers(t.Protocol):
@@ -87,8 +114,10 @@ class Parts:
         login request claimed already, as the per-browser session does).
     :param remote: a remote marker checked and set around delivery (``auth0``).
     :param claim_and_enqueue: the login path's atomic claim-and-enqueue, if the claimer
-        and the outbox live in one place; otherwise claim, enqueue, release on failure.
-    :param claim_and_enqueue_many: the same for the spool's drain, on the sender's objects.
+        and the outbox live in one place; left out, :func:`claim_then_enqueue` on
+        ``claimer`` and ``request_outbox``.
+    :param claim_and_enqueue_many: the same for the spool's drain, on the sender's objects
+        (left out: :func:`claim_then_enqueue` on ``drain_claimer`` and ``outbox``).
     :param in_transaction: the claim inside the app's own transaction (``postgres``).
     :param recent_user_ids: the claimer's newest users, to load the known-users set at
         start (:meth:`~flask_keen_signup.tracker.Tracker.load_known_users`).
@@ -106,10 +135,23 @@ class Parts:
     confirm_in: MarkerStore
     drain_claimer: MarkerStore | None
     remote: RemoteMarkers | None = None
-    claim_and_enqueue: ClaimAndEnqueue | None = None
-    claim_and_enqueue_many: ClaimAndEnqueueMany | None = None
+    # Left out (None), __post_init__ puts the claim-then-enqueue fallback in their place.
+    claim_and_enqueue: ClaimAndEnqueue = t.cast("ClaimAndEnqueue", None)
+    claim_and_enqueue_many: ClaimAndEnqueueMany = t.cast("ClaimAndEnqueueMany", None)
     in_transaction: InTransaction | None = None
     recent_user_ids: RecentUserIds | None = None
     migration_ledger: t.Callable[[], MigrationLedger] | None = None
     wake_on_notify: t.Callable[[t.Callable[[], None]], None] | None = None
     uses_database: bool = True
+
+    def __post_init__(self) -> None:
+        given = vars(self)  # typed as always set: read what the backend passed
+        if given["claim_and_enqueue"] is None:
+            claimer, outbox = self.claimer, self.request_outbox
+            self.claim_and_enqueue = lambda _, queued: claim_then_enqueue(
+                claimer, outbox, [queued]
+            )[0]
+        if given["claim_and_enqueue_many"] is None:
+            self.claim_and_enqueue_many = functools.partial(
+                claim_then_enqueue, self.drain_claimer, self.outbox
+            )

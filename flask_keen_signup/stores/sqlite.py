@@ -34,6 +34,9 @@ CREATE TABLE IF NOT EXISTS keen_signup_markers (
 
 
 _LOOKUP = "SELECT state FROM keen_signup_markers WHERE collection = ? AND user_id = ?"
+# Under the id, or under its hash once the user was erased (forget()): both probes of the
+# primary key in one statement; the second runs only when the first finds nothing.
+_LOOKUP_EITHER = f"{_LOOKUP} UNION ALL {_LOOKUP} LIMIT 1"
 _CLAIM = (
     "INSERT INTO keen_signup_markers (collection, user_id, state, claimed_at) "
     "VALUES (?, ?, 'pending', ?) ON CONFLICT (collection, user_id) DO NOTHING"
@@ -76,15 +79,11 @@ class SQLiteStore(MarkerStore):
         return f"<SQLiteStore {self.database.path!r} collection={self.collection!r}>"
 
     def lookup(self, user_id: str) -> MarkerState | None:
+        collection = self.collection
+        params = (collection, user_id, collection, erased_user_id(collection, user_id))
         try:
             with self.database.reading() as conn:
-                row = conn.execute(_LOOKUP, (self.collection, user_id)).fetchone()
-                if row is None:
-                    # Not under the id: an erased user's marker is under its hash
-                    # (forget()). Only a user not found pays for this second probe.
-                    row = conn.execute(
-                        _LOOKUP, (self.collection, erased_user_id(self.collection, user_id))
-                    ).fetchone()
+                row = conn.execute(_LOOKUP_EITHER, params).fetchone()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read the marker ledger: {exc}") from exc
         return MarkerState(row[0]) if row else None
@@ -95,8 +94,7 @@ class SQLiteStore(MarkerStore):
         cursor = conn.execute(_CLAIM, (self.collection, user_id, now))
         if cursor.rowcount == 1:
             # New under its id; but an erased user's marker is under its hash (forget()):
-            # then the claim is lost, and undone in this same transaction. Only a user
-            # new to the ledger pays for this probe.
+            # then the claim is lost, and undone in this same transaction.
             erased = (self.collection, erased_user_id(self.collection, user_id))
             if conn.execute(_LOOKUP, erased).fetchone() is None:
                 return True
@@ -120,11 +118,6 @@ class SQLiteStore(MarkerStore):
                 return self.claim_in(conn, user_id)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot claim in the marker ledger: {exc}") from exc
-
-    def confirm_in(self, conn: sqlite3.Connection, user_id: str) -> None:
-        """Confirm inside the caller's open transaction."""
-        now = time.time()
-        conn.execute(_CONFIRM, (self.collection, user_id, now, now))
 
     def confirm_many(self, user_ids: t.Iterable[str]) -> None:
         """Confirm many users (the sender, after a delivered batch), in short transactions."""

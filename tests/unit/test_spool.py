@@ -1,17 +1,20 @@
 """The local spool's file format and ownership rules (``flask_keen_signup.spool``).
 
 Real files in a temporary directory; the deciding side is the real SQLite ledger and
-outbox (``spool_drain.decider``), or the in-memory outbox where only the spool is tested.
+outbox (``backends.parts.claim_then_enqueue``, the spool drain's fallback), or the
+in-memory outbox where only the spool is tested.
 """
 
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import typing as t
 
 import pytest
 
+from flask_keen_signup.backends.parts import claim_then_enqueue
 from flask_keen_signup.database import Database
 from flask_keen_signup.delivery import MemoryOutbox
 from flask_keen_signup.delivery import QueuedEvent
@@ -19,7 +22,6 @@ from flask_keen_signup.delivery.sqlite_outbox import SQLiteOutbox
 from flask_keen_signup.events import uniqueness_token
 from flask_keen_signup.exceptions import StoreError
 from flask_keen_signup.spool import Spool
-from flask_keen_signup.spool_drain import decider
 from flask_keen_signup.stores.sqlite import SQLiteStore
 
 CAUSE = StoreError("database is locked")
@@ -186,7 +188,11 @@ def test_sqlite_decider_claims_then_queues_and_drops_known_users(
     database = Database(str(tmp_path / "db.sqlite3"))
     ledger, outbox = SQLiteStore(database, "signups"), SQLiteOutbox(database)
     ledger.confirm("auth0|returning")
-    decide = decider(ledger, outbox, claim_and_enqueue_many(ledger, outbox) if atomic else None)
+    decide = (
+        claim_and_enqueue_many(ledger, outbox)
+        if atomic
+        else functools.partial(claim_then_enqueue, ledger, outbox)
+    )
     won = decide([event("auth0|new"), event("auth0|returning"), event("auth0|new")])
     assert list(won) == [True, False, False]
     assert outbox.pending_count() == 1
@@ -194,5 +200,5 @@ def test_sqlite_decider_claims_then_queues_and_drops_known_users(
 
 def test_without_a_shared_claim_the_decider_only_queues(tmp_path: t.Any) -> None:
     outbox = MemoryOutbox()
-    assert list(decider(None, outbox)([event("a"), event("b")])) == [True, True]
+    assert claim_then_enqueue(None, outbox, [event("a"), event("b")]) == [True, True]
     assert outbox.pending_count() == 2
