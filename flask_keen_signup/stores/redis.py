@@ -34,6 +34,7 @@ import hashlib
 import threading
 import time
 import typing as t
+from importlib import resources
 from urllib.parse import parse_qsl
 from urllib.parse import urlencode
 from urllib.parse import urlsplit
@@ -74,49 +75,19 @@ _TIMEOUT_OPTIONS = ("socket_timeout", "socket_connect_timeout")
 _PENDING = "pending:"
 _CONFIRMED = "confirmed:"
 
-# Lua prelude shared with the outbox's atomic claim-and-enqueue: the server's clock, and
-# the claim decision. It only *reads*; the caller writes, so a script that loses the claim
-# (or finds a key of the wrong type) has changed nothing.
-CLAIM_DECISION_LUA = """
-local function server_now()
-  local clock = redis.call('TIME')
-  return tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-end
--- Returns true when the caller may (re)claim the marker: no marker yet, or a pending one
--- older than reclaim_after seconds (reclaim_after == '' disables reclaiming).
-local function may_claim(marker, now, reclaim_after)
-  local current = redis.call('GET', marker)
-  if not current then
-    return true
-  end
-  if reclaim_after == '' or string.sub(current, 1, 8) ~= 'pending:' then
-    return false
-  end
-  local claimed_at = tonumber(string.sub(current, 9))
-  return claimed_at ~= nil and claimed_at < now - tonumber(reclaim_after)
-end
-"""
 
-_CLAIM_LUA = (
-    CLAIM_DECISION_LUA
-    + """
-local now = server_now()
-if not may_claim(KEYS[1], now, ARGV[1]) then
-  return 0
-end
-redis.call('SET', KEYS[1], string.format('pending:%.6f', now))
-return 1
-"""
-)
+def lua(*names: str) -> str:
+    """The package's ``lua/<name>.lua`` scripts, concatenated: the shared functions a
+    script needs first, then its own body (the files are package data)."""
+    folder = resources.files("flask_keen_signup") / "lua"
+    return "".join((folder / f"{name}.lua").read_text(encoding="utf-8") for name in names)
 
-# Delete only a *pending* marker: a confirmed one must survive a late release.
-_RELEASE_LUA = """
-local current = redis.call('GET', KEYS[1])
-if current and string.sub(current, 1, 8) == 'pending:' then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
+
+#: Functions shared with the outbox's atomic claim-and-enqueue: the server's clock and the
+#: claim decision (see the file).
+CLAIM_DECISION_LUA = lua("claim_decision")
+_CLAIM_LUA = CLAIM_DECISION_LUA + lua("marker_claim")
+_RELEASE_LUA = lua("marker_release")
 
 
 def connect(
