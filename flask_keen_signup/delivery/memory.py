@@ -20,7 +20,6 @@ from .base import DeadLetter
 from .base import ErasedRows
 from .base import Outbox
 from .base import OutboxRow
-from .base import OutboxStats
 from .base import QueuedEvent
 
 
@@ -80,7 +79,6 @@ class MemoryOutbox(Outbox):
 
     def enqueue(self, event: QueuedEvent, *, now: float | None = None) -> int:
         now = time.time() if now is None else now
-        body_json = event.body_json
         with self._lock:
             row_id = self._next_id
             self._next_id += 1
@@ -89,33 +87,31 @@ class MemoryOutbox(Outbox):
                 event.collection,
                 event.user_id,
                 event.uniqueness_token,
-                body_json,
+                event.body_json,
                 now,
                 now,
             )
         return row_id
 
-    def claim_due(
-        self,
-        limit: int,
-        *,
-        now: float,
-        lease_seconds: float,
-        owner: str,
-        flush_since: float | None = None,
+    def _open(self, ids: t.Iterable[int]) -> t.Iterator[_Row]:
+        """The rows of ``ids`` still to send or confirm (call with the lock held)."""
+        for row_id in dict.fromkeys(ids):  # each row once
+            row = self._rows.get(row_id)
+            if row is not None and row.state in OPEN_STATES:
+                yield row
+
+    def _lease_due(
+        self, limit: int, now: float, until: float, owner: str, flush_since: float | None
     ) -> list[OutboxRow]:
+        def due(row: _Row) -> bool:
+            if row.next_attempt_at <= now:
+                return True
+            return flush_since is not None and row.lease_owner is None and (
+                row.last_attempt_at is None or row.last_attempt_at < flush_since
+            )
+
         with self._lock:
-            candidates = []
-            for row in self._rows.values():
-                if row.state not in OPEN_STATES:
-                    continue
-                due = row.next_attempt_at <= now
-                if not due and flush_since is not None:
-                    due = row.lease_owner is None and (
-                        row.last_attempt_at is None or row.last_attempt_at < flush_since
-                    )
-                if due:
-                    candidates.append(row)
+            candidates = [r for r in self._rows.values() if r.state in OPEN_STATES and due(r)]
             candidates.sort(key=lambda r: (r.next_attempt_at, r.id))
             claimed = []
             for row in candidates[:limit]:
@@ -123,158 +119,110 @@ class MemoryOutbox(Outbox):
                     self._resends += 1
                 row.attempts += 1
                 row.lease_owner = owner
-                row.next_attempt_at = now + lease_seconds
+                row.next_attempt_at = until
                 row.last_attempt_at = now
                 claimed.append(row.snapshot())
-        claimed.sort(key=lambda r: r.id)
         return claimed
 
-    def _finish(self, row_id: int, state: str, now: float) -> None:
-        row = self._rows.get(row_id)
-        if row is None or row.state not in OPEN_STATES:
-            return
-        if state == DELIVERED:
-            self._delivered += 1
-        else:
-            self._skipped += 1
-        if not self.keep_delivered:
-            del self._rows[row_id]
-            return
-        row.state = state
-        row.lease_owner = None
-        row.done_at = now
-
-    def mark_delivered(self, ids: t.Collection[int], *, now: float | None = None) -> None:
-        now = time.time() if now is None else now
+    def _set_done(self, state: str, ids: list[int], reasons: list[str] | None, now: float) -> None:
+        notes = dict(zip(ids, reasons, strict=True)) if reasons is not None else {}
         with self._lock:
-            for row_id in ids:
-                self._finish(row_id, DELIVERED, now)
+            for row in list(self._open(ids)):
+                if row.id in notes:
+                    row.last_error = f"skipped: {notes[row.id]}"
+                if state == DELIVERED:
+                    self._delivered += 1
+                else:
+                    self._skipped += 1
+                if not self.keep_delivered:
+                    del self._rows[row.id]
+                row.state, row.lease_owner, row.done_at = state, None, now
 
-    def mark_skipped(self, reasons: t.Mapping[int, str], *, now: float | None = None) -> None:
-        now = time.time() if now is None else now
+    def _set_confirming(self, ids: list[int], next_attempt_at: float, error: str) -> None:
         with self._lock:
-            for row_id, reason in reasons.items():
-                row = self._rows.get(row_id)
-                if row is not None:
-                    row.last_error = f"skipped: {reason}"
-                self._finish(row_id, SKIPPED, now)
-
-    def mark_confirming(
-        self, ids: t.Collection[int], *, next_attempt_at: float, error: str
-    ) -> None:
-        with self._lock:
-            for row_id in ids:
-                row = self._rows.get(row_id)
-                if row is None or row.state not in OPEN_STATES:
-                    continue
-                row.state = CONFIRMING
-                row.attempts = 0
-                row.lease_owner = None
-                row.next_attempt_at = next_attempt_at
-                row.last_error = error
+            for row in self._open(ids):
+                row.state, row.attempts, row.lease_owner = CONFIRMING, 0, None
+                row.next_attempt_at, row.last_error = next_attempt_at, error
             self._last_error = error
 
-    def mark_retry_many(
-        self, items: t.Sequence[tuple[int, float, str]], *, now: float | None = None
-    ) -> None:
-        now = time.time() if now is None else now
+    def _set_retry(self, items: list[tuple[int, float, str]], now: float) -> None:
         with self._lock:
             for row_id, next_attempt_at, error in items:
-                row = self._rows.get(row_id)
-                if row is None or row.state not in OPEN_STATES:
-                    continue
-                if row.first_failed_at is None:
-                    row.first_failed_at = now
-                row.lease_owner = None
-                row.next_attempt_at = next_attempt_at
-                row.last_error = error
-                self._last_error = error
+                for row in self._open([row_id]):
+                    if row.first_failed_at is None:
+                        row.first_failed_at = now
+                    row.lease_owner = None
+                    row.next_attempt_at, row.last_error = next_attempt_at, error
+                    self._last_error = error
 
-    def mark_dead_many(
-        self, items: t.Sequence[tuple[int, str, str | None]], *, now: float | None = None
-    ) -> None:
-        now = time.time() if now is None else now
+    def _to_dead(self, items: list[tuple[int, str, str | None]], now: float) -> None:
         with self._lock:
             for row_id, reason, error_code in items:
-                row = self._rows.get(row_id)
-                if row is None or row.state not in OPEN_STATES:
-                    continue
-                del self._rows[row_id]
-                self._dead[row_id] = DeadLetter(
-                    id=row.id,
-                    collection=row.collection,
-                    user_id=row.user_id,
-                    uniqueness_token=row.uniqueness_token,
-                    body_json=row.body_json,
-                    attempts=row.attempts,
-                    created_at=row.created_at,
-                    reason=reason,
-                    error_code=error_code,
-                    died_at=now,
-                )
-                self._last_error = reason
+                for row in list(self._open([row_id])):
+                    del self._rows[row_id]
+                    self._dead[row_id] = DeadLetter(
+                        id=row.id,
+                        collection=row.collection,
+                        user_id=row.user_id,
+                        uniqueness_token=row.uniqueness_token,
+                        body_json=row.body_json,
+                        attempts=row.attempts,
+                        created_at=row.created_at,
+                        reason=reason,
+                        error_code=error_code,
+                        died_at=now,
+                    )
+                    self._last_error = reason
 
-    def release(self, ids: t.Collection[int], *, now: float | None = None) -> None:
-        now = time.time() if now is None else now
+    def _unlease(self, ids: list[int], now: float) -> None:
         with self._lock:
-            for row_id in ids:
-                row = self._rows.get(row_id)
-                if row is None or row.state not in OPEN_STATES or row.lease_owner is None:
-                    continue
-                row.lease_owner = None
-                row.next_attempt_at = now
-                row.attempts = max(0, row.attempts - 1)
+            for row in self._open(ids):
+                if row.lease_owner is not None:
+                    row.lease_owner, row.next_attempt_at = None, now
+                    row.attempts = max(0, row.attempts - 1)
 
-    def renew_leases(
-        self, ids: t.Collection[int], *, owner: str, now: float, lease_seconds: float
-    ) -> int:
-        count = 0
+    def _extend_leases(self, ids: list[int], owner: str, until: float) -> int:
         with self._lock:
-            for row_id in ids:
-                row = self._rows.get(row_id)
-                if row is not None and row.state in OPEN_STATES and row.lease_owner == owner:
-                    row.next_attempt_at = now + lease_seconds
-                    count += 1
-        return count
+            rows = [row for row in self._open(ids) if row.lease_owner == owner]
+            for row in rows:
+                row.next_attempt_at = until
+        return len(rows)
 
-    def expire_leases(self, is_orphan: t.Callable[[str], bool]) -> int:
-        count = 0
+    def _lease_owners(self) -> set[str]:
         with self._lock:
-            for row in self._rows.values():
-                if row.state in OPEN_STATES and row.lease_owner and is_orphan(row.lease_owner):
-                    row.next_attempt_at = min(row.next_attempt_at, 0.0)
-                    count += 1
-        return count
+            return {r.lease_owner for r in self._open(list(self._rows)) if r.lease_owner}
+
+    def _expire_owners(self, owners: list[str]) -> int:
+        with self._lock:
+            rows = [r for r in self._open(list(self._rows)) if r.lease_owner in owners]
+            for row in rows:
+                row.next_attempt_at = min(row.next_attempt_at, 0.0)
+        return len(rows)
 
     def pending_count(self) -> int:
         with self._lock:
             return sum(1 for row in self._rows.values() if row.state in OPEN_STATES)
 
-    def stats(self, now: float | None = None) -> OutboxStats:
-        now = time.time() if now is None else now
+    def _counts(self, now: float) -> tuple[t.Any, ...]:
         with self._lock:
-            open_rows = [row for row in self._rows.values() if row.state in OPEN_STATES]
-            oldest = min((row.created_at for row in open_rows), default=None)
-            return OutboxStats(
-                pending=len(open_rows),
-                due=sum(1 for row in open_rows if row.next_attempt_at <= now),
-                in_flight=sum(
-                    1 for row in open_rows if row.lease_owner and row.next_attempt_at > now
-                ),
-                delivered=self._delivered,
-                skipped=self._skipped,
-                dead=len(self._dead),
-                oldest_pending_age=None if oldest is None else max(0.0, now - oldest),
-                last_error=self._last_error,
-                resends=self._resends,
+            rows = list(self._open(list(self._rows)))
+            return (
+                len(rows),
+                sum(1 for row in rows if row.next_attempt_at <= now),
+                sum(1 for row in rows if row.lease_owner and row.next_attempt_at > now),
+                min((row.created_at for row in rows), default=None),
+                len(self._dead),
+                self._delivered,
+                self._skipped,
+                self._resends,
+                self._last_error,
             )
 
-    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+    def _read_dead(self, limit: int) -> list[DeadLetter]:
         with self._lock:
             return sorted(self._dead.values(), key=lambda d: (d.died_at, d.id))[:limit]
 
-    def retry_dead(self, ids: t.Collection[int] | None = None, *, now: float | None = None) -> int:
-        now = time.time() if now is None else now
+    def _replay_dead(self, ids: list[int] | None, now: float) -> int:
         with self._lock:
             chosen = list(self._dead) if ids is None else [i for i in ids if i in self._dead]
             for row_id in chosen:
@@ -291,43 +239,30 @@ class MemoryOutbox(Outbox):
                 )
             return len(chosen)
 
-    def prune_delivered(self, older_than_seconds: float, *, now: float | None = None) -> int:
-        now = time.time() if now is None else now
-        cutoff = now - older_than_seconds
+    def _finished(self, cutoff: float) -> list[_Row]:
+        """Delivered and skipped rows done before ``cutoff`` (call with the lock held)."""
+        return [
+            row
+            for row in self._rows.values()
+            if row.state in (DELIVERED, SKIPPED) and row.done_at is not None
+            and row.done_at < cutoff
+        ]
+
+    def _delete_done(self, cutoff: float) -> int:
         with self._lock:
-            doomed = [
-                row.id
-                for row in self._rows.values()
-                if row.state in (DELIVERED, SKIPPED)
-                and row.done_at is not None
-                and row.done_at < cutoff
-            ]
-            for row_id in doomed:
-                del self._rows[row_id]
+            doomed = self._finished(cutoff)
+            for row in doomed:
+                del self._rows[row.id]
             return len(doomed)
 
-    def drop_delivered_bodies(
-        self, older_than_seconds: float, *, now: float | None = None
-    ) -> int:
-        now = time.time() if now is None else now
-        cutoff = now - older_than_seconds
-        dropped = 0
+    def _empty_bodies(self, cutoff: float) -> int:
         with self._lock:
-            for row in self._rows.values():
-                if (
-                    row.state in (DELIVERED, SKIPPED)
-                    and row.body_json
-                    and row.done_at is not None
-                    and row.done_at < cutoff
-                ):
-                    row.body_json = ""
-                    dropped += 1
-        return dropped
+            rows = [row for row in self._finished(cutoff) if row.body_json]
+            for row in rows:
+                row.body_json = ""
+            return len(rows)
 
-    def forget_user(
-        self, collection: str, user_id: str, *, erased_id: str, now: float | None = None
-    ) -> ErasedRows:
-        now = time.time() if now is None else now
+    def _erase_user(self, collection: str, user_id: str, erased_id: str, now: float) -> ErasedRows:
         skipped = erased = 0
         with self._lock:
             for row in self._rows.values():

@@ -32,13 +32,10 @@ from ..postgres import PostgresDatabase
 from ..postgres import driver_error
 from ..stores.postgres import PostgresStore
 from ..stores.postgres import execute
-from . import DELIVERED
-from . import SKIPPED
 from . import DeadLetter
 from . import ErasedRows
 from . import Outbox
 from . import OutboxRow
-from . import OutboxStats
 from . import QueuedEvent
 
 if t.TYPE_CHECKING:  # pragma: no cover
@@ -298,19 +295,11 @@ SELECT count(*), {self._notify} FROM queued""",
 
     # -- sender -----------------------------------------------------------------------
 
-    def claim_due(
-        self,
-        limit: int,
-        *,
-        now: float,
-        lease_seconds: float,
-        owner: str,
-        flush_since: float | None = None,
+    def _lease_due(
+        self, limit: int, now: float, until: float, owner: str, flush_since: float | None
     ) -> list[OutboxRow]:
         if self._listener is not None:
             self._listener.ensure_running()
-        if limit < 1:
-            return []
         if flush_since is None:
             which = "next_attempt_at <= %(now)s ORDER BY next_attempt_at, id"
         else:
@@ -318,7 +307,7 @@ SELECT count(*), {self._notify} FROM queued""",
                 "(next_attempt_at <= %(now)s OR (lease_owner IS NULL AND "
                 "(last_attempt_at IS NULL OR last_attempt_at < %(since)s))) ORDER BY id"
             )
-        records = self.database.run(
+        records = self._run(
             f"""
 WITH picked AS (
     SELECT id, (lease_owner IS NOT NULL AND state = 'pending') AS reclaimed
@@ -337,25 +326,13 @@ WITH picked AS (
     WHERE key = 'resends' AND EXISTS (SELECT 1 FROM claimed WHERE reclaimed)
 )
 SELECT * FROM claimed""",
-            {
-                "now": now,
-                "until": now + lease_seconds,
-                "owner": owner,
-                "limit": limit,
-                "since": flush_since,
-            },
-            what="claim from the outbox",
-            role=WORKER,
+            {"now": now, "until": until, "owner": owner, "limit": limit, "since": flush_since},
+            "claim from the outbox",
             fetch="all",
         )
-        rows = [OutboxRow(*record[:11]) for record in records]
-        rows.sort(key=lambda row: row.id)
-        return rows
+        return [OutboxRow(*record[:11]) for record in records]
 
-    def _finish(
-        self, state: str, ids: list[int], reasons: list[str] | None, now: float | None
-    ) -> None:
-        now = time.time() if now is None else now
+    def _set_done(self, state: str, ids: list[int], reasons: list[str] | None, now: float) -> None:
         if self.keep_delivered:
             note = "" if reasons is None else ", last_error = 'skipped: ' || r.reason"
             change = (
@@ -367,76 +344,47 @@ SELECT * FROM claimed""",
             change = (
                 f"DELETE FROM {self._outbox} WHERE id = ANY(%(ids)s) AND {_OPEN} RETURNING 1"
             )
-        self.database.run(
+        self._run(
             f"WITH done AS ({change}) UPDATE {self._meta} "
             "SET count = count + (SELECT count(*) FROM done) WHERE key = %(state)s",
             {"state": state, "now": now, "ids": ids, "reasons": reasons or [""] * len(ids)},
-            what=f"mark rows {state}",
-            role=WORKER,
+            f"mark rows {state}",
         )
 
-    def mark_delivered(self, ids: t.Collection[int], *, now: float | None = None) -> None:
-        if ids:
-            self._finish(DELIVERED, [int(i) for i in ids], None, now)
-
-    def mark_skipped(self, reasons: t.Mapping[int, str], *, now: float | None = None) -> None:
-        if reasons:
-            self._finish(SKIPPED, [int(i) for i in reasons], list(reasons.values()), now)
-
-    def _last_error(self, change: str) -> str:
+    def _with_last_error(self, change: str) -> str:
         return (
             f"WITH changed AS ({change}) "
             f"UPDATE {self._meta} SET note = %(error)s WHERE key = 'last_error'"
         )
 
-    def mark_confirming(
-        self, ids: t.Collection[int], *, next_attempt_at: float, error: str
-    ) -> None:
-        if not ids:
-            return
-        self.database.run(
-            self._last_error(
+    def _set_confirming(self, ids: list[int], next_attempt_at: float, error: str) -> None:
+        self._run(
+            self._with_last_error(
                 f"UPDATE {self._outbox} SET state = 'confirming', attempts = 0, "
                 "lease_owner = NULL, next_attempt_at = %(at)s, last_error = %(error)s "
                 f"WHERE id = ANY(%(ids)s) AND {_OPEN} RETURNING 1"
             ),
-            {"ids": [int(i) for i in ids], "at": next_attempt_at, "error": error},
-            what="mark rows confirming",
-            role=WORKER,
+            {"ids": ids, "at": next_attempt_at, "error": error},
+            "mark rows confirming",
         )
 
-    def mark_retry_many(
-        self, items: t.Sequence[tuple[int, float, str]], *, now: float | None = None
-    ) -> None:
-        if not items:
-            return
-        self.database.run(
-            self._last_error(
+    def _set_retry(self, items: list[tuple[int, float, str]], now: float) -> None:
+        ids, ats, errors = (list(column) for column in zip(*items, strict=True))
+        self._run(
+            self._with_last_error(
                 f"UPDATE {self._outbox} o SET lease_owner = NULL, next_attempt_at = r.at, "
-                "last_error = r.error, "
-                "first_failed_at = coalesce(o.first_failed_at, %(now)s) "
-                "FROM unnest(%(ids)s::bigint[], "
-                "%(ats)s::double precision[], %(errors)s::text[]) AS r(id, at, error) "
+                "last_error = r.error, first_failed_at = coalesce(o.first_failed_at, %(now)s) "
+                "FROM unnest(%(ids)s::bigint[], %(ats)s::double precision[], "
+                "%(errors)s::text[]) AS r(id, at, error) "
                 f"WHERE o.id = r.id AND o.{_OPEN} RETURNING 1"
             ),
-            {
-                "ids": [int(i) for i, _, _ in items],
-                "ats": [float(at) for _, at, _ in items],
-                "errors": [error for _, _, error in items],
-                "error": items[-1][2],
-                "now": time.time() if now is None else now,
-            },
-            what="reschedule rows",
-            role=WORKER,
+            {"ids": ids, "ats": ats, "errors": errors, "error": errors[-1], "now": now},
+            "reschedule rows",
         )
 
-    def mark_dead_many(
-        self, items: t.Sequence[tuple[int, str, str | None]], *, now: float | None = None
-    ) -> None:
-        if not items:
-            return
-        now = time.time() if now is None else now
-        self.database.run(
+    def _to_dead(self, items: list[tuple[int, str, str | None]], now: float) -> None:
+        ids, reasons, codes = (list(column) for column in zip(*items, strict=True))
+        self._run(
             f"""
 WITH items AS (
     SELECT * FROM unnest(%(ids)s::bigint[], %(reasons)s::text[], %(codes)s::text[])
@@ -451,65 +399,64 @@ WITH items AS (
            code, %(now)s FROM gone
 )
 UPDATE {self._meta} SET note = %(error)s WHERE key = 'last_error'""",
-            {
-                "ids": [int(i) for i, _, _ in items],
-                "reasons": [reason for _, reason, _ in items],
-                "codes": [code for _, _, code in items],
-                "now": now,
-                "error": items[-1][1],
-            },
-            what="move rows to the dead letters",
-            role=WORKER,
+            {"ids": ids, "reasons": reasons, "codes": codes, "now": now, "error": reasons[-1]},
+            "move rows to the dead letters",
         )
 
-    def release(self, ids: t.Collection[int], *, now: float | None = None) -> None:
-        if not ids:
-            return
-        self.database.run(
+    def _unlease(self, ids: list[int], now: float) -> None:
+        self._run(
             f"UPDATE {self._outbox} SET lease_owner = NULL, next_attempt_at = %s, "
             f"attempts = greatest(0, attempts - 1) WHERE id = ANY(%s) AND {_OPEN} "
             "AND lease_owner IS NOT NULL",
-            (time.time() if now is None else now, [int(i) for i in ids]),
-            what="release rows",
-            role=WORKER,
+            (now, ids),
+            "release rows",
         )
 
-    def renew_leases(
-        self, ids: t.Collection[int], *, owner: str, now: float, lease_seconds: float
-    ) -> int:
-        if not ids:
-            return 0
-        count = self.database.run(
-            f"UPDATE {self._outbox} SET next_attempt_at = %s "
-            f"WHERE id = ANY(%s) AND lease_owner = %s AND {_OPEN}",
-            (now + lease_seconds, [int(i) for i in ids], owner),
-            what="renew leases",
-            role=WORKER,
+    def _extend_leases(self, ids: list[int], owner: str, until: float) -> int:
+        return int(
+            self._run(
+                f"UPDATE {self._outbox} SET next_attempt_at = %s "
+                f"WHERE id = ANY(%s) AND lease_owner = %s AND {_OPEN}",
+                (until, ids, owner),
+                "renew leases",
+            )
         )
-        return int(count)
 
-    def drop_delivered_bodies(
-        self, older_than_seconds: float, *, now: float | None = None
-    ) -> int:
+    def _lease_owners(self) -> list[str]:
+        owners = self._run(
+            f"SELECT DISTINCT lease_owner FROM {self._outbox} "
+            f"WHERE {_OPEN} AND lease_owner IS NOT NULL",
+            None,
+            "read lease owners",
+            fetch="all",
+        )
+        return [owner for (owner,) in owners]
+
+    def _expire_owners(self, owners: list[str]) -> int:
+        return int(
+            self._run(
+                f"UPDATE {self._outbox} SET next_attempt_at = least(next_attempt_at, 0) "
+                f"WHERE lease_owner = ANY(%s) AND {_OPEN}",
+                (owners,),
+                "expire leases",
+            )
+        )
+
+    def _empty_bodies(self, cutoff: float) -> int:
         # The partial index outbox_bodies (schema version 2) holds only finished rows that
         # still have a body: the periodic pass is one index probe when nothing is due.
-        now = time.time() if now is None else now
-        count = self.database.run(
-            f"UPDATE {self._outbox} SET body = '' WHERE state IN ('delivered', 'skipped') "
-            "AND body <> '' AND done_at < %s",
-            (now - older_than_seconds,),
-            what="drop delivered bodies",
-            role=WORKER,
+        return int(
+            self._run(
+                f"UPDATE {self._outbox} SET body = '' WHERE state IN ('delivered', 'skipped') "
+                "AND body <> '' AND done_at < %s",
+                (cutoff,),
+                "drop delivered bodies",
+            )
         )
-        return int(count)
 
-    def forget_user(
-        self, collection: str, user_id: str, *, erased_id: str, now: float | None = None
-    ) -> ErasedRows:
-        """Erasure in one statement: rows still to send are skipped (never sent), finished
-        rows keep only their id, state and times under ``erased_id``, dead letters go; so
-        does the last error (a dead letter's reason may quote the event)."""
-        row = self.database.run(
+    def _erase_user(self, collection: str, user_id: str, erased_id: str, now: float) -> ErasedRows:
+        """Erasure in one statement."""
+        row = self._run(
             f"""
 WITH skipped AS (
     UPDATE {self._outbox} SET state = 'skipped', lease_owner = NULL, done_at = %(now)s,
@@ -528,99 +475,51 @@ WITH skipped AS (
 )
 SELECT (SELECT count(*) FROM skipped), (SELECT count(*) FROM erased),
        (SELECT count(*) FROM dead)""",
-            {
-                "c": collection,
-                "u": user_id,
-                "erased": erased_id,
-                "now": time.time() if now is None else now,
-            },
-            what="forget a user",
-            role=WORKER,
+            {"c": collection, "u": user_id, "erased": erased_id, "now": now},
+            "forget a user",
             fetch="one",
         )
         skipped, erased, dead = (int(n) for n in row)
         return ErasedRows(skipped=skipped, erased=erased, dead_letters=dead)
 
-    def expire_leases(self, is_orphan: t.Callable[[str], bool]) -> int:
-        owners = self.database.run(
-            f"SELECT DISTINCT lease_owner FROM {self._outbox} "
-            f"WHERE {_OPEN} AND lease_owner IS NOT NULL",
-            what="read lease owners",
-            role=WORKER,
-            fetch="all",
-        )
-        orphans = [owner for (owner,) in owners if is_orphan(owner)]
-        if not orphans:
-            return 0
-        count = self.database.run(
-            f"UPDATE {self._outbox} SET next_attempt_at = least(next_attempt_at, 0) "
-            f"WHERE lease_owner = ANY(%s) AND {_OPEN}",
-            (orphans,),
-            what="expire leases",
-            role=WORKER,
-        )
-        return int(count)
-
     # -- status and maintenance -------------------------------------------------------
 
     def pending_count(self) -> int:
-        row = self.database.run(
+        row = self._run(
             f"SELECT count(*) FROM {self._outbox} WHERE {_OPEN}",
-            what="count the outbox",
-            role=WORKER,
+            None,
+            "count the outbox",
             fetch="one",
         )
         return int(row[0])
 
-    def stats(self, now: float | None = None) -> OutboxStats:
-        now = time.time() if now is None else now
-        meta = self._meta
-        row = self.database.run(
+    def _counts(self, now: float) -> t.Sequence[t.Any]:
+        meta = f"(SELECT {{}} FROM {self._meta} WHERE key = '{{}}')".format
+        row: t.Sequence[t.Any] = self._run(
             f"""
 SELECT count(*), count(*) FILTER (WHERE next_attempt_at <= %(now)s),
        count(*) FILTER (WHERE lease_owner IS NOT NULL AND next_attempt_at > %(now)s),
-       min(created_at),
-       (SELECT count(*) FROM {self._dead}),
-       (SELECT count FROM {meta} WHERE key = 'delivered'),
-       (SELECT count FROM {meta} WHERE key = 'skipped'),
-       (SELECT count FROM {meta} WHERE key = 'resends'),
-       (SELECT note FROM {meta} WHERE key = 'last_error')
+       min(created_at), (SELECT count(*) FROM {self._dead}),
+       {meta("count", "delivered")}, {meta("count", "skipped")},
+       {meta("count", "resends")}, {meta("note", "last_error")}
 FROM {self._outbox} WHERE {_OPEN}""",
             {"now": now},
-            what="read outbox stats",
-            role=WORKER,
+            "read outbox stats",
             fetch="one",
         )
-        pending, due, in_flight, oldest, dead, delivered, skipped, resends, last_error = row
-        return OutboxStats(
-            pending=int(pending),
-            due=int(due),
-            in_flight=int(in_flight),
-            delivered=int(delivered or 0),
-            skipped=int(skipped or 0),
-            dead=int(dead),
-            oldest_pending_age=None if oldest is None else max(0.0, now - float(oldest)),
-            last_error=last_error,
-            resends=int(resends or 0),
-        )
+        return row
 
-    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        if limit < 1:
-            return []
-        rows = self.database.run(
+    def _read_dead(self, limit: int) -> list[DeadLetter]:
+        rows = self._run(
             f"SELECT {_DEAD} FROM {self._dead} ORDER BY died_at, id LIMIT %s",
             (limit,),
-            what="read dead letters",
-            role=WORKER,
+            "read dead letters",
             fetch="all",
         )
         return [DeadLetter(*row) for row in rows]
 
-    def retry_dead(self, ids: t.Collection[int] | None = None, *, now: float | None = None) -> int:
-        chosen = None if ids is None else [int(i) for i in ids]
-        if chosen is not None and not chosen:
-            return 0
-        row = self.database.run(
+    def _replay_dead(self, ids: list[int] | None, now: float) -> int:
+        row = self._run(
             f"""
 WITH moved AS (
     DELETE FROM {self._dead} WHERE %(all)s OR id = ANY(%(ids)s) RETURNING *
@@ -632,27 +531,25 @@ WITH moved AS (
     RETURNING id
 )
 SELECT count(*), {self._notify} FROM queued""",
-            {
-                "all": chosen is None,
-                "ids": chosen or [],
-                "now": time.time() if now is None else now,
-            },
-            what="retry dead letters",
-            role=WORKER,
+            {"all": ids is None, "ids": ids or [], "now": now},
+            "retry dead letters",
             fetch="one",
         )
         return int(row[0])
 
-    def prune_delivered(self, older_than_seconds: float, *, now: float | None = None) -> int:
-        now = time.time() if now is None else now
-        count = self.database.run(
-            f"DELETE FROM {self._outbox} WHERE state IN ('delivered', 'skipped') "
-            "AND done_at < %s",
-            (now - older_than_seconds,),
-            what="prune the outbox",
-            role=WORKER,
+    def _delete_done(self, cutoff: float) -> int:
+        return int(
+            self._run(
+                f"DELETE FROM {self._outbox} WHERE state IN ('delivered', 'skipped') "
+                "AND done_at < %s",
+                (cutoff,),
+                "prune the outbox",
+            )
         )
-        return int(count)
+
+    def _run(self, sql: str, params: t.Any, what: str, *, fetch: str = "none") -> t.Any:
+        """A statement of the sender's side, on the worker pool."""
+        return self.database.run(sql, params, what=what, role=WORKER, fetch=fetch)
 
     def close(self) -> None:
         if self._listener is not None:

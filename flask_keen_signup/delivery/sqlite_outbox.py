@@ -13,6 +13,7 @@ leased to two of them.
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 import time
 import typing as t
@@ -23,14 +24,11 @@ from ..database import yield_to_writers
 from ..exceptions import StoreError
 from ..salvage import inventory_due
 from ..salvage import take_inventory
-from . import DELIVERED
-from . import SKIPPED
-from . import DeadLetter
-from . import ErasedRows
-from . import Outbox
-from . import OutboxRow
-from . import OutboxStats
-from . import QueuedEvent
+from .base import DeadLetter
+from .base import ErasedRows
+from .base import Outbox
+from .base import OutboxRow
+from .base import QueuedEvent
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS keen_signup_outbox (
@@ -81,10 +79,9 @@ _INSERT = (
     "VALUES (?, ?, ?, ?, ?, ?)"
 )
 
-_ROW_COLUMNS = (
-    "id, collection, user_id, uniqueness_token, body, attempts, created_at, "
-    "next_attempt_at, last_error, state, first_failed_at"
-)
+_OPEN = "state IN ('pending', 'confirming')"
+#: The rows whose ids a parameter holds as a JSON array (one parameter, however many).
+_IDS = "id IN (SELECT value FROM json_each(?))"
 
 
 # Old values are used on the right-hand side of SET, so ``lease_owner IS NOT NULL`` sees
@@ -96,32 +93,28 @@ def _claim_sql(which: str) -> str:
 UPDATE keen_signup_outbox
 SET attempts = attempts + 1,
     last_attempt_at = :now,
-    next_attempt_at = :now + :lease,
+    next_attempt_at = :until,
     lease_owner = :owner,
     reclaimed = (lease_owner IS NOT NULL AND state = 'pending')
-WHERE id IN (
-    SELECT id FROM keen_signup_outbox
-    WHERE state IN ('pending', 'confirming') AND {which}
-)
-RETURNING {_ROW_COLUMNS}, reclaimed
+WHERE id IN (SELECT id FROM keen_signup_outbox WHERE {_OPEN} AND {which})
+RETURNING id, collection, user_id, uniqueness_token, body, attempts, created_at,
+    next_attempt_at, last_error, state, first_failed_at, reclaimed
 """
 
 
 _CLAIM = _claim_sql("next_attempt_at <= :now ORDER BY next_attempt_at LIMIT :limit")
-
-_ANY_DUE = (
-    "SELECT 1 FROM keen_signup_outbox "
-    "WHERE state IN ('pending', 'confirming') AND next_attempt_at <= ? LIMIT 1"
+_CLAIM_FLUSH = _claim_sql(
+    "(next_attempt_at <= :now OR (lease_owner IS NULL "
+    "AND (last_attempt_at IS NULL OR last_attempt_at < :since))) ORDER BY id LIMIT :limit"
 )
-
+_ANY_DUE = f"SELECT 1 FROM keen_signup_outbox WHERE {_OPEN} AND next_attempt_at <= ? LIMIT 1"
 _ANY_BODY = (
     "SELECT 1 FROM keen_signup_outbox WHERE state IN ('delivered', 'skipped') "
     "AND body <> '' AND done_at < ? LIMIT 1"
 )
-
-_CLAIM_FLUSH = _claim_sql(
-    "(next_attempt_at <= :now OR (lease_owner IS NULL "
-    "AND (last_attempt_at IS NULL OR last_attempt_at < :since))) ORDER BY id LIMIT :limit"
+_FINISH = (
+    "UPDATE keen_signup_outbox SET state = ?, lease_owner = NULL, done_at = ? "
+    f"WHERE {_IDS} AND {_OPEN}"
 )
 
 
@@ -152,22 +145,12 @@ def _bump(conn: sqlite3.Connection, key: str, by: int) -> None:
         )
 
 
-def _set(conn: sqlite3.Connection, key: str, value: object) -> None:
+def _set_last_error(conn: sqlite3.Connection, error: str) -> None:
     conn.execute(
-        "INSERT INTO keen_signup_outbox_meta (key, value) VALUES (?, ?) "
+        "INSERT INTO keen_signup_outbox_meta (key, value) VALUES ('last_error', ?) "
         "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        (key, value),
+        (error,),
     )
-
-
-def _placeholders(count: int) -> str:
-    return ",".join("?" * count)
-
-
-def _chunks(ids: t.Sequence[int], size: int = 500) -> t.Iterator[t.Sequence[int]]:
-    # Stay far below SQLite's limit on bound parameters.
-    for start in range(0, len(ids), size):
-        yield ids[start : start + size]
 
 
 class SQLiteOutbox(Outbox):
@@ -236,14 +219,8 @@ class SQLiteOutbox(Outbox):
 
     # -- sender -----------------------------------------------------------------------
 
-    def claim_due(
-        self,
-        limit: int,
-        *,
-        now: float,
-        lease_seconds: float,
-        owner: str,
-        flush_since: float | None = None,
+    def _lease_due(
+        self, limit: int, now: float, until: float, owner: str, flush_since: float | None
     ) -> list[OutboxRow]:
         self._upgrade()
         # Before the sender's next batch (or its idle poll): the WAL is copied into the
@@ -251,15 +228,12 @@ class SQLiteOutbox(Outbox):
         self._checkpoint()
         if flush_since is None and not self._read(_ANY_DUE, (now,)):
             return []  # the idle poll stays a read: no write lock taken every interval
-        params = {"now": now, "lease": lease_seconds, "owner": owner}
-        sql = _CLAIM
-        if flush_since is not None:
-            sql = _CLAIM_FLUSH
-            params["since"] = flush_since
+        sql = _CLAIM if flush_since is None else _CLAIM_FLUSH
+        params = {"now": now, "until": until, "owner": owner, "since": flush_since}
         # In short transactions (SENDER_CHUNK_ROWS rows each), so that a login never waits
         # long for the write lock; a leased row is not due again, so the next one picks
         # the next rows. A zero lease would leave them due: one transaction then.
-        step = SENDER_CHUNK_ROWS if lease_seconds > 0 else limit
+        step = SENDER_CHUNK_ROWS if until > now else limit
         records: list[t.Any] = []
         while len(records) < limit:
             want = min(step, limit - len(records))
@@ -271,123 +245,64 @@ class SQLiteOutbox(Outbox):
             records += got
             if len(got) < want:
                 break
-        rows = [
-            OutboxRow(
-                id=r[0],
-                collection=r[1],
-                user_id=r[2],
-                uniqueness_token=r[3],
-                body_json=r[4],
-                attempts=r[5],
-                created_at=r[6],
-                next_attempt_at=r[7],
-                last_error=r[8],
-                state=r[9],
-                first_failed_at=r[10],
-            )
-            for r in records
-        ]
-        rows.sort(key=lambda row: row.id)
-        return rows
+        return [OutboxRow(*r[:11]) for r in records]
 
-    def _finish(
-        self, conn: sqlite3.Connection, ids: t.Sequence[int], state: str, now: float
-    ) -> int:
-        done = 0
-        for chunk in _chunks(ids):
-            marks = _placeholders(len(chunk))
-            if self.keep_delivered:
-                cursor = conn.execute(
-                    f"UPDATE keen_signup_outbox SET state = ?, lease_owner = NULL, done_at = ? "
-                    f"WHERE id IN ({marks}) AND state IN ('pending', 'confirming')",
-                    (state, now, *chunk),
-                )
-            else:
-                cursor = conn.execute(
-                    f"DELETE FROM keen_signup_outbox WHERE id IN ({marks}) "
-                    f"AND state IN ('pending', 'confirming') AND {_NOT_NEWEST}",
-                    tuple(chunk),
-                )
-                done += cursor.rowcount
-                # The newest row stays, finished (see _NOT_NEWEST); older ones kept so go.
-                cursor = conn.execute(
-                    "UPDATE keen_signup_outbox SET state = ?, lease_owner = NULL, done_at = ? "
-                    f"WHERE id IN ({marks}) AND state IN ('pending', 'confirming')",
-                    (state, now, *chunk),
-                )
-            done += cursor.rowcount
-        if not self.keep_delivered:
-            conn.execute(_SWEEP)
-        return done
-
-    def mark_delivered(self, ids: t.Collection[int], *, now: float | None = None) -> None:
-        if not ids:
-            return
-        now = time.time() if now is None else now
-        # Short transactions, as in claim_due; a crash between two leaves the rest leased,
-        # resent after the lease, and de-duplicated by Keen (the uniqueness token).
-        for index, chunk in enumerate(_chunks(list(ids), SENDER_CHUNK_ROWS)):
-            if index:
+    def _set_done(self, state: str, ids: list[int], reasons: list[str] | None, now: float) -> None:
+        # Delivered rows in short transactions, as in _lease_due; a crash between two
+        # leaves the rest leased, resent after the lease, and de-duplicated by Keen (the
+        # uniqueness token). Skipped ones (a hook's few) in one.
+        step = SENDER_CHUNK_ROWS if reasons is None else len(ids)
+        for start in range(0, len(ids), step):
+            if start:
                 yield_to_writers()
+            chunk = ids[start : start + step]
+            marks = json.dumps(chunk)
             with self._write() as conn:
-                _bump(conn, DELIVERED, self._finish(conn, chunk, DELIVERED, now))
+                if reasons is not None:
+                    conn.executemany(
+                        "UPDATE keen_signup_outbox SET last_error = ? WHERE id = ?",
+                        [(f"skipped: {why}", i) for i, why in zip(chunk, reasons, strict=True)],
+                    )
+                done = 0
+                if not self.keep_delivered:  # the newest row stays, finished (_NOT_NEWEST)
+                    done = conn.execute(
+                        f"DELETE FROM keen_signup_outbox WHERE {_IDS} AND {_OPEN} "
+                        f"AND {_NOT_NEWEST}",
+                        (marks,),
+                    ).rowcount
+                done += conn.execute(_FINISH, (state, now, marks)).rowcount
+                if not self.keep_delivered:
+                    conn.execute(_SWEEP)
+                _bump(conn, state, done)
 
-    def mark_skipped(self, reasons: t.Mapping[int, str], *, now: float | None = None) -> None:
-        if not reasons:
-            return
-        now = time.time() if now is None else now
+    def _set_confirming(self, ids: list[int], next_attempt_at: float, error: str) -> None:
         with self._write() as conn:
-            conn.executemany(
-                "UPDATE keen_signup_outbox SET last_error = ? WHERE id = ?",
-                [(f"skipped: {reason}", row_id) for row_id, reason in reasons.items()],
+            conn.execute(
+                "UPDATE keen_signup_outbox SET state = 'confirming', attempts = 0, "
+                f"lease_owner = NULL, next_attempt_at = ?, last_error = ? WHERE {_IDS} "
+                f"AND {_OPEN}",
+                (next_attempt_at, error, json.dumps(ids)),
             )
-            _bump(conn, SKIPPED, self._finish(conn, list(reasons), SKIPPED, now))
+            _set_last_error(conn, error)
 
-    def mark_confirming(
-        self, ids: t.Collection[int], *, next_attempt_at: float, error: str
-    ) -> None:
-        if not ids:
-            return
-        with self._write() as conn:
-            for chunk in _chunks(list(ids)):
-                conn.execute(
-                    "UPDATE keen_signup_outbox SET state = 'confirming', attempts = 0, "
-                    "lease_owner = NULL, next_attempt_at = ?, last_error = ? "
-                    f"WHERE id IN ({_placeholders(len(chunk))}) "
-                    "AND state IN ('pending', 'confirming')",
-                    (next_attempt_at, error, *chunk),
-                )
-            _set(conn, "last_error", error)
-
-    def mark_retry_many(
-        self, items: t.Sequence[tuple[int, float, str]], *, now: float | None = None
-    ) -> None:
-        if not items:
-            return
-        now = time.time() if now is None else now
+    def _set_retry(self, items: list[tuple[int, float, str]], now: float) -> None:
         with self._write() as conn:
             conn.executemany(
                 "UPDATE keen_signup_outbox SET lease_owner = NULL, next_attempt_at = ?, "
                 "last_error = ?, first_failed_at = COALESCE(first_failed_at, ?) "
-                "WHERE id = ? AND state IN ('pending', 'confirming')",
+                f"WHERE id = ? AND {_OPEN}",
                 [(next_at, error, now, row_id) for row_id, next_at, error in items],
             )
-            _set(conn, "last_error", items[-1][2])
+            _set_last_error(conn, items[-1][2])
 
-    def mark_dead_many(
-        self, items: t.Sequence[tuple[int, str, str | None]], *, now: float | None = None
-    ) -> None:
-        if not items:
-            return
-        now = time.time() if now is None else now
+    def _to_dead(self, items: list[tuple[int, str, str | None]], now: float) -> None:
         with self._write() as conn:
             for row_id, reason, error_code in items:
                 cursor = conn.execute(
                     "INSERT INTO keen_signup_dead_letters (id, collection, user_id, "
                     "uniqueness_token, body, attempts, created_at, reason, error_code, died_at) "
                     "SELECT id, collection, user_id, uniqueness_token, body, attempts, "
-                    "created_at, ?, ?, ? FROM keen_signup_outbox "
-                    "WHERE id = ? AND state IN ('pending', 'confirming')",
+                    f"created_at, ?, ?, ? FROM keen_signup_outbox WHERE id = ? AND {_OPEN}",
                     (reason, error_code, now, row_id),
                 )
                 if cursor.rowcount:
@@ -397,90 +312,61 @@ class SQLiteOutbox(Outbox):
                     ).rowcount
                     if not deleted:  # the newest row (see _NOT_NEWEST)
                         conn.execute(_PLACEHOLDER, (now, row_id))
-            _set(conn, "last_error", items[-1][1])
+            _set_last_error(conn, items[-1][1])
 
-    def release(self, ids: t.Collection[int], *, now: float | None = None) -> None:
-        if not ids:
-            return
-        now = time.time() if now is None else now
+    def _unlease(self, ids: list[int], now: float) -> None:
         with self._write() as conn:
-            for chunk in _chunks(list(ids)):
-                conn.execute(
-                    "UPDATE keen_signup_outbox SET lease_owner = NULL, next_attempt_at = ?, "
-                    "attempts = MAX(0, attempts - 1) "
-                    f"WHERE id IN ({_placeholders(len(chunk))}) "
-                    "AND state IN ('pending', 'confirming') AND lease_owner IS NOT NULL",
-                    (now, *chunk),
-                )
+            conn.execute(
+                "UPDATE keen_signup_outbox SET lease_owner = NULL, next_attempt_at = ?, "
+                f"attempts = MAX(0, attempts - 1) WHERE {_IDS} AND {_OPEN} "
+                "AND lease_owner IS NOT NULL",
+                (now, json.dumps(ids)),
+            )
 
-    def renew_leases(
-        self, ids: t.Collection[int], *, owner: str, now: float, lease_seconds: float
-    ) -> int:
-        count = 0
+    def _extend_leases(self, ids: list[int], owner: str, until: float) -> int:
         with self._write() as conn:
-            for chunk in _chunks(sorted(ids)):
-                cursor = conn.execute(
-                    "UPDATE keen_signup_outbox SET next_attempt_at = ? "
-                    f"WHERE id IN ({_placeholders(len(chunk))}) AND lease_owner = ? "
-                    "AND state IN ('pending', 'confirming')",
-                    (now + lease_seconds, *chunk, owner),
-                )
-                count += cursor.rowcount
-        return count
+            return conn.execute(
+                "UPDATE keen_signup_outbox SET next_attempt_at = ? "
+                f"WHERE {_IDS} AND lease_owner = ? AND {_OPEN}",
+                (until, json.dumps(ids), owner),
+            ).rowcount
 
-    def expire_leases(self, is_orphan: t.Callable[[str], bool]) -> int:
-        owners = [
+    def _lease_owners(self) -> list[str]:
+        return [
             owner
             for (owner,) in self._read(
                 "SELECT DISTINCT lease_owner FROM keen_signup_outbox "
-                "WHERE state IN ('pending', 'confirming') AND lease_owner IS NOT NULL"
+                f"WHERE {_OPEN} AND lease_owner IS NOT NULL"
             )
         ]
-        orphans = [owner for owner in owners if is_orphan(owner)]
-        if not orphans:
-            return 0
+
+    def _expire_owners(self, owners: list[str]) -> int:
         with self._write() as conn:
-            cursor = conn.execute(
+            return conn.execute(
                 "UPDATE keen_signup_outbox SET next_attempt_at = MIN(next_attempt_at, 0) "
-                f"WHERE lease_owner IN ({_placeholders(len(orphans))}) "
-                "AND state IN ('pending', 'confirming')",
-                orphans,
-            )
-            return cursor.rowcount
+                f"WHERE lease_owner IN (SELECT value FROM json_each(?)) AND {_OPEN}",
+                (json.dumps(owners),),
+            ).rowcount
 
     # -- status and maintenance -------------------------------------------------------
 
     def pending_count(self) -> int:
-        ((count,),) = self._read(
-            "SELECT COUNT(*) FROM keen_signup_outbox WHERE state IN ('pending', 'confirming')"
-        )
+        ((count,),) = self._read(f"SELECT COUNT(*) FROM keen_signup_outbox WHERE {_OPEN}")
         return int(count)
 
-    def stats(self, now: float | None = None) -> OutboxStats:
-        now = time.time() if now is None else now
-        ((pending, due, in_flight, oldest),) = self._read(
-            "SELECT COUNT(*), "
-            "COUNT(*) FILTER (WHERE next_attempt_at <= ?), "
-            "COUNT(*) FILTER (WHERE lease_owner IS NOT NULL AND next_attempt_at > ?), "
-            "MIN(created_at) "
-            "FROM keen_signup_outbox WHERE state IN ('pending', 'confirming')",
-            (now, now),
+    def _counts(self, now: float) -> t.Sequence[t.Any]:
+        meta = "(SELECT value FROM keen_signup_outbox_meta WHERE key = '{}')".format
+        (counts,) = self._read(
+            "SELECT COUNT(*), COUNT(*) FILTER (WHERE next_attempt_at <= :now), "
+            "COUNT(*) FILTER (WHERE lease_owner IS NOT NULL AND next_attempt_at > :now), "
+            "MIN(created_at), (SELECT COUNT(*) FROM keen_signup_dead_letters), "
+            f"{meta('delivered')}, {meta('skipped')}, {meta('resends')}, "
+            f"{meta('last_error')} FROM keen_signup_outbox WHERE {_OPEN}",
+            {"now": now},
         )
-        ((dead,),) = self._read("SELECT COUNT(*) FROM keen_signup_dead_letters")
-        meta = dict(self._read("SELECT key, value FROM keen_signup_outbox_meta"))
-        return OutboxStats(
-            pending=int(pending),
-            due=int(due),
-            in_flight=int(in_flight),
-            delivered=int(meta.get(DELIVERED, 0)),
-            skipped=int(meta.get(SKIPPED, 0)),
-            dead=int(dead),
-            oldest_pending_age=None if oldest is None else max(0.0, now - float(oldest)),
-            last_error=meta.get("last_error"),
-            resends=int(meta.get("resends", 0)),
-        )
+        return t.cast("t.Sequence[t.Any]", counts)
 
-    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+    def _read_dead(self, limit: int) -> list[DeadLetter]:
         return [
             DeadLetter(*record)
             for record in self._read(
@@ -491,48 +377,34 @@ class SQLiteOutbox(Outbox):
             )
         ]
 
-    def retry_dead(self, ids: t.Collection[int] | None = None, *, now: float | None = None) -> int:
-        now = time.time() if now is None else now
-        where, params = "", [now]
-        if ids is not None:
-            ids = list(ids)
-            if not ids:
-                return 0
-            where = f"WHERE id IN ({_placeholders(len(ids))})"
-            params.extend(ids)
+    def _replay_dead(self, ids: list[int] | None, now: float) -> int:
+        where = "" if ids is None else f"WHERE {_IDS}"
+        params = () if ids is None else (json.dumps(ids),)
         with self._write() as conn:
             cursor = conn.execute(
                 # OR REPLACE: a dead-lettered newest row left a placeholder with its id (see
                 # _NOT_NEWEST); no other row can have it.
                 "INSERT OR REPLACE INTO keen_signup_outbox (id, collection, user_id, "
-                "uniqueness_token, "
-                "body, state, attempts, created_at, next_attempt_at, last_error) "
-                "SELECT id, collection, user_id, uniqueness_token, body, 'pending', 0, "
-                f"created_at, ?, reason FROM keen_signup_dead_letters {where}",
-                params,
+                "uniqueness_token, body, state, attempts, created_at, next_attempt_at, "
+                "last_error) SELECT id, collection, user_id, uniqueness_token, body, "
+                f"'pending', 0, created_at, ?, reason FROM keen_signup_dead_letters {where}",
+                (now, *params),
             )
-            moved = cursor.rowcount
-            conn.execute(f"DELETE FROM keen_signup_dead_letters {where}", params[1:])
-        return moved
+            conn.execute(f"DELETE FROM keen_signup_dead_letters {where}", params)
+        return cursor.rowcount
 
-    def prune_delivered(self, older_than_seconds: float, *, now: float | None = None) -> int:
-        now = time.time() if now is None else now
+    def _delete_done(self, cutoff: float) -> int:
         with self._write() as conn:
-            cursor = conn.execute(
+            return conn.execute(
                 "DELETE FROM keen_signup_outbox WHERE state IN ('delivered', 'skipped') "
                 f"AND done_at < ? AND {_NOT_NEWEST}",
-                (now - older_than_seconds,),
-            )
-            return cursor.rowcount
+                (cutoff,),
+            ).rowcount
 
-    def drop_delivered_bodies(
-        self, older_than_seconds: float, *, now: float | None = None
-    ) -> int:
+    def _empty_bodies(self, cutoff: float) -> int:
         # The partial index keen_signup_outbox_bodies holds only finished rows that still
         # have a body, so the periodic pass costs one index probe when there is nothing to
         # drop, however many delivered rows the file keeps.
-        now = time.time() if now is None else now
-        cutoff = now - older_than_seconds
         if not self._read(_ANY_BODY, (cutoff,)):
             return 0
         with self._write() as conn:
@@ -544,20 +416,16 @@ class SQLiteOutbox(Outbox):
         self.database.scrub()  # the old bodies are still in the WAL (privacy.md)
         return dropped
 
-    def forget_user(
-        self, collection: str, user_id: str, *, erased_id: str, now: float | None = None
-    ) -> ErasedRows:
-        now = time.time() if now is None else now
+    def _erase_user(self, collection: str, user_id: str, erased_id: str, now: float) -> ErasedRows:
         key = (collection, user_id)
         with self._write() as conn:
             skipped = conn.execute(
                 "UPDATE keen_signup_outbox SET state = 'skipped', lease_owner = NULL, "
                 "done_at = ?, last_error = 'skipped: erased on request', user_id = ?, "
-                "body = '' WHERE collection = ? AND user_id = ? "
-                "AND state IN ('pending', 'confirming')",
+                f"body = '' WHERE collection = ? AND user_id = ? AND {_OPEN}",
                 (now, erased_id, *key),
             ).rowcount
-            _bump(conn, SKIPPED, skipped)
+            _bump(conn, "skipped", skipped)
             erased = conn.execute(
                 "UPDATE keen_signup_outbox SET user_id = ?, body = '' "
                 "WHERE collection = ? AND user_id = ?",
@@ -592,7 +460,7 @@ class SQLiteOutbox(Outbox):
         except (sqlite3.Error, StoreError):
             pass
 
-    def _read(self, sql: str, params: t.Sequence[object] = ()) -> list[t.Any]:
+    def _read(self, sql: str, params: t.Any = ()) -> list[t.Any]:
         try:
             with self.database.reading() as conn:
                 return conn.execute(sql, params).fetchall()
