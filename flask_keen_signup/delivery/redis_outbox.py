@@ -58,13 +58,10 @@ from ..stores.redis import is_cluster
 from ..stores.redis import lua
 from ..stores.redis import store_errors
 from ..stores.redis import text
-from . import DELIVERED
-from . import SKIPPED
 from . import DeadLetter
 from . import ErasedRows
 from . import Outbox
 from . import OutboxRow
-from . import OutboxStats
 from . import QueuedEvent
 
 if t.TYPE_CHECKING:  # at run time the import of ..stores.redis checked the dependency
@@ -103,13 +100,9 @@ def _num(value: float) -> str:
     return repr(float(value))
 
 
-def _at(now: float | None, less: float = 0.0) -> str:
-    """``now`` (default: the wall clock) less ``less`` seconds, as the scripts take times."""
-    return _num((time.time() if now is None else now) - less)
-
-
-def _ids(ids: t.Iterable[int]) -> list[str]:
-    return [str(int(i)) for i in ids]
+def _at(now: float | None) -> str:
+    """``now`` (default: the wall clock) as the scripts take times."""
+    return _num(time.time() if now is None else now)
 
 
 def _opt_text(value: t.Any) -> str | None:
@@ -248,118 +241,68 @@ class RedisOutbox(Outbox):
                 self._claim_and_enqueue(store, event.user_id, event, at, client=pipe)
             return [int(row_id) > 0 for row_id in pipe.execute()]
 
-    # -- sender -----------------------------------------------------------------------
+    # -- storage primitives (see Outbox) -----------------------------------------------
 
-    def claim_due(
-        self,
-        limit: int,
-        *,
-        now: float,
-        lease_seconds: float,
-        owner: str,
-        flush_since: float | None = None,
+    def _lease_due(
+        self, limit: int, now: float, until: float, owner: str, flush_since: float | None
     ) -> list[OutboxRow]:
-        if limit < 1:
-            return []
-        lease_until = now + lease_seconds
         since = "" if flush_since is None else _num(flush_since)
-        args = [_num(now), _num(lease_until), owner, limit, since]
-        rows = [
+        args = [_num(now), _num(until), owner, limit, since]
+        return [
             OutboxRow(
                 id=int(r[0]),
                 **_row_fields(r[1:7]),
-                next_attempt_at=lease_until,
+                next_attempt_at=until,
                 last_error=_opt_text(r[7]),
                 state=text(r[8]),
                 first_failed_at=None if len(r) < 10 or r[9] is None else float(r[9]),
             )
             for r in self._run("claim", "claim from the outbox", *args)
         ]
-        return sorted(rows, key=lambda row: row.id)
 
-    def _finish(self, state: str, pairs: list[str], now: float | None) -> None:
+    def _set_done(self, state: str, ids: list[int], reasons: list[str] | None, now: float) -> None:
+        pairs = zip(ids, reasons or [""] * len(ids), strict=True)
+        args = [part for pair in pairs for part in pair]
         keep = "1" if self.keep_delivered else "0"
-        self._run("finish", f"mark rows {state}", state, _at(now), keep, *pairs)
+        self._run("finish", f"mark rows {state}", state, _num(now), keep, *args)
 
-    def mark_delivered(self, ids: t.Collection[int], *, now: float | None = None) -> None:
-        if ids:
-            self._finish(DELIVERED, [part for i in _ids(ids) for part in (i, "")], now)
+    def _set_confirming(self, ids: list[int], next_attempt_at: float, error: str) -> None:
+        self._run("confirming", "mark rows confirming", _num(next_attempt_at), error, *ids)
 
-    def mark_skipped(self, reasons: t.Mapping[int, str], *, now: float | None = None) -> None:
-        if reasons:
-            pairs = [part for i, reason in reasons.items() for part in (str(int(i)), reason)]
-            self._finish(SKIPPED, pairs, now)
+    def _set_retry(self, items: list[tuple[int, float, str]], now: float) -> None:
+        args = [part for i, at, error in items for part in (i, _num(at), error)]
+        self._run("retry", "reschedule rows", _num(now), *args)
 
-    def mark_confirming(
-        self, ids: t.Collection[int], *, next_attempt_at: float, error: str
-    ) -> None:
-        if ids:
-            args = [_num(next_attempt_at), error, *_ids(ids)]
-            self._run("confirming", "mark rows confirming", *args)
-
-    def mark_retry_many(
-        self, items: t.Sequence[tuple[int, float, str]], *, now: float | None = None
-    ) -> None:
-        if items:
-            args = [part for i, at, error in items for part in (str(int(i)), _num(at), error)]
-            self._run("retry", "reschedule rows", _at(now), *args)
-
-    def mark_dead_many(
-        self, items: t.Sequence[tuple[int, str, str | None]], *, now: float | None = None
-    ) -> None:
-        if not items:
-            return
-        args = [_at(now)]
+    def _to_dead(self, items: list[tuple[int, str, str | None]], now: float) -> None:
+        args: list[t.Any] = []
         for row_id, reason, code in items:
-            args += [str(int(row_id)), reason, "0" if code is None else "1", code or ""]
-        self._run("dead", "move rows to the dead letters", *args)
+            args += [row_id, reason, "0" if code is None else "1", code or ""]
+        self._run("dead", "move rows to the dead letters", _num(now), *args)
 
-    def release(self, ids: t.Collection[int], *, now: float | None = None) -> None:
-        if ids:
-            self._run("release", "release rows", _at(now), *_ids(ids))
+    def _unlease(self, ids: list[int], now: float) -> None:
+        self._run("release", "release rows", _num(now), *ids)
 
-    def renew_leases(
-        self, ids: t.Collection[int], *, owner: str, now: float, lease_seconds: float
-    ) -> int:
-        if not ids:
-            return 0
-        args = [owner, _num(now + lease_seconds), *_ids(ids)]
-        return int(self._run("renew", "renew leases", *args))
+    def _extend_leases(self, ids: list[int], owner: str, until: float) -> int:
+        return int(self._run("renew", "renew leases", owner, _num(until), *ids))
 
-    def expire_leases(self, is_orphan: t.Callable[[str], bool]) -> int:
-        owners = self._run("owners", "read lease owners")
-        orphans = [owner for owner in map(text, owners) if is_orphan(owner)]
-        if not orphans:
-            return 0
+    def _lease_owners(self) -> list[str]:
+        return [text(owner) for owner in self._run("owners", "read lease owners")]
+
+    def _expire_owners(self, owners: list[str]) -> int:
         # The script re-checks each row's owner: a row claimed by a live owner meanwhile
         # is left alone.
-        return int(self._run("expire", "expire leases", *orphans))
-
-    # -- status and maintenance -------------------------------------------------------
+        return int(self._run("expire", "expire leases", *owners))
 
     def pending_count(self) -> int:
         with store_errors("count the outbox"):
             return int(self.client.zcard(self._key["open"]))
 
-    def stats(self, now: float | None = None) -> OutboxStats:
-        now = time.time() if now is None else now
+    def _counts(self, now: float) -> tuple[t.Any, ...]:
         reply = self._run("stats", "read outbox stats", _num(now))
-        pending, due, in_flight, (delivered, skipped, resends, last_error), dead, oldest = reply
-        return OutboxStats(
-            pending=int(pending),
-            due=int(due),
-            in_flight=int(in_flight),
-            delivered=int(delivered or 0),
-            skipped=int(skipped or 0),
-            dead=int(dead),
-            oldest_pending_age=None if oldest is None else max(0.0, now - float(oldest)),
-            last_error=_opt_text(last_error),
-            resends=int(resends or 0),
-        )
+        pending, due, in_flight, (delivered, skipped, resends, error), dead, oldest = reply
+        return pending, due, in_flight, oldest, dead, delivered, skipped, resends, _opt_text(error)
 
-    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        if limit < 1:
-            return []
+    def _read_dead(self, limit: int) -> list[DeadLetter]:
         with store_errors("read dead letters"):
             members = self._members("dead", 0, limit - 1)
             records = self._read_rows(members, *_ROW_FIELDS, "reason", "error_code", "died_at")
@@ -375,38 +318,33 @@ class RedisOutbox(Outbox):
             if r[0] is not None  # pruned between the two reads: not a dead letter any more
         ]
 
-    def retry_dead(self, ids: t.Collection[int] | None = None, *, now: float | None = None) -> int:
-        at, what = _at(now), "retry dead letters"
+    def _replay_dead(self, ids: list[int] | None, now: float) -> int:
+        at, what = _num(now), "retry dead letters"
         if ids is None:
             return self._until_short("retry_dead", what, at, CHUNK)
-        chosen = _ids(ids)
         return sum(
-            int(self._run("retry_dead", what, at, 0, *chosen[start : start + CHUNK]))
-            for start in range(0, len(chosen), CHUNK)
+            int(self._run("retry_dead", what, at, 0, *ids[start : start + CHUNK]))
+            for start in range(0, len(ids), CHUNK)
         )
 
-    def prune_delivered(self, older_than_seconds: float, *, now: float | None = None) -> int:
-        cutoff = _at(now, older_than_seconds)
-        return self._until_short("prune", "prune the outbox", cutoff, CHUNK)
+    def _delete_done(self, cutoff: float) -> int:
+        return self._until_short("prune", "prune the outbox", _num(cutoff), CHUNK)
 
-    def drop_delivered_bodies(self, older_than_seconds: float, *, now: float | None = None) -> int:
-        cutoff = _at(now, older_than_seconds)
+    def _empty_bodies(self, cutoff: float) -> int:
         dropped = offset = 0
         while True:
-            args = [cutoff, CHUNK, offset, _num(RETENTION_SKEW)]
+            args = [_num(cutoff), CHUNK, offset, _num(RETENTION_SKEW)]
             count, read = self._run("drop_bodies", "drop delivered bodies from the outbox", *args)
             dropped += int(count)
             offset += int(read)
             if int(read) < CHUNK:
                 return dropped
 
-    def forget_user(
-        self, collection: str, user_id: str, *, erased_id: str, now: float | None = None
-    ) -> ErasedRows:
+    def _erase_user(self, collection: str, user_id: str, erased_id: str, now: float) -> ErasedRows:
         # No index by user: read the rows' (collection, user_id) in slices, pipelined, then
         # erase the matching ones in scripts that check the owner again (atomically).
-        at, what = _at(now), "forget a user in the outbox"
-        matches: list[str] = []
+        what = "forget a user in the outbox"
+        matches: list[int] = []
         with store_errors(what):
             for index in ("open", "done", "dead"):
                 start = 0
@@ -415,11 +353,11 @@ class RedisOutbox(Outbox):
                     owners = self._read_rows(members, "collection", "user_id")
                     for m, (coll, user) in zip(members, owners, strict=True):
                         if _opt_text(coll) == collection and _opt_text(user) == user_id:
-                            matches.append(str(int(m)))
+                            matches.append(int(m))
         totals = [0, 0, 0]
         for start in range(0, max(1, len(matches)), CHUNK):
-            part = matches[start : start + CHUNK]
-            counts = self._run("forget", what, at, collection, user_id, erased_id, *part)
+            args = [_num(now), collection, user_id, erased_id, *matches[start : start + CHUNK]]
+            counts = self._run("forget", what, *args)
             totals = [a + int(b) for a, b in zip(totals, counts, strict=True)]
         return ErasedRows(*totals)
 
