@@ -258,6 +258,18 @@ def marker_key(prefix: str, collection: str, user_id: str) -> str:
     return f"{prefix}:marker:{collection}:{digest}"
 
 
+def _state(value: t.Any) -> MarkerState:
+    # Anything but a pending claim counts as confirmed: an unknown value must never make a
+    # user look new again.
+    return MarkerState.PENDING if text(value).startswith(_PENDING) else MarkerState.CONFIRMED
+
+
+def _confirmed() -> str:
+    """A confirmed marker's value; the time is informational, from this host's clock (only
+    pending claims are compared, with the server's)."""
+    return f"{_CONFIRMED}{time.time():.6f}"
+
+
 class RedisStore(MarkerStore):
     """Markers as Redis strings, shared by every host that uses the same server.
 
@@ -312,11 +324,7 @@ class RedisStore(MarkerStore):
     def lookup(self, user_id: str) -> MarkerState | None:
         with store_errors("read a marker"):
             value = self.client.get(self.key(user_id))
-        if value is None:
-            return None
-        # Anything but a pending claim counts as confirmed: an unknown value must never
-        # make a user look new again.
-        return MarkerState.PENDING if text(value).startswith(_PENDING) else MarkerState.CONFIRMED
+        return None if value is None else _state(value)
 
     def claim(self, user_id: str) -> bool:
         with store_errors("claim a marker"):
@@ -324,9 +332,8 @@ class RedisStore(MarkerStore):
         return int(won) == 1
 
     def confirm(self, user_id: str) -> None:
-        # Informational time from this host's clock; only pending claims are compared.
         with store_errors("confirm a marker"):
-            self.client.set(self.key(user_id), f"{_CONFIRMED}{time.time():.6f}")
+            self.client.set(self.key(user_id), _confirmed())
 
     def confirm_many(self, user_ids: t.Iterable[str]) -> None:
         """:meth:`confirm` for a batch in one round trip (the sender's ``after_delivered``).
@@ -334,7 +341,7 @@ class RedisStore(MarkerStore):
         Not a transaction: each SET is idempotent, so a batch cut short by an error is
         simply confirmed again when the hook is retried.
         """
-        stamp = f"{_CONFIRMED}{time.time():.6f}"
+        stamp = _confirmed()
         with store_errors("confirm markers"):
             pipe = self.client.pipeline(transaction=False)
             for user_id in user_ids:
@@ -346,7 +353,7 @@ class RedisStore(MarkerStore):
         user with no marker yet (a signup still in the local spool) gets a confirmed one,
         so that signup is dropped, never sent. Never held the raw id: ``False``."""
         with store_errors("forget a marker"):
-            self.client.set(self.key(user_id), f"{_CONFIRMED}{time.time():.6f}", nx=True)
+            self.client.set(self.key(user_id), _confirmed(), nx=True)
         return False
 
     def release(self, user_id: str) -> None:
@@ -361,10 +368,8 @@ class RedisStore(MarkerStore):
             keys = list(self.client.scan_iter(match=pattern, count=1000))
             for start in range(0, len(keys), 1000):
                 for value in self.client.mget(keys[start : start + 1000]):
-                    if value is None:
-                        continue
-                    state = MarkerState.PENDING if text(value).startswith(_PENDING) else None
-                    counts[(state or MarkerState.CONFIRMED).value] += 1
+                    if value is not None:
+                        counts[_state(value).value] += 1
         return counts
 
     def close(self) -> None:
