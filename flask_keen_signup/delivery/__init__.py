@@ -35,12 +35,12 @@ from .base import SKIPPED as SKIPPED
 from .base import DeadLetter as DeadLetter
 from .base import DeliveryHooks as DeliveryHooks
 from .base import ErasedRows as ErasedRows
-from .base import Outbox as Outbox
 from .base import OutboxRow as OutboxRow
 from .base import OutboxStats as OutboxStats
 from .base import QueuedEvent as QueuedEvent
 from .base import dumps_body as dumps_body
 from .memory import MemoryOutbox as MemoryOutbox
+from .outbox import Outbox as Outbox
 
 __all__ = [
     "CONFIRMING",

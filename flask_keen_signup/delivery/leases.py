@@ -7,7 +7,7 @@ them until the lease runs out. Three things keep that honest:
   rows it holds;
 * a claim may run ahead on a helper thread (:class:`Prefetch`) while the previous batch
   is on the wire;
-* its keeper (:meth:`Leases.renewing`) extends those leases every third of
+* a keeper thread (:meth:`Leases.renewing`) extends those leases every third of
   ``lease_seconds`` while a batch is on the wire, so a slow request is not resent by
   another sender meanwhile;
 * :func:`is_orphan` tells a dead owner's leases from a live one's (same host only: a
@@ -17,6 +17,7 @@ them until the lease runs out. Three things keep that honest:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -24,13 +25,15 @@ import threading
 import time
 import typing as t
 import uuid
+from concurrent.futures import Future
 
 from . import Outbox
 from . import OutboxRow
 
 logger = logging.getLogger(__name__)
 
-_Claim = t.Callable[[int, float | None], list[OutboxRow]]
+#: A claim running ahead on a helper thread: ``result()`` waits for its rows.
+Prefetch = Future[list[OutboxRow]]
 
 HOSTNAME = socket.gethostname()
 
@@ -134,14 +137,40 @@ class Leases:
             return list(self._held)
 
     def prefetch(self, limit: int, flush_since: float | None) -> Prefetch:
-        """:meth:`claim` on a helper thread, while the current batch is on the wire."""
-        return Prefetch(self.claim, limit, flush_since)
+        """:meth:`claim` on a helper thread, while the current batch is on the wire.
+
+        A plain daemon thread rather than an executor: executor workers are joined before
+        ``atexit`` runs, and the exit-time flush must still be able to claim.
+        """
+        future: Prefetch = Future()
+
+        def run() -> None:
+            try:
+                future.set_result(self.claim(limit, flush_since))
+            except BaseException as exc:  # noqa: BLE001 - re-raised by result()
+                future.set_exception(exc)
+
+        threading.Thread(target=run, name="flask-keen-signup-prefetch", daemon=True).start()
+        return future
 
     # ------------------------------------------------------------ renewal
 
-    def renewing(self) -> LeaseKeeper:
-        """A context manager that renews the held leases while a batch is on the wire."""
-        return LeaseKeeper(self)
+    @contextlib.contextmanager
+    def renewing(self) -> t.Iterator[None]:
+        """Renew the held leases every third of the lease while a batch is on the wire
+        (a daemon thread): a request slower than the lease (a slow proxy, Keen answering
+        after minutes, 413 splits) would let another sender claim and resend the rows."""
+        stop = threading.Event()
+
+        def run() -> None:
+            while not stop.wait(self.lease_seconds / 3):
+                self.renew()
+
+        threading.Thread(target=run, name=f"{self.name}-leases", daemon=True).start()
+        try:
+            yield
+        finally:
+            stop.set()
 
     def renew(self) -> None:
         """Extend the lease of every held row by ``lease_seconds`` from now."""
@@ -169,65 +198,3 @@ class Leases:
         count = self.outbox.expire_leases(self.is_orphan)
         if count:
             logger.info("%s: took over %d event(s) leased by a dead process", self.name, count)
-
-
-class Prefetch:
-    """A claim running on a short-lived daemon thread while the previous batch is sent.
-
-    A plain daemon thread rather than an executor: executor workers are joined before
-    ``atexit`` runs, and the exit-time flush must still be able to claim.
-    """
-
-    def __init__(
-        self, claim: _Claim, limit: int, since: float | None
-    ) -> None:
-        self._rows: list[OutboxRow] = []
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(
-            target=self._run,
-            args=(claim, limit, since),
-            name="flask-keen-signup-prefetch",
-            daemon=True,
-        )
-        self._thread.start()
-
-    def _run(
-        self, claim: _Claim, limit: int, since: float | None
-    ) -> None:
-        try:
-            self._rows = claim(limit, since)
-        except BaseException as exc:  # noqa: BLE001 - re-raised on the sender thread
-            self._error = exc
-
-    def result(self) -> list[OutboxRow]:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._rows
-
-
-class LeaseKeeper:
-    """Renews a :class:`Leases`' held rows every third of the lease (a daemon thread).
-
-    A request slower than the lease (a slow proxy, Keen answering after minutes, 413
-    splits) would let another sender claim and resend the same rows.
-    """
-
-    def __init__(self, leases: Leases) -> None:
-        self._leases = leases
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name=f"{leases.name}-leases", daemon=True
-        )
-
-    def __enter__(self) -> LeaseKeeper:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-
-    def _run(self) -> None:
-        interval = self._leases.lease_seconds / 3
-        while not self._stop.wait(interval):
-            self._leases.renew()

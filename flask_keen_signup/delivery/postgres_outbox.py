@@ -44,10 +44,6 @@ if t.TYPE_CHECKING:  # pragma: no cover
 T = t.TypeVar("T")
 
 _OPEN = "state IN ('pending', 'confirming')"
-_ROW = (
-    "id, collection, user_id, uniqueness_token, body, attempts, created_at, "
-    "next_attempt_at, last_error, state"
-)
 _DEAD = (
     "id, collection, user_id, uniqueness_token, body, attempts, created_at, reason, "
     "error_code, died_at"
@@ -87,7 +83,8 @@ class PostgresOutbox(Outbox):
         row = self.database.run(
             f"WITH q AS ({self._insert} VALUES (%s, %s, %s, %s, %s, %s) RETURNING id) "
             f"SELECT id, {self._notify} FROM q",
-            (*self._event_values(event), now, now),
+            (event.collection, event.user_id, event.uniqueness_token, event.body_json,
+             now, now),
             what="enqueue in the outbox",
             fetch="one",
         )
@@ -158,38 +155,13 @@ class PostgresOutbox(Outbox):
         """
         if not events:
             return []
-        unique = list({event.user_id: event for event in reversed(events)}.values())
         claimed = store.claim_sql(
             "%(marker_collection)s", "i.user_id", "i.erased", returning="user_id",
             source="FROM items i",
         )
-        rows = self.database.run(
-            f"""
-WITH items AS (
-    SELECT * FROM unnest(%(users)s::text[], %(collections)s::text[], %(tokens)s::text[],
-                         %(bodies)s::text[], %(erased)s::text[])
-        AS i(user_id, collection, token, body, erased)
-), claimed AS ({claimed}
-), queued AS (
-    {self._insert}
-    SELECT i.collection, i.user_id, i.token, i.body, %(now)s, %(now)s
-    FROM items i JOIN claimed c ON c.user_id = i.user_id RETURNING user_id
-)
-SELECT user_id, {self._notify} FROM queued""",
-            {
-                "users": [e.user_id for e in unique],
-                "collections": [e.collection for e in unique],
-                "tokens": [e.uniqueness_token for e in unique],
-                "bodies": [e.body_json for e in unique],
-                "erased": [store.erased(e.user_id) for e in unique],
-                "marker_collection": store.collection,
-                "now": time.time() if now is None else now,
-            },
-            what="claim and enqueue spooled signups",
-            role=WORKER,
-            fetch="all",
-        )
-        won = {user_id for (user_id, _) in rows}
+        unique = {event.user_id: event for event in reversed(events)}.values()
+        what = "claim and enqueue spooled signups"
+        won = self._enqueue_claimed(store, claimed, unique, now, what)
         result = []
         for event in events:  # the first event of a user carries the win
             result.append(event.user_id in won)
@@ -208,36 +180,53 @@ SELECT user_id, {self._notify} FROM queued""",
         """
         if not events:
             return 0
-        unique = list({event.user_id: event for event in events}.values())
-        markers = store.database.table("markers")
-        row = self.database.run(
+        claimed = (
+            f"INSERT INTO {store.database.table('markers')} "
+            "(collection, user_id, state, claimed_at, confirmed_at) "
+            "SELECT %(marker_collection)s, user_id, 'confirmed', %(now)s, %(now)s FROM items "
+            "ON CONFLICT (collection, user_id) DO NOTHING RETURNING user_id"
+        )
+        unique = {event.user_id: event for event in events}.values()
+        return len(self._enqueue_claimed(store, claimed, unique, now, "report users"))
+
+    def _enqueue_claimed(
+        self,
+        store: PostgresStore,
+        claimed: str,
+        events: t.Iterable[QueuedEvent],
+        now: float | None,
+        what: str,
+    ) -> set[str]:
+        """In one statement: ``events`` as the ``items`` table, the ``claimed`` statement
+        (``RETURNING user_id``) on it, and the event of each user it returns queued.
+        Returns those users."""
+        events = list(events)
+        rows = self._run(
             f"""
 WITH items AS (
     SELECT * FROM unnest(%(users)s::text[], %(collections)s::text[], %(tokens)s::text[],
-                         %(bodies)s::text[]) AS i(user_id, collection, token, body)
-), claimed AS (
-    INSERT INTO {markers} (collection, user_id, state, claimed_at, confirmed_at)
-    SELECT %(marker_collection)s, user_id, 'confirmed', %(now)s, %(now)s FROM items
-    ON CONFLICT (collection, user_id) DO NOTHING RETURNING user_id
+                         %(bodies)s::text[], %(erased)s::text[])
+        AS i(user_id, collection, token, body, erased)
+), claimed AS ({claimed}
 ), queued AS (
     {self._insert}
     SELECT i.collection, i.user_id, i.token, i.body, %(now)s, %(now)s
-    FROM items i JOIN claimed c ON c.user_id = i.user_id RETURNING id
+    FROM items i JOIN claimed c ON c.user_id = i.user_id RETURNING user_id
 )
-SELECT count(*), {self._notify} FROM queued""",
+SELECT user_id, {self._notify} FROM queued""",
             {
-                "users": [e.user_id for e in unique],
-                "collections": [e.collection for e in unique],
-                "tokens": [e.uniqueness_token for e in unique],
-                "bodies": [e.body_json for e in unique],
+                "users": [e.user_id for e in events],
+                "collections": [e.collection for e in events],
+                "tokens": [e.uniqueness_token for e in events],
+                "bodies": [e.body_json for e in events],
+                "erased": [store.erased(e.user_id) for e in events],
                 "marker_collection": store.collection,
                 "now": time.time() if now is None else now,
             },
-            what="report users",
-            role=WORKER,
-            fetch="one",
+            what,
+            fetch="all",
         )
-        return int(row[0])
+        return {user_id for (user_id, _) in rows}
 
     def in_app_transaction(self, connection: t.Any, work: t.Callable[[], T]) -> T:
         """Run ``work`` (statements on the app's ``connection``) in a savepoint.
@@ -255,10 +244,6 @@ SELECT count(*), {self._notify} FROM queued""",
                 raise
             failure = self.database.error("record a signup on the app's connection", cause)
         raise failure  # outside the except block: not chained to a message with data
-
-    @staticmethod
-    def _event_values(event: QueuedEvent) -> tuple[str, str, str, str]:
-        return (event.collection, event.user_id, event.uniqueness_token, event.body_json)
 
     # -- waking -----------------------------------------------------------------------
 

@@ -26,9 +26,9 @@ from ..salvage import inventory_due
 from ..salvage import take_inventory
 from .base import DeadLetter
 from .base import ErasedRows
-from .base import Outbox
 from .base import OutboxRow
 from .base import QueuedEvent
+from .outbox import Outbox
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS keen_signup_outbox (

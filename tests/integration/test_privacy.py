@@ -64,7 +64,9 @@ def _memory(tmp_path: t.Any, request: pytest.FixtureRequest) -> tuple[Outbox, t.
     box = MemoryOutbox()
 
     def rows() -> dict[int, tuple[str, str, str]]:
-        return {r.id: (r.state, r.user_id, r.body_json) for r in box._rows.values()}
+        with box.database.reading() as conn:
+            found = conn.execute("SELECT id, state, user_id, body FROM keen_signup_outbox")
+            return {i: (s, u, b) for i, s, u, b in found}
 
     return box, rows
 
