@@ -76,11 +76,31 @@ class QueuedEvent:
 
 
 @dataclasses.dataclass(frozen=True)
-class OutboxRow:
-    """A row handed to the sender by :meth:`Outbox.claim_due`.
+class _StoredEvent:
+    """What an outbox row and a dead letter both hold: the event as stored at enqueue.
 
     The body is kept as the JSON text stored at enqueue (``body_json``) so the sender can
     build a request without re-encoding; :attr:`body` parses it on demand.
+    """
+
+    id: int
+    collection: str
+    user_id: str
+    uniqueness_token: str
+    body_json: str
+    attempts: int
+    created_at: float
+
+    @property
+    def body(self) -> dict[str, t.Any]:
+        """The event as a dict (parsed from :attr:`body_json`)."""
+        value: dict[str, t.Any] = json.loads(self.body_json)
+        return value
+
+
+@dataclasses.dataclass(frozen=True)
+class OutboxRow(_StoredEvent):
+    """A row handed to the sender by :meth:`Outbox.claim_due`.
 
     :param attempts: how many times the row has been claimed for its current stage,
         counting this claim (a claim is an attempt even if the process dies before the
@@ -92,44 +112,19 @@ class OutboxRow:
         a retryable failure becomes a dead letter by elapsed time, never by attempts.
     """
 
-    id: int
-    collection: str
-    user_id: str
-    uniqueness_token: str
-    body_json: str
-    attempts: int
-    created_at: float
     next_attempt_at: float
     last_error: str | None
     state: str = PENDING
     first_failed_at: float | None = None
 
-    @property
-    def body(self) -> dict[str, t.Any]:
-        """The event as a dict (parsed from :attr:`body_json`)."""
-        value: dict[str, t.Any] = json.loads(self.body_json)
-        return value
-
 
 @dataclasses.dataclass(frozen=True)
-class DeadLetter:
+class DeadLetter(_StoredEvent):
     """An event that cannot be delivered without a human: see :meth:`Outbox.retry_dead`."""
 
-    id: int
-    collection: str
-    user_id: str
-    uniqueness_token: str
-    body_json: str
-    attempts: int
-    created_at: float
     reason: str
     error_code: str | None
     died_at: float
-
-    @property
-    def body(self) -> dict[str, t.Any]:
-        value: dict[str, t.Any] = json.loads(self.body_json)
-        return value
 
 
 @dataclasses.dataclass(frozen=True)

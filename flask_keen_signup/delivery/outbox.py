@@ -146,8 +146,8 @@ class Outbox(ABC):
     def stats(self, now: float | None = None) -> OutboxStats:
         """Counts for status pages (see :class:`OutboxStats`)."""
         now = _clock(now)
-        pending, due, in_flight, oldest, dead, delivered, skipped, resends, error = (
-            self._counts(now)
+        pending, due, in_flight, oldest, dead, delivered, skipped, resends, error = self._counts(
+            now
         )
         return OutboxStats(
             pending=int(pending),
@@ -174,9 +174,7 @@ class Outbox(ABC):
         """Delete delivered and skipped rows finished more than ``older_than_seconds`` ago."""
         return self._delete_done(_clock(now) - older_than_seconds)
 
-    def drop_delivered_bodies(
-        self, older_than_seconds: float, *, now: float | None = None
-    ) -> int:
+    def drop_delivered_bodies(self, older_than_seconds: float, *, now: float | None = None) -> int:
         """Retention: erase the body (personal data) of delivered and skipped rows finished
         more than ``older_than_seconds`` ago, keeping their id, collection, user id, state
         and times. Pending, confirming and dead rows are never touched. Cheap when there is
@@ -237,8 +235,11 @@ class Outbox(ABC):
         raise NotImplementedError
 
     def _extend_leases(self, ids: list[int], owner: str, until: float) -> int:
-        """Open rows of ``ids`` leased by ``owner``: lease until ``until``; how many."""
-        raise NotImplementedError
+        """Open rows of ``ids`` leased by ``owner``: lease until ``until``; how many.
+
+        The default renews nothing (an outbox without leases).
+        """
+        return 0
 
     def _lease_owners(self) -> t.Iterable[str]:
         """The distinct owners of the open rows' leases."""
@@ -269,10 +270,10 @@ class Outbox(ABC):
     def _empty_bodies(self, cutoff: float) -> int:
         """Empty the body of delivered and skipped rows done before ``cutoff``; how many.
 
-        The default deletes those rows outright (:meth:`_delete_done`): stricter, and right
-        for a backend that does not implement this.
+        The default deletes those rows outright (:meth:`prune_delivered`): stricter, and
+        right for a backend that does not implement this.
         """
-        return self._delete_done(cutoff)
+        return self.prune_delivered(0.0, now=cutoff)
 
     def _erase_user(self, collection: str, user_id: str, erased_id: str, now: float) -> ErasedRows:
         """See :meth:`forget_user`."""

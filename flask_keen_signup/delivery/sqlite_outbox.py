@@ -24,133 +24,13 @@ from ..database import yield_to_writers
 from ..exceptions import StoreError
 from ..salvage import inventory_due
 from ..salvage import take_inventory
+from . import sqlite_schema as schema
 from .base import DeadLetter
 from .base import ErasedRows
 from .base import OutboxRow
 from .base import QueuedEvent
 from .outbox import Outbox
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS keen_signup_outbox (
-    id               INTEGER PRIMARY KEY,
-    collection       TEXT    NOT NULL,
-    user_id          TEXT    NOT NULL,
-    uniqueness_token TEXT    NOT NULL,
-    body             TEXT    NOT NULL,
-    state            TEXT    NOT NULL DEFAULT 'pending'
-                     CHECK (state IN ('pending', 'confirming', 'delivered', 'skipped')),
-    attempts         INTEGER NOT NULL DEFAULT 0,
-    created_at       REAL    NOT NULL,
-    next_attempt_at  REAL    NOT NULL,
-    lease_owner      TEXT,
-    last_attempt_at  REAL,
-    last_error       TEXT,
-    reclaimed        INTEGER NOT NULL DEFAULT 0,
-    done_at          REAL,
-    first_failed_at  REAL
-);
-CREATE INDEX IF NOT EXISTS keen_signup_outbox_due
-    ON keen_signup_outbox (next_attempt_at) WHERE state IN ('pending', 'confirming');
-CREATE INDEX IF NOT EXISTS keen_signup_outbox_done
-    ON keen_signup_outbox (done_at) WHERE state IN ('delivered', 'skipped');
-CREATE INDEX IF NOT EXISTS keen_signup_outbox_bodies
-    ON keen_signup_outbox (done_at) WHERE state IN ('delivered', 'skipped') AND body <> '';
-CREATE TABLE IF NOT EXISTS keen_signup_dead_letters (
-    id               INTEGER PRIMARY KEY,
-    collection       TEXT    NOT NULL,
-    user_id          TEXT    NOT NULL,
-    uniqueness_token TEXT    NOT NULL,
-    body             TEXT    NOT NULL,
-    attempts         INTEGER NOT NULL,
-    created_at       REAL    NOT NULL,
-    reason           TEXT    NOT NULL,
-    error_code       TEXT,
-    died_at          REAL    NOT NULL
-);
-CREATE TABLE IF NOT EXISTS keen_signup_outbox_meta (
-    key   TEXT PRIMARY KEY,
-    value
-) WITHOUT ROWID;
-"""
-
-_INSERT = (
-    "INSERT INTO keen_signup_outbox "
-    "(collection, user_id, uniqueness_token, body, created_at, next_attempt_at) "
-    "VALUES (?, ?, ?, ?, ?, ?)"
-)
-
-_OPEN = "state IN ('pending', 'confirming')"
-#: The rows whose ids a parameter holds as a JSON array (one parameter, however many).
-_IDS = "id IN (SELECT value FROM json_each(?))"
-
-
-# Old values are used on the right-hand side of SET, so ``lease_owner IS NOT NULL`` sees
-# the previous claim: a pending row still leased when it is claimed again had no outcome
-# recorded (its owner died or hung), so this claim is probably a resend.
-def _claim_sql(which: str) -> str:
-    """Lease the open rows ``which`` picks (a WHERE/ORDER/LIMIT tail) in one UPDATE."""
-    return f"""
-UPDATE keen_signup_outbox
-SET attempts = attempts + 1,
-    last_attempt_at = :now,
-    next_attempt_at = :until,
-    lease_owner = :owner,
-    reclaimed = (lease_owner IS NOT NULL AND state = 'pending')
-WHERE id IN (SELECT id FROM keen_signup_outbox WHERE {_OPEN} AND {which})
-RETURNING id, collection, user_id, uniqueness_token, body, attempts, created_at,
-    next_attempt_at, last_error, state, first_failed_at, reclaimed
-"""
-
-
-_CLAIM = _claim_sql("next_attempt_at <= :now ORDER BY next_attempt_at LIMIT :limit")
-_CLAIM_FLUSH = _claim_sql(
-    "(next_attempt_at <= :now OR (lease_owner IS NULL "
-    "AND (last_attempt_at IS NULL OR last_attempt_at < :since))) ORDER BY id LIMIT :limit"
-)
-_ANY_DUE = f"SELECT 1 FROM keen_signup_outbox WHERE {_OPEN} AND next_attempt_at <= ? LIMIT 1"
-_ANY_BODY = (
-    "SELECT 1 FROM keen_signup_outbox WHERE state IN ('delivered', 'skipped') "
-    "AND body <> '' AND done_at < ? LIMIT 1"
-)
-_FINISH = (
-    "UPDATE keen_signup_outbox SET state = ?, lease_owner = NULL, done_at = ? "
-    f"WHERE {_IDS} AND {_OPEN}"
-)
-
-
-# Row ids are never reused: a sender that lost its lease may still record an outcome by id,
-# and dead letters keep their row's id. SQLite gives a new row the largest id + 1, so the
-# newest row is never deleted. Where it would be, it stays, finished: a delivered one as
-# delivered, a dead-lettered one as a blank placeholder (state 'skipped', no user, no body;
-# its event is in the dead letters). Either is deleted once a newer row exists (_SWEEP,
-# without keep_delivered) or by prune_delivered. AUTOINCREMENT would give the same
-# guarantee by writing one more page (``sqlite_sequence``) in every signup's transaction;
-# files made before this keep it, and the rule is harmless there.
-_NOT_NEWEST = "id < (SELECT MAX(id) FROM keen_signup_outbox)"
-_SWEEP = f"DELETE FROM keen_signup_outbox WHERE state IN ('delivered', 'skipped') AND {_NOT_NEWEST}"
-#: The placeholder a dead-lettered newest row leaves (see above).
-_PLACEHOLDER = (
-    "UPDATE keen_signup_outbox SET state = 'skipped', user_id = '', uniqueness_token = '', "
-    "body = '', lease_owner = NULL, done_at = ?, last_error = 'placeholder keeping the id of "
-    "a dead letter' WHERE id = ?"
-)
-
-
-def _bump(conn: sqlite3.Connection, key: str, by: int) -> None:
-    if by:
-        conn.execute(
-            "INSERT INTO keen_signup_outbox_meta (key, value) VALUES (?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = value + excluded.value",
-            (key, by),
-        )
-
-
-def _set_last_error(conn: sqlite3.Connection, error: str) -> None:
-    conn.execute(
-        "INSERT INTO keen_signup_outbox_meta (key, value) VALUES ('last_error', ?) "
-        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        (error,),
-    )
+from .sqlite_schema import SCHEMA as SCHEMA
 
 
 class SQLiteOutbox(Outbox):
@@ -198,7 +78,7 @@ class SQLiteOutbox(Outbox):
         """
         now = time.time() if now is None else now
         cursor = conn.execute(
-            _INSERT,
+            schema.INSERT,
             (
                 event.collection,
                 event.user_id,
@@ -226,9 +106,9 @@ class SQLiteOutbox(Outbox):
         # Before the sender's next batch (or its idle poll): the WAL is copied into the
         # file here, on the sender's connection, rather than by a login's COMMIT.
         self._checkpoint()
-        if flush_since is None and not self._read(_ANY_DUE, (now,)):
+        if flush_since is None and not self._read(schema.ANY_DUE, (now,)):
             return []  # the idle poll stays a read: no write lock taken every interval
-        sql = _CLAIM if flush_since is None else _CLAIM_FLUSH
+        sql = schema.CLAIM if flush_since is None else schema.CLAIM_FLUSH
         params = {"now": now, "until": until, "owner": owner, "since": flush_since}
         # In short transactions (SENDER_CHUNK_ROWS rows each), so that a login never waits
         # long for the write lock; a leased row is not due again, so the next one picks
@@ -241,7 +121,7 @@ class SQLiteOutbox(Outbox):
                 yield_to_writers()
             with self._write() as conn:
                 got = conn.execute(sql, {**params, "limit": want}).fetchall()
-                _bump(conn, "resends", sum(r[11] for r in got))
+                schema.bump(conn, "resends", sum(r[11] for r in got))
             records += got
             if len(got) < want:
                 break
@@ -264,36 +144,36 @@ class SQLiteOutbox(Outbox):
                         [(f"skipped: {why}", i) for i, why in zip(chunk, reasons, strict=True)],
                     )
                 done = 0
-                if not self.keep_delivered:  # the newest row stays, finished (_NOT_NEWEST)
+                if not self.keep_delivered:  # the newest row stays, finished (NOT_NEWEST)
                     done = conn.execute(
-                        f"DELETE FROM keen_signup_outbox WHERE {_IDS} AND {_OPEN} "
-                        f"AND {_NOT_NEWEST}",
+                        f"DELETE FROM keen_signup_outbox WHERE {schema.IDS} AND {schema.OPEN} "
+                        f"AND {schema.NOT_NEWEST}",
                         (marks,),
                     ).rowcount
-                done += conn.execute(_FINISH, (state, now, marks)).rowcount
+                done += conn.execute(schema.FINISH, (state, now, marks)).rowcount
                 if not self.keep_delivered:
-                    conn.execute(_SWEEP)
-                _bump(conn, state, done)
+                    conn.execute(schema.SWEEP)
+                schema.bump(conn, state, done)
 
     def _set_confirming(self, ids: list[int], next_attempt_at: float, error: str) -> None:
         with self._write() as conn:
             conn.execute(
                 "UPDATE keen_signup_outbox SET state = 'confirming', attempts = 0, "
-                f"lease_owner = NULL, next_attempt_at = ?, last_error = ? WHERE {_IDS} "
-                f"AND {_OPEN}",
+                f"lease_owner = NULL, next_attempt_at = ?, last_error = ? WHERE {schema.IDS} "
+                f"AND {schema.OPEN}",
                 (next_attempt_at, error, json.dumps(ids)),
             )
-            _set_last_error(conn, error)
+            schema.set_last_error(conn, error)
 
     def _set_retry(self, items: list[tuple[int, float, str]], now: float) -> None:
         with self._write() as conn:
             conn.executemany(
                 "UPDATE keen_signup_outbox SET lease_owner = NULL, next_attempt_at = ?, "
                 "last_error = ?, first_failed_at = COALESCE(first_failed_at, ?) "
-                f"WHERE id = ? AND {_OPEN}",
+                f"WHERE id = ? AND {schema.OPEN}",
                 [(next_at, error, now, row_id) for row_id, next_at, error in items],
             )
-            _set_last_error(conn, items[-1][2])
+            schema.set_last_error(conn, items[-1][2])
 
     def _to_dead(self, items: list[tuple[int, str, str | None]], now: float) -> None:
         with self._write() as conn:
@@ -302,23 +182,23 @@ class SQLiteOutbox(Outbox):
                     "INSERT INTO keen_signup_dead_letters (id, collection, user_id, "
                     "uniqueness_token, body, attempts, created_at, reason, error_code, died_at) "
                     "SELECT id, collection, user_id, uniqueness_token, body, attempts, "
-                    f"created_at, ?, ?, ? FROM keen_signup_outbox WHERE id = ? AND {_OPEN}",
+                    f"created_at, ?, ?, ? FROM keen_signup_outbox WHERE id = ? AND {schema.OPEN}",
                     (reason, error_code, now, row_id),
                 )
                 if cursor.rowcount:
                     deleted = conn.execute(
-                        f"DELETE FROM keen_signup_outbox WHERE id = ? AND {_NOT_NEWEST}",
+                        f"DELETE FROM keen_signup_outbox WHERE id = ? AND {schema.NOT_NEWEST}",
                         (row_id,),
                     ).rowcount
-                    if not deleted:  # the newest row (see _NOT_NEWEST)
-                        conn.execute(_PLACEHOLDER, (now, row_id))
-            _set_last_error(conn, items[-1][1])
+                    if not deleted:  # the newest row (see schema.NOT_NEWEST)
+                        conn.execute(schema.PLACEHOLDER, (now, row_id))
+            schema.set_last_error(conn, items[-1][1])
 
     def _unlease(self, ids: list[int], now: float) -> None:
         with self._write() as conn:
             conn.execute(
                 "UPDATE keen_signup_outbox SET lease_owner = NULL, next_attempt_at = ?, "
-                f"attempts = MAX(0, attempts - 1) WHERE {_IDS} AND {_OPEN} "
+                f"attempts = MAX(0, attempts - 1) WHERE {schema.IDS} AND {schema.OPEN} "
                 "AND lease_owner IS NOT NULL",
                 (now, json.dumps(ids)),
             )
@@ -327,7 +207,7 @@ class SQLiteOutbox(Outbox):
         with self._write() as conn:
             return conn.execute(
                 "UPDATE keen_signup_outbox SET next_attempt_at = ? "
-                f"WHERE {_IDS} AND lease_owner = ? AND {_OPEN}",
+                f"WHERE {schema.IDS} AND lease_owner = ? AND {schema.OPEN}",
                 (until, json.dumps(ids), owner),
             ).rowcount
 
@@ -336,7 +216,7 @@ class SQLiteOutbox(Outbox):
             owner
             for (owner,) in self._read(
                 "SELECT DISTINCT lease_owner FROM keen_signup_outbox "
-                f"WHERE {_OPEN} AND lease_owner IS NOT NULL"
+                f"WHERE {schema.OPEN} AND lease_owner IS NOT NULL"
             )
         ]
 
@@ -344,14 +224,14 @@ class SQLiteOutbox(Outbox):
         with self._write() as conn:
             return conn.execute(
                 "UPDATE keen_signup_outbox SET next_attempt_at = MIN(next_attempt_at, 0) "
-                f"WHERE lease_owner IN (SELECT value FROM json_each(?)) AND {_OPEN}",
+                f"WHERE lease_owner IN (SELECT value FROM json_each(?)) AND {schema.OPEN}",
                 (json.dumps(owners),),
             ).rowcount
 
     # -- status and maintenance -------------------------------------------------------
 
     def pending_count(self) -> int:
-        ((count,),) = self._read(f"SELECT COUNT(*) FROM keen_signup_outbox WHERE {_OPEN}")
+        ((count,),) = self._read(f"SELECT COUNT(*) FROM keen_signup_outbox WHERE {schema.OPEN}")
         return int(count)
 
     def _counts(self, now: float) -> t.Sequence[t.Any]:
@@ -361,7 +241,7 @@ class SQLiteOutbox(Outbox):
             "COUNT(*) FILTER (WHERE lease_owner IS NOT NULL AND next_attempt_at > :now), "
             "MIN(created_at), (SELECT COUNT(*) FROM keen_signup_dead_letters), "
             f"{meta('delivered')}, {meta('skipped')}, {meta('resends')}, "
-            f"{meta('last_error')} FROM keen_signup_outbox WHERE {_OPEN}",
+            f"{meta('last_error')} FROM keen_signup_outbox WHERE {schema.OPEN}",
             {"now": now},
         )
         return t.cast("t.Sequence[t.Any]", counts)
@@ -378,12 +258,12 @@ class SQLiteOutbox(Outbox):
         ]
 
     def _replay_dead(self, ids: list[int] | None, now: float) -> int:
-        where = "" if ids is None else f"WHERE {_IDS}"
+        where = "" if ids is None else f"WHERE {schema.IDS}"
         params = () if ids is None else (json.dumps(ids),)
         with self._write() as conn:
             cursor = conn.execute(
                 # OR REPLACE: a dead-lettered newest row left a placeholder with its id (see
-                # _NOT_NEWEST); no other row can have it.
+                # schema.NOT_NEWEST); no other row can have it.
                 "INSERT OR REPLACE INTO keen_signup_outbox (id, collection, user_id, "
                 "uniqueness_token, body, state, attempts, created_at, next_attempt_at, "
                 "last_error) SELECT id, collection, user_id, uniqueness_token, body, "
@@ -397,7 +277,7 @@ class SQLiteOutbox(Outbox):
         with self._write() as conn:
             return conn.execute(
                 "DELETE FROM keen_signup_outbox WHERE state IN ('delivered', 'skipped') "
-                f"AND done_at < ? AND {_NOT_NEWEST}",
+                f"AND done_at < ? AND {schema.NOT_NEWEST}",
                 (cutoff,),
             ).rowcount
 
@@ -405,7 +285,7 @@ class SQLiteOutbox(Outbox):
         # The partial index keen_signup_outbox_bodies holds only finished rows that still
         # have a body, so the periodic pass costs one index probe when there is nothing to
         # drop, however many delivered rows the file keeps.
-        if not self._read(_ANY_BODY, (cutoff,)):
+        if not self._read(schema.ANY_BODY, (cutoff,)):
             return 0
         with self._write() as conn:
             dropped: int = conn.execute(
@@ -422,10 +302,10 @@ class SQLiteOutbox(Outbox):
             skipped = conn.execute(
                 "UPDATE keen_signup_outbox SET state = 'skipped', lease_owner = NULL, "
                 "done_at = ?, last_error = 'skipped: erased on request', user_id = ?, "
-                f"body = '' WHERE collection = ? AND user_id = ? AND {_OPEN}",
+                f"body = '' WHERE collection = ? AND user_id = ? AND {schema.OPEN}",
                 (now, erased_id, *key),
             ).rowcount
-            _bump(conn, "skipped", skipped)
+            schema.bump(conn, "skipped", skipped)
             erased = conn.execute(
                 "UPDATE keen_signup_outbox SET user_id = ?, body = '' "
                 "WHERE collection = ? AND user_id = ?",
