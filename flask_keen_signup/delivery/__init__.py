@@ -5,10 +5,14 @@ marker claim); a single daemon thread per process sends due rows to Keen's batch
 and records each row's own outcome. The outbox is the source of truth: an event leaves it
 only once Keen has answered for it (delivered), or when it can never succeed (dead letter).
 
-This module holds the small value types, the :class:`Outbox` interface and the
-:class:`DeliveryHooks` interface. Backends: :class:`~.memory.MemoryOutbox` (tests, fakes)
-and :class:`~.sqlite_outbox.SQLiteOutbox` (the default, shared by all worker processes of a
-host). The sender is :class:`~.sender.Sender`.
+This package re-exports the small value types and the :class:`DeliveryHooks` interface
+(``base.py``) and the :class:`Outbox` interface (``outbox.py``: its public methods are
+written once there, over each backend's few storage primitives). Backends:
+:class:`~.sqlite_outbox.SQLiteOutbox` (the default, shared by all worker processes of a
+host; tables and statements in ``sqlite_schema.py``), :class:`~.memory.MemoryOutbox` (the
+same on a private in-memory database: tests, fakes), ``postgres_outbox.py`` (the request
+path in ``postgres_enqueue.py``) and ``redis_outbox.py``. The sender is
+:class:`~.sender.Sender`.
 
 Row life cycle::
 
