@@ -11,6 +11,7 @@ import contextlib
 import sqlite3
 import threading
 import typing as t
+import weakref
 
 from .sqlite_outbox import SQLiteOutbox
 
@@ -27,6 +28,8 @@ class _MemoryDatabase:
     def __init__(self) -> None:
         self._conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
         self._lock = threading.RLock()
+        # Closed with the outbox (Python 3.13 warns about a connection left open).
+        weakref.finalize(self, self._conn.close)
 
     def add_schema(self, script: str) -> None:
         with self._lock:
