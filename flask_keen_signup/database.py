@@ -26,12 +26,8 @@ import weakref
 
 from . import database_file_watch as file_watch
 from . import database_fork_gate as fork_gate
-from .database_file_watch import replacements as replacements  # for health()
 from .database_fork_gate import gate
-from .database_transaction import SENDER_CHUNK_ROWS as SENDER_CHUNK_ROWS
 from .database_transaction import Scope
-from .database_transaction import writers_waiting as writers_waiting
-from .database_transaction import yield_to_writers as yield_to_writers
 from .exceptions import StoreError
 
 #: How long a writer waits for the lock before giving up, in milliseconds.

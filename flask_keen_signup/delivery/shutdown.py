@@ -35,9 +35,6 @@ import typing as t
 import weakref
 
 from .. import lifecycle
-from ..lifecycle import forks_from_c as forks_from_c
-from ..lifecycle import starved_by_uwsgi as starved_by_uwsgi
-from ..lifecycle import threads_on_hold as threads_on_hold
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from types import FrameType
