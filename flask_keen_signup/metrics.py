@@ -64,24 +64,12 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 
 _lock = threading.Lock()
 #: The process's counter and histogram (one pair per process, in the default registry).
 _metrics: tuple[t.Any, t.Any] | None = None
-#: Held around every increment, and by a fork while it happens (see :func:`_before_fork`).
+#: Held around every increment, and by a fork while it happens: no increment is in flight
+#: while the process forks. ``prometheus_client``'s multiprocess values share one lock per
+#: process. Under ``gunicorn --preload`` the master's sender counts its deliveries; a
+#: worker forked while that thread held the lock would inherit it held, and its first
+#: count (a signup in a login request) would wait forever.
 _count_lock = threading.Lock()
-
-
-def _before_fork() -> None:
-    """No increment in flight while the process forks.
-
-    ``prometheus_client``'s multiprocess values share one lock per process. Under
-    ``gunicorn --preload`` the master's sender counts its deliveries; a worker forked while
-    that thread held the lock would inherit it held, and its first count (a signup in a
-    login request) would wait forever. Our increments go through :data:`_count_lock`,
-    which a fork takes first, so the fork never happens in the middle of one.
-    """
-    _count_lock.acquire()
-
-
-def _after_fork_in_parent() -> None:
-    _count_lock.release()
 
 
 def _after_fork_in_child() -> None:
@@ -91,8 +79,8 @@ def _after_fork_in_child() -> None:
 
 lifecycle.register(
     "metrics",
-    before=_before_fork,
-    after_in_parent=_after_fork_in_parent,
+    before=lambda: _count_lock.acquire(),
+    after_in_parent=lambda: _count_lock.release(),
     after_in_child=_after_fork_in_child,
 )
 _registered: weakref.WeakKeyDictionary[t.Any, set[int]] = weakref.WeakKeyDictionary()

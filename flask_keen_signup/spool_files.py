@@ -36,7 +36,6 @@ from .delivery import QueuedEvent
 
 SUFFIX = ".jsonl"
 READ_BLOCK = 1 << 20
-CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _HOST = socket.gethostname().replace("-", "_").replace("/", "_") or "host"
 
 
@@ -59,7 +58,7 @@ def create_own(directory: str, prefix: str, *, fsync: bool) -> tuple[int, str]:
     os.makedirs(directory, mode=0o700, exist_ok=True)
     name = f"{prefix}{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}{SUFFIX}"
     path = os.path.join(directory, name)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | CLOEXEC, 0o600)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: nobody else has it
         if fsync:
@@ -78,7 +77,7 @@ def take_over(path: str) -> int | None:
     """``path`` locked for this process, or None: a live process's own file, or one being
     drained (or already drained and deleted) by another."""
     try:
-        fd = os.open(path, os.O_RDWR | CLOEXEC)
+        fd = os.open(path, os.O_RDWR)
     except FileNotFoundError:
         return None
     try:
