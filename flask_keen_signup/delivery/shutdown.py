@@ -12,14 +12,15 @@
   held by the interrupted main thread can delay it but never hang the process. Under gevent
   the handler runs in the event loop, where nothing may block: it flushes in a greenlet.
 * **Fork.** In the child, the same step calls every sender's public
-  :meth:`.sender.Sender.after_fork_in_child` (fresh thread, locks, lease owner and HTTP
+  :meth:`Managed.after_fork_in_child` (fresh thread, locks, lease owner and HTTP
   connections; the ones that were running restart: gunicorn ``--preload``,
   ``multiprocessing`` with fork, uWSGI's workers). A server that forks without running
   Python's at-fork hooks is caught by the sender's own pid check on first use.
 
 This is the one registry of the process's senders (held weakly, so it never keeps one
 alive); the senders also read it to tell their own live leases from a dead one's. It
-imports :mod:`.sender` for its types only (the sender imports this module).
+knows senders only through the small :class:`Managed` protocol: it imports nothing
+from :mod:`.sender`, which imports it.
 """
 
 from __future__ import annotations
@@ -38,12 +39,32 @@ from .. import lifecycle
 if t.TYPE_CHECKING:  # pragma: no cover
     from types import FrameType
 
-    from .sender import Sender
-
 logger = logging.getLogger(__name__)
 
 
-_senders: weakref.WeakSet[Sender] = weakref.WeakSet()
+class Managed(t.Protocol):
+    """What this module needs of a sender (:class:`~.sender.Sender` is one)."""
+
+    @property
+    def shutdown_timeout(self) -> float:
+        """Seconds exit and SIGTERM may spend flushing it."""
+
+    @property
+    def running(self) -> bool:
+        """Whether its thread runs in this process."""
+
+    @property
+    def owner(self) -> str:
+        """Its lease owner in this process (``host/pid/nonce``)."""
+
+    def shutdown(self, timeout: float | None = None) -> int:
+        """Flush within ``timeout``, then stop; return the events left."""
+
+    def after_fork_in_child(self) -> None:
+        """Rebuild its per-process state in a forked child (restart if it ran)."""
+
+
+_senders: weakref.WeakSet[Managed] = weakref.WeakSet()
 _lock = threading.Lock()
 _signal_installed = False
 _previous_handler: t.Any = None
@@ -51,7 +72,7 @@ _previous_handler: t.Any = None
 _SIGNAL_GRACE = 1.0
 
 
-def register(sender: Sender, *, signals: bool = True) -> None:
+def register(sender: Managed, *, signals: bool = True) -> None:
     """Track ``sender`` for exit, SIGTERM and fork; install the SIGTERM handler on first use."""
     with _lock:
         _senders.add(sender)
@@ -60,13 +81,13 @@ def register(sender: Sender, *, signals: bool = True) -> None:
         install_signal_handler()
 
 
-def unregister(sender: Sender) -> None:
+def unregister(sender: Managed) -> None:
     """Forget ``sender`` (it has shut down)."""
     with _lock:
         _senders.discard(sender)
 
 
-def live_senders() -> list[Sender]:
+def live_senders() -> list[Managed]:
     """The senders of this process (for ``status`` and tests)."""
     with _lock:
         return list(_senders)
