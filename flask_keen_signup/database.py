@@ -100,8 +100,6 @@ class Database:
     ) -> None:
         if synchronous not in ("normal", "full"):
             raise ValueError("synchronous must be 'normal' or 'full'")
-        if not 0 < busy_timeout < 3600:
-            raise ValueError("busy_timeout must be in (0, 3600) seconds")
         self.path = path
         self.synchronous = synchronous
         self.busy_timeout = busy_timeout
