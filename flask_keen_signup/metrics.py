@@ -27,6 +27,7 @@ Names and labels are DESIGN §9's; ``docs/metrics.md`` has the dashboard and ale
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import threading
 import time
@@ -87,12 +88,8 @@ _registered: weakref.WeakKeyDictionary[t.Any, set[int]] = weakref.WeakKeyDiction
 
 
 def available() -> bool:
-    """Whether ``prometheus_client`` can be imported."""
-    try:
-        import prometheus_client  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether ``prometheus_client`` is installed (it is not imported until used)."""
+    return importlib.util.find_spec("prometheus_client") is not None
 
 
 def _get_metrics() -> tuple[t.Any, t.Any]:
