@@ -23,7 +23,6 @@ loss too, at the cost of one disk flush per spooled login.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import os
@@ -84,7 +83,7 @@ def take_over(path: str) -> int | None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
         os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+        if isinstance(exc, BlockingIOError):  # EWOULDBLOCK: another process holds it
             return None
         raise
     if os.fstat(fd).st_nlink == 0:  # drained and deleted while we were locking it
