@@ -67,10 +67,10 @@ def _path_of(conn: sqlite3.Connection) -> str:
     return os.path.realpath(str(conn.execute("PRAGMA database_list").fetchone()[2]))
 
 
-def inventory_due(path: str, *, now: float | None = None) -> bool:
+def inventory_due(path: str) -> bool:
     """Whether :func:`take_inventory` should count ``path``'s rows now (at most every
     :data:`INVENTORY_INTERVAL`); if so, the next one is due an interval later."""
-    now = time.monotonic() if now is None else now
+    now = time.monotonic()
     path = os.path.realpath(path)
     with _inventory_lock:
         if now < _inventory_due.get(path, 0.0):

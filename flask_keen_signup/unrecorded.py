@@ -74,9 +74,9 @@ class Unrecorded:
         with contextlib.suppress(OSError, ValueError):  # the path is checked elsewhere
             self._update(lambda tally: tally)  # allocate the record now, while there is room
 
-    def add(self, *, now: float | None = None) -> None:
+    def add(self) -> None:
         """One more signup not recorded. Never raises (it runs in a failing login)."""
-        now = time.time() if now is None else now
+        now = time.time()
         with self._lock:
             old = self._unsaved
             unsaved = self._unsaved = Tally(old.count + 1, old.first_at or now, now)
