@@ -14,10 +14,10 @@ import logging
 import threading
 import typing as t
 
+from . import lifecycle
 from . import metrics
 from . import signals
 from .database import Database
-from .delivery import shutdown
 from .exceptions import ConfigurationError
 from .state import SignupState
 from .stores import MarkerStore
@@ -43,7 +43,7 @@ def start(app: Flask, state: SignupState, *, count: bool) -> None:
     state.sender.start()
     if state.tracker.known is None:
         return
-    if shutdown.forks_from_c():
+    if lifecycle.forks_from_c():
         load_known_users(state.tracker)  # a uWSGI master: no thread here (see shutdown)
     else:
         threading.Thread(
@@ -112,7 +112,7 @@ def build_state(app: Flask, settings: Settings, thresholds: HealthThresholds) ->
     from .spool_drain import SpoolDrainer
     from .unrecorded import Unrecorded
 
-    if settings.enabled and settings.delivery == "background" and shutdown.starved_by_uwsgi():
+    if settings.enabled and settings.delivery == "background" and lifecycle.starved_by_uwsgi():
         raise ConfigurationError(
             "uWSGI runs without Python threads (a uWSGI older than 2.0.27 started "
             "without --enable-threads): the background sender would only run while a "

@@ -26,12 +26,8 @@ import weakref
 
 from . import database_file_watch as file_watch
 from . import database_fork_gate as fork_gate
-from .database_file_watch import replacements as replacements  # for health()
 from .database_fork_gate import gate
-from .database_transaction import SENDER_CHUNK_ROWS as SENDER_CHUNK_ROWS
 from .database_transaction import Scope
-from .database_transaction import writers_waiting as writers_waiting
-from .database_transaction import yield_to_writers as yield_to_writers
 from .exceptions import StoreError
 
 #: How long a writer waits for the lock before giving up, in milliseconds.
@@ -104,8 +100,6 @@ class Database:
     ) -> None:
         if synchronous not in ("normal", "full"):
             raise ValueError("synchronous must be 'normal' or 'full'")
-        if not 0 < busy_timeout < 3600:
-            raise ValueError("busy_timeout must be in (0, 3600) seconds")
         self.path = path
         self.synchronous = synchronous
         self.busy_timeout = busy_timeout

@@ -20,24 +20,11 @@ from .exceptions import StoreError
 _SQLITE_HEADER = b"SQLite format 3\x00"
 
 
-def _is_root() -> bool:
-    return hasattr(os, "geteuid") and os.geteuid() == 0
-
-
 def _read_only_fs(directory: str) -> bool:
     try:
         return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
-    except (OSError, AttributeError):  # no statvfs (Windows): SQLite will tell
+    except OSError:  # SQLite will tell
         return False
-
-
-def _nearest_existing(path: str) -> str:
-    while path and not os.path.exists(path):
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
-    return path or "."
 
 
 def problem_with(path: str) -> str | None:
@@ -61,12 +48,14 @@ def problem_with(path: str) -> str | None:
             return f"it cannot be read ({exc.strerror or type(exc).__name__})"
         if header and header != _SQLITE_HEADER:
             return "it is not a SQLite database (another kind of file is at that path)"
-    existing = _nearest_existing(directory)
+    existing = directory  # the nearest directory that exists (an absolute path's / does)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
         return f"{printable(existing, limit=120)} is not a directory"
     if _read_only_fs(existing):
         return "it is on a read-only file system"
-    if not _is_root():
+    if os.geteuid() != 0:
         if os.path.isfile(path) and not os.access(path, os.R_OK | os.W_OK):
             return "no permission to read and write it"
         if not os.access(existing, os.W_OK | os.X_OK):

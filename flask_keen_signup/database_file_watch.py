@@ -103,8 +103,7 @@ def file_replaced(database: Database, how: str) -> None:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(path)
             for db in same:
-                db._identity = None
-                db._size = 0
+                db._identity = None  # set again, with its size, by the next connection
         finally:
             fork_gate.gate.open()
         summary = "nothing copied"

@@ -53,8 +53,6 @@ def yield_to_writers() -> None:
     Waits until nobody of this process is waiting, at most :data:`YIELD_MAX`. Logins of
     other processes are not seen here; they get the gaps between the transactions.
     """
-    if not _waiting:
-        return
     deadline = time.monotonic() + YIELD_MAX
     while _waiting and time.monotonic() < deadline:
         time.sleep(LOCK_RETRY_FIRST)

@@ -112,7 +112,7 @@ def health_of(state: SignupState) -> dict[str, t.Any]:
 
 def _store_trouble(state: SignupState, health: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
     """The store-trouble part of :func:`health_of`: spool, replaced file, ``ok``."""
-    from . import database as database_module
+    from . import database_file_watch as database_module
 
     lost = state.unrecorded.read()
     try:

@@ -44,6 +44,7 @@ Two servers fork in ways Python's hooks do not cover:
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import sys
@@ -55,7 +56,7 @@ logger = logging.getLogger(__name__)
 #: The steps, from the lowest layer to the highest (see the module doc).
 ORDER = ("sqlite", "metrics", "spool", "postgres", "senders")
 
-Step = t.Callable[[], None]
+Step = t.Callable[[], object]
 _steps: dict[str, dict[str, Step]] = {name: {} for name in ORDER}
 #: Set in a forked child that gevent has not patched yet (see :func:`threads_on_hold`).
 _gevent_patch_pending = False
@@ -83,12 +84,9 @@ def _run(phase: str, names: t.Iterable[str]) -> None:
             logger.exception("flask-keen-signup: the %r step failed (%s)", name, phase)
 
 
-def _before_fork() -> None:
-    _run("before", ORDER)
-
-
-def _after_fork_in_parent() -> None:
-    _run("after_in_parent", reversed(ORDER))
+_before_fork = functools.partial(_run, "before", ORDER)
+_after_fork_in_parent = functools.partial(_run, "after_in_parent", ORDER[::-1])
+_at_exit = functools.partial(_run, "at_exit", ORDER[::-1])
 
 
 def _after_fork_in_child() -> None:
@@ -105,16 +103,11 @@ def _after_fork_in_child() -> None:
     _run("after_in_child", ORDER[-1:])
 
 
-def _at_exit() -> None:
-    _run("at_exit", reversed(ORDER))
-
-
-if hasattr(os, "register_at_fork"):  # not on Windows
-    os.register_at_fork(
-        before=_before_fork,
-        after_in_parent=_after_fork_in_parent,
-        after_in_child=_after_fork_in_child,
-    )
+os.register_at_fork(
+    before=_before_fork,
+    after_in_parent=_after_fork_in_parent,
+    after_in_child=_after_fork_in_child,
+)
 atexit.register(_at_exit)
 
 

@@ -27,6 +27,7 @@ Names and labels are DESIGN §9's; ``docs/metrics.md`` has the dashboard and ale
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import threading
 import time
@@ -64,24 +65,12 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 
 _lock = threading.Lock()
 #: The process's counter and histogram (one pair per process, in the default registry).
 _metrics: tuple[t.Any, t.Any] | None = None
-#: Held around every increment, and by a fork while it happens (see :func:`_before_fork`).
+#: Held around every increment, and by a fork while it happens: no increment is in flight
+#: while the process forks. ``prometheus_client``'s multiprocess values share one lock per
+#: process. Under ``gunicorn --preload`` the master's sender counts its deliveries; a
+#: worker forked while that thread held the lock would inherit it held, and its first
+#: count (a signup in a login request) would wait forever.
 _count_lock = threading.Lock()
-
-
-def _before_fork() -> None:
-    """No increment in flight while the process forks.
-
-    ``prometheus_client``'s multiprocess values share one lock per process. Under
-    ``gunicorn --preload`` the master's sender counts its deliveries; a worker forked while
-    that thread held the lock would inherit it held, and its first count (a signup in a
-    login request) would wait forever. Our increments go through :data:`_count_lock`,
-    which a fork takes first, so the fork never happens in the middle of one.
-    """
-    _count_lock.acquire()
-
-
-def _after_fork_in_parent() -> None:
-    _count_lock.release()
 
 
 def _after_fork_in_child() -> None:
@@ -91,20 +80,16 @@ def _after_fork_in_child() -> None:
 
 lifecycle.register(
     "metrics",
-    before=_before_fork,
-    after_in_parent=_after_fork_in_parent,
+    before=lambda: _count_lock.acquire(),
+    after_in_parent=lambda: _count_lock.release(),
     after_in_child=_after_fork_in_child,
 )
 _registered: weakref.WeakKeyDictionary[t.Any, set[int]] = weakref.WeakKeyDictionary()
 
 
 def available() -> bool:
-    """Whether ``prometheus_client`` can be imported."""
-    try:
-        import prometheus_client  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether ``prometheus_client`` is installed (it is not imported until used)."""
+    return importlib.util.find_spec("prometheus_client") is not None
 
 
 def _get_metrics() -> tuple[t.Any, t.Any]:

@@ -63,16 +63,14 @@ _inventory_lock = threading.Lock()
 
 
 def _path_of(conn: sqlite3.Connection) -> str:
-    for _, name, path in conn.execute("PRAGMA database_list"):
-        if name == "main":
-            return os.path.realpath(str(path))
-    return ""
+    """The file of ``conn`` (its "main" database, always the first listed)."""
+    return os.path.realpath(str(conn.execute("PRAGMA database_list").fetchone()[2]))
 
 
-def inventory_due(path: str, *, now: float | None = None) -> bool:
+def inventory_due(path: str) -> bool:
     """Whether :func:`take_inventory` should count ``path``'s rows now (at most every
     :data:`INVENTORY_INTERVAL`); if so, the next one is due an interval later."""
-    now = time.monotonic() if now is None else now
+    now = time.monotonic()
     path = os.path.realpath(path)
     with _inventory_lock:
         if now < _inventory_due.get(path, 0.0):
@@ -105,15 +103,8 @@ def _read(
     table, columns, rows = _TABLES[key]
     for conn in conns:
         try:
-            tables = {
-                name
-                for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-            }
-            if table not in tables:
-                why = "the table is gone"
-                continue
             return conn.execute(f"SELECT {columns} FROM {table} {rows}").fetchall(), ""
-        except sqlite3.Error as exc:  # pages cut off by a truncation: try another connection
+        except sqlite3.Error as exc:  # pages cut off by a truncation, or the table gone
             why = str(exc)
     return None, why
 

@@ -53,18 +53,12 @@ class DrainReport:
         meanwhile by another login or another process.
     :param ignored: torn or unreadable lines skipped.
     :param taken_over: files of dead processes drained by this one.
-    :param complete: every file this process could lock was drained to the end.
     """
 
     queued: int = 0
     dropped: int = 0
     ignored: int = 0
     taken_over: int = 0
-    complete: bool = True
-
-    @property
-    def decided(self) -> int:
-        return self.queued + self.dropped
 
 
 #: ``decide(events) -> [won?]``: claim each event's user and queue the event if won.
@@ -106,7 +100,6 @@ class Spool:
         _spools.add(self)
 
     def _init_process_state(self) -> None:
-        self._pid = os.getpid()
         self._lock = threading.Lock()
         self._drain_lock = threading.Lock()
         self._fd: int | None = None
@@ -134,8 +127,6 @@ class Spool:
         """
         data = files.encode(event)
         with self._lock:
-            if self._pid != os.getpid():  # pragma: no cover - the at-fork hook does this
-                self._init_process_state()
             try:
                 fd = self._fd if self._fd is not None else self._open_own()
                 if self._bytes + len(data) > self.max_file_bytes:
@@ -162,7 +153,7 @@ class Spool:
                 "until it answers again (pid %d; logged once per episode)",
                 self._episode_error,
                 self.directory,
-                self._pid,
+                os.getpid(),
             )
 
     def _open_own(self) -> int:
@@ -210,13 +201,12 @@ class Spool:
                 finally:
                     os.close(held.fd)
         except Exception:
-            report.complete = False
             self._end_episode(report)  # counts what was decided; the episode goes on
-            if report.decided:
+            if report.queued + report.dropped:
                 logger.info(
                     "flask-keen-signup: decided %d spooled signup(s) before the store failed "
                     "again",
-                    report.decided,
+                    report.queued + report.dropped,
                 )
             raise
         logger.debug(
@@ -300,7 +290,7 @@ class Spool:
             "known",
             time.time() - since,
             spooled,
-            self._pid,
+            os.getpid(),
             decided[0],
             decided[1],
         )
@@ -320,7 +310,7 @@ class Spool:
         erased = 0
         for path in files.list_files(self.directory, self.prefix):
             try:
-                fd = os.open(path, os.O_RDWR | files.CLOEXEC)
+                fd = os.open(path, os.O_RDWR)
             except FileNotFoundError:
                 continue
             try:

@@ -23,7 +23,6 @@ loss too, at the cost of one disk flush per spooled login.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import os
@@ -36,7 +35,6 @@ from .delivery import QueuedEvent
 
 SUFFIX = ".jsonl"
 READ_BLOCK = 1 << 20
-CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _HOST = socket.gethostname().replace("-", "_").replace("/", "_") or "host"
 
 
@@ -59,7 +57,7 @@ def create_own(directory: str, prefix: str, *, fsync: bool) -> tuple[int, str]:
     os.makedirs(directory, mode=0o700, exist_ok=True)
     name = f"{prefix}{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}{SUFFIX}"
     path = os.path.join(directory, name)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | CLOEXEC, 0o600)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: nobody else has it
         if fsync:
@@ -78,14 +76,14 @@ def take_over(path: str) -> int | None:
     """``path`` locked for this process, or None: a live process's own file, or one being
     drained (or already drained and deleted) by another."""
     try:
-        fd = os.open(path, os.O_RDWR | CLOEXEC)
+        fd = os.open(path, os.O_RDWR)
     except FileNotFoundError:
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
         os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+        if isinstance(exc, BlockingIOError):  # EWOULDBLOCK: another process holds it
             return None
         raise
     if os.fstat(fd).st_nlink == 0:  # drained and deleted while we were locking it

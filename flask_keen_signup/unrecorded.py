@@ -63,44 +63,42 @@ def _encode(tally: Tally) -> bytes:
 class Unrecorded:
     """The count of signups not recorded, in ``path`` (see the module doc).
 
-    :param path: the file; ``None`` keeps the count in this process only.
+    :param path: the file.
     """
 
-    def __init__(self, path: str | None) -> None:
+    def __init__(self, path: str) -> None:
         self.path = path
         self._lock = threading.Lock()
         #: Increments this process could not write to the file yet.
         self._unsaved = Tally()
-        if path is not None:
-            with contextlib.suppress(OSError, ValueError):  # the path is checked elsewhere
-                self._update(lambda tally: tally)  # allocate the record now, while there is room
+        with contextlib.suppress(OSError, ValueError):  # the path is checked elsewhere
+            self._update(lambda tally: tally)  # allocate the record now, while there is room
 
-    def add(self, *, now: float | None = None) -> None:
+    def add(self) -> None:
         """One more signup not recorded. Never raises (it runs in a failing login)."""
-        now = time.time() if now is None else now
+        now = time.time()
         with self._lock:
-            unsaved = self._unsaved
-            self._unsaved = Tally(unsaved.count + 1, unsaved.first_at or now, now)
-            self._save()
+            old = self._unsaved
+            unsaved = self._unsaved = Tally(old.count + 1, old.first_at or now, now)
+            try:
+                self._update(lambda tally: _merge(tally, unsaved))
+            except (OSError, ValueError) as exc:
+                logger.debug("cannot save the count of signups not recorded: %s", exc)
+                return
+            self._unsaved = Tally()
 
     def read(self) -> Tally:
         """The count in the file plus what this process could not save."""
         with self._lock:
             saved = Tally()
-            if self.path is not None:
-                try:
-                    with open(self.path, "rb") as f:
-                        saved = _parse(f.read(_SIZE))
-                except (OSError, ValueError):
-                    pass
+            with contextlib.suppress(OSError, ValueError), open(self.path, "rb") as f:
+                saved = _parse(f.read(_SIZE))
             return _merge(saved, self._unsaved)
 
     def acknowledge(self) -> Tally:
         """Someone has looked: start counting from zero. Returns what was counted."""
         with self._lock:
             seen, self._unsaved = self._unsaved, Tally()
-            if self.path is None:
-                return seen
             try:
                 saved = self._update(lambda tally: Tally())
             except (OSError, ValueError) as exc:
@@ -108,20 +106,8 @@ class Unrecorded:
                 saved = Tally()
             return _merge(saved, seen)
 
-    def _save(self) -> None:
-        if self.path is None:
-            return
-        unsaved = self._unsaved
-        try:
-            self._update(lambda tally: _merge(tally, unsaved))
-        except (OSError, ValueError) as exc:
-            logger.debug("cannot save the count of signups not recorded: %s", exc)
-            return
-        self._unsaved = Tally()
-
     def _update(self, change: t.Callable[[Tally], Tally]) -> Tally:
         """Replace the file's tally with ``change(tally)``, under the lock; return the old."""
-        assert self.path is not None
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)

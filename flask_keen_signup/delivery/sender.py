@@ -22,6 +22,7 @@ import threading
 import time
 import typing as t
 
+from .. import lifecycle
 from ..exceptions import StoreError
 from ..keen import KeenClient
 from . import DeliveryHooks
@@ -172,7 +173,7 @@ class Sender:
         self._shut_down = False
         # Registered first: from its first claim, its leases must count as a live owner's.
         shutdown.register(self, signals=self.handle_signals)
-        if shutdown.threads_on_hold():  # started later here, or in each forked worker
+        if lifecycle.threads_on_hold():  # started later here, or in each forked worker
             self.worker.defer()
             return
         self.worker.start()

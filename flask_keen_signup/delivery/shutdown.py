@@ -35,9 +35,6 @@ import typing as t
 import weakref
 
 from .. import lifecycle
-from ..lifecycle import forks_from_c as forks_from_c
-from ..lifecycle import starved_by_uwsgi as starved_by_uwsgi
-from ..lifecycle import threads_on_hold as threads_on_hold
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from types import FrameType
@@ -105,28 +102,19 @@ def live_owners() -> set[str]:
     return {sender.owner for sender in live_senders() if sender.running}
 
 
-def shutdown_all(timeout: float | None = None) -> int:
-    """Flush then stop every sender, sharing one deadline; return the events left queued.
-
-    :param timeout: total seconds; default the longest ``shutdown_timeout`` of the senders.
-    """
+def shutdown_all() -> None:
+    """Flush then stop every sender, sharing one deadline: the longest
+    ``shutdown_timeout`` of them. What is left stays queued for the next run."""
     senders = live_senders()
     if not senders:
-        return 0
-    if timeout is None:
-        timeout = max(s.shutdown_timeout for s in senders)
-    deadline = time.monotonic() + timeout
+        return
+    deadline = time.monotonic() + max(s.shutdown_timeout for s in senders)
     left = 0
     for sender in senders:
         try:
             left += sender.shutdown(max(0.0, deadline - time.monotonic()))
         except Exception:  # noqa: BLE001 - exit must go on whatever happens
             logger.exception("flask-keen-signup: error while shutting down a sender")
-    return left
-
-
-def _at_exit() -> None:
-    left = shutdown_all()
     if left:
         logger.info("flask-keen-signup: %d event(s) left in the outbox for the next run", left)
 
@@ -171,7 +159,7 @@ def _flush_then_chain(signum: int, frame: FrameType | None) -> None:
     timeout = max((s.shutdown_timeout for s in senders), default=0.0)
     if senders:
         helper = threading.Thread(
-            target=shutdown_all, args=(timeout,), name="flask-keen-signup-shutdown", daemon=True
+            target=shutdown_all, name="flask-keen-signup-shutdown", daemon=True
         )
         helper.start()
         helper.join(timeout + _SIGNAL_GRACE)
@@ -193,4 +181,4 @@ def _after_fork_in_child() -> None:
             logger.exception("flask-keen-signup: could not restart a sender after fork")
 
 
-lifecycle.register("senders", after_in_child=_after_fork_in_child, at_exit=_at_exit)
+lifecycle.register("senders", after_in_child=_after_fork_in_child, at_exit=shutdown_all)

@@ -18,9 +18,9 @@ import sqlite3
 import time
 import typing as t
 
-from ..database import SENDER_CHUNK_ROWS
 from ..database import Database
-from ..database import yield_to_writers
+from ..database_transaction import SENDER_CHUNK_ROWS
+from ..database_transaction import yield_to_writers
 from ..exceptions import StoreError
 from ..salvage import inventory_due
 from ..salvage import take_inventory

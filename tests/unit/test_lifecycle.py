@@ -92,6 +92,7 @@ def test_an_unknown_step_or_phase_is_refused(name: str, phases: dict[str, t.Any]
 
 
 def test_the_package_registers_every_step() -> None:
+    import flask_keen_signup.delivery.sender  # noqa: F401
     import flask_keen_signup.extension  # noqa: F401 - imports every part
     import flask_keen_signup.postgres_pools  # noqa: F401
     import flask_keen_signup.spool  # noqa: F401

@@ -16,11 +16,11 @@ import pytest
 from _waits import wait_until
 
 from flask_keen_signup import database as database_module
-from flask_keen_signup.database import SENDER_CHUNK_ROWS
 from flask_keen_signup.database import WAL_AUTOCHECKPOINT_PAGES
 from flask_keen_signup.database import Database
-from flask_keen_signup.database import writers_waiting
-from flask_keen_signup.database import yield_to_writers
+from flask_keen_signup.database_transaction import SENDER_CHUNK_ROWS
+from flask_keen_signup.database_transaction import writers_waiting
+from flask_keen_signup.database_transaction import yield_to_writers
 from flask_keen_signup.delivery import QueuedEvent
 from flask_keen_signup.delivery.sqlite_outbox import SQLiteOutbox
 from flask_keen_signup.exceptions import StoreError
