@@ -49,8 +49,8 @@ from urllib.parse import quote
 import requests
 from requests.auth import AuthBase
 
-from ._http import MAX_RETRY_AFTER
-from ._http import USER_AGENT
+from ._http import MAX_RETRY_AFTER as MAX_RETRY_AFTER
+from ._http import USER_AGENT as USER_AGENT
 from ._http import VERSION
 from ._http import NoResponse
 from ._http import SessionClient
@@ -58,28 +58,28 @@ from ._http import check_timeout
 from ._http import excerpt
 from ._http import header_value_problem
 from ._http import new_session
-from ._http import parse_retry_after
+from ._http import parse_retry_after as parse_retry_after
 from ._http import send
 from ._text import mask_secrets
 from ._text import register_secret
 from .config import DEFAULT_API_URL
 from .config import DEFAULT_TIMEOUT
-from .events import MAX_EVENT_BYTES
+from .events import MAX_EVENT_BYTES as MAX_EVENT_BYTES
 from .exceptions import KeenAPIError
 from .exceptions import KeenConnectionError
 from .exceptions import KeenRequestTooLargeError
-from .keen_batch import BATCH_ENVELOPE_BYTES
-from .keen_batch import DUPLICATE_EVENT_ERRORS
-from .keen_batch import MAX_REQUEST_BYTES
-from .keen_batch import PERMANENT_EVENT_ERRORS
-from .keen_batch import BatchResult
-from .keen_batch import EventResult
-from .keen_batch import Outcome
-from .keen_batch import assemble_batch
+from .keen_batch import BATCH_ENVELOPE_BYTES as BATCH_ENVELOPE_BYTES
+from .keen_batch import DUPLICATE_EVENT_ERRORS as DUPLICATE_EVENT_ERRORS
+from .keen_batch import MAX_REQUEST_BYTES as MAX_REQUEST_BYTES
+from .keen_batch import PERMANENT_EVENT_ERRORS as PERMANENT_EVENT_ERRORS
+from .keen_batch import BatchResult as BatchResult
+from .keen_batch import EventResult as EventResult
+from .keen_batch import Outcome as Outcome
+from .keen_batch import assemble_batch as assemble_batch
 from .keen_batch import batch_results
-from .keen_batch import encode_batch
-from .keen_batch import encode_event
-from .keen_batch import split_by_size
+from .keen_batch import encode_batch as encode_batch
+from .keen_batch import encode_event as encode_event
+from .keen_batch import split_by_size as split_by_size
 
 logger = logging.getLogger(__name__)
 
@@ -90,28 +90,6 @@ RETRYABLE_STATUSES = frozenset({408, 429})
 #: Sent as ``Keen-Sdk``, in the format of Keen's own SDKs (``python-0.7.0``), so Keen can
 #: tell this client's traffic apart.
 KEEN_SDK = f"flask-keen-signup-{VERSION}"
-
-__all__ = [
-    "BATCH_ENVELOPE_BYTES",
-    "DUPLICATE_EVENT_ERRORS",
-    "KEEN_SDK",
-    "MAX_EVENT_BYTES",
-    "MAX_REQUEST_BYTES",
-    "MAX_RETRY_AFTER",
-    "PERMANENT_EVENT_ERRORS",
-    "RETRYABLE_STATUSES",
-    "USER_AGENT",
-    "BatchResult",
-    "EventResult",
-    "KeenClient",
-    "Outcome",
-    "assemble_batch",
-    "encode_batch",
-    "encode_event",
-    "parse_retry_after",
-    "split_by_size",
-]
-
 
 def check_key(name: str, key: str) -> None:
     """Refuse a key that is missing or cannot travel in the ``Authorization`` header, and
