@@ -91,30 +91,6 @@ RETRYABLE_STATUSES = frozenset({408, 429})
 #: tell this client's traffic apart.
 KEEN_SDK = f"flask-keen-signup-{VERSION}"
 
-def check_key(name: str, key: str) -> None:
-    """Refuse a key that is missing or cannot travel in the ``Authorization`` header, and
-    register it to be masked everywhere (:func:`._text.register_secret`).
-
-    :raises ValueError: naming ``name`` and the problem, never the key.
-    """
-    if not key:
-        raise ValueError(f"{name} is required")
-    problem = header_value_problem(key)
-    if problem is not None:
-        raise ValueError(f"{name} cannot be sent in an HTTP header: it {problem}")
-    register_secret(key)
-
-
-def check_api_url(api_url: str) -> None:
-    """Refuse an ``api_url`` that is not an http(s) base URL without credentials, query or
-    fragment. The message does not quote it: a malformed URL may hold a key."""
-    if not re.match(r"^https?://[^/\s?#@]+(/[^\s?#]*)?$", api_url):
-        raise ValueError(
-            "api_url must be an http(s) base URL without credentials, query or fragment "
-            "(the value is not shown: it may hold a key)"
-        )
-
-
 class _KeyAuth(AuthBase):
     """Put the raw key in ``Authorization``, Keen's header scheme.
 
@@ -150,10 +126,21 @@ class _KeenProject(SessionClient):
         pool_maxsize: int = 10,
         user_agent: str | None = None,
     ) -> None:
+        # The messages name the problem, never the key or the URL (a malformed URL may
+        # hold a key); the key is registered to be masked everywhere (._text).
         if not project_id:
             raise ValueError("project_id is required")
-        check_key(key_name, key)
-        check_api_url(api_url)
+        if not key:
+            raise ValueError(f"{key_name} is required")
+        problem = header_value_problem(key)
+        if problem is not None:
+            raise ValueError(f"{key_name} cannot be sent in an HTTP header: it {problem}")
+        register_secret(key)
+        if not re.match(r"^https?://[^/\s?#@]+(/[^\s?#]*)?$", api_url):
+            raise ValueError(
+                "api_url must be an http(s) base URL without credentials, query or fragment "
+                "(the value is not shown: it may hold a key)"
+            )
         self.project_id = project_id
         self.api_url = api_url.rstrip("/")
         self.timeout: tuple[float, float] = check_timeout(timeout)
