@@ -96,7 +96,7 @@ class _KeyAuth(AuthBase):
 
     As ``auth=`` rather than a headers dict: no local variable of ours holds the key while
     a request runs, and ``requests`` does not look up ``.netrc`` credentials that would
-    replace it.
+    replace it. Its ``repr`` is object's, which shows no attribute.
     """
 
     def __init__(self, key: str) -> None:
@@ -105,9 +105,6 @@ class _KeyAuth(AuthBase):
     def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
         r.headers["Authorization"] = self._key
         return r
-
-    def __repr__(self) -> str:
-        return "<KeyAuth ***>"
 
 
 class _KeenProject(SessionClient):
