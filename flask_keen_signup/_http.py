@@ -210,7 +210,6 @@ def parse_retry_after(
     text = (value or "").strip()
     if not text:
         return None
-    seconds: float
     try:
         seconds = float(text)
     except ValueError:
