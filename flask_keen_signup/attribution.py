@@ -305,7 +305,8 @@ def observe_intent() -> None:
     """Note the signup intent of the login this callback request completes (module doc).
 
     Called by ``@signup.track`` before the view, which consumes Authlib's state data. Leaves
-    ``True``/``False`` in the request's environ under :data:`INTENT_KEY`, or nothing.
+    ``True``/``False`` in the request's environ under :data:`INTENT_KEY` (``None``
+    when the authorize URL is unreadable), or nothing.
     """
     ctx = request_context()
     if ctx is None:
@@ -331,9 +332,7 @@ def observe_intent() -> None:
             value = sess.get(key)
             data = value.get("data") if isinstance(value, dict) else None
             if isinstance(data, dict):
-                intent = intent_of_authorize_url(data.get("url"))
-                if intent is not None:
-                    req.environ[INTENT_KEY] = intent
+                req.environ[INTENT_KEY] = intent_of_authorize_url(data.get("url"))
             return
 
 
