@@ -46,15 +46,11 @@ if t.TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Mapping
 
 
-def _version() -> str:
-    try:
-        return metadata.version("flask-keen-signup")
-    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
-        return "0+unknown"
-
-
 #: The installed version of the package (``0+unknown`` from a bare checkout).
-VERSION = _version()
+try:
+    VERSION = metadata.version("flask-keen-signup")
+except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+    VERSION = "0+unknown"
 #: The default ``User-Agent`` of every request to Keen and Auth0.
 USER_AGENT = f"flask-keen-signup/{VERSION} python-requests/{requests.__version__}"
 
@@ -162,9 +158,7 @@ def send(
         )
 
 
-def describe_network_error(
-    exc: requests.RequestException, timeout: tuple[float, float] | None = None
-) -> str:
+def describe_network_error(exc: requests.RequestException, timeout: tuple[float, float]) -> str:
     """Name what went wrong without quoting ``requests``' text (ours is safe by construction).
 
     ``str(exc)`` is long and may quote the URL; the exception carries the prepared
@@ -172,9 +166,9 @@ def describe_network_error(
     wrapping instead.
     """
     if isinstance(exc, requests.ConnectTimeout):
-        return "connect timed out" + (f" after {timeout[0]:g}s" if timeout else "")
+        return f"connect timed out after {timeout[0]:g}s"
     if isinstance(exc, requests.ReadTimeout):
-        return "read timed out" + (f" after {timeout[1]:g}s" if timeout else "")
+        return f"read timed out after {timeout[1]:g}s"
     if isinstance(exc, requests.exceptions.SSLError):
         return "TLS handshake or certificate error"
     if isinstance(exc, (requests.exceptions.ChunkedEncodingError, requests.Timeout)):
@@ -216,7 +210,6 @@ def parse_retry_after(
     text = (value or "").strip()
     if not text:
         return None
-    seconds: float
     try:
         seconds = float(text)
     except ValueError:

@@ -36,7 +36,6 @@ _UNSAFE_RE = re.compile("[\\x00-\\x1f\\x7f-\\x9f\\\\\u2028\u2029]")
 #: unassigned and private-use code points: escaped too (checked per character only when
 #: the fast test below finds a non-ASCII character).
 _UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
-_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
 
 #: What no string sent to Keen carries (DESIGN §3): C0 controls but tab, DEL, C1 controls,
 #: the bidi embeddings and overrides (U+202A-U+202E) and isolates (U+2066-U+2069). People
@@ -95,25 +94,15 @@ def register_secret(*values: object, transient: bool = False) -> None:
 def mask_secrets(text: str, extra: Iterable[str | None] = ()) -> str:
     """``text`` with every registered secret, and every non-empty one of ``extra``,
     replaced by :data:`MASK`."""
-    for secret in sorted((s for s in extra if s), key=len, reverse=True):
-        if secret in text:
-            text = text.replace(secret, MASK)
-    for secret in _secrets:
+    for secret in (*sorted((s for s in extra if s), key=len, reverse=True), *_secrets):
         if secret in text:
             text = text.replace(secret, MASK)
     return text
 
 
 def _escape(char: str) -> str:
-    named = _NAMED.get(char)
-    if named is not None:
-        return named
-    code = ord(char)
-    if code <= 0xFF:
-        return f"\\x{code:02x}"
-    if code <= 0xFFFF:
-        return f"\\u{code:04x}"
-    return f"\\U{code:08x}"
+    # Python's backslash escapes (unicode_escape): \n, \x1b, \u202e, \U0001f600, \\.
+    return char.encode("unicode_escape").decode("ascii")
 
 
 def safe_repr(value: object, limit: int = DEFAULT_LIMIT) -> str:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import logging
 import time
 import typing as t
@@ -230,15 +231,13 @@ class AttributionCapture:
     def __init__(self, app: Flask, settings: AttributionSettings) -> None:
         self.app = app
         self.settings = settings
-        self._ignored: tuple[str, ...] | None = None
 
+    @functools.cached_property
     def ignored_hosts(self) -> tuple[str, ...]:
         """The configured hosts plus the identity providers' (learnt once, at the first
         request that needs them: Authlib clients are usually registered after
         ``init_app``)."""
-        if self._ignored is None:
-            self._ignored = self.settings.ignore_hosts + identity_provider_hosts(self.app)
-        return self._ignored
+        return self.settings.ignore_hosts + identity_provider_hosts(self.app)
 
     def hook(self) -> t.Callable[[], None]:
         """The ``before_request`` hook that keeps the first touch of this browser (never
@@ -265,7 +264,7 @@ class AttributionCapture:
             own_host = host_of(f"http://{request.host}/") or ""
             query = environ.get("QUERY_STRING", "")
             referer = environ.get("HTTP_REFERER")
-            touch = parse_touch(query, referer, request.path, own_host, self.ignored_hosts())
+            touch = parse_touch(query, referer, request.path, own_host, self.ignored_hosts)
             if touch is not None:
                 session[SESSION_KEY] = {**touch, "at": int(time.time())}
         except Exception:  # noqa: BLE001 - analytics must never break a page
@@ -281,8 +280,6 @@ class AttributionCapture:
         intent = ctx.request.environ.get(INTENT_KEY)
         sess = ctx.session
         stored = sess.get(SESSION_KEY) if sess is not None else None
-        if intent is None and stored is None:
-            return None
         props: dict[str, t.Any] = {}
         if intent is not None:
             props["signup_intent"] = intent
@@ -308,7 +305,8 @@ def observe_intent() -> None:
     """Note the signup intent of the login this callback request completes (module doc).
 
     Called by ``@signup.track`` before the view, which consumes Authlib's state data. Leaves
-    ``True``/``False`` in the request's environ under :data:`INTENT_KEY`, or nothing.
+    ``True``/``False`` in the request's environ under :data:`INTENT_KEY` (``None``
+    when the authorize URL is unreadable), or nothing.
     """
     ctx = request_context()
     if ctx is None:
@@ -334,9 +332,7 @@ def observe_intent() -> None:
             value = sess.get(key)
             data = value.get("data") if isinstance(value, dict) else None
             if isinstance(data, dict):
-                intent = intent_of_authorize_url(data.get("url"))
-                if intent is not None:
-                    req.environ[INTENT_KEY] = intent
+                req.environ[INTENT_KEY] = intent_of_authorize_url(data.get("url"))
             return
 
 

@@ -27,37 +27,19 @@ from collections.abc import Mapping
 from collections.abc import Sequence
 
 from ._text import KEEN_UNSAFE_RE
-from ._text import keen_text
+from ._text import keen_text as keen_text
 from ._text import valid_unicode
 from .exceptions import InvalidClaimsError
 from .sanitize import _SHORT_STRING
 from .sanitize import _UNSAFE_TEXT_CHANGE
-from .sanitize import MAX_DEPTH
-from .sanitize import MAX_NAME_LENGTH
-from .sanitize import MAX_STRING_LENGTH
+from .sanitize import MAX_DEPTH as MAX_DEPTH
+from .sanitize import MAX_NAME_LENGTH as MAX_NAME_LENGTH
+from .sanitize import MAX_STRING_LENGTH as MAX_STRING_LENGTH
 from .sanitize import _Sanitizer
 from .sanitize import _string_too_long
-from .sanitize import sanitize_properties
-from .timestamps import format_timestamp
-from .timestamps import parse_created_at
-
-__all__ = [
-    "ADDONS",
-    "EVENT_SIZE_MARGIN",
-    "MAX_DEPTH",
-    "MAX_EVENT_BYTES",
-    "MAX_NAME_LENGTH",
-    "MAX_STRING_LENGTH",
-    "RESERVED_PROPERTIES",
-    "anonymize_ip",
-    "build_signup_event",
-    "connection_of",
-    "format_timestamp",
-    "keen_text",
-    "parse_created_at",
-    "sanitize_properties",
-    "uniqueness_token",
-]
+from .sanitize import sanitize_properties as sanitize_properties
+from .timestamps import format_timestamp as format_timestamp
+from .timestamps import parse_created_at as parse_created_at
 
 logger = logging.getLogger(__name__)
 

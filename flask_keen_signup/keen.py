@@ -49,8 +49,8 @@ from urllib.parse import quote
 import requests
 from requests.auth import AuthBase
 
-from ._http import MAX_RETRY_AFTER
-from ._http import USER_AGENT
+from ._http import MAX_RETRY_AFTER as MAX_RETRY_AFTER
+from ._http import USER_AGENT as USER_AGENT
 from ._http import VERSION
 from ._http import NoResponse
 from ._http import SessionClient
@@ -58,28 +58,28 @@ from ._http import check_timeout
 from ._http import excerpt
 from ._http import header_value_problem
 from ._http import new_session
-from ._http import parse_retry_after
+from ._http import parse_retry_after as parse_retry_after
 from ._http import send
 from ._text import mask_secrets
 from ._text import register_secret
 from .config import DEFAULT_API_URL
 from .config import DEFAULT_TIMEOUT
-from .events import MAX_EVENT_BYTES
+from .events import MAX_EVENT_BYTES as MAX_EVENT_BYTES
 from .exceptions import KeenAPIError
 from .exceptions import KeenConnectionError
 from .exceptions import KeenRequestTooLargeError
-from .keen_batch import BATCH_ENVELOPE_BYTES
-from .keen_batch import DUPLICATE_EVENT_ERRORS
-from .keen_batch import MAX_REQUEST_BYTES
-from .keen_batch import PERMANENT_EVENT_ERRORS
-from .keen_batch import BatchResult
-from .keen_batch import EventResult
-from .keen_batch import Outcome
-from .keen_batch import assemble_batch
+from .keen_batch import BATCH_ENVELOPE_BYTES as BATCH_ENVELOPE_BYTES
+from .keen_batch import DUPLICATE_EVENT_ERRORS as DUPLICATE_EVENT_ERRORS
+from .keen_batch import MAX_REQUEST_BYTES as MAX_REQUEST_BYTES
+from .keen_batch import PERMANENT_EVENT_ERRORS as PERMANENT_EVENT_ERRORS
+from .keen_batch import BatchResult as BatchResult
+from .keen_batch import EventResult as EventResult
+from .keen_batch import Outcome as Outcome
+from .keen_batch import assemble_batch as assemble_batch
 from .keen_batch import batch_results
-from .keen_batch import encode_batch
-from .keen_batch import encode_event
-from .keen_batch import split_by_size
+from .keen_batch import encode_batch as encode_batch
+from .keen_batch import encode_event as encode_event
+from .keen_batch import split_by_size as split_by_size
 
 logger = logging.getLogger(__name__)
 
@@ -91,58 +91,12 @@ RETRYABLE_STATUSES = frozenset({408, 429})
 #: tell this client's traffic apart.
 KEEN_SDK = f"flask-keen-signup-{VERSION}"
 
-__all__ = [
-    "BATCH_ENVELOPE_BYTES",
-    "DUPLICATE_EVENT_ERRORS",
-    "KEEN_SDK",
-    "MAX_EVENT_BYTES",
-    "MAX_REQUEST_BYTES",
-    "MAX_RETRY_AFTER",
-    "PERMANENT_EVENT_ERRORS",
-    "RETRYABLE_STATUSES",
-    "USER_AGENT",
-    "BatchResult",
-    "EventResult",
-    "KeenClient",
-    "Outcome",
-    "assemble_batch",
-    "encode_batch",
-    "encode_event",
-    "parse_retry_after",
-    "split_by_size",
-]
-
-
-def check_key(name: str, key: str) -> None:
-    """Refuse a key that is missing or cannot travel in the ``Authorization`` header, and
-    register it to be masked everywhere (:func:`._text.register_secret`).
-
-    :raises ValueError: naming ``name`` and the problem, never the key.
-    """
-    if not key:
-        raise ValueError(f"{name} is required")
-    problem = header_value_problem(key)
-    if problem is not None:
-        raise ValueError(f"{name} cannot be sent in an HTTP header: it {problem}")
-    register_secret(key)
-
-
-def check_api_url(api_url: str) -> None:
-    """Refuse an ``api_url`` that is not an http(s) base URL without credentials, query or
-    fragment. The message does not quote it: a malformed URL may hold a key."""
-    if not re.match(r"^https?://[^/\s?#@]+(/[^\s?#]*)?$", api_url):
-        raise ValueError(
-            "api_url must be an http(s) base URL without credentials, query or fragment "
-            "(the value is not shown: it may hold a key)"
-        )
-
-
 class _KeyAuth(AuthBase):
     """Put the raw key in ``Authorization``, Keen's header scheme.
 
     As ``auth=`` rather than a headers dict: no local variable of ours holds the key while
     a request runs, and ``requests`` does not look up ``.netrc`` credentials that would
-    replace it.
+    replace it. Its ``repr`` is object's, which shows no attribute.
     """
 
     def __init__(self, key: str) -> None:
@@ -151,9 +105,6 @@ class _KeyAuth(AuthBase):
     def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
         r.headers["Authorization"] = self._key
         return r
-
-    def __repr__(self) -> str:
-        return "<KeyAuth ***>"
 
 
 class _KeenProject(SessionClient):
@@ -172,10 +123,21 @@ class _KeenProject(SessionClient):
         pool_maxsize: int = 10,
         user_agent: str | None = None,
     ) -> None:
+        # The messages name the problem, never the key or the URL (a malformed URL may
+        # hold a key); the key is registered to be masked everywhere (._text).
         if not project_id:
             raise ValueError("project_id is required")
-        check_key(key_name, key)
-        check_api_url(api_url)
+        if not key:
+            raise ValueError(f"{key_name} is required")
+        problem = header_value_problem(key)
+        if problem is not None:
+            raise ValueError(f"{key_name} cannot be sent in an HTTP header: it {problem}")
+        register_secret(key)
+        if not re.match(r"^https?://[^/\s?#@]+(/[^\s?#]*)?$", api_url):
+            raise ValueError(
+                "api_url must be an http(s) base URL without credentials, query or fragment "
+                "(the value is not shown: it may hold a key)"
+            )
         self.project_id = project_id
         self.api_url = api_url.rstrip("/")
         self.timeout: tuple[float, float] = check_timeout(timeout)

@@ -186,14 +186,14 @@ def split_by_size(
     max_bytes: int = MAX_REQUEST_BYTES,
     *,
     max_events: int | None = None,
-    envelope_bytes: int = BATCH_ENVELOPE_BYTES,
 ) -> list[range]:
     """Cut a run of encoded events into consecutive chunks that each fit in one request.
 
     Each chunk, sent as a one-collection batch (``{"c":[e1,e2,...]}``), makes a body of at
-    most ``max_bytes``: the events, one comma between each two, and ``envelope_bytes`` for
-    the rest. The sender uses it to cap batches before sending, and after a 413 with
-    ``max_bytes=error.request_bytes // 2`` (Keen's real limit is then lower than assumed).
+    most ``max_bytes``: the events, one comma between each two, and
+    :data:`BATCH_ENVELOPE_BYTES` for the rest. The sender uses it to cap batches before
+    sending, and after a 413 with ``max_bytes=error.request_bytes // 2`` (Keen's real limit
+    is then lower than assumed).
 
     An event that alone does not fit gets a chunk of its own: it cannot be sent at this
     size, and it must not hold up the others. A 413 on a one-event request is therefore
@@ -206,7 +206,7 @@ def split_by_size(
         raise ValueError("max_bytes must be positive")
     if max_events is not None and max_events < 1:
         raise ValueError("max_events must be at least 1")
-    budget = max_bytes - envelope_bytes
+    budget = max_bytes - BATCH_ENVELOPE_BYTES
     chunks: list[range] = []
     start = 0
     size = 0

@@ -88,9 +88,7 @@ class _Sanitizer:
         if not isinstance(key, str):
             self.warn(_path(prefix, repr(key)), "dropped: property names must be strings")
             return None
-        if type(key) is not str:
-            key = str.__str__(key)
-        name, changed = valid_unicode(key)
+        name, changed = valid_unicode(str.__str__(key))  # a str subclass as a plain str
         if changed:
             self.warn(_path(prefix, name), "renamed: invalid Unicode replaced")
         safe = keen_text(name)
@@ -144,13 +142,12 @@ class _Sanitizer:
         """Return a Keen-valid version of ``value``, or ``_DROP``."""
         if value is None or value is True or value is False:
             return value
-        kind = type(value)
-        if kind is str:
-            return self.string(t.cast(str, value), path)
-        if kind is int:
-            return self.integer(t.cast(int, value), path)
-        if kind is float:
-            return self.number(t.cast(float, value), path)
+        if isinstance(value, str):  # subclasses (a str Enum) as their plain value
+            return self.string(str.__str__(value), path)
+        if isinstance(value, int):
+            return self.integer(int(value), path)
+        if isinstance(value, float):
+            return self.number(float(value), path)
         if depth > MAX_DEPTH:
             self.warn(path, f"dropped: nested deeper than {MAX_DEPTH} levels")
             return _DROP
@@ -158,7 +155,30 @@ class _Sanitizer:
             return self.mapping(value, path, depth)
         if isinstance(value, (list, tuple, set, frozenset)):
             return self.array(value, path, depth)
-        return self.other(value, path, depth)
+        if isinstance(value, enum.Enum):
+            return self.value(value.value, path, depth)
+        if isinstance(value, dt.datetime):
+            try:
+                return format_timestamp(value)
+            except (OverflowError, ValueError):
+                self.warn(path, "dropped: datetime cannot be expressed in UTC")
+                return _DROP
+        if isinstance(value, (dt.date, dt.time)):
+            return value.isoformat()
+        if isinstance(value, decimal.Decimal):
+            if value.is_nan():  # float() of a signalling NaN raises
+                self.warn(path, "dropped: NaN is not JSON")
+                return _DROP
+            if value.is_finite() and value == value.to_integral_value():
+                return self.integer(int(value), path)
+            return self.number(float(value), path)
+        if isinstance(value, uuid.UUID):
+            return str(value)
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            self.warn(path, "dropped: binary values are not sent to Keen")
+        else:
+            self.warn(path, f"dropped: {type(value).__name__} is not a JSON type")
+        return _DROP
 
     def string(self, text: str, path: str) -> str:
         text, changed = valid_unicode(text)
@@ -222,38 +242,6 @@ class _Sanitizer:
             return _DROP
         self.warn(path, "converted to a JSON string: Keen cannot store arrays of objects")
         return text
-
-    def other(self, value: object, path: str, depth: int) -> t.Any:
-        if isinstance(value, enum.Enum):
-            return self.value(value.value, path, depth)
-        if isinstance(value, str):
-            return self.string(str.__str__(value), path)
-        if isinstance(value, int):
-            return self.integer(int(value), path)
-        if isinstance(value, float):
-            return self.number(float(value), path)
-        if isinstance(value, dt.datetime):
-            try:
-                return format_timestamp(value)
-            except (OverflowError, ValueError):
-                self.warn(path, "dropped: datetime cannot be expressed in UTC")
-                return _DROP
-        if isinstance(value, (dt.date, dt.time)):
-            return value.isoformat()
-        if isinstance(value, decimal.Decimal):
-            if value.is_nan():  # float() of a signalling NaN raises
-                self.warn(path, "dropped: NaN is not JSON")
-                return _DROP
-            if value.is_finite() and value == value.to_integral_value():
-                return self.integer(int(value), path)
-            return self.number(float(value), path)
-        if isinstance(value, uuid.UUID):
-            return str(value)
-        if isinstance(value, (bytes, bytearray, memoryview)):
-            self.warn(path, "dropped: binary values are not sent to Keen")
-        else:
-            self.warn(path, f"dropped: {type(value).__name__} is not a JSON type")
-        return _DROP
 
 
 def sanitize_properties(

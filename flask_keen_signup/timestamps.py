@@ -28,15 +28,11 @@ def format_timestamp(moment: dt.datetime) -> str:
     not rounded, so a time never moves into the next second.
     """
     # isoformat truncates to milliseconds and pads the year to four digits: Keen's form,
-    # once its "+00:00" is a "Z". (This runs for every signup, in the login request.)
-    zone = moment.tzinfo
-    if zone is None:
-        return moment.isoformat(timespec="milliseconds") + "Z"
-    if zone is not dt.timezone.utc:
-        if moment.utcoffset() is None:
-            return moment.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
+    # once the offset is cut. A zero or unknown offset is UTC already (a naive time is
+    # taken as UTC); any other is converted first.
+    if moment.utcoffset():
         moment = moment.astimezone(dt.timezone.utc)
-    return moment.isoformat(timespec="milliseconds")[:-6] + "Z"
+    return moment.isoformat(timespec="milliseconds")[:23] + "Z"
 
 
 def parse_created_at(value: object) -> dt.datetime | None:
