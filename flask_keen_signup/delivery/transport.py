@@ -97,7 +97,7 @@ class Transport:
         for index, chunk in enumerate(chunks):
             late = deadline is not None and time.monotonic() >= deadline
             if late or stopping():
-                self.leases.outbox.release([row.id for later in chunks[index:] for row, _ in later])
+                self.leases.release([row for later in chunks[index:] for row, _ in later])
                 return
             try:
                 self.send(chunk)
