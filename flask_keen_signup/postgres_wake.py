@@ -81,17 +81,15 @@ class Listener(_Waker):
 
     def __init__(self, database: PostgresDatabase, callback: t.Callable[[], None]) -> None:
         super().__init__(callback)
-        if database.listen_conninfo is None:
-            raise ValueError("no KEEN_SIGNUP_DATABASE_LISTEN_URL to listen on")
         self.database = database
-        self.conninfo = database.listen_conninfo
 
     def _run(self) -> None:
         database, delay = self.database, 0.5
         pid = os.getpid()
         while not self._stopped.is_set() and os.getpid() == pid:
             try:
-                with psycopg.connect(self.conninfo, **connect_options("listen")) as conn:
+                conninfo = t.cast(str, database.listen_conninfo)  # the outbox checked it
+                with psycopg.connect(conninfo, **connect_options("listen")) as conn:
                     conn.execute(f"LISTEN {database.channel}")
                     self.connected.set()
                     delay = 0.5
@@ -139,5 +137,3 @@ class Poller(_Waker):
             if due:
                 self.callback()
 
-
-__all__ = ["POLL_INTERVAL", "Listener", "Poller"]

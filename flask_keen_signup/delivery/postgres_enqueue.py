@@ -11,9 +11,9 @@ from __future__ import annotations
 import time
 import typing as t
 
-from ..postgres import WORKER
 from ..postgres import PostgresDatabase
 from ..postgres import driver_error
+from ..postgres_pools import WORKER
 from ..stores.postgres import PostgresStore
 from ..stores.postgres import execute
 from .base import QueuedEvent

@@ -33,7 +33,6 @@ from . import ErasedRows
 from . import Outbox
 from . import OutboxRow
 from .postgres_enqueue import PostgresEnqueue
-from .postgres_enqueue import in_savepoint as in_savepoint
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from ..postgres_wake import _Waker
@@ -354,5 +353,3 @@ SELECT count(*), {self._notify} FROM queued""",
         if self._listener is not None:
             self._listener.stop()
 
-
-__all__ = ["PostgresOutbox", "in_savepoint"]

@@ -37,15 +37,12 @@ from .outcomes import Outcomes
 from .outcomes import RequestFailed
 from .outcomes import StoreEpisode
 from .transport import Transport
-from .tuning import DEFAULT_MAX_BATCH_BYTES as DEFAULT_MAX_BATCH_BYTES
 from .tuning import SenderStatus
 from .tuning import Tuning
 from .upkeep import Upkeep
 from .worker import FlushRequest
 from .worker import Worker
 from .worker import seconds
-
-__all__ = ["DEFAULT_MAX_BATCH_BYTES", "Notify", "Sender", "SenderStatus", "Tuning"]
 
 logger = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ via :meth:`Worker.forked`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -47,16 +48,17 @@ def seconds(timeout: float | None) -> float | None:
     return timeout
 
 
+@dataclasses.dataclass
 class FlushRequest:
     """A flush handed to the thread: try every row due or backed off since ``since``.
 
     :param deadline: ``time.monotonic()`` value to give up at, or ``None``.
     """
 
-    def __init__(self, deadline: float | None) -> None:
-        self.deadline = deadline
-        self.since = time.time()
-        self.done = threading.Event()
+    deadline: float | None
+    #: ``time`` looked up at each call: a test's fake clock (tests/_clock.py) reaches it.
+    since: float = dataclasses.field(default_factory=lambda: time.time())
+    done: threading.Event = dataclasses.field(default_factory=threading.Event)
 
 
 class Job(t.Protocol):
