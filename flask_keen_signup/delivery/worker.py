@@ -30,11 +30,6 @@ import typing as t
 
 logger = logging.getLogger(__name__)
 
-#: A flush with no deadline (``timeout=None`` or ``inf``) still waits at most this long at
-#: once (``Event.wait`` cannot take ``inf``); it loops until the flush is done.
-_LONGEST_WAIT = 3600.0
-
-
 def seconds(timeout: float | None) -> float | None:
     """A flush or shutdown timeout: ``None`` for no deadline (``None``, ``inf``, or past
     what ``threading`` can wait for), 0 for NaN and negative values."""
@@ -169,11 +164,7 @@ class Worker:
             )
             helper.start()
         deadline = request.deadline
-        while not request.done.is_set():
-            left = _LONGEST_WAIT if deadline is None else deadline - time.monotonic()
-            if left <= 0:
-                break
-            request.done.wait(min(left, _LONGEST_WAIT))
+        request.done.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     # ------------------------------------------------------------ the loop
 
