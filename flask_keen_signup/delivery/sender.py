@@ -248,9 +248,7 @@ class Sender:
         # What a round keeps between rounds is this process's own.
         self.outcomes.circuit = self.tuning.circuit(self._rng)
         self.outcomes.last_error = self.outcomes.catch_up_since = None
-        reset = getattr(self.client, "reset_after_fork", None)
-        if callable(reset):  # pooled sockets must not be shared with the parent
-            reset()
+        self.client.reset_after_fork()  # pooled sockets must not be shared with the parent
 
     # ------------------------------------------------------------ the worker's job
 
