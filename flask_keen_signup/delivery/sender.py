@@ -103,14 +103,7 @@ class Sender:
             notify=notify,
             name=name,
         )
-        self.transport = Transport(
-            client,
-            self.outcomes,
-            self.leases,
-            batch_size=tuning.batch_size,
-            max_batch_bytes=tuning.max_batch_bytes,
-            name=name,
-        )
+        self.transport = Transport(client, self.outcomes, self.leases, tuning, name)
 
     def __repr__(self) -> str:
         return f"<Sender {self.name!r} {self.outbox!r} running={self.running}>"
