@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 POLL_INTERVAL = 0.5
 
 
-class _Waker:
+class Waker:
     """A daemon thread per process that calls ``callback`` (the sender's ``wake``)."""
 
     name = "flask-keen-signup-wake"
@@ -70,7 +70,7 @@ class _Waker:
         raise NotImplementedError
 
 
-class Listener(_Waker):
+class Listener(Waker):
     """One direct connection per process that ``LISTEN``\\s and calls back on each NOTIFY.
 
     NOTIFY is best effort (a listener that is reconnecting misses what was sent
@@ -107,7 +107,7 @@ class Listener(_Waker):
             delay = min(delay * 2, 30.0)
 
 
-class Poller(_Waker):
+class Poller(Waker):
     """Calls back whenever ``due()`` (one indexed read) says an event is due."""
 
     name = "flask-keen-signup-poll"

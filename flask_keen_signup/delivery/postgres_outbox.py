@@ -28,14 +28,14 @@ import time
 import typing as t
 
 from ..postgres import PostgresDatabase
+from ..postgres_wake import Listener
+from ..postgres_wake import Poller
+from ..postgres_wake import Waker
 from . import DeadLetter
 from . import ErasedRows
 from . import Outbox
 from . import OutboxRow
 from .postgres_enqueue import PostgresEnqueue
-
-if t.TYPE_CHECKING:  # pragma: no cover
-    from ..postgres_wake import _Waker
 
 _OPEN = "state IN ('pending', 'confirming')"
 _DEAD = (
@@ -55,7 +55,7 @@ class PostgresOutbox(PostgresEnqueue, Outbox):
     def __init__(self, database: PostgresDatabase, *, keep_delivered: bool = True) -> None:
         super().__init__(database)
         self.keep_delivered = keep_delivered
-        self._listener: _Waker | None = None
+        self._listener: Waker | None = None
         #: Without a listen URL: poll this often for due events (``None``: the sender's own
         #: polling is fast enough). Set by the backend from ``KEEN_SIGNUP_FLUSH_INTERVAL``.
         self.poll_interval: float | None = None
@@ -73,9 +73,6 @@ class PostgresOutbox(PostgresEnqueue, Outbox):
         The thread starts at the next :meth:`claim_due` of each process (so a forked
         worker's restarted sender starts its own).
         """
-        from ..postgres_wake import Listener
-        from ..postgres_wake import Poller
-
         if self._listener is not None:
             self._listener.stop()
             self._listener = None
