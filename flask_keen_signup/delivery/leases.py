@@ -86,10 +86,9 @@ class Leases:
 
     def reset(self) -> None:
         """A new owner and nothing held: at construction and in a forked child."""
-        self.pid = os.getpid()
         self.nonce = uuid.uuid4().hex[:12]
         #: ``host/pid/nonce``: what the outbox records as the holder of a lease.
-        self.owner = f"{HOSTNAME}/{self.pid}/{self.nonce}"
+        self.owner = f"{HOSTNAME}/{os.getpid()}/{self.nonce}"
         self._held: set[int] = set()
         self._held_lock = threading.Lock()
         self._next_orphan_check = 0.0
@@ -122,11 +121,6 @@ class Leases:
         self.let_go(rows)
         if rows:
             self.outbox.release([row.id for row in rows])
-
-    def held(self) -> list[int]:
-        """Ids of the rows claimed and not yet finished."""
-        with self._held_lock:
-            return list(self._held)
 
     def prefetch(self, limit: int, flush_since: float | None) -> None:
         """:meth:`claim` on a helper thread, while the current batch is on the wire; the
@@ -176,7 +170,8 @@ class Leases:
 
     def renew(self) -> None:
         """Extend the lease of every held row by ``lease_seconds`` from now."""
-        ids = self.held()
+        with self._held_lock:
+            ids = list(self._held)
         if not ids:
             return
         try:
