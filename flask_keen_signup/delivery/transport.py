@@ -141,8 +141,6 @@ class Transport:
             outcomes.request_failed(rows, exc)
         except KeenError as exc:  # connection refused/reset, timeouts
             outcomes.request_failed(rows, exc)
-        except (KeyboardInterrupt, SystemExit):
-            raise
         except Exception as exc:  # noqa: BLE001 - e.g. a key that cannot be a header value
             # Not Keen's answer: the request could not even be made. Retried like an
             # outage (backoff, circuit), so it shows in status and health instead of

@@ -38,7 +38,7 @@ def seconds(timeout: float | None) -> float | None:
     timeout = float(timeout)
     if math.isnan(timeout) or timeout <= 0:
         return 0.0
-    if timeout >= threading.TIMEOUT_MAX or math.isinf(timeout):
+    if timeout >= threading.TIMEOUT_MAX:  # inf too
         return None
     return timeout
 
