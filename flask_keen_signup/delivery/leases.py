@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -43,16 +44,10 @@ def is_orphan(owner: str) -> bool:
     When the owner is this very pid, a nonce that no running sender holds
     (:func:`.shutdown.live_owners`) is a stopped or crashed sender's.
     """
-    parts = owner.rsplit("/", 2)
-    if len(parts) != 3:
+    match = re.fullmatch(r"(.*)/([0-9]+)/[^/]*", owner, re.DOTALL)
+    if match is None or match[1] != HOSTNAME:
         return False
-    host, pid_text, _nonce = parts
-    if host != HOSTNAME:
-        return False
-    try:
-        pid = int(pid_text)
-    except ValueError:
-        return False
+    pid = int(match[2])
     if pid == os.getpid():
         return owner not in shutdown.live_owners()
     try:
