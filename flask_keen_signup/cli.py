@@ -92,7 +92,7 @@ def status_command(acknowledge: bool) -> None:
 )
 def schema_command(schema: str | None) -> None:
     """Print the SQL that creates the postgres store's tables (for DBAs; idempotent)."""
-    from .postgres import schema_sql
+    from .postgres_schema import schema_sql
 
     name = schema or signup_state().settings.database_schema
     try:

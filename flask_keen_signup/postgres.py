@@ -28,16 +28,15 @@ import math
 import typing as t
 
 from ._text import mask_secrets
+from .config import DEFAULT_STORE_TIMEOUT
 from .exceptions import MissingDependencyError
 from .exceptions import StoreError
 from .postgres_deadlines import Guard
 from .postgres_deadlines import deadlines
-from .postgres_schema import DEFAULT_SCHEMA as DEFAULT_SCHEMA
-from .postgres_schema import MIGRATIONS as MIGRATIONS
-from .postgres_schema import SCHEMA_VERSION as SCHEMA_VERSION
+from .postgres_schema import DEFAULT_SCHEMA
+from .postgres_schema import SCHEMA_VERSION
 from .postgres_schema import apply_migrations
-from .postgres_schema import check_schema_name as check_schema_name
-from .postgres_schema import schema_sql as schema_sql
+from .postgres_schema import check_schema_name
 from .postgres_schema import schema_version
 
 try:
@@ -53,16 +52,13 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     ) from exc
 
 # Only now: it imports psycopg_pool, whose absence the block above reports.
-from .postgres_pools import REQUEST as REQUEST
-from .postgres_pools import REQUEST_POOL_SIZE
-from .postgres_pools import WORKER as WORKER
-from .postgres_pools import WORKER_POOL_SIZE
+from .postgres_pools import POOL_SIZES
+from .postgres_pools import REQUEST
+from .postgres_pools import WORKER
 from .postgres_pools import Pools
 
 logger = logging.getLogger(__name__)
 
-#: Default request-path budget when the config gives none (``KEEN_SIGNUP_STORE_TIMEOUT``).
-DEFAULT_STORE_TIMEOUT = 0.1
 #: Statement limit of the ``worker`` pool (the sender, the CLI), in seconds.
 WORKER_TIMEOUT = 30.0
 #: A statement still unanswered this long after its ``statement_timeout`` (as a share of
@@ -120,8 +116,6 @@ class PostgresDatabase:
         *,
         schema: str = DEFAULT_SCHEMA,
         timeout: float = DEFAULT_STORE_TIMEOUT,
-        request_pool_size: int = REQUEST_POOL_SIZE,
-        worker_pool_size: int = WORKER_POOL_SIZE,
         create_schema: bool = True,
         listen_url: str | None = None,
     ) -> None:
@@ -129,8 +123,7 @@ class PostgresDatabase:
         self.schema = check_schema_name(schema)
         self.timeout = float(timeout)
         self.create_schema = create_schema
-        sizes = {REQUEST: request_pool_size, WORKER: worker_pool_size}
-        self.pools = Pools(psycopg.conninfo.make_conninfo(url.strip()), sizes, self.timeout)
+        self.pools = Pools(psycopg.conninfo.make_conninfo(url.strip()), self.timeout)
         secret_params = [params]
         #: ``KEEN_SIGNUP_DATABASE_LISTEN_URL``: a direct connection for ``LISTEN`` (a
         #: transaction pooler cannot keep one), or ``None``: the senders poll.
@@ -203,7 +196,7 @@ class PostgresDatabase:
         """
         # A restart leaves every idle pooled connection broken: each fails once, at most.
         failure: BaseException | None = None
-        for attempt in range(self.pools.sizes[role] + 1):
+        for attempt in range(POOL_SIZES[role] + 1):
             conn: psycopg.Connection[t.Any] | None = None
             try:
                 self.ensure_schema(role)
@@ -221,7 +214,7 @@ class PostgresDatabase:
                 continue  # replaced by _refresh meanwhile: take the new one
             except psycopg.OperationalError as exc:
                 lost = conn is not None and (conn.broken or conn.closed)
-                if lost and attempt < self.pools.sizes[role]:
+                if lost and attempt < POOL_SIZES[role]:
                     logger.debug("PostgreSQL dropped a pooled connection; trying another")
                     continue
                 failure = exc
@@ -337,13 +330,3 @@ def driver_error(exc: BaseException) -> BaseException | None:
         return exc
     return None
 
-
-__all__ = [
-    "DEFAULT_SCHEMA",
-    "MIGRATIONS",
-    "PostgresDatabase",
-    "SCHEMA_VERSION",
-    "check_schema_name",
-    "parse_url",
-    "schema_sql",
-]

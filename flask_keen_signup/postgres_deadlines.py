@@ -11,6 +11,7 @@ fails the statement at once and the pool discards the connection.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -24,15 +25,13 @@ if t.TYPE_CHECKING:  # pragma: no cover
 logger = logging.getLogger(__name__)
 
 
+@dataclasses.dataclass(eq=False)
 class Guard:
-    """One statement's deadline (see :class:`Deadlines`)."""
+    """One statement's deadline (``time.monotonic()``; see :class:`Deadlines`)."""
 
-    __slots__ = ("conn", "deadline", "fired")
-
-    def __init__(self, conn: psycopg.Connection[t.Any], seconds: float) -> None:
-        self.conn = conn
-        self.deadline = time.monotonic() + seconds
-        self.fired = False
+    conn: psycopg.Connection[t.Any]
+    deadline: float
+    fired: bool = False
 
     def extend(self, seconds: float) -> None:
         self.deadline = max(self.deadline, time.monotonic() + seconds)
@@ -42,13 +41,18 @@ class Deadlines:
     """Closes, from this side, a connection whose statement outlived its deadline.
 
     One thread per process watches the statements in flight (it sleeps while there are
-    none, so an idle app costs nothing); a guard costs a lock and a set insert.
+    none, so an idle app costs nothing); a guard costs a lock and a set insert. A forked
+    child calls :meth:`reset` (lifecycle's ``"postgres"`` step): the parent's watch thread
+    is not there, and its lock may have been held at the fork.
     """
 
     #: How often the watch looks while statements are in flight (s).
     TICK = 0.02
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self._lock = threading.Lock()
         self._busy = threading.Event()
         self._guards: set[Guard] = set()
@@ -57,7 +61,7 @@ class Deadlines:
 
     @contextlib.contextmanager
     def guard(self, conn: psycopg.Connection[t.Any], seconds: float) -> t.Iterator[Guard]:
-        entry = Guard(conn, seconds)
+        entry = Guard(conn, time.monotonic() + seconds)
         with self._lock:
             if self._pid != os.getpid() or self._thread is None or not self._thread.is_alive():
                 self._start()
@@ -109,14 +113,3 @@ def _shut_down(conn: psycopg.Connection[t.Any]) -> None:
 
 deadlines = Deadlines()
 
-
-def _after_fork_in_child() -> None:
-    # The parent's watch thread is not here, and its lock may have been held at the fork.
-    deadlines.__init__()  # type: ignore[misc]
-
-
-if hasattr(os, "register_at_fork"):  # not on Windows
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-__all__ = ["Deadlines", "Guard", "deadlines"]

@@ -27,12 +27,12 @@ from psycopg_pool import ConnectionPool
 
 from . import lifecycle
 from .exceptions import StoreError
+from .postgres_deadlines import deadlines
 
 REQUEST = "request"
 WORKER = "worker"
 #: Connections per process: login requests, and the sender/CLI.
-REQUEST_POOL_SIZE = 4
-WORKER_POOL_SIZE = 2
+POOL_SIZES = {REQUEST: 4, WORKER: 2}
 #: libpq counts ``connect_timeout`` in whole seconds and treats anything below 2 as 2.
 #: Pool workers connect off the request path, so this bounds their attempts, not a login.
 CONNECT_TIMEOUT = 3
@@ -58,13 +58,11 @@ class Pools:
     """The pools of one database in this process (see the module doc).
 
     :param conninfo: libpq's connection string (never logged).
-    :param sizes: connections per role.
     :param timeout: how long a ``request`` waits for a connection, in seconds.
     """
 
-    def __init__(self, conninfo: str, sizes: dict[str, int], timeout: float) -> None:
+    def __init__(self, conninfo: str, timeout: float) -> None:
         self._conninfo = conninfo
-        self.sizes = sizes
         self.timeout = timeout
         self.closed = False
         self.reset()
@@ -92,7 +90,7 @@ class Pools:
                 pool = ConnectionPool(
                     self._conninfo,
                     min_size=1,
-                    max_size=max(1, self.sizes[role]),
+                    max_size=POOL_SIZES[role],
                     open=False,
                     timeout=self._wait(role),
                     name=f"keen-signup-{role}-{os.getpid()}",
@@ -145,6 +143,7 @@ _all: weakref.WeakSet[Pools] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
+    deadlines.reset()
     pid = os.getpid()
     for pools in list(_all):
         if pools._pid != pid:
@@ -153,5 +152,3 @@ def _after_fork_in_child() -> None:
 
 lifecycle.register("postgres", after_in_child=_after_fork_in_child)
 
-
-__all__ = ["CONNECT_TIMEOUT", "REQUEST", "WORKER", "Pools", "connect_options"]

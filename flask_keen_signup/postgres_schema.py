@@ -149,13 +149,3 @@ def apply_migrations(conn: psycopg.Connection[t.Any], schema: str, set_timeout: 
                 conn.execute(script.format(s=schema))
     return version
 
-
-__all__ = [
-    "DEFAULT_SCHEMA",
-    "MIGRATIONS",
-    "SCHEMA_VERSION",
-    "apply_migrations",
-    "check_schema_name",
-    "schema_sql",
-    "schema_version",
-]

@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 POLL_INTERVAL = 0.5
 
 
-class _Waker:
+class Waker:
     """A daemon thread per process that calls ``callback`` (the sender's ``wake``)."""
 
     name = "flask-keen-signup-wake"
@@ -70,7 +70,7 @@ class _Waker:
         raise NotImplementedError
 
 
-class Listener(_Waker):
+class Listener(Waker):
     """One direct connection per process that ``LISTEN``\\s and calls back on each NOTIFY.
 
     NOTIFY is best effort (a listener that is reconnecting misses what was sent
@@ -81,17 +81,15 @@ class Listener(_Waker):
 
     def __init__(self, database: PostgresDatabase, callback: t.Callable[[], None]) -> None:
         super().__init__(callback)
-        if database.listen_conninfo is None:
-            raise ValueError("no KEEN_SIGNUP_DATABASE_LISTEN_URL to listen on")
         self.database = database
-        self.conninfo = database.listen_conninfo
 
     def _run(self) -> None:
         database, delay = self.database, 0.5
         pid = os.getpid()
         while not self._stopped.is_set() and os.getpid() == pid:
             try:
-                with psycopg.connect(self.conninfo, **connect_options("listen")) as conn:
+                conninfo = t.cast(str, database.listen_conninfo)  # the outbox checked it
+                with psycopg.connect(conninfo, **connect_options("listen")) as conn:
                     conn.execute(f"LISTEN {database.channel}")
                     self.connected.set()
                     delay = 0.5
@@ -109,7 +107,7 @@ class Listener(_Waker):
             delay = min(delay * 2, 30.0)
 
 
-class Poller(_Waker):
+class Poller(Waker):
     """Calls back whenever ``due()`` (one indexed read) says an event is due."""
 
     name = "flask-keen-signup-poll"
@@ -139,5 +137,3 @@ class Poller(_Waker):
             if due:
                 self.callback()
 
-
-__all__ = ["POLL_INTERVAL", "Listener", "Poller"]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import random
 import time
-import typing as t
 
 CLOSED = "closed"
 OPEN = "open"
@@ -25,7 +24,6 @@ class CircuitBreaker:
     """:param threshold: consecutive failures that open the circuit.
     :param cooldown: the first cool-down, in seconds; doubles per consecutive opening.
     :param cap: the longest cool-down (before ``Retry-After``), in seconds.
-    :param clock: monotonic seconds (injectable for tests).
     """
 
     def __init__(
@@ -35,7 +33,6 @@ class CircuitBreaker:
         cooldown: float = 5.0,
         cap: float = 300.0,
         rng: random.Random | None = None,
-        clock: t.Callable[[], float] | None = None,
     ) -> None:
         if threshold < 1 or cooldown <= 0 or cap < cooldown:
             raise ValueError("circuit needs threshold >= 1 and 0 < cooldown <= cap")
@@ -43,8 +40,6 @@ class CircuitBreaker:
         self.cooldown = cooldown
         self.cap = cap
         self._rng = rng or random.Random()
-        # Looked up at each call (not bound here), so a test's fake clock reaches it too.
-        self._clock = clock or (lambda: time.monotonic())
         self._failures = 0
         self._openings = 0
         self._open_until: float | None = None
@@ -55,7 +50,7 @@ class CircuitBreaker:
         """``closed``, ``open`` (cooling down) or ``half-open`` (next send is a probe)."""
         if self._open_until is None:
             return CLOSED
-        if self._clock() < self._open_until:
+        if time.monotonic() < self._open_until:
             return OPEN
         return HALF_OPEN
 
@@ -63,7 +58,7 @@ class CircuitBreaker:
         """Seconds left in the cool-down (0 when not open)."""
         if self._open_until is None:
             return 0.0
-        return max(0.0, self._open_until - self._clock())
+        return max(0.0, self._open_until - time.monotonic())
 
     def record_success(self) -> bool:
         """Keen answered 2xx. Returns whether this closed an open or half-open circuit."""
@@ -84,7 +79,7 @@ class CircuitBreaker:
         cooldown = self._rng.uniform(ceiling / 2, ceiling)  # jittered, never near zero
         if retry_after is not None and retry_after > cooldown:
             cooldown = retry_after
-        self._open_until = self._clock() + cooldown
+        self._open_until = time.monotonic() + cooldown
         if self.opened_at is None:
             self.opened_at = time.time()
         return cooldown

@@ -5,7 +5,7 @@ them until the lease runs out. Three things keep that honest:
 
 * :class:`Leases` names this process's owner (a fresh one after a fork) and knows the
   rows it holds;
-* a claim may run ahead on a helper thread (:class:`Prefetch`) while the previous batch
+* a claim may run ahead on a helper thread (:meth:`Leases.prefetch`) while the previous batch
   is on the wire;
 * a keeper thread (:meth:`Leases.renewing`) extends those leases every third of
   ``lease_seconds`` while a batch is on the wire, so a slow request is not resent by
@@ -18,8 +18,10 @@ them until the lease runs out. Three things keep that honest:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -29,34 +31,25 @@ from concurrent.futures import Future
 
 from . import Outbox
 from . import OutboxRow
+from . import shutdown
 
 logger = logging.getLogger(__name__)
-
-#: A claim running ahead on a helper thread: ``result()`` waits for its rows.
-Prefetch = Future[list[OutboxRow]]
 
 HOSTNAME = socket.gethostname()
 
 
-def is_orphan(owner: str, live_owners: t.Callable[[], t.Collection[str]]) -> bool:
+def is_orphan(owner: str) -> bool:
     """Whether a lease owner (``host/pid/nonce``) is certainly dead. Same host only.
 
-    :param live_owners: the owners of this process's running senders (read only when the
-        owner is this very pid: a nonce no running sender holds is a stopped or crashed
-        sender's).
+    When the owner is this very pid, a nonce that no running sender holds
+    (:func:`.shutdown.live_owners`) is a stopped or crashed sender's.
     """
-    parts = owner.rsplit("/", 2)
-    if len(parts) != 3:
+    match = re.fullmatch(r"(.*)/([0-9]+)/[^/]*", owner, re.DOTALL)
+    if match is None or match[1] != HOSTNAME:
         return False
-    host, pid_text, _nonce = parts
-    if host != HOSTNAME:
-        return False
-    try:
-        pid = int(pid_text)
-    except ValueError:
-        return False
+    pid = int(match[2])
     if pid == os.getpid():
-        return owner not in live_owners()
+        return owner not in shutdown.live_owners()
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -70,39 +63,32 @@ def is_orphan(owner: str, live_owners: t.Callable[[], t.Collection[str]]) -> boo
         return False
 
 
+@dataclasses.dataclass(eq=False)
 class Leases:
     """This process's lease owner, the rows it holds, their renewal and orphan expiry.
 
     :param outbox: where the leases are.
     :param lease_seconds: how long a claim hides rows from other senders.
-    :param live_owners: the owners of this process's running senders (see
-        :func:`is_orphan`).
     :param name: the sender's name, for the keeper thread and log lines.
     """
 
-    def __init__(
-        self,
-        outbox: Outbox,
-        *,
-        lease_seconds: float,
-        live_owners: t.Callable[[], t.Collection[str]],
-        name: str = "flask-keen-signup-sender",
-    ) -> None:
-        self.outbox = outbox
-        self.lease_seconds = lease_seconds
-        self.name = name
-        self._live_owners = live_owners
+    outbox: Outbox
+    lease_seconds: float
+    name: str
+
+    def __post_init__(self) -> None:
         self.reset()
 
     def reset(self) -> None:
         """A new owner and nothing held: at construction and in a forked child."""
-        self.pid = os.getpid()
         self.nonce = uuid.uuid4().hex[:12]
         #: ``host/pid/nonce``: what the outbox records as the holder of a lease.
-        self.owner = f"{HOSTNAME}/{self.pid}/{self.nonce}"
+        self.owner = f"{HOSTNAME}/{os.getpid()}/{self.nonce}"
         self._held: set[int] = set()
         self._held_lock = threading.Lock()
         self._next_orphan_check = 0.0
+        #: A claim running ahead on a helper thread: ``result()`` waits for its rows.
+        self._prefetched: Future[list[OutboxRow]] | None = None
 
     # ------------------------------------------------------------ claims
 
@@ -131,18 +117,15 @@ class Leases:
         if rows:
             self.outbox.release([row.id for row in rows])
 
-    def held(self) -> list[int]:
-        """Ids of the rows claimed and not yet finished."""
-        with self._held_lock:
-            return list(self._held)
-
-    def prefetch(self, limit: int, flush_since: float | None) -> Prefetch:
-        """:meth:`claim` on a helper thread, while the current batch is on the wire.
+    def prefetch(self, limit: int, flush_since: float | None) -> None:
+        """:meth:`claim` on a helper thread, while the current batch is on the wire; the
+        rows are :meth:`take_prefetched` by the next round, or :meth:`release_prefetched`.
 
         A plain daemon thread rather than an executor: executor workers are joined before
         ``atexit`` runs, and the exit-time flush must still be able to claim.
         """
-        future: Prefetch = Future()
+        future: Future[list[OutboxRow]] = Future()
+        self._prefetched = future
 
         def run() -> None:
             try:
@@ -151,7 +134,15 @@ class Leases:
                 future.set_exception(exc)
 
         threading.Thread(target=run, name="flask-keen-signup-prefetch", daemon=True).start()
-        return future
+
+    def take_prefetched(self) -> list[OutboxRow] | None:
+        """The rows of the last :meth:`prefetch` (waiting for them), or ``None``."""
+        prefetch, self._prefetched = self._prefetched, None
+        return None if prefetch is None else prefetch.result()
+
+    def release_prefetched(self) -> None:
+        """Give back the rows prefetched for a round that will not run."""
+        self.release(self.take_prefetched() or [])
 
     # ------------------------------------------------------------ renewal
 
@@ -174,7 +165,8 @@ class Leases:
 
     def renew(self) -> None:
         """Extend the lease of every held row by ``lease_seconds`` from now."""
-        ids = self.held()
+        with self._held_lock:
+            ids = list(self._held)
         if not ids:
             return
         try:
@@ -186,15 +178,12 @@ class Leases:
 
     # ------------------------------------------------------------ orphans
 
-    def is_orphan(self, owner: str) -> bool:
-        return is_orphan(owner, self._live_owners)
-
     def expire_orphans(self, *, force: bool = False) -> None:
         """Expire the leases of dead owners, at most every ``min(30, lease/4)`` seconds."""
         now = time.monotonic()
         if now < self._next_orphan_check and not force:
             return
         self._next_orphan_check = now + min(30.0, self.lease_seconds / 4)
-        count = self.outbox.expire_leases(self.is_orphan)
+        count = self.outbox.expire_leases(is_orphan)
         if count:
             logger.info("%s: took over %d event(s) leased by a dead process", self.name, count)

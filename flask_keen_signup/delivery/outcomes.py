@@ -85,6 +85,12 @@ def read_results(rows: t.Sequence[OutboxRow], results: t.Sequence[EventResult]) 
     return Verdicts(delivered, retry, dead)
 
 
+def _overrides(hooks: DeliveryHooks | None, name: str) -> bool:
+    """Whether ``hooks`` overrides the hook ``name``: the default ones are not even called."""
+    return hooks is not None and getattr(type(hooks), name) is not getattr(DeliveryHooks, name)
+
+
+@dataclasses.dataclass(eq=False)
 class Outcomes:
     """Records outcomes in the outbox; owns the backoff and the circuit breaker.
 
@@ -97,52 +103,26 @@ class Outcomes:
         before the row becomes a dead letter.
     :param backoff: the per-row retry delays.
     :param circuit: the breaker fed by whole-request failures.
-    :param hooks: the marker store's :class:`~flask_keen_signup.delivery.DeliveryHooks`.
+    :param hooks: the marker store's :class:`~flask_keen_signup.delivery.DeliveryHooks`;
+        replaceable (the next batch uses the new ones).
     :param notify: called for every outcome; its exceptions are logged and swallowed.
     :param name: the sender's name, for log lines.
     """
 
-    def __init__(
-        self,
-        outbox: Outbox,
-        *,
-        max_attempts: int,
-        retry_for: float = 3 * 24 * 3600.0,
-        backoff: Backoff,
-        circuit: CircuitBreaker,
-        hooks: DeliveryHooks | None = None,
-        notify: Notify | None = None,
-        name: str = "flask-keen-signup-sender",
-    ) -> None:
-        self.outbox = outbox
-        self.max_attempts = max_attempts
-        self.retry_for = retry_for
-        self.backoff = backoff
-        self.circuit = circuit
-        self.hooks = hooks
-        self.notify = notify
-        self.name = name
-        #: The last delivery error seen by this process (for ``status``).
-        self.last_error: str | None = None
-        #: Set when an open circuit closes: rows that backed off during the outage are
-        #: claimed at once instead of waiting out their backoff.
-        self.catch_up_since: float | None = None
-
-    @property
-    def hooks(self) -> DeliveryHooks | None:
-        """The store's hooks; replaceable (the next batch uses the new ones)."""
-        return self._hooks
-
-    @hooks.setter
-    def hooks(self, hooks: DeliveryHooks | None) -> None:
-        self._hooks = hooks
-        #: Whether a hook is overridden at all: the default ones are not even called.
-        self.has_after_delivered = hooks is not None and (
-            type(hooks).after_delivered is not DeliveryHooks.after_delivered
-        )
-        self.has_before_send = hooks is not None and (
-            type(hooks).before_send is not DeliveryHooks.before_send
-        )
+    outbox: Outbox
+    _: dataclasses.KW_ONLY
+    max_attempts: int
+    backoff: Backoff
+    circuit: CircuitBreaker
+    retry_for: float = 3 * 24 * 3600.0
+    hooks: DeliveryHooks | None = None
+    notify: Notify | None = None
+    name: str = "flask-keen-signup-sender"
+    #: The last delivery error seen by this process (for ``status``).
+    last_error: str | None = dataclasses.field(default=None, init=False)
+    #: Set when an open circuit closes: rows that backed off during the outage are
+    #: claimed at once instead of waiting out their backoff.
+    catch_up_since: float | None = dataclasses.field(default=None, init=False)
 
     # ------------------------------------------------------------ whole requests
 
@@ -248,7 +228,7 @@ class Outcomes:
 
     def delivered(self, rows: list[OutboxRow]) -> None:
         """Keen has these rows: confirm them with the store (if it cares), then done."""
-        if self.has_after_delivered:
+        if _overrides(self.hooks, "after_delivered"):
             self.confirm(rows)
         else:
             self.outbox.mark_delivered([row.id for row in rows])
@@ -309,7 +289,7 @@ class Outcomes:
 
         :raises RequestFailed: the hook failed (the rows back off).
         """
-        if not self.has_before_send:
+        if not _overrides(self.hooks, "before_send"):
             return rows
         assert self.hooks is not None
         rows = list(rows)  # the hook may revise rows in this list (DeliveryHooks.before_send)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import time
 import typing as t
 
-from ..postgres import WORKER
 from ..postgres import PostgresDatabase
 from ..postgres import driver_error
+from ..postgres_pools import WORKER
 from ..stores.postgres import PostgresStore
 from ..stores.postgres import execute
 from .base import QueuedEvent
@@ -159,7 +159,7 @@ class PostgresEnqueue:
         (``RETURNING user_id``) on it, and the event of each user it returns queued.
         Returns those users."""
         events = list(events)
-        rows = self._run(
+        rows = self._fetch(
             f"""
 WITH items AS (
     SELECT * FROM unnest(%(users)s::text[], %(collections)s::text[], %(tokens)s::text[],
@@ -182,7 +182,6 @@ SELECT user_id, {self._notify} FROM queued""",
                 "now": time.time() if now is None else now,
             },
             what,
-            fetch="all",
         )
         return {user_id for (user_id, _) in rows}
 
@@ -203,8 +202,12 @@ SELECT user_id, {self._notify} FROM queued""",
             failure = self.database.error("record a signup on the app's connection", cause)
         raise failure  # outside the except block: not chained to a message with data
 
-    def _run(self, sql: str, params: t.Any, what: str, *, fetch: str = "none") -> t.Any:
-        """A statement of the sender's side, on the worker pool."""
+    def _run(self, sql: str, params: t.Any, what: str) -> int:
+        """A statement of the sender's side, on the worker pool: how many rows it changed."""
+        return int(self.database.run(sql, params, what=what, role=WORKER))
+
+    def _fetch(self, sql: str, params: t.Any, what: str, fetch: str = "all") -> t.Any:
+        """A query of the sender's side, on the worker pool: ``fetch`` ``one`` or ``all``."""
         return self.database.run(sql, params, what=what, role=WORKER, fetch=fetch)
 
 

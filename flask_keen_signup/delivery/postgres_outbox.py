@@ -28,15 +28,14 @@ import time
 import typing as t
 
 from ..postgres import PostgresDatabase
+from ..postgres_wake import Listener
+from ..postgres_wake import Poller
+from ..postgres_wake import Waker
 from . import DeadLetter
 from . import ErasedRows
 from . import Outbox
 from . import OutboxRow
 from .postgres_enqueue import PostgresEnqueue
-from .postgres_enqueue import in_savepoint as in_savepoint
-
-if t.TYPE_CHECKING:  # pragma: no cover
-    from ..postgres_wake import _Waker
 
 _OPEN = "state IN ('pending', 'confirming')"
 _DEAD = (
@@ -56,7 +55,7 @@ class PostgresOutbox(PostgresEnqueue, Outbox):
     def __init__(self, database: PostgresDatabase, *, keep_delivered: bool = True) -> None:
         super().__init__(database)
         self.keep_delivered = keep_delivered
-        self._listener: _Waker | None = None
+        self._listener: Waker | None = None
         #: Without a listen URL: poll this often for due events (``None``: the sender's own
         #: polling is fast enough). Set by the backend from ``KEEN_SIGNUP_FLUSH_INTERVAL``.
         self.poll_interval: float | None = None
@@ -74,9 +73,6 @@ class PostgresOutbox(PostgresEnqueue, Outbox):
         The thread starts at the next :meth:`claim_due` of each process (so a forked
         worker's restarted sender starts its own).
         """
-        from ..postgres_wake import Listener
-        from ..postgres_wake import Poller
-
         if self._listener is not None:
             self._listener.stop()
             self._listener = None
@@ -87,12 +83,12 @@ class PostgresOutbox(PostgresEnqueue, Outbox):
 
     def due_now(self) -> bool:
         """Whether an event waits to be claimed now: one probe of the ``outbox_due`` index."""
-        row = self._run(
+        row = self._fetch(
             f"SELECT EXISTS (SELECT 1 FROM {self._outbox} WHERE {_OPEN} "
             "AND next_attempt_at <= %s)",
             (time.time(),),
             "poll the outbox",
-            fetch="one",
+            "one",
         )
         return bool(row and row[0])
 
@@ -110,7 +106,7 @@ class PostgresOutbox(PostgresEnqueue, Outbox):
                 "(next_attempt_at <= %(now)s OR (lease_owner IS NULL AND "
                 "(last_attempt_at IS NULL OR last_attempt_at < %(since)s))) ORDER BY id"
             )
-        records = self._run(
+        records = self._fetch(
             f"""
 WITH picked AS (
     SELECT id, (lease_owner IS NOT NULL AND state = 'pending') AS reclaimed
@@ -131,7 +127,6 @@ WITH picked AS (
 SELECT * FROM claimed""",
             {"now": now, "until": until, "owner": owner, "limit": limit, "since": flush_since},
             "claim from the outbox",
-            fetch="all",
         )
         return [OutboxRow(*record[:11]) for record in records]
 
@@ -216,50 +211,43 @@ UPDATE {self._meta} SET note = %(error)s WHERE key = 'last_error'""",
         )
 
     def _extend_leases(self, ids: list[int], owner: str, until: float) -> int:
-        return int(
-            self._run(
-                f"UPDATE {self._outbox} SET next_attempt_at = %s "
-                f"WHERE id = ANY(%s) AND lease_owner = %s AND {_OPEN}",
-                (until, ids, owner),
-                "renew leases",
-            )
+        return self._run(
+            f"UPDATE {self._outbox} SET next_attempt_at = %s "
+            f"WHERE id = ANY(%s) AND lease_owner = %s AND {_OPEN}",
+            (until, ids, owner),
+            "renew leases",
         )
 
     def _lease_owners(self) -> list[str]:
-        owners = self._run(
+        owners = self._fetch(
             f"SELECT DISTINCT lease_owner FROM {self._outbox} "
             f"WHERE {_OPEN} AND lease_owner IS NOT NULL",
             None,
             "read lease owners",
-            fetch="all",
         )
         return [owner for (owner,) in owners]
 
     def _expire_owners(self, owners: list[str]) -> int:
-        return int(
-            self._run(
-                f"UPDATE {self._outbox} SET next_attempt_at = least(next_attempt_at, 0) "
-                f"WHERE lease_owner = ANY(%s) AND {_OPEN}",
-                (owners,),
-                "expire leases",
-            )
+        return self._run(
+            f"UPDATE {self._outbox} SET next_attempt_at = least(next_attempt_at, 0) "
+            f"WHERE lease_owner = ANY(%s) AND {_OPEN}",
+            (owners,),
+            "expire leases",
         )
 
     def _empty_bodies(self, cutoff: float) -> int:
         # The partial index outbox_bodies (schema version 2) holds only finished rows that
         # still have a body: the periodic pass is one index probe when nothing is due.
-        return int(
-            self._run(
-                f"UPDATE {self._outbox} SET body = '' WHERE state IN ('delivered', 'skipped') "
-                "AND body <> '' AND done_at < %s",
-                (cutoff,),
-                "drop delivered bodies",
-            )
+        return self._run(
+            f"UPDATE {self._outbox} SET body = '' WHERE state IN ('delivered', 'skipped') "
+            "AND body <> '' AND done_at < %s",
+            (cutoff,),
+            "drop delivered bodies",
         )
 
     def _erase_user(self, collection: str, user_id: str, erased_id: str, now: float) -> ErasedRows:
         """Erasure in one statement."""
-        row = self._run(
+        row = self._fetch(
             f"""
 WITH skipped AS (
     UPDATE {self._outbox} SET state = 'skipped', lease_owner = NULL, done_at = %(now)s,
@@ -280,7 +268,7 @@ SELECT (SELECT count(*) FROM skipped), (SELECT count(*) FROM erased),
        (SELECT count(*) FROM dead)""",
             {"c": collection, "u": user_id, "erased": erased_id, "now": now},
             "forget a user",
-            fetch="one",
+            "one",
         )
         skipped, erased, dead = (int(n) for n in row)
         return ErasedRows(skipped=skipped, erased=erased, dead_letters=dead)
@@ -288,17 +276,17 @@ SELECT (SELECT count(*) FROM skipped), (SELECT count(*) FROM erased),
     # -- status and maintenance -------------------------------------------------------
 
     def pending_count(self) -> int:
-        row = self._run(
+        row = self._fetch(
             f"SELECT count(*) FROM {self._outbox} WHERE {_OPEN}",
             None,
             "count the outbox",
-            fetch="one",
+            "one",
         )
         return int(row[0])
 
     def _counts(self, now: float) -> t.Sequence[t.Any]:
         meta = f"(SELECT {{}} FROM {self._meta} WHERE key = '{{}}')".format
-        row: t.Sequence[t.Any] = self._run(
+        row: t.Sequence[t.Any] = self._fetch(
             f"""
 SELECT count(*), count(*) FILTER (WHERE next_attempt_at <= %(now)s),
        count(*) FILTER (WHERE lease_owner IS NOT NULL AND next_attempt_at > %(now)s),
@@ -308,21 +296,20 @@ SELECT count(*), count(*) FILTER (WHERE next_attempt_at <= %(now)s),
 FROM {self._outbox} WHERE {_OPEN}""",
             {"now": now},
             "read outbox stats",
-            fetch="one",
+            "one",
         )
         return row
 
     def _read_dead(self, limit: int) -> list[DeadLetter]:
-        rows = self._run(
+        rows = self._fetch(
             f"SELECT {_DEAD} FROM {self._dead} ORDER BY died_at, id LIMIT %s",
             (limit,),
             "read dead letters",
-            fetch="all",
         )
         return [DeadLetter(*row) for row in rows]
 
     def _replay_dead(self, ids: list[int] | None, now: float) -> int:
-        row = self._run(
+        row = self._fetch(
             f"""
 WITH moved AS (
     DELETE FROM {self._dead} WHERE %(all)s OR id = ANY(%(ids)s) RETURNING *
@@ -336,23 +323,19 @@ WITH moved AS (
 SELECT count(*), {self._notify} FROM queued""",
             {"all": ids is None, "ids": ids or [], "now": now},
             "retry dead letters",
-            fetch="one",
+            "one",
         )
         return int(row[0])
 
     def _delete_done(self, cutoff: float) -> int:
-        return int(
-            self._run(
-                f"DELETE FROM {self._outbox} WHERE state IN ('delivered', 'skipped') "
-                "AND done_at < %s",
-                (cutoff,),
-                "prune the outbox",
-            )
+        return self._run(
+            f"DELETE FROM {self._outbox} WHERE state IN ('delivered', 'skipped') "
+            "AND done_at < %s",
+            (cutoff,),
+            "prune the outbox",
         )
 
     def close(self) -> None:
         if self._listener is not None:
             self._listener.stop()
 
-
-__all__ = ["PostgresOutbox", "in_savepoint"]

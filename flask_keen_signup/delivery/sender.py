@@ -27,28 +27,23 @@ from ..exceptions import StoreError
 from ..keen import KeenClient
 from . import DeliveryHooks
 from . import Outbox
-from . import OutboxRow
 from . import shutdown
 from ._backoff import Backoff
 from ._circuit import CLOSED
 from ._circuit import HALF_OPEN
 from ._circuit import OPEN
 from .leases import Leases
-from .leases import Prefetch
 from .outcomes import Notify
 from .outcomes import Outcomes
 from .outcomes import RequestFailed
 from .outcomes import StoreEpisode
 from .transport import Transport
-from .tuning import DEFAULT_MAX_BATCH_BYTES as DEFAULT_MAX_BATCH_BYTES
 from .tuning import SenderStatus
 from .tuning import Tuning
 from .upkeep import Upkeep
 from .worker import FlushRequest
 from .worker import Worker
 from .worker import seconds
-
-__all__ = ["DEFAULT_MAX_BATCH_BYTES", "Notify", "Sender", "SenderStatus", "Tuning"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,23 +80,14 @@ class Sender:
         **numbers: t.Any,
     ) -> None:
         #: The numbers, checked once; ``numbers`` are :class:`Tuning`'s other fields.
-        self.tuning = Tuning(batch_size=collection_batch_size, **numbers)
-        tuning = self.tuning
+        self.tuning = tuning = Tuning(batch_size=collection_batch_size, **numbers)
         self.outbox = outbox
         self.client = client
         self.name = name
         self.handle_signals = handle_signals
-        self.upkeep = Upkeep(
-            outbox,
-            drain=drain,
-            retention=tuning.retention,
-            check_interval=tuning.retention_check_interval,
-            name=name,
-        )
+        self.upkeep = Upkeep(outbox, drain, tuning.retention, tuning.retention_check_interval, name)
         self._rng = rng or random.Random()
-        self.leases = Leases(
-            outbox, lease_seconds=tuning.lease_seconds, live_owners=shutdown.live_owners, name=name
-        )
+        self.leases = Leases(outbox, tuning.lease_seconds, name)
         self.worker = Worker(name, self, linger=tuning.linger)
         self._store = StoreEpisode(name)
         #: Consecutive rounds that ended in an unexpected error (see SenderStatus).
@@ -118,15 +104,7 @@ class Sender:
             notify=notify,
             name=name,
         )
-        self.transport = Transport(
-            client,
-            self.outcomes,
-            self.leases,
-            batch_size=tuning.batch_size,
-            max_batch_bytes=tuning.max_batch_bytes,
-            name=name,
-        )
-        self._prefetch: Prefetch | None = None
+        self.transport = Transport(client, self.outcomes, self.leases, tuning, name)
 
     def __repr__(self) -> str:
         return f"<Sender {self.name!r} {self.outbox!r} running={self.running}>"
@@ -144,15 +122,6 @@ class Sender:
     @hooks.setter
     def hooks(self, hooks: DeliveryHooks | None) -> None:
         self.outcomes.hooks = hooks
-
-    @property
-    def drain(self) -> t.Callable[[], int] | None:
-        """Decides the signups the login path spooled (:mod:`flask_keen_signup.spool`)."""
-        return self.upkeep.drain
-
-    @drain.setter
-    def drain(self, drain: t.Callable[[], int] | None) -> None:
-        self.upkeep.drain = drain
 
     @property
     def owner(self) -> str:
@@ -273,10 +242,7 @@ class Sender:
         # What a round keeps between rounds is this process's own.
         self.outcomes.circuit = self.tuning.circuit(self._rng)
         self.outcomes.last_error = self.outcomes.catch_up_since = None
-        self._prefetch = None
-        reset = getattr(self.client, "reset_after_fork", None)
-        if callable(reset):  # pooled sockets must not be shared with the parent
-            reset()
+        self.client.reset_after_fork()  # pooled sockets must not be shared with the parent
 
     # ------------------------------------------------------------ the worker's job
 
@@ -321,7 +287,7 @@ class Sender:
 
     def finish(self) -> None:
         """The worker is stopping: give back the rows prefetched for the next round."""
-        self._release_prefetch()
+        self.leases.release_prefetched()
 
     def flush_now(self, request: FlushRequest) -> None:
         """Run a flush (paced: see :meth:`flush`) on the calling thread; sets
@@ -333,7 +299,7 @@ class Sender:
             request.done.set()
 
     def _flush(self, request: FlushRequest) -> None:
-        self._release_prefetch()  # leased by us: a flush must be able to claim them
+        self.leases.release_prefetched()  # leased by us: a flush must be able to claim them
         self.leases.expire_orphans(force=True)
         self.upkeep.drain_spool()
         circuit = self.outcomes.circuit
@@ -364,7 +330,7 @@ class Sender:
         if state == OPEN:
             return outcomes.circuit.remaining() or 0.01
         limit = self.tuning.probe_size if state == HALF_OPEN else self.tuning.batch_size
-        rows = self._take_prefetch()
+        rows = self.leases.take_prefetched()
         if rows is None:
             rows = self.leases.claim(limit, outcomes.catch_up_since)
         if not rows:
@@ -374,11 +340,11 @@ class Sender:
         if state == CLOSED and full:
             # A full batch: more is probably due. Lease the next batch on a helper thread
             # while this one is on the wire (SQLite and sockets both release the GIL).
-            self._prefetch = self.leases.prefetch(limit, outcomes.catch_up_since)
+            self.leases.prefetch(limit, outcomes.catch_up_since)
         try:
             self.transport.deliver(rows, stopping=lambda: self.worker.stopping)
         except RequestFailed:
-            self._release_prefetch()
+            self.leases.release_prefetched()
         # After a partial batch, gather for ``linger`` before the next round: under a
         # steady trickle of signups, going again at once would send a batch of two or
         # three events per round, and each round's write transactions compete with the
@@ -388,13 +354,3 @@ class Sender:
     def next_due_in(self) -> float:
         """Seconds until this process may send again: the circuit's cool-down, else 0."""
         return self.outcomes.circuit.remaining()
-
-    def _take_prefetch(self) -> list[OutboxRow] | None:
-        prefetch, self._prefetch = self._prefetch, None
-        return None if prefetch is None else prefetch.result()
-
-    def _release_prefetch(self) -> None:
-        rows = self._take_prefetch()
-        if rows:
-            self.leases.release(rows)
-

@@ -35,6 +35,7 @@ from .leases import Leases
 from .outcomes import Outcomes
 from .outcomes import RequestFailed
 from .outcomes import read_results
+from .tuning import Tuning
 
 logger = logging.getLogger(__name__)
 
@@ -48,17 +49,16 @@ class Transport:
     :param client: the Keen write client.
     :param outcomes: records the answers.
     :param leases: the rows' leases (renewed while sending, let go after).
-    :param batch_size: events per request at most.
-    :param max_batch_bytes: body bytes per request at most.
+    :param tuning: the sender's numbers: ``batch_size`` events and ``max_batch_bytes``
+        bytes of body per request at most.
     :param name: the sender's name, for log lines.
     """
 
     client: KeenClient
     outcomes: Outcomes
     leases: Leases
-    batch_size: int
-    max_batch_bytes: int
-    name: str = "flask-keen-signup-sender"
+    tuning: Tuning
+    name: str
 
     def deliver(
         self,
@@ -93,11 +93,14 @@ class Transport:
         encoded, too_big = encode_rows(sendable)
         if too_big:
             outcomes.dead([(row, too_big_reason(size), "EventTooLarge") for row, size in too_big])
-        chunks = plan_requests(encoded, max_bytes=self.max_batch_bytes, max_events=self.batch_size)
+        tuning = self.tuning
+        chunks = plan_requests(
+            encoded, max_bytes=tuning.max_batch_bytes, max_events=tuning.batch_size
+        )
         for index, chunk in enumerate(chunks):
             late = deadline is not None and time.monotonic() >= deadline
             if late or stopping():
-                self.leases.outbox.release([row.id for later in chunks[index:] for row, _ in later])
+                self.leases.release([row for later in chunks[index:] for row, _ in later])
                 return
             try:
                 self.send(chunk)
@@ -138,8 +141,6 @@ class Transport:
             outcomes.request_failed(rows, exc)
         except KeenError as exc:  # connection refused/reset, timeouts
             outcomes.request_failed(rows, exc)
-        except (KeyboardInterrupt, SystemExit):
-            raise
         except Exception as exc:  # noqa: BLE001 - e.g. a key that cannot be a header value
             # Not Keen's answer: the request could not even be made. Retried like an
             # outage (backoff, circuit), so it shows in status and health instead of

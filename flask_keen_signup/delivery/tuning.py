@@ -126,5 +126,3 @@ class SenderStatus:
         data["resends"] = self.resends
         return data
 
-
-__all__ = ["DEFAULT_MAX_BATCH_BYTES", "SenderStatus", "Tuning"]

@@ -13,6 +13,7 @@ a flush, for the spool), logs what goes wrong, and leaves the next round to try 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import typing as t
@@ -23,6 +24,7 @@ from . import Outbox
 logger = logging.getLogger(__name__)
 
 
+@dataclasses.dataclass(eq=False)
 class Upkeep:
     """:param outbox: where delivered bodies are dropped.
     :param drain: decides spooled signups; ``None``: no spool.
@@ -31,21 +33,12 @@ class Upkeep:
     :param name: the sender's name, for log lines.
     """
 
-    def __init__(
-        self,
-        outbox: Outbox,
-        *,
-        drain: t.Callable[[], int] | None = None,
-        retention: float | None = None,
-        check_interval: float = 60.0,
-        name: str = "flask-keen-signup-sender",
-    ) -> None:
-        self.outbox = outbox
-        self.drain = drain
-        self.retention = retention
-        self.check_interval = check_interval
-        self.name = name
-        self._next_check = 0.0
+    outbox: Outbox
+    drain: t.Callable[[], int] | None
+    retention: float | None
+    check_interval: float
+    name: str
+    _next_check: float = 0.0
 
     def drain_spool(self) -> None:
         """Decide spooled signups (the store failed a login's budget); never raises."""

@@ -20,6 +20,7 @@ via :meth:`Worker.forked`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -29,11 +30,6 @@ import typing as t
 
 logger = logging.getLogger(__name__)
 
-#: A flush with no deadline (``timeout=None`` or ``inf``) still waits at most this long at
-#: once (``Event.wait`` cannot take ``inf``); it loops until the flush is done.
-_LONGEST_WAIT = 3600.0
-
-
 def seconds(timeout: float | None) -> float | None:
     """A flush or shutdown timeout: ``None`` for no deadline (``None``, ``inf``, or past
     what ``threading`` can wait for), 0 for NaN and negative values."""
@@ -42,21 +38,22 @@ def seconds(timeout: float | None) -> float | None:
     timeout = float(timeout)
     if math.isnan(timeout) or timeout <= 0:
         return 0.0
-    if timeout >= threading.TIMEOUT_MAX or math.isinf(timeout):
+    if timeout >= threading.TIMEOUT_MAX:  # inf too
         return None
     return timeout
 
 
+@dataclasses.dataclass
 class FlushRequest:
     """A flush handed to the thread: try every row due or backed off since ``since``.
 
     :param deadline: ``time.monotonic()`` value to give up at, or ``None``.
     """
 
-    def __init__(self, deadline: float | None) -> None:
-        self.deadline = deadline
-        self.since = time.time()
-        self.done = threading.Event()
+    deadline: float | None
+    #: ``time`` looked up at each call: a test's fake clock (tests/_clock.py) reaches it.
+    since: float = dataclasses.field(default_factory=lambda: time.time())
+    done: threading.Event = dataclasses.field(default_factory=threading.Event)
 
 
 class Job(t.Protocol):
@@ -167,11 +164,7 @@ class Worker:
             )
             helper.start()
         deadline = request.deadline
-        while not request.done.is_set():
-            left = _LONGEST_WAIT if deadline is None else deadline - time.monotonic()
-            if left <= 0:
-                break
-            request.done.wait(min(left, _LONGEST_WAIT))
+        request.done.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     # ------------------------------------------------------------ the loop
 

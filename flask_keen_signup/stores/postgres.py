@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import typing as t
 
-from ..postgres import REQUEST
-from ..postgres import WORKER
 from ..postgres import PostgresDatabase
+from ..postgres_pools import REQUEST
+from ..postgres_pools import WORKER
 from . import MarkerState
 from . import MarkerStore
 from . import erased_user_id

@@ -285,9 +285,9 @@ def test_settings_and_state_reprs_hide_the_url(postgres_url: str, tmp_path: t.An
 
 
 def test_schema_is_created_on_first_use_versioned_and_idempotent(postgres_url: str) -> None:
-    from flask_keen_signup.postgres import SCHEMA_VERSION
     from flask_keen_signup.postgres import PostgresDatabase
-    from flask_keen_signup.postgres import schema_sql
+    from flask_keen_signup.postgres_schema import SCHEMA_VERSION
+    from flask_keen_signup.postgres_schema import schema_sql
 
     schema = fresh_schema()
     first = PostgresDatabase(postgres_url, schema=schema, timeout=5)
@@ -326,7 +326,7 @@ def test_hosts_starting_together_create_the_schema_once(postgres_url: str) -> No
         thread.join(60)
     try:
         assert errors == []
-        from flask_keen_signup.postgres import SCHEMA_VERSION
+        from flask_keen_signup.postgres_schema import SCHEMA_VERSION
 
         assert databases[0].schema_version() == SCHEMA_VERSION
     finally:
@@ -339,10 +339,10 @@ def test_an_older_schema_is_upgraded_with_only_the_missing_migrations(
 ) -> None:
     """A database left at version 1 (an earlier release) gets version 2 on first use;
     its rows stay."""
-    from flask_keen_signup.postgres import MIGRATIONS
-    from flask_keen_signup.postgres import SCHEMA_VERSION
     from flask_keen_signup.postgres import PostgresDatabase
     from flask_keen_signup.postgres_schema import _BOOTSTRAP
+    from flask_keen_signup.postgres_schema import MIGRATIONS
+    from flask_keen_signup.postgres_schema import SCHEMA_VERSION
     from flask_keen_signup.stores.postgres import PostgresStore
 
     assert SCHEMA_VERSION >= 2
@@ -382,7 +382,7 @@ def test_the_shipped_sql_creates_what_the_code_uses(postgres_url: str) -> None:
     """A DBA runs ``flask keen-signup schema`` output; the app, without CREATE, works."""
     from flask_keen_signup.delivery.postgres_outbox import PostgresOutbox
     from flask_keen_signup.postgres import PostgresDatabase
-    from flask_keen_signup.postgres import schema_sql
+    from flask_keen_signup.postgres_schema import schema_sql
     from flask_keen_signup.stores.postgres import PostgresStore
 
     schema = fresh_schema()

@@ -143,7 +143,7 @@ def test_hosts_starting_together_through_a_transaction_pooler_create_the_schema_
 ) -> None:
     """The schema is created under ``pg_advisory_xact_lock``: a session lock would stay
     with a server connection the pooler gives to someone else."""
-    from flask_keen_signup.postgres import SCHEMA_VERSION
+    from flask_keen_signup.postgres_schema import SCHEMA_VERSION
     from flask_keen_signup.stores.postgres import PostgresStore
 
     schema = fresh_schema()

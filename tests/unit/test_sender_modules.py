@@ -109,7 +109,7 @@ def test_each_module_imports_first_and_alone(name: str) -> None:
 
 
 def test_the_tuning_is_checked_once_and_clamped() -> None:
-    from flask_keen_signup.delivery.sender import Tuning
+    from flask_keen_signup.delivery.tuning import Tuning
 
     for bad in (
         {"batch_size": 0},
