@@ -13,7 +13,8 @@ the steps in that order, whatever the order their modules happened to be importe
 3. ``"spool"`` (:mod:`.spool`): in the child, close the parent's spool files; the child
    appends to a file of its own.
 4. ``"postgres"`` (:mod:`.postgres_pools`): in the child, drop the parent's connection
-   pools unused (their sockets are the parent's); the child opens its own.
+   pools unused (their sockets are the parent's; the child opens its own) and reset the
+   statement deadlines' watch (:mod:`.postgres_deadlines`: its thread is the parent's).
 5. ``"senders"`` (:mod:`.delivery.shutdown`): in the child, restart the senders that ran
    in the parent (last: they use all of the above); at exit, flush and stop them.
 
