@@ -7,6 +7,7 @@ custom backends, whose outbox (and, for ``auth0``, local ledger) is this same fi
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 import typing as t
@@ -83,21 +84,16 @@ class SQLiteMigrationLedger:
         # An erased user's marker is kept under a hash of the id (``forget``): known too.
         names = {user_id: user_id for user_id in user_ids}
         names.update((erased_user_id(collection, user_id), user_id) for user_id in user_ids)
-        listed = list(names)
-        found: set[str] = set()
         try:
             with self.ledger.database.reading() as conn:
-                for start in range(0, len(listed), 500):
-                    part = listed[start : start + 500]
-                    rows = conn.execute(
-                        "SELECT user_id FROM keen_signup_markers WHERE collection = ? "
-                        f"AND user_id IN ({','.join('?' * len(part))})",
-                        (collection, *part),
-                    )
-                    found.update(names[name] for (name,) in rows)
+                rows = conn.execute(
+                    "SELECT user_id FROM keen_signup_markers WHERE collection = ? "
+                    "AND user_id IN (SELECT value FROM json_each(?))",
+                    (collection, json.dumps(list(names))),
+                ).fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read the marker ledger: {exc}") from exc
-        return found
+        return {names[name] for (name,) in rows}
 
     def mark(self, user_ids: t.Sequence[str]) -> set[str]:
         return set(self._write(user_ids, None, "the marker ledger"))
