@@ -46,7 +46,6 @@ logger = logging.getLogger(__name__)
 OK = "ok"
 DEGRADED = "degraded"
 FAILING = "failing"
-VERDICTS = (OK, DEGRADED, FAILING)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,11 +16,13 @@ from ..exceptions import StoreError
 from .parts import ClaimAndEnqueue
 from .parts import ClaimAndEnqueueMany
 from .parts import Parts
+from .parts import RecentUserIds
 from .parts import Wiring
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from ..delivery import QueuedEvent
     from ..delivery.sqlite_outbox import SQLiteOutbox
+    from ..stores import MarkerStore
     from ..stores.sqlite import SQLiteStore
 
 
@@ -140,5 +142,32 @@ def build(wiring: Wiring) -> Parts:
         claim_and_enqueue=claim_and_enqueue(request_ledger, request_outbox),
         claim_and_enqueue_many=claim_and_enqueue_many(ledger, outbox),
         recent_user_ids=lambda states, limit: request_ledger.recent_user_ids(states, limit=limit),
+        migration_ledger=lambda: SQLiteMigrationLedger(ledger, outbox),
+    )
+
+
+def apart(
+    store: MarkerStore,
+    wiring: Wiring,
+    *,
+    in_request_only: bool = False,
+    recent_user_ids: RecentUserIds | None = None,
+) -> Parts:
+    """The parts of a store that claims apart from the file whose outbox it uses (a store
+    instance, ``session``): claim, queue, and release the claim if queueing failed.
+
+    :param in_request_only: the store is reachable only in the login request (the
+        per-browser session): the file's ledger confirms, and the drain only queues.
+    """
+    ledger, outbox = ledger_and_outbox(wiring, request=False)
+    _, request_outbox = ledger_and_outbox(wiring, request=True)
+    return Parts(
+        store=store,
+        claimer=store,
+        outbox=outbox,
+        request_outbox=request_outbox,
+        confirm_in=ledger if in_request_only else store,
+        drain_claimer=None if in_request_only else store,
+        recent_user_ids=recent_user_ids,
         migration_ledger=lambda: SQLiteMigrationLedger(ledger, outbox),
     )

@@ -77,18 +77,8 @@ class SQLiteOutbox(Outbox):
         One INSERT of the JSON the event was serialised to when it was created.
         """
         now = time.time() if now is None else now
-        cursor = conn.execute(
-            schema.INSERT,
-            (
-                event.collection,
-                event.user_id,
-                event.uniqueness_token,
-                event.body_json,
-                now,
-                now,
-            ),
-        )
-        return int(cursor.lastrowid or 0)
+        fields = (event.collection, event.user_id, event.uniqueness_token, event.body_json)
+        return int(conn.execute(schema.INSERT, (*fields, now, now)).lastrowid or 0)
 
     def enqueue(self, event: QueuedEvent, *, now: float | None = None) -> int:
         try:
