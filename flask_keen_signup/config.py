@@ -151,30 +151,27 @@ class Settings:
         return bool(self.auth0_domain and self.auth0_client_id and self.auth0_client_secret)
 
 
-def validate_collection_name(name: str) -> str | None:
-    """Return why ``name`` breaks Keen's collection-name rules, or ``None`` if it is valid."""
-    if not _COLLECTION_RE.match(name):
-        return "must be 1-64 ASCII characters"
-    if "$" in name:
-        return "cannot contain '$'"
-    if name.startswith("_"):
-        return "cannot start with '_'"
-    if name.startswith(".") or name.endswith("."):
-        return "cannot start or end with '.'"
-    return None
-
-
 def _as_addons(key: str, value: object) -> tuple[str, ...]:
     return tuple(_as_choice(key, addon, ADDONS) for addon in _as_list(key, value))
 
 
 def _as_collection(key: str, value: object) -> str:
-    if not isinstance(value, str) or (problem := validate_collection_name(value)):
-        raise ConfigurationError(
-            f"{key} {safe_repr(value, limit=80)} is not a valid Keen collection name: "
-            f"{problem if isinstance(value, str) else 'must be a string'}"
-        )
-    return value
+    """A name Keen accepts for a collection."""
+    if not isinstance(value, str):
+        problem = "must be a string"
+    elif not _COLLECTION_RE.match(value):
+        problem = "must be 1-64 ASCII characters"
+    elif "$" in value:
+        problem = "cannot contain '$'"
+    elif value.startswith("_"):
+        problem = "cannot start with '_'"
+    elif value.startswith(".") or value.endswith("."):
+        problem = "cannot start or end with '.'"
+    else:
+        return value
+    raise ConfigurationError(
+        f"{key} {safe_repr(value, limit=80)} is not a valid Keen collection name: {problem}"
+    )
 
 
 def _as_store(key: str, value: object) -> str | object:
