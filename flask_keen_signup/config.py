@@ -220,15 +220,8 @@ def _text_or(default: str) -> _Reader:
     return lambda key, value: _as_optional_str(key, value) or default
 
 
-def _number(minimum: float, maximum: float = MAX_NUMBER) -> _Reader:
-    return functools.partial(_as_number, minimum=minimum, maximum=maximum)
-
-
-def _integer(minimum: int, maximum: int) -> _Reader:
-    def read(key: str, value: object) -> int:
-        return int(_as_number(key, value, minimum=minimum, maximum=maximum, integer=True))
-
-    return read
+def _number(minimum: float, maximum: float = MAX_NUMBER, *, integer: bool = False) -> _Reader:
+    return functools.partial(_as_number, minimum=minimum, maximum=maximum, integer=integer)
 
 
 def _duration(maximum: float) -> _Reader:
@@ -266,9 +259,9 @@ _KEYS: tuple[tuple[str, t.Any, _Reader], ...] = (
     ("KEEN_SIGNUP_PROPAGATE_ERRORS", None, _as_optional_bool),
     ("KEEN_SIGNUP_AUTH0_REQUESTS_PER_SECOND", DEFAULT_AUTH0_REQUESTS_PER_SECOND, _number(0.01)),
     ("KEEN_SIGNUP_TIMEOUT", DEFAULT_TIMEOUT, functools.partial(_as_timeout, maximum=MAX_TIMEOUT)),
-    ("KEEN_SIGNUP_BATCH_SIZE", DEFAULT_BATCH_SIZE, _integer(1, MAX_BATCH_SIZE)),
+    ("KEEN_SIGNUP_BATCH_SIZE", DEFAULT_BATCH_SIZE, _number(1, MAX_BATCH_SIZE, integer=True)),
     ("KEEN_SIGNUP_FLUSH_INTERVAL", DEFAULT_FLUSH_INTERVAL, _number(0.01, MAX_FLUSH_INTERVAL)),
-    ("KEEN_SIGNUP_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, _integer(1, MAX_ATTEMPTS)),
+    ("KEEN_SIGNUP_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, _number(1, MAX_ATTEMPTS, integer=True)),
     ("KEEN_SIGNUP_SHUTDOWN_TIMEOUT", DEFAULT_SHUTDOWN_TIMEOUT, _number(0, MAX_SHUTDOWN_TIMEOUT)),
     ("KEEN_SIGNUP_RETENTION", DEFAULT_RETENTION, _duration(MAX_RETENTION)),
     ("KEEN_SIGNUP_STORE_TIMEOUT", DEFAULT_STORE_TIMEOUT, _as_store_timeout),

@@ -73,8 +73,7 @@ def load_health_thresholds(app: Flask) -> HealthThresholds:
         key = f"KEEN_SIGNUP_HEALTH_{field.name.upper()}"
         integer = isinstance(field.default, int)
         raw = app.config.get(key, field.default)
-        number = _as_number(key, raw, minimum=0, maximum=MAX_RETENTION, integer=integer)
-        values[field.name] = int(number) if integer else number
+        values[field.name] = _as_number(key, raw, minimum=0, maximum=MAX_RETENTION, integer=integer)
     thresholds = HealthThresholds(**values)
     if thresholds.failing_pending_age < thresholds.max_pending_age:
         raise ConfigurationError(
