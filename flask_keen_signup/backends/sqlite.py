@@ -98,32 +98,30 @@ class SQLiteMigrationLedger:
         return {names[name] for (name,) in rows}
 
     def mark(self, user_ids: t.Sequence[str]) -> set[str]:
-        return set(self._write(user_ids, None, "the marker ledger"))
+        return self._write(user_ids, (), "the marker ledger")
 
     def report(self, events: t.Sequence[QueuedEvent]) -> int:
         user_ids = [event.user_id for event in events]
         return len(self._write(user_ids, events, "the marker ledger and outbox"))
 
     def _write(
-        self, user_ids: t.Sequence[str], events: t.Sequence[QueuedEvent] | None, what: str
-    ) -> list[str]:
-        """Confirmed markers for ``user_ids`` where none exist, each with its event queued
-        (when ``events`` are given), in one transaction; the users marked."""
+        self, user_ids: t.Sequence[str], events: t.Sequence[QueuedEvent], what: str
+    ) -> set[str]:
+        """Confirmed markers for ``user_ids`` where none exist, and the events of the users
+        marked queued, in one transaction; the users marked."""
         now = time.time()
-        marked = []
         try:
             with self.ledger.database.transaction() as conn:
-                for number, user_id in enumerate(user_ids):
-                    cursor = conn.execute(
-                        "INSERT INTO keen_signup_markers (collection, user_id, state, "
-                        "claimed_at, confirmed_at) VALUES (?, ?, 'confirmed', ?, ?) "
-                        "ON CONFLICT (collection, user_id) DO NOTHING",
-                        (self.ledger.collection, user_id, now, now),
-                    )
-                    if cursor.rowcount == 1:
-                        marked.append(user_id)
-                        if events is not None:
-                            self.outbox.enqueue_in(conn, events[number], now=now)
+                rows = conn.execute(
+                    "INSERT INTO keen_signup_markers (collection, user_id, state, claimed_at, "
+                    "confirmed_at) SELECT ?, value, 'confirmed', ?, ? FROM json_each(?) "
+                    "WHERE true ON CONFLICT (collection, user_id) DO NOTHING RETURNING user_id",
+                    (self.ledger.collection, now, now, json.dumps(list(user_ids))),
+                )
+                marked = {user_id for (user_id,) in rows}
+                for event in events:
+                    if event.user_id in marked:
+                        self.outbox.enqueue_in(conn, event, now=now)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot write {what}: {exc}") from exc
         return marked
