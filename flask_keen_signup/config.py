@@ -174,11 +174,15 @@ def _as_collection(key: str, value: object) -> str:
     )
 
 
+#: ``KEEN_SIGNUP_STORE`` not set: the backends' default (``None`` is refused, as ever).
+_UNSET = object()
+
+
 def _as_store(key: str, value: object) -> str | object:
     from .backends import DEFAULT_STORE  # the store names are the backends'
     from .backends import check_store
 
-    return check_store(DEFAULT_STORE if value is None else value)
+    return check_store(DEFAULT_STORE if value is _UNSET else value)
 
 
 def _as_credential(key: str, value: object) -> str | None:
@@ -237,7 +241,7 @@ _KEYS: tuple[tuple[str, t.Any, _Reader], ...] = (
     ("KEEN_MASTER_KEY", None, _as_credential),
     ("KEEN_API_URL", None, _as_api_url),
     ("KEEN_SIGNUP_COLLECTION", DEFAULT_COLLECTION, _as_collection),
-    ("KEEN_SIGNUP_STORE", None, _as_store),
+    ("KEEN_SIGNUP_STORE", _UNSET, _as_store),
     ("KEEN_SIGNUP_AUTH0_DOMAIN", None, _as_auth0_domain),
     ("KEEN_SIGNUP_AUTH0_CLIENT_ID", None, _as_optional_str),
     ("KEEN_SIGNUP_AUTH0_CLIENT_SECRET", None, _as_credential),
