@@ -9,6 +9,7 @@ Every key starts with ``KEEN_SIGNUP_REDIS_PREFIX``; a Redis Cluster
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 import typing as t
@@ -114,13 +115,6 @@ def build(wiring: Wiring) -> Parts:
 
     store, outbox = store_and_outbox(client)
     request_store, request_outbox = store_and_outbox(request_client)
-
-    def in_one_script(user_id: str, queued: QueuedEvent) -> bool:
-        return request_outbox.claim_and_enqueue(request_store, user_id, queued)
-
-    def in_scripts(events: t.Sequence[QueuedEvent]) -> list[bool]:
-        return outbox.claim_and_enqueue_many(store, events)
-
     return Parts(
         store=store,
         claimer=request_store,
@@ -128,8 +122,8 @@ def build(wiring: Wiring) -> Parts:
         request_outbox=request_outbox,
         confirm_in=store,
         drain_claimer=store,
-        claim_and_enqueue=in_one_script,
-        claim_and_enqueue_many=in_scripts,
+        claim_and_enqueue=functools.partial(request_outbox.claim_and_enqueue, request_store),
+        claim_and_enqueue_many=functools.partial(outbox.claim_and_enqueue_many, store),
         migration_ledger=lambda: MigrationLedger(store, outbox),
         uses_database=False,
     )
