@@ -23,27 +23,12 @@ consumer and re-deliver it when the consumer dies", but not the rest of the cont
 So the outbox is a row hash per event plus sorted sets used as indexes, and every
 operation is a single Lua script (Redis runs a script atomically: no other client sees a
 half-done change, and two claimers are serialised). Scripts decide first and write last,
-so a script that fails on a bad key writes nothing. Keys, with ``P = {prefix}:outbox``::
-
-    P:seq            counter: row ids (INCR)
-    P:row:<id>       hash: collection, user_id, token, body (compact JSON), state,
-                     attempts, created_at, next_at, owner (lease owner), last_at
-                     (last claim), last_error, done_at, first_failed (the first
-                     retryable failure; rows written before it existed simply gain it at
-                     their next failure); dead rows add reason, error_code, died_at
-    P:open           zset of pending + confirming rows, score next_attempt_at
-                     (a leased row's score is its lease expiry: claimable after it)
-    P:leased         zset of open rows with a lease owner, score lease expiry
-    P:idle           zset of open rows without a lease, score last claim time (0: never);
-                     what a flush may claim ahead of its backoff (``flush_since``)
-    P:created        zset of open rows, score created_at (``oldest_pending_age``)
-    P:done           zset of delivered + skipped rows kept, score done_at (pruning)
-    P:dead           zset of dead letters, score died_at
-    P:meta           hash: delivered, skipped, resends counters; last_error
-
-Zset members are row ids zero-padded to 16 digits so that equal scores order by id.
-Times are the callers' wall-clock seconds (the :class:`~.Outbox` contract), stored as the
-exact ``repr`` of the float the caller passed.
+so a script that fails on a bad key writes nothing. The scripts are the package's
+``lua/outbox_<name>.lua`` files, each run after the prelude ``lua/outbox.lua``, which
+names the keys and describes them (``P:row:<id>`` hashes and ``P:open``, ``P:leased``,
+``P:idle``, ``P:created``, ``P:done``, ``P:dead`` sorted sets, with ``P = {prefix}:outbox``;
+also in ``docs/redis.md``). Times are the callers' wall-clock seconds (the
+:class:`~.Outbox` contract), stored as the exact ``repr`` of the float the caller passed.
 
 Claiming is ``ZRANGEBYSCORE P:open -inf now LIMIT n``, then for each row: attempts + 1,
 owner set, score moved to ``now + lease``. A leased row is therefore invisible to other
@@ -52,8 +37,8 @@ claimers until its lease expires, and a row whose owner vanished is claimed agai
 
 Durability is Redis's: see ``docs/redis.md`` for AOF settings.
 
-Redis Cluster. Each script declares in ``KEYS`` every index and counter it touches (and
-the claim-and-enqueue script the user's marker). The row hashes are the one exception:
+Redis Cluster. Every script declares in ``KEYS`` all the outbox's indexes and counters
+(and the claim-and-enqueue script the user's marker). The row hashes are the one exception:
 which rows a script touches is known only inside it (``ZRANGEBYSCORE``), so it computes
 ``P:row:<id>`` from the row prefix it gets as ``ARGV[1]``. That is safe in a cluster by
 construction: the prefix must carry a ``{…}`` hash tag (the constructor refuses a cluster
@@ -66,20 +51,17 @@ from __future__ import annotations
 import time
 import typing as t
 
-from ..stores.redis import CLAIM_DECISION_LUA
 from ..stores.redis import DEFAULT_PREFIX
 from ..stores.redis import RedisStore
 from ..stores.redis import check_prefix
 from ..stores.redis import is_cluster
+from ..stores.redis import lua
 from ..stores.redis import store_errors
 from ..stores.redis import text
-from . import DELIVERED
-from . import SKIPPED
 from . import DeadLetter
 from . import ErasedRows
 from . import Outbox
 from . import OutboxRow
-from . import OutboxStats
 from . import QueuedEvent
 
 if t.TYPE_CHECKING:  # at run time the import of ..stores.redis checked the dependency
@@ -89,465 +71,28 @@ if t.TYPE_CHECKING:  # at run time the import of ..stores.redis checked the depe
 #: a script blocks the whole server while it runs, so long jobs go in slices.
 CHUNK = 1000
 
-# Helpers shared by the scripts. ARGV[1] is always the row key prefix ("P:row:"): row keys
-# are computed from it, in the declared keys' slot by construction (module docstring).
-_PRELUDE = """
-local ROW = ARGV[1]
-local function member(id)
-  return string.format('%016d', tonumber(id))
-end
-local function row_key(id)
-  return ROW .. tonumber(id)
-end
-local function is_open(state)
-  return state == 'pending' or state == 'confirming'
-end
--- The row is open and leaves its lease: back into the idle index at its last claim time.
-local function unlease(key, m, leased, idle)
-  redis.call('HDEL', key, 'owner')
-  redis.call('ZREM', leased, m)
-  redis.call('ZADD', idle, redis.call('HGET', key, 'last_at') or 0, m)
-end
-"""
-
-# KEYS: seq, open, idle, created.  ARGV: row prefix, now, collection, user, token, body.
-_ENQUEUE_BODY = """
-local function enqueue(seq, open, idle, created, now, collection, user, token, body)
-  local id = redis.call('INCR', seq)
-  local m = member(id)
-  redis.call('HSET', row_key(id), 'collection', collection, 'user_id', user,
-             'token', token, 'body', body, 'state', 'pending', 'attempts', 0,
-             'created_at', now, 'next_at', now)
-  redis.call('ZADD', open, now, m)
-  redis.call('ZADD', idle, 0, m)
-  redis.call('ZADD', created, now, m)
-  return id
-end
--- Refuse (before any write) keys that a later write would fail on.
-local function check_types(keys, kinds)
-  for i, key in ipairs(keys) do
-    local kind = redis.call('TYPE', key).ok
-    if kind ~= 'none' and kind ~= kinds[i] then
-      return redis.error_reply('WRONGTYPE ' .. key .. ' is a ' .. kind .. ', not a ' .. kinds[i])
-    end
-  end
-  return nil
-end
-"""
-
-_ENQUEUE_LUA = (
-    _PRELUDE
-    + _ENQUEUE_BODY
-    + """
-local bad = check_types(KEYS, {'string', 'zset', 'zset', 'zset'})
-if bad then return bad end
-return enqueue(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
-"""
-)
-
-# KEYS: marker, seq, open, idle, created.
-# ARGV: row prefix, now, collection, user, token, body, reclaim_after ('' = never).
-# Returns the new row id, or 0 when the user was already claimed (nothing written).
-_CLAIM_AND_ENQUEUE_LUA = (
-    _PRELUDE
-    + _ENQUEUE_BODY
-    + CLAIM_DECISION_LUA
-    + """
-local bad = check_types(KEYS, {'string', 'string', 'zset', 'zset', 'zset'})
-if bad then return bad end
-local server_time = server_now()
-if not may_claim(KEYS[1], server_time, ARGV[7]) then
-  return 0
-end
-redis.call('SET', KEYS[1], string.format('pending:%.6f', server_time))
-return enqueue(KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
-"""
-)
-
-# KEYS: open, leased, idle, meta.
-# ARGV: row prefix, now, lease expiry, owner, limit, flush_since ('' = no flush).
-_CLAIM_LUA = (
-    _PRELUDE
-    + """
-local open, leased, idle, meta = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local now, lease_until, owner = ARGV[2], ARGV[3], ARGV[4]
-local limit, since = tonumber(ARGV[5]), ARGV[6]
-local due = redis.call('ZRANGEBYSCORE', open, '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
-local picks, seen = {}, {}
-for i = 1, #due, 2 do
-  picks[#picks + 1] = {due[i], tonumber(due[i + 1])}
-  seen[due[i]] = true
-end
-if since ~= '' then
-  -- A flush also takes rows waiting out a backoff, if not claimed since it began.
-  local waiting = redis.call('ZRANGEBYSCORE', idle, '-inf', '(' .. since, 'LIMIT', 0, limit)
-  for _, m in ipairs(waiting) do
-    if not seen[m] then
-      local score = redis.call('ZSCORE', open, m)
-      if score then
-        picks[#picks + 1] = {m, tonumber(score)}
-        seen[m] = true
-      end
-    end
-  end
-  table.sort(picks, function(a, b)
-    if a[2] ~= b[2] then return a[2] < b[2] end
-    return a[1] < b[1]
-  end)
-end
-local rows, resends = {}, 0
-for i = 1, math.min(limit, #picks) do
-  local m = picks[i][1]
-  local key = row_key(m)
-  local f = redis.call('HMGET', key, 'collection', 'user_id', 'token', 'body', 'attempts',
-                       'created_at', 'last_error', 'state', 'owner', 'first_failed')
-  if not f[1] or not is_open(f[8]) then
-    -- An index entry without its open row (never written by these scripts): drop it.
-    redis.call('ZREM', open, m)
-    redis.call('ZREM', leased, m)
-    redis.call('ZREM', idle, m)
-  else
-    if f[9] and f[8] == 'pending' then
-      resends = resends + 1  -- the previous claim ended with no outcome recorded
-    end
-    local attempts = tonumber(f[5]) + 1
-    redis.call('HSET', key, 'attempts', attempts, 'owner', owner, 'next_at', lease_until,
-               'last_at', now)
-    redis.call('ZADD', open, lease_until, m)
-    redis.call('ZADD', leased, lease_until, m)
-    redis.call('ZREM', idle, m)
-    rows[#rows + 1] = {tonumber(m), f[1], f[2], f[3], f[4], attempts, f[6], f[7], f[8], f[10]}
-  end
-end
-if resends > 0 then
-  redis.call('HINCRBY', meta, 'resends', resends)
-end
-return rows
-"""
-)
-
-# KEYS: open, leased, idle, created, done, meta.
-# ARGV: row prefix, state (delivered|skipped), now, keep ('1'|'0'), then (id, reason) pairs.
-_FINISH_LUA = (
-    _PRELUDE
-    + """
-local open, leased, idle, created, done, meta = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local state, now, keep = ARGV[2], ARGV[3], ARGV[4] == '1'
-local count = 0
-for i = 5, #ARGV, 2 do
-  local m, key = member(ARGV[i]), row_key(ARGV[i])
-  if is_open(redis.call('HGET', key, 'state')) then
-    count = count + 1
-    redis.call('ZREM', open, m)
-    redis.call('ZREM', leased, m)
-    redis.call('ZREM', idle, m)
-    redis.call('ZREM', created, m)
-    if keep then
-      redis.call('HSET', key, 'state', state, 'done_at', now)
-      redis.call('HDEL', key, 'owner')
-      if state == 'skipped' then
-        redis.call('HSET', key, 'last_error', 'skipped: ' .. ARGV[i + 1])
-      end
-      redis.call('ZADD', done, now, m)
-    else
-      redis.call('DEL', key)
-    end
-  end
-end
-if count > 0 then
-  redis.call('HINCRBY', meta, state, count)
-end
-return count
-"""
-)
-
-# KEYS: open, leased, idle, meta.  ARGV: row prefix, next_at, error, ids...
-_CONFIRMING_LUA = (
-    _PRELUDE
-    + """
-local open, leased, idle, meta = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-for i = 4, #ARGV do
-  local m, key = member(ARGV[i]), row_key(ARGV[i])
-  if is_open(redis.call('HGET', key, 'state')) then
-    redis.call('HSET', key, 'state', 'confirming', 'attempts', 0, 'next_at', ARGV[2],
-               'last_error', ARGV[3])
-    redis.call('ZADD', open, ARGV[2], m)
-    unlease(key, m, leased, idle)
-  end
-end
-redis.call('HSET', meta, 'last_error', ARGV[3])
-return 0
-"""
-)
-
-# KEYS: open, leased, idle, meta.
-# ARGV: row prefix, now, then (id, next_at, error) triples.
-_RETRY_LUA = (
-    _PRELUDE
-    + """
-local open, leased, idle, meta = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local last_error = nil
-for i = 3, #ARGV, 3 do
-  local m, key = member(ARGV[i]), row_key(ARGV[i])
-  last_error = ARGV[i + 2]
-  if is_open(redis.call('HGET', key, 'state')) then
-    redis.call('HSET', key, 'next_at', ARGV[i + 1], 'last_error', ARGV[i + 2])
-    redis.call('HSETNX', key, 'first_failed', ARGV[2])
-    redis.call('ZADD', open, ARGV[i + 1], m)
-    unlease(key, m, leased, idle)
-  end
-end
-if last_error then
-  redis.call('HSET', meta, 'last_error', last_error)
-end
-return 0
-"""
-)
-
-# KEYS: open, leased, idle, created, dead, meta.
-# ARGV: row prefix, now, then (id, reason, has_code '1'|'0', code) quadruples.
-_DEAD_LUA = (
-    _PRELUDE
-    + """
-local open, leased, idle, created, dead, meta = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local now, last_reason = ARGV[2], nil
-for i = 3, #ARGV, 4 do
-  local m, key = member(ARGV[i]), row_key(ARGV[i])
-  last_reason = ARGV[i + 1]
-  if is_open(redis.call('HGET', key, 'state')) then
-    redis.call('HSET', key, 'state', 'dead', 'reason', ARGV[i + 1], 'died_at', now)
-    if ARGV[i + 2] == '1' then
-      redis.call('HSET', key, 'error_code', ARGV[i + 3])
-    else
-      redis.call('HDEL', key, 'error_code')
-    end
-    redis.call('HDEL', key, 'owner')
-    redis.call('ZREM', open, m)
-    redis.call('ZREM', leased, m)
-    redis.call('ZREM', idle, m)
-    redis.call('ZREM', created, m)
-    redis.call('ZADD', dead, now, m)
-  end
-end
-if last_reason then
-  redis.call('HSET', meta, 'last_error', last_reason)
-end
-return 0
-"""
-)
-
-# KEYS: open, leased, idle.  ARGV: row prefix, now, ids...
-_RELEASE_LUA = (
-    _PRELUDE
-    + """
-local open, leased, idle = KEYS[1], KEYS[2], KEYS[3]
-for i = 3, #ARGV do
-  local m, key = member(ARGV[i]), row_key(ARGV[i])
-  local f = redis.call('HMGET', key, 'state', 'owner', 'attempts')
-  if is_open(f[1]) and f[2] then
-    redis.call('HSET', key, 'next_at', ARGV[2], 'attempts', math.max(0, tonumber(f[3]) - 1))
-    redis.call('ZADD', open, ARGV[2], m)
-    unlease(key, m, leased, idle)
-  end
-end
-return 0
-"""
-)
-
-# KEYS: open, leased.  ARGV: row prefix, owner, lease expiry, ids...
-# Extends the owner's live leases; rows done or leased by another owner are left alone.
-_RENEW_LUA = (
-    _PRELUDE
-    + """
-local open, leased = KEYS[1], KEYS[2]
-local owner, lease_until = ARGV[2], ARGV[3]
-local count = 0
-for i = 4, #ARGV do
-  local m = member(ARGV[i])
-  local key = row_key(ARGV[i])
-  local f = redis.call('HMGET', key, 'owner', 'state')
-  if f[1] == owner and is_open(f[2]) then
-    redis.call('HSET', key, 'next_at', lease_until)
-    redis.call('ZADD', open, lease_until, m)
-    redis.call('ZADD', leased, lease_until, m)
-    count = count + 1
-  end
-end
-return count
-"""
-)
-
-# KEYS: leased.  ARGV: row prefix.  The distinct owners of live and expired leases.
-_OWNERS_LUA = (
-    _PRELUDE
-    + """
-local owners, seen = {}, {}
-for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  local owner = redis.call('HGET', row_key(m), 'owner')
-  if owner and not seen[owner] then
-    seen[owner] = true
-    owners[#owners + 1] = owner
-  end
-end
-return owners
-"""
-)
-
-# KEYS: open, leased.  ARGV: row prefix, owners...  Make their rows due now.
-_EXPIRE_LUA = (
-    _PRELUDE
-    + """
-local open, leased = KEYS[1], KEYS[2]
-local orphans = {}
-for i = 2, #ARGV do orphans[ARGV[i]] = true end
-local count = 0
-for _, m in ipairs(redis.call('ZRANGE', leased, 0, -1)) do
-  local key = row_key(m)
-  local f = redis.call('HMGET', key, 'owner', 'next_at')
-  if f[1] and orphans[f[1]] then
-    count = count + 1
-    if tonumber(f[2]) > 0 then
-      redis.call('HSET', key, 'next_at', 0)
-      redis.call('ZADD', open, 0, m)
-      redis.call('ZADD', leased, 0, m)
-    end
-  end
-end
-return count
-"""
-)
-
-# KEYS: open, idle, created, dead.
-# ARGV: row prefix, now, limit (0: the ids given), ids...
-_RETRY_DEAD_LUA = (
-    _PRELUDE
-    + """
-local open, idle, created, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local now, limit = ARGV[2], tonumber(ARGV[3])
-local members = {}
-if limit > 0 then
-  members = redis.call('ZRANGE', dead, 0, limit - 1)
-else
-  for i = 4, #ARGV do members[#members + 1] = member(ARGV[i]) end
-end
-local count = 0
-for _, m in ipairs(members) do
-  local key = row_key(m)
-  if redis.call('ZREM', dead, m) == 1 then
-    local f = redis.call('HMGET', key, 'state', 'reason', 'created_at')
-    if f[1] == 'dead' then
-      count = count + 1
-      redis.call('HSET', key, 'state', 'pending', 'attempts', 0, 'next_at', now,
-                 'last_error', f[2])
-      redis.call('HDEL', key, 'reason', 'error_code', 'died_at', 'owner', 'last_at', 'done_at',
-                 'first_failed')
-      redis.call('ZADD', open, now, m)
-      redis.call('ZADD', idle, 0, m)
-      redis.call('ZADD', created, f[3], m)
-    end
-  end
-end
-return count
-"""
-)
-
-# KEYS: done.  ARGV: row prefix, cutoff, limit.
-_PRUNE_LUA = (
-    _PRELUDE
-    + """
-local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[2], 'LIMIT', 0,
-                        tonumber(ARGV[3]))
-for _, m in ipairs(gone) do
-  redis.call('DEL', row_key(m))
-  redis.call('ZREM', KEYS[1], m)
-end
-return #gone
-"""
-)
-
-# Retention. KEYS: done, meta.  ARGV: row prefix, cutoff, limit, offset, skew margin.
-# Rows finished before the last pass's cutoff (less a margin for hosts' clock skew) were
-# handled by that pass, so each pass reads only what finished since: cheap when idle.
-# Returns {bodies dropped, rows read}.
-_DROP_BODIES_LUA = (
-    _PRELUDE
-    + """
-local done, meta = KEYS[1], KEYS[2]
-local cutoff, limit = tonumber(ARGV[2]), tonumber(ARGV[3])
-local low = '-inf'
-local last = redis.call('HGET', meta, 'bodies_dropped_until')
-if last then low = tostring(tonumber(last) - tonumber(ARGV[5])) end
-local members = redis.call('ZRANGEBYSCORE', done, low, '(' .. ARGV[2], 'LIMIT',
-                           tonumber(ARGV[4]), limit)
-local dropped = 0
-for _, m in ipairs(members) do
-  local key = row_key(m)
-  local body = redis.call('HGET', key, 'body')
-  if body and body ~= '' then
-    redis.call('HSET', key, 'body', '')
-    dropped = dropped + 1
-  end
-end
-if #members < limit and (not last or tonumber(last) < cutoff) then
-  redis.call('HSET', meta, 'bodies_dropped_until', ARGV[2])
-end
-return {dropped, #members}
-"""
-)
-
-# Erasure. KEYS: open, leased, idle, created, done, dead, meta.
-# ARGV: row prefix, now, collection, user id, erased id, then row ids.
-# Returns {skipped, erased, dead letters deleted}.
-_FORGET_LUA = (
-    _PRELUDE
-    + """
-local open, leased, idle, created = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local done, dead, meta = KEYS[5], KEYS[6], KEYS[7]
-local now, collection, user, erased = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local skipped, cleared, deleted = 0, 0, 0
-for i = 6, #ARGV do
-  local m, key = member(ARGV[i]), row_key(ARGV[i])
-  local f = redis.call('HMGET', key, 'collection', 'user_id', 'state')
-  if f[1] == collection and f[2] == user then
-    if f[3] == 'dead' then
-      redis.call('DEL', key)
-      redis.call('ZREM', dead, m)
-      deleted = deleted + 1
-    elseif is_open(f[3]) then
-      redis.call('ZREM', open, m)
-      redis.call('ZREM', leased, m)
-      redis.call('ZREM', idle, m)
-      redis.call('ZREM', created, m)
-      redis.call('HDEL', key, 'owner')
-      redis.call('HSET', key, 'state', 'skipped', 'done_at', now, 'user_id', erased,
-                 'body', '', 'last_error', 'skipped: erased on request')
-      redis.call('ZADD', done, now, m)
-      redis.call('HINCRBY', meta, 'skipped', 1)
-      skipped = skipped + 1
-    else
-      redis.call('HSET', key, 'user_id', erased, 'body', '')
-      cleared = cleared + 1
-    end
-  end
-end
-redis.call('HDEL', meta, 'last_error')
-return {skipped, cleared, deleted}
-"""
-)
-
-# Status: one consistent snapshot (a script, not MULTI: redis-py's cluster pipelines differ
-# from version to version). KEYS: open, leased, meta, dead, created.  ARGV: now.
-_STATS_LUA = """
-local open, leased, meta, dead, created = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local oldest = redis.call('ZRANGE', created, 0, 0, 'WITHSCORES')
-return {redis.call('ZCARD', open), redis.call('ZCOUNT', open, '-inf', ARGV[1]),
-        redis.call('ZCOUNT', leased, '(' .. ARGV[1], '+inf'),
-        redis.call('HMGET', meta, 'delivered', 'skipped', 'resends', 'last_error'),
-        redis.call('ZCARD', dead), oldest[2] or false}
-"""
-
 #: Clock skew between hosts tolerated by the retention pass, in seconds.
 RETENTION_SKEW = 3600.0
+
+#: The keys (``{prefix}:outbox:<name>``) every script declares, in the order of the
+#: prelude's ``KEYS``.
+_KEYS = ("seq", "open", "leased", "idle", "created", "done", "dead", "meta")
+
+#: The scripts: ``lua/outbox_<name>.lua``, each run after the prelude ``lua/outbox.lua``.
+_SCRIPTS = (
+    "enqueue", "claim_and_enqueue", "claim", "finish", "confirming", "retry", "dead",
+    "release", "renew", "owners", "expire", "retry_dead", "prune", "drop_bodies", "forget",
+    "stats",
+)  # fmt: skip
+#: The files some scripts need between the prelude and their own.
+_NEEDS = {
+    "enqueue": ("outbox_enqueue_lib",),
+    "claim_and_enqueue": ("outbox_enqueue_lib", "claim_decision"),
+}
+_SOURCES = {name: lua("outbox", *_NEEDS.get(name, ()), f"outbox_{name}") for name in _SCRIPTS}
+
+#: The fields every row has, in the order the claim script returns them.
+_ROW_FIELDS = ("collection", "user_id", "token", "body", "attempts", "created_at")
 
 
 def _num(value: float) -> str:
@@ -555,8 +100,29 @@ def _num(value: float) -> str:
     return repr(float(value))
 
 
+def _at(now: float | None) -> str:
+    """``now`` (default: the wall clock) as the scripts take times."""
+    return _num(time.time() if now is None else now)
+
+
 def _opt_text(value: t.Any) -> str | None:
     return None if value is None else text(value)
+
+
+def _row_fields(r: t.Sequence[t.Any]) -> dict[str, t.Any]:
+    """:data:`_ROW_FIELDS` from a reply, as :class:`OutboxRow` and :class:`DeadLetter` take them."""
+    return {
+        "collection": text(r[0]),
+        "user_id": text(r[1]),
+        "uniqueness_token": text(r[2]),
+        "body_json": text(r[3]),
+        "attempts": int(r[4]),
+        "created_at": float(r[5]),
+    }
+
+
+def _event_args(event: QueuedEvent) -> list[str]:
+    return [event.collection, event.user_id, event.uniqueness_token, event.body_json]
 
 
 class RedisOutbox(Outbox):
@@ -587,33 +153,10 @@ class RedisOutbox(Outbox):
         self.prefix = prefix
         self.keep_delivered = keep_delivered
         self.close_client = close_client
-        base = f"{prefix}:outbox"
-        self._row = f"{base}:row:"
-        self._seq = f"{base}:seq"
-        self._open = f"{base}:open"
-        self._leased = f"{base}:leased"
-        self._idle = f"{base}:idle"
-        self._created = f"{base}:created"
-        self._done = f"{base}:done"
-        self._dead = f"{base}:dead"
-        self._meta = f"{base}:meta"
-        register = client.register_script
-        self._enqueue = register(_ENQUEUE_LUA)
-        self._claim_and_enqueue = register(_CLAIM_AND_ENQUEUE_LUA)
-        self._claim = register(_CLAIM_LUA)
-        self._finish = register(_FINISH_LUA)
-        self._confirming = register(_CONFIRMING_LUA)
-        self._retry = register(_RETRY_LUA)
-        self._kill = register(_DEAD_LUA)
-        self._release = register(_RELEASE_LUA)
-        self._renew = register(_RENEW_LUA)
-        self._owners = register(_OWNERS_LUA)
-        self._expire = register(_EXPIRE_LUA)
-        self._retry_dead = register(_RETRY_DEAD_LUA)
-        self._prune = register(_PRUNE_LUA)
-        self._drop_bodies = register(_DROP_BODIES_LUA)
-        self._forget = register(_FORGET_LUA)
-        self._stats = register(_STATS_LUA)
+        self._row = f"{prefix}:outbox:row:"
+        self._key = {name: f"{prefix}:outbox:{name}" for name in _KEYS}
+        self._keys = list(self._key.values())
+        self._scripts = {name: client.register_script(source) for name, source in _SOURCES.items()}
 
     def __repr__(self) -> str:
         return f"<RedisOutbox prefix={self.prefix!r}>"
@@ -622,16 +165,40 @@ class RedisOutbox(Outbox):
         """The key of one row's hash (for support work and tests)."""
         return f"{self._row}{row_id}"
 
+    def _run(
+        self, script: str, what: str, *args: t.Any, marker: str = "", client: t.Any = None
+    ) -> t.Any:
+        """Run ``script`` with every outbox key (then ``marker``, if given) and the row
+        prefix as its first argument; Redis's errors raise :class:`StoreError`."""
+        keys = [*self._keys, marker] if marker else self._keys
+        with store_errors(what):
+            return self._scripts[script](keys=keys, args=[self._row, *args], client=client)
+
+    def _until_short(self, script: str, what: str, *args: t.Any) -> int:
+        """Run ``script`` (on :data:`CHUNK` rows a call) until a call does fewer."""
+        total = 0
+        while True:
+            count = int(self._run(script, what, *args))
+            total += count
+            if count < CHUNK:
+                return total
+
+    def _members(self, index: str, start: int, stop: int) -> list[bytes | str]:
+        # redis-py types ZRANGE for every option combination; without scores it returns
+        # the members only.
+        return t.cast("list[bytes | str]", self.client.zrange(self._key[index], start, stop))
+
+    def _read_rows(self, members: t.Sequence[t.Any], *fields: str) -> list[list[t.Any]]:
+        """``fields`` of the rows of index ``members``, in one round trip (a pipeline)."""
+        pipe = self.client.pipeline(transaction=False)
+        for m in members:
+            pipe.hmget(self.row_key(int(m)), fields)
+        return t.cast("list[list[t.Any]]", pipe.execute())
+
     # -- request path -----------------------------------------------------------------
 
     def enqueue(self, event: QueuedEvent, *, now: float | None = None) -> int:
-        now = time.time() if now is None else now
-        with store_errors("enqueue in the outbox"):
-            row_id = self._enqueue(
-                keys=[self._seq, self._open, self._idle, self._created],
-                args=[self._row, _num(now), *self._event_args(event)],
-            )
-        return int(row_id)
+        return int(self._run("enqueue", "enqueue in the outbox", _at(now), *_event_args(event)))
 
     def claim_and_enqueue(
         self, store: RedisStore, user_id: str, event: QueuedEvent, *, now: float | None = None
@@ -647,13 +214,14 @@ class RedisOutbox(Outbox):
         :returns: ``True`` if this call claimed the user (and queued the event).
         :raises StoreError: Redis failed; then nothing was written.
         """
-        now = time.time() if now is None else now
-        with store_errors("claim and enqueue"):
-            row_id = self._claim_and_enqueue(
-                keys=[store.key(user_id), self._seq, self._open, self._idle, self._created],
-                args=[self._row, _num(now), *self._event_args(event), store.reclaim_arg],
-            )
-        return int(row_id) > 0
+        return int(self._claim_and_enqueue(store, user_id, event, _at(now))) > 0
+
+    def _claim_and_enqueue(
+        self, store: RedisStore, user_id: str, event: QueuedEvent, now: str, client: t.Any = None
+    ) -> t.Any:
+        args = [now, *_event_args(event), store.reclaim_arg]
+        what = "claim and enqueue"
+        return self._run("claim_and_enqueue", what, *args, marker=store.key(user_id), client=client)
 
     def claim_and_enqueue_many(
         self, store: RedisStore, events: t.Sequence[QueuedEvent], *, now: float | None = None
@@ -664,324 +232,134 @@ class RedisOutbox(Outbox):
         saves the round trips (the sender deciding a spool of thousands of signups). On a
         Redis Cluster it is one script call after another.
         """
-        now = time.time() if now is None else now
+        at = _at(now)
         if is_cluster(self.client):  # redis-py 5 refuses scripts in a cluster pipeline
-            return [self.claim_and_enqueue(store, e.user_id, e, now=now) for e in events]
+            return [int(self._claim_and_enqueue(store, e.user_id, e, at)) > 0 for e in events]
         with store_errors("claim and enqueue"):
             pipe = self.client.pipeline(transaction=False)
-            indexes = [self._seq, self._open, self._idle, self._created]
             for event in events:
-                self._claim_and_enqueue(
-                    keys=[store.key(event.user_id), *indexes],
-                    args=[self._row, _num(now), *self._event_args(event), store.reclaim_arg],
-                    client=pipe,
-                )
-            results = pipe.execute()
-        return [int(row_id) > 0 for row_id in results]
+                self._claim_and_enqueue(store, event.user_id, event, at, client=pipe)
+            return [int(row_id) > 0 for row_id in pipe.execute()]
 
-    @staticmethod
-    def _event_args(event: QueuedEvent) -> list[str]:
-        return [event.collection, event.user_id, event.uniqueness_token, event.body_json]
+    # -- storage primitives (see Outbox) -----------------------------------------------
 
-    # -- sender -----------------------------------------------------------------------
-
-    def claim_due(
-        self,
-        limit: int,
-        *,
-        now: float,
-        lease_seconds: float,
-        owner: str,
-        flush_since: float | None = None,
+    def _lease_due(
+        self, limit: int, now: float, until: float, owner: str, flush_since: float | None
     ) -> list[OutboxRow]:
-        if limit < 1:
-            return []
-        lease_until = now + lease_seconds
-        with store_errors("claim from the outbox"):
-            records = self._claim(
-                keys=[self._open, self._leased, self._idle, self._meta],
-                args=[
-                    self._row,
-                    _num(now),
-                    _num(lease_until),
-                    owner,
-                    limit,
-                    "" if flush_since is None else _num(flush_since),
-                ],
-            )
-        rows = [
+        since = "" if flush_since is None else _num(flush_since)
+        args = [_num(now), _num(until), owner, limit, since]
+        return [
             OutboxRow(
                 id=int(r[0]),
-                collection=text(r[1]),
-                user_id=text(r[2]),
-                uniqueness_token=text(r[3]),
-                body_json=text(r[4]),
-                attempts=int(r[5]),
-                created_at=float(r[6]),
-                next_attempt_at=lease_until,
+                **_row_fields(r[1:7]),
+                next_attempt_at=until,
                 last_error=_opt_text(r[7]),
                 state=text(r[8]),
                 first_failed_at=None if len(r) < 10 or r[9] is None else float(r[9]),
             )
-            for r in records
+            for r in self._run("claim", "claim from the outbox", *args)
         ]
-        rows.sort(key=lambda row: row.id)
-        return rows
 
-    def _mark_done(self, state: str, pairs: list[str], now: float | None) -> None:
-        now = time.time() if now is None else now
-        with store_errors(f"mark rows {state}"):
-            self._finish(
-                keys=[
-                    self._open,
-                    self._leased,
-                    self._idle,
-                    self._created,
-                    self._done,
-                    self._meta,
-                ],
-                args=[self._row, state, _num(now), "1" if self.keep_delivered else "0", *pairs],
-            )
+    def _set_done(self, state: str, ids: list[int], reasons: list[str] | None, now: float) -> None:
+        pairs = zip(ids, reasons or [""] * len(ids), strict=True)
+        args = [part for pair in pairs for part in pair]
+        keep = "1" if self.keep_delivered else "0"
+        self._run("finish", f"mark rows {state}", state, _num(now), keep, *args)
 
-    def mark_delivered(self, ids: t.Collection[int], *, now: float | None = None) -> None:
-        if ids:
-            self._mark_done(DELIVERED, [part for i in ids for part in (str(int(i)), "")], now)
+    def _set_confirming(self, ids: list[int], next_attempt_at: float, error: str) -> None:
+        self._run("confirming", "mark rows confirming", _num(next_attempt_at), error, *ids)
 
-    def mark_skipped(self, reasons: t.Mapping[int, str], *, now: float | None = None) -> None:
-        if reasons:
-            pairs = [part for i, reason in reasons.items() for part in (str(int(i)), reason)]
-            self._mark_done(SKIPPED, pairs, now)
+    def _set_retry(self, items: list[tuple[int, float, str]], now: float) -> None:
+        args = [part for i, at, error in items for part in (i, _num(at), error)]
+        self._run("retry", "reschedule rows", _num(now), *args)
 
-    def mark_confirming(
-        self, ids: t.Collection[int], *, next_attempt_at: float, error: str
-    ) -> None:
-        if not ids:
-            return
-        with store_errors("mark rows confirming"):
-            self._confirming(
-                keys=[self._open, self._leased, self._idle, self._meta],
-                args=[self._row, _num(next_attempt_at), error, *(str(int(i)) for i in ids)],
-            )
-
-    def mark_retry_many(
-        self, items: t.Sequence[tuple[int, float, str]], *, now: float | None = None
-    ) -> None:
-        if not items:
-            return
-        args = [self._row, _num(time.time() if now is None else now)]
-        for row_id, next_at, error in items:
-            args += [str(int(row_id)), _num(next_at), error]
-        with store_errors("reschedule rows"):
-            self._retry(keys=[self._open, self._leased, self._idle, self._meta], args=args)
-
-    def mark_dead_many(
-        self, items: t.Sequence[tuple[int, str, str | None]], *, now: float | None = None
-    ) -> None:
-        if not items:
-            return
-        now = time.time() if now is None else now
-        args = [self._row, _num(now)]
+    def _to_dead(self, items: list[tuple[int, str, str | None]], now: float) -> None:
+        args: list[t.Any] = []
         for row_id, reason, code in items:
-            args += [str(int(row_id)), reason, "0" if code is None else "1", code or ""]
-        with store_errors("move rows to the dead letters"):
-            self._kill(
-                keys=[
-                    self._open,
-                    self._leased,
-                    self._idle,
-                    self._created,
-                    self._dead,
-                    self._meta,
-                ],
-                args=args,
-            )
+            args += [row_id, reason, "0" if code is None else "1", code or ""]
+        self._run("dead", "move rows to the dead letters", _num(now), *args)
 
-    def release(self, ids: t.Collection[int], *, now: float | None = None) -> None:
-        if not ids:
-            return
-        now = time.time() if now is None else now
-        with store_errors("release rows"):
-            self._release(
-                keys=[self._open, self._leased, self._idle],
-                args=[self._row, _num(now), *(str(int(i)) for i in ids)],
-            )
+    def _unlease(self, ids: list[int], now: float) -> None:
+        self._run("release", "release rows", _num(now), *ids)
 
-    def renew_leases(
-        self, ids: t.Collection[int], *, owner: str, now: float, lease_seconds: float
-    ) -> int:
-        if not ids:
-            return 0
-        with store_errors("renew leases"):
-            count = self._renew(
-                keys=[self._open, self._leased],
-                args=[self._row, owner, _num(now + lease_seconds), *map(str, ids)],
-            )
-        return int(count)
+    def _extend_leases(self, ids: list[int], owner: str, until: float) -> int:
+        return int(self._run("renew", "renew leases", owner, _num(until), *ids))
 
-    def expire_leases(self, is_orphan: t.Callable[[str], bool]) -> int:
-        with store_errors("read lease owners"):
-            owners = [text(o) for o in self._owners(keys=[self._leased], args=[self._row])]
-        orphans = [owner for owner in owners if is_orphan(owner)]
-        if not orphans:
-            return 0
+    def _lease_owners(self) -> list[str]:
+        return [text(owner) for owner in self._run("owners", "read lease owners")]
+
+    def _expire_owners(self, owners: list[str]) -> int:
         # The script re-checks each row's owner: a row claimed by a live owner meanwhile
         # is left alone.
-        with store_errors("expire leases"):
-            count = self._expire(keys=[self._open, self._leased], args=[self._row, *orphans])
-        return int(count)
-
-    # -- status and maintenance -------------------------------------------------------
+        return int(self._run("expire", "expire leases", *owners))
 
     def pending_count(self) -> int:
         with store_errors("count the outbox"):
-            return int(self.client.zcard(self._open))
+            return int(self.client.zcard(self._key["open"]))
 
-    def stats(self, now: float | None = None) -> OutboxStats:
-        now = time.time() if now is None else now
-        with store_errors("read outbox stats"):
-            pending, due, in_flight, meta, dead, oldest = self._stats(
-                keys=[self._open, self._leased, self._meta, self._dead, self._created],
-                args=[_num(now)],
+    def _counts(self, now: float) -> tuple[t.Any, ...]:
+        reply = self._run("stats", "read outbox stats", _num(now))
+        pending, due, in_flight, (delivered, skipped, resends, error), dead, oldest = reply
+        return pending, due, in_flight, oldest, dead, delivered, skipped, resends, _opt_text(error)
+
+    def _read_dead(self, limit: int) -> list[DeadLetter]:
+        with store_errors("read dead letters"):
+            members = self._members("dead", 0, limit - 1)
+            records = self._read_rows(members, *_ROW_FIELDS, "reason", "error_code", "died_at")
+        return [
+            DeadLetter(
+                id=int(m),
+                **_row_fields(r),
+                reason=text(r[6]),
+                error_code=_opt_text(r[7]),
+                died_at=float(r[8]),
             )
-        delivered, skipped, resends, last_error = meta
-        return OutboxStats(
-            pending=int(pending),
-            due=int(due),
-            in_flight=int(in_flight),
-            delivered=int(delivered or 0),
-            skipped=int(skipped or 0),
-            dead=int(dead),
-            oldest_pending_age=None if oldest is None else max(0.0, now - float(oldest)),
-            last_error=_opt_text(last_error),
-            resends=int(resends or 0),
+            for m, r in zip(members, records, strict=True)
+            if r[0] is not None  # pruned between the two reads: not a dead letter any more
+        ]
+
+    def _replay_dead(self, ids: list[int] | None, now: float) -> int:
+        at, what = _num(now), "retry dead letters"
+        if ids is None:
+            return self._until_short("retry_dead", what, at, CHUNK)
+        return sum(
+            int(self._run("retry_dead", what, at, 0, *ids[start : start + CHUNK]))
+            for start in range(0, len(ids), CHUNK)
         )
 
-    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        if limit < 1:
-            return []
-        fields = [
-            "collection",
-            "user_id",
-            "token",
-            "body",
-            "attempts",
-            "created_at",
-            "reason",
-            "error_code",
-            "died_at",
-        ]
-        with store_errors("read dead letters"):
-            # redis-py types ZRANGE for every option combination; without scores it
-            # returns the members only.
-            members = t.cast("list[bytes | str]", self.client.zrange(self._dead, 0, limit - 1))
-            pipe = self.client.pipeline(transaction=False)
-            for m in members:
-                pipe.hmget(self.row_key(int(m)), fields)
-            records = pipe.execute()
-        letters = []
-        for m, r in zip(members, records, strict=True):
-            if r[0] is None:  # pruned between the two reads: not a dead letter any more
-                continue
-            letters.append(
-                DeadLetter(
-                    id=int(m),
-                    collection=text(r[0]),
-                    user_id=text(r[1]),
-                    uniqueness_token=text(r[2]),
-                    body_json=text(r[3]),
-                    attempts=int(r[4]),
-                    created_at=float(r[5]),
-                    reason=text(r[6]),
-                    error_code=_opt_text(r[7]),
-                    died_at=float(r[8]),
-                )
-            )
-        return letters
+    def _delete_done(self, cutoff: float) -> int:
+        return self._until_short("prune", "prune the outbox", _num(cutoff), CHUNK)
 
-    def retry_dead(self, ids: t.Collection[int] | None = None, *, now: float | None = None) -> int:
-        now = time.time() if now is None else now
-        keys = [self._open, self._idle, self._created, self._dead]
-        moved = 0
-        with store_errors("retry dead letters"):
-            if ids is None:
-                while True:
-                    count = int(self._retry_dead(keys=keys, args=[self._row, _num(now), CHUNK]))
-                    moved += count
-                    if count < CHUNK:
-                        return moved
-            chosen = [str(int(i)) for i in ids]
-            for start in range(0, len(chosen), CHUNK):
-                moved += int(
-                    self._retry_dead(
-                        keys=keys, args=[self._row, _num(now), 0, *chosen[start : start + CHUNK]]
-                    )
-                )
-        return moved
-
-    def prune_delivered(self, older_than_seconds: float, *, now: float | None = None) -> int:
-        now = time.time() if now is None else now
-        cutoff = _num(now - older_than_seconds)
-        pruned = 0
-        with store_errors("prune the outbox"):
-            while True:
-                count = int(self._prune(keys=[self._done], args=[self._row, cutoff, CHUNK]))
-                pruned += count
-                if count < CHUNK:
-                    return pruned
-
-    def drop_delivered_bodies(
-        self, older_than_seconds: float, *, now: float | None = None
-    ) -> int:
-        now = time.time() if now is None else now
-        cutoff = _num(now - older_than_seconds)
+    def _empty_bodies(self, cutoff: float) -> int:
         dropped = offset = 0
-        with store_errors("drop delivered bodies from the outbox"):
-            while True:
-                count, read = self._drop_bodies(
-                    keys=[self._done, self._meta],
-                    args=[self._row, cutoff, CHUNK, offset, _num(RETENTION_SKEW)],
-                )
-                dropped += int(count)
-                offset += int(read)
-                if int(read) < CHUNK:
-                    return dropped
+        while True:
+            args = [_num(cutoff), CHUNK, offset, _num(RETENTION_SKEW)]
+            count, read = self._run("drop_bodies", "drop delivered bodies from the outbox", *args)
+            dropped += int(count)
+            offset += int(read)
+            if int(read) < CHUNK:
+                return dropped
 
-    def forget_user(
-        self, collection: str, user_id: str, *, erased_id: str, now: float | None = None
-    ) -> ErasedRows:
+    def _erase_user(self, collection: str, user_id: str, erased_id: str, now: float) -> ErasedRows:
         # No index by user: read the rows' (collection, user_id) in slices, pipelined, then
         # erase the matching ones in scripts that check the owner again (atomically).
-        now = time.time() if now is None else now
-        matches: list[str] = []
-        with store_errors("forget a user in the outbox"):
-            for index in (self._open, self._done, self._dead):
+        what = "forget a user in the outbox"
+        matches: list[int] = []
+        with store_errors(what):
+            for index in ("open", "done", "dead"):
                 start = 0
-                while True:
-                    members = self.client.zrange(index, start, start + CHUNK - 1)
-                    if not members:
-                        break
+                while members := self._members(index, start, start + CHUNK - 1):
                     start += len(members)
-                    pipe = self.client.pipeline(transaction=False)
-                    for m in members:
-                        pipe.hmget(f"{self._row}{int(text(m))}", "collection", "user_id")
-                    for m, (coll, user) in zip(members, pipe.execute(), strict=True):
+                    owners = self._read_rows(members, "collection", "user_id")
+                    for m, (coll, user) in zip(members, owners, strict=True):
                         if _opt_text(coll) == collection and _opt_text(user) == user_id:
-                            matches.append(str(int(text(m))))
-            keys = [
-                self._open, self._leased, self._idle, self._created,
-                self._done, self._dead, self._meta,
-            ]  # fmt: skip
-            totals = [0, 0, 0]
-            for start in range(0, max(1, len(matches)), CHUNK):
-                counts = self._forget(
-                    keys=keys,
-                    args=[
-                        self._row, _num(now), collection, user_id, erased_id,
-                        *matches[start : start + CHUNK],
-                    ],
-                )  # fmt: skip
-                totals = [a + int(b) for a, b in zip(totals, counts, strict=True)]
-        return ErasedRows(skipped=totals[0], erased=totals[1], dead_letters=totals[2])
+                            matches.append(int(m))
+        totals = [0, 0, 0]
+        for start in range(0, max(1, len(matches)), CHUNK):
+            args = [_num(now), collection, user_id, erased_id, *matches[start : start + CHUNK]]
+            counts = self._run("forget", what, *args)
+            totals = [a + int(b) for a, b in zip(totals, counts, strict=True)]
+        return ErasedRows(*totals)
 
     def close(self) -> None:
         if self.close_client:

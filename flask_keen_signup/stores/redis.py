@@ -34,6 +34,7 @@ import hashlib
 import threading
 import time
 import typing as t
+from importlib import resources
 from urllib.parse import parse_qsl
 from urllib.parse import urlencode
 from urllib.parse import urlsplit
@@ -74,49 +75,19 @@ _TIMEOUT_OPTIONS = ("socket_timeout", "socket_connect_timeout")
 _PENDING = "pending:"
 _CONFIRMED = "confirmed:"
 
-# Lua prelude shared with the outbox's atomic claim-and-enqueue: the server's clock, and
-# the claim decision. It only *reads*; the caller writes, so a script that loses the claim
-# (or finds a key of the wrong type) has changed nothing.
-CLAIM_DECISION_LUA = """
-local function server_now()
-  local clock = redis.call('TIME')
-  return tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-end
--- Returns true when the caller may (re)claim the marker: no marker yet, or a pending one
--- older than reclaim_after seconds (reclaim_after == '' disables reclaiming).
-local function may_claim(marker, now, reclaim_after)
-  local current = redis.call('GET', marker)
-  if not current then
-    return true
-  end
-  if reclaim_after == '' or string.sub(current, 1, 8) ~= 'pending:' then
-    return false
-  end
-  local claimed_at = tonumber(string.sub(current, 9))
-  return claimed_at ~= nil and claimed_at < now - tonumber(reclaim_after)
-end
-"""
 
-_CLAIM_LUA = (
-    CLAIM_DECISION_LUA
-    + """
-local now = server_now()
-if not may_claim(KEYS[1], now, ARGV[1]) then
-  return 0
-end
-redis.call('SET', KEYS[1], string.format('pending:%.6f', now))
-return 1
-"""
-)
+def lua(*names: str) -> str:
+    """The package's ``lua/<name>.lua`` scripts, concatenated: the shared functions a
+    script needs first, then its own body (the files are package data)."""
+    folder = resources.files("flask_keen_signup") / "lua"
+    return "".join((folder / f"{name}.lua").read_text(encoding="utf-8") for name in names)
 
-# Delete only a *pending* marker: a confirmed one must survive a late release.
-_RELEASE_LUA = """
-local current = redis.call('GET', KEYS[1])
-if current and string.sub(current, 1, 8) == 'pending:' then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
+
+#: Functions shared with the outbox's atomic claim-and-enqueue: the server's clock and the
+#: claim decision (see the file).
+CLAIM_DECISION_LUA = lua("claim_decision")
+_CLAIM_LUA = CLAIM_DECISION_LUA + lua("marker_claim")
+_RELEASE_LUA = lua("marker_release")
 
 
 def connect(
@@ -287,6 +258,18 @@ def marker_key(prefix: str, collection: str, user_id: str) -> str:
     return f"{prefix}:marker:{collection}:{digest}"
 
 
+def _state(value: t.Any) -> MarkerState:
+    # Anything but a pending claim counts as confirmed: an unknown value must never make a
+    # user look new again.
+    return MarkerState.PENDING if text(value).startswith(_PENDING) else MarkerState.CONFIRMED
+
+
+def _confirmed() -> str:
+    """A confirmed marker's value; the time is informational, from this host's clock (only
+    pending claims are compared, with the server's)."""
+    return f"{_CONFIRMED}{time.time():.6f}"
+
+
 class RedisStore(MarkerStore):
     """Markers as Redis strings, shared by every host that uses the same server.
 
@@ -341,11 +324,7 @@ class RedisStore(MarkerStore):
     def lookup(self, user_id: str) -> MarkerState | None:
         with store_errors("read a marker"):
             value = self.client.get(self.key(user_id))
-        if value is None:
-            return None
-        # Anything but a pending claim counts as confirmed: an unknown value must never
-        # make a user look new again.
-        return MarkerState.PENDING if text(value).startswith(_PENDING) else MarkerState.CONFIRMED
+        return None if value is None else _state(value)
 
     def claim(self, user_id: str) -> bool:
         with store_errors("claim a marker"):
@@ -353,9 +332,8 @@ class RedisStore(MarkerStore):
         return int(won) == 1
 
     def confirm(self, user_id: str) -> None:
-        # Informational time from this host's clock; only pending claims are compared.
         with store_errors("confirm a marker"):
-            self.client.set(self.key(user_id), f"{_CONFIRMED}{time.time():.6f}")
+            self.client.set(self.key(user_id), _confirmed())
 
     def confirm_many(self, user_ids: t.Iterable[str]) -> None:
         """:meth:`confirm` for a batch in one round trip (the sender's ``after_delivered``).
@@ -363,7 +341,7 @@ class RedisStore(MarkerStore):
         Not a transaction: each SET is idempotent, so a batch cut short by an error is
         simply confirmed again when the hook is retried.
         """
-        stamp = f"{_CONFIRMED}{time.time():.6f}"
+        stamp = _confirmed()
         with store_errors("confirm markers"):
             pipe = self.client.pipeline(transaction=False)
             for user_id in user_ids:
@@ -375,7 +353,7 @@ class RedisStore(MarkerStore):
         user with no marker yet (a signup still in the local spool) gets a confirmed one,
         so that signup is dropped, never sent. Never held the raw id: ``False``."""
         with store_errors("forget a marker"):
-            self.client.set(self.key(user_id), f"{_CONFIRMED}{time.time():.6f}", nx=True)
+            self.client.set(self.key(user_id), _confirmed(), nx=True)
         return False
 
     def release(self, user_id: str) -> None:
@@ -390,10 +368,8 @@ class RedisStore(MarkerStore):
             keys = list(self.client.scan_iter(match=pattern, count=1000))
             for start in range(0, len(keys), 1000):
                 for value in self.client.mget(keys[start : start + 1000]):
-                    if value is None:
-                        continue
-                    state = MarkerState.PENDING if text(value).startswith(_PENDING) else None
-                    counts[(state or MarkerState.CONFIRMED).value] += 1
+                    if value is not None:
+                        counts[_state(value).value] += 1
         return counts
 
     def close(self) -> None:

@@ -1,5 +1,6 @@
-"""What a user installs: the wheel and the sdist carry the licence the metadata declares,
-and the ``testing`` extra is just what the pytest plugin needs."""
+"""What a user installs: the wheel and the sdist carry the licence the metadata declares
+and the Redis scripts (package data), and the ``testing`` extra is just what the pytest
+plugin needs."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ import pytest
 from _paths import ROOT
 
 pytestmark = pytest.mark.slow
+
+#: The Redis scripts, read by the package at import: a wheel without them is broken.
+LUA = os.path.join(ROOT, "flask_keen_signup", "lua")
 
 
 def build(kind: str, out: str) -> str:
@@ -35,10 +39,15 @@ def build(kind: str, out: str) -> str:
     return os.path.join(out, name)
 
 
-def test_the_wheel_and_the_sdist_carry_the_mit_licence(tmp_path: t.Any) -> None:
+def test_the_wheel_and_the_sdist_carry_the_mit_licence_and_the_lua_scripts(
+    tmp_path: t.Any,
+) -> None:
     wheel = build("wheel", str(tmp_path / "wheel"))
     sdist = build("sdist", str(tmp_path / "sdist"))
+    scripts = sorted(f"flask_keen_signup/lua/{name}" for name in os.listdir(LUA))
+    assert scripts
     with zipfile.ZipFile(wheel) as archive:
+        assert set(scripts) <= set(archive.namelist()), archive.namelist()
         licences = [n for n in archive.namelist() if n.endswith("LICENSE")]
         assert licences, archive.namelist()
         assert b"MIT License" in archive.read(licences[0])
@@ -46,6 +55,7 @@ def test_the_wheel_and_the_sdist_carry_the_mit_licence(tmp_path: t.Any) -> None:
     assert b"License: MIT" in metadata or b"License-Expression: MIT" in metadata
     with tarfile.open(sdist) as archive:
         assert any(n.endswith("/LICENSE") for n in archive.getnames())
+        assert all(any(n.endswith(f"/{s}") for n in archive.getnames()) for s in scripts)
 
 
 def test_the_testing_extra_is_only_pytest() -> None:
