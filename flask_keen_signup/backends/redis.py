@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import re
-import time
 import typing as t
 
 from .._credentials import check_url_port
@@ -63,9 +62,10 @@ class MigrationLedger:
         return {u for u, v in zip(user_ids, values, strict=True) if v is not None}
 
     def mark(self, user_ids: t.Sequence[str]) -> set[str]:
+        from ..stores.redis import _confirmed  # the store writes its stamp in one place
         from ..stores.redis import store_errors
 
-        stamp = f"confirmed:{time.time():.6f}"
+        stamp = _confirmed()
         pipe = self.store.client.pipeline(transaction=False)
         for user_id in user_ids:
             pipe.set(self.store.key(user_id), stamp, nx=True)
