@@ -75,8 +75,9 @@ def _as_number(
     maximum: float,
     integer: bool = False,
 ) -> float:
-    """A finite number in ``[minimum, maximum]``: ``inf``, ``NaN``, ``"1e400"`` and
-    ``10**400`` are refused with the key's name, never an ``OverflowError``."""
+    """A finite number in ``[minimum, maximum]`` (an ``int`` when ``integer``): ``inf``,
+    ``NaN``, ``"1e400"`` and ``10**400`` are refused with the key's name, never an
+    ``OverflowError``."""
     number = math.nan
     if not isinstance(value, bool) and isinstance(value, (numbers.Real, decimal.Decimal, str)):
         with contextlib.suppress(ValueError, OverflowError, TypeError):
@@ -88,7 +89,7 @@ def _as_number(
         raise ConfigurationError(
             f"{key} must be {kind} from {minimum:g} to {maximum:g}, got {safe_repr(value)}"
         )
-    return number
+    return int(number) if integer else number
 
 
 def _as_timeout(key: str, value: object, *, maximum: float) -> tuple[float, float]:

@@ -159,18 +159,16 @@ def build_state(app: Flask, settings: Settings, thresholds: HealthThresholds) ->
         notify,
         claim_and_enqueue_many=parts.claim_and_enqueue_many,
     )
+    # The sender's numbers an app sets: Tuning's fields of the same name.
+    numbers = ("flush_interval", "max_attempts", "retry_for", "shutdown_timeout", "retention")
     sender = Sender(
         parts.outbox,
         client,
         collection_batch_size=settings.batch_size,
-        flush_interval=settings.flush_interval,
-        max_attempts=settings.max_attempts,
-        retry_for=settings.retry_for,
-        shutdown_timeout=settings.shutdown_timeout,
         hooks=hooks,
         notify=notify,
-        retention=settings.retention,
         drain=drain,
+        **{name: getattr(settings, name) for name in numbers},
     )
     tracker = Tracker(
         settings, parts=parts, client=client, sender=sender, notify=notify, spool=spool

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import math
 import sys
 import time
@@ -144,17 +145,15 @@ def flush_command(timeout: float) -> None:
     app = app_for()
     counts = {"delivered": 0, "dead": 0}
 
-    def on_delivered(_: object, **__: object) -> None:
-        counts["delivered"] += 1
-
-    def on_dead(_: object, **__: object) -> None:
-        counts["dead"] += 1
+    def count(kind: str, _: object, **__: object) -> None:
+        counts[kind] += 1
 
     left = total = state.outbox.pending_count()
     deadline = time.monotonic() + timeout
     with contextlib.ExitStack() as stack:
-        stack.enter_context(signals.signup_delivered.connected_to(on_delivered, sender=app))
-        stack.enter_context(signals.signup_dead.connected_to(on_dead, sender=app))
+        for kind in counts:
+            receiver = functools.partial(count, kind)
+            stack.enter_context(signals.BY_KIND[kind].connected_to(receiver, sender=app))
         bar = stack.enter_context(
             click.progressbar(length=total, label="Sending signups", file=sys.stderr)
         )
@@ -383,17 +382,13 @@ def _with_progress(
     if not (sys.stderr.isatty() and length):
         return work(records)
     with click.progressbar(length=length, label=label, file=sys.stderr) as bar:
-        done = 0
 
         def advancing() -> t.Iterator[Numbered]:
-            nonlocal done
             for count, record in enumerate(records, 1):
                 if count % 1000 == 0:
-                    now = min(position(count), length)
-                    bar.update(now - done)
-                    done = now
+                    bar.update(min(position(count), length) - bar.pos)
                 yield record
 
         result = work(advancing())
-        bar.update(length - done)
+        bar.update(length - bar.pos)
     return result

@@ -151,8 +151,57 @@ class Settings:
         return bool(self.auth0_domain and self.auth0_client_id and self.auth0_client_secret)
 
 
-def as_store_timeout(value: object, key: str = "KEEN_SIGNUP_STORE_TIMEOUT") -> float:
-    """``KEEN_SIGNUP_STORE_TIMEOUT``: finite seconds in (0, :data:`MAX_STORE_TIMEOUT`]."""
+def _as_addons(key: str, value: object) -> tuple[str, ...]:
+    return tuple(_as_choice(key, addon, ADDONS) for addon in _as_list(key, value))
+
+
+def _as_collection(key: str, value: object) -> str:
+    """A name Keen accepts for a collection."""
+    if not isinstance(value, str):
+        problem = "must be a string"
+    elif not _COLLECTION_RE.match(value):
+        problem = "must be 1-64 ASCII characters"
+    elif "$" in value:
+        problem = "cannot contain '$'"
+    elif value.startswith("_"):
+        problem = "cannot start with '_'"
+    elif value.startswith(".") or value.endswith("."):
+        problem = "cannot start or end with '.'"
+    else:
+        return value
+    raise ConfigurationError(
+        f"{key} {safe_repr(value, limit=80)} is not a valid Keen collection name: {problem}"
+    )
+
+
+#: ``KEEN_SIGNUP_STORE`` not set: the backends' default (``None`` is refused, as ever).
+_UNSET = object()
+
+
+def _as_store(key: str, value: object) -> str | object:
+    from .backends import DEFAULT_STORE  # the store names are the backends'
+    from .backends import check_store
+
+    return check_store(DEFAULT_STORE if value is _UNSET else value)
+
+
+def _as_credential(key: str, value: object) -> str | None:
+    return check_credential(key, _as_optional_str(key, value))
+
+
+def _as_api_url(key: str, value: object) -> str:
+    return _check_api_url(_as_optional_str(key, value) or DEFAULT_API_URL).rstrip("/")
+
+
+def _as_auth0_domain(key: str, value: object) -> str | None:
+    domain = _as_optional_str(key, value)
+    if domain is not None:
+        auth0_base_url(domain)  # fails now, not at the first Management API call
+    return domain
+
+
+def _as_store_timeout(key: str, value: object) -> float:
+    """Finite seconds in (0, :data:`MAX_STORE_TIMEOUT`]."""
     number = _as_number(key, value, minimum=0.0, maximum=MAX_STORE_TIMEOUT)
     if number <= 0:
         raise ConfigurationError(
@@ -160,23 +209,6 @@ def as_store_timeout(value: object, key: str = "KEEN_SIGNUP_STORE_TIMEOUT") -> f
             f"got {safe_repr(value)}"
         )
     return number
-
-
-def validate_collection_name(name: str) -> str | None:
-    """Return why ``name`` breaks Keen's collection-name rules, or ``None`` if it is valid."""
-    if not _COLLECTION_RE.match(name):
-        return "must be 1-64 ASCII characters"
-    if "$" in name:
-        return "cannot contain '$'"
-    if name.startswith("_"):
-        return "cannot start with '_'"
-    if name.startswith(".") or name.endswith("."):
-        return "cannot start or end with '.'"
-    return None
-
-
-def _as_addons(key: str, value: object) -> tuple[str, ...]:
-    return tuple(_as_choice(key, addon, ADDONS) for addon in _as_list(key, value))
 
 
 #: How a key's value is read: ``reader(key, value)`` returns it checked, or raises
@@ -192,15 +224,8 @@ def _text_or(default: str) -> _Reader:
     return lambda key, value: _as_optional_str(key, value) or default
 
 
-def _number(minimum: float, maximum: float = MAX_NUMBER) -> _Reader:
-    return functools.partial(_as_number, minimum=minimum, maximum=maximum)
-
-
-def _integer(minimum: int, maximum: int) -> _Reader:
-    def read(key: str, value: object) -> int:
-        return int(_as_number(key, value, minimum=minimum, maximum=maximum, integer=True))
-
-    return read
+def _number(minimum: float, maximum: float = MAX_NUMBER, *, integer: bool = False) -> _Reader:
+    return functools.partial(_as_number, minimum=minimum, maximum=maximum, integer=integer)
 
 
 def _duration(maximum: float) -> _Reader:
@@ -211,6 +236,15 @@ def _duration(maximum: float) -> _Reader:
 #: :class:`Settings` field named after it (``KEEN_SIGNUP_BATCH_SIZE``: ``batch_size``).
 #: Every numeric key is here, with its bounds.
 _KEYS: tuple[tuple[str, t.Any, _Reader], ...] = (
+    ("KEEN_PROJECT_ID", None, _text_or("")),
+    ("KEEN_WRITE_KEY", None, lambda key, value: _as_credential(key, value) or ""),
+    ("KEEN_MASTER_KEY", None, _as_credential),
+    ("KEEN_API_URL", None, _as_api_url),
+    ("KEEN_SIGNUP_COLLECTION", DEFAULT_COLLECTION, _as_collection),
+    ("KEEN_SIGNUP_STORE", _UNSET, _as_store),
+    ("KEEN_SIGNUP_AUTH0_DOMAIN", None, _as_auth0_domain),
+    ("KEEN_SIGNUP_AUTH0_CLIENT_ID", None, _as_optional_str),
+    ("KEEN_SIGNUP_AUTH0_CLIENT_SECRET", None, _as_credential),
     ("KEEN_SIGNUP_DELIVERY", "background", _choice(DELIVERY_MODES)),
     ("KEEN_SIGNUP_SQLITE_SYNCHRONOUS", "normal", _choice(SQLITE_SYNCHRONOUS)),
     ("KEEN_SIGNUP_REDIS_URL", None, _as_optional_str),
@@ -229,23 +263,21 @@ _KEYS: tuple[tuple[str, t.Any, _Reader], ...] = (
     ("KEEN_SIGNUP_PROPAGATE_ERRORS", None, _as_optional_bool),
     ("KEEN_SIGNUP_AUTH0_REQUESTS_PER_SECOND", DEFAULT_AUTH0_REQUESTS_PER_SECOND, _number(0.01)),
     ("KEEN_SIGNUP_TIMEOUT", DEFAULT_TIMEOUT, functools.partial(_as_timeout, maximum=MAX_TIMEOUT)),
-    ("KEEN_SIGNUP_BATCH_SIZE", DEFAULT_BATCH_SIZE, _integer(1, MAX_BATCH_SIZE)),
+    ("KEEN_SIGNUP_BATCH_SIZE", DEFAULT_BATCH_SIZE, _number(1, MAX_BATCH_SIZE, integer=True)),
     ("KEEN_SIGNUP_FLUSH_INTERVAL", DEFAULT_FLUSH_INTERVAL, _number(0.01, MAX_FLUSH_INTERVAL)),
-    ("KEEN_SIGNUP_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, _integer(1, MAX_ATTEMPTS)),
+    ("KEEN_SIGNUP_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, _number(1, MAX_ATTEMPTS, integer=True)),
     ("KEEN_SIGNUP_SHUTDOWN_TIMEOUT", DEFAULT_SHUTDOWN_TIMEOUT, _number(0, MAX_SHUTDOWN_TIMEOUT)),
     ("KEEN_SIGNUP_RETENTION", DEFAULT_RETENTION, _duration(MAX_RETENTION)),
-    ("KEEN_SIGNUP_STORE_TIMEOUT", DEFAULT_STORE_TIMEOUT, lambda k, v: as_store_timeout(v, k)),
+    ("KEEN_SIGNUP_STORE_TIMEOUT", DEFAULT_STORE_TIMEOUT, _as_store_timeout),
     ("KEEN_SIGNUP_RETRY_FOR", DEFAULT_RETRY_FOR, _duration(MAX_RETRY_FOR)),
 )
 
 
 def _field(key: str) -> str:
     """The :class:`Settings` field of ``key``."""
-    return "ip_mode" if key == "KEEN_SIGNUP_IP" else key.removeprefix("KEEN_SIGNUP_").lower()
-
-
-def _text(c: t.Mapping[str, t.Any], key: str) -> str | None:
-    return _as_optional_str(key, c.get(key))
+    if key == "KEEN_SIGNUP_IP":
+        return "ip_mode"
+    return key.removeprefix("KEEN_SIGNUP_").removeprefix("KEEN_").lower()
 
 
 def load_settings(app: Flask) -> Settings:
@@ -256,54 +288,24 @@ def load_settings(app: Flask) -> Settings:
 
     :raises ConfigurationError: naming the first bad key.
     """
-    from .backends import DEFAULT_STORE
     from .backends import check_settings
-    from .backends import check_store
 
     c = app.config
     register_config_secrets(c)
     register_authlib_secrets(app)
     enabled = _as_bool("KEEN_SIGNUP_ENABLED", c.get("KEEN_SIGNUP_ENABLED", True))
-    project_id = _text(c, "KEEN_PROJECT_ID") or ""
-    write_key = check_credential("KEEN_WRITE_KEY", _text(c, "KEEN_WRITE_KEY")) or ""
-    for key, value in (("KEEN_PROJECT_ID", project_id), ("KEEN_WRITE_KEY", write_key)):
-        if enabled and not value:
+    settings = Settings(
+        enabled=enabled,
+        database=_as_optional_str("KEEN_SIGNUP_DATABASE", c.get("KEEN_SIGNUP_DATABASE"))
+        or os.path.join(app.instance_path, DEFAULT_DATABASE_NAME),
+        **{_field(key): read(key, c.get(key, default)) for key, default, read in _KEYS},
+    )
+    for key in ("KEEN_PROJECT_ID", "KEEN_WRITE_KEY"):
+        if enabled and not getattr(settings, _field(key)):
             raise ConfigurationError(
                 f"{key} is not set: set it (e.g. FLASK_{key} in the environment "
                 "with app.config.from_prefixed_env()) or set KEEN_SIGNUP_ENABLED = False"
             )
-    master_key = check_credential("KEEN_MASTER_KEY", _text(c, "KEEN_MASTER_KEY"))
-    api_url = _check_api_url(_text(c, "KEEN_API_URL") or DEFAULT_API_URL)
-    collection = c.get("KEEN_SIGNUP_COLLECTION", DEFAULT_COLLECTION)
-    if not isinstance(collection, str) or (problem := validate_collection_name(collection)):
-        raise ConfigurationError(
-            f"KEEN_SIGNUP_COLLECTION {safe_repr(collection, limit=80)} is not a valid Keen "
-            "collection name: "
-            f"{problem if isinstance(collection, str) else 'must be a string'}"
-        )
-    store = check_store(c.get("KEEN_SIGNUP_STORE", DEFAULT_STORE))
-    database = _text(c, "KEEN_SIGNUP_DATABASE")
-    if database is None:
-        database = os.path.join(app.instance_path, DEFAULT_DATABASE_NAME)
-    auth0_domain = _text(c, "KEEN_SIGNUP_AUTH0_DOMAIN")
-    if auth0_domain is not None:
-        auth0_base_url(auth0_domain)  # fails now, not at the first Management API call
-    settings = Settings(
-        enabled=enabled,
-        project_id=project_id,
-        write_key=write_key,
-        master_key=master_key,
-        api_url=api_url.rstrip("/"),
-        collection=collection,
-        store=store,
-        database=database,
-        auth0_domain=auth0_domain,
-        auth0_client_id=_text(c, "KEEN_SIGNUP_AUTH0_CLIENT_ID"),
-        auth0_client_secret=check_credential(
-            "KEEN_SIGNUP_AUTH0_CLIENT_SECRET", _text(c, "KEEN_SIGNUP_AUTH0_CLIENT_SECRET")
-        ),
-        **{_field(key): read(key, c.get(key, default)) for key, default, read in _KEYS},
-    )
     if enabled and settings.since is not None:
         if not (settings.created_at_claim or settings.has_management_api):
             raise ConfigurationError(

@@ -32,7 +32,7 @@ from .attribution import AttributionCapture
 from .attribution import load_attribution_settings
 from .config import load_settings
 from .exceptions import InvalidClaimsError
-from .health import health_of as health_of  # re-exported: tests and tools import it
+from .health import health_of
 from .health import load_health_thresholds
 from .state import app_for
 from .state import signup_state

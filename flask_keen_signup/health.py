@@ -46,7 +46,6 @@ logger = logging.getLogger(__name__)
 OK = "ok"
 DEGRADED = "degraded"
 FAILING = "failing"
-VERDICTS = (OK, DEGRADED, FAILING)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,8 +73,7 @@ def load_health_thresholds(app: Flask) -> HealthThresholds:
         key = f"KEEN_SIGNUP_HEALTH_{field.name.upper()}"
         integer = isinstance(field.default, int)
         raw = app.config.get(key, field.default)
-        number = _as_number(key, raw, minimum=0, maximum=MAX_RETENTION, integer=integer)
-        values[field.name] = int(number) if integer else number
+        values[field.name] = _as_number(key, raw, minimum=0, maximum=MAX_RETENTION, integer=integer)
     thresholds = HealthThresholds(**values)
     if thresholds.failing_pending_age < thresholds.max_pending_age:
         raise ConfigurationError(
@@ -90,6 +88,8 @@ def health_of(state: SignupState) -> dict[str, t.Any]:
     Never raises for a broken store: the counts are then ``None`` and ``store_error``
     says what is wrong (``None`` when the store answers).
     """
+    from . import database_file_watch
+
     try:
         status = dataclasses.asdict(state.sender.status())
         health = {**status.pop("outbox"), **status, "store_error": None}
@@ -105,15 +105,6 @@ def health_of(state: SignupState) -> dict[str, t.Any]:
             "running": bool(state.sender.running),
             "store_error": f"{type(exc).__name__}: {error}",
         }
-    health.update(_store_trouble(state, health))
-    health["verdict"], health["reasons"] = verdict(health, state.health_thresholds)
-    return health
-
-
-def _store_trouble(state: SignupState, health: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
-    """The store-trouble part of :func:`health_of`: spool, replaced file, ``ok``."""
-    from . import database_file_watch as database_module
-
     lost = state.unrecorded.read()
     try:
         spooled, oldest = state.spool.stats()
@@ -121,25 +112,29 @@ def _store_trouble(state: SignupState, health: t.Mapping[str, t.Any]) -> dict[st
         logger.error("cannot read the spool directory: %s", exc)
         spooled, oldest = -1, None
     path = os.path.abspath(state.database.path)
-    replaced = [r for r in database_module.replacements if r.path == path]
+    replaced = [r for r in database_file_watch.replacements if r.path == path]
     last = replaced[-1] if replaced else None
-    return {
-        "spooled": spooled,
-        "oldest_spooled_age": None if oldest is None else max(0.0, time.time() - oldest),
-        "store_degraded_since": state.spool.degraded_since,
-        "database_replaced": None
+    health.update(
+        spooled=spooled,
+        oldest_spooled_age=None if oldest is None else max(0.0, time.time() - oldest),
+        store_degraded_since=state.spool.degraded_since,
+        database_replaced=None
         if last is None
         else {"how": last.how, "at": last.at, "salvaged": last.salvaged, "count": len(replaced)},
-        "not_recorded": 0 if lost is None else lost.count,
-        "not_recorded_since": None if lost is None else lost.first_at,
-        "database_unrecovered": _unrecovered(state),
-        "ok": health["store_error"] is None
+        not_recorded=0 if lost is None else lost.count,
+        not_recorded_since=None if lost is None else lost.first_at,
+        database_unrecovered=_unrecovered(state),
+    )
+    health["ok"] = (
+        health["store_error"] is None
         and spooled == 0
-        and (lost is None or lost.count == 0)
+        and health["not_recorded"] == 0
         and not health.get("round_errors")
         and health.get("circuit") != "open"
-        and (bool(health.get("running")) or not state.settings.enabled),
-    }
+        and (bool(health.get("running")) or not state.settings.enabled)
+    )
+    health["verdict"], health["reasons"] = verdict(health, state.health_thresholds)
+    return health
 
 
 def _unrecovered(state: SignupState) -> dict[str, t.Any] | None:

@@ -36,7 +36,7 @@ from .stores import MarkerStore
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from .auth0 import ManagementClient
-    from .backends import RemoteMarkers
+    from .backends.parts import RemoteMarkers
     from .config import Settings
 
 logger = logging.getLogger(__name__)

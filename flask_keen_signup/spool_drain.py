@@ -23,7 +23,7 @@ from .spool import Spool
 from .stores import MarkerStore
 
 if t.TYPE_CHECKING:  # pragma: no cover
-    from .backends import ClaimAndEnqueueMany
+    from .backends.parts import ClaimAndEnqueueMany
     from .delivery.outcomes import Notify
 
 logger = logging.getLogger(__name__)

@@ -28,12 +28,7 @@ import typing as t
 
 from .._config_values import _as_choice
 from ..exceptions import ConfigurationError
-from .parts import ClaimAndEnqueue as ClaimAndEnqueue
-from .parts import ClaimAndEnqueueMany as ClaimAndEnqueueMany
-from .parts import InTransaction as InTransaction
 from .parts import Parts as Parts
-from .parts import RecentUserIds as RecentUserIds
-from .parts import RemoteMarkers as RemoteMarkers
 from .parts import Wiring as Wiring
 
 if t.TYPE_CHECKING:  # pragma: no cover
@@ -114,16 +109,3 @@ def parts_for(store: str | MarkerStore, wiring: Wiring) -> Parts:
 
     return build_for_instance(store, wiring)
 
-
-__all__ = [
-    "REGISTRY",
-    "STORE_NAMES",
-    "Backend",
-    "ClaimAndEnqueue",
-    "ClaimAndEnqueueMany",
-    "InTransaction",
-    "Parts",
-    "RemoteMarkers",
-    "Wiring",
-    "parts_for",
-]

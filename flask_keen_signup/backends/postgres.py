@@ -100,13 +100,6 @@ def build(wiring: Wiring) -> Parts:
     outbox = PostgresOutbox(database, keep_delivered=settings.keep_delivered)
     if settings.flush_interval > POLL_INTERVAL:  # without LISTEN: still within a second
         outbox.poll_interval = POLL_INTERVAL
-
-    def in_one_statement(user_id: str, queued: QueuedEvent) -> bool:
-        return outbox.claim_and_enqueue(store, user_id, queued)
-
-    def many_in_one_statement(events: t.Sequence[QueuedEvent]) -> list[bool]:
-        return outbox.claim_and_enqueue_many(store, events)
-
     return Parts(
         store=store,
         claimer=store,
@@ -114,8 +107,8 @@ def build(wiring: Wiring) -> Parts:
         request_outbox=outbox,
         confirm_in=store,
         drain_claimer=store,
-        claim_and_enqueue=in_one_statement,
-        claim_and_enqueue_many=many_in_one_statement,
+        claim_and_enqueue=functools.partial(outbox.claim_and_enqueue, store),
+        claim_and_enqueue_many=functools.partial(outbox.claim_and_enqueue_many, store),
         in_transaction=AppTransaction(store, outbox),
         recent_user_ids=lambda states, limit: store.recent_user_ids(states, limit=limit),
         migration_ledger=lambda: MigrationLedger(store, outbox),

@@ -9,8 +9,8 @@ Every key starts with ``KEEN_SIGNUP_REDIS_PREFIX``; a Redis Cluster
 
 from __future__ import annotations
 
+import functools
 import re
-import time
 import typing as t
 
 from .._credentials import check_url_port
@@ -46,8 +46,8 @@ def validate(settings: Settings) -> None:
 
 
 class MigrationLedger:
-    """``flask keen-signup migrate``'s marks: pipelined reads and marks, a Lua script per
-    report."""
+    """``flask keen-signup migrate``'s marks: one MGET or pipeline per chunk of migrate's
+    (:data:`~flask_keen_signup.migrate.CHUNK_SIZE` users), a Lua script per report."""
 
     def __init__(self, store: RedisStore, outbox: RedisOutbox) -> None:
         self.store = store
@@ -56,27 +56,22 @@ class MigrationLedger:
     def known(self, user_ids: t.Sequence[str]) -> set[str]:
         from ..stores.redis import store_errors
 
-        found: set[str] = set()
+        keys = [self.store.key(user_id) for user_id in user_ids]
         with store_errors("read markers"):
-            for start in range(0, len(user_ids), 1000):
-                part = user_ids[start : start + 1000]
-                values = self.store.client.mget([self.store.key(u) for u in part])
-                found.update(u for u, v in zip(part, values, strict=True) if v is not None)
-        return found
+            values = self.store.client.mget(keys) if keys else []  # MGET needs a key
+        return {u for u, v in zip(user_ids, values, strict=True) if v is not None}
 
     def mark(self, user_ids: t.Sequence[str]) -> set[str]:
+        from ..stores.redis import _confirmed  # the store writes its stamp in one place
         from ..stores.redis import store_errors
 
-        stamp = f"confirmed:{time.time():.6f}"
-        marked: set[str] = set()
+        stamp = _confirmed()
+        pipe = self.store.client.pipeline(transaction=False)
+        for user_id in user_ids:
+            pipe.set(self.store.key(user_id), stamp, nx=True)
         with store_errors("write markers"):
-            for start in range(0, len(user_ids), 1000):
-                part = user_ids[start : start + 1000]
-                pipe = self.store.client.pipeline(transaction=False)
-                for user_id in part:
-                    pipe.set(self.store.key(user_id), stamp, nx=True)
-                marked.update(u for u, ok in zip(part, pipe.execute(), strict=True) if ok)
-        return marked
+            done = pipe.execute()
+        return {u for u, ok in zip(user_ids, done, strict=True) if ok}
 
     def report(self, events: t.Sequence[QueuedEvent]) -> int:
         queued = 0
@@ -120,13 +115,6 @@ def build(wiring: Wiring) -> Parts:
 
     store, outbox = store_and_outbox(client)
     request_store, request_outbox = store_and_outbox(request_client)
-
-    def in_one_script(user_id: str, queued: QueuedEvent) -> bool:
-        return request_outbox.claim_and_enqueue(request_store, user_id, queued)
-
-    def in_scripts(events: t.Sequence[QueuedEvent]) -> list[bool]:
-        return outbox.claim_and_enqueue_many(store, events)
-
     return Parts(
         store=store,
         claimer=request_store,
@@ -134,8 +122,8 @@ def build(wiring: Wiring) -> Parts:
         request_outbox=request_outbox,
         confirm_in=store,
         drain_claimer=store,
-        claim_and_enqueue=in_one_script,
-        claim_and_enqueue_many=in_scripts,
+        claim_and_enqueue=functools.partial(request_outbox.claim_and_enqueue, request_store),
+        claim_and_enqueue_many=functools.partial(outbox.claim_and_enqueue_many, store),
         migration_ledger=lambda: MigrationLedger(store, outbox),
         uses_database=False,
     )

@@ -9,22 +9,10 @@ from __future__ import annotations
 
 from .parts import Parts
 from .parts import Wiring
-from .sqlite import SQLiteMigrationLedger
-from .sqlite import ledger_and_outbox
+from .sqlite import apart
 
 
 def build(wiring: Wiring) -> Parts:
     from ..stores.session import SessionStore
 
-    store = SessionStore(wiring.settings.collection)
-    ledger, outbox = ledger_and_outbox(wiring, request=False)
-    _, request_outbox = ledger_and_outbox(wiring, request=True)
-    return Parts(
-        store=store,
-        claimer=store,
-        outbox=outbox,
-        request_outbox=request_outbox,
-        confirm_in=ledger,
-        drain_claimer=None,
-        migration_ledger=lambda: SQLiteMigrationLedger(ledger, outbox),
-    )
+    return apart(SessionStore(wiring.settings.collection), wiring, in_request_only=True)

@@ -7,6 +7,7 @@ custom backends, whose outbox (and, for ``auth0``, local ledger) is this same fi
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 import typing as t
@@ -15,11 +16,13 @@ from ..exceptions import StoreError
 from .parts import ClaimAndEnqueue
 from .parts import ClaimAndEnqueueMany
 from .parts import Parts
+from .parts import RecentUserIds
 from .parts import Wiring
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from ..delivery import QueuedEvent
     from ..delivery.sqlite_outbox import SQLiteOutbox
+    from ..stores import MarkerStore
     from ..stores.sqlite import SQLiteStore
 
 
@@ -83,49 +86,42 @@ class SQLiteMigrationLedger:
         # An erased user's marker is kept under a hash of the id (``forget``): known too.
         names = {user_id: user_id for user_id in user_ids}
         names.update((erased_user_id(collection, user_id), user_id) for user_id in user_ids)
-        listed = list(names)
-        found: set[str] = set()
         try:
             with self.ledger.database.reading() as conn:
-                for start in range(0, len(listed), 500):
-                    part = listed[start : start + 500]
-                    rows = conn.execute(
-                        "SELECT user_id FROM keen_signup_markers WHERE collection = ? "
-                        f"AND user_id IN ({','.join('?' * len(part))})",
-                        (collection, *part),
-                    )
-                    found.update(names[name] for (name,) in rows)
+                rows = conn.execute(
+                    "SELECT user_id FROM keen_signup_markers WHERE collection = ? "
+                    "AND user_id IN (SELECT value FROM json_each(?))",
+                    (collection, json.dumps(list(names))),
+                ).fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read the marker ledger: {exc}") from exc
-        return found
+        return {names[name] for (name,) in rows}
 
     def mark(self, user_ids: t.Sequence[str]) -> set[str]:
-        return set(self._write(user_ids, None, "the marker ledger"))
+        return self._write(user_ids, (), "the marker ledger")
 
     def report(self, events: t.Sequence[QueuedEvent]) -> int:
         user_ids = [event.user_id for event in events]
         return len(self._write(user_ids, events, "the marker ledger and outbox"))
 
     def _write(
-        self, user_ids: t.Sequence[str], events: t.Sequence[QueuedEvent] | None, what: str
-    ) -> list[str]:
-        """Confirmed markers for ``user_ids`` where none exist, each with its event queued
-        (when ``events`` are given), in one transaction; the users marked."""
+        self, user_ids: t.Sequence[str], events: t.Sequence[QueuedEvent], what: str
+    ) -> set[str]:
+        """Confirmed markers for ``user_ids`` where none exist, and the events of the users
+        marked queued, in one transaction; the users marked."""
         now = time.time()
-        marked = []
         try:
             with self.ledger.database.transaction() as conn:
-                for number, user_id in enumerate(user_ids):
-                    cursor = conn.execute(
-                        "INSERT INTO keen_signup_markers (collection, user_id, state, "
-                        "claimed_at, confirmed_at) VALUES (?, ?, 'confirmed', ?, ?) "
-                        "ON CONFLICT (collection, user_id) DO NOTHING",
-                        (self.ledger.collection, user_id, now, now),
-                    )
-                    if cursor.rowcount == 1:
-                        marked.append(user_id)
-                        if events is not None:
-                            self.outbox.enqueue_in(conn, events[number], now=now)
+                rows = conn.execute(
+                    "INSERT INTO keen_signup_markers (collection, user_id, state, claimed_at, "
+                    "confirmed_at) SELECT ?, value, 'confirmed', ?, ? FROM json_each(?) "
+                    "WHERE true ON CONFLICT (collection, user_id) DO NOTHING RETURNING user_id",
+                    (self.ledger.collection, now, now, json.dumps(list(user_ids))),
+                )
+                marked = {user_id for (user_id,) in rows}
+                for event in events:
+                    if event.user_id in marked:
+                        self.outbox.enqueue_in(conn, event, now=now)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot write {what}: {exc}") from exc
         return marked
@@ -144,5 +140,32 @@ def build(wiring: Wiring) -> Parts:
         claim_and_enqueue=claim_and_enqueue(request_ledger, request_outbox),
         claim_and_enqueue_many=claim_and_enqueue_many(ledger, outbox),
         recent_user_ids=lambda states, limit: request_ledger.recent_user_ids(states, limit=limit),
+        migration_ledger=lambda: SQLiteMigrationLedger(ledger, outbox),
+    )
+
+
+def apart(
+    store: MarkerStore,
+    wiring: Wiring,
+    *,
+    in_request_only: bool = False,
+    recent_user_ids: RecentUserIds | None = None,
+) -> Parts:
+    """The parts of a store that claims apart from the file whose outbox it uses (a store
+    instance, ``session``): claim, queue, and release the claim if queueing failed.
+
+    :param in_request_only: the store is reachable only in the login request (the
+        per-browser session): the file's ledger confirms, and the drain only queues.
+    """
+    ledger, outbox = ledger_and_outbox(wiring, request=False)
+    _, request_outbox = ledger_and_outbox(wiring, request=True)
+    return Parts(
+        store=store,
+        claimer=store,
+        outbox=outbox,
+        request_outbox=request_outbox,
+        confirm_in=ledger if in_request_only else store,
+        drain_claimer=None if in_request_only else store,
+        recent_user_ids=recent_user_ids,
         migration_ledger=lambda: SQLiteMigrationLedger(ledger, outbox),
     )

@@ -77,18 +77,8 @@ class SQLiteOutbox(Outbox):
         One INSERT of the JSON the event was serialised to when it was created.
         """
         now = time.time() if now is None else now
-        cursor = conn.execute(
-            schema.INSERT,
-            (
-                event.collection,
-                event.user_id,
-                event.uniqueness_token,
-                event.body_json,
-                now,
-                now,
-            ),
-        )
-        return int(cursor.lastrowid or 0)
+        fields = (event.collection, event.user_id, event.uniqueness_token, event.body_json)
+        return int(conn.execute(schema.INSERT, (*fields, now, now)).lastrowid or 0)
 
     def enqueue(self, event: QueuedEvent, *, now: float | None = None) -> int:
         try:
@@ -195,21 +185,19 @@ class SQLiteOutbox(Outbox):
             schema.set_last_error(conn, items[-1][1])
 
     def _unlease(self, ids: list[int], now: float) -> None:
-        with self._write() as conn:
-            conn.execute(
-                "UPDATE keen_signup_outbox SET lease_owner = NULL, next_attempt_at = ?, "
-                f"attempts = MAX(0, attempts - 1) WHERE {schema.IDS} AND {schema.OPEN} "
-                "AND lease_owner IS NOT NULL",
-                (now, json.dumps(ids)),
-            )
+        self._change(
+            "UPDATE keen_signup_outbox SET lease_owner = NULL, next_attempt_at = ?, "
+            f"attempts = MAX(0, attempts - 1) WHERE {schema.IDS} AND {schema.OPEN} "
+            "AND lease_owner IS NOT NULL",
+            (now, json.dumps(ids)),
+        )
 
     def _extend_leases(self, ids: list[int], owner: str, until: float) -> int:
-        with self._write() as conn:
-            return conn.execute(
-                "UPDATE keen_signup_outbox SET next_attempt_at = ? "
-                f"WHERE {schema.IDS} AND lease_owner = ? AND {schema.OPEN}",
-                (until, json.dumps(ids), owner),
-            ).rowcount
+        return self._change(
+            "UPDATE keen_signup_outbox SET next_attempt_at = ? "
+            f"WHERE {schema.IDS} AND lease_owner = ? AND {schema.OPEN}",
+            (until, json.dumps(ids), owner),
+        )
 
     def _lease_owners(self) -> list[str]:
         return [
@@ -221,12 +209,11 @@ class SQLiteOutbox(Outbox):
         ]
 
     def _expire_owners(self, owners: list[str]) -> int:
-        with self._write() as conn:
-            return conn.execute(
-                "UPDATE keen_signup_outbox SET next_attempt_at = MIN(next_attempt_at, 0) "
-                f"WHERE lease_owner IN (SELECT value FROM json_each(?)) AND {schema.OPEN}",
-                (json.dumps(owners),),
-            ).rowcount
+        return self._change(
+            "UPDATE keen_signup_outbox SET next_attempt_at = MIN(next_attempt_at, 0) "
+            f"WHERE lease_owner IN (SELECT value FROM json_each(?)) AND {schema.OPEN}",
+            (json.dumps(owners),),
+        )
 
     # -- status and maintenance -------------------------------------------------------
 
@@ -274,12 +261,11 @@ class SQLiteOutbox(Outbox):
         return cursor.rowcount
 
     def _delete_done(self, cutoff: float) -> int:
-        with self._write() as conn:
-            return conn.execute(
-                "DELETE FROM keen_signup_outbox WHERE state IN ('delivered', 'skipped') "
-                f"AND done_at < ? AND {schema.NOT_NEWEST}",
-                (cutoff,),
-            ).rowcount
+        return self._change(
+            "DELETE FROM keen_signup_outbox WHERE state IN ('delivered', 'skipped') "
+            f"AND done_at < ? AND {schema.NOT_NEWEST}",
+            (cutoff,),
+        )
 
     def _empty_bodies(self, cutoff: float) -> int:
         # The partial index keen_signup_outbox_bodies holds only finished rows that still
@@ -287,12 +273,11 @@ class SQLiteOutbox(Outbox):
         # drop, however many delivered rows the file keeps.
         if not self._read(schema.ANY_BODY, (cutoff,)):
             return 0
-        with self._write() as conn:
-            dropped: int = conn.execute(
-                "UPDATE keen_signup_outbox SET body = '' WHERE state IN ('delivered', "
-                "'skipped') AND body <> '' AND done_at < ?",
-                (cutoff,),
-            ).rowcount
+        dropped = self._change(
+            "UPDATE keen_signup_outbox SET body = '' WHERE state IN ('delivered', "
+            "'skipped') AND body <> '' AND done_at < ?",
+            (cutoff,),
+        )
         self.database.scrub()  # the old bodies are still in the WAL (privacy.md)
         return dropped
 
@@ -346,6 +331,11 @@ class SQLiteOutbox(Outbox):
                 return conn.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read the outbox: {exc}") from exc
+
+    def _change(self, sql: str, params: t.Any) -> int:
+        """One statement in a write transaction; the rows it changed."""
+        with self._write() as conn:
+            return int(conn.execute(sql, params).rowcount)
 
     @contextlib.contextmanager
     def _write(self) -> t.Iterator[sqlite3.Connection]:

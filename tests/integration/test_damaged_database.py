@@ -21,7 +21,7 @@ from flask import Flask
 from flask_keen_signup import salvage
 from flask_keen_signup import signup_state
 from flask_keen_signup.database import FILE_CHECK_INTERVAL
-from flask_keen_signup.extension import health_of
+from flask_keen_signup.health import health_of
 from flask_keen_signup.testing import Auth0Emulator
 from flask_keen_signup.testing import KeenEmulator
 

@@ -192,7 +192,7 @@ def test_logins_while_another_process_holds_the_write_lock_spool_then_deliver_on
     ]
     assert sum(sends) == 2, "a returning user was sent again"
     state = signup_state(app)
-    from flask_keen_signup.extension import health_of
+    from flask_keen_signup.health import health_of
 
     final = health_of(state)
     assert final["spooled"] == 0 and final["pending"] == 0 and final["ok"] is True
@@ -242,7 +242,7 @@ def test_the_database_file_swapped_under_the_app_is_noticed_reopened_and_deliver
     caplog: pytest.LogCaptureFixture,
     how: str,
 ) -> None:
-    from flask_keen_signup.extension import health_of
+    from flask_keen_signup.health import health_of
 
     auth0 = keen_signup_auth0
     database = str(tmp_path / "keen_signup.sqlite3")

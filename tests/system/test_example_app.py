@@ -27,7 +27,7 @@ import requests
 from _waits import wait_for
 
 from flask_keen_signup import signup_state
-from flask_keen_signup.extension import health_of
+from flask_keen_signup.health import health_of
 from flask_keen_signup.testing._server import ThreadedServer
 
 if t.TYPE_CHECKING:  # pragma: no cover
