@@ -121,8 +121,7 @@ def url_error(key: str, exc: BaseException, url: str) -> ConfigurationError:
     for piece in sorted(pieces, key=len, reverse=True):
         text = text.replace(piece, MASK)
     return ConfigurationError(
-        f"{key} is not usable: {printable(text)} (the value is not shown: it may hold a "
-        "password)"
+        f"{key} is not usable: {printable(text)} (the value is not shown: it may hold a password)"
     )
 
 

@@ -107,23 +107,16 @@ class MigrationLedger(t.Protocol):
         many were queued."""
 
 
-def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    """``items`` in lists of at most ``size``, read lazily (a whole tenant never in memory)."""
+def _chunks(items: Iterable[T]) -> Iterator[list[T]]:
+    """``items`` in lists of at most :data:`CHUNK_SIZE`, read lazily (a whole tenant never
+    in memory)."""
     iterator = iter(items)
-    while chunk := list(itertools.islice(iterator, size)):
+    while chunk := list(itertools.islice(iterator, CHUNK_SIZE)):
         yield chunk
 
 
 #: Records as the readers give them: ``(line, record)``, the line ``None`` when there is none.
 NumberedRecords = Iterable[tuple["int | None", Mapping[str, t.Any]]]
-
-
-@dataclasses.dataclass(frozen=True)
-class CheckedSource:
-    """What :meth:`Migration.check` saw: one digest per chunk, in order."""
-
-    digests: tuple[bytes, ...]
-    users: int
 
 
 @dataclasses.dataclass
@@ -143,29 +136,20 @@ class Migration:
     reported_until: dt.datetime
     dry_run: bool = False
     on_marked: t.Callable[[Sequence[str]], None] | None = None
-    clock: t.Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)
     source: str = "the users export"
     #: The totals so far.
     report: MigrationReport = dataclasses.field(default_factory=MigrationReport, init=False)
 
-    def check(self, records: NumberedRecords, *, chunk_size: int = CHUNK_SIZE) -> CheckedSource:
+    def check(self, records: NumberedRecords) -> list[bytes]:
         """Read every record to the end, writing nothing; raise on the first bad one.
 
-        Returns the digests :meth:`run` compares each chunk with before it writes it.
+        Returns one digest per chunk, in order: :meth:`run` compares each chunk with its
+        digest before it writes it.
         """
-        digests = []
-        users = 0
-        for chunk in _chunks(self._users(records), chunk_size):
-            digests.append(_digest(chunk))
-            users += len(chunk)
-        return CheckedSource(tuple(digests), users)
+        return [_digest(chunk) for chunk in _chunks(self._users(records))]
 
     def run(
-        self,
-        records: NumberedRecords,
-        *,
-        chunk_size: int = CHUNK_SIZE,
-        checked: CheckedSource | None = None,
+        self, records: NumberedRecords, *, checked: list[bytes] | None = None
     ) -> MigrationReport:
         """Decide every record; returns the totals (also kept in :attr:`report`).
 
@@ -175,9 +159,9 @@ class Migration:
         :raises InvalidUserRecord: a bad record, naming its line; the chunks before it
             are written (none, when ``checked`` was given: the check raised first).
         """
-        for number, chunk in enumerate(_chunks(self._users(records), chunk_size)):
+        for number, chunk in enumerate(_chunks(self._users(records))):
             if checked is not None and (
-                number >= len(checked.digests) or _digest(chunk) != checked.digests[number]
+                number >= len(checked) or _digest(chunk) != checked[number]
             ):
                 raise UsersFileError(
                     f"{self.source} changed after it was checked: run migrate again"
@@ -187,7 +171,7 @@ class Migration:
 
     def _users(self, records: NumberedRecords) -> Iterator[TenantUser | None]:
         marker = self.settings.marker
-        now = self.clock()
+        now = dt.datetime.now(dt.timezone.utc)
         for number, (line, record) in enumerate(records, 1):
             try:
                 yield user_from_record(record, marker, now=now)
@@ -245,9 +229,8 @@ class Migration:
             user_agent=None,
             claim_names=settings.claims,
             ip_mode="none",
-            addons=(),
             created_at=user.created_at,
-            now=self.clock(),
+            now=dt.datetime.now(dt.timezone.utc),
             extra={"backfilled": True},
         )
         return QueuedEvent(

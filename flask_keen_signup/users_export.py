@@ -41,9 +41,6 @@ from collections.abc import Iterator
 
 from .exceptions import KeenSignupError
 
-if t.TYPE_CHECKING:  # pragma: no cover
-    from types import TracebackType
-
 __all__ = [
     "Numbered",
     "UsersFile",
@@ -186,9 +183,10 @@ def _iter_csv(stream: t.BinaryIO) -> Iterator[Numbered]:
         if len(row) != len(header):
             failure = f"has {len(row)} columns where the header has {len(header)}"
             break
-        yield line, {
-            name: unescape_csv_value(value) for name, value in zip(header, row, strict=True)
-        }
+        yield (
+            line,
+            {name: unescape_csv_value(value) for name, value in zip(header, row, strict=True)},
+        )
     if failure is not None:
         raise UsersFileError(f"line {line} of the users export {failure}", line=line)
 
@@ -338,12 +336,7 @@ class UsersFile:
     def __enter__(self) -> UsersFile:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def __repr__(self) -> str:

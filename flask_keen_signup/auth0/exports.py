@@ -125,7 +125,7 @@ class Exports(Transport):
         self, body: dict[str, t.Any], poll_interval: float, timeout: float
     ) -> Iterator[dict[str, t.Any]]:
         path = "/api/v2/jobs/users-exports"
-        job = self._expect_object(self._call("POST", path, json_body=body), "POST", path)
+        job = self._object("POST", path, json_body=body)
         job_id = job.get("id")
         if not isinstance(job_id, str) or not _JOB_ID_RE.match(job_id):
             raise _invalid_response(f"POST {path} returned no job id")
@@ -140,7 +140,7 @@ class Exports(Transport):
         # Bounded by count too, so an injected clock that never moves cannot hang us.
         max_polls = int(max(deadline - self._clock(), 0) / max(poll_interval, 0.001)) + 2
         for _ in range(max_polls):
-            job = self._expect_object(self._call("GET", path), "GET", path)
+            job = self._object("GET", path)
             status = job.get("status")
             if status == "completed":
                 location = job.get("location")
@@ -237,7 +237,6 @@ class Exports(Transport):
             response.close()
         if cut is not None:
             raise Auth0ConnectionError(
-                f"the download of user export job {job_id} was cut off after {count} "
-                f"users ({cut})"
+                f"the download of user export job {job_id} was cut off after {count} users ({cut})"
             )
         logger.info("Read %d users from Auth0 user export job %s", count, job_id)

@@ -150,15 +150,6 @@ class Transport(SessionClient):
             _Pacer(max_requests_per_second, sleep) if max_requests_per_second is not None else None
         )
 
-    @property
-    def token_leeway(self) -> float:
-        """Renew the token this many seconds before it expires (kept by the cache)."""
-        return self._tokens.leeway
-
-    @token_leeway.setter
-    def token_leeway(self, seconds: float) -> None:
-        self._tokens.leeway = seconds
-
     def close(self) -> None:
         """Forget the token and close the HTTP session if this client created it."""
         self._tokens.clear()
@@ -301,8 +292,9 @@ class Transport(SessionClient):
             f"{method} {path} returned a body that is not JSON", response.status_code
         )
 
-    @staticmethod
-    def _expect_object(result: t.Any, method: str, path: str) -> dict[str, t.Any]:
+    def _object(self, method: str, path: str, **options: t.Any) -> dict[str, t.Any]:
+        """:meth:`_call` for an answer that must be a JSON object."""
+        result = self._call(method, path, **options)
         if not isinstance(result, dict):
             raise _invalid_response(f"{method} {path} did not return a JSON object")
         return result

@@ -14,10 +14,10 @@ import typing as t
 from collections.abc import Iterator
 from collections.abc import Mapping
 from datetime import datetime
-from datetime import timezone
 from urllib.parse import quote
 
 from ..exceptions import Auth0APIError
+from ..timestamps import parse_created_at
 from .exports import Exports
 from .transport import _invalid_response
 
@@ -68,21 +68,6 @@ def _lucene_phrase(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _parse_created_at(value: t.Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    text = value.strip()
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc)
-
-
 def _root_fields(fields: Iterable[str]) -> list[str]:
     """``app_metadata.signedUp`` -> ``app_metadata``; always with ``user_id``, no repeats."""
     roots: list[str] = ["user_id"]
@@ -100,6 +85,17 @@ def _fields_param(fields: Sequence[str] | None) -> dict[str, str]:
     if not names:
         return {}
     return {"fields": ",".join(names), "include_fields": "true"}
+
+
+def _users_of(body: t.Any) -> tuple[list[t.Any], t.Any]:
+    """The users and the total of a ``GET /api/v2/users`` answer: ``{users, total}``, or
+    a bare list when ``include_totals`` was ignored."""
+    users, total = (
+        (body.get("users"), body.get("total")) if isinstance(body, dict) else (body, None)
+    )
+    if not isinstance(users, list):
+        raise _invalid_response("GET /api/v2/users did not return a list of users")
+    return users, total
 
 
 def _user_path(user_id: str) -> str:
@@ -122,9 +118,7 @@ class Users(Exports):
             the user does not exist; ``retryable`` tells whether a later retry may help.
         :raises Auth0ConnectionError: no response from Auth0.
         """
-        path = _user_path(user_id)
-        result = self._call("GET", path, params=_fields_param(fields))
-        return self._expect_object(result, "GET", path)
+        return self._object("GET", _user_path(user_id), params=_fields_param(fields))
 
     def update_app_metadata(self, user_id: str, values: Mapping[str, t.Any]) -> dict[str, t.Any]:
         """Merge ``values`` into the user's ``app_metadata`` and return the updated user.
@@ -145,8 +139,7 @@ class Users(Exports):
                 "user's app_metadata"
             )
         path = _user_path(user_id)
-        result = self._call("PATCH", path, json_body={"app_metadata": dict(values)})
-        return self._expect_object(result, "PATCH", path)
+        return self._object("PATCH", path, json_body={"app_metadata": dict(values)})
 
     def iter_users(
         self, *, per_page: int = MAX_PER_PAGE, fields: Sequence[str] | None = None
@@ -279,14 +272,12 @@ class Users(Exports):
                     "per_page": str(SEARCH_BATCH),
                 },
             )
-            users = body.get("users") if isinstance(body, dict) else body
-            if not isinstance(users, list):
-                raise _invalid_response("GET /api/v2/users did not return a list of users")
+            users, _ = _users_of(body)
             members = set(chunk)
             for user in users:
                 if not isinstance(user, dict) or user.get("user_id") not in members:
                     continue
-                moment = _parse_created_at(user.get("created_at"))
+                moment = parse_created_at(user.get("created_at"))
                 if moment is None:
                     logger.warning("Auth0 returned a user without a usable created_at")
                     continue
@@ -298,13 +289,7 @@ class Users(Exports):
         seen = 0
         while True:
             body = self._call("GET", "/api/v2/users", params={**params, "page": str(page)})
-            # A bare list of users when include_totals was ignored.
-            users: t.Any = body if isinstance(body, list) else None
-            total = None
-            if isinstance(body, dict):
-                users, total = body.get("users"), body.get("total")
-            if not isinstance(users, list):
-                raise _invalid_response("GET /api/v2/users did not return a list of users")
+            users, total = _users_of(body)
             if page == 0 and isinstance(total, int) and total > PAGINATION_LIMIT:
                 logger.warning(
                     "Auth0 reports %d users; the Management API pages through the first %d "
