@@ -177,9 +177,7 @@ class Migration:
                 yield user_from_record(record, marker, now=now)
             except InvalidUserRecord as exc:
                 where = f"line {line}" if line is not None else f"user {number}"
-                error = InvalidUserRecord(f"{where} of {self.source}: {exc}")
-                error.line = line
-                raise error from None
+                raise InvalidUserRecord(f"{where} of {self.source}: {exc}", line=line) from None
 
     def _run_chunk(self, chunk: list[TenantUser | None]) -> None:
         report = self.report

@@ -120,15 +120,6 @@ def _has_lone_surrogate(user: dict[str, t.Any]) -> bool:
     return False
 
 
-def unescape_csv_value(value: str) -> str:
-    """Undo Auth0's CSV-injection escaping of one (already CSV-parsed) value.
-
-    Every string was prefixed with ``'``; a value without it (a date, number or
-    boolean) is returned unchanged.
-    """
-    return value[1:] if value.startswith("'") else value
-
-
 def _text_lines(stream: t.BinaryIO, *, lone_cr: bool) -> Iterator[str]:
     """The physical lines of ``stream``, endings kept, each decoded on its own (strict
     UTF-8) so that a bad byte names its own line. With ``lone_cr``, a CR not followed by
@@ -175,7 +166,9 @@ def _iter_csv(stream: t.BinaryIO) -> Iterator[Numbered]:
         if not any(cell.strip() for cell in row):
             continue
         if header is None:
-            header = [unescape_csv_value(name.strip()) for name in row]
+            # Auth0 escapes every string against CSV injection with a leading "'" (dates,
+            # numbers and booleans have none): undone here and for each value.
+            header = [name.strip().removeprefix("'") for name in row]
             if not all(header) or len(set(header)) != len(header):
                 failure = "(the header) has empty or repeated column names"
                 break
@@ -185,7 +178,7 @@ def _iter_csv(stream: t.BinaryIO) -> Iterator[Numbered]:
             break
         yield (
             line,
-            {name: unescape_csv_value(value) for name, value in zip(header, row, strict=True)},
+            {name: value.removeprefix("'") for name, value in zip(header, row, strict=True)},
         )
     if failure is not None:
         raise UsersFileError(f"line {line} of the users export {failure}", line=line)

@@ -143,10 +143,8 @@ class Exports(Transport):
             job = self._object("GET", path)
             status = job.get("status")
             if status == "completed":
-                location = job.get("location")
-                if not isinstance(location, str) or not location.startswith(
-                    ("https://", "http://")
-                ):
+                location = str(job.get("location"))  # "None" when missing: refused too
+                if not location.startswith(("https://", "http://")):
                     raise Auth0ExportError(
                         f"the user export job {job_id} completed without a download location"
                     )
@@ -222,17 +220,11 @@ class Exports(Transport):
         cut: str | None = None
         try:
             response.raw.decode_content = True  # undo a transport Content-Encoding only
-            users = iter_export_stream(response.raw, format)
-            while True:
-                try:
-                    user = next(users)
-                except StopIteration:
-                    break
-                except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
-                    cut = type(exc).__name__
-                    break
+            for user in iter_export_stream(response.raw, format):
                 count += 1
                 yield user
+        except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
+            cut = type(exc).__name__  # raised below, outside this block (see transport)
         finally:
             response.close()
         if cut is not None:

@@ -8,6 +8,8 @@ Auth0's paging limit.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import re
 import typing as t
@@ -22,6 +24,7 @@ from .exports import Exports
 from .transport import _invalid_response
 
 if t.TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Callable
     from collections.abc import Iterable
     from collections.abc import Sequence
 
@@ -39,6 +42,7 @@ SEARCH_BATCH = 50
 MIGRATION_FIELDS = ("user_id", "created_at", "app_metadata")
 
 
+@dataclasses.dataclass
 class UserListing:
     """Every user of a tenant, iterable once, from :meth:`ManagementClient.all_users`.
 
@@ -49,18 +53,13 @@ class UserListing:
     had to switch because the tenant grew past the paging limit during the walk.
     """
 
-    def __init__(
-        self, users: Iterator[dict[str, t.Any]], *, total: int | None, source: str
-    ) -> None:
-        self._users = users
-        self.total = total
-        self.source = source
+    _users: Iterator[dict[str, t.Any]] = dataclasses.field(repr=False)
+    _: dataclasses.KW_ONLY
+    total: int | None
+    source: str
 
     def __iter__(self) -> Iterator[dict[str, t.Any]]:
         return self._users
-
-    def __repr__(self) -> str:
-        return f"<UserListing source={self.source} total={self.total}>"
 
 
 def _lucene_phrase(value: str) -> str:
@@ -85,17 +84,6 @@ def _fields_param(fields: Sequence[str] | None) -> dict[str, str]:
     if not names:
         return {}
     return {"fields": ",".join(names), "include_fields": "true"}
-
-
-def _users_of(body: t.Any) -> tuple[list[t.Any], t.Any]:
-    """The users and the total of a ``GET /api/v2/users`` answer: ``{users, total}``, or
-    a bare list when ``include_totals`` was ignored."""
-    users, total = (
-        (body.get("users"), body.get("total")) if isinstance(body, dict) else (body, None)
-    )
-    if not isinstance(users, list):
-        raise _invalid_response("GET /api/v2/users did not return a list of users")
-    return users, total
 
 
 def _user_path(user_id: str) -> str:
@@ -166,17 +154,8 @@ class Users(Exports):
 
     def count_users(self) -> int:
         """How many users the tenant has (``include_totals`` of one small page)."""
-        body = self._call(
-            "GET",
-            "/api/v2/users",
-            params={
-                "page": "0",
-                "per_page": "1",
-                "include_totals": "true",
-                "fields": "user_id",
-                "include_fields": "true",
-            },
-        )
+        params = {"page": "0", "per_page": "1", "include_totals": "true"}
+        body = self._call("GET", "/api/v2/users", params={**params, **_fields_param(["user_id"])})
         total = body.get("total") if isinstance(body, dict) else None
         if isinstance(total, bool) or not isinstance(total, int) or total < 0:
             raise _invalid_response("GET /api/v2/users?include_totals=true did not return a total")
@@ -201,43 +180,42 @@ class Users(Exports):
         """
         roots = _root_fields(fields)
         total = self.count_users()
+        # A JSON export (the default format): nested objects as paging gives them.
+        export = functools.partial(
+            self.export_users, roots, poll_interval=poll_interval, timeout=timeout
+        )
         if total > PAGINATION_LIMIT:
-            users = self.export_users(
-                roots, format="json", poll_interval=poll_interval, timeout=timeout
-            )
-            return UserListing(users, total=total, source="export")
+            return UserListing(export(), total=total, source="export")
         listing = UserListing(iter(()), total=total, source="paging")
-        listing._users = self._page_or_export(listing, roots, poll_interval, timeout)
+        listing._users = self._page_or_export(listing, roots, export)
         return listing
 
     def _page_or_export(
-        self, listing: UserListing, roots: list[str], poll_interval: float, timeout: float
+        self,
+        listing: UserListing,
+        roots: list[str],
+        export: Callable[[], Iterator[dict[str, t.Any]]],
     ) -> Iterator[dict[str, t.Any]]:
         """Page through the users; if the tenant grew past the paging limit meanwhile,
         finish with an export job, skipping the users already yielded."""
         seen: set[str] = set()
-        pages = self.iter_users(fields=roots)
-        while True:
-            try:
-                user = next(pages)
-            except StopIteration:
-                return
-            except Auth0APIError as exc:
-                if exc.status_code == 400 and len(seen) >= PAGINATION_LIMIT - MAX_PER_PAGE:
-                    break  # the page past the limit: switch, outside this except block
+        try:
+            for user in self.iter_users(fields=roots):
+                user_id = user.get("user_id")
+                if isinstance(user_id, str):
+                    seen.add(user_id)
+                yield user
+            return
+        except Auth0APIError as exc:
+            if exc.status_code != 400 or len(seen) < PAGINATION_LIMIT - MAX_PER_PAGE:
                 raise
-            user_id = user.get("user_id")
-            if isinstance(user_id, str):
-                seen.add(user_id)
-            yield user
+        # The page past the limit: switch to an export (outside the except block).
         logger.info(
             "The tenant grew past %d users during the walk; finishing with an export job",
             PAGINATION_LIMIT,
         )
         listing.source = "export"
-        for user in self.export_users(
-            roots, format="json", poll_interval=poll_interval, timeout=timeout
-        ):
+        for user in export():
             if user.get("user_id") not in seen:
                 yield user
 
@@ -260,19 +238,8 @@ class Users(Exports):
                 query = "user_id:" + _lucene_phrase(chunk[0])
             else:
                 query = "user_id:(" + " OR ".join(_lucene_phrase(uid) for uid in chunk) + ")"
-            body = self._call(
-                "GET",
-                "/api/v2/users",
-                params={
-                    "q": query,
-                    "search_engine": "v3",
-                    "fields": "user_id,created_at",
-                    "include_fields": "true",
-                    "page": "0",
-                    "per_page": str(SEARCH_BATCH),
-                },
-            )
-            users, _ = _users_of(body)
+            params = {"q": query, "search_engine": "v3", "page": "0", "per_page": str(SEARCH_BATCH)}
+            users, _ = self._users_page({**params, **_fields_param(["user_id", "created_at"])})
             members = set(chunk)
             for user in users:
                 if not isinstance(user, dict) or user.get("user_id") not in members:
@@ -284,12 +251,22 @@ class Users(Exports):
                 found[user["user_id"]] = moment
         return found
 
+    def _users_page(self, params: Mapping[str, str]) -> tuple[list[t.Any], t.Any]:
+        """The users and the total of one ``GET /api/v2/users``: ``{users, total}``, or a
+        bare list (no total) when ``include_totals`` was ignored."""
+        body = self._call("GET", "/api/v2/users", params=params)
+        users, total = (
+            (body.get("users"), body.get("total")) if isinstance(body, dict) else (body, None)
+        )
+        if not isinstance(users, list):
+            raise _invalid_response("GET /api/v2/users did not return a list of users")
+        return users, total
+
     def _iter_pages(self, params: dict[str, str], per_page: int) -> Iterator[dict[str, t.Any]]:
         page = 0
         seen = 0
         while True:
-            body = self._call("GET", "/api/v2/users", params={**params, "page": str(page)})
-            users, total = _users_of(body)
+            users, total = self._users_page({**params, "page": str(page)})
             if page == 0 and isinstance(total, int) and total > PAGINATION_LIMIT:
                 logger.warning(
                     "Auth0 reports %d users; the Management API pages through the first %d "
