@@ -49,7 +49,6 @@ from collections.abc import Sequence
 from .delivery import QueuedEvent
 from .events import build_signup_event
 from .events import uniqueness_token
-from .migrate_users import PROFILE_CLAIMS
 from .migrate_users import InvalidUserRecord
 from .migrate_users import TenantUser
 from .migrate_users import user_from_record
@@ -57,8 +56,6 @@ from .users_export import UsersFileError
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from .config import Settings
-
-T = t.TypeVar("T")
 
 #: The fields migrate needs from each user (export jobs and paging ask for these only).
 USER_FIELDS = ("user_id", "created_at", "name", "email", "nickname", "app_metadata")
@@ -107,14 +104,6 @@ class MigrationLedger(t.Protocol):
         many were queued."""
 
 
-def _chunks(items: Iterable[T]) -> Iterator[list[T]]:
-    """``items`` in lists of at most :data:`CHUNK_SIZE`, read lazily (a whole tenant never
-    in memory)."""
-    iterator = iter(items)
-    while chunk := list(itertools.islice(iterator, CHUNK_SIZE)):
-        yield chunk
-
-
 #: Records as the readers give them: ``(line, record)``, the line ``None`` when there is none.
 NumberedRecords = Iterable[tuple["int | None", Mapping[str, t.Any]]]
 
@@ -146,7 +135,7 @@ class Migration:
         Returns one digest per chunk, in order: :meth:`run` compares each chunk with its
         digest before it writes it.
         """
-        return [_digest(chunk) for chunk in _chunks(self._users(records))]
+        return [_digest(chunk) for chunk in self._chunks(records)]
 
     def run(
         self, records: NumberedRecords, *, checked: list[bytes] | None = None
@@ -159,7 +148,7 @@ class Migration:
         :raises InvalidUserRecord: a bad record, naming its line; the chunks before it
             are written (none, when ``checked`` was given: the check raised first).
         """
-        for number, chunk in enumerate(_chunks(self._users(records))):
+        for number, chunk in enumerate(self._chunks(records)):
             if checked is not None and (
                 number >= len(checked) or _digest(chunk) != checked[number]
             ):
@@ -168,6 +157,13 @@ class Migration:
                 )
             self._run_chunk(chunk)
         return self.report
+
+    def _chunks(self, records: NumberedRecords) -> Iterator[list[TenantUser | None]]:
+        """The users of ``records`` in lists of at most :data:`CHUNK_SIZE`, read lazily (a
+        whole tenant never in memory)."""
+        users = self._users(records)
+        while chunk := list(itertools.islice(users, CHUNK_SIZE)):
+            yield chunk
 
     def _users(self, records: NumberedRecords) -> Iterator[TenantUser | None]:
         marker = self.settings.marker
@@ -240,18 +236,13 @@ class Migration:
 
 
 def _digest(chunk: Sequence[TenantUser | None]) -> bytes:
-    """A digest of everything a chunk's decisions and events are made of.
+    """A digest of everything a chunk's decisions and events are made of: each
+    :class:`TenantUser` whole (or ``None``).
 
-    ``repr`` of a tuple of strings, ``None`` and booleans is unambiguous, and escapes what
-    UTF-8 cannot encode.
+    The ``repr`` of a user (strings, a datetime, a boolean, a dict of strings) is
+    unambiguous, and escapes what UTF-8 cannot encode.
     """
     digest = hashlib.sha256()
     for user in chunk:
-        if user is None:
-            digest.update(b"None\n")
-            continue
-        created = user.created_at.isoformat() if user.created_at is not None else None
-        profile = tuple(user.profile.get(name) for name in PROFILE_CLAIMS)
-        fields = (user.user_id, created, user.rule_marked, profile)
-        digest.update(repr(fields).encode() + b"\n")
+        digest.update(repr(user).encode() + b"\n")
     return digest.digest()

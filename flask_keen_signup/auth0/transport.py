@@ -183,18 +183,12 @@ class Transport(SessionClient):
 
     # -- HTTP -------------------------------------------------------------------------
 
-    def _call(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: Mapping[str, str] | None = None,
-        json_body: Mapping[str, t.Any] | None = None,
-    ) -> t.Any:
-        """A Management API call with a bearer token; one token renewal on a 401."""
+    def _call(self, method: str, path: str, **request: t.Any) -> t.Any:
+        """A Management API call with a bearer token; one token renewal on a 401.
+        ``request`` is :meth:`_send`'s ``params`` or ``json_body``."""
         token, fetched_now = self._tokens.get()
         try:
-            return self._send(method, path, token=token, params=params, json_body=json_body)
+            return self._send(method, path, token=token, **request)
         except Auth0APIError as exc:
             if exc.status_code != 401 or fetched_now:
                 raise
@@ -202,7 +196,7 @@ class Transport(SessionClient):
         logger.warning("Auth0 refused the cached Management API token; fetching a new one")
         self._tokens.drop(token)
         token, _ = self._tokens.get()
-        return self._send(method, path, token=token, params=params, json_body=json_body)
+        return self._send(method, path, token=token, **request)
 
     def _send(
         self,
