@@ -71,10 +71,8 @@ def _remove_if_empty(path: str) -> bool:
         return False
     try:
         conn.execute("BEGIN EXCLUSIVE")
-        tables = [
-            name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-        ]
-        for name in tables:
+        tables = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        for (name,) in tables:
             quoted = '"' + name.replace('"', '""') + '"'
             if conn.execute(f"SELECT EXISTS (SELECT 1 FROM {quoted})").fetchone()[0]:
                 return False

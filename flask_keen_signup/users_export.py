@@ -295,7 +295,7 @@ class UsersFile:
         except BaseException:
             self._raw.close()
             raise
-        self._iterator: Iterator[Numbered] | None = None
+        self._iterator = self._read()  # a generator: nothing is read until it is iterated
 
     @property
     def position(self) -> int:
@@ -309,8 +309,6 @@ class UsersFile:
 
     def numbered(self) -> Iterator[Numbered]:
         """``(line, user)`` pairs: the physical line (1-based) where each record starts."""
-        if self._iterator is None:
-            self._iterator = self._read()
         return self._iterator
 
     def _read(self) -> Iterator[Numbered]:

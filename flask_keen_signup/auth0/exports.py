@@ -131,8 +131,7 @@ class Exports(Transport):
             raise _invalid_response(f"POST {path} returned no job id")
         logger.info("Auth0 user export job %s created", job_id)
         deadline = self._clock() + timeout
-        location = self._wait_for_job(job_id, poll_interval, deadline)
-        yield from self._download(job_id, location, body["format"], poll_interval, deadline)
+        yield from self._download(job_id, body["format"], poll_interval, deadline)
 
     def _wait_for_job(self, job_id: str, poll_interval: float, deadline: float) -> str:
         """Poll the job until it completes; return its download URL."""
@@ -167,16 +166,13 @@ class Exports(Transport):
         )
 
     def _download(
-        self,
-        job_id: str,
-        location: str,
-        format: str,
-        poll_interval: float,
-        deadline: float,
+        self, job_id: str, format: str, poll_interval: float, deadline: float
     ) -> Iterator[dict[str, t.Any]]:
-        """Stream the export file. A refused or failed download asks the job for a fresh
-        link (Auth0's links live 60 seconds) and tries again, up to ``max_retries``."""
+        """Wait for the job, then stream its file. A refused or failed download asks the
+        job for a fresh link (Auth0's links live 60 seconds) and tries again, up to
+        ``max_retries``."""
         for attempt in range(self.max_retries + 1):
+            location = self._wait_for_job(job_id, poll_interval, deadline)
             answer = send(
                 self._session,
                 "GET",
@@ -207,7 +203,6 @@ class Exports(Transport):
                 self.max_retries,
             )
             self._sleep(min(self._backoff(attempt), self.max_retry_wait))
-            location = self._wait_for_job(job_id, poll_interval, deadline)
         raise Auth0ExportError(
             f"could not download the file of user export job {job_id}: {failure}",
             retryable=True,
