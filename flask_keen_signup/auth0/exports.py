@@ -51,16 +51,13 @@ def _export_fields(fields: Iterable[t.Any]) -> list[dict[str, str]]:
     """Normalise ``"name"``, ``("name", "export_as")`` or ``{"name", "export_as"}``."""
     result: list[dict[str, str]] = []
     for field in [fields] if isinstance(fields, str) else fields:
-        name: t.Any
-        export_as: t.Any
         if isinstance(field, str):
-            name, export_as = field, None
-        elif isinstance(field, Mapping):
-            name, export_as = field.get("name"), field.get("export_as")
+            field = {"name": field}
         elif isinstance(field, tuple) and len(field) == 2:
-            name, export_as = field
-        else:
+            field = {"name": field[0], "export_as": field[1]}
+        elif not isinstance(field, Mapping):
             raise TypeError("an export field is a name, a (name, export_as) pair or a mapping")
+        name, export_as = field.get("name"), field.get("export_as")
         if not isinstance(name, str) or not name:
             raise ValueError("an export field needs a non-empty name")
         entry = {"name": name}

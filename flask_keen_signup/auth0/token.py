@@ -108,8 +108,3 @@ class TokenCache:
         with self._lock:
             if self.current is not None and self.current.value == value:
                 self.current = None
-
-    def clear(self) -> None:
-        """Forget the token, whatever it is (the client is closing)."""
-        with self._lock:
-            self.current = None

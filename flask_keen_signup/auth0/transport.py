@@ -152,7 +152,7 @@ class Transport(SessionClient):
 
     def close(self) -> None:
         """Forget the token and close the HTTP session if this client created it."""
-        self._tokens.clear()
+        self._tokens.current = None
         super().close()
 
     # -- token ------------------------------------------------------------------------
