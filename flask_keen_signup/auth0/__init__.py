@@ -107,15 +107,12 @@ def management_client_for(settings: Settings, **options: t.Any) -> ManagementCli
             "KEEN_SIGNUP_AUTH0_DOMAIN, KEEN_SIGNUP_AUTH0_CLIENT_ID and "
             "KEEN_SIGNUP_AUTH0_CLIENT_SECRET are required (a machine-to-machine app)"
         )
-    options = {
-        "timeout": settings.timeout,
-        "max_requests_per_second": settings.auth0_requests_per_second,
-        **options,
-    }
     # The domain was checked when the config was read (config.py), by the same rule.
     return ManagementClient(
         t.cast(str, settings.auth0_domain),
         t.cast(str, settings.auth0_client_id),
         t.cast(str, settings.auth0_client_secret),
+        timeout=settings.timeout,
+        max_requests_per_second=settings.auth0_requests_per_second,
         **options,
     )
