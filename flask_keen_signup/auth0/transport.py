@@ -309,15 +309,13 @@ class Transport(SessionClient):
         status. Anything else (an HTML page from a proxy) becomes a short excerpt.
         """
         status = response.status_code
-        code: t.Any = None
-        message: t.Any = None
         try:
             body = response.json()
         except ValueError:
             body = None
-        if isinstance(body, dict):
-            code = body.get("errorCode") or body.get("error") or body.get("code")
-            message = body.get("error_description") or body.get("message") or body.get("error")
+        fields: dict[str, t.Any] = body if isinstance(body, dict) else {}
+        code = fields.get("errorCode") or fields.get("error") or fields.get("code")
+        message = fields.get("error_description") or fields.get("message") or fields.get("error")
         if not isinstance(code, str) or not code:
             code = str(status)
         if isinstance(message, (dict, list)):

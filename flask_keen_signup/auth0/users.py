@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import logging
 import re
 import typing as t
@@ -78,12 +79,8 @@ def _root_fields(fields: Iterable[str]) -> list[str]:
 
 
 def _fields_param(fields: Sequence[str] | None) -> dict[str, str]:
-    if fields is None:
-        return {}
-    names = [fields] if isinstance(fields, str) else list(fields)
-    if not names:
-        return {}
-    return {"fields": ",".join(names), "include_fields": "true"}
+    names = [fields] if isinstance(fields, str) else list(fields or ())
+    return {"fields": ",".join(names), "include_fields": "true"} if names else {}
 
 
 def _user_path(user_id: str) -> str:
@@ -263,9 +260,8 @@ class Users(Exports):
         return users, total
 
     def _iter_pages(self, params: dict[str, str], per_page: int) -> Iterator[dict[str, t.Any]]:
-        page = 0
         seen = 0
-        while True:
+        for page in itertools.count():
             users, total = self._users_page({**params, "page": str(page)})
             if page == 0 and isinstance(total, int) and total > PAGINATION_LIMIT:
                 logger.warning(
@@ -281,4 +277,3 @@ class Users(Exports):
             logger.debug("Auth0 users page %d: %d users (%d so far)", page, len(users), seen)
             if len(users) < per_page or (isinstance(total, int) and seen >= total):
                 return
-            page += 1
