@@ -11,6 +11,7 @@ it becomes a message. :mod:`.config` calls these while it reads the config.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import typing as t
 from urllib.parse import parse_qsl
@@ -97,13 +98,11 @@ def url_secrets(url: object) -> list[str]:
     if not isinstance(url, str):
         return []
     found: list[str] = []
-    try:
+    with contextlib.suppress(ValueError):  # not a URL: the conninfo pattern below
         parts = urlsplit(url)
         if parts.password:
             found += [parts.password, unquote(parts.password)]  # as written, as sent
         found += [v for k, v in parse_qsl(parts.query) if k.lower() in ("password", "passwd")]
-    except ValueError:
-        pass
     for match in re.finditer(r"\bpassword\s*=\s*('((?:[^'\\]|\\.)*)'|[^\s']+)", url):
         quoted = match.group(2)
         if quoted is None:
@@ -121,8 +120,7 @@ def url_error(key: str, exc: BaseException, url: str) -> ConfigurationError:
     for piece in sorted(pieces, key=len, reverse=True):
         text = text.replace(piece, MASK)
     return ConfigurationError(
-        f"{key} is not usable: {printable(text)} (the value is not shown: it may hold a "
-        "password)"
+        f"{key} is not usable: {printable(text)} (the value is not shown: it may hold a password)"
     )
 
 
@@ -180,10 +178,8 @@ def register_authlib_secrets(app: Flask) -> None:
     ``app.config``). Authlib keeps them in private attributes: when those change, this
     finds none, and ``AUTH0_CLIENT_SECRET`` in ``app.config`` still counts."""
     oauth = app.extensions.get("authlib.integrations.flask_client")
-    try:
+    with contextlib.suppress(Exception):  # Authlib's internals changed: config still counts
         for _, kwargs in getattr(oauth, "_registry", {}).values():
             register_secret(kwargs.get("client_secret"))
         for client in getattr(oauth, "_clients", {}).values():
             register_secret(getattr(client, "client_secret", None))
-    except Exception:  # noqa: BLE001, S110 - Authlib's internals changed: config still counts
-        pass

@@ -52,6 +52,10 @@ def remove_created_database(state: SignupState) -> bool:
         state.database._close_all()
     if not _remove_if_empty(path):
         return False
+    # init_app made the not-recorded count's file beside it (unrecorded.py): still zero.
+    if state.unrecorded.path is not None and not state.unrecorded.read().count:
+        with contextlib.suppress(OSError):
+            os.unlink(state.unrecorded.path)
     created.remove(path)
     for directory in reversed([p for p in created if path.startswith(p + os.sep)]):
         with contextlib.suppress(OSError):
@@ -67,11 +71,8 @@ def _remove_if_empty(path: str) -> bool:
         return False
     try:
         conn.execute("BEGIN EXCLUSIVE")
-        tables = [
-            name
-            for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-        ]
-        for name in tables:
+        tables = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        for (name,) in tables:
             quoted = '"' + name.replace('"', '""') + '"'
             if conn.execute(f"SELECT EXISTS (SELECT 1 FROM {quoted})").fetchone()[0]:
                 return False

@@ -49,7 +49,6 @@ from collections.abc import Sequence
 from .delivery import QueuedEvent
 from .events import build_signup_event
 from .events import uniqueness_token
-from .migrate_users import PROFILE_CLAIMS
 from .migrate_users import InvalidUserRecord
 from .migrate_users import TenantUser
 from .migrate_users import user_from_record
@@ -57,8 +56,6 @@ from .users_export import UsersFileError
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from .config import Settings
-
-T = t.TypeVar("T")
 
 #: The fields migrate needs from each user (export jobs and paging ask for these only).
 USER_FIELDS = ("user_id", "created_at", "name", "email", "nickname", "app_metadata")
@@ -107,23 +104,8 @@ class MigrationLedger(t.Protocol):
         many were queued."""
 
 
-def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    """``items`` in lists of at most ``size``, read lazily (a whole tenant never in memory)."""
-    iterator = iter(items)
-    while chunk := list(itertools.islice(iterator, size)):
-        yield chunk
-
-
 #: Records as the readers give them: ``(line, record)``, the line ``None`` when there is none.
 NumberedRecords = Iterable[tuple["int | None", Mapping[str, t.Any]]]
-
-
-@dataclasses.dataclass(frozen=True)
-class CheckedSource:
-    """What :meth:`Migration.check` saw: one digest per chunk, in order."""
-
-    digests: tuple[bytes, ...]
-    users: int
 
 
 @dataclasses.dataclass
@@ -143,29 +125,20 @@ class Migration:
     reported_until: dt.datetime
     dry_run: bool = False
     on_marked: t.Callable[[Sequence[str]], None] | None = None
-    clock: t.Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)
     source: str = "the users export"
     #: The totals so far.
     report: MigrationReport = dataclasses.field(default_factory=MigrationReport, init=False)
 
-    def check(self, records: NumberedRecords, *, chunk_size: int = CHUNK_SIZE) -> CheckedSource:
+    def check(self, records: NumberedRecords) -> list[bytes]:
         """Read every record to the end, writing nothing; raise on the first bad one.
 
-        Returns the digests :meth:`run` compares each chunk with before it writes it.
+        Returns one digest per chunk, in order: :meth:`run` compares each chunk with its
+        digest before it writes it.
         """
-        digests = []
-        users = 0
-        for chunk in _chunks(self._users(records), chunk_size):
-            digests.append(_digest(chunk))
-            users += len(chunk)
-        return CheckedSource(tuple(digests), users)
+        return [_digest(chunk) for chunk in self._chunks(records)]
 
     def run(
-        self,
-        records: NumberedRecords,
-        *,
-        chunk_size: int = CHUNK_SIZE,
-        checked: CheckedSource | None = None,
+        self, records: NumberedRecords, *, checked: list[bytes] | None = None
     ) -> MigrationReport:
         """Decide every record; returns the totals (also kept in :attr:`report`).
 
@@ -175,9 +148,9 @@ class Migration:
         :raises InvalidUserRecord: a bad record, naming its line; the chunks before it
             are written (none, when ``checked`` was given: the check raised first).
         """
-        for number, chunk in enumerate(_chunks(self._users(records), chunk_size)):
+        for number, chunk in enumerate(self._chunks(records)):
             if checked is not None and (
-                number >= len(checked.digests) or _digest(chunk) != checked.digests[number]
+                number >= len(checked) or _digest(chunk) != checked[number]
             ):
                 raise UsersFileError(
                     f"{self.source} changed after it was checked: run migrate again"
@@ -185,17 +158,22 @@ class Migration:
             self._run_chunk(chunk)
         return self.report
 
+    def _chunks(self, records: NumberedRecords) -> Iterator[list[TenantUser | None]]:
+        """The users of ``records`` in lists of at most :data:`CHUNK_SIZE`, read lazily (a
+        whole tenant never in memory)."""
+        users = self._users(records)
+        while chunk := list(itertools.islice(users, CHUNK_SIZE)):
+            yield chunk
+
     def _users(self, records: NumberedRecords) -> Iterator[TenantUser | None]:
         marker = self.settings.marker
-        now = self.clock()
+        now = dt.datetime.now(dt.timezone.utc)
         for number, (line, record) in enumerate(records, 1):
             try:
                 yield user_from_record(record, marker, now=now)
             except InvalidUserRecord as exc:
                 where = f"line {line}" if line is not None else f"user {number}"
-                error = InvalidUserRecord(f"{where} of {self.source}: {exc}")
-                error.line = line
-                raise error from None
+                raise InvalidUserRecord(f"{where} of {self.source}: {exc}", line=line) from None
 
     def _run_chunk(self, chunk: list[TenantUser | None]) -> None:
         report = self.report
@@ -245,9 +223,8 @@ class Migration:
             user_agent=None,
             claim_names=settings.claims,
             ip_mode="none",
-            addons=(),
             created_at=user.created_at,
-            now=self.clock(),
+            now=dt.datetime.now(dt.timezone.utc),
             extra={"backfilled": True},
         )
         return QueuedEvent(
@@ -259,18 +236,13 @@ class Migration:
 
 
 def _digest(chunk: Sequence[TenantUser | None]) -> bytes:
-    """A digest of everything a chunk's decisions and events are made of.
+    """A digest of everything a chunk's decisions and events are made of: each
+    :class:`TenantUser` whole (or ``None``).
 
-    ``repr`` of a tuple of strings, ``None`` and booleans is unambiguous, and escapes what
-    UTF-8 cannot encode.
+    The ``repr`` of a user (strings, a datetime, a boolean, a dict of strings) is
+    unambiguous, and escapes what UTF-8 cannot encode.
     """
     digest = hashlib.sha256()
     for user in chunk:
-        if user is None:
-            digest.update(b"None\n")
-            continue
-        created = user.created_at.isoformat() if user.created_at is not None else None
-        profile = tuple(user.profile.get(name) for name in PROFILE_CLAIMS)
-        fields = (user.user_id, created, user.rule_marked, profile)
-        digest.update(repr(fields).encode() + b"\n")
+        digest.update(repr(user).encode() + b"\n")
     return digest.digest()

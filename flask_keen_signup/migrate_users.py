@@ -75,9 +75,7 @@ def user_from_record(
     value: object = metadata.get(marker) if isinstance(metadata, Mapping) else None
     if value is None:
         value = record.get(f"app_metadata.{marker}")
-    rule_marked = value is True or (
-        isinstance(value, str) and value.strip().lower() in _TRUE_TEXT
-    )
+    rule_marked = value is True or (isinstance(value, str) and value.strip().lower() in _TRUE_TEXT)
     profile = {
         name: record[name]
         for name in PROFILE_CLAIMS

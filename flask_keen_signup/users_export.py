@@ -41,9 +41,6 @@ from collections.abc import Iterator
 
 from .exceptions import KeenSignupError
 
-if t.TYPE_CHECKING:  # pragma: no cover
-    from types import TracebackType
-
 __all__ = [
     "Numbered",
     "UsersFile",
@@ -123,15 +120,6 @@ def _has_lone_surrogate(user: dict[str, t.Any]) -> bool:
     return False
 
 
-def unescape_csv_value(value: str) -> str:
-    """Undo Auth0's CSV-injection escaping of one (already CSV-parsed) value.
-
-    Every string was prefixed with ``'``; a value without it (a date, number or
-    boolean) is returned unchanged.
-    """
-    return value[1:] if value.startswith("'") else value
-
-
 def _text_lines(stream: t.BinaryIO, *, lone_cr: bool) -> Iterator[str]:
     """The physical lines of ``stream``, endings kept, each decoded on its own (strict
     UTF-8) so that a bad byte names its own line. With ``lone_cr``, a CR not followed by
@@ -178,7 +166,9 @@ def _iter_csv(stream: t.BinaryIO) -> Iterator[Numbered]:
         if not any(cell.strip() for cell in row):
             continue
         if header is None:
-            header = [unescape_csv_value(name.strip()) for name in row]
+            # Auth0 escapes every string against CSV injection with a leading "'" (dates,
+            # numbers and booleans have none): undone here and for each value.
+            header = [name.strip().removeprefix("'") for name in row]
             if not all(header) or len(set(header)) != len(header):
                 failure = "(the header) has empty or repeated column names"
                 break
@@ -186,9 +176,10 @@ def _iter_csv(stream: t.BinaryIO) -> Iterator[Numbered]:
         if len(row) != len(header):
             failure = f"has {len(row)} columns where the header has {len(header)}"
             break
-        yield line, {
-            name: unescape_csv_value(value) for name, value in zip(header, row, strict=True)
-        }
+        yield (
+            line,
+            {name: value.removeprefix("'") for name, value in zip(header, row, strict=True)},
+        )
     if failure is not None:
         raise UsersFileError(f"line {line} of the users export {failure}", line=line)
 
@@ -304,7 +295,7 @@ class UsersFile:
         except BaseException:
             self._raw.close()
             raise
-        self._iterator: Iterator[Numbered] | None = None
+        self._iterator = self._read()  # a generator: nothing is read until it is iterated
 
     @property
     def position(self) -> int:
@@ -318,8 +309,6 @@ class UsersFile:
 
     def numbered(self) -> Iterator[Numbered]:
         """``(line, user)`` pairs: the physical line (1-based) where each record starts."""
-        if self._iterator is None:
-            self._iterator = self._read()
         return self._iterator
 
     def _read(self) -> Iterator[Numbered]:
@@ -338,12 +327,7 @@ class UsersFile:
     def __enter__(self) -> UsersFile:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def __repr__(self) -> str:

@@ -98,7 +98,7 @@ def management_client_for(settings: Settings, **options: t.Any) -> ManagementCli
     """The Management API client of ``KEEN_SIGNUP_AUTH0_*``, with the app's timeouts and
     ``KEEN_SIGNUP_AUTH0_REQUESTS_PER_SECOND``; ``options`` go to :class:`ManagementClient`.
 
-    :raises ConfigurationError: the credentials are missing or the domain is not usable.
+    :raises ConfigurationError: the credentials are missing.
     """
     from ..exceptions import ConfigurationError
 
@@ -107,17 +107,12 @@ def management_client_for(settings: Settings, **options: t.Any) -> ManagementCli
             "KEEN_SIGNUP_AUTH0_DOMAIN, KEEN_SIGNUP_AUTH0_CLIENT_ID and "
             "KEEN_SIGNUP_AUTH0_CLIENT_SECRET are required (a machine-to-machine app)"
         )
-    options = {
-        "timeout": settings.timeout,
-        "max_requests_per_second": settings.auth0_requests_per_second,
+    # The domain was checked when the config was read (config.py), by the same rule.
+    return ManagementClient(
+        t.cast(str, settings.auth0_domain),
+        t.cast(str, settings.auth0_client_id),
+        t.cast(str, settings.auth0_client_secret),
+        timeout=settings.timeout,
+        max_requests_per_second=settings.auth0_requests_per_second,
         **options,
-    }
-    try:
-        return ManagementClient(
-            t.cast(str, settings.auth0_domain),
-            t.cast(str, settings.auth0_client_id),
-            t.cast(str, settings.auth0_client_secret),
-            **options,
-        )
-    except ValueError as exc:
-        raise ConfigurationError(f"KEEN_SIGNUP_AUTH0_DOMAIN is not usable: {exc}") from None
+    )

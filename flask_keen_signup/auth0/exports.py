@@ -51,16 +51,13 @@ def _export_fields(fields: Iterable[t.Any]) -> list[dict[str, str]]:
     """Normalise ``"name"``, ``("name", "export_as")`` or ``{"name", "export_as"}``."""
     result: list[dict[str, str]] = []
     for field in [fields] if isinstance(fields, str) else fields:
-        name: t.Any
-        export_as: t.Any
         if isinstance(field, str):
-            name, export_as = field, None
-        elif isinstance(field, Mapping):
-            name, export_as = field.get("name"), field.get("export_as")
+            field = {"name": field}
         elif isinstance(field, tuple) and len(field) == 2:
-            name, export_as = field
-        else:
+            field = {"name": field[0], "export_as": field[1]}
+        elif not isinstance(field, Mapping):
             raise TypeError("an export field is a name, a (name, export_as) pair or a mapping")
+        name, export_as = field.get("name"), field.get("export_as")
         if not isinstance(name, str) or not name:
             raise ValueError("an export field needs a non-empty name")
         entry = {"name": name}
@@ -125,14 +122,13 @@ class Exports(Transport):
         self, body: dict[str, t.Any], poll_interval: float, timeout: float
     ) -> Iterator[dict[str, t.Any]]:
         path = "/api/v2/jobs/users-exports"
-        job = self._expect_object(self._call("POST", path, json_body=body), "POST", path)
+        job = self._object("POST", path, json_body=body)
         job_id = job.get("id")
         if not isinstance(job_id, str) or not _JOB_ID_RE.match(job_id):
             raise _invalid_response(f"POST {path} returned no job id")
         logger.info("Auth0 user export job %s created", job_id)
         deadline = self._clock() + timeout
-        location = self._wait_for_job(job_id, poll_interval, deadline)
-        yield from self._download(job_id, location, body["format"], poll_interval, deadline)
+        yield from self._download(job_id, body["format"], poll_interval, deadline)
 
     def _wait_for_job(self, job_id: str, poll_interval: float, deadline: float) -> str:
         """Poll the job until it completes; return its download URL."""
@@ -140,13 +136,11 @@ class Exports(Transport):
         # Bounded by count too, so an injected clock that never moves cannot hang us.
         max_polls = int(max(deadline - self._clock(), 0) / max(poll_interval, 0.001)) + 2
         for _ in range(max_polls):
-            job = self._expect_object(self._call("GET", path), "GET", path)
+            job = self._object("GET", path)
             status = job.get("status")
             if status == "completed":
-                location = job.get("location")
-                if not isinstance(location, str) or not location.startswith(
-                    ("https://", "http://")
-                ):
+                location = str(job.get("location"))  # "None" when missing: refused too
+                if not location.startswith(("https://", "http://")):
                     raise Auth0ExportError(
                         f"the user export job {job_id} completed without a download location"
                     )
@@ -169,16 +163,13 @@ class Exports(Transport):
         )
 
     def _download(
-        self,
-        job_id: str,
-        location: str,
-        format: str,
-        poll_interval: float,
-        deadline: float,
+        self, job_id: str, format: str, poll_interval: float, deadline: float
     ) -> Iterator[dict[str, t.Any]]:
-        """Stream the export file. A refused or failed download asks the job for a fresh
-        link (Auth0's links live 60 seconds) and tries again, up to ``max_retries``."""
+        """Wait for the job, then stream its file. A refused or failed download asks the
+        job for a fresh link (Auth0's links live 60 seconds) and tries again, up to
+        ``max_retries``."""
         for attempt in range(self.max_retries + 1):
+            location = self._wait_for_job(job_id, poll_interval, deadline)
             answer = send(
                 self._session,
                 "GET",
@@ -209,7 +200,6 @@ class Exports(Transport):
                 self.max_retries,
             )
             self._sleep(min(self._backoff(attempt), self.max_retry_wait))
-            location = self._wait_for_job(job_id, poll_interval, deadline)
         raise Auth0ExportError(
             f"could not download the file of user export job {job_id}: {failure}",
             retryable=True,
@@ -222,22 +212,15 @@ class Exports(Transport):
         cut: str | None = None
         try:
             response.raw.decode_content = True  # undo a transport Content-Encoding only
-            users = iter_export_stream(response.raw, format)
-            while True:
-                try:
-                    user = next(users)
-                except StopIteration:
-                    break
-                except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
-                    cut = type(exc).__name__
-                    break
+            for user in iter_export_stream(response.raw, format):
                 count += 1
                 yield user
+        except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
+            cut = type(exc).__name__  # raised below, outside this block (see transport)
         finally:
             response.close()
         if cut is not None:
             raise Auth0ConnectionError(
-                f"the download of user export job {job_id} was cut off after {count} "
-                f"users ({cut})"
+                f"the download of user export job {job_id} was cut off after {count} users ({cut})"
             )
         logger.info("Read %d users from Auth0 user export job %s", count, job_id)

@@ -14,8 +14,6 @@ import dataclasses
 import threading
 import typing as t
 
-from ..exceptions import Auth0APIError
-from ..exceptions import Auth0ConnectionError
 from ..exceptions import Auth0Error
 
 if t.TYPE_CHECKING:  # pragma: no cover
@@ -38,22 +36,9 @@ class _Token:
 
 def _copy_error(exc: Auth0Error) -> Auth0Error:
     """A fresh exception equal to ``exc``, so threads never share one traceback."""
-    if isinstance(exc, Auth0APIError):
-        return Auth0APIError(
-            exc.status_code or 0,
-            exc.error_code,
-            exc.api_message,
-            retryable=exc.retryable,
-            retry_after=exc.retry_after,
-        )
-    if isinstance(exc, Auth0ConnectionError):
-        return Auth0ConnectionError(str(exc))
-    return Auth0Error(
-        str(exc),
-        retryable=exc.retryable,
-        retry_after=exc.retry_after,
-        status_code=exc.status_code,
-    )
+    copy = type(exc).__new__(type(exc), *exc.args)
+    copy.__dict__.update(exc.__dict__)
+    return copy
 
 
 class TokenCache:
@@ -123,8 +108,3 @@ class TokenCache:
         with self._lock:
             if self.current is not None and self.current.value == value:
                 self.current = None
-
-    def clear(self) -> None:
-        """Forget the token, whatever it is (the client is closing)."""
-        with self._lock:
-            self.current = None

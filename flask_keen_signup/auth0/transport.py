@@ -150,18 +150,9 @@ class Transport(SessionClient):
             _Pacer(max_requests_per_second, sleep) if max_requests_per_second is not None else None
         )
 
-    @property
-    def token_leeway(self) -> float:
-        """Renew the token this many seconds before it expires (kept by the cache)."""
-        return self._tokens.leeway
-
-    @token_leeway.setter
-    def token_leeway(self, seconds: float) -> None:
-        self._tokens.leeway = seconds
-
     def close(self) -> None:
         """Forget the token and close the HTTP session if this client created it."""
-        self._tokens.clear()
+        self._tokens.current = None
         super().close()
 
     # -- token ------------------------------------------------------------------------
@@ -192,18 +183,12 @@ class Transport(SessionClient):
 
     # -- HTTP -------------------------------------------------------------------------
 
-    def _call(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: Mapping[str, str] | None = None,
-        json_body: Mapping[str, t.Any] | None = None,
-    ) -> t.Any:
-        """A Management API call with a bearer token; one token renewal on a 401."""
+    def _call(self, method: str, path: str, **request: t.Any) -> t.Any:
+        """A Management API call with a bearer token; one token renewal on a 401.
+        ``request`` is :meth:`_send`'s ``params`` or ``json_body``."""
         token, fetched_now = self._tokens.get()
         try:
-            return self._send(method, path, token=token, params=params, json_body=json_body)
+            return self._send(method, path, token=token, **request)
         except Auth0APIError as exc:
             if exc.status_code != 401 or fetched_now:
                 raise
@@ -211,7 +196,7 @@ class Transport(SessionClient):
         logger.warning("Auth0 refused the cached Management API token; fetching a new one")
         self._tokens.drop(token)
         token, _ = self._tokens.get()
-        return self._send(method, path, token=token, params=params, json_body=json_body)
+        return self._send(method, path, token=token, **request)
 
     def _send(
         self,
@@ -301,8 +286,9 @@ class Transport(SessionClient):
             f"{method} {path} returned a body that is not JSON", response.status_code
         )
 
-    @staticmethod
-    def _expect_object(result: t.Any, method: str, path: str) -> dict[str, t.Any]:
+    def _object(self, method: str, path: str, **options: t.Any) -> dict[str, t.Any]:
+        """:meth:`_call` for an answer that must be a JSON object."""
+        result = self._call(method, path, **options)
         if not isinstance(result, dict):
             raise _invalid_response(f"{method} {path} did not return a JSON object")
         return result
@@ -323,15 +309,13 @@ class Transport(SessionClient):
         status. Anything else (an HTML page from a proxy) becomes a short excerpt.
         """
         status = response.status_code
-        code: t.Any = None
-        message: t.Any = None
         try:
             body = response.json()
         except ValueError:
             body = None
-        if isinstance(body, dict):
-            code = body.get("errorCode") or body.get("error") or body.get("code")
-            message = body.get("error_description") or body.get("message") or body.get("error")
+        fields: dict[str, t.Any] = body if isinstance(body, dict) else {}
+        code = fields.get("errorCode") or fields.get("error") or fields.get("code")
+        message = fields.get("error_description") or fields.get("message") or fields.get("error")
         if not isinstance(code, str) or not code:
             code = str(status)
         if isinstance(message, (dict, list)):

@@ -8,20 +8,24 @@ Auth0's paging limit.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import itertools
 import logging
 import re
 import typing as t
 from collections.abc import Iterator
 from collections.abc import Mapping
 from datetime import datetime
-from datetime import timezone
 from urllib.parse import quote
 
 from ..exceptions import Auth0APIError
+from ..timestamps import parse_created_at
 from .exports import Exports
 from .transport import _invalid_response
 
 if t.TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Callable
     from collections.abc import Iterable
     from collections.abc import Sequence
 
@@ -39,6 +43,7 @@ SEARCH_BATCH = 50
 MIGRATION_FIELDS = ("user_id", "created_at", "app_metadata")
 
 
+@dataclasses.dataclass
 class UserListing:
     """Every user of a tenant, iterable once, from :meth:`ManagementClient.all_users`.
 
@@ -49,38 +54,18 @@ class UserListing:
     had to switch because the tenant grew past the paging limit during the walk.
     """
 
-    def __init__(
-        self, users: Iterator[dict[str, t.Any]], *, total: int | None, source: str
-    ) -> None:
-        self._users = users
-        self.total = total
-        self.source = source
+    _users: Iterator[dict[str, t.Any]] = dataclasses.field(repr=False)
+    _: dataclasses.KW_ONLY
+    total: int | None
+    source: str
 
     def __iter__(self) -> Iterator[dict[str, t.Any]]:
         return self._users
-
-    def __repr__(self) -> str:
-        return f"<UserListing source={self.source} total={self.total}>"
 
 
 def _lucene_phrase(value: str) -> str:
     """``value`` as a quoted Lucene phrase: backslashes and double quotes escaped."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _parse_created_at(value: t.Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    text = value.strip()
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc)
 
 
 def _root_fields(fields: Iterable[str]) -> list[str]:
@@ -94,12 +79,8 @@ def _root_fields(fields: Iterable[str]) -> list[str]:
 
 
 def _fields_param(fields: Sequence[str] | None) -> dict[str, str]:
-    if fields is None:
-        return {}
-    names = [fields] if isinstance(fields, str) else list(fields)
-    if not names:
-        return {}
-    return {"fields": ",".join(names), "include_fields": "true"}
+    names = [fields] if isinstance(fields, str) else list(fields or ())
+    return {"fields": ",".join(names), "include_fields": "true"} if names else {}
 
 
 def _user_path(user_id: str) -> str:
@@ -122,9 +103,7 @@ class Users(Exports):
             the user does not exist; ``retryable`` tells whether a later retry may help.
         :raises Auth0ConnectionError: no response from Auth0.
         """
-        path = _user_path(user_id)
-        result = self._call("GET", path, params=_fields_param(fields))
-        return self._expect_object(result, "GET", path)
+        return self._object("GET", _user_path(user_id), params=_fields_param(fields))
 
     def update_app_metadata(self, user_id: str, values: Mapping[str, t.Any]) -> dict[str, t.Any]:
         """Merge ``values`` into the user's ``app_metadata`` and return the updated user.
@@ -145,8 +124,7 @@ class Users(Exports):
                 "user's app_metadata"
             )
         path = _user_path(user_id)
-        result = self._call("PATCH", path, json_body={"app_metadata": dict(values)})
-        return self._expect_object(result, "PATCH", path)
+        return self._object("PATCH", path, json_body={"app_metadata": dict(values)})
 
     def iter_users(
         self, *, per_page: int = MAX_PER_PAGE, fields: Sequence[str] | None = None
@@ -173,17 +151,8 @@ class Users(Exports):
 
     def count_users(self) -> int:
         """How many users the tenant has (``include_totals`` of one small page)."""
-        body = self._call(
-            "GET",
-            "/api/v2/users",
-            params={
-                "page": "0",
-                "per_page": "1",
-                "include_totals": "true",
-                "fields": "user_id",
-                "include_fields": "true",
-            },
-        )
+        params = {"page": "0", "per_page": "1", "include_totals": "true"}
+        body = self._call("GET", "/api/v2/users", params={**params, **_fields_param(["user_id"])})
         total = body.get("total") if isinstance(body, dict) else None
         if isinstance(total, bool) or not isinstance(total, int) or total < 0:
             raise _invalid_response("GET /api/v2/users?include_totals=true did not return a total")
@@ -208,43 +177,42 @@ class Users(Exports):
         """
         roots = _root_fields(fields)
         total = self.count_users()
+        # A JSON export (the default format): nested objects as paging gives them.
+        export = functools.partial(
+            self.export_users, roots, poll_interval=poll_interval, timeout=timeout
+        )
         if total > PAGINATION_LIMIT:
-            users = self.export_users(
-                roots, format="json", poll_interval=poll_interval, timeout=timeout
-            )
-            return UserListing(users, total=total, source="export")
+            return UserListing(export(), total=total, source="export")
         listing = UserListing(iter(()), total=total, source="paging")
-        listing._users = self._page_or_export(listing, roots, poll_interval, timeout)
+        listing._users = self._page_or_export(listing, roots, export)
         return listing
 
     def _page_or_export(
-        self, listing: UserListing, roots: list[str], poll_interval: float, timeout: float
+        self,
+        listing: UserListing,
+        roots: list[str],
+        export: Callable[[], Iterator[dict[str, t.Any]]],
     ) -> Iterator[dict[str, t.Any]]:
         """Page through the users; if the tenant grew past the paging limit meanwhile,
         finish with an export job, skipping the users already yielded."""
         seen: set[str] = set()
-        pages = self.iter_users(fields=roots)
-        while True:
-            try:
-                user = next(pages)
-            except StopIteration:
-                return
-            except Auth0APIError as exc:
-                if exc.status_code == 400 and len(seen) >= PAGINATION_LIMIT - MAX_PER_PAGE:
-                    break  # the page past the limit: switch, outside this except block
+        try:
+            for user in self.iter_users(fields=roots):
+                user_id = user.get("user_id")
+                if isinstance(user_id, str):
+                    seen.add(user_id)
+                yield user
+            return
+        except Auth0APIError as exc:
+            if exc.status_code != 400 or len(seen) < PAGINATION_LIMIT - MAX_PER_PAGE:
                 raise
-            user_id = user.get("user_id")
-            if isinstance(user_id, str):
-                seen.add(user_id)
-            yield user
+        # The page past the limit: switch to an export (outside the except block).
         logger.info(
             "The tenant grew past %d users during the walk; finishing with an export job",
             PAGINATION_LIMIT,
         )
         listing.source = "export"
-        for user in self.export_users(
-            roots, format="json", poll_interval=poll_interval, timeout=timeout
-        ):
+        for user in export():
             if user.get("user_id") not in seen:
                 yield user
 
@@ -267,44 +235,34 @@ class Users(Exports):
                 query = "user_id:" + _lucene_phrase(chunk[0])
             else:
                 query = "user_id:(" + " OR ".join(_lucene_phrase(uid) for uid in chunk) + ")"
-            body = self._call(
-                "GET",
-                "/api/v2/users",
-                params={
-                    "q": query,
-                    "search_engine": "v3",
-                    "fields": "user_id,created_at",
-                    "include_fields": "true",
-                    "page": "0",
-                    "per_page": str(SEARCH_BATCH),
-                },
-            )
-            users = body.get("users") if isinstance(body, dict) else body
-            if not isinstance(users, list):
-                raise _invalid_response("GET /api/v2/users did not return a list of users")
+            params = {"q": query, "search_engine": "v3", "page": "0", "per_page": str(SEARCH_BATCH)}
+            users, _ = self._users_page({**params, **_fields_param(["user_id", "created_at"])})
             members = set(chunk)
             for user in users:
                 if not isinstance(user, dict) or user.get("user_id") not in members:
                     continue
-                moment = _parse_created_at(user.get("created_at"))
+                moment = parse_created_at(user.get("created_at"))
                 if moment is None:
                     logger.warning("Auth0 returned a user without a usable created_at")
                     continue
                 found[user["user_id"]] = moment
         return found
 
+    def _users_page(self, params: Mapping[str, str]) -> tuple[list[t.Any], t.Any]:
+        """The users and the total of one ``GET /api/v2/users``: ``{users, total}``, or a
+        bare list (no total) when ``include_totals`` was ignored."""
+        body = self._call("GET", "/api/v2/users", params=params)
+        users, total = (
+            (body.get("users"), body.get("total")) if isinstance(body, dict) else (body, None)
+        )
+        if not isinstance(users, list):
+            raise _invalid_response("GET /api/v2/users did not return a list of users")
+        return users, total
+
     def _iter_pages(self, params: dict[str, str], per_page: int) -> Iterator[dict[str, t.Any]]:
-        page = 0
         seen = 0
-        while True:
-            body = self._call("GET", "/api/v2/users", params={**params, "page": str(page)})
-            # A bare list of users when include_totals was ignored.
-            users: t.Any = body if isinstance(body, list) else None
-            total = None
-            if isinstance(body, dict):
-                users, total = body.get("users"), body.get("total")
-            if not isinstance(users, list):
-                raise _invalid_response("GET /api/v2/users did not return a list of users")
+        for page in itertools.count():
+            users, total = self._users_page({**params, "page": str(page)})
             if page == 0 and isinstance(total, int) and total > PAGINATION_LIMIT:
                 logger.warning(
                     "Auth0 reports %d users; the Management API pages through the first %d "
@@ -319,4 +277,3 @@ class Users(Exports):
             logger.debug("Auth0 users page %d: %d users (%d so far)", page, len(users), seen)
             if len(users) < per_page or (isinstance(total, int) and seen >= total):
                 return
-            page += 1
