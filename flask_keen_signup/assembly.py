@@ -175,8 +175,6 @@ def build_state(app: Flask, settings: Settings, thresholds: HealthThresholds) ->
     )
     if parts.wake_on_notify is not None:  # postgres: LISTEN/NOTIFY
         parts.wake_on_notify(sender.wake)
-    # Before the database check, which creates the file's directory: a dry run leaves none.
-    unrecorded = Unrecorded(settings.database + ".unrecorded")
     if settings.enabled and parts.uses_database:
         # A directory, a non-SQLite file, a read-only or forbidden path: refuse to
         # start, naming the key, rather than fail in every login and flush.
@@ -193,6 +191,6 @@ def build_state(app: Flask, settings: Settings, thresholds: HealthThresholds) ->
         store=parts.store,
         parts=parts,
         spool=spool,
-        unrecorded=unrecorded,
+        unrecorded=Unrecorded(settings.database + ".unrecorded"),
         health_thresholds=thresholds,
     )
