@@ -157,6 +157,11 @@ def test_gauges_and_verdict_follow_a_keen_outage_and_its_recovery(
     keen_signup_keen.set_down(False)
     wait_for(lambda: len(keen_signup_keen.events("signups")) == 4, 90, "the recovery")
     wait_for(lambda: gauge("keen_signup_circuit_open") == 0, 30, "the circuit to close")
+    # Keen holds the events before the sender has its answer and marks the rows delivered:
+    # until then they are in flight, and the oldest still open has an age.
+    wait_for(
+        lambda: gauge("keen_signup_outbox_events", "in_flight") == 0, 30, "the rows marked"
+    )
     assert gauge("keen_signup_outbox_events", "pending") == 0
     assert gauge("keen_signup_oldest_pending_age_seconds") == 0
     with app.app_context():
